@@ -1,0 +1,52 @@
+"""The ASGI application: routers, error handlers, body limit, and the pool's lifetime."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from wallet import __version__
+from wallet.api.body_limit import BodySizeLimit
+from wallet.api.errors import install_error_handlers
+from wallet.api.routes import health, transactions, users, wallets
+from wallet.db.pool import create_pool
+from wallet.logging import configure_logging
+from wallet.services.api_keys import Authenticator
+from wallet.settings import Settings, get_settings
+
+DESCRIPTION = """
+The system of record for virtual credits (Gold Coins, Diamonds, Loyalty Points).
+Amounts are integers in the asset's minor unit. Every write needs an idempotency key and is
+posted as a balanced double-entry transaction. Errors share one shape:
+`{"error": {"code", "message", "field"}}`.
+"""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    configure_logging(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if not settings.database_url:
+            raise RuntimeError("WALLET_DATABASE_URL is not set (use `wallet serve` for the embedded database)")
+        pool = await create_pool(settings, settings.database_url)
+        app.state.pool = pool
+        app.state.authenticator = Authenticator(pool, settings.auth_cache_ttl_ms)
+        try:
+            yield
+        finally:
+            await pool.close()
+
+    app = FastAPI(title="Wallet service", version=__version__, description=DESCRIPTION,
+                  lifespan=lifespan)
+    app.state.settings = settings
+    install_error_handlers(app)
+    app.include_router(health.router)
+    app.include_router(transactions.router)
+    app.include_router(wallets.router)
+    app.include_router(users.router)
+    app.add_middleware(BodySizeLimit, max_body_bytes=settings.max_body_bytes)
+    return app

@@ -1,0 +1,140 @@
+"""Request and response models: the HTTP contract, and the OpenAPI document generated from it.
+
+Amounts are integers in the asset's minor unit. JSON numbers that are whole (`100`, `100.0`) are
+accepted; anything with a fractional part, booleans and strings are rejected, so no binary float
+ever reaches the ledger.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+
+from wallet.domain.transaction_types import TransactionType
+from wallet.settings import AMOUNT_MINOR_HARD_CEILING
+
+USER_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
+ASSET_CODE_PATTERN = r"^[A-Z][A-Z0-9_]{1,31}$"
+
+
+def _whole_number(value: Any) -> Any:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError("must be an integer number of minor units")
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise ValueError("must be a whole number of minor units; fractions are not allowed")
+        return int(value)
+    return value
+
+
+AmountMinor = Annotated[
+    int,
+    BeforeValidator(_whole_number),
+    Field(gt=0, le=AMOUNT_MINOR_HARD_CEILING, description="Integer amount in the asset's minor unit."),
+]
+UserId = Annotated[str, Field(pattern=USER_ID_PATTERN, examples=["user_001"])]
+AssetCode = Annotated[str, Field(pattern=ASSET_CODE_PATTERN, examples=["GOLD_COINS"])]
+
+
+class PostingBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    user_id: UserId
+    asset_type: AssetCode
+    amount: AmountMinor
+    idempotency_key: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=255,
+        description="Or send the Idempotency-Key header. Required one way or the other.",
+    )
+    description: str | None = Field(default=None, max_length=10_000)
+    metadata: dict[str, Any] | None = Field(
+        default=None, description="Free-form JSON object, size-limited (WALLET_MAX_METADATA_BYTES)."
+    )
+
+
+class LedgerEntryOut(BaseModel):
+    account_id: int
+    account: str = Field(description="User id, or the system account code.")
+    account_kind: str = Field(description="'user' or 'system'.")
+    amount: int = Field(description="Signed: positive increases the account.")
+
+
+class TransactionOut(BaseModel):
+    id: str
+    type: TransactionType
+    status: str
+    user_id: str
+    asset_type: str
+    amount: int
+    balance_after: int = Field(description="The user's balance in this asset right after it.")
+    description: str | None
+    metadata: dict[str, Any]
+    idempotency_key: str
+    created_at: str
+    entries: list[LedgerEntryOut]
+
+
+class TransactionPage(BaseModel):
+    data: list[TransactionOut]
+    next_cursor: str | None
+
+
+class AssetBalanceOut(BaseModel):
+    asset_type: str
+    name: str
+    scale: int = Field(description="Decimal places for display; amounts are in minor units.")
+    balance: int
+    held: int
+    available: int
+
+
+class BalancesOut(BaseModel):
+    user_id: str
+    balances: list[AssetBalanceOut]
+
+
+class UserCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    user_id: UserId
+    name: str = Field(min_length=1, max_length=200)
+
+
+class UserOut(BaseModel):
+    user_id: str
+    name: str
+    created_at: str
+
+
+class UserPage(BaseModel):
+    data: list[UserOut]
+    next_cursor: str | None
+
+
+class AssetTypeOut(BaseModel):
+    code: str
+    name: str
+    scale: int
+    is_active: bool
+
+
+class AssetTypeList(BaseModel):
+    data: list[AssetTypeOut]
+
+
+class HealthOut(BaseModel):
+    status: str
+    database: str
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+    field: str | None
+
+
+class ErrorOut(BaseModel):
+    error: ErrorDetail

@@ -1,0 +1,233 @@
+"""The `wallet` command: serve, migrate, seed, verify, keys, prune-idempotency.
+
+Every command uses WALLET_DATABASE_URL when it is set, and the embedded PostgreSQL in
+WALLET_DATA_DIR when it is not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from wallet.settings import Settings, get_settings
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+keys_app = typer.Typer(no_args_is_help=True, help="Create and revoke API keys.")
+app.add_typer(keys_app, name="keys")
+
+DEMO_KEY_FILE = "demo-api-key"
+DEMO_SCOPES = ["read", "credit", "spend", "admin"]
+
+
+def _database_url(settings: Settings) -> tuple[str, bool]:
+    """The URL to use, and whether it is the embedded server."""
+    if settings.database_url:
+        return settings.database_url, False
+    from wallet.embedded import start_embedded_postgres
+
+    return start_embedded_postgres(settings.data_dir), True
+
+
+def _err(message: str) -> None:
+    typer.echo(message, err=True)
+
+
+@app.command()
+def migrate() -> None:
+    """Apply database migrations (Alembic) up to the newest."""
+    from wallet.db.migrate import upgrade_to_head
+
+    url, _ = _database_url(get_settings())
+    upgrade_to_head(url)
+    _err("migrations applied")
+
+
+async def _seed(url: str, demo: bool) -> None:
+    from wallet.db.pool import connect
+    from wallet.services.seed import seed_demo_data, seed_reference_data
+
+    conn = await connect(get_settings(), url)
+    try:
+        if demo:
+            await seed_demo_data(conn)
+        else:
+            await seed_reference_data(conn)
+    finally:
+        await conn.close()
+
+
+@app.command()
+def seed(
+    demo: Annotated[bool, typer.Option("--demo/--reference-only",
+                                       help="Also create Alice and Bob with initial balances.")] = True,
+) -> None:
+    """Create asset types and system accounts (and demo users). Running it twice changes nothing."""
+    url, _ = _database_url(get_settings())
+    asyncio.run(_seed(url, demo))
+    _err("seed data in place")
+
+
+async def _verify(url: str) -> bool:
+    from wallet.db.pool import connect
+    from wallet.services.verify import verify_ledger
+
+    conn = await connect(get_settings(), url)
+    try:
+        report = await verify_ledger(conn)
+    finally:
+        await conn.close()
+    typer.echo(report.render())
+    return report.clean
+
+
+@app.command()
+def verify() -> None:
+    """Recompute every balance from the ledger; exit 1 with a report if anything disagrees."""
+    url, _ = _database_url(get_settings())
+    if not asyncio.run(_verify(url)):
+        raise typer.Exit(code=1)
+
+
+async def _create_key(url: str, name: str, scopes: list[str]) -> str:
+    from wallet.db.pool import connect
+    from wallet.services.api_keys import create_api_key
+
+    conn = await connect(get_settings(), url)
+    try:
+        return await create_api_key(conn, name, scopes)
+    finally:
+        await conn.close()
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Option(help="Who the key is for, e.g. the calling service.")],
+    scope: Annotated[list[str], typer.Option(help="read, credit, spend or admin; repeatable.")],
+) -> None:
+    """Create an API key and print it alone on stdout (it is stored only as a hash)."""
+    from wallet.domain.errors import WalletError
+
+    url, _ = _database_url(get_settings())
+    try:
+        token = asyncio.run(_create_key(url, name, scope))
+    except WalletError as exc:
+        _err(f"error: {exc.message}")
+        raise typer.Exit(code=2) from None
+    typer.echo(token)
+
+
+async def _revoke_key(url: str, token: str) -> bool:
+    from wallet.db.pool import connect
+    from wallet.services.api_keys import revoke_api_key
+
+    conn = await connect(get_settings(), url)
+    try:
+        return await revoke_api_key(conn, token)
+    finally:
+        await conn.close()
+
+
+@keys_app.command("revoke")
+def keys_revoke(key: Annotated[str, typer.Argument(help="The API key to revoke.")]) -> None:
+    """Revoke an API key (effective within WALLET_AUTH_CACHE_TTL_MS)."""
+    url, _ = _database_url(get_settings())
+    if not asyncio.run(_revoke_key(url, key)):
+        _err("no such active key")
+        raise typer.Exit(code=1)
+    _err("revoked")
+
+
+async def _prune(url: str, hours: int) -> int:
+    from wallet.db.pool import connect
+
+    conn = await connect(get_settings(), url)
+    try:
+        result = await conn.execute(
+            "DELETE FROM idempotency_keys WHERE created_at < now() - make_interval(hours => $1)", hours
+        )
+    finally:
+        await conn.close()
+    return int(result.split()[-1])
+
+
+@app.command("prune-idempotency")
+def prune_idempotency() -> None:
+    """Delete stored idempotency keys older than WALLET_IDEMPOTENCY_RETENTION_HOURS."""
+    settings = get_settings()
+    url, _ = _database_url(settings)
+    deleted = asyncio.run(_prune(url, settings.idempotency_retention_hours))
+    _err(f"deleted {deleted} idempotency keys older than {settings.idempotency_retention_hours} h")
+
+
+async def _demo_key(url: str, key_file: Path) -> str:
+    """The embedded demo's API key: reused across restarts while it is still valid."""
+    import hashlib
+
+    from wallet.db.pool import connect
+    from wallet.services.api_keys import create_api_key
+
+    conn = await connect(get_settings(), url)
+    try:
+        if key_file.exists():
+            token = key_file.read_text().strip()
+            digest = hashlib.sha256(token.encode()).digest()
+            valid = await conn.fetchval(
+                "SELECT 1 FROM api_keys WHERE key_sha256 = $1 AND revoked_at IS NULL", digest
+            )
+            if valid:
+                return token
+        token = await create_api_key(conn, "demo", DEMO_SCOPES)
+    finally:
+        await conn.close()
+    key_file.write_text(token + "\n")
+    key_file.chmod(0o600)
+    return token
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Default WALLET_HOST (127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Default WALLET_PORT (8000).")] = None,
+    workers: Annotated[int, typer.Option(min=1, max=64, help="Worker processes.")] = 1,
+    access_log: Annotated[bool, typer.Option(help="Log every request.")] = False,
+) -> None:
+    """Run the HTTP service. Without WALLET_DATABASE_URL: start the embedded PostgreSQL, migrate,
+    seed demo data and print a demo API key."""
+    import uvicorn
+
+    from wallet.db.migrate import upgrade_to_head
+
+    settings = get_settings()
+    host = host or settings.host
+    port = port or settings.port
+    url, embedded = _database_url(settings)
+    if embedded:
+        upgrade_to_head(url)
+        asyncio.run(_seed(url, demo=True))
+        token = asyncio.run(_demo_key(url, settings.data_dir / DEMO_KEY_FILE))
+        os.environ["WALLET_DATABASE_URL"] = url
+        get_settings.cache_clear()
+        base = f"http://{host}:{port}"
+        print(
+            f"\nWallet service (embedded PostgreSQL in {settings.data_dir.resolve()})\n"
+            f"  URL:      {base}\n  Swagger:  {base}/docs\n  ReDoc:    {base}/redoc\n"
+            f"  API key:  {token}\n\n"
+            f"  curl -H 'Authorization: Bearer {token}' {base}/api/v1/wallets/user_001/balance\n",
+            file=sys.stderr,
+            flush=True,
+        )
+    uvicorn.run(
+        "wallet.api.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        access_log=access_log,
+        log_level=settings.log_level.lower(),
+        timeout_graceful_shutdown=10,
+    )

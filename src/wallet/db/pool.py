@@ -1,0 +1,44 @@
+"""The asyncpg connection pool and the session settings every connection gets.
+
+Timeouts are set per session so that no request can hold a row lock, wait on one, or sit idle in
+a transaction for longer than the configured bound.
+"""
+
+from __future__ import annotations
+
+import asyncpg
+
+from wallet.db.urls import asyncpg_url
+from wallet.settings import Settings
+
+
+def session_settings(settings: Settings) -> dict[str, str]:
+    return {
+        "application_name": "wallet",
+        "timezone": "UTC",
+        "lock_timeout": f"{settings.db_lock_timeout_ms}ms",
+        "statement_timeout": f"{settings.db_statement_timeout_ms}ms",
+        "idle_in_transaction_session_timeout": f"{settings.db_idle_in_transaction_timeout_ms}ms",
+    }
+
+
+async def create_pool(settings: Settings, database_url: str) -> asyncpg.Pool:
+    pool = await asyncpg.create_pool(
+        asyncpg_url(database_url),
+        min_size=min(settings.db_pool_min_size, settings.db_pool_max_size),
+        max_size=settings.db_pool_max_size,
+        timeout=settings.db_connect_timeout_ms / 1000,
+        command_timeout=(settings.db_statement_timeout_ms + 1_000) / 1000,
+        server_settings=session_settings(settings),
+    )
+    assert pool is not None
+    return pool
+
+
+async def connect(settings: Settings, database_url: str) -> asyncpg.Connection:
+    """A single connection with the same session settings, for CLI commands."""
+    return await asyncpg.connect(
+        asyncpg_url(database_url),
+        timeout=settings.db_connect_timeout_ms / 1000,
+        server_settings=session_settings(settings),
+    )

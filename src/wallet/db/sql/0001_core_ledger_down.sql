@@ -1,0 +1,12 @@
+DROP FUNCTION IF EXISTS wallet_post_transaction(bigint, text, text, text, text, bigint, text, jsonb);
+DROP FUNCTION IF EXISTS wallet_transaction_json(uuid);
+DROP FUNCTION IF EXISTS wallet_error_body(text, text, text);
+DROP FUNCTION IF EXISTS wallet_ensure_user(text, text);
+DROP FUNCTION IF EXISTS wallet_ensure_asset(text, text, smallint);
+DROP FUNCTION IF EXISTS wallet_system_codes();
+DROP TABLE IF EXISTS idempotency_keys, ledger_entries, transactions, accounts, api_keys, users, asset_types;
+DROP FUNCTION IF EXISTS wallet_transactions_check_balanced();
+DROP FUNCTION IF EXISTS wallet_ledger_entries_check_balanced();
+DROP FUNCTION IF EXISTS wallet_assert_transaction_balanced(uuid);
+DROP FUNCTION IF EXISTS wallet_transactions_guard_update();
+DROP FUNCTION IF EXISTS wallet_reject_change();

@@ -1,0 +1,124 @@
+"""Use cases that write or read one transaction.
+
+A write is one call of the database function `wallet_post_transaction`, in one database
+transaction and one round trip: the idempotency key, the balance update under the user's row lock,
+the ledger rows and the stored response commit together or not at all. This module checks the
+limits that depend on configuration, then hands the outcome back as the exact JSON document the
+database stored, so that a replay is byte-for-byte the original answer.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import orjson
+
+from wallet.domain.errors import (
+    IdempotencyKeyMissing,
+    InvalidRequest,
+    LimitExceeded,
+    TransactionNotFound,
+)
+from wallet.domain.transaction_types import TransactionType
+from wallet.settings import Settings
+
+# Printable ASCII without spaces: keys travel in headers and logs.
+IDEMPOTENCY_KEY_PATTERN = re.compile(r"^[\x21-\x7e]+$")
+
+
+@dataclass(frozen=True, slots=True)
+class PostingRequest:
+    type: TransactionType
+    user_id: str
+    asset_code: str
+    amount_minor: int
+    idempotency_key: str | None
+    description: str | None = None
+    metadata: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PostingOutcome:
+    status_code: int
+    body_json: str  # the stored response document, verbatim
+    replayed: bool
+
+
+def resolve_idempotency_key(body_key: str | None, header_key: str | None) -> str:
+    """The key may come in the body or in the `Idempotency-Key` header, but must be one key."""
+    if body_key is not None and header_key is not None and body_key != header_key:
+        raise InvalidRequest(
+            "idempotency_key in the body differs from the Idempotency-Key header", "idempotency_key"
+        )
+    key = body_key if body_key is not None else header_key
+    if not key:
+        raise IdempotencyKeyMissing(
+            "every write needs an idempotency key (Idempotency-Key header or idempotency_key field)",
+            "idempotency_key",
+        )
+    return key
+
+
+def _check_limits(request: PostingRequest, settings: Settings) -> str:
+    """Returns the metadata as JSON text once every configured limit holds."""
+    key = request.idempotency_key
+    if not key:
+        raise IdempotencyKeyMissing("every write needs an idempotency key", "idempotency_key")
+    if len(key) > settings.max_idempotency_key_chars or not IDEMPOTENCY_KEY_PATTERN.match(key):
+        raise InvalidRequest(
+            f"idempotency key must be 1 to {settings.max_idempotency_key_chars} printable ASCII "
+            "characters without spaces",
+            "idempotency_key",
+        )
+    if request.amount_minor <= 0:
+        raise InvalidRequest("amount must be a positive integer", "amount")
+    if request.amount_minor > settings.max_amount_minor:
+        raise LimitExceeded(
+            f"amount must not exceed {settings.max_amount_minor} (minor units)", "amount"
+        )
+    if request.description is not None and len(request.description) > settings.max_description_chars:
+        raise LimitExceeded(
+            f"description must not exceed {settings.max_description_chars} characters", "description"
+        )
+    metadata_json = orjson.dumps(request.metadata or {}).decode()
+    if len(metadata_json.encode()) > settings.max_metadata_bytes:
+        raise LimitExceeded(
+            f"metadata must not exceed {settings.max_metadata_bytes} bytes as JSON", "metadata"
+        )
+    return metadata_json
+
+
+async def post_transaction(
+    pool: asyncpg.Pool, settings: Settings, api_key_id: int, request: PostingRequest
+) -> PostingOutcome:
+    metadata_json = _check_limits(request, settings)
+    row = await pool.fetchrow(
+        "SELECT status_code, body::text AS body, replayed"
+        " FROM wallet_post_transaction($1, $2, $3, $4, $5, $6, $7, $8::jsonb)",
+        api_key_id,
+        request.idempotency_key,
+        request.type.value,
+        request.user_id,
+        request.asset_code,
+        request.amount_minor,
+        request.description,
+        metadata_json,
+    )
+    assert row is not None
+    assert row["status_code"] in (201, 404, 409, 422), row["status_code"]
+    return PostingOutcome(row["status_code"], row["body"], row["replayed"])
+
+
+async def get_transaction_json(pool: asyncpg.Pool, transaction_id: str) -> str:
+    try:
+        parsed = uuid.UUID(transaction_id)
+    except ValueError:
+        raise TransactionNotFound(f"no transaction with id {transaction_id}", "id") from None
+    body = await pool.fetchval("SELECT wallet_transaction_json($1)::text", parsed)
+    if body is None:
+        raise TransactionNotFound(f"no transaction with id {transaction_id}", "id")
+    return body

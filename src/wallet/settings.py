@@ -1,0 +1,63 @@
+"""Every tunable and every limit of the service, in one object read from `WALLET_*` variables.
+
+Limits live here rather than next to the code that enforces them so an operator can see, in one
+place, every bound the service puts on its callers and on itself (TigerBeetle's "put a limit on
+everything"). Units are part of each name.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# A bigint holds 9.2e18; amounts stay far below so a balance can absorb ~9e12 maximal credits.
+AMOUNT_MINOR_HARD_CEILING = 10**15
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="WALLET_", extra="ignore")
+
+    # Where the ledger lives. Unset: `wallet serve` starts the embedded PostgreSQL in `data_dir`.
+    database_url: str | None = None
+    data_dir: Path = Path(".wallet-data")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+
+    # Connection pool (per worker process).
+    db_pool_min_size: int = Field(default=4, ge=1, le=200)
+    db_pool_max_size: int = Field(default=16, ge=1, le=200)
+    # A request that waits longer than this for a row lock gives up with 503 instead of queueing.
+    db_lock_timeout_ms: int = Field(default=2_000, ge=10, le=60_000)
+    db_statement_timeout_ms: int = Field(default=5_000, ge=100, le=600_000)
+    db_idle_in_transaction_timeout_ms: int = Field(default=10_000, ge=100, le=600_000)
+    db_connect_timeout_ms: int = Field(default=10_000, ge=100, le=120_000)
+
+    # Money and payload limits. Amounts are integers in the asset's minor unit.
+    max_amount_minor: int = Field(default=1_000_000, ge=1, le=AMOUNT_MINOR_HARD_CEILING)
+    max_body_bytes: int = Field(default=16_384, ge=1_024, le=1_048_576)
+    max_metadata_bytes: int = Field(default=4_096, ge=0, le=65_536)
+    max_description_chars: int = Field(default=500, ge=0, le=10_000)
+    max_idempotency_key_chars: int = Field(default=255, ge=8, le=255)
+    max_batch_operations: int = Field(default=100, ge=1, le=1_000)
+
+    # Lists never return unbounded results.
+    page_size_default: int = Field(default=50, ge=1, le=1_000)
+    page_size_max: int = Field(default=200, ge=1, le=1_000)
+
+    # Stored idempotency responses are kept this long; `wallet prune-idempotency` deletes older ones.
+    idempotency_retention_hours: int = Field(default=24, ge=1, le=24 * 365)
+
+    # A verified API key is trusted this long before it is looked up again (revocation delay).
+    auth_cache_ttl_ms: int = Field(default=5_000, ge=0, le=600_000)
+
+    log_level: str = "INFO"
+    log_json: bool = False
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
