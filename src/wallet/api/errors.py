@@ -114,6 +114,11 @@ async def _database_error(request: Request, exc: Exception) -> JSONResponse:
                               headers={"Retry-After": "1"})
     if isinstance(exc, asyncpg.exceptions.NumericValueOutOfRangeError):
         return error_response(409, "balance_limit_exceeded", "the resulting balance is too large", "amount")
+    if isinstance(exc, asyncpg.exceptions.DataError):
+        # Class 22: the database refused a value (e.g. a NUL byte in a path parameter). Fields are
+        # validated before they get here; this is the net under that validation.
+        log.warning("data_error", path=request.url.path, error=type(exc).__name__)
+        return error_response(422, "invalid_request", "a value in the request is not acceptable")
     if isinstance(exc, (asyncpg.exceptions.CannotConnectNowError,
                         asyncpg.exceptions.ConnectionDoesNotExistError,
                         asyncpg.exceptions.AdminShutdownError,

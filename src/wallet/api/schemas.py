@@ -55,6 +55,27 @@ class PostingBody(BaseModel):
     )
 
 
+class BatchOperation(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: TransactionType
+    user_id: UserId
+    asset_type: AssetCode
+    amount: AmountMinor
+    description: str | None = Field(default=None, max_length=10_000)
+    metadata: dict[str, Any] | None = None
+
+
+class BatchBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    operations: list[BatchOperation] = Field(
+        min_length=1, max_length=1_000,
+        description="Posted in order, all or none; at most WALLET_MAX_BATCH_OPERATIONS (100).",
+    )
+    idempotency_key: str | None = Field(default=None, min_length=1, max_length=255)
+
+
 class LedgerEntryOut(BaseModel):
     account_id: int
     account: str = Field(description="User id, or the system account code.")
@@ -75,6 +96,10 @@ class TransactionOut(BaseModel):
     idempotency_key: str
     created_at: str
     entries: list[LedgerEntryOut]
+
+
+class BatchOut(BaseModel):
+    transactions: list[TransactionOut]
 
 
 class TransactionPage(BaseModel):

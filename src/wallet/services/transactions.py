@@ -63,9 +63,7 @@ def resolve_idempotency_key(body_key: str | None, header_key: str | None) -> str
     return key
 
 
-def _check_limits(request: PostingRequest, settings: Settings) -> str:
-    """Returns the metadata as JSON text once every configured limit holds."""
-    key = request.idempotency_key
+def _check_idempotency_key(key: str | None, settings: Settings) -> str:
     if not key:
         raise IdempotencyKeyMissing("every write needs an idempotency key", "idempotency_key")
     if len(key) > settings.max_idempotency_key_chars or not IDEMPOTENCY_KEY_PATTERN.match(key):
@@ -74,39 +72,97 @@ def _check_limits(request: PostingRequest, settings: Settings) -> str:
             "characters without spaces",
             "idempotency_key",
         )
+    return key
+
+
+def _contains_nul(value: Any) -> bool:
+    """PostgreSQL text and jsonb cannot hold U+0000; such input is refused up front."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_contains_nul(k) or _contains_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_contains_nul(v) for v in value)
+    return False
+
+
+def _check_operation(request: PostingRequest, settings: Settings, field_prefix: str = "") -> None:
+    """Raises on the first configured limit the operation breaks, naming the field."""
     if request.amount_minor <= 0:
-        raise InvalidRequest("amount must be a positive integer", "amount")
+        raise InvalidRequest("amount must be a positive integer", f"{field_prefix}amount")
     if request.amount_minor > settings.max_amount_minor:
         raise LimitExceeded(
-            f"amount must not exceed {settings.max_amount_minor} (minor units)", "amount"
+            f"amount must not exceed {settings.max_amount_minor} (minor units)", f"{field_prefix}amount"
         )
     if request.description is not None and len(request.description) > settings.max_description_chars:
         raise LimitExceeded(
-            f"description must not exceed {settings.max_description_chars} characters", "description"
+            f"description must not exceed {settings.max_description_chars} characters",
+            f"{field_prefix}description",
         )
-    metadata_json = orjson.dumps(request.metadata or {}).decode()
-    if len(metadata_json.encode()) > settings.max_metadata_bytes:
+    if _contains_nul(request.description):
+        raise InvalidRequest("description must not contain NUL characters", f"{field_prefix}description")
+    if _contains_nul(request.metadata):
+        raise InvalidRequest("metadata must not contain NUL characters", f"{field_prefix}metadata")
+    if len(orjson.dumps(request.metadata or {})) > settings.max_metadata_bytes:
         raise LimitExceeded(
-            f"metadata must not exceed {settings.max_metadata_bytes} bytes as JSON", "metadata"
+            f"metadata must not exceed {settings.max_metadata_bytes} bytes as JSON",
+            f"{field_prefix}metadata",
         )
-    return metadata_json
 
 
 async def post_transaction(
     pool: asyncpg.Pool, settings: Settings, api_key_id: int, request: PostingRequest
 ) -> PostingOutcome:
-    metadata_json = _check_limits(request, settings)
+    key = _check_idempotency_key(request.idempotency_key, settings)
+    _check_operation(request, settings)
     row = await pool.fetchrow(
         "SELECT status_code, body::text AS body, replayed"
         " FROM wallet_post_transaction($1, $2, $3, $4, $5, $6, $7, $8::jsonb)",
         api_key_id,
-        request.idempotency_key,
+        key,
         request.type.value,
         request.user_id,
         request.asset_code,
         request.amount_minor,
         request.description,
-        metadata_json,
+        orjson.dumps(request.metadata or {}).decode(),
+    )
+    assert row is not None
+    assert row["status_code"] in (201, 404, 409, 422), row["status_code"]
+    return PostingOutcome(row["status_code"], row["body"], row["replayed"])
+
+
+async def post_batch(
+    pool: asyncpg.Pool,
+    settings: Settings,
+    api_key_id: int,
+    idempotency_key: str | None,
+    operations: list[PostingRequest],
+) -> PostingOutcome:
+    """All operations or none, under one idempotency key; see `wallet_post_batch`."""
+    key = _check_idempotency_key(idempotency_key, settings)
+    if not 1 <= len(operations) <= settings.max_batch_operations:
+        raise LimitExceeded(
+            f"a batch holds 1 to {settings.max_batch_operations} operations", "operations"
+        )
+    for index, operation in enumerate(operations):
+        _check_operation(operation, settings, f"operations[{index}].")
+    payload = orjson.dumps([
+        {
+            "type": op.type.value,
+            "user_id": op.user_id,
+            "asset_type": op.asset_code,
+            "amount": op.amount_minor,
+            "description": op.description,
+            "metadata": op.metadata or {},
+        }
+        for op in operations
+    ]).decode()
+    row = await pool.fetchrow(
+        "SELECT status_code, body::text AS body, replayed FROM wallet_post_batch($1, $2, $3::jsonb)",
+        api_key_id,
+        key,
+        payload,
     )
     assert row is not None
     assert row["status_code"] in (201, 404, 409, 422), row["status_code"]

@@ -6,14 +6,16 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Request, Response
 
-from wallet.api.auth import require_scope
+from wallet.api.auth import authenticated, require_scope
 from wallet.api.errors import error_responses
-from wallet.api.schemas import PostingBody, TransactionOut
+from wallet.api.schemas import BatchBody, BatchOut, PostingBody, TransactionOut
 from wallet.domain.transaction_types import REQUIRED_SCOPE, Scope, TransactionType
 from wallet.services.api_keys import Caller
 from wallet.services.transactions import (
+    PostingOutcome,
     PostingRequest,
     get_transaction_json,
+    post_batch,
     post_transaction,
     resolve_idempotency_key,
 )
@@ -29,6 +31,11 @@ WRITE_RESPONSES = {
     201: {"model": TransactionOut, "description": "Posted. Replays carry `Idempotent-Replayed: true`."},
     **error_responses(400, 401, 403, 404, 409, 413, 422, 503),
 }
+
+
+def _respond(outcome: PostingOutcome) -> Response:
+    headers = {"Idempotent-Replayed": "true"} if outcome.replayed else None
+    return Response(outcome.body_json, outcome.status_code, headers, media_type="application/json")
 
 
 async def _post(request: Request, type: TransactionType, body: PostingBody, caller: Caller,
@@ -47,8 +54,7 @@ async def _post(request: Request, type: TransactionType, body: PostingBody, call
             metadata=body.metadata,
         ),
     )
-    headers = {"Idempotent-Replayed": "true"} if outcome.replayed else None
-    return Response(outcome.body_json, outcome.status_code, headers, media_type="application/json")
+    return _respond(outcome)
 
 
 @router.post("/topup", status_code=201, response_model=None, responses=WRITE_RESPONSES,
@@ -76,6 +82,30 @@ async def spend(
     caller: Caller = Depends(require_scope(REQUIRED_SCOPE[TransactionType.SPEND])),
 ) -> Response:
     return await _post(request, TransactionType.SPEND, body, caller, idempotency_key)
+
+
+@router.post("/batch", status_code=201, response_model=None,
+             responses={**WRITE_RESPONSES, 201: {"model": BatchOut, "description": "All posted."}},
+             summary="Post several operations atomically: all or none")
+async def batch(
+    request: Request, body: BatchBody, idempotency_key: IdempotencyKeyHeader = None,
+    caller: Caller = Depends(authenticated),
+) -> Response:
+    for scope in sorted({REQUIRED_SCOPE[op.type] for op in body.operations}):
+        caller.require(scope)
+    outcome = await post_batch(
+        request.app.state.pool,
+        request.app.state.settings,
+        caller.api_key_id,
+        resolve_idempotency_key(body.idempotency_key, idempotency_key),
+        [
+            PostingRequest(type=op.type, user_id=op.user_id, asset_code=op.asset_type,
+                           amount_minor=op.amount, idempotency_key=None,
+                           description=op.description, metadata=op.metadata)
+            for op in body.operations
+        ],
+    )
+    return _respond(outcome)
 
 
 @router.get("/{transaction_id}", response_model=None,

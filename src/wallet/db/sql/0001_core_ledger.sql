@@ -246,6 +246,46 @@ LANGUAGE sql STABLE AS $$
     FROM transactions t WHERE t.id = p_transaction_id
 $$;
 
+-- Claims (caller, key) for this database transaction. Returns NULLs when the key is new and now
+-- ours; otherwise the answer to give: the stored outcome (a replay), 422 when the stored request
+-- differs, or 409 when another request holding the key outlasts lock_timeout.
+-- A concurrent request with the same key blocks on the unique index until the holder commits,
+-- then sees its stored outcome: so exactly one of them writes.
+CREATE FUNCTION wallet_claim_idempotency_key(
+    p_api_key_id bigint, p_idempotency_key text, p_fingerprint bytea,
+    OUT status_code integer, OUT body jsonb, OUT replayed boolean)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_stored record;
+BEGIN
+    replayed := false;
+    BEGIN
+        INSERT INTO idempotency_keys (api_key_id, key, request_sha256)
+            VALUES (p_api_key_id, p_idempotency_key, p_fingerprint)
+            ON CONFLICT (api_key_id, key) DO NOTHING;
+    EXCEPTION WHEN lock_not_available THEN
+        status_code := 409;
+        body := wallet_error_body('idempotency_key_in_use',
+            'another request with this idempotency key is still being processed; retry later',
+            'idempotency_key');
+        RETURN;
+    END;
+    IF FOUND THEN
+        RETURN;
+    END IF;
+    SELECT k.request_sha256, k.status_code, k.response_body INTO STRICT v_stored
+        FROM idempotency_keys k WHERE k.api_key_id = p_api_key_id AND k.key = p_idempotency_key;
+    IF v_stored.request_sha256 <> p_fingerprint THEN
+        status_code := 422;
+        body := wallet_error_body('idempotency_key_reused',
+            'this idempotency key was already used with a different request', 'idempotency_key');
+        RETURN;
+    END IF;
+    status_code := v_stored.status_code;
+    body := v_stored.response_body;
+    replayed := true;
+END $$;
+
 -- Posts a top-up, bonus or spend for one user, idempotently.
 --
 -- Order of work, which is also the lock order (deadlock-free: every caller takes at most one
@@ -265,7 +305,6 @@ DECLARE
     v_fingerprint bytea;
     v_user_account_id bigint;
     v_system_account_id bigint;
-    v_stored record;
     v_delta_minor bigint;
     v_balance_minor bigint;
     v_transaction_id uuid;
@@ -295,29 +334,9 @@ BEGIN
         RETURN;
     END IF;
 
-    BEGIN
-        INSERT INTO idempotency_keys (api_key_id, key, request_sha256)
-            VALUES (p_api_key_id, p_idempotency_key, v_fingerprint)
-            ON CONFLICT (api_key_id, key) DO NOTHING;
-    EXCEPTION WHEN lock_not_available THEN
-        status_code := 409;
-        body := wallet_error_body('idempotency_key_in_use',
-            'another request with this idempotency key is still being processed; retry later',
-            'idempotency_key');
-        RETURN;
-    END;
-    IF NOT FOUND THEN
-        SELECT k.request_sha256, k.status_code, k.response_body INTO v_stored
-            FROM idempotency_keys k WHERE k.api_key_id = p_api_key_id AND k.key = p_idempotency_key;
-        IF v_stored.request_sha256 <> v_fingerprint THEN
-            status_code := 422;
-            body := wallet_error_body('idempotency_key_reused',
-                'this idempotency key was already used with a different request', 'idempotency_key');
-            RETURN;
-        END IF;
-        status_code := v_stored.status_code;
-        body := v_stored.response_body;
-        replayed := true;
+    SELECT c.status_code, c.body, c.replayed INTO status_code, body, replayed
+        FROM wallet_claim_idempotency_key(p_api_key_id, p_idempotency_key, v_fingerprint) c;
+    IF status_code IS NOT NULL THEN
         RETURN;
     END IF;
 
@@ -360,6 +379,137 @@ BEGIN
 
     status_code := 201;
     body := wallet_transaction_json(v_transaction_id);
+    UPDATE idempotency_keys SET status_code = 201, response_body = body
+        WHERE api_key_id = p_api_key_id AND key = p_idempotency_key;
+END $$;
+
+-- The operations of a batch as rows, numbered from 0 in the caller's order.
+CREATE FUNCTION wallet_batch_operations(p_operations jsonb)
+RETURNS TABLE (ord integer, type text, user_id text, asset_type text, amount bigint,
+               description text, metadata jsonb)
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT (e.n - 1)::integer, e.op ->> 'type', e.op ->> 'user_id', e.op ->> 'asset_type',
+           (e.op ->> 'amount')::bigint, e.op ->> 'description', coalesce(e.op -> 'metadata', '{}'::jsonb)
+    FROM jsonb_array_elements(p_operations) WITH ORDINALITY AS e(op, n)
+$$;
+
+-- Posts up to WALLET_MAX_BATCH_OPERATIONS operations atomically: all of them or none.
+-- p_operations is a JSON array of {type, user_id, asset_type, amount, description, metadata}.
+-- Lock order: the idempotency key, then every user account involved, in ascending account id,
+-- in one statement. Two batches touching the same users in opposite orders therefore lock them
+-- in the same order and cannot deadlock.
+CREATE FUNCTION wallet_post_batch(
+    p_api_key_id bigint, p_idempotency_key text, p_operations jsonb,
+    OUT status_code integer, OUT body jsonb, OUT replayed boolean)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_fingerprint bytea := sha256(convert_to(p_operations::text, 'UTF8'));
+    v_operation_count integer := jsonb_array_length(p_operations);
+    v_missing record;
+    v_op record;
+    v_account_ids bigint[];
+    v_balance jsonb;   -- account id -> running balance
+    v_held jsonb;      -- account id -> held amount
+    v_new_balance bigint;
+    v_transaction_id uuid;
+    v_transaction_ids uuid[] := '{}';
+BEGIN
+    replayed := false;
+    IF v_operation_count < 1 THEN
+        RAISE EXCEPTION 'a batch needs at least one operation' USING ERRCODE = 'check_violation';
+    END IF;
+
+    SELECT o.ord, o.user_id, o.asset_type, (u.id IS NOT NULL) AS user_exists INTO v_missing
+        FROM wallet_batch_operations(p_operations) AS o
+        LEFT JOIN users u ON u.id = o.user_id
+        LEFT JOIN accounts a ON a.user_id = o.user_id AND a.asset_code = o.asset_type
+        LEFT JOIN asset_types t ON t.code = o.asset_type AND t.is_active
+        WHERE a.id IS NULL OR t.code IS NULL
+        ORDER BY o.ord LIMIT 1;
+    IF FOUND THEN
+        status_code := 404;
+        IF NOT v_missing.user_exists THEN
+            body := wallet_error_body('user_not_found', format('no user with id %s', v_missing.user_id),
+                format('operations[%s].user_id', v_missing.ord));
+        ELSE
+            body := wallet_error_body('asset_type_not_found',
+                format('no active asset type with code %s', v_missing.asset_type),
+                format('operations[%s].asset_type', v_missing.ord));
+        END IF;
+        RETURN;
+    END IF;
+
+    SELECT c.status_code, c.body, c.replayed INTO status_code, body, replayed
+        FROM wallet_claim_idempotency_key(p_api_key_id, p_idempotency_key, v_fingerprint) c;
+    IF status_code IS NOT NULL THEN
+        RETURN;
+    END IF;
+
+    SELECT array_agg(DISTINCT a.id ORDER BY a.id) INTO v_account_ids
+        FROM wallet_batch_operations(p_operations) AS o
+        JOIN accounts a ON a.user_id = o.user_id AND a.asset_code = o.asset_type;
+    SELECT jsonb_object_agg(l.id::text, l.balance_minor), jsonb_object_agg(l.id::text, l.held_minor)
+        INTO v_balance, v_held
+        FROM (SELECT id, balance_minor, held_minor FROM accounts
+              WHERE id = ANY (v_account_ids) ORDER BY id FOR UPDATE) AS l;
+
+    -- Dry run under the locks: the first operation that would overdraw fails the whole batch.
+    FOR v_op IN
+        SELECT o.ord, o.type, o.amount, a.id AS account_id
+        FROM wallet_batch_operations(p_operations) AS o
+        JOIN accounts a ON a.user_id = o.user_id AND a.asset_code = o.asset_type
+        ORDER BY o.ord
+    LOOP
+        IF v_op.amount IS NULL OR v_op.amount <= 0 OR v_op.type NOT IN ('topup', 'bonus', 'spend') THEN
+            RAISE EXCEPTION 'operation % is invalid', v_op.ord USING ERRCODE = 'check_violation';
+        END IF;
+        v_new_balance := (v_balance ->> v_op.account_id::text)::bigint
+                         + CASE v_op.type WHEN 'spend' THEN -v_op.amount ELSE v_op.amount END;
+        IF v_new_balance < (v_held ->> v_op.account_id::text)::bigint THEN
+            status_code := 409;
+            body := wallet_error_body('insufficient_funds',
+                format('operation %s: available balance is less than %s', v_op.ord, v_op.amount),
+                format('operations[%s].amount', v_op.ord));
+            UPDATE idempotency_keys SET status_code = 409, response_body = body
+                WHERE api_key_id = p_api_key_id AND key = p_idempotency_key;
+            RETURN;
+        END IF;
+        v_balance := jsonb_set(v_balance, ARRAY[v_op.account_id::text], to_jsonb(v_new_balance));
+    END LOOP;
+
+    -- Write: the running balances again, now with the transactions and their entries.
+    SELECT jsonb_object_agg(id::text, balance_minor) INTO v_balance
+        FROM accounts WHERE id = ANY (v_account_ids);
+    FOR v_op IN
+        SELECT o.ord, o.type, o.user_id, o.asset_type, o.amount, o.description,
+               o.metadata, a.id AS account_id, s.id AS system_account_id
+        FROM wallet_batch_operations(p_operations) AS o
+        JOIN accounts a ON a.user_id = o.user_id AND a.asset_code = o.asset_type
+        JOIN accounts s ON s.asset_code = o.asset_type AND s.system_code =
+             CASE o.type WHEN 'topup' THEN 'SYSTEM_TREASURY' WHEN 'bonus' THEN 'SYSTEM_PROMOTIONS' ELSE 'SYSTEM_REVENUE' END
+        ORDER BY o.ord
+    LOOP
+        v_new_balance := (v_balance ->> v_op.account_id::text)::bigint
+                         + CASE v_op.type WHEN 'spend' THEN -v_op.amount ELSE v_op.amount END;
+        v_balance := jsonb_set(v_balance, ARRAY[v_op.account_id::text], to_jsonb(v_new_balance));
+        INSERT INTO transactions (type, api_key_id, idempotency_key, user_id, asset_code, amount_minor,
+                                  balance_after_minor, description, metadata)
+            VALUES (v_op.type, p_api_key_id, p_idempotency_key, v_op.user_id, v_op.asset_type, v_op.amount,
+                    v_new_balance, v_op.description, v_op.metadata)
+            RETURNING id INTO v_transaction_id;
+        INSERT INTO ledger_entries (transaction_id, account_id, asset_code, amount_minor) VALUES
+            (v_transaction_id, v_op.account_id, v_op.asset_type,
+             CASE v_op.type WHEN 'spend' THEN -v_op.amount ELSE v_op.amount END),
+            (v_transaction_id, v_op.system_account_id, v_op.asset_type,
+             CASE v_op.type WHEN 'spend' THEN v_op.amount ELSE -v_op.amount END);
+        v_transaction_ids := v_transaction_ids || v_transaction_id;
+    END LOOP;
+    UPDATE accounts a SET balance_minor = (v_balance ->> a.id::text)::bigint
+        WHERE a.id = ANY (v_account_ids);
+
+    status_code := 201;
+    SELECT jsonb_build_object('transactions', jsonb_agg(wallet_transaction_json(t.id) ORDER BY t.n))
+        INTO body FROM unnest(v_transaction_ids) WITH ORDINALITY AS t(id, n);
     UPDATE idempotency_keys SET status_code = 201, response_body = body
         WHERE api_key_id = p_api_key_id AND key = p_idempotency_key;
 END $$;

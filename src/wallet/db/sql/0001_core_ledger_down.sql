@@ -1,4 +1,7 @@
+DROP FUNCTION IF EXISTS wallet_post_batch(bigint, text, jsonb);
+DROP FUNCTION IF EXISTS wallet_batch_operations(jsonb);
 DROP FUNCTION IF EXISTS wallet_post_transaction(bigint, text, text, text, text, bigint, text, jsonb);
+DROP FUNCTION IF EXISTS wallet_claim_idempotency_key(bigint, text, bytea);
 DROP FUNCTION IF EXISTS wallet_transaction_json(uuid);
 DROP FUNCTION IF EXISTS wallet_error_body(text, text, text);
 DROP FUNCTION IF EXISTS wallet_ensure_user(text, text);

@@ -1,0 +1,113 @@
+"""Table of bad requests: each gets a clear 4xx in the one error shape, and nothing is written."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.support import ledger_counts, new_key
+
+TOPUP = "/api/v1/transactions/topup"
+VALID = {"user_id": "user_placeholder", "asset_type": "GOLD_COINS", "amount": 5}
+
+
+def raw(text: str | bytes) -> dict:
+    return {"content": text, "headers": {"Content-Type": "application/json"}}
+
+
+def valid_with(**changes: object) -> dict:
+    payload = dict(VALID)
+    for key, value in changes.items():
+        if value is ...:
+            payload.pop(key)
+        else:
+            payload[key] = value
+    return {"json": payload}
+
+
+CASES: list[tuple[str, dict, int, str, str | None]] = [
+    # name, request kwargs, status, error code, field
+    ("malformed json", raw('{"user_id": "x", "amount": '), 400, "malformed_json", None),
+    ("not an object", raw("[1, 2, 3]"), 422, "validation_error", None),
+    ("non-utf8 body", raw(b'{"user_id": "\xff\xfe", "asset_type": "GOLD_COINS", "amount": 1}'), 400, None, None),
+    ("one megabyte body", raw('{"user_id": "' + "a" * 1_048_576 + '"}'), 413, "body_too_large", None),
+    ("zero amount", valid_with(amount=0), 422, "validation_error", "amount"),
+    ("negative amount", valid_with(amount=-5), 422, "validation_error", "amount"),
+    ("fractional amount", valid_with(amount=1.5), 422, "validation_error", "amount"),
+    ("string amount", valid_with(amount="5"), 422, "validation_error", "amount"),
+    ("boolean amount", valid_with(amount=True), 422, "validation_error", "amount"),
+    ("null amount", valid_with(amount=None), 422, "validation_error", "amount"),
+    ("huge amount", valid_with(amount=10**30), 422, "validation_error", "amount"),
+    ("above configured maximum", valid_with(amount=1_000_001), 422, "limit_exceeded", "amount"),
+    ("missing amount", valid_with(amount=...), 422, "validation_error", "amount"),
+    ("missing user", valid_with(user_id=...), 422, "validation_error", "user_id"),
+    ("unknown field", valid_with(currency="USD"), 422, "validation_error", "currency"),
+    ("lowercase asset", valid_with(asset_type="gold_coins"), 422, "validation_error", "asset_type"),
+    ("unknown asset", valid_with(asset_type="SILVER"), 404, "asset_type_not_found", "asset_type"),
+    ("unknown user", valid_with(user_id="nobody"), 404, "user_not_found", "user_id"),
+    ("sql injection in user", valid_with(user_id="x'; DROP TABLE accounts;--"), 422, "validation_error", "user_id"),
+    ("sql injection in asset", valid_with(asset_type="GOLD' OR '1'='1"), 422, "validation_error", "asset_type"),
+    ("metadata not an object", valid_with(metadata=[1, 2]), 422, "validation_error", "metadata"),
+    ("metadata too large", valid_with(metadata={"blob": "x" * 5_000}), 422, "limit_exceeded", "metadata"),
+    ("description too long", valid_with(description="d" * 501), 422, "limit_exceeded", "description"),
+    ("NUL in description", valid_with(description="a\x00b"), 422, "invalid_request", "description"),
+    ("NUL in metadata", valid_with(metadata={"k": ["a\x00"]}), 422, "invalid_request", "metadata"),
+    ("idempotency key with spaces", valid_with(idempotency_key="has spaces"), 422, "invalid_request", "idempotency_key"),
+    ("idempotency key too long", valid_with(idempotency_key="k" * 256), 422, "validation_error", "idempotency_key"),
+]
+
+
+@pytest.mark.parametrize(("name", "request_kwargs", "status", "code", "field"), CASES, ids=[c[0] for c in CASES])
+async def test_bad_input_gets_clear_4xx_and_writes_nothing(client, pool, make_user, name, request_kwargs,
+                                                           status, code, field):
+    user = await make_user(GOLD_COINS=100)
+    if "json" in request_kwargs and request_kwargs["json"].get("user_id") == "user_placeholder":
+        request_kwargs = {"json": request_kwargs["json"] | {"user_id": user}}
+    headers = dict(request_kwargs.pop("headers", {}))
+    if "idempotency_key" not in request_kwargs.get("json", {}):
+        headers["Idempotency-Key"] = new_key()
+    before = await ledger_counts(pool)
+    response = await client.post(TOPUP, headers=headers, **request_kwargs)
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"code", "message", "field"} and error["message"]
+    if code is not None:
+        assert error["code"] == code
+    assert error["field"] == field
+    assert await ledger_counts(pool) == before
+
+
+async def test_injection_strings_are_stored_verbatim_not_executed(client, make_user):
+    user = await make_user()
+    nasty = "'); DELETE FROM ledger_entries; -- \U0001F600 <script> \\u0000"
+    response = await client.post(TOPUP, headers={"Idempotency-Key": new_key()}, json={
+        "user_id": user, "asset_type": "GOLD_COINS", "amount": 1,
+        "description": nasty, "metadata": {"note": nasty}})
+    assert response.status_code == 201
+    fetched = await client.get(f"/api/v1/transactions/{response.json()['id']}")
+    assert fetched.json()["description"] == nasty and fetched.json()["metadata"] == {"note": nasty}
+
+
+async def test_whole_float_amount_is_accepted_as_integer(client, make_user):
+    user = await make_user()
+    response = await client.post(TOPUP,
+                                 content=json.dumps({"user_id": user, "asset_type": "GOLD_COINS", "amount": 7.0}),
+                                 headers={"Idempotency-Key": new_key(), "Content-Type": "application/json"},
+                                 )
+    assert response.status_code == 201 and response.json()["amount"] == 7
+
+
+async def test_unknown_route_and_method_use_the_error_shape(client):
+    missing = await client.get("/api/v1/nothing-here")
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+    wrong_method = await client.delete("/api/v1/transactions/topup")
+    assert wrong_method.status_code == 405 and wrong_method.json()["error"]["code"] == "method_not_allowed"
+
+
+async def test_nul_bytes_in_path_and_query_are_4xx(client):
+    for path in ("/api/v1/wallets/a%00b/balance", "/api/v1/wallets/a%00b/transactions",
+                 "/api/v1/wallets/user_001/balance?asset_type=A%00", "/api/v1/transactions/%00"):
+        response = await client.get(path)
+        assert 400 <= response.status_code < 500, (path, response.text)
+        assert response.json()["error"]["code"]
