@@ -8,9 +8,10 @@ folder. Nothing is mocked: every test talks to PostgreSQL.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -34,15 +35,18 @@ def with_database(url: str, database: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def server_url() -> str:
+def server_url() -> Iterator[str]:
     url = os.environ.get("WALLET_TEST_DATABASE_URL")
     if url:
-        return url
-    from wallet.embedded import start_embedded_postgres
+        yield url
+        return
+    from wallet.embedded import embedded_postgres
 
     data_dir = Path(tempfile.mkdtemp(prefix="wallet-test-pg-"))
     os.chmod(data_dir, 0o755)
-    return start_embedded_postgres(data_dir)
+    with embedded_postgres(data_dir) as embedded_url:
+        yield embedded_url
+    shutil.rmtree(data_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -147,3 +151,11 @@ async def make_user(admin: httpx.AsyncClient) -> Callable[..., Awaitable[str]]:
         return user_id
 
     return make
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "last: run after every other test (whole-suite audits)")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: item.get_closest_marker("last") is not None)

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -24,13 +27,26 @@ DEMO_KEY_FILE = "demo-api-key"
 DEMO_SCOPES = ["read", "credit", "spend", "admin"]
 
 
-def _database_url(settings: Settings) -> tuple[str, bool]:
-    """The URL to use, and whether it is the embedded server."""
+@contextmanager
+def _database(settings: Settings) -> Iterator[tuple[str, bool]]:
+    """The URL to use, and whether it is the embedded server (started, and stopped, if needed)."""
     if settings.database_url:
-        return settings.database_url, False
-    from wallet.embedded import start_embedded_postgres
+        yield settings.database_url, False
+        return
+    from wallet.embedded import embedded_postgres
 
-    return start_embedded_postgres(settings.data_dir), True
+    with embedded_postgres(settings.data_dir) as url:
+        yield url, True
+
+
+def _raise_system_exit_on_sigterm() -> None:
+    """uvicorn re-raises the signal that stopped it once it has shut down; a Python handler turns
+    SIGTERM into SystemExit so `finally` blocks (stopping the embedded database) still run."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)
 
 
 def _err(message: str) -> None:
@@ -42,8 +58,8 @@ def migrate() -> None:
     """Apply database migrations (Alembic) up to the newest."""
     from wallet.db.migrate import upgrade_to_head
 
-    url, _ = _database_url(get_settings())
-    upgrade_to_head(url)
+    with _database(get_settings()) as (url, _):
+        upgrade_to_head(url)
     _err("migrations applied")
 
 
@@ -67,8 +83,8 @@ def seed(
                                        help="Also create Alice and Bob with initial balances.")] = True,
 ) -> None:
     """Create asset types and system accounts (and demo users). Running it twice changes nothing."""
-    url, _ = _database_url(get_settings())
-    asyncio.run(_seed(url, demo))
+    with _database(get_settings()) as (url, _):
+        asyncio.run(_seed(url, demo))
     _err("seed data in place")
 
 
@@ -88,8 +104,9 @@ async def _verify(url: str) -> bool:
 @app.command()
 def verify() -> None:
     """Recompute every balance from the ledger; exit 1 with a report if anything disagrees."""
-    url, _ = _database_url(get_settings())
-    if not asyncio.run(_verify(url)):
+    with _database(get_settings()) as (url, _):
+        clean = asyncio.run(_verify(url))
+    if not clean:
         raise typer.Exit(code=1)
 
 
@@ -112,9 +129,9 @@ def keys_create(
     """Create an API key and print it alone on stdout (it is stored only as a hash)."""
     from wallet.domain.errors import WalletError
 
-    url, _ = _database_url(get_settings())
     try:
-        token = asyncio.run(_create_key(url, name, scope))
+        with _database(get_settings()) as (url, _):
+            token = asyncio.run(_create_key(url, name, scope))
     except WalletError as exc:
         _err(f"error: {exc.message}")
         raise typer.Exit(code=2) from None
@@ -135,8 +152,9 @@ async def _revoke_key(url: str, token: str) -> bool:
 @keys_app.command("revoke")
 def keys_revoke(key: Annotated[str, typer.Argument(help="The API key to revoke.")]) -> None:
     """Revoke an API key (effective within WALLET_AUTH_CACHE_TTL_MS)."""
-    url, _ = _database_url(get_settings())
-    if not asyncio.run(_revoke_key(url, key)):
+    with _database(get_settings()) as (url, _):
+        revoked = asyncio.run(_revoke_key(url, key))
+    if not revoked:
         _err("no such active key")
         raise typer.Exit(code=1)
     _err("revoked")
@@ -159,8 +177,8 @@ async def _prune(url: str, hours: int) -> int:
 def prune_idempotency() -> None:
     """Delete stored idempotency keys older than WALLET_IDEMPOTENCY_RETENTION_HOURS."""
     settings = get_settings()
-    url, _ = _database_url(settings)
-    deleted = asyncio.run(_prune(url, settings.idempotency_retention_hours))
+    with _database(settings) as (url, _):
+        deleted = asyncio.run(_prune(url, settings.idempotency_retention_hours))
     _err(f"deleted {deleted} idempotency keys older than {settings.idempotency_retention_hours} h")
 
 
@@ -205,29 +223,30 @@ def serve(
     settings = get_settings()
     host = host or settings.host
     port = port or settings.port
-    url, embedded = _database_url(settings)
-    if embedded:
-        upgrade_to_head(url)
-        asyncio.run(_seed(url, demo=True))
-        token = asyncio.run(_demo_key(url, settings.data_dir / DEMO_KEY_FILE))
-        os.environ["WALLET_DATABASE_URL"] = url
-        get_settings.cache_clear()
-        base = f"http://{host}:{port}"
-        print(
-            f"\nWallet service (embedded PostgreSQL in {settings.data_dir.resolve()})\n"
-            f"  URL:      {base}\n  Swagger:  {base}/docs\n  ReDoc:    {base}/redoc\n"
-            f"  API key:  {token}\n\n"
-            f"  curl -H 'Authorization: Bearer {token}' {base}/api/v1/wallets/user_001/balance\n",
-            file=sys.stderr,
-            flush=True,
+    _raise_system_exit_on_sigterm()
+    with _database(settings) as (url, embedded):
+        if embedded:
+            upgrade_to_head(url)
+            asyncio.run(_seed(url, demo=True))
+            token = asyncio.run(_demo_key(url, settings.data_dir / DEMO_KEY_FILE))
+            os.environ["WALLET_DATABASE_URL"] = url
+            get_settings.cache_clear()
+            base = f"http://{host}:{port}"
+            print(
+                f"\nWallet service (embedded PostgreSQL in {settings.data_dir.resolve()})\n"
+                f"  URL:      {base}\n  Swagger:  {base}/docs\n  ReDoc:    {base}/redoc\n"
+                f"  API key:  {token}\n\n"
+                f"  curl -H 'Authorization: Bearer {token}' {base}/api/v1/wallets/user_001/balance\n",
+                file=sys.stderr,
+                flush=True,
+            )
+        uvicorn.run(
+            "wallet.api.app:create_app",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            access_log=access_log,
+            log_level=settings.log_level.lower(),
+            timeout_graceful_shutdown=10,
         )
-    uvicorn.run(
-        "wallet.api.app:create_app",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        access_log=access_log,
-        log_level=settings.log_level.lower(),
-        timeout_graceful_shutdown=10,
-    )

@@ -1,0 +1,97 @@
+"""The database itself refuses what would break the books, whoever connects to it."""
+
+from __future__ import annotations
+
+import uuid
+
+import asyncpg
+import pytest
+
+from tests.support import new_key
+
+
+@pytest.fixture
+async def conn(database_url):
+    connection = await asyncpg.connect(database_url)
+    yield connection
+    await connection.close()
+
+
+@pytest.fixture
+async def posted(conn, pool, make_user):
+    """A user with one posted top-up; returns (user_id, transaction_id, account_id)."""
+    user = await make_user()
+    api_key_id = await pool.fetchval("SELECT id FROM api_keys WHERE name = 'test-all'")
+    body = await conn.fetchval(
+        "SELECT body FROM wallet_post_transaction($1, $2, 'topup', $3, 'GOLD_COINS', 10, NULL, '{}')",
+        api_key_id, new_key(), user)
+    import json
+    transaction_id = uuid.UUID(json.loads(body)["id"])
+    account_id = await conn.fetchval(
+        "SELECT id FROM accounts WHERE user_id = $1 AND asset_code = 'GOLD_COINS'", user)
+    return user, transaction_id, account_id
+
+
+async def test_ledger_entries_cannot_be_updated_deleted_or_truncated(conn, posted):
+    _, transaction_id, _ = posted
+    for sql in ("UPDATE ledger_entries SET amount_minor = amount_minor * 2 WHERE transaction_id = $1",
+                "DELETE FROM ledger_entries WHERE transaction_id = $1"):
+        with pytest.raises(asyncpg.exceptions.RestrictViolationError, match="append-only"):
+            await conn.execute(sql, transaction_id)
+    with pytest.raises(asyncpg.exceptions.RestrictViolationError):
+        await conn.execute("TRUNCATE ledger_entries CASCADE")
+
+
+async def test_posted_transactions_cannot_be_changed_or_deleted(conn, posted):
+    _, transaction_id, _ = posted
+    with pytest.raises(asyncpg.exceptions.RestrictViolationError):
+        await conn.execute("UPDATE transactions SET amount_minor = 1 WHERE id = $1", transaction_id)
+    with pytest.raises(asyncpg.exceptions.RestrictViolationError):
+        await conn.execute("UPDATE transactions SET status = 'voided' WHERE id = $1", transaction_id)
+    with pytest.raises(asyncpg.exceptions.RestrictViolationError):
+        await conn.execute("DELETE FROM transactions WHERE id = $1", transaction_id)
+
+
+async def test_unbalanced_or_lonely_entries_cannot_commit(conn, posted):
+    user, transaction_id, account_id = posted
+    # An extra entry on an existing transaction breaks its zero sum.
+    with pytest.raises(asyncpg.exceptions.CheckViolationError, match="do not sum to zero"):
+        async with conn.transaction():
+            await conn.execute(
+                "INSERT INTO ledger_entries (transaction_id, account_id, asset_code, amount_minor)"
+                " VALUES ($1, $2, 'GOLD_COINS', 5)", transaction_id, account_id)
+    # A transaction with a single entry, or none, cannot commit either.
+    api_key_id = await conn.fetchval("SELECT id FROM api_keys WHERE name = 'test-all'")
+    for entries in (1, 0):
+        with pytest.raises(asyncpg.exceptions.CheckViolationError, match="at least 2"):
+            async with conn.transaction():
+                new_id = await conn.fetchval(
+                    "INSERT INTO transactions (type, api_key_id, idempotency_key, user_id, asset_code,"
+                    " amount_minor, balance_after_minor) VALUES ('topup', $1, 'x', $2, 'GOLD_COINS', 5, 5)"
+                    " RETURNING id", api_key_id, user)
+                if entries:
+                    await conn.execute(
+                        "INSERT INTO ledger_entries (transaction_id, account_id, asset_code, amount_minor)"
+                        " VALUES ($1, $2, 'GOLD_COINS', 5)", new_id, account_id)
+
+
+async def test_user_balance_cannot_go_negative(conn, posted):
+    _, _, account_id = posted
+    with pytest.raises(asyncpg.exceptions.CheckViolationError, match="user_balance_never_negative"):
+        await conn.execute("UPDATE accounts SET balance_minor = -1 WHERE id = $1", account_id)
+
+
+async def test_idempotency_key_is_unique_per_caller(conn, pool):
+    api_key_id = await pool.fetchval("SELECT id FROM api_keys WHERE name = 'test-all'")
+    key = new_key()
+    insert = "INSERT INTO idempotency_keys (api_key_id, key, request_sha256) VALUES ($1, $2, sha256('x'))"
+    await conn.execute(insert, api_key_id, key)
+    with pytest.raises(asyncpg.exceptions.UniqueViolationError):
+        await conn.execute(insert, api_key_id, key)
+
+
+async def test_amounts_are_positive_integers_in_the_schema(conn):
+    columns = await conn.fetch(
+        "SELECT table_name, column_name, data_type FROM information_schema.columns"
+        " WHERE column_name LIKE '%minor' AND table_schema = 'public'")
+    assert columns and {c["data_type"] for c in columns} == {"bigint"}

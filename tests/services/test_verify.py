@@ -1,0 +1,72 @@
+"""`wallet verify` is clean on honest books and names what is wrong on corrupted ones."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from urllib.parse import urlsplit
+
+import asyncpg
+import pytest
+
+from wallet.db.migrate import upgrade_to_head_async
+from wallet.services.seed import seed_demo_data
+from wallet.services.verify import verify_ledger
+
+
+def run_cli(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = os.environ | {"WALLET_DATABASE_URL": database_url}
+    return subprocess.run([sys.executable, "-m", "wallet", *args], env=env, capture_output=True,
+                          text=True, timeout=120)
+
+
+@pytest.mark.last
+async def test_verify_is_clean_after_the_whole_suite(database_url):
+    """Runs last: everything every other test posted, raced and rejected still balances."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        report = await verify_ledger(conn)
+    finally:
+        await conn.close()
+    assert report.clean, report.render()
+    assert report.transactions > 100
+    result = run_cli(database_url, "verify")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "OK: the books balance" in result.stdout
+
+
+async def test_verify_fails_on_a_corrupted_copy(create_database, server_url):
+    original = await create_database()
+    await upgrade_to_head_async(original)
+    conn = await asyncpg.connect(original)
+    try:
+        await seed_demo_data(conn)
+    finally:
+        await conn.close()
+    assert run_cli(original, "verify").returncode == 0
+
+    copy = await create_database(template=urlsplit(original).path.lstrip("/"))
+    conn = await asyncpg.connect(copy)
+    try:
+        # What only a superuser bypassing triggers could do: drift a cached balance and append an
+        # entry that breaks a transaction's zero sum.
+        await conn.execute("SET session_replication_role = replica")
+        await conn.execute("UPDATE accounts SET balance_minor = balance_minor + 7"
+                           " WHERE user_id = 'user_001' AND asset_code = 'GOLD_COINS'")
+        await conn.execute(
+            "INSERT INTO ledger_entries (transaction_id, account_id, asset_code, amount_minor)"
+            " SELECT t.id, a.id, 'DIAMONDS', 3 FROM transactions t, accounts a"
+            " WHERE t.user_id = 'user_002' AND t.asset_code = 'DIAMONDS'"
+            "   AND a.user_id = 'user_002' AND a.asset_code = 'DIAMONDS'")
+    finally:
+        await conn.close()
+
+    result = run_cli(copy, "verify")
+    assert result.returncode == 1
+    assert "cached user balance differs" in result.stdout
+    assert "user_001 GOLD_COINS): cached balance 1007, ledger sum 1000" in result.stdout
+    assert "do not sum to zero" in result.stdout
+    assert "the whole ledger does not sum to zero for an asset" in result.stdout
+    # The original is untouched and still clean.
+    assert run_cli(original, "verify").returncode == 0
