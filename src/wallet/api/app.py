@@ -9,6 +9,7 @@ from fastapi import FastAPI
 
 from wallet import __version__
 from wallet.api.body_limit import BodySizeLimit
+from wallet.api import metrics
 from wallet.api.errors import install_error_handlers
 from wallet.api.routes import health, transactions, users, wallets
 from wallet.db.pool import create_pool
@@ -45,6 +46,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     install_error_handlers(app)
     app.include_router(health.router)
+    app.include_router(metrics.router)
     app.include_router(transactions.router)
     app.include_router(wallets.router)
     app.include_router(users.router)

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, Header, Request, Response
 
 from wallet.api.auth import authenticated, require_scope
 from wallet.api.errors import error_responses
+from wallet.api.metrics import POSTING_SECONDS, POSTINGS
 from wallet.api.schemas import BatchBody, BatchOut, PostingBody, TransactionOut
 from wallet.domain.transaction_types import REQUIRED_SCOPE, Scope, TransactionType
 from wallet.services.api_keys import Caller
@@ -33,28 +34,28 @@ WRITE_RESPONSES = {
 }
 
 
-def _respond(outcome: PostingOutcome) -> Response:
+def _respond(kind: str, outcome: PostingOutcome) -> Response:
+    POSTINGS.labels(kind, outcome.status_code, outcome.replayed).inc()
     headers = {"Idempotent-Replayed": "true"} if outcome.replayed else None
     return Response(outcome.body_json, outcome.status_code, headers, media_type="application/json")
 
 
 async def _post(request: Request, type: TransactionType, body: PostingBody, caller: Caller,
                 header_key: str | None) -> Response:
-    outcome = await post_transaction(
-        request.app.state.pool,
-        request.app.state.settings,
-        caller.api_key_id,
-        PostingRequest(
-            type=type,
-            user_id=body.user_id,
-            asset_code=body.asset_type,
-            amount_minor=body.amount,
-            idempotency_key=resolve_idempotency_key(body.idempotency_key, header_key),
-            description=body.description,
-            metadata=body.metadata,
-        ),
+    posting = PostingRequest(
+        type=type,
+        user_id=body.user_id,
+        asset_code=body.asset_type,
+        amount_minor=body.amount,
+        idempotency_key=resolve_idempotency_key(body.idempotency_key, header_key),
+        description=body.description,
+        metadata=body.metadata,
     )
-    return _respond(outcome)
+    with POSTING_SECONDS.labels(type.value).time():
+        outcome = await post_transaction(
+            request.app.state.pool, request.app.state.settings, caller.api_key_id, posting
+        )
+    return _respond(type.value, outcome)
 
 
 @router.post("/topup", status_code=201, response_model=None, responses=WRITE_RESPONSES,
@@ -93,19 +94,18 @@ async def batch(
 ) -> Response:
     for scope in sorted({REQUIRED_SCOPE[op.type] for op in body.operations}):
         caller.require(scope)
-    outcome = await post_batch(
-        request.app.state.pool,
-        request.app.state.settings,
-        caller.api_key_id,
-        resolve_idempotency_key(body.idempotency_key, idempotency_key),
-        [
-            PostingRequest(type=op.type, user_id=op.user_id, asset_code=op.asset_type,
-                           amount_minor=op.amount, idempotency_key=None,
-                           description=op.description, metadata=op.metadata)
-            for op in body.operations
-        ],
-    )
-    return _respond(outcome)
+    operations = [
+        PostingRequest(type=op.type, user_id=op.user_id, asset_code=op.asset_type,
+                       amount_minor=op.amount, idempotency_key=None,
+                       description=op.description, metadata=op.metadata)
+        for op in body.operations
+    ]
+    key = resolve_idempotency_key(body.idempotency_key, idempotency_key)
+    with POSTING_SECONDS.labels("batch").time():
+        outcome = await post_batch(
+            request.app.state.pool, request.app.state.settings, caller.api_key_id, key, operations
+        )
+    return _respond("batch", outcome)
 
 
 @router.get("/{transaction_id}", response_model=None,
