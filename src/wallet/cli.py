@@ -250,3 +250,28 @@ def serve(
             log_level=settings.log_level.lower(),
             timeout_graceful_shutdown=10,
         )
+
+
+@app.command()
+def bench(
+    database_url: Annotated[str, typer.Option(
+        envvar="WALLET_BENCH_DATABASE_URL",
+        help="A PostgreSQL server to benchmark on (a scratch database is created there).")]
+        = "postgresql://postgres@127.0.0.1:5432/postgres",
+    clients: Annotated[str, typer.Option(help="Comma-separated concurrency levels.")] = "1,16,64",
+    seconds: Annotated[int, typer.Option(min=1, max=600, help="Duration of each measurement.")] = 10,
+    workers: Annotated[int, typer.Option(min=1, max=64, help="Service worker processes.")] = 2,
+    batch_size: Annotated[int, typer.Option(min=1, max=1000, help="Operations per batch request.")] = 100,
+    scenarios: Annotated[str, typer.Option(help="Any of topup,spend,balance,batch.")] = "topup,spend,balance,batch",
+    output: Annotated[Path | None, typer.Option(help="Also write the figures as JSON here.")] = None,
+) -> None:
+    """Throughput and latency over HTTP at each concurrency, beside pgbench on the same server."""
+    from wallet.bench import LUA_REQUEST, run_bench
+
+    chosen = [s.strip() for s in scenarios.split(",") if s.strip()]
+    unknown = sorted(set(chosen) - set(LUA_REQUEST))
+    if unknown:
+        _err(f"unknown scenarios: {', '.join(unknown)}")
+        raise typer.Exit(code=2)
+    run_bench(database_url, clients=[int(c) for c in clients.split(",")], seconds=seconds,
+              workers=workers, batch_size=batch_size, scenarios=chosen, output=output)

@@ -52,27 +52,59 @@ async def test_posted_transactions_cannot_be_changed_or_deleted(conn, posted):
         await conn.execute("DELETE FROM transactions WHERE id = $1", transaction_id)
 
 
-async def test_unbalanced_or_lonely_entries_cannot_commit(conn, posted):
-    user, transaction_id, account_id = posted
-    # An extra entry on an existing transaction breaks its zero sum.
-    with pytest.raises(asyncpg.exceptions.CheckViolationError, match="do not sum to zero"):
-        async with conn.transaction():
-            await conn.execute(
-                "INSERT INTO ledger_entries (transaction_id, account_id, asset_code, amount_minor)"
-                " VALUES ($1, $2, 'GOLD_COINS', 5)", transaction_id, account_id)
-    # A transaction with a single entry, or none, cannot commit either.
+INSERT_ENTRY = ("INSERT INTO ledger_entries (transaction_id, entry_no, account_id, asset_code, amount_minor)"
+                " VALUES ($1, $2, $3, 'GOLD_COINS', $4)")
+POST_WITH_ENTRIES = """
+WITH t AS (
+    INSERT INTO transactions (type, api_key_id, idempotency_key, user_id, asset_code, amount_minor,
+                              balance_after_minor)
+    VALUES ('topup', $1, 'manual', $2, 'GOLD_COINS', 5, 5) RETURNING id
+)
+INSERT INTO ledger_entries (transaction_id, entry_no, account_id, asset_code, amount_minor)
+SELECT t.id, e.entry_no, e.account_id, 'GOLD_COINS', e.amount FROM t,
+       jsonb_to_recordset($3::jsonb) AS e(entry_no smallint, account_id bigint, amount bigint)
+"""
+
+
+async def test_entries_cannot_be_appended_to_a_posted_transaction(conn, posted):
+    _, transaction_id, account_id = posted
+    treasury = await conn.fetchval(
+        "SELECT id FROM accounts WHERE system_code = 'SYSTEM_TREASURY' AND asset_code = 'GOLD_COINS'")
+    with pytest.raises(asyncpg.exceptions.CheckViolationError, match="in one statement"):
+        await conn.execute(INSERT_ENTRY, transaction_id, 3, account_id, 5)
+    # Not even a balanced pair.
+    with pytest.raises(asyncpg.exceptions.CheckViolationError, match="in one statement"):
+        await conn.executemany(INSERT_ENTRY, [(transaction_id, 3, account_id, 5), (transaction_id, 4, treasury, -5)])
+    with pytest.raises(asyncpg.exceptions.CheckViolationError, match="1..n"):
+        await conn.execute(
+            "INSERT INTO ledger_entries (transaction_id, entry_no, account_id, asset_code, amount_minor)"
+            " VALUES ($1, 3, $2, 'GOLD_COINS', 5), ($1, 4, $3, 'GOLD_COINS', -5)",
+            transaction_id, account_id, treasury)
+
+
+async def test_transactions_need_balanced_entries_of_known_accounts(conn, posted):
+    import json
+
+    user, _, account_id = posted
     api_key_id = await conn.fetchval("SELECT id FROM api_keys WHERE name = 'test-all'")
-    for entries in (1, 0):
-        with pytest.raises(asyncpg.exceptions.CheckViolationError, match="at least 2"):
-            async with conn.transaction():
-                new_id = await conn.fetchval(
-                    "INSERT INTO transactions (type, api_key_id, idempotency_key, user_id, asset_code,"
-                    " amount_minor, balance_after_minor) VALUES ('topup', $1, 'x', $2, 'GOLD_COINS', 5, 5)"
-                    " RETURNING id", api_key_id, user)
-                if entries:
-                    await conn.execute(
-                        "INSERT INTO ledger_entries (transaction_id, account_id, asset_code, amount_minor)"
-                        " VALUES ($1, $2, 'GOLD_COINS', 5)", new_id, account_id)
+    treasury = await conn.fetchval(
+        "SELECT id FROM accounts WHERE system_code = 'SYSTEM_TREASURY' AND asset_code = 'GOLD_COINS'")
+    diamonds = await conn.fetchval(
+        "SELECT id FROM accounts WHERE system_code = 'SYSTEM_TREASURY' AND asset_code = 'DIAMONDS'")
+    cases = [
+        ([], "must be written together with its ledger entries"),
+        ([(1, account_id, 5)], "1..n|must be written together"),
+        ([(1, account_id, 5), (2, treasury, -4)], "do not sum to zero"),
+        ([(1, account_id, 5), (2, diamonds, -5)], "unknown account or another asset"),
+        ([(1, account_id, 5), (2, 999_999_999, -5)], "unknown account or another asset"),
+    ]
+    for entries, message in cases:
+        payload = json.dumps([{"entry_no": n, "account_id": a, "amount": m} for n, a, m in entries])
+        with pytest.raises(asyncpg.exceptions.CheckViolationError, match=message):
+            await conn.execute(POST_WITH_ENTRIES, api_key_id, user, payload)
+    # Entries written without their transaction in the same statement are refused too.
+    with pytest.raises(asyncpg.exceptions.CheckViolationError, match="does not exist"):
+        await conn.execute(INSERT_ENTRY, uuid.uuid4(), 1, account_id, 5)
 
 
 async def test_user_balance_cannot_go_negative(conn, posted):
@@ -84,7 +116,8 @@ async def test_user_balance_cannot_go_negative(conn, posted):
 async def test_idempotency_key_is_unique_per_caller(conn, pool):
     api_key_id = await pool.fetchval("SELECT id FROM api_keys WHERE name = 'test-all'")
     key = new_key()
-    insert = "INSERT INTO idempotency_keys (api_key_id, key, request_sha256) VALUES ($1, $2, sha256('x'))"
+    insert = ("INSERT INTO idempotency_keys (api_key_id, key, request_sha256, status_code, response_body)"
+              " VALUES ($1, $2, sha256('x'), 201, '{}')")
     await conn.execute(insert, api_key_id, key)
     with pytest.raises(asyncpg.exceptions.UniqueViolationError):
         await conn.execute(insert, api_key_id, key)

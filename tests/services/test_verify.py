@@ -55,8 +55,8 @@ async def test_verify_fails_on_a_corrupted_copy(create_database, server_url):
         await conn.execute("UPDATE accounts SET balance_minor = balance_minor + 7"
                            " WHERE user_id = 'user_001' AND asset_code = 'GOLD_COINS'")
         await conn.execute(
-            "INSERT INTO ledger_entries (transaction_id, account_id, asset_code, amount_minor)"
-            " SELECT t.id, a.id, 'DIAMONDS', 3 FROM transactions t, accounts a"
+            "INSERT INTO ledger_entries (transaction_id, entry_no, account_id, asset_code, amount_minor)"
+            " SELECT t.id, 3, a.id, 'DIAMONDS', 3 FROM transactions t, accounts a"
             " WHERE t.user_id = 'user_002' AND t.asset_code = 'DIAMONDS'"
             "   AND a.user_id = 'user_002' AND a.asset_code = 'DIAMONDS'")
     finally:

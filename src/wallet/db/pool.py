@@ -19,6 +19,10 @@ def session_settings(settings: Settings) -> dict[str, str]:
         "lock_timeout": f"{settings.db_lock_timeout_ms}ms",
         "statement_timeout": f"{settings.db_statement_timeout_ms}ms",
         "idle_in_transaction_session_timeout": f"{settings.db_idle_in_transaction_timeout_ms}ms",
+        # The posting functions run the same point lookups and writes millions of times. With the
+        # default (auto) PL/pgSQL kept re-planning several of them on every call (a third of the
+        # CPU of a posting); their generic plans are the right plans.
+        "plan_cache_mode": "force_generic_plan",
     }
 
 

@@ -40,7 +40,7 @@ CHECKS: list[tuple[str, str]] = [
         "transaction entries do not sum to zero, or fewer than two entries",
         """
         SELECT format('transaction %s: %s entries, sum %s in %s', t.id,
-                      count(e.id), coalesce(sum(e.amount_minor), 0), coalesce(e.asset_code, t.asset_code))
+                      count(e.entry_no), coalesce(sum(e.amount_minor), 0), coalesce(e.asset_code, t.asset_code))
         FROM transactions t LEFT JOIN ledger_entries e ON e.transaction_id = t.id
         GROUP BY t.id, t.asset_code, e.asset_code
         HAVING coalesce(sum(e.amount_minor), 0) <> 0

@@ -1,6 +1,6 @@
 -- The core ledger. Every invariant the service promises is enforced here, by the database, so that
 -- no bug in Python, no psql session and no future caller can break it:
---   * entries of a transaction sum to zero per asset and number at least two (deferred trigger);
+--   * entries of a transaction sum to zero and number at least two, all written at once (triggers);
 --   * a user's cached balance never goes below zero (CHECK);
 --   * ledger entries and posted transactions are append-only (triggers reject UPDATE/DELETE/TRUNCATE);
 --   * an idempotency key is unique per calling API key (primary key).
@@ -42,7 +42,7 @@ CREATE TABLE accounts (
     id            bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     kind          text NOT NULL CHECK (kind IN ('user', 'system')),
     user_id       text REFERENCES users (id),
-    system_code   text CHECK (system_code ~ '^SYSTEM_[A-Z_]{1,40}$'),
+    system_code   text,
     asset_code    text NOT NULL REFERENCES asset_types (code),
     balance_minor bigint NOT NULL DEFAULT 0,
     held_minor    bigint NOT NULL DEFAULT 0,
@@ -57,16 +57,23 @@ CREATE TABLE accounts (
     UNIQUE (system_code, asset_code)
 );
 
+-- A transaction moves one asset between one user account and one system account.
+-- References to hot, shared rows (the asset type, the caller's API key, the system account) are
+-- not FOREIGN KEYs: a foreign-key check takes a KEY SHARE lock on the referenced row, and with
+-- every concurrent posting locking the same few rows PostgreSQL builds a multixact per locker and
+-- WAL-logs each lock. Those references are checked by the triggers below instead, without locks;
+-- that is as strong because the referenced rows can never be deleted nor their keys changed.
 CREATE TABLE transactions (
     id                  uuid PRIMARY KEY DEFAULT gen_random_uuid(),
-    seq                 bigint GENERATED ALWAYS AS IDENTITY UNIQUE,
+    -- Insertion order, for newest-first history with a stable cursor.
+    seq                 bigint GENERATED ALWAYS AS IDENTITY,
     type                text NOT NULL CHECK (type IN ('topup', 'bonus', 'spend')),
     -- 'pending' and 'voided' are reserved for holds; every transaction posted today is 'posted'.
     status              text NOT NULL DEFAULT 'posted' CHECK (status IN ('pending', 'posted', 'voided')),
-    api_key_id          bigint NOT NULL REFERENCES api_keys (id),
+    api_key_id          bigint NOT NULL,
     idempotency_key     text NOT NULL CHECK (length(idempotency_key) BETWEEN 1 AND 255),
     user_id             text NOT NULL REFERENCES users (id),
-    asset_code          text NOT NULL REFERENCES asset_types (code),
+    asset_code          text NOT NULL,
     amount_minor        bigint NOT NULL CHECK (amount_minor > 0),
     balance_after_minor bigint NOT NULL CHECK (balance_after_minor >= 0),
     description         text CHECK (length(description) <= 10000),
@@ -77,26 +84,26 @@ CREATE TABLE transactions (
 CREATE INDEX transactions_user_history ON transactions (user_id, seq DESC);
 CREATE INDEX transactions_user_asset_history ON transactions (user_id, asset_code, seq DESC);
 
--- Signed amounts: positive increases the account, negative decreases it.
+-- Signed amounts: positive increases the account, negative decreases it. Entries of a transaction
+-- are numbered 1..n and written by one INSERT statement (checked below).
 CREATE TABLE ledger_entries (
-    id             bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    transaction_id uuid NOT NULL REFERENCES transactions (id),
-    account_id     bigint NOT NULL REFERENCES accounts (id),
-    asset_code     text NOT NULL REFERENCES asset_types (code),
+    transaction_id uuid NOT NULL,
+    entry_no       smallint NOT NULL CHECK (entry_no >= 1),
+    account_id     bigint NOT NULL,
+    asset_code     text NOT NULL,
     amount_minor   bigint NOT NULL CHECK (amount_minor <> 0),
-    created_at     timestamptz NOT NULL DEFAULT now()
+    created_at     timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (transaction_id, entry_no)
 );
-CREATE INDEX ledger_entries_by_transaction ON ledger_entries (transaction_id);
-CREATE INDEX ledger_entries_by_account ON ledger_entries (account_id, id);
 
--- The stored outcome of a write, keyed per caller. The key row, the ledger rows and the response
--- commit in one database transaction: after a crash there is either all of it or none of it.
+-- The stored outcome of a write, keyed per caller. It is inserted in the same database
+-- transaction as the ledger rows it describes: after a crash there is all of it or none of it.
 CREATE TABLE idempotency_keys (
-    api_key_id     bigint NOT NULL REFERENCES api_keys (id),
+    api_key_id     bigint NOT NULL,
     key            text NOT NULL CHECK (length(key) BETWEEN 1 AND 255),
     request_sha256 bytea NOT NULL CHECK (length(request_sha256) = 32),
-    status_code    smallint CHECK (status_code BETWEEN 200 AND 499),
-    response_body  jsonb,
+    status_code    smallint NOT NULL CHECK (status_code BETWEEN 200 AND 499),
+    response_body  jsonb NOT NULL,
     created_at     timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (api_key_id, key)
 );
@@ -120,8 +127,17 @@ CREATE TRIGGER transactions_no_delete BEFORE DELETE ON transactions
     FOR EACH ROW EXECUTE FUNCTION wallet_reject_change();
 CREATE TRIGGER transactions_no_truncate BEFORE TRUNCATE ON transactions
     FOR EACH STATEMENT EXECUTE FUNCTION wallet_reject_change();
+-- Rows that ledger rows refer to are never deleted (API keys are revoked, assets deactivated).
 CREATE TRIGGER accounts_no_delete BEFORE DELETE ON accounts
     FOR EACH ROW EXECUTE FUNCTION wallet_reject_change();
+CREATE TRIGGER asset_types_no_delete BEFORE DELETE ON asset_types
+    FOR EACH ROW EXECUTE FUNCTION wallet_reject_change();
+CREATE TRIGGER api_keys_no_delete BEFORE DELETE ON api_keys
+    FOR EACH ROW EXECUTE FUNCTION wallet_reject_change();
+CREATE TRIGGER users_no_delete BEFORE DELETE ON users
+    FOR EACH ROW EXECUTE FUNCTION wallet_reject_change();
+CREATE TRIGGER reference_tables_no_truncate BEFORE TRUNCATE ON accounts
+    FOR EACH STATEMENT EXECUTE FUNCTION wallet_reject_change();
 
 -- A posted or voided transaction is final. Only a pending one (a future hold) may change, and then
 -- only its status.
@@ -137,51 +153,86 @@ END $$;
 CREATE TRIGGER transactions_final BEFORE UPDATE ON transactions
     FOR EACH ROW EXECUTE FUNCTION wallet_transactions_guard_update();
 
--- Checked at commit, once the whole transaction is written: both on the transaction row (so a
--- transaction without entries cannot commit) and on every entry (so entries cannot be added later).
-CREATE FUNCTION wallet_assert_transaction_balanced(p_transaction_id uuid) RETURNS void
-LANGUAGE plpgsql AS $$
+-- Once per INSERT statement on ledger_entries, over all its rows: each transaction's entries are
+-- numbered 1..n with n >= 2 (so none can be appended to it by a later statement), they sum to
+-- zero, each names an existing account of the transaction's asset, and the transaction's caller
+-- exists. Statement-level: one query per posting, not one per row.
+CREATE FUNCTION wallet_ledger_entries_check() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
-    v_entry_count integer;
-    v_unbalanced_asset text;
+    v_problem text;
 BEGIN
-    SELECT count(*) INTO v_entry_count FROM ledger_entries WHERE transaction_id = p_transaction_id;
-    IF v_entry_count < 2 THEN
-        RAISE EXCEPTION 'transaction % has % ledger entries; at least 2 are required',
-            p_transaction_id, v_entry_count USING ERRCODE = 'check_violation';
+    SELECT CASE
+               WHEN NOT s.transaction_ok THEN
+                   format('transaction %s does not exist or refers to an unknown API key', s.transaction_id)
+               WHEN s.entry_count < 2 OR s.first_no <> 1 OR s.last_no <> s.entry_count THEN
+                   format('transaction %s must get its entries 1..n (n >= 2) in one statement; got %s entries numbered %s..%s',
+                          s.transaction_id, s.entry_count, s.first_no, s.last_no)
+               WHEN NOT s.accounts_ok THEN
+                   format('an entry of transaction %s names an unknown account or another asset', s.transaction_id)
+               ELSE format('ledger entries of transaction %s do not sum to zero (sum %s)', s.transaction_id, s.total)
+           END
+      INTO v_problem
+      FROM (SELECT n.transaction_id,
+                   bool_and(t.id IS NOT NULL AND k.id IS NOT NULL) AS transaction_ok,
+                   count(*) AS entry_count, min(n.entry_no) AS first_no, max(n.entry_no) AS last_no,
+                   bool_and(a.id IS NOT NULL AND a.asset_code = n.asset_code AND t.asset_code = n.asset_code)
+                       AS accounts_ok,
+                   sum(n.amount_minor) AS total
+              FROM new_entries n
+              LEFT JOIN transactions t ON t.id = n.transaction_id
+              LEFT JOIN api_keys k ON k.id = t.api_key_id
+              LEFT JOIN accounts a ON a.id = n.account_id
+             GROUP BY n.transaction_id) s
+     WHERE NOT s.transaction_ok OR s.entry_count < 2 OR s.first_no <> 1
+        OR s.last_no <> s.entry_count OR NOT s.accounts_ok OR s.total <> 0
+     LIMIT 1;
+    IF v_problem IS NOT NULL THEN
+        RAISE EXCEPTION '%', v_problem USING ERRCODE = 'check_violation';
     END IF;
-    SELECT asset_code INTO v_unbalanced_asset FROM ledger_entries
-        WHERE transaction_id = p_transaction_id
-        GROUP BY asset_code HAVING sum(amount_minor) <> 0 LIMIT 1;
-    IF FOUND THEN
-        RAISE EXCEPTION 'ledger entries of transaction % do not sum to zero in %',
-            p_transaction_id, v_unbalanced_asset USING ERRCODE = 'check_violation';
-    END IF;
+    RETURN NULL;
 END $$;
+CREATE TRIGGER ledger_entries_balanced AFTER INSERT ON ledger_entries
+    REFERENCING NEW TABLE AS new_entries
+    FOR EACH STATEMENT EXECUTE FUNCTION wallet_ledger_entries_check();
 
-CREATE FUNCTION wallet_transactions_check_balanced() RETURNS trigger LANGUAGE plpgsql AS $$
+-- Once per INSERT statement on transactions: every new transaction got its entries in that same
+-- statement. With the entries check above this means a transaction and all its entries are
+-- written by one SQL statement (data-modifying CTEs) and nothing can be added to it afterwards;
+-- its asset is checked through its entries' accounts.
+CREATE FUNCTION wallet_transactions_check() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    v_incomplete uuid;
 BEGIN
-    PERFORM wallet_assert_transaction_balanced(NEW.id);
+    SELECT n.id INTO v_incomplete
+      FROM new_transactions n
+      LEFT JOIN ledger_entries e ON e.transaction_id = n.id AND e.entry_no = 2
+     WHERE e.transaction_id IS NULL
+     LIMIT 1;
+    IF v_incomplete IS NOT NULL THEN
+        RAISE EXCEPTION 'transaction % must be written together with its ledger entries (at least 2)',
+            v_incomplete USING ERRCODE = 'check_violation';
+    END IF;
     RETURN NULL;
 END $$;
-CREATE FUNCTION wallet_ledger_entries_check_balanced() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM wallet_assert_transaction_balanced(NEW.transaction_id);
-    RETURN NULL;
-END $$;
-CREATE CONSTRAINT TRIGGER transactions_balanced AFTER INSERT ON transactions
-    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION wallet_transactions_check_balanced();
-CREATE CONSTRAINT TRIGGER ledger_entries_balanced AFTER INSERT ON ledger_entries
-    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION wallet_ledger_entries_check_balanced();
+CREATE TRIGGER transactions_complete AFTER INSERT ON transactions
+    REFERENCING NEW TABLE AS new_transactions
+    FOR EACH STATEMENT EXECUTE FUNCTION wallet_transactions_check();
 
 -------------------------------------------------------------------------------------------------
 -- Reference data. Used by `wallet seed`, seed.sql and the HTTP API alike, so all give one state.
 -------------------------------------------------------------------------------------------------
 
--- The system accounts every asset has, one per purpose, so revenue, purchases and promotions can
--- be told apart in the books.
+-- The system accounts every asset has, one per purpose, so purchased, granted and spent credits
+-- are told apart in the books.
 CREATE FUNCTION wallet_system_codes() RETURNS text[] LANGUAGE sql IMMUTABLE AS $$
     SELECT ARRAY['SYSTEM_TREASURY', 'SYSTEM_PROMOTIONS', 'SYSTEM_REVENUE']
+$$;
+
+-- Which system account is the other side of each transaction type.
+CREATE FUNCTION wallet_system_account_for(p_type text) RETURNS text LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE p_type WHEN 'topup' THEN 'SYSTEM_TREASURY'
+                       WHEN 'bonus' THEN 'SYSTEM_PROMOTIONS'
+                       WHEN 'spend' THEN 'SYSTEM_REVENUE' END
 $$;
 
 CREATE FUNCTION wallet_ensure_asset(p_code text, p_name text, p_scale smallint) RETURNS void
@@ -215,43 +266,76 @@ END $$;
 -------------------------------------------------------------------------------------------------
 
 CREATE FUNCTION wallet_error_body(p_code text, p_message text, p_field text) RETURNS jsonb
-LANGUAGE sql IMMUTABLE AS $$
+LANGUAGE sql STABLE AS $$
     SELECT jsonb_build_object('error', jsonb_build_object('code', p_code, 'message', p_message, 'field', p_field))
 $$;
 
--- The public JSON of a transaction. Both the write response and GET /transactions/{id} use it,
--- so a replay, a read and the original answer are byte-for-byte the same document.
-CREATE FUNCTION wallet_transaction_json(p_transaction_id uuid) RETURNS jsonb
+-- The public JSON of a transaction and of a ledger entry. The write response, a replay,
+-- GET /transactions/{id} and the history are all built by these two functions, so they are the
+-- same document. Plain SQL expressions, so PostgreSQL inlines them (STABLE, as jsonb_build_object
+-- and to_char are; an IMMUTABLE label would stop the inlining): the posting functions build
+-- the response from values they already hold, without querying the rows back.
+CREATE FUNCTION wallet_entry_document(p_account_id bigint, p_account text, p_account_kind text,
+                                      p_amount_minor bigint) RETURNS jsonb
 LANGUAGE sql STABLE AS $$
-    SELECT jsonb_build_object(
-        'id', t.id,
-        'type', t.type,
-        'status', t.status,
-        'user_id', t.user_id,
-        'asset_type', t.asset_code,
-        'amount', t.amount_minor,
-        'balance_after', t.balance_after_minor,
-        'description', t.description,
-        'metadata', t.metadata,
-        'idempotency_key', t.idempotency_key,
-        'created_at', to_char(t.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
-        'entries', (
-            SELECT jsonb_agg(jsonb_build_object(
-                       'account_id', e.account_id,
-                       'account', coalesce(a.user_id, a.system_code),
-                       'account_kind', a.kind,
-                       'amount', e.amount_minor) ORDER BY e.id)
-            FROM ledger_entries e JOIN accounts a ON a.id = e.account_id
-            WHERE e.transaction_id = t.id))
-    FROM transactions t WHERE t.id = p_transaction_id
+    SELECT jsonb_build_object('account_id', p_account_id, 'account', p_account,
+                              'account_kind', p_account_kind, 'amount', p_amount_minor)
 $$;
 
--- Claims (caller, key) for this database transaction. Returns NULLs when the key is new and now
--- ours; otherwise the answer to give: the stored outcome (a replay), 422 when the stored request
--- differs, or 409 when another request holding the key outlasts lock_timeout.
--- A concurrent request with the same key blocks on the unique index until the holder commits,
--- then sees its stored outcome: so exactly one of them writes.
-CREATE FUNCTION wallet_claim_idempotency_key(
+CREATE FUNCTION wallet_transaction_document(
+    p_id uuid, p_type text, p_status text, p_user_id text, p_asset_code text, p_amount_minor bigint,
+    p_balance_after_minor bigint, p_description text, p_metadata jsonb, p_idempotency_key text,
+    p_created_at timestamptz, p_entries jsonb) RETURNS jsonb
+LANGUAGE sql STABLE AS $$
+    SELECT jsonb_build_object(
+        'id', p_id,
+        'type', p_type,
+        'status', p_status,
+        'user_id', p_user_id,
+        'asset_type', p_asset_code,
+        'amount', p_amount_minor,
+        'balance_after', p_balance_after_minor,
+        'description', p_description,
+        'metadata', p_metadata,
+        'idempotency_key', p_idempotency_key,
+        'created_at', to_char(p_created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+        'entries', p_entries)
+$$;
+
+-- Stored transactions as a JSON array, in the order of the ids given.
+-- PL/pgSQL rather than SQL: PostgreSQL re-plans a non-inlined SQL function on every call;
+-- PL/pgSQL caches the plan.
+CREATE FUNCTION wallet_transactions_json(p_transaction_ids uuid[]) RETURNS jsonb
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN (
+        SELECT coalesce(jsonb_agg(wallet_transaction_document(
+            t.id, t.type, t.status, t.user_id, t.asset_code, t.amount_minor, t.balance_after_minor,
+            t.description, t.metadata, t.idempotency_key, t.created_at,
+            (SELECT jsonb_agg(wallet_entry_document(e.account_id, coalesce(a.user_id, a.system_code),
+                                                    a.kind, e.amount_minor) ORDER BY e.entry_no)
+             FROM ledger_entries e JOIN accounts a ON a.id = e.account_id
+             WHERE e.transaction_id = t.id)
+        ) ORDER BY ids.n), '[]'::jsonb)
+        FROM unnest(p_transaction_ids) WITH ORDINALITY AS ids(id, n)
+        JOIN transactions t ON t.id = ids.id);
+END $$;
+
+CREATE FUNCTION wallet_transaction_json(p_transaction_id uuid) RETURNS jsonb
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN wallet_transactions_json(ARRAY[p_transaction_id]) -> 0;
+END $$;
+
+-- Serialises requests that share (caller, key) and answers a repeat from the stored outcome.
+-- Returns NULLs when the key is new: the caller then does the work and stores the outcome with
+-- wallet_store_outcome in the same database transaction. Otherwise returns the answer to give:
+-- the stored outcome (a replay), 422 if the stored request differs, or 409 if another request
+-- holding the key outlasts lock_timeout.
+-- The lock is a transaction-scoped advisory lock: it lives in memory, not in a table, so claiming
+-- it writes nothing; a second request with the key waits on it until the first commits, then
+-- finds its stored outcome. (The primary key on idempotency_keys remains the final guard.)
+CREATE FUNCTION wallet_idempotency_lookup(
     p_api_key_id bigint, p_idempotency_key text, p_fingerprint bytea,
     OUT status_code integer, OUT body jsonb, OUT replayed boolean)
 LANGUAGE plpgsql AS $$
@@ -260,9 +344,7 @@ DECLARE
 BEGIN
     replayed := false;
     BEGIN
-        INSERT INTO idempotency_keys (api_key_id, key, request_sha256)
-            VALUES (p_api_key_id, p_idempotency_key, p_fingerprint)
-            ON CONFLICT (api_key_id, key) DO NOTHING;
+        PERFORM pg_advisory_xact_lock(hashtextextended(p_idempotency_key, p_api_key_id));
     EXCEPTION WHEN lock_not_available THEN
         status_code := 409;
         body := wallet_error_body('idempotency_key_in_use',
@@ -270,11 +352,11 @@ BEGIN
             'idempotency_key');
         RETURN;
     END;
-    IF FOUND THEN
+    SELECT k.request_sha256, k.status_code, k.response_body INTO v_stored
+        FROM idempotency_keys k WHERE k.api_key_id = p_api_key_id AND k.key = p_idempotency_key;
+    IF NOT FOUND THEN
         RETURN;
     END IF;
-    SELECT k.request_sha256, k.status_code, k.response_body INTO STRICT v_stored
-        FROM idempotency_keys k WHERE k.api_key_id = p_api_key_id AND k.key = p_idempotency_key;
     IF v_stored.request_sha256 <> p_fingerprint THEN
         status_code := 422;
         body := wallet_error_body('idempotency_key_reused',
@@ -289,12 +371,15 @@ END $$;
 -- Posts a top-up, bonus or spend for one user, idempotently.
 --
 -- Order of work, which is also the lock order (deadlock-free: every caller takes at most one
--- idempotency key, then at most one user account row, always in this order):
---   1. resolve the user's account (no lock); unknown user or asset -> 404, nothing written;
---   2. claim the idempotency key (a concurrent request with the same key waits here, then replays);
---   3. update the user's cached balance under its row lock; a short balance -> 409, stored;
---   4. write the transaction and its two entries (the system side is never locked);
---   5. store the response beside the key.
+-- idempotency lock, then user account rows, always in this order):
+--   1. resolve the user's and the system account (no lock); unknown user or asset -> 404, nothing
+--      written, nothing stored;
+--   2. take the key's lock; a stored outcome for it is replayed;
+--   3. the user's cached balance is updated under its row lock only if it stays covered;
+--      a short balance -> 409, stored;
+--   4. in one statement, update the balance and write the transaction and its two entries
+--      (the system account row is never locked);
+--   5. store the response under the key.
 -- Returns the HTTP status, the response body and whether it is a replay.
 CREATE FUNCTION wallet_post_transaction(
     p_api_key_id bigint, p_idempotency_key text, p_type text, p_user_id text, p_asset_code text,
@@ -305,14 +390,19 @@ DECLARE
     v_fingerprint bytea;
     v_user_account_id bigint;
     v_system_account_id bigint;
+    v_system_code text := wallet_system_account_for(p_type);
     v_delta_minor bigint;
-    v_balance_minor bigint;
+    v_outcome record;
     v_transaction_id uuid;
+    v_balance_after_minor bigint;
+    v_created_at timestamptz;
 BEGIN
     replayed := false;
-    IF p_amount_minor IS NULL OR p_amount_minor <= 0 THEN
-        RAISE EXCEPTION 'amount must be positive' USING ERRCODE = 'check_violation';
+    IF p_amount_minor IS NULL OR p_amount_minor <= 0 OR v_system_code IS NULL THEN
+        RAISE EXCEPTION 'invalid posting: type %, amount %', p_type, p_amount_minor
+            USING ERRCODE = 'check_violation';
     END IF;
+    v_delta_minor := CASE p_type WHEN 'spend' THEN -p_amount_minor ELSE p_amount_minor END;
     p_metadata := coalesce(p_metadata, '{}'::jsonb);
     -- The fingerprint is computed here, from the parsed values, so that every caller (HTTP,
     -- `wallet seed`, seed.sql) agrees on what "the same request" is.
@@ -320,9 +410,11 @@ BEGIN
         'type', p_type, 'user_id', p_user_id, 'asset_type', p_asset_code,
         'amount', p_amount_minor, 'description', p_description, 'metadata', p_metadata)::text, 'UTF8'));
 
-    SELECT a.id INTO v_user_account_id FROM accounts a
-        JOIN asset_types t ON t.code = a.asset_code AND t.is_active
-        WHERE a.user_id = p_user_id AND a.asset_code = p_asset_code;
+    SELECT u.id, s.id INTO v_user_account_id, v_system_account_id
+        FROM accounts u
+        JOIN asset_types t ON t.code = u.asset_code AND t.is_active
+        JOIN accounts s ON s.system_code = v_system_code AND s.asset_code = u.asset_code
+        WHERE u.user_id = p_user_id AND u.asset_code = p_asset_code;
     IF NOT FOUND THEN
         status_code := 404;
         IF NOT EXISTS (SELECT 1 FROM users WHERE id = p_user_id) THEN
@@ -334,53 +426,51 @@ BEGIN
         RETURN;
     END IF;
 
-    SELECT c.status_code, c.body, c.replayed INTO status_code, body, replayed
-        FROM wallet_claim_idempotency_key(p_api_key_id, p_idempotency_key, v_fingerprint) c;
-    IF status_code IS NOT NULL THEN
+    v_outcome := wallet_idempotency_lookup(p_api_key_id, p_idempotency_key, v_fingerprint);
+    IF v_outcome.status_code IS NOT NULL THEN
+        status_code := v_outcome.status_code;
+        body := v_outcome.body;
+        replayed := v_outcome.replayed;
         RETURN;
     END IF;
 
-    IF p_type = 'spend' THEN
-        v_delta_minor := -p_amount_minor;
-        UPDATE accounts SET balance_minor = balance_minor - p_amount_minor
-            WHERE id = v_user_account_id AND balance_minor - held_minor >= p_amount_minor
-            RETURNING balance_minor INTO v_balance_minor;
-        IF NOT FOUND THEN
-            status_code := 409;
-            body := wallet_error_body('insufficient_funds',
-                format('available balance of %s %s is less than %s', p_user_id, p_asset_code, p_amount_minor),
-                'amount');
-            UPDATE idempotency_keys SET status_code = 409, response_body = body
-                WHERE api_key_id = p_api_key_id AND key = p_idempotency_key;
-            RETURN;
-        END IF;
-        SELECT id INTO STRICT v_system_account_id FROM accounts
-            WHERE system_code = 'SYSTEM_REVENUE' AND asset_code = p_asset_code;
-    ELSIF p_type IN ('topup', 'bonus') THEN
-        v_delta_minor := p_amount_minor;
-        UPDATE accounts SET balance_minor = balance_minor + p_amount_minor
-            WHERE id = v_user_account_id
-            RETURNING balance_minor INTO v_balance_minor;
-        SELECT id INTO STRICT v_system_account_id FROM accounts
-            WHERE system_code = CASE p_type WHEN 'topup' THEN 'SYSTEM_TREASURY' ELSE 'SYSTEM_PROMOTIONS' END
-              AND asset_code = p_asset_code;
+    -- One statement: the balance update (the row lock), the transaction and both entries.
+    WITH account AS (
+        UPDATE accounts SET balance_minor = balance_minor + v_delta_minor
+        WHERE id = v_user_account_id AND balance_minor - held_minor + v_delta_minor >= 0
+        RETURNING balance_minor
+    ), posted AS (
+        INSERT INTO transactions (type, api_key_id, idempotency_key, user_id, asset_code, amount_minor,
+                                  balance_after_minor, description, metadata)
+        SELECT p_type, p_api_key_id, p_idempotency_key, p_user_id, p_asset_code, p_amount_minor,
+               account.balance_minor, p_description, p_metadata
+        FROM account
+        RETURNING id, balance_after_minor, created_at
+    ), entries AS (
+        INSERT INTO ledger_entries (transaction_id, entry_no, account_id, asset_code, amount_minor)
+        SELECT posted.id, side.entry_no, side.account_id, p_asset_code, side.amount_minor
+        FROM posted CROSS JOIN (VALUES (1::smallint, v_user_account_id, v_delta_minor),
+                                       (2::smallint, v_system_account_id, -v_delta_minor))
+                               AS side(entry_no, account_id, amount_minor)
+    )
+    SELECT posted.id, posted.balance_after_minor, posted.created_at
+        INTO v_transaction_id, v_balance_after_minor, v_created_at FROM posted;
+    IF v_transaction_id IS NULL THEN
+        status_code := 409;
+        body := wallet_error_body('insufficient_funds',
+            format('available balance of %s %s is less than %s', p_user_id, p_asset_code, p_amount_minor),
+            'amount');
     ELSE
-        RAISE EXCEPTION 'unknown transaction type %', p_type USING ERRCODE = 'check_violation';
+        status_code := 201;
+        body := wallet_transaction_document(
+            v_transaction_id, p_type, 'posted', p_user_id, p_asset_code, p_amount_minor,
+            v_balance_after_minor, p_description, p_metadata, p_idempotency_key, v_created_at,
+            jsonb_build_array(
+                wallet_entry_document(v_user_account_id, p_user_id, 'user', v_delta_minor),
+                wallet_entry_document(v_system_account_id, v_system_code, 'system', -v_delta_minor)));
     END IF;
-
-    INSERT INTO transactions (type, api_key_id, idempotency_key, user_id, asset_code, amount_minor,
-                              balance_after_minor, description, metadata)
-        VALUES (p_type, p_api_key_id, p_idempotency_key, p_user_id, p_asset_code, p_amount_minor,
-                v_balance_minor, p_description, p_metadata)
-        RETURNING id INTO v_transaction_id;
-    INSERT INTO ledger_entries (transaction_id, account_id, asset_code, amount_minor) VALUES
-        (v_transaction_id, v_user_account_id, p_asset_code, v_delta_minor),
-        (v_transaction_id, v_system_account_id, p_asset_code, -v_delta_minor);
-
-    status_code := 201;
-    body := wallet_transaction_json(v_transaction_id);
-    UPDATE idempotency_keys SET status_code = 201, response_body = body
-        WHERE api_key_id = p_api_key_id AND key = p_idempotency_key;
+    INSERT INTO idempotency_keys (api_key_id, key, request_sha256, status_code, response_body)
+        VALUES (p_api_key_id, p_idempotency_key, v_fingerprint, status_code, body);
 END $$;
 
 -- The operations of a batch as rows, numbered from 0 in the caller's order.
@@ -395,27 +485,28 @@ $$;
 
 -- Posts up to WALLET_MAX_BATCH_OPERATIONS operations atomically: all of them or none.
 -- p_operations is a JSON array of {type, user_id, asset_type, amount, description, metadata}.
--- Lock order: the idempotency key, then every user account involved, in ascending account id,
+-- Lock order: the idempotency lock, then every user account involved, in ascending account id,
 -- in one statement. Two batches touching the same users in opposite orders therefore lock them
--- in the same order and cannot deadlock.
+-- in the same order and cannot deadlock. Balances are computed in memory under those locks, and
+-- all transactions, all entries and all balance updates are written by one statement each.
 CREATE FUNCTION wallet_post_batch(
     p_api_key_id bigint, p_idempotency_key text, p_operations jsonb,
     OUT status_code integer, OUT body jsonb, OUT replayed boolean)
 LANGUAGE plpgsql AS $$
 DECLARE
     v_fingerprint bytea := sha256(convert_to(p_operations::text, 'UTF8'));
-    v_operation_count integer := jsonb_array_length(p_operations);
     v_missing record;
+    v_outcome record;
     v_op record;
     v_account_ids bigint[];
     v_balance jsonb;   -- account id -> running balance
     v_held jsonb;      -- account id -> held amount
     v_new_balance bigint;
-    v_transaction_id uuid;
-    v_transaction_ids uuid[] := '{}';
+    v_ids uuid[] := '{}';
+    v_balances_after bigint[] := '{}';
 BEGIN
     replayed := false;
-    IF v_operation_count < 1 THEN
+    IF jsonb_typeof(p_operations) <> 'array' OR jsonb_array_length(p_operations) < 1 THEN
         RAISE EXCEPTION 'a batch needs at least one operation' USING ERRCODE = 'check_violation';
     END IF;
 
@@ -439,9 +530,11 @@ BEGIN
         RETURN;
     END IF;
 
-    SELECT c.status_code, c.body, c.replayed INTO status_code, body, replayed
-        FROM wallet_claim_idempotency_key(p_api_key_id, p_idempotency_key, v_fingerprint) c;
-    IF status_code IS NOT NULL THEN
+    v_outcome := wallet_idempotency_lookup(p_api_key_id, p_idempotency_key, v_fingerprint);
+    IF v_outcome.status_code IS NOT NULL THEN
+        status_code := v_outcome.status_code;
+        body := v_outcome.body;
+        replayed := v_outcome.replayed;
         RETURN;
     END IF;
 
@@ -453,14 +546,14 @@ BEGIN
         FROM (SELECT id, balance_minor, held_minor FROM accounts
               WHERE id = ANY (v_account_ids) ORDER BY id FOR UPDATE) AS l;
 
-    -- Dry run under the locks: the first operation that would overdraw fails the whole batch.
+    -- Under the locks: running balances; the first operation that would overdraw fails them all.
     FOR v_op IN
         SELECT o.ord, o.type, o.amount, a.id AS account_id
         FROM wallet_batch_operations(p_operations) AS o
         JOIN accounts a ON a.user_id = o.user_id AND a.asset_code = o.asset_type
         ORDER BY o.ord
     LOOP
-        IF v_op.amount IS NULL OR v_op.amount <= 0 OR v_op.type NOT IN ('topup', 'bonus', 'spend') THEN
+        IF v_op.amount IS NULL OR v_op.amount <= 0 OR wallet_system_account_for(v_op.type) IS NULL THEN
             RAISE EXCEPTION 'operation % is invalid', v_op.ord USING ERRCODE = 'check_violation';
         END IF;
         v_new_balance := (v_balance ->> v_op.account_id::text)::bigint
@@ -470,46 +563,38 @@ BEGIN
             body := wallet_error_body('insufficient_funds',
                 format('operation %s: available balance is less than %s', v_op.ord, v_op.amount),
                 format('operations[%s].amount', v_op.ord));
-            UPDATE idempotency_keys SET status_code = 409, response_body = body
-                WHERE api_key_id = p_api_key_id AND key = p_idempotency_key;
+            INSERT INTO idempotency_keys (api_key_id, key, request_sha256, status_code, response_body)
+                VALUES (p_api_key_id, p_idempotency_key, v_fingerprint, status_code, body);
             RETURN;
         END IF;
         v_balance := jsonb_set(v_balance, ARRAY[v_op.account_id::text], to_jsonb(v_new_balance));
+        v_ids := v_ids || gen_random_uuid();
+        v_balances_after := v_balances_after || v_new_balance;
     END LOOP;
 
-    -- Write: the running balances again, now with the transactions and their entries.
-    SELECT jsonb_object_agg(id::text, balance_minor) INTO v_balance
-        FROM accounts WHERE id = ANY (v_account_ids);
-    FOR v_op IN
-        SELECT o.ord, o.type, o.user_id, o.asset_type, o.amount, o.description,
-               o.metadata, a.id AS account_id, s.id AS system_account_id
+    WITH posted AS (
+        INSERT INTO transactions (id, type, api_key_id, idempotency_key, user_id, asset_code, amount_minor,
+                                  balance_after_minor, description, metadata)
+        SELECT v_ids[o.ord + 1], o.type, p_api_key_id, p_idempotency_key, o.user_id, o.asset_type, o.amount,
+               v_balances_after[o.ord + 1], o.description, o.metadata
+        FROM wallet_batch_operations(p_operations) AS o ORDER BY o.ord
+        RETURNING id
+    )
+    INSERT INTO ledger_entries (transaction_id, entry_no, account_id, asset_code, amount_minor)
+        SELECT v_ids[o.ord + 1], side.entry_no, side.account_id, o.asset_type, side.amount
         FROM wallet_batch_operations(p_operations) AS o
         JOIN accounts a ON a.user_id = o.user_id AND a.asset_code = o.asset_type
-        JOIN accounts s ON s.asset_code = o.asset_type AND s.system_code =
-             CASE o.type WHEN 'topup' THEN 'SYSTEM_TREASURY' WHEN 'bonus' THEN 'SYSTEM_PROMOTIONS' ELSE 'SYSTEM_REVENUE' END
-        ORDER BY o.ord
-    LOOP
-        v_new_balance := (v_balance ->> v_op.account_id::text)::bigint
-                         + CASE v_op.type WHEN 'spend' THEN -v_op.amount ELSE v_op.amount END;
-        v_balance := jsonb_set(v_balance, ARRAY[v_op.account_id::text], to_jsonb(v_new_balance));
-        INSERT INTO transactions (type, api_key_id, idempotency_key, user_id, asset_code, amount_minor,
-                                  balance_after_minor, description, metadata)
-            VALUES (v_op.type, p_api_key_id, p_idempotency_key, v_op.user_id, v_op.asset_type, v_op.amount,
-                    v_new_balance, v_op.description, v_op.metadata)
-            RETURNING id INTO v_transaction_id;
-        INSERT INTO ledger_entries (transaction_id, account_id, asset_code, amount_minor) VALUES
-            (v_transaction_id, v_op.account_id, v_op.asset_type,
-             CASE v_op.type WHEN 'spend' THEN -v_op.amount ELSE v_op.amount END),
-            (v_transaction_id, v_op.system_account_id, v_op.asset_type,
-             CASE v_op.type WHEN 'spend' THEN v_op.amount ELSE -v_op.amount END);
-        v_transaction_ids := v_transaction_ids || v_transaction_id;
-    END LOOP;
+        JOIN accounts s ON s.system_code = wallet_system_account_for(o.type) AND s.asset_code = o.asset_type
+        CROSS JOIN LATERAL (VALUES
+            (1::smallint, a.id, CASE o.type WHEN 'spend' THEN -o.amount ELSE o.amount END),
+            (2::smallint, s.id, CASE o.type WHEN 'spend' THEN o.amount ELSE -o.amount END)
+        ) AS side(entry_no, account_id, amount)
+        WHERE (SELECT count(*) FROM posted) > 0;
     UPDATE accounts a SET balance_minor = (v_balance ->> a.id::text)::bigint
         WHERE a.id = ANY (v_account_ids);
 
     status_code := 201;
-    SELECT jsonb_build_object('transactions', jsonb_agg(wallet_transaction_json(t.id) ORDER BY t.n))
-        INTO body FROM unnest(v_transaction_ids) WITH ORDINALITY AS t(id, n);
-    UPDATE idempotency_keys SET status_code = 201, response_body = body
-        WHERE api_key_id = p_api_key_id AND key = p_idempotency_key;
+    body := jsonb_build_object('transactions', wallet_transactions_json(v_ids));
+    INSERT INTO idempotency_keys (api_key_id, key, request_sha256, status_code, response_body)
+        VALUES (p_api_key_id, p_idempotency_key, v_fingerprint, status_code, body);
 END $$;

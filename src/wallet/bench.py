@@ -1,0 +1,308 @@
+"""`wallet bench`: the service over HTTP against the raw PostgreSQL limit, measured in one run.
+
+It creates a fresh database on the given PostgreSQL server, starts `wallet serve` on it, and
+drives it with wrk (a separate C process, so the load generator is not the bottleneck) at each
+concurrency. Every wrk connection has its own thread and its own user, so "64 clients" means 64
+users writing at once. In the same run it measures `pgbench -N -M prepared` (and `-S` for reads)
+on the same server, and prints each figure with its ratio to pgbench at the same concurrency.
+
+Requires `wrk` and `pgbench` on PATH (Debian: `apt-get install wrk postgresql-client`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+
+BENCH_DATABASE = "wallet_bench"
+PGBENCH_DATABASE = "wallet_bench_pgbench"
+PGBENCH_SCALE = 16
+OPENING_BALANCE_MINOR = 10**12
+STARTUP_TIMEOUT_S = 60
+
+LUA_COMMON = r"""
+local next_thread_id = 0
+function setup(thread)
+  thread:set("tid", next_thread_id)
+  next_thread_id = next_thread_id + 1
+end
+
+function init(args)
+  run_id = args[1]
+  key = args[2]
+  users = tonumber(args[3])
+  batch_size = tonumber(args[4])
+  user = string.format("bench_%04d", tid % users)
+  counter = 0
+end
+
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    '{"requests":%d,"duration_us":%d,"socket_errors":%d,"non_2xx":%d,"p50_us":%d,"p95_us":%d,"p99_us":%d,"max_us":%d}\n',
+    summary.requests, summary.duration, e.connect + e.read + e.write + e.timeout, e.status,
+    latency:percentile(50), latency:percentile(95), latency:percentile(99), latency.max))
+end
+"""
+
+LUA_REQUEST = {
+    "topup": r"""
+function request()
+  counter = counter + 1
+  return wrk.format("POST", "/api/v1/transactions/topup",
+    {["Authorization"] = "Bearer " .. key, ["Content-Type"] = "application/json",
+     ["Idempotency-Key"] = run_id .. "-" .. tid .. "-" .. counter},
+    '{"user_id":"' .. user .. '","asset_type":"GOLD_COINS","amount":1}')
+end
+""",
+    "spend": r"""
+function request()
+  counter = counter + 1
+  return wrk.format("POST", "/api/v1/transactions/spend",
+    {["Authorization"] = "Bearer " .. key, ["Content-Type"] = "application/json",
+     ["Idempotency-Key"] = run_id .. "-" .. tid .. "-" .. counter},
+    '{"user_id":"' .. user .. '","asset_type":"GOLD_COINS","amount":1}')
+end
+""",
+    "balance": r"""
+function request()
+  return wrk.format("GET", "/api/v1/wallets/" .. user .. "/balance",
+    {["Authorization"] = "Bearer " .. key})
+end
+""",
+    # A batch of transfers: each operation moves 1 coin into or out of one of the thread's users.
+    "batch": r"""
+function request()
+  counter = counter + 1
+  local ops = {}
+  for i = 1, batch_size do
+    local target = string.format("bench_%04d", (tid * batch_size + i) % users)
+    local kind = (i % 2 == 0) and "spend" or "topup"
+    ops[i] = '{"type":"' .. kind .. '","user_id":"' .. target .. '","asset_type":"DIAMONDS","amount":1}'
+  end
+  return wrk.format("POST", "/api/v1/transactions/batch",
+    {["Authorization"] = "Bearer " .. key, ["Content-Type"] = "application/json",
+     ["Idempotency-Key"] = run_id .. "-" .. tid .. "-" .. counter},
+    '{"operations":[' .. table.concat(ops, ",") .. ']}')
+end
+""",
+}
+
+
+@dataclass
+class Measurement:
+    scenario: str
+    clients: int
+    requests: int
+    per_second: float  # requests/s, or transfers/s for batches
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    errors: int
+
+
+def _with_database(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _require(tool: str) -> str:
+    path = shutil.which(tool)
+    if path is None:
+        raise SystemExit(f"`{tool}` is not on PATH; install it (Debian: apt-get install {tool})")
+    return path
+
+
+def _psql_env(url: str) -> dict[str, str]:
+    """pgbench takes libpq settings from the environment."""
+    parts = urlsplit(url)
+    env = dict(os.environ)
+    query = dict(p.split("=", 1) for p in parts.query.split("&") if "=" in p)
+    env["PGHOST"] = query.get("host") or parts.hostname or "127.0.0.1"
+    env["PGPORT"] = str(parts.port or 5432)
+    env["PGUSER"] = parts.username or "postgres"
+    if parts.password:
+        env["PGPASSWORD"] = parts.password
+    return env
+
+
+async def _prepare_database(admin_url: str, users: int) -> tuple[str, str]:
+    """A fresh, migrated database with `users` funded users; returns (url, api key)."""
+    import asyncpg
+
+    from wallet.db.migrate import upgrade_to_head_async
+    from wallet.services.api_keys import create_api_key
+    from wallet.services.seed import seed_reference_data
+
+    admin = await asyncpg.connect(admin_url)
+    try:
+        await admin.execute(f"DROP DATABASE IF EXISTS {BENCH_DATABASE} WITH (FORCE)")
+        await admin.execute(f"CREATE DATABASE {BENCH_DATABASE}")
+    finally:
+        await admin.close()
+    url = _with_database(admin_url, BENCH_DATABASE)
+    await upgrade_to_head_async(url)
+    conn = await asyncpg.connect(url)
+    try:
+        await seed_reference_data(conn)
+        token = await create_api_key(conn, "bench", ["admin"])
+        api_key_id = await conn.fetchval("SELECT id FROM api_keys WHERE name = 'bench'")
+        for index in range(users):
+            user_id = f"bench_{index:04d}"
+            await conn.execute("SELECT wallet_ensure_user($1, 'Bench')", user_id)
+            for asset in ("GOLD_COINS", "DIAMONDS"):
+                # Straight through the posting function: above the HTTP amount limit on purpose,
+                # so spends never run dry during a run.
+                await conn.execute(
+                    "SELECT wallet_post_transaction($1, $2, 'bonus', $3, $4, $5, 'bench opening', '{}')",
+                    api_key_id, f"open-{user_id}-{asset}", user_id, asset, OPENING_BALANCE_MINOR)
+        await conn.execute("VACUUM ANALYZE")
+    finally:
+        await conn.close()
+    return url, token
+
+
+class Service:
+    """`wallet serve` in a child process, on a free port."""
+
+    def __init__(self, database_url: str, workers: int) -> None:
+        self.port = _free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        env = dict(os.environ) | {"WALLET_DATABASE_URL": database_url, "WALLET_LOG_LEVEL": "WARNING"}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "wallet", "serve", "--port", str(self.port), "--workers", str(workers)],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.base_url}/health", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                time.sleep(0.2)
+        self.stop()
+        raise SystemExit("the service did not start")
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGINT)
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+def _run_wrk(service: Service, scenario: str, clients: int, seconds: int, token: str, users: int,
+             batch_size: int, workdir: Path) -> Measurement:
+    script = workdir / f"{scenario}.lua"
+    script.write_text(LUA_COMMON + LUA_REQUEST[scenario])
+    run_id = uuid.uuid4().hex[:10]
+    result = subprocess.run(
+        [_require("wrk"), "-t", str(clients), "-c", str(clients), "-d", f"{seconds}s", "--timeout", "10s",
+         "-s", str(script), service.base_url, "--", run_id, token, str(users), str(batch_size)],
+        capture_output=True, text=True, timeout=seconds + 60, check=True)
+    stats = json.loads(result.stdout.strip().splitlines()[-1])
+    per_request = batch_size if scenario == "batch" else 1
+    return Measurement(
+        scenario=scenario,
+        clients=clients,
+        requests=stats["requests"],
+        per_second=stats["requests"] * per_request / (stats["duration_us"] / 1e6),
+        p50_ms=stats["p50_us"] / 1000,
+        p95_ms=stats["p95_us"] / 1000,
+        p99_ms=stats["p99_us"] / 1000,
+        errors=stats["socket_errors"] + stats["non_2xx"],
+    )
+
+
+def _pgbench(admin_url: str, mode: str, clients: int, seconds: int) -> float:
+    env = _psql_env(admin_url)
+    result = subprocess.run(
+        [_require("pgbench"), mode, "-M", "prepared", "-c", str(clients), "-j", str(min(clients, 2)),
+         "-T", str(seconds), PGBENCH_DATABASE],
+        env=env, capture_output=True, text=True, timeout=seconds + 60, check=True)
+    match = re.search(r"tps = ([0-9.]+)", result.stdout)
+    assert match, result.stdout
+    return float(match.group(1))
+
+
+def _init_pgbench(admin_url: str) -> None:
+    env = _psql_env(admin_url)
+    subprocess.run(["dropdb", "--if-exists", PGBENCH_DATABASE], env=env, check=False, capture_output=True)
+    subprocess.run(["createdb", PGBENCH_DATABASE], env=env, check=True, capture_output=True)
+    subprocess.run([_require("pgbench"), "-i", "-q", "-s", str(PGBENCH_SCALE), PGBENCH_DATABASE],
+                   env=env, check=True, capture_output=True)
+
+
+def run_bench(admin_url: str, *, clients: list[int], seconds: int, workers: int, batch_size: int,
+              scenarios: list[str], output: Path | None) -> dict[str, object]:
+    import asyncio
+
+    users = max(clients) * max(batch_size, 1)
+    print(f"preparing {BENCH_DATABASE} with {users} users ...", file=sys.stderr, flush=True)
+    url, token = asyncio.run(_prepare_database(admin_url, users))
+    _init_pgbench(admin_url)
+    measurements: list[Measurement] = []
+    pgbench: dict[str, dict[int, float]] = {"-N": {}, "-S": {}}
+    service = Service(url, workers)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            for concurrency in clients:
+                for mode in ("-N", "-S"):
+                    pgbench[mode][concurrency] = _pgbench(admin_url, mode, concurrency, seconds)
+                for scenario in scenarios:
+                    measurement = _run_wrk(service, scenario, concurrency, seconds, token, users,
+                                           batch_size, Path(tmp))
+                    measurements.append(measurement)
+                    print(f"  {scenario:<8} c={concurrency:<3} {measurement.per_second:>9.0f}/s "
+                          f"p99 {measurement.p99_ms:.1f} ms  errors {measurement.errors}",
+                          file=sys.stderr, flush=True)
+    finally:
+        service.stop()
+    report = {
+        "workers": workers, "seconds": seconds, "batch_size": batch_size,
+        "pgbench_tps": {mode: {str(c): tps for c, tps in by.items()} for mode, by in pgbench.items()},
+        "measurements": [asdict(m) for m in measurements],
+    }
+    print(render(measurements, pgbench))
+    if output:
+        output.write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def render(measurements: list[Measurement], pgbench: dict[str, dict[int, float]]) -> str:
+    lines = [
+        "| scenario | clients | per second | p50 ms | p95 ms | p99 ms | errors | pgbench tps (same c) | ratio |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for m in measurements:
+        mode = "-S" if m.scenario == "balance" else "-N"
+        baseline = pgbench[mode][m.clients]
+        lines.append(
+            f"| {m.scenario} | {m.clients} | {m.per_second:,.0f} | {m.p50_ms:.1f} | {m.p95_ms:.1f} | "
+            f"{m.p99_ms:.1f} | {m.errors} | {mode} {baseline:,.0f} | {m.per_second / baseline:.2f} |")
+    by_key = {(m.scenario, m.clients): m.per_second for m in measurements}
+    for scenario in ("topup", "spend"):
+        one, many = by_key.get((scenario, 1)), by_key.get((scenario, max(c for _, c in by_key)))
+        if one and many:
+            lines.append(f"\n{scenario}: {max(c for _, c in by_key)} clients on distinct users = "
+                         f"{many / one:.1f} x one client")
+    return "\n".join(lines)
