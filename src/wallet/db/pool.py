@@ -26,6 +26,13 @@ def session_settings(settings: Settings) -> dict[str, str]:
     }
 
 
+async def _keep_session(connection: asyncpg.Connection) -> None:
+    """Replaces asyncpg's reset-on-release, a full extra round trip per request (`RESET ALL`,
+    `pg_advisory_unlock_all()`, ...). Nothing here leaves session state behind: settings are fixed
+    at connect, advisory locks are transaction-scoped, there are no LISTENs or cursors, and asyncpg
+    still rolls back a transaction left open before this is called."""
+
+
 async def create_pool(settings: Settings, database_url: str) -> asyncpg.Pool:
     pool = await asyncpg.create_pool(
         asyncpg_url(database_url),
@@ -34,6 +41,7 @@ async def create_pool(settings: Settings, database_url: str) -> asyncpg.Pool:
         timeout=settings.db_connect_timeout_ms / 1000,
         command_timeout=(settings.db_statement_timeout_ms + 1_000) / 1000,
         server_settings=session_settings(settings),
+        reset=_keep_session,
     )
     assert pool is not None
     return pool
