@@ -275,3 +275,24 @@ def bench(
         raise typer.Exit(code=2)
     run_bench(database_url, clients=[int(c) for c in clients.split(",")], seconds=seconds,
               workers=workers, batch_size=batch_size, scenarios=chosen, output=output)
+
+
+@app.command("bank-test")
+def bank_test(
+    clients: Annotated[int, typer.Option(min=1, max=512, help="Concurrent HTTP clients.")] = 64,
+    operations: Annotated[int, typer.Option(min=1, max=1_000_000, help="Operations in all.")] = 20_000,
+    users: Annotated[int, typer.Option(min=1, max=10_000, help="Distinct users.")] = 50,
+    server_kills: Annotated[int, typer.Option(min=0, max=100, help="SIGKILLs of the service.")] = 3,
+    postgres_restarts: Annotated[int, typer.Option(min=0, max=100, help="PostgreSQL crash-restarts.")] = 1,
+    timeout_ms: Annotated[int, typer.Option(min=10, max=60_000, help="Client timeout per attempt.")] = 2_000,
+    seed: Annotated[int, typer.Option(help="Random seed for the operations.")] = 1,
+) -> None:
+    """Jepsen-style: random writes with retries under SIGKILLs and a PostgreSQL crash, then audit."""
+    from wallet.bank_test import run_bank_test
+
+    report = run_bank_test(clients=clients, operations=operations, users=users,
+                           server_kills=server_kills, postgres_restarts=postgres_restarts,
+                           timeout_s=timeout_ms / 1000, seed=seed)
+    typer.echo(report.render())
+    if not report.ok:
+        raise typer.Exit(code=1)

@@ -51,4 +51,32 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(wallets.router)
     app.include_router(users.router)
     app.add_middleware(BodySizeLimit, max_body_bytes=settings.max_body_bytes)
+    _publish_configured_limits(app, settings)
     return app
+
+
+def _publish_configured_limits(app: FastAPI, settings: Settings) -> None:
+    """The request models carry hard bounds; the configured limits (WALLET_MAX_*) are tighter and
+    set at start-up. Patch them into the OpenAPI document so clients and contract tests see the
+    bounds the service really enforces."""
+    generate = app.openapi
+
+    def openapi() -> dict:  # type: ignore[type-arg]
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = generate()
+        components = schema.get("components", {}).get("schemas", {})
+        for name in ("PostingBody", "BatchOperation"):
+            properties = components.get(name, {}).get("properties", {})
+            if "amount" in properties:
+                properties["amount"]["maximum"] = settings.max_amount_minor
+            for option in properties.get("description", {}).get("anyOf", []):
+                if option.get("type") == "string":
+                    option["maxLength"] = settings.max_description_chars
+        batch = components.get("BatchBody", {}).get("properties", {}).get("operations", {})
+        if batch:
+            batch["maxItems"] = settings.max_batch_operations
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

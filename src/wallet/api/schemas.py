@@ -15,6 +15,7 @@ from wallet.domain.transaction_types import TransactionType
 from wallet.settings import AMOUNT_MINOR_HARD_CEILING
 
 USER_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
+IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]{1,255}$"  # printable ASCII, no spaces
 ASSET_CODE_PATTERN = r"^[A-Z][A-Z0-9_]{1,31}$"
 
 
@@ -47,6 +48,7 @@ class PostingBody(BaseModel):
         default=None,
         min_length=1,
         max_length=255,
+        pattern=IDEMPOTENCY_KEY_PATTERN,
         description="Or send the Idempotency-Key header. Required one way or the other.",
     )
     description: str | None = Field(default=None, max_length=10_000)
@@ -73,7 +75,8 @@ class BatchBody(BaseModel):
         min_length=1, max_length=1_000,
         description="Posted in order, all or none; at most WALLET_MAX_BATCH_OPERATIONS (100).",
     )
-    idempotency_key: str | None = Field(default=None, min_length=1, max_length=255)
+    idempotency_key: str | None = Field(default=None, min_length=1, max_length=255,
+                                        pattern=IDEMPOTENCY_KEY_PATTERN)
 
 
 class LedgerEntryOut(BaseModel):

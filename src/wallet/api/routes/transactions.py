@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Header, Request, Response
 from wallet.api.auth import authenticated, require_scope
 from wallet.api.errors import error_responses
 from wallet.api.metrics import POSTING_SECONDS, POSTINGS
-from wallet.api.schemas import BatchBody, BatchOut, PostingBody, TransactionOut
+from wallet.api.schemas import IDEMPOTENCY_KEY_PATTERN, BatchBody, BatchOut, PostingBody, TransactionOut
 from wallet.domain.transaction_types import REQUIRED_SCOPE, Scope, TransactionType
 from wallet.services.api_keys import Caller
 from wallet.services.transactions import (
@@ -25,7 +25,7 @@ router = APIRouter(prefix="/api/v1/transactions", tags=["transactions"])
 
 IdempotencyKeyHeader = Annotated[
     str | None,
-    Header(alias="Idempotency-Key", min_length=1, max_length=255,
+    Header(alias="Idempotency-Key", min_length=1, max_length=255, pattern=IDEMPOTENCY_KEY_PATTERN,
            description="Unique per logical operation; retries must reuse it."),
 ]
 WRITE_RESPONSES = {

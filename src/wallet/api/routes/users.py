@@ -36,7 +36,7 @@ async def get_users(
 
 @router.post("/users", status_code=201, response_model=UserOut,
              responses={200: {"model": UserOut, "description": "Already existed, same name"},
-                        **error_responses(401, 403, 409, 413, 422, 503)})
+                        **error_responses(400, 401, 403, 409, 413, 422, 503)})
 async def post_user(
     request: Request, body: UserCreate, caller: Caller = Depends(require_scope(Scope.ADMIN)),
 ) -> JSONResponse:
