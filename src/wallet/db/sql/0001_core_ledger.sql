@@ -473,13 +473,16 @@ BEGIN
         VALUES (p_api_key_id, p_idempotency_key, v_fingerprint, status_code, body);
 END $$;
 
--- The operations of a batch as rows, numbered from 0 in the caller's order.
+-- The operations of a batch as rows, numbered from 0 in the caller's order; delta is the signed
+-- change to the user's account.
 CREATE FUNCTION wallet_batch_operations(p_operations jsonb)
 RETURNS TABLE (ord integer, type text, user_id text, asset_type text, amount bigint,
-               description text, metadata jsonb)
+               description text, metadata jsonb, delta bigint)
 LANGUAGE sql IMMUTABLE AS $$
     SELECT (e.n - 1)::integer, e.op ->> 'type', e.op ->> 'user_id', e.op ->> 'asset_type',
-           (e.op ->> 'amount')::bigint, e.op ->> 'description', coalesce(e.op -> 'metadata', '{}'::jsonb)
+           (e.op ->> 'amount')::bigint, e.op ->> 'description', coalesce(e.op -> 'metadata', '{}'::jsonb),
+           CASE e.op ->> 'type' WHEN 'spend' THEN -(e.op ->> 'amount')::bigint
+                                ELSE (e.op ->> 'amount')::bigint END
     FROM jsonb_array_elements(p_operations) WITH ORDINALITY AS e(op, n)
 $$;
 
@@ -497,17 +500,19 @@ DECLARE
     v_fingerprint bytea := sha256(convert_to(p_operations::text, 'UTF8'));
     v_missing record;
     v_outcome record;
-    v_op record;
-    v_account_ids bigint[];
-    v_balance jsonb;   -- account id -> running balance
-    v_held jsonb;      -- account id -> held amount
-    v_new_balance bigint;
-    v_ids uuid[] := '{}';
-    v_balances_after bigint[] := '{}';
+    v_ids uuid[];                   -- per operation: the new transaction's id
+    v_user_account_ids bigint[];    -- per operation: the user's account
+    v_system_account_ids bigint[];  -- per operation: the system account on the other side
+    v_system_codes text[];
+    v_balances_after bigint[];      -- per operation: the user's balance right after it
+    v_first_short integer;          -- the first operation that would overdraw, if any
 BEGIN
     replayed := false;
-    IF jsonb_typeof(p_operations) <> 'array' OR jsonb_array_length(p_operations) < 1 THEN
-        RAISE EXCEPTION 'a batch needs at least one operation' USING ERRCODE = 'check_violation';
+    IF jsonb_typeof(p_operations) <> 'array' OR jsonb_array_length(p_operations) < 1
+       OR EXISTS (SELECT 1 FROM wallet_batch_operations(p_operations) AS o
+                  WHERE o.amount IS NULL OR o.amount <= 0 OR wallet_system_account_for(o.type) IS NULL) THEN
+        RAISE EXCEPTION 'a batch needs one or more operations, each with a known type and a positive amount'
+            USING ERRCODE = 'check_violation';
     END IF;
 
     SELECT o.ord, o.user_id, o.asset_type, (u.id IS NOT NULL) AS user_exists INTO v_missing
@@ -538,63 +543,68 @@ BEGIN
         RETURN;
     END IF;
 
-    SELECT array_agg(DISTINCT a.id ORDER BY a.id) INTO v_account_ids
-        FROM wallet_batch_operations(p_operations) AS o
-        JOIN accounts a ON a.user_id = o.user_id AND a.asset_code = o.asset_type;
-    SELECT jsonb_object_agg(l.id::text, l.balance_minor), jsonb_object_agg(l.id::text, l.held_minor)
-        INTO v_balance, v_held
-        FROM (SELECT id, balance_minor, held_minor FROM accounts
-              WHERE id = ANY (v_account_ids) ORDER BY id FOR UPDATE) AS l;
+    PERFORM 1 FROM accounts
+        WHERE id IN (SELECT a.id FROM wallet_batch_operations(p_operations) AS o
+                     JOIN accounts a ON a.user_id = o.user_id AND a.asset_code = o.asset_type)
+        ORDER BY id FOR UPDATE;
 
-    -- Under the locks: running balances; the first operation that would overdraw fails them all.
-    FOR v_op IN
-        SELECT o.ord, o.type, o.amount, a.id AS account_id
-        FROM wallet_batch_operations(p_operations) AS o
-        JOIN accounts a ON a.user_id = o.user_id AND a.asset_code = o.asset_type
-        ORDER BY o.ord
-    LOOP
-        IF v_op.amount IS NULL OR v_op.amount <= 0 OR wallet_system_account_for(v_op.type) IS NULL THEN
-            RAISE EXCEPTION 'operation % is invalid', v_op.ord USING ERRCODE = 'check_violation';
-        END IF;
-        v_new_balance := (v_balance ->> v_op.account_id::text)::bigint
-                         + CASE v_op.type WHEN 'spend' THEN -v_op.amount ELSE v_op.amount END;
-        IF v_new_balance < (v_held ->> v_op.account_id::text)::bigint THEN
-            status_code := 409;
-            body := wallet_error_body('insufficient_funds',
-                format('operation %s: available balance is less than %s', v_op.ord, v_op.amount),
-                format('operations[%s].amount', v_op.ord));
-            INSERT INTO idempotency_keys (api_key_id, key, request_sha256, status_code, response_body)
-                VALUES (p_api_key_id, p_idempotency_key, v_fingerprint, status_code, body);
-            RETURN;
-        END IF;
-        v_balance := jsonb_set(v_balance, ARRAY[v_op.account_id::text], to_jsonb(v_new_balance));
-        v_ids := v_ids || gen_random_uuid();
-        v_balances_after := v_balances_after || v_new_balance;
-    END LOOP;
+    -- Under the locks, in one pass: every operation's accounts, the user's balance right after it
+    -- (a running sum per account, in the caller's order) and the first one that would overdraw.
+    SELECT array_agg(gen_random_uuid() ORDER BY r.ord), array_agg(r.account_id ORDER BY r.ord),
+           array_agg(r.system_account_id ORDER BY r.ord), array_agg(r.system_code ORDER BY r.ord),
+           array_agg(r.balance_after ORDER BY r.ord), min(r.ord) FILTER (WHERE r.balance_after < r.held_minor)
+      INTO v_ids, v_user_account_ids, v_system_account_ids, v_system_codes, v_balances_after, v_first_short
+      FROM (SELECT o.ord, a.id AS account_id, a.held_minor, s.id AS system_account_id, s.system_code,
+                   a.balance_minor + sum(o.delta) OVER (PARTITION BY a.id ORDER BY o.ord) AS balance_after
+              FROM wallet_batch_operations(p_operations) AS o
+              JOIN accounts a ON a.user_id = o.user_id AND a.asset_code = o.asset_type
+              JOIN accounts s ON s.system_code = wallet_system_account_for(o.type) AND s.asset_code = o.asset_type
+           ) AS r;
+    IF v_first_short IS NOT NULL THEN
+        status_code := 409;
+        body := wallet_error_body('insufficient_funds',
+            format('operation %s: available balance is less than %s', v_first_short,
+                   (p_operations -> v_first_short ->> 'amount')),
+            format('operations[%s].amount', v_first_short));
+        INSERT INTO idempotency_keys (api_key_id, key, request_sha256, status_code, response_body)
+            VALUES (p_api_key_id, p_idempotency_key, v_fingerprint, status_code, body);
+        RETURN;
+    END IF;
 
+    -- One statement writes every transaction, every entry and every balance, and returns the
+    -- response built from the values in hand.
     WITH posted AS (
         INSERT INTO transactions (id, type, api_key_id, idempotency_key, user_id, asset_code, amount_minor,
                                   balance_after_minor, description, metadata)
         SELECT v_ids[o.ord + 1], o.type, p_api_key_id, p_idempotency_key, o.user_id, o.asset_type, o.amount,
                v_balances_after[o.ord + 1], o.description, o.metadata
         FROM wallet_batch_operations(p_operations) AS o ORDER BY o.ord
-        RETURNING id
-    )
-    INSERT INTO ledger_entries (transaction_id, entry_no, account_id, asset_code, amount_minor)
-        SELECT v_ids[o.ord + 1], side.entry_no, side.account_id, o.asset_type, side.amount
+        RETURNING id, created_at
+    ), entries AS (
+        INSERT INTO ledger_entries (transaction_id, entry_no, account_id, asset_code, amount_minor)
+        SELECT v_ids[o.ord + 1], side.entry_no, side.account_id, o.asset_type, side.amount_minor
         FROM wallet_batch_operations(p_operations) AS o
-        JOIN accounts a ON a.user_id = o.user_id AND a.asset_code = o.asset_type
-        JOIN accounts s ON s.system_code = wallet_system_account_for(o.type) AND s.asset_code = o.asset_type
-        CROSS JOIN LATERAL (VALUES
-            (1::smallint, a.id, CASE o.type WHEN 'spend' THEN -o.amount ELSE o.amount END),
-            (2::smallint, s.id, CASE o.type WHEN 'spend' THEN o.amount ELSE -o.amount END)
-        ) AS side(entry_no, account_id, amount)
-        WHERE (SELECT count(*) FROM posted) > 0;
-    UPDATE accounts a SET balance_minor = (v_balance ->> a.id::text)::bigint
-        WHERE a.id = ANY (v_account_ids);
+        CROSS JOIN LATERAL (VALUES (1::smallint, v_user_account_ids[o.ord + 1], o.delta),
+                                   (2::smallint, v_system_account_ids[o.ord + 1], -o.delta))
+                           AS side(entry_no, account_id, amount_minor)
+    ), balances AS (
+        UPDATE accounts a SET balance_minor = final.balance_after
+        FROM (SELECT DISTINCT ON (u.account_id) u.account_id, u.balance_after
+              FROM unnest(v_user_account_ids, v_balances_after) WITH ORDINALITY AS u(account_id, balance_after, n)
+              ORDER BY u.account_id, u.n DESC) AS final
+        WHERE a.id = final.account_id
+    )
+    SELECT jsonb_build_object('transactions', jsonb_agg(wallet_transaction_document(
+               p.id, o.type, 'posted', o.user_id, o.asset_type, o.amount, v_balances_after[o.ord + 1],
+               o.description, o.metadata, p_idempotency_key, p.created_at,
+               jsonb_build_array(
+                   wallet_entry_document(v_user_account_ids[o.ord + 1], o.user_id, 'user', o.delta),
+                   wallet_entry_document(v_system_account_ids[o.ord + 1], v_system_codes[o.ord + 1], 'system', -o.delta))
+           ) ORDER BY o.ord))
+      INTO body
+      FROM posted p JOIN wallet_batch_operations(p_operations) AS o ON p.id = v_ids[o.ord + 1];
 
     status_code := 201;
-    body := jsonb_build_object('transactions', wallet_transactions_json(v_ids));
     INSERT INTO idempotency_keys (api_key_id, key, request_sha256, status_code, response_body)
         VALUES (p_api_key_id, p_idempotency_key, v_fingerprint, status_code, body);
 END $$;
