@@ -98,6 +98,9 @@ async def test_transactions_need_balanced_entries_of_known_accounts(conn, posted
         ([(1, account_id, 5), (2, diamonds, -5)], "unknown account or another asset"),
         ([(1, account_id, 5), (2, 999_999_999, -5)], "unknown account or another asset"),
     ]
+    other_user_account = await conn.fetchval(
+        "SELECT id FROM accounts WHERE kind = 'user' AND user_id <> $1 AND asset_code = 'GOLD_COINS' LIMIT 1", user)
+    cases.append(([(1, other_user_account, 5), (2, treasury, -5)], "is on its user's account"))
     for entries, message in cases:
         payload = json.dumps([{"entry_no": n, "account_id": a, "amount": m} for n, a, m in entries])
         with pytest.raises(asyncpg.exceptions.CheckViolationError, match=message):

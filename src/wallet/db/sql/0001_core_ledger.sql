@@ -58,11 +58,13 @@ CREATE TABLE accounts (
 );
 
 -- A transaction moves one asset between one user account and one system account.
--- References to hot, shared rows (the asset type, the caller's API key, the system account) are
--- not FOREIGN KEYs: a foreign-key check takes a KEY SHARE lock on the referenced row, and with
--- every concurrent posting locking the same few rows PostgreSQL builds a multixact per locker and
--- WAL-logs each lock. Those references are checked by the triggers below instead, without locks;
--- that is as strong because the referenced rows can never be deleted nor their keys changed.
+-- Its references (user, asset type, the caller's API key, the accounts of its entries) are not
+-- FOREIGN KEYs: a foreign-key check takes a KEY SHARE lock on the referenced row, which is
+-- WAL-logged, and with every concurrent posting locking the same few rows (the asset, the API key,
+-- the system account) PostgreSQL builds a multixact per locker. The statement-level triggers below
+-- check the same references without locks, once per statement; that is as strong because the
+-- referenced rows can never be deleted (triggers) nor their keys changed (identity columns, and
+-- keys referenced by accounts' own foreign keys).
 CREATE TABLE transactions (
     id                  uuid PRIMARY KEY DEFAULT gen_random_uuid(),
     -- Insertion order, for newest-first history with a stable cursor.
@@ -72,7 +74,7 @@ CREATE TABLE transactions (
     status              text NOT NULL DEFAULT 'posted' CHECK (status IN ('pending', 'posted', 'voided')),
     api_key_id          bigint NOT NULL,
     idempotency_key     text NOT NULL CHECK (length(idempotency_key) BETWEEN 1 AND 255),
-    user_id             text NOT NULL REFERENCES users (id),
+    user_id             text NOT NULL,
     asset_code          text NOT NULL,
     amount_minor        bigint NOT NULL CHECK (amount_minor > 0),
     balance_after_minor bigint NOT NULL CHECK (balance_after_minor >= 0),
@@ -155,8 +157,9 @@ CREATE TRIGGER transactions_final BEFORE UPDATE ON transactions
 
 -- Once per INSERT statement on ledger_entries, over all its rows: each transaction's entries are
 -- numbered 1..n with n >= 2 (so none can be appended to it by a later statement), they sum to
--- zero, each names an existing account of the transaction's asset, and the transaction's caller
--- exists. Statement-level: one query per posting, not one per row.
+-- zero, each names an existing account of the transaction's asset, one of them is the account of
+-- the transaction's user (so the user exists), and the caller exists. Statement-level: one query
+-- per posting, not one per row.
 CREATE FUNCTION wallet_ledger_entries_check() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
     v_problem text;
@@ -169,6 +172,8 @@ BEGIN
                           s.transaction_id, s.entry_count, s.first_no, s.last_no)
                WHEN NOT s.accounts_ok THEN
                    format('an entry of transaction %s names an unknown account or another asset', s.transaction_id)
+               WHEN NOT s.user_ok THEN
+                   format('no entry of transaction %s is on its user''s account', s.transaction_id)
                ELSE format('ledger entries of transaction %s do not sum to zero (sum %s)', s.transaction_id, s.total)
            END
       INTO v_problem
@@ -177,6 +182,7 @@ BEGIN
                    count(*) AS entry_count, min(n.entry_no) AS first_no, max(n.entry_no) AS last_no,
                    bool_and(a.id IS NOT NULL AND a.asset_code = n.asset_code AND t.asset_code = n.asset_code)
                        AS accounts_ok,
+                   coalesce(bool_or(a.user_id = t.user_id), false) AS user_ok,
                    sum(n.amount_minor) AS total
               FROM new_entries n
               LEFT JOIN transactions t ON t.id = n.transaction_id
@@ -184,7 +190,7 @@ BEGIN
               LEFT JOIN accounts a ON a.id = n.account_id
              GROUP BY n.transaction_id) s
      WHERE NOT s.transaction_ok OR s.entry_count < 2 OR s.first_no <> 1
-        OR s.last_no <> s.entry_count OR NOT s.accounts_ok OR s.total <> 0
+        OR s.last_no <> s.entry_count OR NOT s.accounts_ok OR NOT s.user_ok OR s.total <> 0
      LIMIT 1;
     IF v_problem IS NOT NULL THEN
         RAISE EXCEPTION '%', v_problem USING ERRCODE = 'check_violation';
