@@ -167,15 +167,17 @@ async def _prepare_database(admin_url: str, users: int) -> tuple[str, str]:
         await seed_reference_data(conn)
         token = await create_api_key(conn, "bench", ["admin"])
         api_key_id = await conn.fetchval("SELECT id FROM api_keys WHERE name = 'bench'")
-        for index in range(users):
-            user_id = f"bench_{index:04d}"
-            await conn.execute("SELECT wallet_ensure_user($1, 'Bench')", user_id)
-            for asset in ("GOLD_COINS", "DIAMONDS"):
-                # Straight through the posting function: above the HTTP amount limit on purpose,
-                # so spends never run dry during a run.
-                await conn.execute(
-                    "SELECT wallet_post_transaction($1, $2, 'bonus', $3, $4, $5, 'bench opening', '{}')",
-                    api_key_id, f"open-{user_id}-{asset}", user_id, asset, OPENING_BALANCE_MINOR)
+        # Set-based, one statement each: users with their accounts, then opening balances posted
+        # straight through the posting function (above the HTTP amount limit on purpose, so
+        # spends never run dry during a run).
+        await conn.execute(
+            "SELECT wallet_ensure_user(format('bench_%s', lpad(i::text, 4, '0')), 'Bench')"
+            " FROM generate_series(0, $1 - 1) AS i", users)
+        await conn.execute(
+            "SELECT wallet_post_transaction($1, format('open-%s-%s', i, a), 'bonus',"
+            "       format('bench_%s', lpad(i::text, 4, '0')), a, $2, 'bench opening', '{}')"
+            " FROM generate_series(0, $3 - 1) AS i, unnest(ARRAY['GOLD_COINS', 'DIAMONDS']) AS a",
+            api_key_id, OPENING_BALANCE_MINOR, users)
         await conn.execute("VACUUM ANALYZE")
     finally:
         await conn.close()
