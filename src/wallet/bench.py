@@ -32,6 +32,7 @@ BENCH_DATABASE = "wallet_bench"
 PGBENCH_DATABASE = "wallet_bench_pgbench"
 PGBENCH_SCALE = 16
 OPENING_BALANCE_MINOR = 10**12
+PREPARE_CHUNK_USERS = 500
 STARTUP_TIMEOUT_S = 60
 
 LUA_COMMON = r"""
@@ -173,11 +174,14 @@ async def _prepare_database(admin_url: str, users: int) -> tuple[str, str]:
         await conn.execute(
             "SELECT wallet_ensure_user(format('bench_%s', lpad(i::text, 4, '0')), 'Bench')"
             " FROM generate_series(0, $1 - 1) AS i", users)
-        await conn.execute(
-            "SELECT wallet_post_transaction($1, format('open-%s-%s', i, a), 'bonus',"
-            "       format('bench_%s', lpad(i::text, 4, '0')), a, $2, 'bench opening', '{}')"
-            " FROM generate_series(0, $3 - 1) AS i, unnest(ARRAY['GOLD_COINS', 'DIAMONDS']) AS a",
-            api_key_id, OPENING_BALANCE_MINOR, users)
+        # In chunks: each posting holds an advisory lock until its transaction commits, and the
+        # shared lock table holds a few thousand.
+        for first in range(0, users, PREPARE_CHUNK_USERS):
+            await conn.execute(
+                "SELECT wallet_post_transaction($1, format('open-%s-%s', i, a), 'bonus',"
+                "       format('bench_%s', lpad(i::text, 4, '0')), a, $2, 'bench opening', '{}')"
+                " FROM generate_series($3::int, $4::int) AS i, unnest(ARRAY['GOLD_COINS', 'DIAMONDS']) AS a",
+                api_key_id, OPENING_BALANCE_MINOR, first, min(first + PREPARE_CHUNK_USERS, users) - 1)
         await conn.execute("VACUUM ANALYZE")
     finally:
         await conn.close()
