@@ -55,3 +55,4 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(database_url
     assert result.returncode == 0, summary
     generated = re.search(r"(\d+) generated", summary)
     assert generated and int(generated.group(1)) > 200, summary
+    print(summary[-600:])
