@@ -116,20 +116,21 @@ async def keys(pool: asyncpg.Pool) -> dict[str, str]:
         }
 
 
+def _http_client(app: Any, key: str) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://wallet.test",
+                             headers=bearer(key), timeout=60)
+
+
 @pytest.fixture(scope="session")
 async def client(app: Any, keys: dict[str, str]) -> AsyncIterator[httpx.AsyncClient]:
-    """Authenticated with read, credit and spend scopes."""
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://wallet.test",
-                                 headers=bearer(keys["all"]), timeout=60) as http:
+    """Through the real ASGI app, authenticated with read, credit and spend scopes."""
+    async with _http_client(app, keys["all"]) as http:
         yield http
 
 
 @pytest.fixture(scope="session")
 async def admin(app: Any, keys: dict[str, str]) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://wallet.test",
-                                 headers=bearer(keys["admin"]), timeout=60) as http:
+    async with _http_client(app, keys["admin"]) as http:
         yield http
 
 

@@ -17,13 +17,8 @@ It runs on its own embedded PostgreSQL in a temporary folder, so it can crash it
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -34,8 +29,9 @@ from pathlib import Path
 import asyncpg
 import httpx
 
+from wallet.service_process import ServiceProcess
+
 ASSETS = ("GOLD_COINS", "DIAMONDS")
-STARTUP_TIMEOUT_S = 60
 GIVE_UP_AFTER_S = 180  # one operation that gets no answer for this long fails the run
 RETRY_PAUSE_S = 0.05
 
@@ -80,51 +76,6 @@ class BankReport:
             lines.append(f"FAIL: {len(self.problems)} problems")
             lines.extend(f"  - {p}" for p in self.problems[:50])
         return "\n".join(lines)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class ServiceProcess:
-    """`wallet serve` as a child process that can be SIGKILLed and started again."""
-
-    def __init__(self, database_url: str, port: int, log_path: Path) -> None:
-        self.database_url = database_url
-        self.port = port
-        self.log_path = log_path
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        env = dict(os.environ) | {"WALLET_DATABASE_URL": self.database_url, "WALLET_LOG_LEVEL": "WARNING",
-                                  "WALLET_DB_POOL_MAX_SIZE": "24"}
-        log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "wallet", "serve", "--port", str(self.port)],
-            env=env, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"http://127.0.0.1:{self.port}/health", timeout=1).status_code in (200, 503):
-                    return
-            except httpx.TransportError:
-                time.sleep(0.1)
-        raise RuntimeError(f"service did not start; see {self.log_path}")
-
-    def kill(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(timeout=30)
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
 
 
 def _crash_restart_postgres(pgdata: Path) -> None:
@@ -225,7 +176,8 @@ async def _chaos(service: ServiceProcess, pgdata: Path, total: int, server_kills
         if fault == "service":
             await asyncio.to_thread(service.kill)
             report.server_kills += 1
-            await asyncio.to_thread(service.start)
+            # The database may be recovering from a crash just now: a 503 from /health is up.
+            await asyncio.to_thread(service.start, healthy_statuses=(200, 503))
         else:
             await asyncio.to_thread(_crash_restart_postgres, pgdata)
             report.postgres_restarts += 1
@@ -293,7 +245,8 @@ async def _run(database_url: str, pgdata: Path, workdir: Path, *, clients: int, 
     report = BankReport(operations=len(planned))
     answers: dict[str, tuple[int, dict]] = {}
     progress = [0]
-    service = ServiceProcess(database_url, _free_port(), workdir / "service.log")
+    service = ServiceProcess({"WALLET_DATABASE_URL": database_url, "WALLET_LOG_LEVEL": "WARNING",
+                              "WALLET_DB_POOL_MAX_SIZE": "24"}, log_path=workdir / "service.log")
     await asyncio.to_thread(service.start)
     done = asyncio.Event()
     started = time.monotonic()

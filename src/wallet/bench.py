@@ -15,25 +15,21 @@ import json
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-import httpx
+from wallet.service_process import ServiceProcess
 
 BENCH_DATABASE = "wallet_bench"
 PGBENCH_DATABASE = "wallet_bench_pgbench"
 PGBENCH_SCALE = 16
 OPENING_BALANCE_MINOR = 10**12
 PREPARE_CHUNK_USERS = 500
-STARTUP_TIMEOUT_S = 60
 
 LUA_COMMON = r"""
 local next_thread_id = 0
@@ -60,25 +56,19 @@ function done(summary, latency, requests)
 end
 """
 
+LUA_SINGLE_WRITE = r"""
+function request()
+  counter = counter + 1
+  return wrk.format("POST", "/api/v1/transactions/KIND",
+    {["Authorization"] = "Bearer " .. key, ["Content-Type"] = "application/json",
+     ["Idempotency-Key"] = run_id .. "-" .. tid .. "-" .. counter},
+    '{"user_id":"' .. user .. '","asset_type":"GOLD_COINS","amount":1}')
+end
+"""
+
 LUA_REQUEST = {
-    "topup": r"""
-function request()
-  counter = counter + 1
-  return wrk.format("POST", "/api/v1/transactions/topup",
-    {["Authorization"] = "Bearer " .. key, ["Content-Type"] = "application/json",
-     ["Idempotency-Key"] = run_id .. "-" .. tid .. "-" .. counter},
-    '{"user_id":"' .. user .. '","asset_type":"GOLD_COINS","amount":1}')
-end
-""",
-    "spend": r"""
-function request()
-  counter = counter + 1
-  return wrk.format("POST", "/api/v1/transactions/spend",
-    {["Authorization"] = "Bearer " .. key, ["Content-Type"] = "application/json",
-     ["Idempotency-Key"] = run_id .. "-" .. tid .. "-" .. counter},
-    '{"user_id":"' .. user .. '","asset_type":"GOLD_COINS","amount":1}')
-end
-""",
+    "topup": LUA_SINGLE_WRITE.replace("KIND", "topup"),
+    "spend": LUA_SINGLE_WRITE.replace("KIND", "spend"),
     "balance": r"""
 function request()
   return wrk.format("GET", "/api/v1/wallets/" .. user .. "/balance",
@@ -119,12 +109,6 @@ class Measurement:
 def _with_database(url: str, name: str) -> str:
     parts = urlsplit(url)
     return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _require(tool: str) -> str:
@@ -188,35 +172,7 @@ async def _prepare_database(admin_url: str, users: int) -> tuple[str, str]:
     return url, token
 
 
-class Service:
-    """`wallet serve` in a child process, on a free port."""
-
-    def __init__(self, database_url: str, workers: int) -> None:
-        self.port = _free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}"
-        env = dict(os.environ) | {"WALLET_DATABASE_URL": database_url, "WALLET_LOG_LEVEL": "WARNING"}
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "wallet", "serve", "--port", str(self.port), "--workers", str(workers)],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.base_url}/health", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                time.sleep(0.2)
-        self.stop()
-        raise SystemExit("the service did not start")
-
-    def stop(self) -> None:
-        self.process.send_signal(signal.SIGINT)
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-
-
-def _run_wrk(service: Service, scenario: str, clients: int, seconds: int, token: str, users: int,
+def _run_wrk(service: ServiceProcess, scenario: str, clients: int, seconds: int, token: str, users: int,
              batch_size: int, workdir: Path) -> Measurement:
     script = workdir / f"{scenario}.lua"
     script.write_text(LUA_COMMON + LUA_REQUEST[scenario])
@@ -268,7 +224,8 @@ def run_bench(admin_url: str, *, clients: list[int], seconds: int, workers: int,
     _init_pgbench(admin_url)
     measurements: list[Measurement] = []
     pgbench: dict[str, dict[int, float]] = {"-N": {}, "-S": {}}
-    service = Service(url, workers)
+    service = ServiceProcess({"WALLET_DATABASE_URL": url, "WALLET_LOG_LEVEL": "WARNING"}, workers=workers)
+    service.start()
     try:
         with tempfile.TemporaryDirectory() as tmp:
             for concurrency in clients:
