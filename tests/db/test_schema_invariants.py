@@ -110,6 +110,19 @@ async def test_transactions_need_balanced_entries_of_known_accounts(conn, posted
         await conn.execute(INSERT_ENTRY, uuid.uuid4(), 1, account_id, 5)
 
 
+async def test_rows_the_ledger_refers_to_cannot_be_deleted(conn, posted):
+    user, _, account_id = posted
+    for sql, args in [("DELETE FROM accounts WHERE id = $1", (account_id,)),
+                      ("DELETE FROM users WHERE id = $1", (user,)),
+                      ("DELETE FROM api_keys WHERE name = $1", ("test-all",)),
+                      ("DELETE FROM asset_types WHERE code = $1", ("GOLD_COINS",))]:
+        with pytest.raises(asyncpg.exceptions.RestrictViolationError):
+            await conn.execute(sql, *args)
+    for table in ("accounts", "users", "api_keys", "asset_types", "transactions"):
+        with pytest.raises(asyncpg.exceptions.RestrictViolationError):
+            await conn.execute(f"TRUNCATE {table} CASCADE")
+
+
 async def test_user_balance_cannot_go_negative(conn, posted):
     _, _, account_id = posted
     with pytest.raises(asyncpg.exceptions.CheckViolationError, match="user_balance_never_negative"):

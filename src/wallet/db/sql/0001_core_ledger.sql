@@ -138,7 +138,13 @@ CREATE TRIGGER api_keys_no_delete BEFORE DELETE ON api_keys
     FOR EACH ROW EXECUTE FUNCTION wallet_reject_change();
 CREATE TRIGGER users_no_delete BEFORE DELETE ON users
     FOR EACH ROW EXECUTE FUNCTION wallet_reject_change();
-CREATE TRIGGER reference_tables_no_truncate BEFORE TRUNCATE ON accounts
+CREATE TRIGGER accounts_no_truncate BEFORE TRUNCATE ON accounts
+    FOR EACH STATEMENT EXECUTE FUNCTION wallet_reject_change();
+CREATE TRIGGER asset_types_no_truncate BEFORE TRUNCATE ON asset_types
+    FOR EACH STATEMENT EXECUTE FUNCTION wallet_reject_change();
+CREATE TRIGGER api_keys_no_truncate BEFORE TRUNCATE ON api_keys
+    FOR EACH STATEMENT EXECUTE FUNCTION wallet_reject_change();
+CREATE TRIGGER users_no_truncate BEFORE TRUNCATE ON users
     FOR EACH STATEMENT EXECUTE FUNCTION wallet_reject_change();
 
 -- A posted or voided transaction is final. Only a pending one (a future hold) may change, and then
