@@ -1,0 +1,32 @@
+"""`wallet bench` end to end at the smallest size: it prepares its database, drives the service
+with wrk, runs pgbench beside it and reports every scenario without errors. Skipped where wrk or
+pgbench are not installed (they are benchmark tools, not dependencies of the service)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+@pytest.mark.skipif(not (shutil.which("wrk") and shutil.which("pgbench")), reason="wrk and pgbench not installed")
+def test_bench_reports_every_scenario_beside_pgbench(server_url, tmp_path: Path):
+    if "host=" in server_url:
+        pytest.skip("the benchmark needs a TCP PostgreSQL server (WALLET_TEST_DATABASE_URL)")
+    output = tmp_path / "bench.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "wallet", "bench", "--database-url", server_url, "--clients", "1,2",
+         "--seconds", "1", "--batch-size", "5", "--output", str(output)],
+        capture_output=True, text=True, timeout=300, env=os.environ)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(output.read_text())
+    measured = {(m["scenario"], m["clients"]) for m in report["measurements"]}
+    assert measured == {(s, c) for s in ("topup", "spend", "balance", "batch") for c in (1, 2)}
+    assert all(m["errors"] == 0 and m["requests"] > 0 for m in report["measurements"])
+    assert all(tps > 0 for by_clients in report["pgbench_tps"].values() for tps in by_clients.values())
+    assert "| topup | 1 |" in result.stdout
