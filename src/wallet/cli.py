@@ -1,4 +1,4 @@
-"""The `wallet` command: serve, migrate, seed, verify, keys, prune-idempotency.
+"""The `wallet` command: serve, migrate, seed, verify, keys, prune-idempotency, bench, bank-test.
 
 Every command uses WALLET_DATABASE_URL when it is set, and the embedded PostgreSQL in
 WALLET_DATA_DIR when it is not.
