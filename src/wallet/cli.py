@@ -64,17 +64,14 @@ def migrate() -> None:
 
 
 async def _seed(url: str, demo: bool) -> None:
-    from wallet.db.pool import connect
+    from wallet.db.pool import connection
     from wallet.services.seed import seed_demo_data, seed_reference_data
 
-    conn = await connect(get_settings(), url)
-    try:
+    async with connection(get_settings(), url) as conn:
         if demo:
             await seed_demo_data(conn)
         else:
             await seed_reference_data(conn)
-    finally:
-        await conn.close()
 
 
 @app.command()
@@ -89,14 +86,11 @@ def seed(
 
 
 async def _verify(url: str) -> bool:
-    from wallet.db.pool import connect
+    from wallet.db.pool import connection
     from wallet.services.verify import verify_ledger
 
-    conn = await connect(get_settings(), url)
-    try:
+    async with connection(get_settings(), url) as conn:
         report = await verify_ledger(conn)
-    finally:
-        await conn.close()
     typer.echo(report.render())
     return report.clean
 
@@ -111,14 +105,11 @@ def verify() -> None:
 
 
 async def _create_key(url: str, name: str, scopes: list[str]) -> str:
-    from wallet.db.pool import connect
+    from wallet.db.pool import connection
     from wallet.services.api_keys import create_api_key
 
-    conn = await connect(get_settings(), url)
-    try:
+    async with connection(get_settings(), url) as conn:
         return await create_api_key(conn, name, scopes)
-    finally:
-        await conn.close()
 
 
 @keys_app.command("create")
@@ -139,14 +130,11 @@ def keys_create(
 
 
 async def _revoke_key(url: str, token: str) -> bool:
-    from wallet.db.pool import connect
+    from wallet.db.pool import connection
     from wallet.services.api_keys import revoke_api_key
 
-    conn = await connect(get_settings(), url)
-    try:
+    async with connection(get_settings(), url) as conn:
         return await revoke_api_key(conn, token)
-    finally:
-        await conn.close()
 
 
 @keys_app.command("revoke")
@@ -161,15 +149,12 @@ def keys_revoke(key: Annotated[str, typer.Argument(help="The API key to revoke."
 
 
 async def _prune(url: str, hours: int) -> int:
-    from wallet.db.pool import connect
+    from wallet.db.pool import connection
 
-    conn = await connect(get_settings(), url)
-    try:
+    async with connection(get_settings(), url) as conn:
         result = await conn.execute(
             "DELETE FROM idempotency_keys WHERE created_at < now() - make_interval(hours => $1)", hours
         )
-    finally:
-        await conn.close()
     return int(result.split()[-1])
 
 
@@ -184,24 +169,15 @@ def prune_idempotency() -> None:
 
 async def _demo_key(url: str, key_file: Path) -> str:
     """The embedded demo's API key: reused across restarts while it is still valid."""
-    import hashlib
+    from wallet.db.pool import connection
+    from wallet.services.api_keys import create_api_key, is_active_api_key
 
-    from wallet.db.pool import connect
-    from wallet.services.api_keys import create_api_key
-
-    conn = await connect(get_settings(), url)
-    try:
+    async with connection(get_settings(), url) as conn:
         if key_file.exists():
             token = key_file.read_text().strip()
-            digest = hashlib.sha256(token.encode()).digest()
-            valid = await conn.fetchval(
-                "SELECT 1 FROM api_keys WHERE key_sha256 = $1 AND revoked_at IS NULL", digest
-            )
-            if valid:
+            if await is_active_api_key(conn, token):
                 return token
         token = await create_api_key(conn, "demo", DEMO_SCOPES)
-    finally:
-        await conn.close()
     key_file.write_text(token + "\n")
     key_file.chmod(0o600)
     return token

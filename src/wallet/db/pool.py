@@ -6,6 +6,9 @@ a transaction for longer than the configured bound.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 import asyncpg
 
 from wallet.db.urls import asyncpg_url
@@ -51,10 +54,15 @@ async def create_pool(settings: Settings, database_url: str) -> asyncpg.Pool:
     return pool
 
 
-async def connect(settings: Settings, database_url: str) -> asyncpg.Connection:
-    """A single connection with the same session settings, for CLI commands."""
-    return await asyncpg.connect(
+@asynccontextmanager
+async def connection(settings: Settings, database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    """A single connection with the same session settings, closed on exit; for CLI commands."""
+    conn = await asyncpg.connect(
         asyncpg_url(database_url),
         timeout=settings.db_connect_timeout_ms / 1000,
         server_settings=session_settings(settings),
     )
+    try:
+        yield conn
+    finally:
+        await conn.close()

@@ -71,6 +71,13 @@ async def create_api_key(conn: asyncpg.Connection, name: str, scopes: Iterable[s
     return token
 
 
+async def is_active_api_key(conn: asyncpg.Connection, token: str) -> bool:
+    row = await conn.fetchval(
+        "SELECT 1 FROM api_keys WHERE key_sha256 = $1 AND revoked_at IS NULL", _sha256(token)
+    )
+    return row is not None
+
+
 async def revoke_api_key(conn: asyncpg.Connection, token: str) -> bool:
     result = await conn.execute(
         "UPDATE api_keys SET revoked_at = now() WHERE key_sha256 = $1 AND revoked_at IS NULL",

@@ -86,8 +86,9 @@ def _contains_nul(value: Any) -> bool:
     return False
 
 
-def _check_operation(request: PostingRequest, settings: Settings, field_prefix: str = "") -> None:
-    """Raises on the first configured limit the operation breaks, naming the field."""
+def _check_operation(request: PostingRequest, settings: Settings, field_prefix: str = "") -> bytes:
+    """Raises on the first configured limit the operation breaks, naming the field; returns the
+    metadata as JSON, encoded once here for both the size check and the database."""
     if request.amount_minor <= 0:
         raise InvalidRequest("amount must be a positive integer", f"{field_prefix}amount")
     if request.amount_minor > settings.max_amount_minor:
@@ -103,18 +104,20 @@ def _check_operation(request: PostingRequest, settings: Settings, field_prefix: 
         raise InvalidRequest("description must not contain NUL characters", f"{field_prefix}description")
     if _contains_nul(request.metadata):
         raise InvalidRequest("metadata must not contain NUL characters", f"{field_prefix}metadata")
-    if len(orjson.dumps(request.metadata or {})) > settings.max_metadata_bytes:
+    metadata_json = orjson.dumps(request.metadata or {})
+    if len(metadata_json) > settings.max_metadata_bytes:
         raise LimitExceeded(
             f"metadata must not exceed {settings.max_metadata_bytes} bytes as JSON",
             f"{field_prefix}metadata",
         )
+    return metadata_json
 
 
 async def post_transaction(
     pool: asyncpg.Pool, settings: Settings, api_key_id: int, request: PostingRequest
 ) -> PostingOutcome:
     key = _check_idempotency_key(request.idempotency_key, settings)
-    _check_operation(request, settings)
+    metadata_json = _check_operation(request, settings)
     row = await pool.fetchrow(
         "SELECT status_code, body::text AS body, replayed"
         " FROM wallet_post_transaction($1, $2, $3, $4, $5, $6, $7, $8::jsonb)",
@@ -125,7 +128,7 @@ async def post_transaction(
         request.asset_code,
         request.amount_minor,
         request.description,
-        orjson.dumps(request.metadata or {}).decode(),
+        metadata_json.decode(),
     )
     assert row is not None
     assert row["status_code"] in (201, 404, 409, 422), row["status_code"]
@@ -145,8 +148,10 @@ async def post_batch(
         raise LimitExceeded(
             f"a batch holds 1 to {settings.max_batch_operations} operations", "operations"
         )
-    for index, operation in enumerate(operations):
+    metadata_jsons = [
         _check_operation(operation, settings, f"operations[{index}].")
+        for index, operation in enumerate(operations)
+    ]
     payload = orjson.dumps([
         {
             "type": op.type.value,
@@ -154,9 +159,9 @@ async def post_batch(
             "asset_type": op.asset_code,
             "amount": op.amount_minor,
             "description": op.description,
-            "metadata": op.metadata or {},
+            "metadata": orjson.Fragment(metadata_json),
         }
-        for op in operations
+        for op, metadata_json in zip(operations, metadata_jsons, strict=True)
     ]).decode()
     row = await pool.fetchrow(
         "SELECT status_code, body::text AS body, replayed FROM wallet_post_batch($1, $2, $3::jsonb)",
