@@ -20,13 +20,12 @@ import asyncpg
 import httpx
 import pytest
 
+from tests.support import bearer
 from wallet.api.app import create_app
 from wallet.db.migrate import upgrade_to_head_async
 from wallet.services.api_keys import create_api_key
 from wallet.services.seed import seed_reference_data
 from wallet.settings import Settings
-
-from tests.support import bearer
 
 
 def with_database(url: str, database: str) -> str:
@@ -87,8 +86,7 @@ async def database_url(create_database: Callable[..., Awaitable[str]]) -> str:
 
 @pytest.fixture(scope="session")
 def settings(database_url: str) -> Settings:
-    return Settings(database_url=database_url, db_pool_min_size=2, db_pool_max_size=24,
-                    auth_cache_ttl_ms=0)
+    return Settings(database_url=database_url, db_pool_min_size=2, db_pool_max_size=24, auth_cache_ttl_ms=0)
 
 
 @pytest.fixture(scope="session")
@@ -117,8 +115,9 @@ async def keys(pool: asyncpg.Pool) -> dict[str, str]:
 
 
 def _http_client(app: Any, key: str) -> httpx.AsyncClient:
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://wallet.test",
-                             headers=bearer(key), timeout=60)
+    return httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://wallet.test", headers=bearer(key), timeout=60
+    )
 
 
 @pytest.fixture(scope="session")

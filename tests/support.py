@@ -30,4 +30,3 @@ async def ledger_counts(pool: asyncpg.Pool) -> tuple[int, int, int]:
 
 def new_key() -> str:
     return f"k-{uuid.uuid4().hex}"
-

@@ -8,11 +8,13 @@ from wallet.bank_test import run_bank_test
 
 
 def test_no_acknowledged_write_is_lost_or_doubled_across_crashes():
-    report = run_bank_test(clients=16, operations=1_200, users=20, server_kills=2,
-                           postgres_restarts=1, timeout_s=2.0, seed=11)
+    report = run_bank_test(
+        clients=16, operations=1_200, users=20, server_kills=2, postgres_restarts=1, timeout_s=2.0, seed=11
+    )
     print(report.render())
     assert report.ok, report.render()
-    assert report.server_kills == 2 and report.postgres_restarts == 1
+    assert report.server_kills == 2
+    assert report.postgres_restarts == 1
     assert report.acknowledged + report.refused_insufficient == 1_200
     assert report.acknowledged > 600
     # The faults really interrupted requests: some were retried.

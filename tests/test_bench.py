@@ -14,15 +14,35 @@ from pathlib import Path
 import pytest
 
 
-@pytest.mark.skipif(not (shutil.which("wrk") and shutil.which("pgbench")), reason="wrk and pgbench not installed")
+@pytest.mark.skipif(
+    not (shutil.which("wrk") and shutil.which("pgbench")), reason="wrk and pgbench not installed"
+)
 def test_bench_reports_every_scenario_beside_pgbench(server_url, tmp_path: Path):
     if "host=" in server_url:
         pytest.skip("the benchmark needs a TCP PostgreSQL server (WALLET_TEST_DATABASE_URL)")
     output = tmp_path / "bench.json"
     result = subprocess.run(
-        [sys.executable, "-m", "wallet", "bench", "--database-url", server_url, "--clients", "1,2",
-         "--seconds", "1", "--batch-size", "5", "--output", str(output)],
-        capture_output=True, text=True, timeout=300, env=os.environ)
+        [
+            sys.executable,
+            "-m",
+            "wallet",
+            "bench",
+            "--database-url",
+            server_url,
+            "--clients",
+            "1,2",
+            "--seconds",
+            "1",
+            "--batch-size",
+            "5",
+            "--output",
+            str(output),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=os.environ,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(output.read_text())
     measured = {(m["scenario"], m["clients"]) for m in report["measurements"]}

@@ -13,18 +13,22 @@ from tests.support import bearer
 
 def wallet(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
     env = os.environ | {"WALLET_DATABASE_URL": database_url}
-    return subprocess.run([sys.executable, "-m", "wallet", *args], env=env, capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "wallet", *args], env=env, capture_output=True, text=True, timeout=120
+    )
 
 
 async def test_keys_create_prints_the_key_alone_and_it_works(database_url, app):
-    result = wallet(database_url, "keys", "create", "--name", "shop-service", "--scope", "read",
-                    "--scope", "spend")
+    result = wallet(
+        database_url, "keys", "create", "--name", "shop-service", "--scope", "read", "--scope", "spend"
+    )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("wk_")
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t",
-                                 headers=bearer(lines[0])) as http:
+    assert len(lines) == 1
+    assert lines[0].startswith("wk_")
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://t", headers=bearer(lines[0])
+    ) as http:
         assert (await http.get("/api/v1/asset-types")).status_code == 200
         topup = await http.post("/api/v1/transactions/topup", json={})
         assert topup.status_code == 403
@@ -47,10 +51,13 @@ async def test_prune_idempotency_deletes_only_keys_past_retention(database_url, 
     await pool.execute(
         "INSERT INTO idempotency_keys (api_key_id, key, request_sha256, status_code, response_body, created_at) VALUES"
         " ($1, 'prune-old', sha256('a'), 201, '{}', now() - interval '25 hours'),"
-        " ($1, 'prune-recent', sha256('a'), 201, '{}', now() - interval '23 hours')", api_key_id)
+        " ($1, 'prune-recent', sha256('a'), 201, '{}', now() - interval '23 hours')",
+        api_key_id,
+    )
     result = wallet(database_url, "prune-idempotency")
     assert result.returncode == 0, result.stderr
     assert "older than 24 h" in result.stderr
-    remaining = {r["key"] for r in await pool.fetch(
-        "SELECT key FROM idempotency_keys WHERE key LIKE 'prune-%'")}
+    remaining = {
+        r["key"] for r in await pool.fetch("SELECT key FROM idempotency_keys WHERE key LIKE 'prune-%'")
+    }
     assert remaining == {"prune-recent"}

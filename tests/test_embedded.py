@@ -21,8 +21,11 @@ def test_serve_without_database_url_runs_the_embedded_demo(tmp_path: Path, monke
     service.start()
     try:
         key = (data_dir / "demo-api-key").read_text().strip()
-        response = httpx.get(f"{service.base_url}/api/v1/wallets/user_001/balance",
-                             headers={"Authorization": f"Bearer {key}"}, timeout=10)
+        response = httpx.get(
+            f"{service.base_url}/api/v1/wallets/user_001/balance",
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=10,
+        )
         assert response.status_code == 200
         gold = {b["asset_type"]: b["balance"] for b in response.json()["balances"]}["GOLD_COINS"]
         assert gold == 1000
@@ -30,6 +33,7 @@ def test_serve_without_database_url_runs_the_embedded_demo(tmp_path: Path, monke
     finally:
         service.stop()
     output = log.read_text()
-    assert key in output and f"{service.base_url}/docs" in output
+    assert key in output
+    assert f"{service.base_url}/docs" in output
     # The embedded server stopped with the service.
     assert not (data_dir / "pgdata" / "postmaster.pid").exists()

@@ -71,7 +71,9 @@ class BankReport:
             f"faults injected: {self.server_kills} service SIGKILLs, {self.postgres_restarts} PostgreSQL crash-restarts",
         ]
         if self.ok:
-            lines.append("OK: every acknowledged operation exists exactly once; balances match; verify is clean")
+            lines.append(
+                "OK: every acknowledged operation exists exactly once; balances match; verify is clean"
+            )
         else:
             lines.append(f"FAIL: {len(self.problems)} problems")
             lines.extend(f"  - {p}" for p in self.problems[:50])
@@ -108,15 +110,23 @@ def _operations(count: int, users: list[str], seed: int) -> list[Operation]:
     run = uuid.uuid4().hex[:8]
     kinds = ["topup"] * 4 + ["bonus"] * 2 + ["spend"] * 4
     return [
-        Operation(f"bank-{run}-{i}", rng.choice(kinds), rng.choice(users), rng.choice(ASSETS),
-                  rng.randint(1, 100))
+        Operation(
+            f"bank-{run}-{i}", rng.choice(kinds), rng.choice(users), rng.choice(ASSETS), rng.randint(1, 100)
+        )
         for i in range(count)
     ]
 
 
-async def _run_clients(base_url: str, token: str, operations: list[Operation], clients: int,
-                       timeout_s: float, report: BankReport, answers: dict[str, tuple[int, dict]],
-                       progress: list[int]) -> None:
+async def _run_clients(
+    base_url: str,
+    token: str,
+    operations: list[Operation],
+    clients: int,
+    timeout_s: float,
+    report: BankReport,
+    answers: dict[str, tuple[int, dict]],
+    progress: list[int],
+) -> None:
     queue: asyncio.Queue[Operation] = asyncio.Queue()
     for operation in operations:
         queue.put_nowait(operation)
@@ -134,9 +144,13 @@ async def _run_clients(base_url: str, token: str, operations: list[Operation], c
                 try:
                     response = await http.post(
                         f"/api/v1/transactions/{operation.type}",
-                        json={"user_id": operation.user_id, "asset_type": operation.asset,
-                              "amount": operation.amount},
-                        headers={"Idempotency-Key": operation.key})
+                        json={
+                            "user_id": operation.user_id,
+                            "asset_type": operation.asset,
+                            "amount": operation.amount,
+                        },
+                        headers={"Idempotency-Key": operation.key},
+                    )
                 except httpx.TimeoutException:
                     reason = "client timeout"
                 except httpx.TransportError:
@@ -156,14 +170,22 @@ async def _run_clients(base_url: str, token: str, operations: list[Operation], c
                     break
                 await asyncio.sleep(RETRY_PAUSE_S)
 
-    async with httpx.AsyncClient(base_url=base_url, headers={"Authorization": f"Bearer {token}"},
-                                 timeout=timeout_s, limits=limits) as http:
+    async with httpx.AsyncClient(
+        base_url=base_url, headers={"Authorization": f"Bearer {token}"}, timeout=timeout_s, limits=limits
+    ) as http:
         await asyncio.gather(*(client(http) for _ in range(clients)))
 
 
-async def _chaos(service: ServiceProcess, pgdata: Path, total: int, server_kills: int,
-                 postgres_restarts: int, progress: list[int], report: BankReport,
-                 done: asyncio.Event) -> None:
+async def _chaos(
+    service: ServiceProcess,
+    pgdata: Path,
+    total: int,
+    server_kills: int,
+    postgres_restarts: int,
+    progress: list[int],
+    report: BankReport,
+    done: asyncio.Event,
+) -> None:
     """Spreads the faults over the run: each at a fixed fraction of the operations answered."""
     faults = ["service"] * server_kills + ["postgres"] * postgres_restarts
     random.Random(7).shuffle(faults)
@@ -183,8 +205,9 @@ async def _chaos(service: ServiceProcess, pgdata: Path, total: int, server_kills
             report.postgres_restarts += 1
 
 
-async def _check(database_url: str, operations: list[Operation], answers: dict[str, tuple[int, dict]],
-                 report: BankReport) -> None:
+async def _check(
+    database_url: str, operations: list[Operation], answers: dict[str, tuple[int, dict]], report: BankReport
+) -> None:
     from wallet.services.verify import verify_ledger
 
     conn = await asyncpg.connect(database_url)
@@ -192,7 +215,9 @@ async def _check(database_url: str, operations: list[Operation], answers: dict[s
         api_key_id = await conn.fetchval("SELECT id FROM api_keys WHERE name = 'bank-test'")
         rows = await conn.fetch(
             "SELECT id::text, idempotency_key, type, user_id, asset_code, amount_minor FROM transactions"
-            " WHERE api_key_id = $1", api_key_id)
+            " WHERE api_key_id = $1",
+            api_key_id,
+        )
         by_key: dict[str, list[asyncpg.Record]] = defaultdict(list)
         for row in rows:
             by_key[row["idempotency_key"]].append(row)
@@ -206,12 +231,21 @@ async def _check(database_url: str, operations: list[Operation], answers: dict[s
             if status == 201:
                 report.acknowledged += 1
                 if len(found) != 1:
-                    report.problems.append(f"{operation.key}: acknowledged, but {len(found)} transactions exist")
+                    report.problems.append(
+                        f"{operation.key}: acknowledged, but {len(found)} transactions exist"
+                    )
                     continue
                 row = found[0]
                 if (row["id"], row["type"], row["user_id"], row["asset_code"], row["amount_minor"]) != (
-                        body["id"], operation.type, operation.user_id, operation.asset, operation.amount):
-                    report.problems.append(f"{operation.key}: stored transaction differs from the acknowledged one")
+                    body["id"],
+                    operation.type,
+                    operation.user_id,
+                    operation.asset,
+                    operation.amount,
+                ):
+                    report.problems.append(
+                        f"{operation.key}: stored transaction differs from the acknowledged one"
+                    )
                 sign = -1 if operation.type == "spend" else 1
                 expected[(operation.user_id, operation.asset)] += sign * operation.amount
             else:
@@ -221,12 +255,14 @@ async def _check(database_url: str, operations: list[Operation], answers: dict[s
         for key, leftovers in by_key.items():
             report.problems.append(f"{key}: {len(leftovers)} transactions no client was told about")
         balances = await conn.fetch(
-            "SELECT user_id, asset_code, balance_minor FROM accounts WHERE kind = 'user' AND user_id LIKE 'bank_%'")
+            "SELECT user_id, asset_code, balance_minor FROM accounts WHERE kind = 'user' AND user_id LIKE 'bank_%'"
+        )
         for row in balances:
             want = expected[(row["user_id"], row["asset_code"])]
             if row["balance_minor"] != want:
                 report.problems.append(
-                    f"{row['user_id']} {row['asset_code']}: balance {row['balance_minor']}, acknowledged sum {want}")
+                    f"{row['user_id']} {row['asset_code']}: balance {row['balance_minor']}, acknowledged sum {want}"
+                )
             if row["balance_minor"] < 0:
                 report.problems.append(f"{row['user_id']} {row['asset_code']}: negative balance")
         audit = await verify_ledger(conn)
@@ -236,25 +272,39 @@ async def _check(database_url: str, operations: list[Operation], answers: dict[s
         await conn.close()
 
 
-async def _run(database_url: str, pgdata: Path, workdir: Path, *, clients: int, operations: int,
-               users: int, server_kills: int, postgres_restarts: int, timeout_s: float,
-               seed: int) -> BankReport:
+async def _run(
+    database_url: str,
+    pgdata: Path,
+    workdir: Path,
+    *,
+    clients: int,
+    operations: int,
+    users: int,
+    server_kills: int,
+    postgres_restarts: int,
+    timeout_s: float,
+    seed: int,
+) -> BankReport:
     user_ids = [f"bank_{i:03d}" for i in range(users)]
     token = await _prepare(database_url, user_ids)
     planned = _operations(operations, user_ids, seed)
     report = BankReport(operations=len(planned))
     answers: dict[str, tuple[int, dict]] = {}
     progress = [0]
-    service = ServiceProcess({"WALLET_DATABASE_URL": database_url, "WALLET_LOG_LEVEL": "WARNING",
-                              "WALLET_DB_POOL_MAX_SIZE": "24"}, log_path=workdir / "service.log")
+    service = ServiceProcess(
+        {"WALLET_DATABASE_URL": database_url, "WALLET_LOG_LEVEL": "WARNING", "WALLET_DB_POOL_MAX_SIZE": "24"},
+        log_path=workdir / "service.log",
+    )
     await asyncio.to_thread(service.start)
     done = asyncio.Event()
     started = time.monotonic()
     try:
-        chaos = asyncio.create_task(_chaos(service, pgdata, len(planned), server_kills, postgres_restarts,
-                                           progress, report, done))
-        await _run_clients(f"http://127.0.0.1:{service.port}", token, planned, clients, timeout_s,
-                           report, answers, progress)
+        chaos = asyncio.create_task(
+            _chaos(service, pgdata, len(planned), server_kills, postgres_restarts, progress, report, done)
+        )
+        await _run_clients(
+            f"http://127.0.0.1:{service.port}", token, planned, clients, timeout_s, report, answers, progress
+        )
         done.set()
         await chaos
     finally:
@@ -266,17 +316,35 @@ async def _run(database_url: str, pgdata: Path, workdir: Path, *, clients: int, 
     return report
 
 
-def run_bank_test(*, clients: int, operations: int, users: int, server_kills: int,
-                  postgres_restarts: int, timeout_s: float, seed: int) -> BankReport:
+def run_bank_test(
+    *,
+    clients: int,
+    operations: int,
+    users: int,
+    server_kills: int,
+    postgres_restarts: int,
+    timeout_s: float,
+    seed: int,
+) -> BankReport:
     from wallet.embedded import embedded_postgres
 
     workdir = Path(tempfile.mkdtemp(prefix="wallet-bank-"))
     workdir.chmod(0o755)
     with embedded_postgres(workdir) as database_url:
-        report = asyncio.run(_run(
-            database_url, (workdir / "pgdata").resolve(), workdir, clients=clients,
-            operations=operations, users=users, server_kills=server_kills,
-            postgres_restarts=postgres_restarts, timeout_s=timeout_s, seed=seed))
+        report = asyncio.run(
+            _run(
+                database_url,
+                (workdir / "pgdata").resolve(),
+                workdir,
+                clients=clients,
+                operations=operations,
+                users=users,
+                server_kills=server_kills,
+                postgres_restarts=postgres_restarts,
+                timeout_s=timeout_s,
+                seed=seed,
+            )
+        )
     if report.ok:
         shutil.rmtree(workdir, ignore_errors=True)
     else:

@@ -157,7 +157,9 @@ async def _prepare_database(admin_url: str, users: int) -> tuple[str, str]:
         # spends never run dry during a run).
         await conn.execute(
             "SELECT wallet_ensure_user(format('bench_%s', lpad(i::text, 4, '0')), 'Bench')"
-            " FROM generate_series(0, $1 - 1) AS i", users)
+            " FROM generate_series(0, $1 - 1) AS i",
+            users,
+        )
         # In chunks: each posting holds an advisory lock until its transaction commits, and the
         # shared lock table holds a few thousand.
         for first in range(0, users, PREPARE_CHUNK_USERS):
@@ -165,22 +167,55 @@ async def _prepare_database(admin_url: str, users: int) -> tuple[str, str]:
                 "SELECT wallet_post_transaction($1, format('open-%s-%s', i, a), 'bonus',"
                 "       format('bench_%s', lpad(i::text, 4, '0')), a, $2, 'bench opening', '{}')"
                 " FROM generate_series($3::int, $4::int) AS i, unnest(ARRAY['GOLD_COINS', 'DIAMONDS']) AS a",
-                api_key_id, OPENING_BALANCE_MINOR, first, min(first + PREPARE_CHUNK_USERS, users) - 1)
+                api_key_id,
+                OPENING_BALANCE_MINOR,
+                first,
+                min(first + PREPARE_CHUNK_USERS, users) - 1,
+            )
         await conn.execute("VACUUM ANALYZE")
     finally:
         await conn.close()
     return url, token
 
 
-def _run_wrk(service: ServiceProcess, scenario: str, clients: int, seconds: int, token: str, users: int,
-             batch_size: int, workdir: Path) -> Measurement:
+def _run_wrk(
+    service: ServiceProcess,
+    scenario: str,
+    clients: int,
+    seconds: int,
+    token: str,
+    users: int,
+    batch_size: int,
+    workdir: Path,
+) -> Measurement:
     script = workdir / f"{scenario}.lua"
     script.write_text(LUA_COMMON + LUA_REQUEST[scenario])
     run_id = uuid.uuid4().hex[:10]
     result = subprocess.run(
-        [_require("wrk"), "-t", str(clients), "-c", str(clients), "-d", f"{seconds}s", "--timeout", "10s",
-         "-s", str(script), service.base_url, "--", run_id, token, str(users), str(batch_size)],
-        capture_output=True, text=True, timeout=seconds + 60, check=True)
+        [
+            _require("wrk"),
+            "-t",
+            str(clients),
+            "-c",
+            str(clients),
+            "-d",
+            f"{seconds}s",
+            "--timeout",
+            "10s",
+            "-s",
+            str(script),
+            service.base_url,
+            "--",
+            run_id,
+            token,
+            str(users),
+            str(batch_size),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 60,
+        check=True,
+    )
     stats = json.loads(result.stdout.strip().splitlines()[-1])
     per_request = batch_size if scenario == "batch" else 1
     return Measurement(
@@ -198,9 +233,25 @@ def _run_wrk(service: ServiceProcess, scenario: str, clients: int, seconds: int,
 def _pgbench(admin_url: str, mode: str, clients: int, seconds: int) -> float:
     env = _psql_env(admin_url)
     result = subprocess.run(
-        [_require("pgbench"), mode, "-M", "prepared", "-c", str(clients), "-j", str(min(clients, 2)),
-         "-T", str(seconds), PGBENCH_DATABASE],
-        env=env, capture_output=True, text=True, timeout=seconds + 60, check=True)
+        [
+            _require("pgbench"),
+            mode,
+            "-M",
+            "prepared",
+            "-c",
+            str(clients),
+            "-j",
+            str(min(clients, 2)),
+            "-T",
+            str(seconds),
+            PGBENCH_DATABASE,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=seconds + 60,
+        check=True,
+    )
     match = re.search(r"tps = ([0-9.]+)", result.stdout)
     assert match, result.stdout
     return float(match.group(1))
@@ -210,12 +261,24 @@ def _init_pgbench(admin_url: str) -> None:
     env = _psql_env(admin_url)
     subprocess.run(["dropdb", "--if-exists", PGBENCH_DATABASE], env=env, check=False, capture_output=True)
     subprocess.run(["createdb", PGBENCH_DATABASE], env=env, check=True, capture_output=True)
-    subprocess.run([_require("pgbench"), "-i", "-q", "-s", str(PGBENCH_SCALE), PGBENCH_DATABASE],
-                   env=env, check=True, capture_output=True)
+    subprocess.run(
+        [_require("pgbench"), "-i", "-q", "-s", str(PGBENCH_SCALE), PGBENCH_DATABASE],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
 
 
-def run_bench(admin_url: str, *, clients: list[int], seconds: int, workers: int, batch_size: int,
-              scenarios: list[str], output: Path | None) -> dict[str, object]:
+def run_bench(
+    admin_url: str,
+    *,
+    clients: list[int],
+    seconds: int,
+    workers: int,
+    batch_size: int,
+    scenarios: list[str],
+    output: Path | None,
+) -> dict[str, object]:
     import asyncio
 
     users = max(clients) * max(batch_size, 1)
@@ -232,16 +295,22 @@ def run_bench(admin_url: str, *, clients: list[int], seconds: int, workers: int,
                 for mode in ("-N", "-S"):
                     pgbench[mode][concurrency] = _pgbench(admin_url, mode, concurrency, seconds)
                 for scenario in scenarios:
-                    measurement = _run_wrk(service, scenario, concurrency, seconds, token, users,
-                                           batch_size, Path(tmp))
+                    measurement = _run_wrk(
+                        service, scenario, concurrency, seconds, token, users, batch_size, Path(tmp)
+                    )
                     measurements.append(measurement)
-                    print(f"  {scenario:<8} c={concurrency:<3} {measurement.per_second:>9.0f}/s "
-                          f"p99 {measurement.p99_ms:.1f} ms  errors {measurement.errors}",
-                          file=sys.stderr, flush=True)
+                    print(
+                        f"  {scenario:<8} c={concurrency:<3} {measurement.per_second:>9.0f}/s "
+                        f"p99 {measurement.p99_ms:.1f} ms  errors {measurement.errors}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
     finally:
         service.stop()
     report = {
-        "workers": workers, "seconds": seconds, "batch_size": batch_size,
+        "workers": workers,
+        "seconds": seconds,
+        "batch_size": batch_size,
         "pgbench_tps": {mode: {str(c): tps for c, tps in by.items()} for mode, by in pgbench.items()},
         "measurements": [asdict(m) for m in measurements],
     }
@@ -261,11 +330,14 @@ def render(measurements: list[Measurement], pgbench: dict[str, dict[int, float]]
         baseline = pgbench[mode][m.clients]
         lines.append(
             f"| {m.scenario} | {m.clients} | {m.per_second:,.0f} | {m.p50_ms:.1f} | {m.p95_ms:.1f} | "
-            f"{m.p99_ms:.1f} | {m.errors} | {mode} {baseline:,.0f} | {m.per_second / baseline:.2f} |")
+            f"{m.p99_ms:.1f} | {m.errors} | {mode} {baseline:,.0f} | {m.per_second / baseline:.2f} |"
+        )
     by_key = {(m.scenario, m.clients): m.per_second for m in measurements}
     for scenario in ("topup", "spend"):
         one, many = by_key.get((scenario, 1)), by_key.get((scenario, max(c for _, c in by_key)))
         if one and many:
-            lines.append(f"\n{scenario}: {max(c for _, c in by_key)} clients on distinct users = "
-                         f"{many / one:.1f} x one client")
+            lines.append(
+                f"\n{scenario}: {max(c for _, c in by_key)} clients on distinct users = "
+                f"{many / one:.1f} x one client"
+            )
     return "\n".join(lines)

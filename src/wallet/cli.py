@@ -76,8 +76,9 @@ async def _seed(url: str, demo: bool) -> None:
 
 @app.command()
 def seed(
-    demo: Annotated[bool, typer.Option("--demo/--reference-only",
-                                       help="Also create Alice and Bob with initial balances.")] = True,
+    demo: Annotated[
+        bool, typer.Option("--demo/--reference-only", help="Also create Alice and Bob with initial balances.")
+    ] = True,
 ) -> None:
     """Create asset types and system accounts (and demo users). Running it twice changes nothing."""
     with _database(get_settings()) as (url, _):
@@ -230,15 +231,20 @@ def serve(
 
 @app.command()
 def bench(
-    database_url: Annotated[str, typer.Option(
-        envvar="WALLET_BENCH_DATABASE_URL",
-        help="A PostgreSQL server to benchmark on (a scratch database is created there).")]
-        = "postgresql://postgres@127.0.0.1:5432/postgres",
+    database_url: Annotated[
+        str,
+        typer.Option(
+            envvar="WALLET_BENCH_DATABASE_URL",
+            help="A PostgreSQL server to benchmark on (a scratch database is created there).",
+        ),
+    ] = "postgresql://postgres@127.0.0.1:5432/postgres",
     clients: Annotated[str, typer.Option(help="Comma-separated concurrency levels.")] = "1,16,64",
     seconds: Annotated[int, typer.Option(min=1, max=600, help="Duration of each measurement.")] = 10,
     workers: Annotated[int, typer.Option(min=1, max=64, help="Service worker processes.")] = 2,
     batch_size: Annotated[int, typer.Option(min=1, max=1000, help="Operations per batch request.")] = 100,
-    scenarios: Annotated[str, typer.Option(help="Any of topup,spend,balance,batch.")] = "topup,spend,balance,batch",
+    scenarios: Annotated[
+        str, typer.Option(help="Any of topup,spend,balance,batch.")
+    ] = "topup,spend,balance,batch",
     output: Annotated[Path | None, typer.Option(help="Also write the figures as JSON here.")] = None,
 ) -> None:
     """Throughput and latency over HTTP at each concurrency, beside pgbench on the same server."""
@@ -249,8 +255,15 @@ def bench(
     if unknown:
         _err(f"unknown scenarios: {', '.join(unknown)}")
         raise typer.Exit(code=2)
-    run_bench(database_url, clients=[int(c) for c in clients.split(",")], seconds=seconds,
-              workers=workers, batch_size=batch_size, scenarios=chosen, output=output)
+    run_bench(
+        database_url,
+        clients=[int(c) for c in clients.split(",")],
+        seconds=seconds,
+        workers=workers,
+        batch_size=batch_size,
+        scenarios=chosen,
+        output=output,
+    )
 
 
 @app.command("bank-test")
@@ -266,9 +279,15 @@ def bank_test(
     """Jepsen-style: random writes with retries under SIGKILLs and a PostgreSQL crash, then audit."""
     from wallet.bank_test import run_bank_test
 
-    report = run_bank_test(clients=clients, operations=operations, users=users,
-                           server_kills=server_kills, postgres_restarts=postgres_restarts,
-                           timeout_s=timeout_ms / 1000, seed=seed)
+    report = run_bank_test(
+        clients=clients,
+        operations=operations,
+        users=users,
+        server_kills=server_kills,
+        postgres_restarts=postgres_restarts,
+        timeout_s=timeout_ms / 1000,
+        seed=seed,
+    )
     typer.echo(report.render())
     if not report.ok:
         raise typer.Exit(code=1)

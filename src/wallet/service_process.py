@@ -24,8 +24,9 @@ def free_port() -> int:
 
 
 class ServiceProcess:
-    def __init__(self, env: dict[str, str], *, workers: int = 1, log_path: Path | None = None,
-                 port: int | None = None) -> None:
+    def __init__(
+        self, env: dict[str, str], *, workers: int = 1, log_path: Path | None = None, port: int | None = None
+    ) -> None:
         """`env` is added to this process's environment; WALLET_DATABASE_URL unset there means
         the embedded database, as for `wallet serve` itself."""
         self.env = env
@@ -39,12 +40,26 @@ class ServiceProcess:
         """Starts the service and waits until /health answers with one of `healthy_statuses`."""
         output = self.log_path.open("ab") if self.log_path else subprocess.DEVNULL
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "wallet", "serve", "--port", str(self.port), "--workers", str(self.workers)],
-            env=dict(os.environ) | self.env, stdout=output, stderr=subprocess.STDOUT)
+            [
+                sys.executable,
+                "-m",
+                "wallet",
+                "serve",
+                "--port",
+                str(self.port),
+                "--workers",
+                str(self.workers),
+            ],
+            env=dict(os.environ) | self.env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"wallet serve exited with {self.process.returncode}; log: {self.log_path}")
+                raise RuntimeError(
+                    f"wallet serve exited with {self.process.returncode}; log: {self.log_path}"
+                )
             try:
                 if httpx.get(f"{self.base_url}/health", timeout=1).status_code in healthy_statuses:
                     return

@@ -30,7 +30,13 @@ CASES: list[tuple[str, dict, int, str, str | None]] = [
     # name, request kwargs, status, error code, field
     ("malformed json", raw('{"user_id": "x", "amount": '), 400, "malformed_json", None),
     ("not an object", raw("[1, 2, 3]"), 422, "validation_error", None),
-    ("non-utf8 body", raw(b'{"user_id": "\xff\xfe", "asset_type": "GOLD_COINS", "amount": 1}'), 400, None, None),
+    (
+        "non-utf8 body",
+        raw(b'{"user_id": "\xff\xfe", "asset_type": "GOLD_COINS", "amount": 1}'),
+        400,
+        None,
+        None,
+    ),
     ("one megabyte body", raw('{"user_id": "' + "a" * 1_048_576 + '"}'), 413, "body_too_large", None),
     ("zero amount", valid_with(amount=0), 422, "validation_error", "amount"),
     ("negative amount", valid_with(amount=-5), 422, "validation_error", "amount"),
@@ -46,21 +52,48 @@ CASES: list[tuple[str, dict, int, str, str | None]] = [
     ("lowercase asset", valid_with(asset_type="gold_coins"), 422, "validation_error", "asset_type"),
     ("unknown asset", valid_with(asset_type="SILVER"), 404, "asset_type_not_found", "asset_type"),
     ("unknown user", valid_with(user_id="nobody"), 404, "user_not_found", "user_id"),
-    ("sql injection in user", valid_with(user_id="x'; DROP TABLE accounts;--"), 422, "validation_error", "user_id"),
-    ("sql injection in asset", valid_with(asset_type="GOLD' OR '1'='1"), 422, "validation_error", "asset_type"),
+    (
+        "sql injection in user",
+        valid_with(user_id="x'; DROP TABLE accounts;--"),
+        422,
+        "validation_error",
+        "user_id",
+    ),
+    (
+        "sql injection in asset",
+        valid_with(asset_type="GOLD' OR '1'='1"),
+        422,
+        "validation_error",
+        "asset_type",
+    ),
     ("metadata not an object", valid_with(metadata=[1, 2]), 422, "validation_error", "metadata"),
     ("metadata too large", valid_with(metadata={"blob": "x" * 5_000}), 422, "limit_exceeded", "metadata"),
     ("description too long", valid_with(description="d" * 501), 422, "limit_exceeded", "description"),
     ("NUL in description", valid_with(description="a\x00b"), 422, "invalid_request", "description"),
     ("NUL in metadata", valid_with(metadata={"k": ["a\x00"]}), 422, "invalid_request", "metadata"),
-    ("idempotency key with spaces", valid_with(idempotency_key="has spaces"), 422, "validation_error", "idempotency_key"),
-    ("idempotency key too long", valid_with(idempotency_key="k" * 256), 422, "validation_error", "idempotency_key"),
+    (
+        "idempotency key with spaces",
+        valid_with(idempotency_key="has spaces"),
+        422,
+        "validation_error",
+        "idempotency_key",
+    ),
+    (
+        "idempotency key too long",
+        valid_with(idempotency_key="k" * 256),
+        422,
+        "validation_error",
+        "idempotency_key",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("name", "request_kwargs", "status", "code", "field"), CASES, ids=[c[0] for c in CASES])
-async def test_bad_input_gets_clear_4xx_and_writes_nothing(client, pool, make_user, name, request_kwargs,
-                                                           status, code, field):
+@pytest.mark.parametrize(
+    ("name", "request_kwargs", "status", "code", "field"), CASES, ids=[c[0] for c in CASES]
+)
+async def test_bad_input_gets_clear_4xx_and_writes_nothing(
+    client, pool, make_user, name, request_kwargs, status, code, field
+):
     user = await make_user(GOLD_COINS=100)
     if "json" in request_kwargs and request_kwargs["json"].get("user_id") == "user_placeholder":
         request_kwargs = {"json": request_kwargs["json"] | {"user_id": user}}
@@ -71,7 +104,8 @@ async def test_bad_input_gets_clear_4xx_and_writes_nothing(client, pool, make_us
     response = await client.post(TOPUP, headers=headers, **request_kwargs)
     assert response.status_code == status, response.text
     error = response.json()["error"]
-    assert set(error) == {"code", "message", "field"} and error["message"]
+    assert set(error) == {"code", "message", "field"}
+    assert error["message"]
     if code is not None:
         assert error["code"] == code
     assert error["field"] == field
@@ -80,34 +114,51 @@ async def test_bad_input_gets_clear_4xx_and_writes_nothing(client, pool, make_us
 
 async def test_injection_strings_are_stored_verbatim_not_executed(client, make_user):
     user = await make_user()
-    nasty = "'); DELETE FROM ledger_entries; -- \U0001F600 <script> \\u0000"
-    response = await client.post(TOPUP, headers={"Idempotency-Key": new_key()}, json={
-        "user_id": user, "asset_type": "GOLD_COINS", "amount": 1,
-        "description": nasty, "metadata": {"note": nasty}})
+    nasty = "'); DELETE FROM ledger_entries; -- \U0001f600 <script> \\u0000"
+    response = await client.post(
+        TOPUP,
+        headers={"Idempotency-Key": new_key()},
+        json={
+            "user_id": user,
+            "asset_type": "GOLD_COINS",
+            "amount": 1,
+            "description": nasty,
+            "metadata": {"note": nasty},
+        },
+    )
     assert response.status_code == 201
     fetched = await client.get(f"/api/v1/transactions/{response.json()['id']}")
-    assert fetched.json()["description"] == nasty and fetched.json()["metadata"] == {"note": nasty}
+    assert fetched.json()["description"] == nasty
+    assert fetched.json()["metadata"] == {"note": nasty}
 
 
 async def test_whole_float_amount_is_accepted_as_integer(client, make_user):
     user = await make_user()
-    response = await client.post(TOPUP,
-                                 content=json.dumps({"user_id": user, "asset_type": "GOLD_COINS", "amount": 7.0}),
-                                 headers={"Idempotency-Key": new_key(), "Content-Type": "application/json"},
-                                 )
-    assert response.status_code == 201 and response.json()["amount"] == 7
+    response = await client.post(
+        TOPUP,
+        content=json.dumps({"user_id": user, "asset_type": "GOLD_COINS", "amount": 7.0}),
+        headers={"Idempotency-Key": new_key(), "Content-Type": "application/json"},
+    )
+    assert response.status_code == 201
+    assert response.json()["amount"] == 7
 
 
 async def test_unknown_route_and_method_use_the_error_shape(client):
     missing = await client.get("/api/v1/nothing-here")
-    assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+    assert missing.status_code == 404
+    assert missing.json()["error"]["code"] == "not_found"
     wrong_method = await client.delete("/api/v1/transactions/topup")
-    assert wrong_method.status_code == 405 and wrong_method.json()["error"]["code"] == "method_not_allowed"
+    assert wrong_method.status_code == 405
+    assert wrong_method.json()["error"]["code"] == "method_not_allowed"
 
 
 async def test_nul_bytes_in_path_and_query_are_4xx(client):
-    for path in ("/api/v1/wallets/a%00b/balance", "/api/v1/wallets/a%00b/transactions",
-                 "/api/v1/wallets/user_001/balance?asset_type=A%00", "/api/v1/transactions/%00"):
+    for path in (
+        "/api/v1/wallets/a%00b/balance",
+        "/api/v1/wallets/a%00b/transactions",
+        "/api/v1/wallets/user_001/balance?asset_type=A%00",
+        "/api/v1/transactions/%00",
+    ):
         response = await client.get(path)
         assert 400 <= response.status_code < 500, (path, response.text)
         assert response.json()["error"]["code"]

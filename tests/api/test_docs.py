@@ -22,8 +22,11 @@ async def test_metrics_count_write_outcomes(client, make_user):
     from tests.support import new_key
 
     user = await make_user()
-    await client.post("/api/v1/transactions/spend", headers={"Idempotency-Key": new_key()},
-                      json={"user_id": user, "asset_type": "GOLD_COINS", "amount": 1})
+    await client.post(
+        "/api/v1/transactions/spend",
+        headers={"Idempotency-Key": new_key()},
+        json={"user_id": user, "asset_type": "GOLD_COINS", "amount": 1},
+    )
     text = (await client.get("/metrics")).text
     assert 'wallet_postings_total{kind="spend",replayed="False",status="409"}' in text
     assert "wallet_posting_seconds_bucket" in text

@@ -13,13 +13,15 @@ from pathlib import Path
 
 from wallet.service_process import ServiceProcess
 
-CHECKS = ",".join([
-    "not_a_server_error",
-    "status_code_conformance",
-    "content_type_conformance",
-    "response_schema_conformance",
-    "response_headers_conformance",
-])
+CHECKS = ",".join(
+    [
+        "not_a_server_error",
+        "status_code_conformance",
+        "content_type_conformance",
+        "response_schema_conformance",
+        "response_headers_conformance",
+    ]
+)
 
 
 def test_schemathesis_finds_no_server_error_and_no_schema_violation(database_url, keys, tmp_path: Path):
@@ -28,12 +30,29 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(database_url
     try:
         schemathesis = shutil.which("schemathesis", path=str(Path(sys.executable).parent)) or "schemathesis"
         result = subprocess.run(
-            [schemathesis, "run", f"{service.base_url}/openapi.json",
-             "-H", f"Authorization: Bearer {keys['admin']}",
-             "--phases", "examples,coverage,fuzzing,stateful", "--checks", CHECKS,
-             "--max-examples", "20", "--seed", "20261126", "--continue-on-failure",
-             "--report-dir", str(tmp_path)],
-            capture_output=True, text=True, timeout=600, env=os.environ | {"NO_COLOR": "1"})
+            [
+                schemathesis,
+                "run",
+                f"{service.base_url}/openapi.json",
+                "-H",
+                f"Authorization: Bearer {keys['admin']}",
+                "--phases",
+                "examples,coverage,fuzzing,stateful",
+                "--checks",
+                CHECKS,
+                "--max-examples",
+                "20",
+                "--seed",
+                "20261126",
+                "--continue-on-failure",
+                "--report-dir",
+                str(tmp_path),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env=os.environ | {"NO_COLOR": "1"},
+        )
     finally:
         service.stop()
     summary = result.stdout[-4000:]

@@ -20,15 +20,21 @@ def body(user_id: str, amount: int = 100, asset: str = "GOLD_COINS", **extra: ob
 
 async def test_topup_credits_user_from_treasury_with_balanced_entries(client, make_user):
     user = await make_user()
-    response = await client.post(TOPUP, json=body(user, 250, metadata={"order": "A-1"},
-                                                   description="Starter pack"),
-                                 headers={"Idempotency-Key": new_key()})
+    response = await client.post(
+        TOPUP,
+        json=body(user, 250, metadata={"order": "A-1"}, description="Starter pack"),
+        headers={"Idempotency-Key": new_key()},
+    )
     assert response.status_code == 201, response.text
     txn = response.json()
-    assert txn["type"] == "topup" and txn["status"] == "posted"
-    assert txn["user_id"] == user and txn["asset_type"] == "GOLD_COINS"
-    assert txn["amount"] == 250 and txn["balance_after"] == 250
-    assert txn["metadata"] == {"order": "A-1"} and txn["description"] == "Starter pack"
+    assert txn["type"] == "topup"
+    assert txn["status"] == "posted"
+    assert txn["user_id"] == user
+    assert txn["asset_type"] == "GOLD_COINS"
+    assert txn["amount"] == 250
+    assert txn["balance_after"] == 250
+    assert txn["metadata"] == {"order": "A-1"}
+    assert txn["description"] == "Starter pack"
     entries = {e["account"]: e["amount"] for e in txn["entries"]}
     assert entries == {user: 250, "SYSTEM_TREASURY": -250}
     assert "Idempotent-Replayed" not in response.headers
@@ -37,18 +43,22 @@ async def test_topup_credits_user_from_treasury_with_balanced_entries(client, ma
 
 async def test_bonus_credits_user_from_promotions(client, make_user):
     user = await make_user(GOLD_COINS=10)
-    response = await client.post(BONUS, json=body(user, 5, asset="GOLD_COINS"),
-                                 headers={"Idempotency-Key": new_key()})
+    response = await client.post(
+        BONUS, json=body(user, 5, asset="GOLD_COINS"), headers={"Idempotency-Key": new_key()}
+    )
     assert response.status_code == 201
     assert {e["account"]: e["amount"] for e in response.json()["entries"]} == {
-        user: 5, "SYSTEM_PROMOTIONS": -5}
+        user: 5,
+        "SYSTEM_PROMOTIONS": -5,
+    }
     assert response.json()["balance_after"] == 15
 
 
 async def test_spend_debits_user_into_revenue(client, make_user):
     user = await make_user(DIAMONDS=40)
-    response = await client.post(SPEND, json=body(user, 15, asset="DIAMONDS"),
-                                 headers={"Idempotency-Key": new_key()})
+    response = await client.post(
+        SPEND, json=body(user, 15, asset="DIAMONDS"), headers={"Idempotency-Key": new_key()}
+    )
     assert response.status_code == 201
     txn = response.json()
     assert {e["account"]: e["amount"] for e in txn["entries"]} == {user: -15, "SYSTEM_REVENUE": 15}
@@ -72,7 +82,8 @@ async def test_spend_short_balance_is_409_and_writes_no_transaction(client, pool
 async def test_spend_of_exact_balance_reaches_zero(client, make_user):
     user = await make_user(GOLD_COINS=7)
     response = await client.post(SPEND, json=body(user, 7), headers={"Idempotency-Key": new_key()})
-    assert response.status_code == 201 and response.json()["balance_after"] == 0
+    assert response.status_code == 201
+    assert response.json()["balance_after"] == 0
 
 
 async def test_get_transaction_returns_the_same_document_as_the_write(client, make_user):
@@ -93,12 +104,18 @@ async def test_unknown_transaction_is_404(client):
 async def test_unknown_user_or_asset_is_404_and_writes_nothing(client, pool, make_user):
     user = await make_user()
     before = await ledger_counts(pool)
-    missing_user = await client.post(TOPUP, json=body("nobody_here", 1), headers={"Idempotency-Key": new_key()})
+    missing_user = await client.post(
+        TOPUP, json=body("nobody_here", 1), headers={"Idempotency-Key": new_key()}
+    )
     assert missing_user.status_code == 404
     assert missing_user.json()["error"] == {
-        "code": "user_not_found", "message": "no user with id nobody_here", "field": "user_id"}
-    missing_asset = await client.post(TOPUP, json=body(user, 1, asset="SILVER"),
-                                      headers={"Idempotency-Key": new_key()})
+        "code": "user_not_found",
+        "message": "no user with id nobody_here",
+        "field": "user_id",
+    }
+    missing_asset = await client.post(
+        TOPUP, json=body(user, 1, asset="SILVER"), headers={"Idempotency-Key": new_key()}
+    )
     assert missing_asset.status_code == 404
     assert missing_asset.json()["error"]["code"] == "asset_type_not_found"
     assert missing_asset.json()["error"]["field"] == "asset_type"
@@ -106,6 +123,7 @@ async def test_unknown_user_or_asset_is_404_and_writes_nothing(client, pool, mak
 
 
 # --- Idempotency ------------------------------------------------------------------------------
+
 
 async def test_same_key_same_payload_replays_original_status_and_body(client, pool, make_user):
     user = await make_user()
@@ -125,10 +143,12 @@ async def test_key_in_body_works_like_the_header(client, make_user):
     key = new_key()
     first = await client.post(TOPUP, json=body(user, 2, idempotency_key=key))
     second = await client.post(TOPUP, json=body(user, 2), headers={"Idempotency-Key": key})
-    assert first.status_code == 201 and second.headers.get("Idempotent-Replayed") == "true"
+    assert first.status_code == 201
+    assert second.headers.get("Idempotent-Replayed") == "true"
     assert second.json()["id"] == first.json()["id"]
-    conflicting = await client.post(TOPUP, json=body(user, 2, idempotency_key=key),
-                                    headers={"Idempotency-Key": new_key()})
+    conflicting = await client.post(
+        TOPUP, json=body(user, 2, idempotency_key=key), headers={"Idempotency-Key": new_key()}
+    )
     assert conflicting.status_code == 422
     assert conflicting.json()["error"]["field"] == "idempotency_key"
 
@@ -166,13 +186,18 @@ async def test_same_key_different_payload_is_422_and_writes_nothing(client, pool
 async def test_metadata_key_order_does_not_change_the_request(client, make_user):
     user = await make_user()
     key = new_key()
-    first = await client.post(TOPUP, content=(
-        f'{{"user_id":"{user}","asset_type":"GOLD_COINS","amount":1,"metadata":{{"a":1,"b":2}}}}'),
-        headers={"Idempotency-Key": key, "Content-Type": "application/json"})
-    second = await client.post(TOPUP, content=(
-        f'{{"metadata":{{"b":2,"a":1}},"amount":1,"asset_type":"GOLD_COINS","user_id":"{user}"}}'),
-        headers={"Idempotency-Key": key, "Content-Type": "application/json"})
-    assert first.status_code == 201 and second.status_code == 201
+    first = await client.post(
+        TOPUP,
+        content=(f'{{"user_id":"{user}","asset_type":"GOLD_COINS","amount":1,"metadata":{{"a":1,"b":2}}}}'),
+        headers={"Idempotency-Key": key, "Content-Type": "application/json"},
+    )
+    second = await client.post(
+        TOPUP,
+        content=(f'{{"metadata":{{"b":2,"a":1}},"amount":1,"asset_type":"GOLD_COINS","user_id":"{user}"}}'),
+        headers={"Idempotency-Key": key, "Content-Type": "application/json"},
+    )
+    assert first.status_code == 201
+    assert second.status_code == 201
     assert second.headers["Idempotent-Replayed"] == "true"
 
 
@@ -180,10 +205,14 @@ async def test_keys_are_scoped_per_api_key(app, keys, client, make_user):
     user = await make_user()
     key = new_key()
     first = await client.post(TOPUP, json=body(user, 1), headers={"Idempotency-Key": key})
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t",
-                                 headers={"Authorization": f"Bearer {keys['credit']}"}) as other:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app),
+        base_url="http://t",
+        headers={"Authorization": f"Bearer {keys['credit']}"},
+    ) as other:
         second = await other.post(TOPUP, json=body(user, 1), headers={"Idempotency-Key": key})
-    assert second.status_code == 201 and "Idempotent-Replayed" not in second.headers
+    assert second.status_code == 201
+    assert "Idempotent-Replayed" not in second.headers
     assert second.json()["id"] != first.json()["id"]
     assert await balance_of(client, user) == 2
 
@@ -200,27 +229,41 @@ async def test_missing_idempotency_key_is_400_and_writes_nothing(client, pool, m
 
 # --- Batch ----------------------------------------------------------------------------------
 
+
 async def test_batch_posts_all_operations_in_order(client, make_user):
     alice, bob = await make_user(GOLD_COINS=10), await make_user()
-    response = await client.post(BATCH, json={"operations": [
-        {"type": "spend", "user_id": alice, "asset_type": "GOLD_COINS", "amount": 10},
-        {"type": "topup", "user_id": bob, "asset_type": "GOLD_COINS", "amount": 10},
-        {"type": "bonus", "user_id": alice, "asset_type": "GOLD_COINS", "amount": 3},
-    ]}, headers={"Idempotency-Key": new_key()})
+    response = await client.post(
+        BATCH,
+        json={
+            "operations": [
+                {"type": "spend", "user_id": alice, "asset_type": "GOLD_COINS", "amount": 10},
+                {"type": "topup", "user_id": bob, "asset_type": "GOLD_COINS", "amount": 10},
+                {"type": "bonus", "user_id": alice, "asset_type": "GOLD_COINS", "amount": 3},
+            ]
+        },
+        headers={"Idempotency-Key": new_key()},
+    )
     assert response.status_code == 201, response.text
     posted = response.json()["transactions"]
     assert [t["type"] for t in posted] == ["spend", "topup", "bonus"]
     assert [t["balance_after"] for t in posted] == [0, 10, 3]
-    assert await balance_of(client, alice) == 3 and await balance_of(client, bob) == 10
+    assert await balance_of(client, alice) == 3
+    assert await balance_of(client, bob) == 10
 
 
 async def test_batch_is_all_or_nothing(client, pool, make_user):
     alice = await make_user(GOLD_COINS=5)
     before = await ledger_counts(pool)
-    response = await client.post(BATCH, json={"operations": [
-        {"type": "topup", "user_id": alice, "asset_type": "GOLD_COINS", "amount": 1},
-        {"type": "spend", "user_id": alice, "asset_type": "GOLD_COINS", "amount": 7},
-    ]}, headers={"Idempotency-Key": new_key()})
+    response = await client.post(
+        BATCH,
+        json={
+            "operations": [
+                {"type": "topup", "user_id": alice, "asset_type": "GOLD_COINS", "amount": 1},
+                {"type": "spend", "user_id": alice, "asset_type": "GOLD_COINS", "amount": 7},
+            ]
+        },
+        headers={"Idempotency-Key": new_key()},
+    )
     assert response.status_code == 409
     assert response.json()["error"]["field"] == "operations[1].amount"
     assert (await ledger_counts(pool))[:2] == before[:2]
@@ -230,12 +273,21 @@ async def test_batch_is_all_or_nothing(client, pool, make_user):
 async def test_batch_limits_and_scopes(app, keys, client, make_user, settings):
     user = await make_user()
     too_many = [{"type": "topup", "user_id": user, "asset_type": "GOLD_COINS", "amount": 1}] * (
-        settings.max_batch_operations + 1)
+        settings.max_batch_operations + 1
+    )
     response = await client.post(BATCH, json={"operations": too_many}, headers={"Idempotency-Key": new_key()})
-    assert response.status_code == 422 and response.json()["error"]["field"] == "operations"
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t",
-                                 headers={"Authorization": f"Bearer {keys['credit']}"}) as credit_only:
-        response = await credit_only.post(BATCH, json={"operations": [
-            {"type": "spend", "user_id": user, "asset_type": "GOLD_COINS", "amount": 1}]},
-            headers={"Idempotency-Key": new_key()})
+    assert response.status_code == 422
+    assert response.json()["error"]["field"] == "operations"
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app),
+        base_url="http://t",
+        headers={"Authorization": f"Bearer {keys['credit']}"},
+    ) as credit_only:
+        response = await credit_only.post(
+            BATCH,
+            json={
+                "operations": [{"type": "spend", "user_id": user, "asset_type": "GOLD_COINS", "amount": 1}]
+            },
+            headers={"Idempotency-Key": new_key()},
+        )
     assert response.status_code == 403

@@ -9,20 +9,26 @@ async def test_create_user_is_idempotent_and_gives_accounts(admin, client):
     user_id = f"u_{uuid.uuid4().hex[:10]}"
     first = await admin.post("/api/v1/users", json={"user_id": user_id, "name": "Carol"})
     assert first.status_code == 201
-    assert first.json()["user_id"] == user_id and first.json()["name"] == "Carol"
+    assert first.json()["user_id"] == user_id
+    assert first.json()["name"] == "Carol"
     again = await admin.post("/api/v1/users", json={"user_id": user_id, "name": "Carol"})
-    assert again.status_code == 200 and again.json() == first.json()
+    assert again.status_code == 200
+    assert again.json() == first.json()
     other_name = await admin.post("/api/v1/users", json={"user_id": user_id, "name": "Mallory"})
-    assert other_name.status_code == 409 and other_name.json()["error"]["code"] == "user_exists"
+    assert other_name.status_code == 409
+    assert other_name.json()["error"]["code"] == "user_exists"
     balances = (await client.get(f"/api/v1/wallets/{user_id}/balance")).json()["balances"]
-    assert len(balances) == 3 and all(b["balance"] == 0 for b in balances)
+    assert len(balances) == 3
+    assert all(b["balance"] == 0 for b in balances)
 
 
 async def test_create_user_validates_and_needs_admin(admin, client):
     bad = await admin.post("/api/v1/users", json={"user_id": "has space", "name": "X"})
-    assert bad.status_code == 422 and bad.json()["error"]["field"] == "user_id"
+    assert bad.status_code == 422
+    assert bad.json()["error"]["field"] == "user_id"
     empty_name = await admin.post("/api/v1/users", json={"user_id": "ok_id", "name": ""})
-    assert empty_name.status_code == 422 and empty_name.json()["error"]["field"] == "name"
+    assert empty_name.status_code == 422
+    assert empty_name.json()["error"]["field"] == "name"
     forbidden = await client.post("/api/v1/users", json={"user_id": "ok_id", "name": "X"})
     assert forbidden.status_code == 403
 
@@ -40,11 +46,16 @@ async def test_list_users_pages_through_everyone(admin, client):
         cursor = page["next_cursor"]
         if not cursor:
             break
-    assert ids == sorted(ids) and len(ids) == len(set(ids)) and len(ids) >= 3
+    assert ids == sorted(ids)
+    assert len(ids) == len(set(ids))
+    assert len(ids) >= 3
 
 
 async def test_asset_types_are_listed(client):
     response = await client.get("/api/v1/asset-types")
     assert response.status_code == 200
     assert {a["code"]: a["scale"] for a in response.json()["data"]} == {
-        "DIAMONDS": 0, "GOLD_COINS": 0, "LOYALTY_POINTS": 0}
+        "DIAMONDS": 0,
+        "GOLD_COINS": 0,
+        "LOYALTY_POINTS": 0,
+    }

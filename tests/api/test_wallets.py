@@ -6,8 +6,11 @@ from tests.support import new_key
 
 
 async def _post(client, path, user, amount, asset="GOLD_COINS"):
-    response = await client.post(f"/api/v1/transactions/{path}", headers={"Idempotency-Key": new_key()},
-                                 json={"user_id": user, "asset_type": asset, "amount": amount})
+    response = await client.post(
+        f"/api/v1/transactions/{path}",
+        headers={"Idempotency-Key": new_key()},
+        json={"user_id": user, "asset_type": asset, "amount": amount},
+    )
     assert response.status_code == 201, response.text
     return response.json()
 
@@ -19,7 +22,10 @@ async def test_balance_lists_every_asset_of_the_user(client, make_user):
     data = response.json()
     assert data["user_id"] == user
     assert {b["asset_type"]: (b["balance"], b["available"], b["held"]) for b in data["balances"]} == {
-        "GOLD_COINS": (12, 12, 0), "DIAMONDS": (3, 3, 0), "LOYALTY_POINTS": (0, 0, 0)}
+        "GOLD_COINS": (12, 12, 0),
+        "DIAMONDS": (3, 3, 0),
+        "LOYALTY_POINTS": (0, 0, 0),
+    }
     only = await client.get(f"/api/v1/wallets/{user}/balance", params={"asset_type": "DIAMONDS"})
     assert [b["asset_type"] for b in only.json()["balances"]] == ["DIAMONDS"]
 
@@ -57,18 +63,22 @@ async def test_history_filters_by_asset_and_type(client, make_user):
     await _post(client, "bonus", user, 2, asset="DIAMONDS")
     spends = (await client.get(f"/api/v1/wallets/{user}/transactions", params={"type": "spend"})).json()
     assert [t["type"] for t in spends["data"]] == ["spend"]
-    diamonds = (await client.get(f"/api/v1/wallets/{user}/transactions",
-                                 params={"asset_type": "DIAMONDS"})).json()
+    diamonds = (
+        await client.get(f"/api/v1/wallets/{user}/transactions", params={"asset_type": "DIAMONDS"})
+    ).json()
     assert [(t["type"], t["asset_type"]) for t in diamonds["data"]] == [("bonus", "DIAMONDS")]
     bad_type = await client.get(f"/api/v1/wallets/{user}/transactions", params={"type": "steal"})
-    assert bad_type.status_code == 422 and bad_type.json()["error"]["field"] == "type"
+    assert bad_type.status_code == 422
+    assert bad_type.json()["error"]["field"] == "type"
 
 
 async def test_history_limit_is_bounded_and_cursor_checked(client, make_user, settings):
     user = await make_user()
-    too_big = await client.get(f"/api/v1/wallets/{user}/transactions",
-                               params={"limit": settings.page_size_max + 1})
-    assert too_big.status_code == 422 and too_big.json()["error"]["field"] == "limit"
+    too_big = await client.get(
+        f"/api/v1/wallets/{user}/transactions", params={"limit": settings.page_size_max + 1}
+    )
+    assert too_big.status_code == 422
+    assert too_big.json()["error"]["field"] == "limit"
     for bad in ("zzzz", "!!", "x" * 500):
         response = await client.get(f"/api/v1/wallets/{user}/transactions", params={"cursor": bad})
         assert response.status_code == 422, bad

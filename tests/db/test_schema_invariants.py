@@ -24,18 +24,25 @@ async def posted(conn, pool, make_user):
     api_key_id = await pool.fetchval("SELECT id FROM api_keys WHERE name = 'test-all'")
     body = await conn.fetchval(
         "SELECT body FROM wallet_post_transaction($1, $2, 'topup', $3, 'GOLD_COINS', 10, NULL, '{}')",
-        api_key_id, new_key(), user)
+        api_key_id,
+        new_key(),
+        user,
+    )
     import json
+
     transaction_id = uuid.UUID(json.loads(body)["id"])
     account_id = await conn.fetchval(
-        "SELECT id FROM accounts WHERE user_id = $1 AND asset_code = 'GOLD_COINS'", user)
+        "SELECT id FROM accounts WHERE user_id = $1 AND asset_code = 'GOLD_COINS'", user
+    )
     return user, transaction_id, account_id
 
 
 async def test_ledger_entries_cannot_be_updated_deleted_or_truncated(conn, posted):
     _, transaction_id, _ = posted
-    for sql in ("UPDATE ledger_entries SET amount_minor = amount_minor * 2 WHERE transaction_id = $1",
-                "DELETE FROM ledger_entries WHERE transaction_id = $1"):
+    for sql in (
+        "UPDATE ledger_entries SET amount_minor = amount_minor * 2 WHERE transaction_id = $1",
+        "DELETE FROM ledger_entries WHERE transaction_id = $1",
+    ):
         with pytest.raises(asyncpg.exceptions.RestrictViolationError, match="append-only"):
             await conn.execute(sql, transaction_id)
     with pytest.raises(asyncpg.exceptions.RestrictViolationError):
@@ -52,8 +59,10 @@ async def test_posted_transactions_cannot_be_changed_or_deleted(conn, posted):
         await conn.execute("DELETE FROM transactions WHERE id = $1", transaction_id)
 
 
-INSERT_ENTRY = ("INSERT INTO ledger_entries (transaction_id, entry_no, account_id, asset_code, amount_minor)"
-                " VALUES ($1, $2, $3, 'GOLD_COINS', $4)")
+INSERT_ENTRY = (
+    "INSERT INTO ledger_entries (transaction_id, entry_no, account_id, asset_code, amount_minor)"
+    " VALUES ($1, $2, $3, 'GOLD_COINS', $4)"
+)
 POST_WITH_ENTRIES = """
 WITH t AS (
     INSERT INTO transactions (type, api_key_id, idempotency_key, user_id, asset_code, amount_minor,
@@ -69,17 +78,23 @@ SELECT t.id, e.entry_no, e.account_id, 'GOLD_COINS', e.amount FROM t,
 async def test_entries_cannot_be_appended_to_a_posted_transaction(conn, posted):
     _, transaction_id, account_id = posted
     treasury = await conn.fetchval(
-        "SELECT id FROM accounts WHERE system_code = 'SYSTEM_TREASURY' AND asset_code = 'GOLD_COINS'")
+        "SELECT id FROM accounts WHERE system_code = 'SYSTEM_TREASURY' AND asset_code = 'GOLD_COINS'"
+    )
     with pytest.raises(asyncpg.exceptions.CheckViolationError, match="in one statement"):
         await conn.execute(INSERT_ENTRY, transaction_id, 3, account_id, 5)
     # Not even a balanced pair.
     with pytest.raises(asyncpg.exceptions.CheckViolationError, match="in one statement"):
-        await conn.executemany(INSERT_ENTRY, [(transaction_id, 3, account_id, 5), (transaction_id, 4, treasury, -5)])
+        await conn.executemany(
+            INSERT_ENTRY, [(transaction_id, 3, account_id, 5), (transaction_id, 4, treasury, -5)]
+        )
     with pytest.raises(asyncpg.exceptions.CheckViolationError, match="1..n"):
         await conn.execute(
             "INSERT INTO ledger_entries (transaction_id, entry_no, account_id, asset_code, amount_minor)"
             " VALUES ($1, 3, $2, 'GOLD_COINS', 5), ($1, 4, $3, 'GOLD_COINS', -5)",
-            transaction_id, account_id, treasury)
+            transaction_id,
+            account_id,
+            treasury,
+        )
 
 
 async def test_transactions_need_balanced_entries_of_known_accounts(conn, posted):
@@ -88,9 +103,11 @@ async def test_transactions_need_balanced_entries_of_known_accounts(conn, posted
     user, _, account_id = posted
     api_key_id = await conn.fetchval("SELECT id FROM api_keys WHERE name = 'test-all'")
     treasury = await conn.fetchval(
-        "SELECT id FROM accounts WHERE system_code = 'SYSTEM_TREASURY' AND asset_code = 'GOLD_COINS'")
+        "SELECT id FROM accounts WHERE system_code = 'SYSTEM_TREASURY' AND asset_code = 'GOLD_COINS'"
+    )
     diamonds = await conn.fetchval(
-        "SELECT id FROM accounts WHERE system_code = 'SYSTEM_TREASURY' AND asset_code = 'DIAMONDS'")
+        "SELECT id FROM accounts WHERE system_code = 'SYSTEM_TREASURY' AND asset_code = 'DIAMONDS'"
+    )
     cases = [
         ([], "must be written together with its ledger entries"),
         ([(1, account_id, 5)], "1..n|must be written together"),
@@ -99,7 +116,9 @@ async def test_transactions_need_balanced_entries_of_known_accounts(conn, posted
         ([(1, account_id, 5), (2, 999_999_999, -5)], "unknown account or another asset"),
     ]
     other_user_account = await conn.fetchval(
-        "SELECT id FROM accounts WHERE kind = 'user' AND user_id <> $1 AND asset_code = 'GOLD_COINS' LIMIT 1", user)
+        "SELECT id FROM accounts WHERE kind = 'user' AND user_id <> $1 AND asset_code = 'GOLD_COINS' LIMIT 1",
+        user,
+    )
     cases.append(([(1, other_user_account, 5), (2, treasury, -5)], "is on its user's account"))
     for entries, message in cases:
         payload = json.dumps([{"entry_no": n, "account_id": a, "amount": m} for n, a, m in entries])
@@ -112,10 +131,12 @@ async def test_transactions_need_balanced_entries_of_known_accounts(conn, posted
 
 async def test_rows_the_ledger_refers_to_cannot_be_deleted(conn, posted):
     user, _, account_id = posted
-    for sql, args in [("DELETE FROM accounts WHERE id = $1", (account_id,)),
-                      ("DELETE FROM users WHERE id = $1", (user,)),
-                      ("DELETE FROM api_keys WHERE name = $1", ("test-all",)),
-                      ("DELETE FROM asset_types WHERE code = $1", ("GOLD_COINS",))]:
+    for sql, args in [
+        ("DELETE FROM accounts WHERE id = $1", (account_id,)),
+        ("DELETE FROM users WHERE id = $1", (user,)),
+        ("DELETE FROM api_keys WHERE name = $1", ("test-all",)),
+        ("DELETE FROM asset_types WHERE code = $1", ("GOLD_COINS",)),
+    ]:
         with pytest.raises(asyncpg.exceptions.RestrictViolationError):
             await conn.execute(sql, *args)
     for table in ("accounts", "users", "api_keys", "asset_types", "transactions"):
@@ -132,8 +153,10 @@ async def test_user_balance_cannot_go_negative(conn, posted):
 async def test_idempotency_key_is_unique_per_caller(conn, pool):
     api_key_id = await pool.fetchval("SELECT id FROM api_keys WHERE name = 'test-all'")
     key = new_key()
-    insert = ("INSERT INTO idempotency_keys (api_key_id, key, request_sha256, status_code, response_body)"
-              " VALUES ($1, $2, sha256('x'), 201, '{}')")
+    insert = (
+        "INSERT INTO idempotency_keys (api_key_id, key, request_sha256, status_code, response_body)"
+        " VALUES ($1, $2, sha256('x'), 201, '{}')"
+    )
     await conn.execute(insert, api_key_id, key)
     with pytest.raises(asyncpg.exceptions.UniqueViolationError):
         await conn.execute(insert, api_key_id, key)
@@ -142,5 +165,7 @@ async def test_idempotency_key_is_unique_per_caller(conn, pool):
 async def test_amounts_are_positive_integers_in_the_schema(conn):
     columns = await conn.fetch(
         "SELECT table_name, column_name, data_type FROM information_schema.columns"
-        " WHERE column_name LIKE '%minor' AND table_schema = 'public'")
-    assert columns and {c["data_type"] for c in columns} == {"bigint"}
+        " WHERE column_name LIKE '%minor' AND table_schema = 'public'"
+    )
+    assert columns
+    assert {c["data_type"] for c in columns} == {"bigint"}

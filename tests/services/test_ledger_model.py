@@ -13,10 +13,10 @@ from hypothesis import strategies as st
 
 OPERATION = st.tuples(
     st.sampled_from(["topup", "bonus", "spend"]),
-    st.integers(min_value=0, max_value=2),                # which user
+    st.integers(min_value=0, max_value=2),  # which user
     st.sampled_from(["GOLD_COINS", "DIAMONDS"]),
     st.integers(min_value=1, max_value=1_000),
-    st.booleans(),                                       # retry an earlier key instead
+    st.booleans(),  # retry an earlier key instead
 )
 
 
@@ -32,15 +32,25 @@ async def _run(database_url: str, operations: list[tuple[str, int, str, int, boo
         for type_, user_index, asset, amount, retry in operations:
             if retry and sent:
                 key, args, status, body = sent[len(sent) // 2]
-                row = await conn.fetchrow("SELECT * FROM wallet_post_transaction($1, $2, $3, $4, $5, $6, NULL, '{}')",
-                                          api_key_id, key, *args)
-                assert row["replayed"] and row["status_code"] == status and row["body"] == body
+                row = await conn.fetchrow(
+                    "SELECT * FROM wallet_post_transaction($1, $2, $3, $4, $5, $6, NULL, '{}')",
+                    api_key_id,
+                    key,
+                    *args,
+                )
+                assert row["replayed"]
+                assert row["status_code"] == status
+                assert row["body"] == body
                 continue
             user = users[user_index]
             key = uuid.uuid4().hex
             args = (type_, user, asset, amount)
-            row = await conn.fetchrow("SELECT * FROM wallet_post_transaction($1, $2, $3, $4, $5, $6, NULL, '{}')",
-                                      api_key_id, key, *args)
+            row = await conn.fetchrow(
+                "SELECT * FROM wallet_post_transaction($1, $2, $3, $4, $5, $6, NULL, '{}')",
+                api_key_id,
+                key,
+                *args,
+            )
             balance = model.get((user, asset), 0)
             if type_ == "spend" and amount > balance:
                 assert row["status_code"] == 409
@@ -53,7 +63,9 @@ async def _run(database_url: str, operations: list[tuple[str, int, str, int, boo
         rows = await conn.fetch(
             "SELECT a.user_id, a.asset_code, a.balance_minor, coalesce(sum(e.amount_minor), 0) AS ledger"
             " FROM accounts a LEFT JOIN ledger_entries e ON e.account_id = a.id"
-            " WHERE a.user_id = ANY($1) GROUP BY a.id", users)
+            " WHERE a.user_id = ANY($1) GROUP BY a.id",
+            users,
+        )
         for row in rows:
             expected = model.get((row["user_id"], row["asset_code"]), 0)
             assert row["balance_minor"] == row["ledger"] == expected

@@ -23,8 +23,11 @@ async def test_200_concurrent_spends_of_1_against_100_succeed_exactly_100_times(
     user = await make_user(GOLD_COINS=100)
 
     async def spend_one() -> int:
-        response = await client.post(SPEND, headers={"Idempotency-Key": new_key()},
-                                     json={"user_id": user, "asset_type": "GOLD_COINS", "amount": 1})
+        response = await client.post(
+            SPEND,
+            headers={"Idempotency-Key": new_key()},
+            json={"user_id": user, "asset_type": "GOLD_COINS", "amount": 1},
+        )
         return response.status_code
 
     statuses = await asyncio.gather(*(spend_one() for _ in range(200)))
@@ -32,7 +35,8 @@ async def test_200_concurrent_spends_of_1_against_100_succeed_exactly_100_times(
     assert statuses.count(409) == 100
     assert await balance_of(client, user) == 0
     spends = await pool.fetchval(
-        "SELECT count(*) FROM transactions WHERE user_id = $1 AND type = 'spend'", user)
+        "SELECT count(*) FROM transactions WHERE user_id = $1 AND type = 'spend'", user
+    )
     assert spends == 100
 
 
@@ -51,17 +55,25 @@ async def test_20_way_same_key_race_writes_exactly_one_transaction(client, pool,
     assert all(r.json()["error"]["code"] == "idempotency_key_in_use" for r in in_use)
     assert len({r.json()["id"] for r in created}) == 1
     assert sum(1 for r in created if "Idempotent-Replayed" not in r.headers) == 1
-    assert await pool.fetchval(
-        "SELECT count(*) FROM transactions WHERE user_id = $1 AND idempotency_key = $2", user, key) == 1
+    assert (
+        await pool.fetchval(
+            "SELECT count(*) FROM transactions WHERE user_id = $1 AND idempotency_key = $2", user, key
+        )
+        == 1
+    )
     assert await balance_of(client, user) == 25
 
 
 async def test_naive_lock_order_deadlocks_which_is_what_the_batch_avoids(database_url, make_user, pool):
     """The control: two transactions locking two accounts in opposite orders deadlock."""
     alice, bob = await make_user(), await make_user()
-    ids = {r["user_id"]: r["id"] for r in await pool.fetch(
-        "SELECT user_id, id FROM accounts WHERE user_id = ANY($1) AND asset_code = 'GOLD_COINS'",
-        [alice, bob])}
+    ids = {
+        r["user_id"]: r["id"]
+        for r in await pool.fetch(
+            "SELECT user_id, id FROM accounts WHERE user_id = ANY($1) AND asset_code = 'GOLD_COINS'",
+            [alice, bob],
+        )
+    }
     first, second = await asyncpg.connect(database_url), await asyncpg.connect(database_url)
     try:
         lock = "SELECT 1 FROM accounts WHERE id = $1 FOR UPDATE"
@@ -70,8 +82,9 @@ async def test_naive_lock_order_deadlocks_which_is_what_the_batch_avoids(databas
         await t2.start()
         await first.execute(lock, ids[alice])
         await second.execute(lock, ids[bob])
-        outcomes = await asyncio.gather(first.execute(lock, ids[bob]), second.execute(lock, ids[alice]),
-                                        return_exceptions=True)
+        outcomes = await asyncio.gather(
+            first.execute(lock, ids[bob]), second.execute(lock, ids[alice]), return_exceptions=True
+        )
         assert any(isinstance(o, asyncpg.exceptions.DeadlockDetectedError) for o in outcomes)
         await t1.rollback()
         await t2.rollback()
@@ -84,10 +97,12 @@ async def test_crossing_batches_never_deadlock_and_conserve_money(client, make_u
     alice, bob = await make_user(GOLD_COINS=1000), await make_user(GOLD_COINS=1000)
 
     def transfer(source: str, target: str) -> dict:
-        return {"operations": [
-            {"type": "spend", "user_id": source, "asset_type": "GOLD_COINS", "amount": 1},
-            {"type": "topup", "user_id": target, "asset_type": "GOLD_COINS", "amount": 1},
-        ]}
+        return {
+            "operations": [
+                {"type": "spend", "user_id": source, "asset_type": "GOLD_COINS", "amount": 1},
+                {"type": "topup", "user_id": target, "asset_type": "GOLD_COINS", "amount": 1},
+            ]
+        }
 
     async def post(payload: dict) -> int:
         response = await client.post(BATCH, json=payload, headers={"Idempotency-Key": new_key()})
@@ -101,7 +116,8 @@ async def test_crossing_batches_never_deadlock_and_conserve_money(client, make_u
 
 
 async def test_topup_for_one_user_does_not_wait_for_another_users_open_topup(
-        client, database_url, make_user, keys, pool):
+    client, database_url, make_user, keys, pool
+):
     """An uncommitted top-up holds everything a real one holds (user row lock, key, entries that
     reference SYSTEM_TREASURY). A top-up for another user must not queue behind it."""
     alice, bob = await make_user(), await make_user()
@@ -112,19 +128,29 @@ async def test_topup_for_one_user_does_not_wait_for_another_users_open_topup(
         await transaction.start()
         status = await holder.fetchval(
             "SELECT status_code FROM wallet_post_transaction($1, $2, 'topup', $3, 'GOLD_COINS', 5, NULL, '{}')",
-            api_key_id, new_key(), alice)
+            api_key_id,
+            new_key(),
+            alice,
+        )
         assert status == 201
         started = time.monotonic()
-        response = await client.post(TOPUP, headers={"Idempotency-Key": new_key()},
-                                     json={"user_id": bob, "asset_type": "GOLD_COINS", "amount": 5})
+        response = await client.post(
+            TOPUP,
+            headers={"Idempotency-Key": new_key()},
+            json={"user_id": bob, "asset_type": "GOLD_COINS", "amount": 5},
+        )
         elapsed_ms = (time.monotonic() - started) * 1000
         assert response.status_code == 201
         # Far below the 2 s lock timeout it would have hit had it queued.
         assert elapsed_ms < 1_000, elapsed_ms
         # A second top-up for alice does queue behind the open one (the row lock is real).
-        blocked = asyncio.create_task(client.post(
-            TOPUP, headers={"Idempotency-Key": new_key()},
-            json={"user_id": alice, "asset_type": "GOLD_COINS", "amount": 1}))
+        blocked = asyncio.create_task(
+            client.post(
+                TOPUP,
+                headers={"Idempotency-Key": new_key()},
+                json={"user_id": alice, "asset_type": "GOLD_COINS", "amount": 1},
+            )
+        )
         await asyncio.sleep(0.3)
         assert not blocked.done()
         await transaction.commit()
@@ -137,7 +163,8 @@ async def test_topup_for_one_user_does_not_wait_for_another_users_open_topup(
 
 @pytest.mark.parametrize("holders", [1])
 async def test_a_writer_that_outlasts_lock_timeout_gets_503_and_nothing_is_written(
-        client, database_url, make_user, pool, holders):
+    client, database_url, make_user, pool, holders
+):
     user = await make_user(GOLD_COINS=10)
     holder = await asyncpg.connect(database_url)
     try:
@@ -145,8 +172,11 @@ async def test_a_writer_that_outlasts_lock_timeout_gets_503_and_nothing_is_writt
         await transaction.start()
         await holder.execute("SELECT 1 FROM accounts WHERE user_id = $1 FOR UPDATE", user)
         key = new_key()
-        response = await client.post(SPEND, headers={"Idempotency-Key": key},
-                                     json={"user_id": user, "asset_type": "GOLD_COINS", "amount": 1})
+        response = await client.post(
+            SPEND,
+            headers={"Idempotency-Key": key},
+            json={"user_id": user, "asset_type": "GOLD_COINS", "amount": 1},
+        )
         assert response.status_code == 503
         assert response.json()["error"]["code"] == "busy"
         assert response.headers["Retry-After"]
@@ -154,7 +184,11 @@ async def test_a_writer_that_outlasts_lock_timeout_gets_503_and_nothing_is_writt
     finally:
         await holder.close()
     # The key was not consumed: the retry goes through.
-    retry = await client.post(SPEND, headers={"Idempotency-Key": key},
-                              json={"user_id": user, "asset_type": "GOLD_COINS", "amount": 1})
-    assert retry.status_code == 201 and "Idempotent-Replayed" not in retry.headers
+    retry = await client.post(
+        SPEND,
+        headers={"Idempotency-Key": key},
+        json={"user_id": user, "asset_type": "GOLD_COINS", "amount": 1},
+    )
+    assert retry.status_code == 201
+    assert "Idempotent-Replayed" not in retry.headers
     assert await balance_of(client, user) == 9

@@ -40,7 +40,8 @@ async def counts(url: str) -> tuple[int, int, int, int]:
     try:
         row = await conn.fetchrow(
             "SELECT (SELECT count(*) FROM transactions), (SELECT count(*) FROM ledger_entries),"
-            " (SELECT count(*) FROM accounts), (SELECT count(*) FROM asset_types)")
+            " (SELECT count(*) FROM accounts), (SELECT count(*) FROM asset_types)"
+        )
         return tuple(row)  # type: ignore[return-value]
     finally:
         await conn.close()
@@ -58,21 +59,32 @@ async def test_cli_seed_and_seed_sql_give_identical_books(two_fresh_databases):
     via_cli, via_psql = two_fresh_databases
     env = os.environ | {"WALLET_DATABASE_URL": via_cli}
     for _ in range(2):  # twice: the second run must change nothing
-        subprocess.run([sys.executable, "-m", "wallet", "seed"], env=env, check=True, timeout=120,
-                       capture_output=True)
-        subprocess.run([psql_binary(), via_psql, "-q", "-v", "ON_ERROR_STOP=1", "-f",
-                        str(REPO_ROOT / "seed.sql")], check=True, timeout=120, capture_output=True)
+        subprocess.run(
+            [sys.executable, "-m", "wallet", "seed"], env=env, check=True, timeout=120, capture_output=True
+        )
+        subprocess.run(
+            [psql_binary(), via_psql, "-q", "-v", "ON_ERROR_STOP=1", "-f", str(REPO_ROOT / "seed.sql")],
+            check=True,
+            timeout=120,
+            capture_output=True,
+        )
 
     cli_balances = await balances(via_cli)
     assert cli_balances == await balances(via_psql)
-    expected = {(user_id, asset): amount for user_id, _, assets in DEMO_USERS for asset, amount in assets.items()}
+    expected = {
+        (user_id, asset): amount for user_id, _, assets in DEMO_USERS for asset, amount in assets.items()
+    }
     assert cli_balances == expected
     assert await counts(via_cli) == await counts(via_psql) == (6, 12, 6 + 9, 3)
 
 
 async def test_seed_sql_refuses_an_unmigrated_database(create_database):
     empty = await create_database()
-    result = subprocess.run([psql_binary(), empty, "-q", "-f", str(REPO_ROOT / "seed.sql")],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [psql_binary(), empty, "-q", "-f", str(REPO_ROOT / "seed.sql")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode != 0
     assert "wallet migrate" in result.stderr

@@ -17,8 +17,9 @@ from wallet.services.verify import verify_ledger
 
 def run_cli(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
     env = os.environ | {"WALLET_DATABASE_URL": database_url}
-    return subprocess.run([sys.executable, "-m", "wallet", *args], env=env, capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "wallet", *args], env=env, capture_output=True, text=True, timeout=120
+    )
 
 
 @pytest.mark.last
@@ -52,13 +53,16 @@ async def test_verify_fails_on_a_corrupted_copy(create_database, server_url):
         # What only a superuser bypassing triggers could do: drift a cached balance and append an
         # entry that breaks a transaction's zero sum.
         await conn.execute("SET session_replication_role = replica")
-        await conn.execute("UPDATE accounts SET balance_minor = balance_minor + 7"
-                           " WHERE user_id = 'user_001' AND asset_code = 'GOLD_COINS'")
+        await conn.execute(
+            "UPDATE accounts SET balance_minor = balance_minor + 7"
+            " WHERE user_id = 'user_001' AND asset_code = 'GOLD_COINS'"
+        )
         await conn.execute(
             "INSERT INTO ledger_entries (transaction_id, entry_no, account_id, asset_code, amount_minor)"
             " SELECT t.id, 3, a.id, 'DIAMONDS', 3 FROM transactions t, accounts a"
             " WHERE t.user_id = 'user_002' AND t.asset_code = 'DIAMONDS'"
-            "   AND a.user_id = 'user_002' AND a.asset_code = 'DIAMONDS'")
+            "   AND a.user_id = 'user_002' AND a.asset_code = 'DIAMONDS'"
+        )
     finally:
         await conn.close()
 

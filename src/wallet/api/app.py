@@ -8,8 +8,8 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from wallet import __version__
-from wallet.api.body_limit import BodySizeLimit
 from wallet.api import metrics
+from wallet.api.body_limit import BodySizeLimit
 from wallet.api.errors import install_error_handlers
 from wallet.api.routes import health, transactions, users, wallets
 from wallet.db.pool import create_pool
@@ -32,7 +32,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if not settings.database_url:
-            raise RuntimeError("WALLET_DATABASE_URL is not set (use `wallet serve` for the embedded database)")
+            raise RuntimeError(
+                "WALLET_DATABASE_URL is not set (use `wallet serve` for the embedded database)"
+            )
         pool = await create_pool(settings, settings.database_url)
         app.state.pool = pool
         app.state.authenticator = Authenticator(pool, settings.auth_cache_ttl_ms)
@@ -41,8 +43,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             await pool.close()
 
-    app = FastAPI(title="Wallet service", version=__version__, description=DESCRIPTION,
-                  lifespan=lifespan)
+    app = FastAPI(title="Wallet service", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
     install_error_handlers(app)
     app.include_router(health.router)

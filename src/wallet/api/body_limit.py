@@ -53,7 +53,9 @@ class BodySizeLimit:
 
     async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
         response = error_response(
-            413, "body_too_large", f"request body exceeds {self.max_body_bytes} bytes",
+            413,
+            "body_too_large",
+            f"request body exceeds {self.max_body_bytes} bytes",
             headers={"Connection": "close"},
         )
         await response(scope, receive, send)

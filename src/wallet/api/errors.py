@@ -54,8 +54,9 @@ def error_body(code: str, message: str, field: str | None = None) -> dict[str, A
     return {"error": {"code": code, "message": message, "field": field}}
 
 
-def error_response(status: int, code: str, message: str, field: str | None = None,
-                   headers: dict[str, str] | None = None) -> JSONResponse:
+def error_response(
+    status: int, code: str, message: str, field: str | None = None, headers: dict[str, str] | None = None
+) -> JSONResponse:
     return JSONResponse(error_body(code, message, field), status_code=status, headers=headers)
 
 
@@ -96,8 +97,9 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
-    code = {400: "malformed_body", 404: "not_found", 405: "method_not_allowed",
-            413: "body_too_large"}.get(exc.status_code, "http_error")
+    code = {400: "malformed_body", 404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}.get(
+        exc.status_code, "http_error"
+    )
     message = exc.detail if isinstance(exc.detail, str) else "request failed"
     if exc.status_code == 404:
         message = "no such endpoint"
@@ -105,13 +107,19 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _database_error(request: Request, exc: Exception) -> JSONResponse:
-    if isinstance(exc, (asyncpg.exceptions.LockNotAvailableError,
-                        asyncpg.exceptions.QueryCanceledError,
-                        asyncpg.exceptions.DeadlockDetectedError,
-                        asyncpg.exceptions.SerializationError)):
+    if isinstance(
+        exc,
+        (
+            asyncpg.exceptions.LockNotAvailableError,
+            asyncpg.exceptions.QueryCanceledError,
+            asyncpg.exceptions.DeadlockDetectedError,
+            asyncpg.exceptions.SerializationError,
+        ),
+    ):
         log.warning("database_busy", path=request.url.path, error=type(exc).__name__)
-        return error_response(503, "busy", "the database is busy; nothing was written, retry",
-                              headers={"Retry-After": "1"})
+        return error_response(
+            503, "busy", "the database is busy; nothing was written, retry", headers={"Retry-After": "1"}
+        )
     if isinstance(exc, asyncpg.exceptions.NumericValueOutOfRangeError):
         return error_response(409, "balance_limit_exceeded", "the resulting balance is too large", "amount")
     if isinstance(exc, asyncpg.exceptions.DataError):
@@ -119,16 +127,26 @@ async def _database_error(request: Request, exc: Exception) -> JSONResponse:
         # validated before they get here; this is the net under that validation.
         log.warning("data_error", path=request.url.path, error=type(exc).__name__)
         return error_response(422, "invalid_request", "a value in the request is not acceptable")
-    if isinstance(exc, (asyncpg.exceptions.CannotConnectNowError,
-                        asyncpg.exceptions.ConnectionDoesNotExistError,
-                        asyncpg.exceptions.AdminShutdownError,
-                        asyncpg.exceptions.TooManyConnectionsError,
-                        asyncpg.exceptions.InterfaceError,
-                        ConnectionError, OSError, TimeoutError)):
+    if isinstance(
+        exc,
+        (
+            asyncpg.exceptions.CannotConnectNowError,
+            asyncpg.exceptions.ConnectionDoesNotExistError,
+            asyncpg.exceptions.AdminShutdownError,
+            asyncpg.exceptions.TooManyConnectionsError,
+            asyncpg.exceptions.InterfaceError,
+            ConnectionError,
+            OSError,
+            TimeoutError,
+        ),
+    ):
         log.warning("database_unavailable", path=request.url.path, error=type(exc).__name__)
-        return error_response(503, "database_unavailable",
-                              "the database is unavailable; retry with the same idempotency key",
-                              headers={"Retry-After": "1"})
+        return error_response(
+            503,
+            "database_unavailable",
+            "the database is unavailable; retry with the same idempotency key",
+            headers={"Retry-After": "1"},
+        )
     return await _unexpected_error(request, exc)
 
 
@@ -141,7 +159,12 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(errors.WalletError, _wallet_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
-    for exc_class in (asyncpg.PostgresError, asyncpg.exceptions.InterfaceError,
-                      ConnectionError, OSError, TimeoutError):
+    for exc_class in (
+        asyncpg.PostgresError,
+        asyncpg.exceptions.InterfaceError,
+        ConnectionError,
+        OSError,
+        TimeoutError,
+    ):
         app.add_exception_handler(exc_class, _database_error)
     app.add_exception_handler(Exception, _unexpected_error)

@@ -72,11 +72,13 @@ class BatchBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     operations: list[BatchOperation] = Field(
-        min_length=1, max_length=1_000,
+        min_length=1,
+        max_length=1_000,
         description="Posted in order, all or none; at most WALLET_MAX_BATCH_OPERATIONS (100).",
     )
-    idempotency_key: str | None = Field(default=None, min_length=1, max_length=255,
-                                        pattern=IDEMPOTENCY_KEY_PATTERN)
+    idempotency_key: str | None = Field(
+        default=None, min_length=1, max_length=255, pattern=IDEMPOTENCY_KEY_PATTERN
+    )
 
 
 class LedgerEntryOut(BaseModel):

@@ -6,7 +6,7 @@ from __future__ import annotations
 def sqlalchemy_url(database_url: str) -> str:
     for prefix in ("postgresql://", "postgres://"):
         if database_url.startswith(prefix):
-            return "postgresql+asyncpg://" + database_url[len(prefix):]
+            return "postgresql+asyncpg://" + database_url[len(prefix) :]
     return database_url
 
 
@@ -14,5 +14,5 @@ def asyncpg_url(database_url: str) -> str:
     """Accepts SQLAlchemy-style URLs too, so one WALLET_DATABASE_URL serves both."""
     for prefix in ("postgresql+asyncpg://", "postgres://"):
         if database_url.startswith(prefix):
-            return "postgresql://" + database_url[len(prefix):]
+            return "postgresql://" + database_url[len(prefix) :]
     return database_url

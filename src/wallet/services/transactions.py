@@ -145,24 +145,24 @@ async def post_batch(
     """All operations or none, under one idempotency key; see `wallet_post_batch`."""
     key = _check_idempotency_key(idempotency_key, settings)
     if not 1 <= len(operations) <= settings.max_batch_operations:
-        raise LimitExceeded(
-            f"a batch holds 1 to {settings.max_batch_operations} operations", "operations"
-        )
+        raise LimitExceeded(f"a batch holds 1 to {settings.max_batch_operations} operations", "operations")
     metadata_jsons = [
         _check_operation(operation, settings, f"operations[{index}].")
         for index, operation in enumerate(operations)
     ]
-    payload = orjson.dumps([
-        {
-            "type": op.type.value,
-            "user_id": op.user_id,
-            "asset_type": op.asset_code,
-            "amount": op.amount_minor,
-            "description": op.description,
-            "metadata": orjson.Fragment(metadata_json),
-        }
-        for op, metadata_json in zip(operations, metadata_jsons, strict=True)
-    ]).decode()
+    payload = orjson.dumps(
+        [
+            {
+                "type": op.type.value,
+                "user_id": op.user_id,
+                "asset_type": op.asset_code,
+                "amount": op.amount_minor,
+                "description": op.description,
+                "metadata": orjson.Fragment(metadata_json),
+            }
+            for op, metadata_json in zip(operations, metadata_jsons, strict=True)
+        ]
+    ).decode()
     row = await pool.fetchrow(
         "SELECT status_code, body::text AS body, replayed FROM wallet_post_batch($1, $2, $3::jsonb)",
         api_key_id,

@@ -25,8 +25,13 @@ router = APIRouter(prefix="/api/v1/transactions", tags=["transactions"])
 
 IdempotencyKeyHeader = Annotated[
     str | None,
-    Header(alias="Idempotency-Key", min_length=1, max_length=255, pattern=IDEMPOTENCY_KEY_PATTERN,
-           description="Unique per logical operation; retries must reuse it."),
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=255,
+        pattern=IDEMPOTENCY_KEY_PATTERN,
+        description="Unique per logical operation; retries must reuse it.",
+    ),
 ]
 WRITE_RESPONSES = {
     201: {"model": TransactionOut, "description": "Posted. Replays carry `Idempotent-Replayed: true`."},
@@ -40,8 +45,9 @@ def _respond(kind: str, outcome: PostingOutcome) -> Response:
     return Response(outcome.body_json, outcome.status_code, headers, media_type="application/json")
 
 
-async def _post(request: Request, type: TransactionType, body: PostingBody, caller: Caller,
-                header_key: str | None) -> Response:
+async def _post(
+    request: Request, type: TransactionType, body: PostingBody, caller: Caller, header_key: str | None
+) -> Response:
     posting = PostingRequest(
         type=type,
         user_id=body.user_id,
@@ -58,46 +64,79 @@ async def _post(request: Request, type: TransactionType, body: PostingBody, call
     return _respond(type.value, outcome)
 
 
-@router.post("/topup", status_code=201, response_model=None, responses=WRITE_RESPONSES,
-             summary="Credit a user after a purchase (from SYSTEM_TREASURY)")
+@router.post(
+    "/topup",
+    status_code=201,
+    response_model=None,
+    responses=WRITE_RESPONSES,
+    summary="Credit a user after a purchase (from SYSTEM_TREASURY)",
+)
 async def topup(
-    request: Request, body: PostingBody, idempotency_key: IdempotencyKeyHeader = None,
+    request: Request,
+    body: PostingBody,
+    idempotency_key: IdempotencyKeyHeader = None,
     caller: Caller = Depends(require_scope(REQUIRED_SCOPE[TransactionType.TOPUP])),
 ) -> Response:
     return await _post(request, TransactionType.TOPUP, body, caller, idempotency_key)
 
 
-@router.post("/bonus", status_code=201, response_model=None, responses=WRITE_RESPONSES,
-             summary="Grant a bonus (from SYSTEM_PROMOTIONS)")
+@router.post(
+    "/bonus",
+    status_code=201,
+    response_model=None,
+    responses=WRITE_RESPONSES,
+    summary="Grant a bonus (from SYSTEM_PROMOTIONS)",
+)
 async def bonus(
-    request: Request, body: PostingBody, idempotency_key: IdempotencyKeyHeader = None,
+    request: Request,
+    body: PostingBody,
+    idempotency_key: IdempotencyKeyHeader = None,
     caller: Caller = Depends(require_scope(REQUIRED_SCOPE[TransactionType.BONUS])),
 ) -> Response:
     return await _post(request, TransactionType.BONUS, body, caller, idempotency_key)
 
 
-@router.post("/spend", status_code=201, response_model=None, responses=WRITE_RESPONSES,
-             summary="Debit a user for an in-app purchase (into SYSTEM_REVENUE)")
+@router.post(
+    "/spend",
+    status_code=201,
+    response_model=None,
+    responses=WRITE_RESPONSES,
+    summary="Debit a user for an in-app purchase (into SYSTEM_REVENUE)",
+)
 async def spend(
-    request: Request, body: PostingBody, idempotency_key: IdempotencyKeyHeader = None,
+    request: Request,
+    body: PostingBody,
+    idempotency_key: IdempotencyKeyHeader = None,
     caller: Caller = Depends(require_scope(REQUIRED_SCOPE[TransactionType.SPEND])),
 ) -> Response:
     return await _post(request, TransactionType.SPEND, body, caller, idempotency_key)
 
 
-@router.post("/batch", status_code=201, response_model=None,
-             responses={**WRITE_RESPONSES, 201: {"model": BatchOut, "description": "All posted."}},
-             summary="Post several operations atomically: all or none")
+@router.post(
+    "/batch",
+    status_code=201,
+    response_model=None,
+    responses={**WRITE_RESPONSES, 201: {"model": BatchOut, "description": "All posted."}},
+    summary="Post several operations atomically: all or none",
+)
 async def batch(
-    request: Request, body: BatchBody, idempotency_key: IdempotencyKeyHeader = None,
+    request: Request,
+    body: BatchBody,
+    idempotency_key: IdempotencyKeyHeader = None,
     caller: Caller = Depends(authenticated),
 ) -> Response:
     for scope in sorted({REQUIRED_SCOPE[op.type] for op in body.operations}):
         caller.require(scope)
     operations = [
-        PostingRequest(type=op.type, user_id=op.user_id, asset_code=op.asset_type,
-                       amount_minor=op.amount, idempotency_key=None,
-                       description=op.description, metadata=op.metadata)
+        PostingRequest(
+            type=op.type,
+            user_id=op.user_id,
+            asset_code=op.asset_type,
+            amount_minor=op.amount,
+            idempotency_key=None,
+            description=op.description,
+            metadata=op.metadata,
+        )
         for op in body.operations
     ]
     key = resolve_idempotency_key(body.idempotency_key, idempotency_key)
@@ -108,10 +147,14 @@ async def batch(
     return _respond("batch", outcome)
 
 
-@router.get("/{transaction_id}", response_model=None,
-            responses={200: {"model": TransactionOut}, **error_responses(401, 403, 404, 503)})
+@router.get(
+    "/{transaction_id}",
+    response_model=None,
+    responses={200: {"model": TransactionOut}, **error_responses(401, 403, 404, 503)},
+)
 async def get_transaction(
-    request: Request, transaction_id: str,
+    request: Request,
+    transaction_id: str,
     caller: Caller = Depends(require_scope(Scope.READ)),
 ) -> Response:
     body = await get_transaction_json(request.app.state.pool, transaction_id)

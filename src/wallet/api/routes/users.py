@@ -18,8 +18,7 @@ from wallet.services.users import create_user, list_asset_types, list_users
 router = APIRouter(prefix="/api/v1", tags=["users"])
 
 
-@router.get("/users", response_model=UserPage,
-            responses=error_responses(401, 403, 422, 503))
+@router.get("/users", response_model=UserPage, responses=error_responses(401, 403, 422, 503))
 async def get_users(
     request: Request,
     limit: int | None = Query(default=None, ge=1, description="Default 50, at most 200."),
@@ -34,19 +33,29 @@ async def get_users(
     )
 
 
-@router.post("/users", status_code=201, response_model=UserOut,
-             responses={200: {"model": UserOut, "description": "Already existed, same name"},
-                        **error_responses(400, 401, 403, 409, 413, 422, 503)})
+@router.post(
+    "/users",
+    status_code=201,
+    response_model=UserOut,
+    responses={
+        200: {"model": UserOut, "description": "Already existed, same name"},
+        **error_responses(400, 401, 403, 409, 413, 422, 503),
+    },
+)
 async def post_user(
-    request: Request, body: UserCreate, caller: Caller = Depends(require_scope(Scope.ADMIN)),
+    request: Request,
+    body: UserCreate,
+    caller: Caller = Depends(require_scope(Scope.ADMIN)),
 ) -> JSONResponse:
     user, created = await create_user(request.app.state.pool, body.user_id, body.name)
     return JSONResponse(user, status_code=201 if created else 200)
 
 
-@router.get("/asset-types", response_model=AssetTypeList, tags=["assets"],
-            responses=error_responses(401, 403, 503))
+@router.get(
+    "/asset-types", response_model=AssetTypeList, tags=["assets"], responses=error_responses(401, 403, 503)
+)
 async def get_asset_types(
-    request: Request, caller: Caller = Depends(require_scope(Scope.READ)),
+    request: Request,
+    caller: Caller = Depends(require_scope(Scope.READ)),
 ) -> dict[str, Any]:
     return await list_asset_types(request.app.state.pool)
