@@ -27,7 +27,7 @@ SELECT wallet_ensure_user('user_001', 'Alice');
 SELECT wallet_ensure_user('user_002', 'Bob');
 COMMIT;
 
-SELECT b.key, p.status_code
+SELECT b.key, p.outcome
 FROM (VALUES
         ('user_001', 'GOLD_COINS', 1000), ('user_001', 'DIAMONDS', 50), ('user_001', 'LOYALTY_POINTS', 200),
         ('user_002', 'GOLD_COINS', 500),  ('user_002', 'DIAMONDS', 20), ('user_002', 'LOYALTY_POINTS', 100)

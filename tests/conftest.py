@@ -98,7 +98,7 @@ async def app(settings: Settings) -> AsyncIterator[Any]:
 
 @pytest.fixture(scope="session")
 async def pool(app: Any) -> asyncpg.Pool:
-    return app.state.pool
+    return app.state.resources.pool
 
 
 @pytest.fixture(scope="session")

@@ -49,9 +49,9 @@ async def test_migrate_is_repeatable(database_url):
 async def test_prune_idempotency_deletes_only_keys_past_retention(database_url, pool, keys):
     api_key_id = await pool.fetchval("SELECT id FROM api_keys WHERE name = 'test-all'")
     await pool.execute(
-        "INSERT INTO idempotency_keys (api_key_id, key, request_sha256, status_code, response_body, created_at) VALUES"
-        " ($1, 'prune-old', sha256('a'), 201, '{}', now() - interval '25 hours'),"
-        " ($1, 'prune-recent', sha256('a'), 201, '{}', now() - interval '23 hours')",
+        "INSERT INTO idempotency_keys (api_key_id, key, request_sha256, outcome, response_body, created_at)"
+        " VALUES ($1, 'prune-old', sha256('a'), 'posted', '{}', now() - interval '25 hours'),"
+        " ($1, 'prune-recent', sha256('a'), 'posted', '{}', now() - interval '23 hours')",
         api_key_id,
     )
     result = wallet(database_url, "prune-idempotency")

@@ -13,8 +13,14 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-# A bigint holds 9.2e18; amounts stay far below so a balance can absorb ~9e12 maximal credits.
-AMOUNT_MINOR_HARD_CEILING = 10**15
+from wallet.domain.rules import (
+    AMOUNT_MINOR_CEILING,
+    BATCH_OPERATIONS_CEILING,
+    DESCRIPTION_MAX_CHARS,
+    IDEMPOTENCY_KEY_MAX_CHARS,
+    METADATA_MAX_BYTES,
+    PAGE_SIZE_CEILING,
+)
 
 
 class Settings(BaseSettings):
@@ -37,16 +43,18 @@ class Settings(BaseSettings):
     db_connect_timeout_ms: int = Field(default=10_000, ge=100, le=120_000)
 
     # Money and payload limits. Amounts are integers in the asset's minor unit.
-    max_amount_minor: int = Field(default=1_000_000, ge=1, le=AMOUNT_MINOR_HARD_CEILING)
+    max_amount_minor: int = Field(default=1_000_000, ge=1, le=AMOUNT_MINOR_CEILING)
     max_body_bytes: int = Field(default=16_384, ge=1_024, le=1_048_576)
-    max_metadata_bytes: int = Field(default=4_096, ge=0, le=65_536)
-    max_description_chars: int = Field(default=500, ge=0, le=10_000)
-    max_idempotency_key_chars: int = Field(default=255, ge=8, le=255)
-    max_batch_operations: int = Field(default=100, ge=1, le=1_000)
+    max_metadata_bytes: int = Field(default=4_096, ge=0, le=METADATA_MAX_BYTES)
+    max_description_chars: int = Field(default=500, ge=0, le=DESCRIPTION_MAX_CHARS)
+    max_idempotency_key_chars: int = Field(
+        default=IDEMPOTENCY_KEY_MAX_CHARS, ge=8, le=IDEMPOTENCY_KEY_MAX_CHARS
+    )
+    max_batch_operations: int = Field(default=100, ge=1, le=BATCH_OPERATIONS_CEILING)
 
     # Lists never return unbounded results.
-    page_size_default: int = Field(default=50, ge=1, le=1_000)
-    page_size_max: int = Field(default=200, ge=1, le=1_000)
+    page_size_default: int = Field(default=50, ge=1, le=PAGE_SIZE_CEILING)
+    page_size_max: int = Field(default=200, ge=1, le=PAGE_SIZE_CEILING)
 
     # Stored idempotency responses are kept this long; `wallet prune-idempotency` deletes older ones.
     idempotency_retention_hours: int = Field(default=24, ge=1, le=24 * 365)

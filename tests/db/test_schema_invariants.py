@@ -87,7 +87,7 @@ async def test_entries_cannot_be_appended_to_a_posted_transaction(conn, posted):
         await conn.executemany(
             INSERT_ENTRY, [(transaction_id, 3, account_id, 5), (transaction_id, 4, treasury, -5)]
         )
-    with pytest.raises(asyncpg.exceptions.CheckViolationError, match="1..n"):
+    with pytest.raises(asyncpg.exceptions.CheckViolationError, match=r"1\.\.n"):
         await conn.execute(
             "INSERT INTO ledger_entries (transaction_id, entry_no, account_id, asset_code, amount_minor)"
             " VALUES ($1, 3, $2, 'GOLD_COINS', 5), ($1, 4, $3, 'GOLD_COINS', -5)",
@@ -154,8 +154,8 @@ async def test_idempotency_key_is_unique_per_caller(conn, pool):
     api_key_id = await pool.fetchval("SELECT id FROM api_keys WHERE name = 'test-all'")
     key = new_key()
     insert = (
-        "INSERT INTO idempotency_keys (api_key_id, key, request_sha256, status_code, response_body)"
-        " VALUES ($1, $2, sha256('x'), 201, '{}')"
+        "INSERT INTO idempotency_keys (api_key_id, key, request_sha256, outcome, response_body)"
+        " VALUES ($1, $2, sha256('x'), 'posted', '{}')"
     )
     await conn.execute(insert, api_key_id, key)
     with pytest.raises(asyncpg.exceptions.UniqueViolationError):

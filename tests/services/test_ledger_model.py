@@ -28,7 +28,7 @@ async def _run(database_url: str, operations: list[tuple[str, int, str, int, boo
         for user in users:
             await conn.execute("SELECT wallet_ensure_user($1, 'Prop')", user)
         model: dict[tuple[str, str], int] = {}
-        sent: list[tuple[str, tuple, int, str]] = []  # key, args, status, body
+        sent: list[tuple[str, tuple, str, str]] = []  # key, args, outcome, body
         for type_, user_index, asset, amount, retry in operations:
             if retry and sent:
                 key, args, status, body = sent[len(sent) // 2]
@@ -39,7 +39,7 @@ async def _run(database_url: str, operations: list[tuple[str, int, str, int, boo
                     *args,
                 )
                 assert row["replayed"]
-                assert row["status_code"] == status
+                assert row["outcome"] == status
                 assert row["body"] == body
                 continue
             user = users[user_index]
@@ -53,13 +53,13 @@ async def _run(database_url: str, operations: list[tuple[str, int, str, int, boo
             )
             balance = model.get((user, asset), 0)
             if type_ == "spend" and amount > balance:
-                assert row["status_code"] == 409
+                assert row["outcome"] == "insufficient_funds"
             else:
-                assert row["status_code"] == 201
+                assert row["outcome"] == "posted"
                 balance += -amount if type_ == "spend" else amount
                 model[(user, asset)] = balance
                 assert json.loads(row["body"])["balance_after"] == balance
-            sent.append((key, args, row["status_code"], row["body"]))
+            sent.append((key, args, row["outcome"], row["body"]))
         rows = await conn.fetch(
             "SELECT a.user_id, a.asset_code, a.balance_minor, coalesce(sum(e.amount_minor), 0) AS ledger"
             " FROM accounts a LEFT JOIN ledger_entries e ON e.account_id = a.id"

@@ -126,13 +126,13 @@ async def test_topup_for_one_user_does_not_wait_for_another_users_open_topup(
     try:
         transaction = holder.transaction()
         await transaction.start()
-        status = await holder.fetchval(
-            "SELECT status_code FROM wallet_post_transaction($1, $2, 'topup', $3, 'GOLD_COINS', 5, NULL, '{}')",
+        outcome = await holder.fetchval(
+            "SELECT outcome FROM wallet_post_transaction($1, $2, 'topup', $3, 'GOLD_COINS', 5, NULL, '{}')",
             api_key_id,
             new_key(),
             alice,
         )
-        assert status == 201
+        assert outcome == "posted"
         started = time.monotonic()
         response = await client.post(
             TOPUP,

@@ -10,7 +10,8 @@ from fastapi import FastAPI
 from wallet import __version__
 from wallet.api import metrics
 from wallet.api.body_limit import BodySizeLimit
-from wallet.api.errors import install_error_handlers
+from wallet.api.dependencies import Resources
+from wallet.api.errors import error_responses, install_error_handlers
 from wallet.api.routes import health, transactions, users, wallets
 from wallet.db.pool import create_pool
 from wallet.logging import configure_logging
@@ -36,14 +37,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "WALLET_DATABASE_URL is not set (use `wallet serve` for the embedded database)"
             )
         pool = await create_pool(settings, settings.database_url)
-        app.state.pool = pool
-        app.state.authenticator = Authenticator(pool, settings.auth_cache_ttl_ms)
+        app.state.resources = Resources(pool, Authenticator(pool, settings.auth_cache_ttl_ms))
         try:
             yield
         finally:
             await pool.close()
 
-    app = FastAPI(title="Wallet service", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(
+        title="Wallet service",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        # Protocol-level answers any route can give, declared once for all of them.
+        responses=error_responses(405, 500),
+    )
     app.state.settings = settings
     install_error_handlers(app)
     app.include_router(health.router)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from wallet.api.errors import error_response
+from wallet.domain import errors
 
 
 class BodySizeLimit:
@@ -21,10 +22,9 @@ class BodySizeLimit:
             await self.app(scope, receive, send)
             return
         for name, value in scope["headers"]:
-            if name == b"content-length":
-                if not value.isdigit() or int(value) > self.max_body_bytes:
-                    await self._reject(scope, receive, send)
-                    return
+            if name == b"content-length" and (not value.isdigit() or int(value) > self.max_body_bytes):
+                await self._reject(scope, receive, send)
+                return
         chunks: list[bytes] = []
         total = 0
         while True:
@@ -53,8 +53,7 @@ class BodySizeLimit:
 
     async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
         response = error_response(
-            413,
-            "body_too_large",
+            errors.BODY_TOO_LARGE,
             f"request body exceeds {self.max_body_bytes} bytes",
             headers={"Connection": "close"},
         )

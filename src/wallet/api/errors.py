@@ -1,8 +1,10 @@
-"""The one place where failures become HTTP responses.
+"""The one place where outcomes become HTTP statuses.
 
-Every error has the same shape, `{"error": {"code", "message", "field"}}`. Domain errors map to a
-status by class; database timeouts and outages become 503 (the write did not happen, retry with
-the same idempotency key); anything unexpected is logged with its traceback and answered with a
+Every error has the same shape, `{"error": {"code", "message", "field"}}`, with a code from the
+catalogue (`wallet.domain.errors`), and each code has exactly one status, in `STATUS_BY_CODE`.
+Outcomes returned by the database functions are mapped here too (`status_of`). Database
+timeouts and outages become 503 (the write did not happen, retry with the same idempotency key);
+anything unexpected is logged with its traceback and answered with a
 bare 500 that reveals nothing.
 """
 
@@ -19,61 +21,92 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from wallet.api.schemas import ErrorOut
 from wallet.domain import errors
+from wallet.domain.rules import RETRY_AFTER_SECONDS
 
 log = structlog.get_logger("wallet.api")
 
-STATUS_BY_ERROR: list[tuple[type[errors.WalletError], int]] = [
-    (errors.IdempotencyKeyMissing, 400),
-    (errors.Unauthenticated, 401),
-    (errors.Forbidden, 403),
-    (errors.NotFound, 404),
-    (errors.Conflict, 409),
-    (errors.InvalidRequest, 422),
-    (errors.LimitExceeded, 422),
-    (errors.Busy, 503),
-]
+# The one mapping from catalogue codes to HTTP statuses. A test checks it covers the catalogue.
+STATUS_BY_CODE: dict[errors.Code, int] = {
+    errors.POSTED: 201,
+    errors.MALFORMED_JSON: 400,
+    errors.MALFORMED_BODY: 400,
+    errors.IDEMPOTENCY_KEY_MISSING: 400,
+    errors.UNAUTHENTICATED: 401,
+    errors.FORBIDDEN: 403,
+    errors.NOT_FOUND: 404,
+    errors.USER_NOT_FOUND: 404,
+    errors.ASSET_TYPE_NOT_FOUND: 404,
+    errors.TRANSACTION_NOT_FOUND: 404,
+    errors.METHOD_NOT_ALLOWED: 405,
+    errors.INSUFFICIENT_FUNDS: 409,
+    errors.BALANCE_LIMIT_EXCEEDED: 409,
+    errors.USER_EXISTS: 409,
+    errors.IDEMPOTENCY_KEY_IN_USE: 409,
+    errors.BODY_TOO_LARGE: 413,
+    errors.VALIDATION_ERROR: 422,
+    errors.LIMIT_EXCEEDED: 422,
+    errors.INVALID_REQUEST: 422,
+    errors.IDEMPOTENCY_KEY_REUSED: 422,
+    errors.INTERNAL_ERROR: 500,
+    errors.BUSY: 503,
+    errors.DATABASE_UNAVAILABLE: 503,
+}
 
-# For route declarations, so the OpenAPI spec lists every error a route can answer.
-ERROR_DESCRIPTIONS = {
-    400: "Malformed JSON or a missing idempotency key",
+_STATUS_TITLES = {
+    400: "Malformed request",
     401: "Missing or invalid API key",
     403: "The API key lacks the scope",
-    404: "Unknown user, asset type or transaction",
-    409: "Insufficient funds, or a conflicting concurrent/duplicate request",
+    404: "Not found",
+    405: "Method not allowed",
+    409: "Refused by the state of the ledger",
     413: "Request body too large",
-    422: "Invalid field, exceeded limit, or idempotency key reused with another request",
-    503: "Database busy or unavailable; nothing was written, retry with the same key",
+    422: "Invalid request",
+    500: "Internal error",
+    503: "Nothing was written; retry with the same idempotency key",
 }
 
 
+def status_of(code: errors.Code | str) -> int:
+    """The HTTP status of an outcome the database or a service returned."""
+    entry = errors.CATALOGUE[code] if isinstance(code, str) else code
+    return STATUS_BY_CODE[entry]
+
+
+def codes_for(status: int) -> list[errors.Code]:
+    return [code for code, s in STATUS_BY_CODE.items() if s == status]
+
+
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    return {s: {"model": ErrorOut, "description": ERROR_DESCRIPTIONS[s]} for s in statuses}
+    """OpenAPI declarations of error statuses, each listing the catalogue codes it carries."""
+    return {
+        s: {
+            "model": ErrorOut,
+            "description": _STATUS_TITLES[s]
+            + ". Codes: "
+            + "; ".join(f"`{c.code}`: {c.meaning}" for c in codes_for(s)),
+        }
+        for s in statuses
+    }
 
 
-def error_body(code: str, message: str, field: str | None = None) -> dict[str, Any]:
-    return {"error": {"code": code, "message": message, "field": field}}
+def error_body(code: errors.Code, message: str, field: str | None = None) -> dict[str, Any]:
+    return {"error": {"code": code.code, "message": message, "field": field}}
 
 
 def error_response(
-    status: int, code: str, message: str, field: str | None = None, headers: dict[str, str] | None = None
+    code: errors.Code, message: str, field: str | None = None, headers: dict[str, str] | None = None
 ) -> JSONResponse:
+    status = STATUS_BY_CODE[code]
+    if status == 401:
+        headers = {"WWW-Authenticate": "Bearer", **(headers or {})}
+    elif status == 503:
+        headers = {"Retry-After": str(RETRY_AFTER_SECONDS), **(headers or {})}
     return JSONResponse(error_body(code, message, field), status_code=status, headers=headers)
-
-
-def status_for(exc: errors.WalletError) -> int:
-    for error_class, status in STATUS_BY_ERROR:
-        if isinstance(exc, error_class):
-            return status
-    return 500
 
 
 async def _wallet_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, errors.WalletError)
-    status = status_for(exc)
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    if status == 503:
-        headers = {"Retry-After": "1"}
-    return error_response(status, exc.code, exc.message, exc.field, headers)
+    return error_response(exc.code, exc.message, exc.field)
 
 
 def _field_of(loc: tuple[Any, ...]) -> str | None:
@@ -85,25 +118,35 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request", "type": ""}
     if first.get("type") == "json_invalid":
-        return error_response(400, "malformed_json", "request body is not valid JSON")
+        return error_response(errors.MALFORMED_JSON, "request body is not valid JSON")
     field = _field_of(tuple(first.get("loc", ())))
     message = str(first.get("msg", "invalid value"))
     if first.get("type") == "missing":
         message = "field required"
     elif first.get("type") == "extra_forbidden":
         message = "unknown field"
-    return error_response(422, "validation_error", f"{field or 'request'}: {message}", field)
+    return error_response(errors.VALIDATION_ERROR, f"{field or 'request'}: {message}", field)
+
+
+_CODE_BY_HTTP_STATUS = {
+    400: errors.MALFORMED_BODY,
+    404: errors.NOT_FOUND,
+    405: errors.METHOD_NOT_ALLOWED,
+    413: errors.BODY_TOO_LARGE,
+}
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    """Starlette's own refusals (no such route, wrong method, unreadable body)."""
     assert isinstance(exc, StarletteHTTPException)
-    code = {400: "malformed_body", 404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}.get(
-        exc.status_code, "http_error"
-    )
+    code = _CODE_BY_HTTP_STATUS.get(exc.status_code)
+    if code is None:
+        log.warning("unexpected_http_error", path=request.url.path, status=exc.status_code)
+        code = errors.MALFORMED_BODY
     message = exc.detail if isinstance(exc.detail, str) else "request failed"
-    if exc.status_code == 404:
+    if code is errors.NOT_FOUND:
         message = "no such endpoint"
-    return error_response(exc.status_code, code, message, headers=getattr(exc, "headers", None))
+    return error_response(code, message, headers=getattr(exc, "headers", None))
 
 
 async def _database_error(request: Request, exc: Exception) -> JSONResponse:
@@ -117,16 +160,14 @@ async def _database_error(request: Request, exc: Exception) -> JSONResponse:
         ),
     ):
         log.warning("database_busy", path=request.url.path, error=type(exc).__name__)
-        return error_response(
-            503, "busy", "the database is busy; nothing was written, retry", headers={"Retry-After": "1"}
-        )
+        return error_response(errors.BUSY, "the database is busy; nothing was written, retry")
     if isinstance(exc, asyncpg.exceptions.NumericValueOutOfRangeError):
-        return error_response(409, "balance_limit_exceeded", "the resulting balance is too large", "amount")
+        return error_response(errors.BALANCE_LIMIT_EXCEEDED, "the resulting balance is too large", "amount")
     if isinstance(exc, asyncpg.exceptions.DataError):
         # Class 22: the database refused a value (e.g. a NUL byte in a path parameter). Fields are
         # validated before they get here; this is the net under that validation.
         log.warning("data_error", path=request.url.path, error=type(exc).__name__)
-        return error_response(422, "invalid_request", "a value in the request is not acceptable")
+        return error_response(errors.INVALID_REQUEST, "a value in the request is not acceptable")
     if isinstance(
         exc,
         (
@@ -142,17 +183,14 @@ async def _database_error(request: Request, exc: Exception) -> JSONResponse:
     ):
         log.warning("database_unavailable", path=request.url.path, error=type(exc).__name__)
         return error_response(
-            503,
-            "database_unavailable",
-            "the database is unavailable; retry with the same idempotency key",
-            headers={"Retry-After": "1"},
+            errors.DATABASE_UNAVAILABLE, "the database is unavailable; retry with the same idempotency key"
         )
     return await _unexpected_error(request, exc)
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     log.error("unhandled_error", path=request.url.path, exc_info=exc)
-    return error_response(500, "internal_error", "internal error; it has been logged")
+    return error_response(errors.INTERNAL_ERROR, "internal error; it has been logged")
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -11,12 +11,17 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from wallet.domain.transaction_types import TransactionType
-from wallet.settings import AMOUNT_MINOR_HARD_CEILING
-
-USER_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
-IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]{1,255}$"  # printable ASCII, no spaces
-ASSET_CODE_PATTERN = r"^[A-Z][A-Z0-9_]{1,31}$"
+from wallet.domain.errors import error_codes
+from wallet.domain.rules import (
+    AMOUNT_MINOR_CEILING,
+    ASSET_CODE_PATTERN,
+    BATCH_OPERATIONS_CEILING,
+    DESCRIPTION_MAX_CHARS,
+    IDEMPOTENCY_KEY_MAX_CHARS,
+    IDEMPOTENCY_KEY_PATTERN,
+    USER_ID_PATTERN,
+    TransactionType,
+)
 
 
 def _whole_number(value: Any) -> Any:
@@ -32,7 +37,7 @@ def _whole_number(value: Any) -> Any:
 AmountMinor = Annotated[
     int,
     BeforeValidator(_whole_number),
-    Field(gt=0, le=AMOUNT_MINOR_HARD_CEILING, description="Integer amount in the asset's minor unit."),
+    Field(gt=0, le=AMOUNT_MINOR_CEILING, description="Integer amount in the asset's minor unit."),
 ]
 UserId = Annotated[str, Field(pattern=USER_ID_PATTERN, examples=["user_001"])]
 AssetCode = Annotated[str, Field(pattern=ASSET_CODE_PATTERN, examples=["GOLD_COINS"])]
@@ -47,11 +52,11 @@ class PostingBody(BaseModel):
     idempotency_key: str | None = Field(
         default=None,
         min_length=1,
-        max_length=255,
+        max_length=IDEMPOTENCY_KEY_MAX_CHARS,
         pattern=IDEMPOTENCY_KEY_PATTERN,
         description="Or send the Idempotency-Key header. Required one way or the other.",
     )
-    description: str | None = Field(default=None, max_length=10_000)
+    description: str | None = Field(default=None, max_length=DESCRIPTION_MAX_CHARS)
     metadata: dict[str, Any] | None = Field(
         default=None, description="Free-form JSON object, size-limited (WALLET_MAX_METADATA_BYTES)."
     )
@@ -64,7 +69,7 @@ class BatchOperation(BaseModel):
     user_id: UserId
     asset_type: AssetCode
     amount: AmountMinor
-    description: str | None = Field(default=None, max_length=10_000)
+    description: str | None = Field(default=None, max_length=DESCRIPTION_MAX_CHARS)
     metadata: dict[str, Any] | None = None
 
 
@@ -73,11 +78,11 @@ class BatchBody(BaseModel):
 
     operations: list[BatchOperation] = Field(
         min_length=1,
-        max_length=1_000,
+        max_length=BATCH_OPERATIONS_CEILING,
         description="Posted in order, all or none; at most WALLET_MAX_BATCH_OPERATIONS (100).",
     )
     idempotency_key: str | None = Field(
-        default=None, min_length=1, max_length=255, pattern=IDEMPOTENCY_KEY_PATTERN
+        default=None, min_length=1, max_length=IDEMPOTENCY_KEY_MAX_CHARS, pattern=IDEMPOTENCY_KEY_PATTERN
     )
 
 
@@ -161,7 +166,7 @@ class HealthOut(BaseModel):
 
 
 class ErrorDetail(BaseModel):
-    code: str
+    code: str = Field(json_schema_extra={"enum": [*error_codes()]}, description="From the error catalogue.")
     message: str
     field: str | None
 

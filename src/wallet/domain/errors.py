@@ -1,71 +1,102 @@
-"""Domain errors: what went wrong, in the caller's terms. HTTP statuses are assigned in one place,
-`wallet.api.errors`; nothing below the HTTP layer knows about status codes except the stored
-outcome of an idempotent write, which must replay exactly.
+"""The catalogue: every outcome a request can have and every error code a caller can see, each
+defined once, with its meaning and the request field it names.
+
+The database functions return these codes (`posted`, `insufficient_funds`, ...), never HTTP
+statuses; Python raises `WalletError` with them. `wallet.api.errors` is the only place that maps a
+code to an HTTP status, and a test checks that every code the SQL can emit is defined here and that
+every code here is declared in the OpenAPI document.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Code:
+    code: str
+    meaning: str
+    field: str | None = None  # the request field it names by default, if any
+    success: bool = False  # an outcome that did what was asked, not an error
+
+    def __str__(self) -> str:
+        return self.code
+
+
+CATALOGUE: dict[str, Code] = {}
+
+
+def _define(code: str, meaning: str, field: str | None = None, *, success: bool = False) -> Code:
+    assert code not in CATALOGUE, code
+    entry = Code(code, meaning, field, success)
+    CATALOGUE[code] = entry
+    return entry
+
+
+# Outcomes of a write that did what was asked.
+POSTED = _define("posted", "the write was applied; the body is what it created", success=True)
+
+# The request itself is unusable.
+MALFORMED_JSON = _define("malformed_json", "the body is not valid JSON")
+MALFORMED_BODY = _define("malformed_body", "the body could not be read (e.g. not UTF-8)")
+IDEMPOTENCY_KEY_MISSING = _define(
+    "idempotency_key_missing",
+    "every write needs an Idempotency-Key header or idempotency_key field",
+    "idempotency_key",
+)
+BODY_TOO_LARGE = _define("body_too_large", "the body exceeds WALLET_MAX_BODY_BYTES")
+VALIDATION_ERROR = _define("validation_error", "a field is missing, of the wrong type, or out of its format")
+LIMIT_EXCEEDED = _define("limit_exceeded", "a field exceeds a configured limit (amount, size, count)")
+INVALID_REQUEST = _define("invalid_request", "a value is not acceptable (e.g. an unknown cursor)")
+NOT_FOUND = _define("not_found", "no such endpoint")
+METHOD_NOT_ALLOWED = _define("method_not_allowed", "the endpoint does not answer this method")
+
+# Who is asking.
+UNAUTHENTICATED = _define("unauthenticated", "missing, unknown or revoked API key")
+FORBIDDEN = _define("forbidden", "the API key lacks the scope this needs")
+
+# What the request refers to.
+USER_NOT_FOUND = _define("user_not_found", "no user with this id", "user_id")
+ASSET_TYPE_NOT_FOUND = _define("asset_type_not_found", "no active asset type with this code", "asset_type")
+TRANSACTION_NOT_FOUND = _define("transaction_not_found", "no transaction with this id", "id")
+
+# The state of the ledger refuses it.
+INSUFFICIENT_FUNDS = _define(
+    "insufficient_funds", "the user's available balance does not cover the amount", "amount"
+)
+BALANCE_LIMIT_EXCEEDED = _define(
+    "balance_limit_exceeded", "the resulting balance would be too large", "amount"
+)
+USER_EXISTS = _define("user_exists", "a user with this id exists with another name", "user_id")
+
+# Idempotency.
+IDEMPOTENCY_KEY_IN_USE = _define(
+    "idempotency_key_in_use",
+    "another request with this key is still being processed; retry later",
+    "idempotency_key",
+)
+IDEMPOTENCY_KEY_REUSED = _define(
+    "idempotency_key_reused", "this key was already used with a different request", "idempotency_key"
+)
+
+# The service.
+BUSY = _define("busy", "a lock or statement timeout; nothing was written, retry with the same key")
+DATABASE_UNAVAILABLE = _define(
+    "database_unavailable", "the database is unreachable; nothing was written, retry with the same key"
+)
+INTERNAL_ERROR = _define("internal_error", "a bug; it has been logged")
+
+
+def error_codes() -> list[str]:
+    return sorted(code for code, entry in CATALOGUE.items() if not entry.success)
+
 
 class WalletError(Exception):
-    """Base of every error a caller may see. `code` is stable and machine-readable."""
+    """A refusal the caller should see, with its catalogue code."""
 
-    code = "wallet_error"
-
-    def __init__(self, message: str, field: str | None = None) -> None:
+    def __init__(self, code: Code, message: str, field: str | None = None) -> None:
+        assert not code.success, code
         super().__init__(message)
+        self.code = code
         self.message = message
-        self.field = field
-
-
-class InvalidRequest(WalletError):
-    code = "invalid_request"
-
-
-class LimitExceeded(WalletError):
-    code = "limit_exceeded"
-
-
-class IdempotencyKeyMissing(WalletError):
-    code = "idempotency_key_missing"
-
-
-class NotFound(WalletError):
-    code = "not_found"
-
-
-class UserNotFound(NotFound):
-    code = "user_not_found"
-
-
-class AssetTypeNotFound(NotFound):
-    code = "asset_type_not_found"
-
-
-class TransactionNotFound(NotFound):
-    code = "transaction_not_found"
-
-
-class Conflict(WalletError):
-    code = "conflict"
-
-
-class UserExists(Conflict):
-    code = "user_exists"
-
-
-class BalanceLimitExceeded(Conflict):
-    code = "balance_limit_exceeded"
-
-
-class Unauthenticated(WalletError):
-    code = "unauthenticated"
-
-
-class Forbidden(WalletError):
-    code = "forbidden"
-
-
-class Busy(WalletError):
-    """A lock or statement timeout: the write did not happen and is safe to retry."""
-
-    code = "busy"
+        self.field = field if field is not None else code.field

@@ -17,8 +17,9 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from wallet.domain.errors import Forbidden, InvalidRequest, Unauthenticated
-from wallet.domain.transaction_types import Scope
+from wallet.domain import errors
+from wallet.domain.errors import WalletError
+from wallet.domain.rules import Scope, scope_allows
 
 KEY_PREFIX = "wk_"
 MAX_TOKEN_CHARS = 128
@@ -32,8 +33,8 @@ class Caller:
     scopes: frozenset[Scope]
 
     def require(self, scope: Scope) -> None:
-        if scope not in self.scopes and Scope.ADMIN not in self.scopes:
-            raise Forbidden(f"this API key lacks the '{scope}' scope")
+        if not scope_allows(self.scopes, scope):
+            raise WalletError(errors.FORBIDDEN, f"this API key lacks the '{scope}' scope")
 
 
 def _sha256(token: str) -> bytes:
@@ -47,18 +48,20 @@ def parse_scopes(values: Iterable[str]) -> list[Scope]:
             scope = Scope(value)
         except ValueError:
             allowed = ", ".join(s.value for s in Scope)
-            raise InvalidRequest(f"unknown scope '{value}'; allowed: {allowed}", "scope") from None
+            raise WalletError(
+                errors.INVALID_REQUEST, f"unknown scope '{value}'; allowed: {allowed}", "scope"
+            ) from None
         if scope not in scopes:
             scopes.append(scope)
     if not scopes:
-        raise InvalidRequest("at least one scope is required", "scope")
+        raise WalletError(errors.INVALID_REQUEST, "at least one scope is required", "scope")
     return scopes
 
 
 async def create_api_key(conn: asyncpg.Connection, name: str, scopes: Iterable[str]) -> str:
     """Stores a new key and returns its plaintext, which is never stored or shown again."""
     if not 1 <= len(name) <= 100:
-        raise InvalidRequest("name must be 1 to 100 characters", "name")
+        raise WalletError(errors.INVALID_REQUEST, "name must be 1 to 100 characters", "name")
     parsed = parse_scopes(scopes)
     token = KEY_PREFIX + secrets.token_urlsafe(32)
     await conn.execute(
@@ -96,9 +99,9 @@ class Authenticator:
 
     async def authenticate(self, token: str | None) -> Caller:
         if not token:
-            raise Unauthenticated("missing 'Authorization: Bearer <api key>' header")
+            raise WalletError(errors.UNAUTHENTICATED, "missing 'Authorization: Bearer <api key>' header")
         if len(token) > MAX_TOKEN_CHARS or not token.startswith(KEY_PREFIX):
-            raise Unauthenticated("invalid API key")
+            raise WalletError(errors.UNAUTHENTICATED, "invalid API key")
         digest = _sha256(token)
         now = time.monotonic()
         cached = self._cache.get(digest)
@@ -110,7 +113,7 @@ class Authenticator:
         )
         if row is None:
             self._cache.pop(digest, None)
-            raise Unauthenticated("invalid or revoked API key")
+            raise WalletError(errors.UNAUTHENTICATED, "invalid or revoked API key")
         caller = Caller(row["id"], row["name"], frozenset(Scope(s) for s in row["scopes"]))
         if self._cache_ttl_s > 0:
             self._cache[digest] = (caller, now + self._cache_ttl_s)

@@ -6,9 +6,12 @@ from __future__ import annotations
 import base64
 import binascii
 
-from wallet.domain.errors import InvalidRequest
+from wallet.domain import errors
+from wallet.domain.rules import CURSOR_MAX_CHARS
 
-MAX_CURSOR_CHARS = 200
+
+def _not_ours() -> errors.WalletError:
+    return errors.WalletError(errors.INVALID_REQUEST, "cursor is not one this service issued", "cursor")
 
 
 def encode_cursor(position: str) -> str:
@@ -18,20 +21,21 @@ def encode_cursor(position: str) -> str:
 def decode_cursor(cursor: str | None) -> str | None:
     if cursor is None:
         return None
-    if not cursor or len(cursor) > MAX_CURSOR_CHARS:
-        raise InvalidRequest("cursor is not one this service issued", "cursor")
+    if not cursor or len(cursor) > CURSOR_MAX_CHARS:
+        raise _not_ours()
     try:
         return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
     except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise InvalidRequest("cursor is not one this service issued", "cursor") from None
+        raise _not_ours() from None
 
 
 def decode_int_cursor(cursor: str | None) -> int | None:
     position = decode_cursor(cursor)
     if position is None:
         return None
-    if not position.isdigit() or len(position) > 19:
-        raise InvalidRequest("cursor is not one this service issued", "cursor")
+    # ASCII digits only: str.isdigit() also accepts "²" and other digits int() refuses.
+    if not (position.isascii() and position.isdigit()) or len(position) > 19:
+        raise _not_ours()
     return int(position)
 
 
@@ -39,5 +43,5 @@ def check_limit(limit: int | None, default: int, maximum: int) -> int:
     if limit is None:
         return default
     if not 1 <= limit <= maximum:
-        raise InvalidRequest(f"limit must be between 1 and {maximum}", "limit")
+        raise errors.WalletError(errors.INVALID_REQUEST, f"limit must be between 1 and {maximum}", "limit")
     return limit

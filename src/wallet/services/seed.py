@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import asyncpg
 
+from wallet.domain import errors
+from wallet.domain.rules import TransactionType
+
 ASSET_TYPES: list[tuple[str, str, int]] = [
     ("GOLD_COINS", "Gold Coins", 0),
     ("DIAMONDS", "Diamonds", 0),
@@ -34,8 +37,8 @@ async def seed_reference_data(conn: asyncpg.Connection) -> None:
         await conn.execute("SELECT wallet_ensure_asset($1, $2, $3::smallint)", code, name, scale)
 
 
-async def seed_demo_data(conn: asyncpg.Connection) -> list[tuple[str, str, int]]:
-    """Everything; returns (key, status_code) of each initial-balance posting."""
+async def seed_demo_data(conn: asyncpg.Connection) -> None:
+    """Reference data, Alice and Bob, and their initial balances (each must post or replay)."""
     async with conn.transaction():
         await seed_reference_data(conn)
         seed_key_id = await conn.fetchval(
@@ -52,19 +55,17 @@ async def seed_demo_data(conn: asyncpg.Connection) -> list[tuple[str, str, int]]
         )
         for user_id, name, _ in DEMO_USERS:
             await conn.execute("SELECT wallet_ensure_user($1, $2)", user_id, name)
-    outcomes: list[tuple[str, str, int]] = []
     for user_id, _, balances in DEMO_USERS:
         for asset_code, amount_minor in balances.items():
             key = f"seed:{user_id}:{asset_code}"
-            status = await conn.fetchval(
-                "SELECT status_code FROM wallet_post_transaction($1, $2, 'bonus', $3, $4, $5, $6, '{}'::jsonb)",
+            outcome = await conn.fetchval(
+                "SELECT outcome FROM wallet_post_transaction($1, $2, $3, $4, $5, $6, $7, '{}'::jsonb)",
                 seed_key_id,
                 key,
+                TransactionType.BONUS.value,
                 user_id,
                 asset_code,
                 amount_minor,
                 SEED_DESCRIPTION,
             )
-            assert status == 201, (key, status)
-            outcomes.append((key, user_id, status))
-    return outcomes
+            assert outcome == errors.POSTED.code, (key, outcome)

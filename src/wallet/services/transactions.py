@@ -17,17 +17,12 @@ from typing import Any
 import asyncpg
 import orjson
 
-from wallet.domain.errors import (
-    IdempotencyKeyMissing,
-    InvalidRequest,
-    LimitExceeded,
-    TransactionNotFound,
-)
-from wallet.domain.transaction_types import TransactionType
+from wallet.domain import errors
+from wallet.domain.errors import WalletError
+from wallet.domain.rules import IDEMPOTENCY_KEY_PATTERN, TransactionType
 from wallet.settings import Settings
 
-# Printable ASCII without spaces: keys travel in headers and logs.
-IDEMPOTENCY_KEY_PATTERN = re.compile(r"^[\x21-\x7e]+$")
+_IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,31 +38,39 @@ class PostingRequest:
 
 @dataclass(frozen=True, slots=True)
 class PostingOutcome:
-    status_code: int
+    code: errors.Code  # from the catalogue: `posted`, or why not
     body_json: str  # the stored response document, verbatim
     replayed: bool
+
+    @classmethod
+    def from_row(cls, row: asyncpg.Record) -> PostingOutcome:
+        """A posting function's (outcome, body, replayed); an unknown outcome is a bug."""
+        return cls(errors.CATALOGUE[row["outcome"]], row["body"], row["replayed"])
 
 
 def resolve_idempotency_key(body_key: str | None, header_key: str | None) -> str:
     """The key may come in the body or in the `Idempotency-Key` header, but must be one key."""
     if body_key is not None and header_key is not None and body_key != header_key:
-        raise InvalidRequest(
-            "idempotency_key in the body differs from the Idempotency-Key header", "idempotency_key"
+        raise WalletError(
+            errors.INVALID_REQUEST,
+            "idempotency_key in the body differs from the Idempotency-Key header",
+            "idempotency_key",
         )
     key = body_key if body_key is not None else header_key
     if not key:
-        raise IdempotencyKeyMissing(
+        raise WalletError(
+            errors.IDEMPOTENCY_KEY_MISSING,
             "every write needs an idempotency key (Idempotency-Key header or idempotency_key field)",
-            "idempotency_key",
         )
     return key
 
 
 def _check_idempotency_key(key: str | None, settings: Settings) -> str:
     if not key:
-        raise IdempotencyKeyMissing("every write needs an idempotency key", "idempotency_key")
-    if len(key) > settings.max_idempotency_key_chars or not IDEMPOTENCY_KEY_PATTERN.match(key):
-        raise InvalidRequest(
+        raise WalletError(errors.IDEMPOTENCY_KEY_MISSING, "every write needs an idempotency key")
+    if len(key) > settings.max_idempotency_key_chars or not _IDEMPOTENCY_KEY.match(key):
+        raise WalletError(
+            errors.INVALID_REQUEST,
             f"idempotency key must be 1 to {settings.max_idempotency_key_chars} printable ASCII "
             "characters without spaces",
             "idempotency_key",
@@ -89,24 +92,33 @@ def _contains_nul(value: Any) -> bool:
 def _check_operation(request: PostingRequest, settings: Settings, field_prefix: str = "") -> bytes:
     """Raises on the first configured limit the operation breaks, naming the field; returns the
     metadata as JSON, encoded once here for both the size check and the database."""
-    if request.amount_minor <= 0:
-        raise InvalidRequest("amount must be a positive integer", f"{field_prefix}amount")
+    assert request.amount_minor > 0, "the request models refuse amounts below 1"
     if request.amount_minor > settings.max_amount_minor:
-        raise LimitExceeded(
-            f"amount must not exceed {settings.max_amount_minor} (minor units)", f"{field_prefix}amount"
+        raise WalletError(
+            errors.LIMIT_EXCEEDED,
+            f"amount must not exceed {settings.max_amount_minor} (minor units)",
+            f"{field_prefix}amount",
         )
     if request.description is not None and len(request.description) > settings.max_description_chars:
-        raise LimitExceeded(
+        raise WalletError(
+            errors.LIMIT_EXCEEDED,
             f"description must not exceed {settings.max_description_chars} characters",
             f"{field_prefix}description",
         )
     if _contains_nul(request.description):
-        raise InvalidRequest("description must not contain NUL characters", f"{field_prefix}description")
+        raise WalletError(
+            errors.INVALID_REQUEST,
+            "description must not contain NUL characters",
+            f"{field_prefix}description",
+        )
     if _contains_nul(request.metadata):
-        raise InvalidRequest("metadata must not contain NUL characters", f"{field_prefix}metadata")
+        raise WalletError(
+            errors.INVALID_REQUEST, "metadata must not contain NUL characters", f"{field_prefix}metadata"
+        )
     metadata_json = orjson.dumps(request.metadata or {})
     if len(metadata_json) > settings.max_metadata_bytes:
-        raise LimitExceeded(
+        raise WalletError(
+            errors.LIMIT_EXCEEDED,
             f"metadata must not exceed {settings.max_metadata_bytes} bytes as JSON",
             f"{field_prefix}metadata",
         )
@@ -119,7 +131,7 @@ async def post_transaction(
     key = _check_idempotency_key(request.idempotency_key, settings)
     metadata_json = _check_operation(request, settings)
     row = await pool.fetchrow(
-        "SELECT status_code, body::text AS body, replayed"
+        "SELECT outcome, body::text AS body, replayed"
         " FROM wallet_post_transaction($1, $2, $3, $4, $5, $6, $7, $8::jsonb)",
         api_key_id,
         key,
@@ -131,8 +143,7 @@ async def post_transaction(
         metadata_json.decode(),
     )
     assert row is not None
-    assert row["status_code"] in (201, 404, 409, 422), row["status_code"]
-    return PostingOutcome(row["status_code"], row["body"], row["replayed"])
+    return PostingOutcome.from_row(row)
 
 
 async def post_batch(
@@ -145,7 +156,11 @@ async def post_batch(
     """All operations or none, under one idempotency key; see `wallet_post_batch`."""
     key = _check_idempotency_key(idempotency_key, settings)
     if not 1 <= len(operations) <= settings.max_batch_operations:
-        raise LimitExceeded(f"a batch holds 1 to {settings.max_batch_operations} operations", "operations")
+        raise WalletError(
+            errors.LIMIT_EXCEEDED,
+            f"a batch holds 1 to {settings.max_batch_operations} operations",
+            "operations",
+        )
     metadata_jsons = [
         _check_operation(operation, settings, f"operations[{index}].")
         for index, operation in enumerate(operations)
@@ -164,22 +179,22 @@ async def post_batch(
         ]
     ).decode()
     row = await pool.fetchrow(
-        "SELECT status_code, body::text AS body, replayed FROM wallet_post_batch($1, $2, $3::jsonb)",
+        "SELECT outcome, body::text AS body, replayed FROM wallet_post_batch($1, $2, $3::jsonb)",
         api_key_id,
         key,
         payload,
     )
     assert row is not None
-    assert row["status_code"] in (201, 404, 409, 422), row["status_code"]
-    return PostingOutcome(row["status_code"], row["body"], row["replayed"])
+    return PostingOutcome.from_row(row)
 
 
 async def get_transaction_json(pool: asyncpg.Pool, transaction_id: str) -> str:
     try:
         parsed = uuid.UUID(transaction_id)
     except ValueError:
-        raise TransactionNotFound(f"no transaction with id {transaction_id}", "id") from None
+        raise WalletError(errors.TRANSACTION_NOT_FOUND, f"no transaction with id {transaction_id}") from None
     body = await pool.fetchval("SELECT wallet_transaction_json($1)::text", parsed)
     if body is None:
-        raise TransactionNotFound(f"no transaction with id {transaction_id}", "id")
+        raise WalletError(errors.TRANSACTION_NOT_FOUND, f"no transaction with id {transaction_id}")
+    assert isinstance(body, str)
     return body

@@ -6,10 +6,13 @@ from typing import Any
 
 import asyncpg
 
-from wallet.domain.errors import UserExists
+from wallet.domain import errors
 from wallet.services.pagination import decode_cursor, encode_cursor
 
-USER_COLUMNS = "id AS user_id, name, to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') AS created_at"
+USER_COLUMNS = (
+    "id AS user_id, name,"
+    " to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') AS created_at"
+)
 MAX_ASSET_TYPES_LISTED = 1_000
 
 
@@ -21,7 +24,7 @@ async def create_user(pool: asyncpg.Pool, user_id: str, name: str) -> tuple[dict
         row = await conn.fetchrow(f"SELECT {USER_COLUMNS} FROM users WHERE id = $1", user_id)
     assert row is not None
     if not created and row["name"] != name:
-        raise UserExists(f"user {user_id} already exists with another name", "user_id")
+        raise errors.WalletError(errors.USER_EXISTS, f"user {user_id} already exists with another name")
     return dict(row), created
 
 

@@ -39,8 +39,8 @@ CHECKS: list[tuple[str, str]] = [
     (
         "transaction entries do not sum to zero, or fewer than two entries",
         """
-        SELECT format('transaction %s: %s entries, sum %s in %s', t.id,
-                      count(e.entry_no), coalesce(sum(e.amount_minor), 0), coalesce(e.asset_code, t.asset_code))
+        SELECT format('transaction %s: %s entries, sum %s in %s', t.id, count(e.entry_no),
+                      coalesce(sum(e.amount_minor), 0), coalesce(e.asset_code, t.asset_code))
         FROM transactions t LEFT JOIN ledger_entries e ON e.transaction_id = t.id
         GROUP BY t.id, t.asset_code, e.asset_code
         HAVING coalesce(sum(e.amount_minor), 0) <> 0
@@ -58,7 +58,7 @@ CHECKS: list[tuple[str, str]] = [
         LEFT JOIN ledger_entries e ON e.transaction_id = t.id AND e.account_id = a.id
         GROUP BY t.id, t.type, t.amount_minor, t.user_id
         HAVING coalesce(sum(e.amount_minor), 0)
-               <> CASE t.type WHEN 'spend' THEN -t.amount_minor ELSE t.amount_minor END
+               <> wallet_rule_user_sign(t.type) * t.amount_minor
         ORDER BY t.id LIMIT $1
         """,
     ),

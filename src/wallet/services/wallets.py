@@ -9,8 +9,8 @@ from __future__ import annotations
 import asyncpg
 import orjson
 
-from wallet.domain.errors import UserNotFound
-from wallet.domain.transaction_types import TransactionType
+from wallet.domain import errors
+from wallet.domain.rules import TransactionType
 from wallet.services.pagination import decode_int_cursor, encode_cursor
 
 BALANCES_SQL = """
@@ -44,13 +44,14 @@ LIMIT $5
 
 async def _require_user(pool: asyncpg.Pool, user_id: str) -> None:
     if await pool.fetchval("SELECT 1 FROM users WHERE id = $1", user_id) is None:
-        raise UserNotFound(f"no user with id {user_id}", "user_id")
+        raise errors.WalletError(errors.USER_NOT_FOUND, f"no user with id {user_id}")
 
 
 async def balances_json(pool: asyncpg.Pool, user_id: str, asset_code: str | None) -> str:
     body = await pool.fetchval(BALANCES_SQL, user_id, asset_code)
     if body is None:
-        raise UserNotFound(f"no user with id {user_id}", "user_id")
+        raise errors.WalletError(errors.USER_NOT_FOUND, f"no user with id {user_id}")
+    assert isinstance(body, str)
     return body
 
 

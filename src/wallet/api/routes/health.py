@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
+from wallet.api.dependencies import Pool
 from wallet.api.schemas import HealthOut
 
 router = APIRouter(tags=["health"])
@@ -13,9 +14,9 @@ HEALTH_TIMEOUT_S = 2.0
 
 
 @router.get("/health", response_model=HealthOut, responses={503: {"model": HealthOut}})
-async def health(request: Request) -> JSONResponse:
+async def health(pool: Pool) -> JSONResponse:
     try:
-        await request.app.state.pool.fetchval("SELECT 1", timeout=HEALTH_TIMEOUT_S)
+        await pool.fetchval("SELECT 1", timeout=HEALTH_TIMEOUT_S)
     except Exception:  # any failure to reach the database means "not healthy"
         return JSONResponse({"status": "degraded", "database": "unavailable"}, status_code=503)
     return JSONResponse({"status": "ok", "database": "ok"})

@@ -1,16 +1,21 @@
-"""POST /api/v1/transactions/{topup,bonus,spend} and GET /api/v1/transactions/{id}."""
+"""POST /api/v1/transactions/{topup,bonus,spend,batch} and GET /api/v1/transactions/{id}."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Request, Response
+from fastapi import APIRouter, Header, Response
 
-from wallet.api.auth import authenticated, require_scope
-from wallet.api.errors import error_responses
+from wallet.api.dependencies import AnyCaller, AppSettings, Pool, Reader, requires
+from wallet.api.errors import error_responses, status_of
 from wallet.api.metrics import POSTING_SECONDS, POSTINGS
-from wallet.api.schemas import IDEMPOTENCY_KEY_PATTERN, BatchBody, BatchOut, PostingBody, TransactionOut
-from wallet.domain.transaction_types import REQUIRED_SCOPE, Scope, TransactionType
+from wallet.api.schemas import BatchBody, BatchOut, PostingBody, TransactionOut
+from wallet.domain.rules import (
+    IDEMPOTENCY_KEY_MAX_CHARS,
+    IDEMPOTENCY_KEY_PATTERN,
+    TYPE_RULES,
+    TransactionType,
+)
 from wallet.services.api_keys import Caller
 from wallet.services.transactions import (
     PostingOutcome,
@@ -28,25 +33,32 @@ IdempotencyKeyHeader = Annotated[
     Header(
         alias="Idempotency-Key",
         min_length=1,
-        max_length=255,
+        max_length=IDEMPOTENCY_KEY_MAX_CHARS,
         pattern=IDEMPOTENCY_KEY_PATTERN,
         description="Unique per logical operation; retries must reuse it.",
     ),
 ]
-WRITE_RESPONSES = {
+WRITE_RESPONSES: dict[int | str, dict[str, Any]] = {
     201: {"model": TransactionOut, "description": "Posted. Replays carry `Idempotent-Replayed: true`."},
     **error_responses(400, 401, 403, 404, 409, 413, 422, 503),
 }
 
 
-def _respond(kind: str, outcome: PostingOutcome) -> Response:
-    POSTINGS.labels(kind, outcome.status_code, outcome.replayed).inc()
+def respond(kind: str, outcome: PostingOutcome) -> Response:
+    """The stored document, verbatim, with the status of its outcome."""
+    status = status_of(outcome.code)
+    POSTINGS.labels(kind, status, outcome.replayed).inc()
     headers = {"Idempotent-Replayed": "true"} if outcome.replayed else None
-    return Response(outcome.body_json, outcome.status_code, headers, media_type="application/json")
+    return Response(outcome.body_json, status, headers, media_type="application/json")
 
 
 async def _post(
-    request: Request, type: TransactionType, body: PostingBody, caller: Caller, header_key: str | None
+    pool: Pool,
+    settings: AppSettings,
+    type: TransactionType,
+    body: PostingBody,
+    caller: Caller,
+    header_key: str | None,
 ) -> Response:
     posting = PostingRequest(
         type=type,
@@ -58,58 +70,56 @@ async def _post(
         metadata=body.metadata,
     )
     with POSTING_SECONDS.labels(type.value).time():
-        outcome = await post_transaction(
-            request.app.state.pool, request.app.state.settings, caller.api_key_id, posting
-        )
-    return _respond(type.value, outcome)
+        outcome = await post_transaction(pool, settings, caller.api_key_id, posting)
+    return respond(type.value, outcome)
+
+
+def _summary(type: TransactionType) -> str:
+    rule = TYPE_RULES[type]
+    direction = "from" if rule.user_sign > 0 else "into"
+    return f"{rule.meaning.capitalize()} ({direction} {rule.system_account.value}; scope `{rule.scope}`)"
 
 
 @router.post(
-    "/topup",
-    status_code=201,
-    response_model=None,
-    responses=WRITE_RESPONSES,
-    summary="Credit a user after a purchase (from SYSTEM_TREASURY)",
-)
+    "/topup", status_code=201, response_model=None, responses=WRITE_RESPONSES,
+    summary=_summary(TransactionType.TOPUP),
+)  # fmt: skip
 async def topup(
-    request: Request,
+    pool: Pool,
+    settings: AppSettings,
     body: PostingBody,
+    caller: Annotated[Caller, requires(TYPE_RULES[TransactionType.TOPUP].scope)],
     idempotency_key: IdempotencyKeyHeader = None,
-    caller: Caller = Depends(require_scope(REQUIRED_SCOPE[TransactionType.TOPUP])),
 ) -> Response:
-    return await _post(request, TransactionType.TOPUP, body, caller, idempotency_key)
+    return await _post(pool, settings, TransactionType.TOPUP, body, caller, idempotency_key)
 
 
 @router.post(
-    "/bonus",
-    status_code=201,
-    response_model=None,
-    responses=WRITE_RESPONSES,
-    summary="Grant a bonus (from SYSTEM_PROMOTIONS)",
-)
+    "/bonus", status_code=201, response_model=None, responses=WRITE_RESPONSES,
+    summary=_summary(TransactionType.BONUS),
+)  # fmt: skip
 async def bonus(
-    request: Request,
+    pool: Pool,
+    settings: AppSettings,
     body: PostingBody,
+    caller: Annotated[Caller, requires(TYPE_RULES[TransactionType.BONUS].scope)],
     idempotency_key: IdempotencyKeyHeader = None,
-    caller: Caller = Depends(require_scope(REQUIRED_SCOPE[TransactionType.BONUS])),
 ) -> Response:
-    return await _post(request, TransactionType.BONUS, body, caller, idempotency_key)
+    return await _post(pool, settings, TransactionType.BONUS, body, caller, idempotency_key)
 
 
 @router.post(
-    "/spend",
-    status_code=201,
-    response_model=None,
-    responses=WRITE_RESPONSES,
-    summary="Debit a user for an in-app purchase (into SYSTEM_REVENUE)",
-)
+    "/spend", status_code=201, response_model=None, responses=WRITE_RESPONSES,
+    summary=_summary(TransactionType.SPEND),
+)  # fmt: skip
 async def spend(
-    request: Request,
+    pool: Pool,
+    settings: AppSettings,
     body: PostingBody,
+    caller: Annotated[Caller, requires(TYPE_RULES[TransactionType.SPEND].scope)],
     idempotency_key: IdempotencyKeyHeader = None,
-    caller: Caller = Depends(require_scope(REQUIRED_SCOPE[TransactionType.SPEND])),
 ) -> Response:
-    return await _post(request, TransactionType.SPEND, body, caller, idempotency_key)
+    return await _post(pool, settings, TransactionType.SPEND, body, caller, idempotency_key)
 
 
 @router.post(
@@ -117,15 +127,16 @@ async def spend(
     status_code=201,
     response_model=None,
     responses={**WRITE_RESPONSES, 201: {"model": BatchOut, "description": "All posted."}},
-    summary="Post several operations atomically: all or none",
+    summary="Post several operations atomically: all or none (each operation's scope)",
 )
 async def batch(
-    request: Request,
+    pool: Pool,
+    settings: AppSettings,
     body: BatchBody,
+    caller: AnyCaller,
     idempotency_key: IdempotencyKeyHeader = None,
-    caller: Caller = Depends(authenticated),
 ) -> Response:
-    for scope in sorted({REQUIRED_SCOPE[op.type] for op in body.operations}):
+    for scope in sorted({TYPE_RULES[op.type].scope for op in body.operations}):
         caller.require(scope)
     operations = [
         PostingRequest(
@@ -141,10 +152,8 @@ async def batch(
     ]
     key = resolve_idempotency_key(body.idempotency_key, idempotency_key)
     with POSTING_SECONDS.labels("batch").time():
-        outcome = await post_batch(
-            request.app.state.pool, request.app.state.settings, caller.api_key_id, key, operations
-        )
-    return _respond("batch", outcome)
+        outcome = await post_batch(pool, settings, caller.api_key_id, key, operations)
+    return respond("batch", outcome)
 
 
 @router.get(
@@ -152,10 +161,6 @@ async def batch(
     response_model=None,
     responses={200: {"model": TransactionOut}, **error_responses(401, 403, 404, 503)},
 )
-async def get_transaction(
-    request: Request,
-    transaction_id: str,
-    caller: Caller = Depends(require_scope(Scope.READ)),
-) -> Response:
-    body = await get_transaction_json(request.app.state.pool, transaction_id)
+async def get_transaction(pool: Pool, transaction_id: str, caller: Reader) -> Response:
+    body = await get_transaction_json(pool, transaction_id)
     return Response(body, media_type="application/json")

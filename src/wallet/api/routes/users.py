@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
 
-from wallet.api.auth import require_scope
+from wallet.api.dependencies import Admin, AppSettings, Pool, Reader
 from wallet.api.errors import error_responses
 from wallet.api.schemas import AssetTypeList, UserCreate, UserOut, UserPage
-from wallet.domain.transaction_types import Scope
-from wallet.services.api_keys import Caller
+from wallet.domain.rules import CURSOR_MAX_CHARS
 from wallet.services.pagination import check_limit
 from wallet.services.users import create_user, list_asset_types, list_users
 
@@ -20,14 +19,16 @@ router = APIRouter(prefix="/api/v1", tags=["users"])
 
 @router.get("/users", response_model=UserPage, responses=error_responses(401, 403, 422, 503))
 async def get_users(
-    request: Request,
-    limit: int | None = Query(default=None, ge=1, description="Default 50, at most 200."),
-    cursor: str | None = Query(default=None, max_length=200),
-    caller: Caller = Depends(require_scope(Scope.READ)),
+    pool: Pool,
+    settings: AppSettings,
+    caller: Reader,
+    limit: int | None = Query(
+        default=None, ge=1, description="Default WALLET_PAGE_SIZE_DEFAULT, at most WALLET_PAGE_SIZE_MAX."
+    ),
+    cursor: str | None = Query(default=None, max_length=CURSOR_MAX_CHARS),
 ) -> dict[str, Any]:
-    settings = request.app.state.settings
     return await list_users(
-        request.app.state.pool,
+        pool,
         limit=check_limit(limit, settings.page_size_default, settings.page_size_max),
         cursor=cursor,
     )
@@ -42,20 +43,13 @@ async def get_users(
         **error_responses(400, 401, 403, 409, 413, 422, 503),
     },
 )
-async def post_user(
-    request: Request,
-    body: UserCreate,
-    caller: Caller = Depends(require_scope(Scope.ADMIN)),
-) -> JSONResponse:
-    user, created = await create_user(request.app.state.pool, body.user_id, body.name)
+async def post_user(pool: Pool, body: UserCreate, caller: Admin) -> JSONResponse:
+    user, created = await create_user(pool, body.user_id, body.name)
     return JSONResponse(user, status_code=201 if created else 200)
 
 
 @router.get(
     "/asset-types", response_model=AssetTypeList, tags=["assets"], responses=error_responses(401, 403, 503)
 )
-async def get_asset_types(
-    request: Request,
-    caller: Caller = Depends(require_scope(Scope.READ)),
-) -> dict[str, Any]:
-    return await list_asset_types(request.app.state.pool)
+async def get_asset_types(pool: Pool, caller: Reader) -> dict[str, Any]:
+    return await list_asset_types(pool)

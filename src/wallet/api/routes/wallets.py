@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Query, Response
 
-from wallet.api.auth import require_scope
+from wallet.api.dependencies import AppSettings, Pool, Reader
 from wallet.api.errors import error_responses
 from wallet.api.schemas import BalancesOut, TransactionPage
-from wallet.domain.transaction_types import Scope, TransactionType
-from wallet.services.api_keys import Caller
+from wallet.domain.rules import ASSET_CODE_MAX_CHARS, CURSOR_MAX_CHARS, TransactionType
 from wallet.services.pagination import check_limit
 from wallet.services.wallets import balances_json, history_json
 
@@ -21,12 +20,14 @@ router = APIRouter(prefix="/api/v1/wallets", tags=["wallets"])
     responses={200: {"model": BalancesOut}, **error_responses(401, 403, 404, 422, 503)},
 )
 async def balance(
-    request: Request,
+    pool: Pool,
+    caller: Reader,
     user_id: str,
-    asset_type: str | None = Query(default=None, max_length=32, description="Only this asset."),
-    caller: Caller = Depends(require_scope(Scope.READ)),
+    asset_type: str | None = Query(
+        default=None, max_length=ASSET_CODE_MAX_CHARS, description="Only this asset."
+    ),
 ) -> Response:
-    body = await balances_json(request.app.state.pool, user_id, asset_type)
+    body = await balances_json(pool, user_id, asset_type)
     return Response(body, media_type="application/json")
 
 
@@ -36,21 +37,23 @@ async def balance(
     responses={200: {"model": TransactionPage}, **error_responses(401, 403, 404, 422, 503)},
 )
 async def history(
-    request: Request,
+    pool: Pool,
+    settings: AppSettings,
+    caller: Reader,
     user_id: str,
     limit: int | None = Query(
-        default=None, ge=1, description="Page size; default 50, at most WALLET_PAGE_SIZE_MAX (200)."
+        default=None,
+        ge=1,
+        description="Page size; default WALLET_PAGE_SIZE_DEFAULT, at most WALLET_PAGE_SIZE_MAX.",
     ),
     cursor: str | None = Query(
-        default=None, max_length=200, description="`next_cursor` of the previous page."
+        default=None, max_length=CURSOR_MAX_CHARS, description="`next_cursor` of the previous page."
     ),
-    asset_type: str | None = Query(default=None, max_length=32),
+    asset_type: str | None = Query(default=None, max_length=ASSET_CODE_MAX_CHARS),
     type: TransactionType | None = Query(default=None),
-    caller: Caller = Depends(require_scope(Scope.READ)),
 ) -> Response:
-    settings = request.app.state.settings
     body = await history_json(
-        request.app.state.pool,
+        pool,
         user_id,
         limit=check_limit(limit, settings.page_size_default, settings.page_size_max),
         cursor=cursor,

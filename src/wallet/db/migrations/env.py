@@ -1,20 +1,38 @@
-"""Alembic environment: migrations run over the same asyncpg driver the service uses."""
+"""Alembic environment: migrations run over the same asyncpg driver the service uses.
+
+Around the versioned migrations: the generated rule functions (wallet.db.rules) are installed
+first, because constraints refer to them, and the posting functions (db/sql/functions/*.sql) are
+re-installed last when upgrading to head, so each `wallet migrate` leaves them as the code says.
+"""
 
 from __future__ import annotations
 
 import asyncio
 
 from alembic import context
+from sqlalchemy import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
+from sqlalchemy.util import await_only
 
+from wallet.db.rules import rules_sql
+from wallet.db.sql_files import function_files
 from wallet.db.urls import sqlalchemy_url
 
 
-def _run_migrations(connection) -> None:  # type: ignore[no-untyped-def]
+def _execute_script(connection: Connection, sql: str) -> None:
+    # The simple-query protocol: a whole script, several statements, in one call.
+    await_only(connection.connection.driver_connection.execute(sql))  # type: ignore[union-attr]
+
+
+def _run_migrations(connection: Connection) -> None:
     context.configure(connection=connection, transaction_per_migration=True)
+    _execute_script(connection, rules_sql())
     with context.begin_transaction():
         context.run_migrations()
+    if context.config.attributes.get("install_functions", True):
+        for sql in function_files():
+            _execute_script(connection, sql)
 
 
 async def _run_online() -> None:

@@ -7,13 +7,13 @@ statement per call, so the file is sent through the driver connection's simple-q
 
 from __future__ import annotations
 
-from importlib.resources import files
-
 from alembic import op
 from sqlalchemy.util import await_only
 
+from wallet.db.sql_files import read_sql
+
 
 def run_sql_script(name: str) -> None:
-    sql = files("wallet.db").joinpath("sql", name).read_text(encoding="utf-8")
     driver_connection = op.get_bind().connection.driver_connection
-    await_only(driver_connection.execute(sql))
+    assert driver_connection is not None
+    await_only(driver_connection.execute(read_sql(name)))

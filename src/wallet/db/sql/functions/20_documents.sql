@@ -1,0 +1,64 @@
+-- Re-installed by every `wallet migrate` (after the versioned migrations); see wallet.db.migrate.
+-- The public JSON documents: errors, transactions, ledger entries.
+
+CREATE OR REPLACE FUNCTION wallet_error_body(p_code text, p_message text, p_field text) RETURNS jsonb
+LANGUAGE sql STABLE AS $$
+    SELECT jsonb_build_object('error', jsonb_build_object('code', p_code, 'message', p_message, 'field', p_field))
+$$;
+
+-- The public JSON of a transaction and of a ledger entry. The write response, a replay,
+-- GET /transactions/{id} and the history are all built by these two functions, so they are the
+-- same document. Plain SQL expressions, so PostgreSQL inlines them (STABLE, as jsonb_build_object
+-- and to_char are; an IMMUTABLE label would stop the inlining): the posting functions build
+-- the response from values they already hold, without querying the rows back.
+CREATE OR REPLACE FUNCTION wallet_entry_document(p_account_id bigint, p_account text, p_account_kind text,
+                                      p_amount_minor bigint) RETURNS jsonb
+LANGUAGE sql STABLE AS $$
+    SELECT jsonb_build_object('account_id', p_account_id, 'account', p_account,
+                              'account_kind', p_account_kind, 'amount', p_amount_minor)
+$$;
+
+CREATE OR REPLACE FUNCTION wallet_transaction_document(
+    p_id uuid, p_type text, p_status text, p_user_id text, p_asset_code text, p_amount_minor bigint,
+    p_balance_after_minor bigint, p_description text, p_metadata jsonb, p_idempotency_key text,
+    p_created_at timestamptz, p_entries jsonb) RETURNS jsonb
+LANGUAGE sql STABLE AS $$
+    SELECT jsonb_build_object(
+        'id', p_id,
+        'type', p_type,
+        'status', p_status,
+        'user_id', p_user_id,
+        'asset_type', p_asset_code,
+        'amount', p_amount_minor,
+        'balance_after', p_balance_after_minor,
+        'description', p_description,
+        'metadata', p_metadata,
+        'idempotency_key', p_idempotency_key,
+        'created_at', to_char(p_created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+        'entries', p_entries)
+$$;
+
+-- Stored transactions as a JSON array, in the order of the ids given.
+-- PL/pgSQL rather than SQL: PostgreSQL re-plans a non-inlined SQL function on every call;
+-- PL/pgSQL caches the plan.
+CREATE OR REPLACE FUNCTION wallet_transactions_json(p_transaction_ids uuid[]) RETURNS jsonb
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN (
+        SELECT coalesce(jsonb_agg(wallet_transaction_document(
+            t.id, t.type, t.status, t.user_id, t.asset_code, t.amount_minor, t.balance_after_minor,
+            t.description, t.metadata, t.idempotency_key, t.created_at,
+            (SELECT jsonb_agg(wallet_entry_document(e.account_id, coalesce(a.user_id, a.system_code),
+                                                    a.kind, e.amount_minor) ORDER BY e.entry_no)
+             FROM ledger_entries e JOIN accounts a ON a.id = e.account_id
+             WHERE e.transaction_id = t.id)
+        ) ORDER BY ids.n), '[]'::jsonb)
+        FROM unnest(p_transaction_ids) WITH ORDINALITY AS ids(id, n)
+        JOIN transactions t ON t.id = ids.id);
+END $$;
+
+CREATE OR REPLACE FUNCTION wallet_transaction_json(p_transaction_id uuid) RETURNS jsonb
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN wallet_transactions_json(ARRAY[p_transaction_id]) -> 0;
+END $$;

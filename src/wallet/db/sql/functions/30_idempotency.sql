@@ -1,0 +1,43 @@
+-- Re-installed by every `wallet migrate` (after the versioned migrations); see wallet.db.migrate.
+-- Idempotency: one advisory lock per (caller, key) and the stored outcome.
+
+-- Serialises requests that share (caller, key) and answers a repeat from the stored outcome.
+-- Returns NULLs when the key is new: the caller then does the work and stores the outcome with
+-- wallet_store_outcome in the same database transaction. Otherwise returns the answer to give:
+-- the stored outcome (a replay), `idempotency_key_reused` if the stored request differs, or
+-- `idempotency_key_in_use` if another request holding the key outlasts lock_timeout.
+-- The lock is a transaction-scoped advisory lock: it lives in memory, not in a table, so claiming
+-- it writes nothing; a second request with the key waits on it until the first commits, then
+-- finds its stored outcome. (The primary key on idempotency_keys remains the final guard.)
+CREATE OR REPLACE FUNCTION wallet_idempotency_lookup(
+    p_api_key_id bigint, p_idempotency_key text, p_fingerprint bytea,
+    OUT outcome text, OUT body jsonb, OUT replayed boolean)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_stored record;
+BEGIN
+    replayed := false;
+    BEGIN
+        PERFORM pg_advisory_xact_lock(hashtextextended(p_idempotency_key, p_api_key_id));
+    EXCEPTION WHEN lock_not_available THEN
+        outcome := 'idempotency_key_in_use';
+        body := wallet_error_body('idempotency_key_in_use',
+            'another request with this idempotency key is still being processed; retry later',
+            'idempotency_key');
+        RETURN;
+    END;
+    SELECT k.request_sha256, k.outcome, k.response_body INTO v_stored
+        FROM idempotency_keys k WHERE k.api_key_id = p_api_key_id AND k.key = p_idempotency_key;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    IF v_stored.request_sha256 <> p_fingerprint THEN
+        outcome := 'idempotency_key_reused';
+        body := wallet_error_body('idempotency_key_reused',
+            'this idempotency key was already used with a different request', 'idempotency_key');
+        RETURN;
+    END IF;
+    outcome := v_stored.outcome;
+    body := v_stored.response_body;
+    replayed := true;
+END $$;

@@ -1,0 +1,108 @@
+-- Re-installed by every `wallet migrate` (after the versioned migrations); see wallet.db.migrate.
+-- Posting.
+
+-- Posts a top-up, bonus or spend for one user, idempotently.
+--
+-- Order of work, which is also the lock order (deadlock-free: every caller takes at most one
+-- idempotency lock, then user account rows, always in this order):
+--   1. resolve the user's and the system account (no lock); unknown user or asset ->
+--      `user_not_found` / `asset_type_not_found`, nothing written, nothing stored;
+--   2. take the key's lock; a stored outcome for it is replayed;
+--   3. the user's cached balance is updated under its row lock only if it stays covered;
+--      a short balance -> `insufficient_funds`, stored;
+--   4. in one statement, update the balance and write the transaction and its two entries
+--      (the system account row is never locked);
+--   5. store the response under the key.
+-- Returns the outcome (a catalogue code), the response body and whether it is a replay.
+CREATE OR REPLACE FUNCTION wallet_post_transaction(
+    p_api_key_id bigint, p_idempotency_key text, p_type text, p_user_id text, p_asset_code text,
+    p_amount_minor bigint, p_description text, p_metadata jsonb,
+    OUT outcome text, OUT body jsonb, OUT replayed boolean)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_fingerprint bytea;
+    v_user_account_id bigint;
+    v_system_account_id bigint;
+    v_system_code text := wallet_rule_system_account(p_type);
+    v_delta_minor bigint;
+    v_outcome record;
+    v_transaction_id uuid;
+    v_balance_after_minor bigint;
+    v_created_at timestamptz;
+BEGIN
+    replayed := false;
+    IF p_amount_minor IS NULL OR p_amount_minor <= 0 OR v_system_code IS NULL THEN
+        RAISE EXCEPTION 'invalid posting: type %, amount %', p_type, p_amount_minor
+            USING ERRCODE = 'check_violation';
+    END IF;
+    v_delta_minor := wallet_rule_user_sign(p_type) * p_amount_minor;
+    p_metadata := coalesce(p_metadata, '{}'::jsonb);
+    -- The fingerprint is computed here, from the parsed values, so that every caller (HTTP,
+    -- `wallet seed`, seed.sql) agrees on what "the same request" is.
+    v_fingerprint := sha256(convert_to(jsonb_build_object(
+        'type', p_type, 'user_id', p_user_id, 'asset_type', p_asset_code,
+        'amount', p_amount_minor, 'description', p_description, 'metadata', p_metadata)::text, 'UTF8'));
+
+    SELECT u.id, s.id INTO v_user_account_id, v_system_account_id
+        FROM accounts u
+        JOIN asset_types t ON t.code = u.asset_code AND t.is_active
+        JOIN accounts s ON s.system_code = v_system_code AND s.asset_code = u.asset_code
+        WHERE u.user_id = p_user_id AND u.asset_code = p_asset_code;
+    IF NOT FOUND THEN
+        IF NOT EXISTS (SELECT 1 FROM users WHERE id = p_user_id) THEN
+            outcome := 'user_not_found';
+            body := wallet_error_body('user_not_found', format('no user with id %s', p_user_id), 'user_id');
+        ELSE
+            outcome := 'asset_type_not_found';
+            body := wallet_error_body('asset_type_not_found',
+                format('no active asset type with code %s', p_asset_code), 'asset_type');
+        END IF;
+        RETURN;
+    END IF;
+
+    v_outcome := wallet_idempotency_lookup(p_api_key_id, p_idempotency_key, v_fingerprint);
+    IF v_outcome.outcome IS NOT NULL THEN
+        outcome := v_outcome.outcome;
+        body := v_outcome.body;
+        replayed := v_outcome.replayed;
+        RETURN;
+    END IF;
+
+    -- One statement: the balance update (the row lock), the transaction and both entries.
+    WITH account AS (
+        UPDATE accounts SET balance_minor = balance_minor + v_delta_minor
+        WHERE id = v_user_account_id AND balance_minor - held_minor + v_delta_minor >= 0
+        RETURNING balance_minor
+    ), posted AS (
+        INSERT INTO transactions (type, api_key_id, idempotency_key, user_id, asset_code, amount_minor,
+                                  balance_after_minor, description, metadata)
+        SELECT p_type, p_api_key_id, p_idempotency_key, p_user_id, p_asset_code, p_amount_minor,
+               account.balance_minor, p_description, p_metadata
+        FROM account
+        RETURNING id, balance_after_minor, created_at
+    ), entries AS (
+        INSERT INTO ledger_entries (transaction_id, entry_no, account_id, asset_code, amount_minor)
+        SELECT posted.id, side.entry_no, side.account_id, p_asset_code, side.amount_minor
+        FROM posted CROSS JOIN (VALUES (1::smallint, v_user_account_id, v_delta_minor),
+                                       (2::smallint, v_system_account_id, -v_delta_minor))
+                               AS side(entry_no, account_id, amount_minor)
+    )
+    SELECT posted.id, posted.balance_after_minor, posted.created_at
+        INTO v_transaction_id, v_balance_after_minor, v_created_at FROM posted;
+    IF v_transaction_id IS NULL THEN
+        outcome := 'insufficient_funds';
+        body := wallet_error_body('insufficient_funds',
+            format('available balance of %s %s is less than %s', p_user_id, p_asset_code, p_amount_minor),
+            'amount');
+    ELSE
+        outcome := 'posted';
+        body := wallet_transaction_document(
+            v_transaction_id, p_type, 'posted', p_user_id, p_asset_code, p_amount_minor,
+            v_balance_after_minor, p_description, p_metadata, p_idempotency_key, v_created_at,
+            jsonb_build_array(
+                wallet_entry_document(v_user_account_id, p_user_id, 'user', v_delta_minor),
+                wallet_entry_document(v_system_account_id, v_system_code, 'system', -v_delta_minor)));
+    END IF;
+    INSERT INTO idempotency_keys (api_key_id, key, request_sha256, outcome, response_body)
+        VALUES (p_api_key_id, p_idempotency_key, v_fingerprint, outcome, body);
+END $$;

@@ -1,0 +1,61 @@
+"""Migrations keep what was stored: an idempotent response written by the previous version (which
+stored HTTP statuses) replays byte for byte, with its status, after upgrading to head."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+import httpx
+
+from tests.support import bearer
+from wallet.api.app import create_app
+from wallet.db.migrate import upgrade, upgrade_to_head_async
+from wallet.services.api_keys import create_api_key
+from wallet.settings import Settings
+
+OLD_POST = (
+    "SELECT status_code, body::text AS body FROM wallet_post_transaction("
+    "$1, $2, $3, 'user_old', 'GOLD_COINS', $4, NULL, '{}'::jsonb)"
+)
+
+
+async def test_responses_stored_by_revision_0001_replay_unchanged_after_upgrade(create_database):
+    url = await create_database()
+    await asyncio.to_thread(upgrade, url, "0001")
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute("SELECT wallet_ensure_asset('GOLD_COINS', 'Gold Coins', 0::smallint)")
+        await conn.execute("SELECT wallet_ensure_user('user_old', 'Old')")
+        token = await create_api_key(conn, "old-client", ["admin"])
+        key_id = await conn.fetchval("SELECT id FROM api_keys WHERE name = 'old-client'")
+        old_topup = await conn.fetchrow(OLD_POST, key_id, "old-topup", "topup", 70)
+        old_spend = await conn.fetchrow(OLD_POST, key_id, "old-spend", "spend", 500)
+        assert (old_topup["status_code"], old_spend["status_code"]) == (201, 409)
+    finally:
+        await conn.close()
+
+    await upgrade_to_head_async(url)
+
+    app = create_app(Settings(database_url=url, db_pool_min_size=1, db_pool_max_size=2, auth_cache_ttl_ms=0))
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://wallet.test", headers=bearer(token)
+        ) as client,
+    ):
+        for key, path, amount, old, status in (
+            ("old-topup", "topup", 70, old_topup, 201),
+            ("old-spend", "spend", 500, old_spend, 409),
+        ):
+            response = await client.post(
+                f"/api/v1/transactions/{path}",
+                headers={"Idempotency-Key": key},
+                json={"user_id": "user_old", "asset_type": "GOLD_COINS", "amount": amount},
+            )
+            assert response.status_code == status
+            assert response.headers["Idempotent-Replayed"] == "true"
+            assert response.content == old["body"].encode()
+        # And the ledger kept working across the upgrade: the balance is the old top-up's.
+        balance = await client.get("/api/v1/wallets/user_old/balance")
+        assert balance.json()["balances"][0]["balance"] == 70
