@@ -86,7 +86,13 @@ async def database_url(create_database: Callable[..., Awaitable[str]]) -> str:
 
 @pytest.fixture(scope="session")
 def settings(database_url: str) -> Settings:
-    return Settings(database_url=database_url, db_pool_min_size=2, db_pool_max_size=24, auth_cache_ttl_ms=0)
+    return Settings(
+        database_url=database_url,
+        db_pool_min_size=2,
+        db_pool_max_size=24,
+        hold_sweep_interval_ms=0,
+        auth_cache_ttl_ms=0,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -111,6 +117,8 @@ async def keys(pool: asyncpg.Pool) -> dict[str, str]:
             "read": await create_api_key(conn, "test-read", ["read"]),
             "credit": await create_api_key(conn, "test-credit", ["credit"]),
             "spend": await create_api_key(conn, "test-spend", ["spend"]),
+            "reverse": await create_api_key(conn, "test-reverse", ["reverse", "read"]),
+            "transfer": await create_api_key(conn, "test-transfer", ["transfer", "read"]),
         }
 
 

@@ -52,6 +52,14 @@ class Settings(BaseSettings):
     )
     max_batch_operations: int = Field(default=100, ge=1, le=BATCH_OPERATIONS_CEILING)
 
+    # Holds: how long one lasts when the caller does not say, and at most. Expired holds stop
+    # counting at once; a task in each worker marks them expired every sweep interval, at most
+    # this many accounts per sweep.
+    hold_expires_in_seconds_default: int = Field(default=900, ge=1, le=30 * 24 * 3600)
+    hold_expires_in_seconds_max: int = Field(default=7 * 24 * 3600, ge=1, le=30 * 24 * 3600)
+    hold_sweep_interval_ms: int = Field(default=5_000, ge=0, le=3_600_000)  # 0 = no sweep task
+    hold_sweep_max_accounts: int = Field(default=500, ge=1, le=100_000)
+
     # Lists never return unbounded results.
     page_size_default: int = Field(default=50, ge=1, le=PAGE_SIZE_CEILING)
     page_size_max: int = Field(default=200, ge=1, le=PAGE_SIZE_CEILING)

@@ -13,14 +13,17 @@ async def test_installed_rule_functions_match_the_python_definitions(pool):
     for type_, rule in rules.TYPE_RULES.items():
         row = await pool.fetchrow(
             "SELECT wallet_rule_user_sign($1) AS sign, wallet_rule_system_account($1) AS system,"
-            " wallet_rule_scope($1) AS scope",
+            " wallet_rule_scope($1) AS scope, wallet_rule_direct($1) AS direct,"
+            " wallet_rule_reversed_by($1) AS reversed_by",
             type_.value,
         )
-        assert (row["sign"], row["system"], row["scope"]) == (
-            rule.user_sign,
-            rule.system_account.value,
-            rule.scope.value,
-        )
+        assert dict(row) == {
+            "sign": rule.user_sign,
+            "system": rule.system_account.value if rule.system_account else None,
+            "scope": rule.scope.value,
+            "direct": rule.direct,
+            "reversed_by": rule.reversed_by.value if rule.reversed_by else None,
+        }
     assert await pool.fetchval("SELECT wallet_rule_user_sign('no_such_type')") is None
     assert await pool.fetchval("SELECT wallet_rule_transaction_types()") == [
         t.value for t in rules.TYPE_RULES

@@ -146,7 +146,7 @@ async def test_rows_the_ledger_refers_to_cannot_be_deleted(conn, posted):
 
 async def test_user_balance_cannot_go_negative(conn, posted):
     _, _, account_id = posted
-    with pytest.raises(asyncpg.exceptions.CheckViolationError, match="user_balance_never_negative"):
+    with pytest.raises(asyncpg.exceptions.CheckViolationError, match="only an admin clawback"):
         await conn.execute("UPDATE accounts SET balance_minor = -1 WHERE id = $1", account_id)
 
 

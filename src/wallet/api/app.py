@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -12,10 +14,11 @@ from wallet.api import metrics
 from wallet.api.body_limit import BodySizeLimit
 from wallet.api.dependencies import Resources
 from wallet.api.errors import error_responses, install_error_handlers
-from wallet.api.routes import health, transactions, users, wallets
+from wallet.api.routes import health, holds, transactions, users, wallets
 from wallet.db.pool import create_pool
 from wallet.logging import configure_logging
 from wallet.services.api_keys import Authenticator
+from wallet.services.holds import run_hold_sweeper
 from wallet.settings import Settings, get_settings
 
 DESCRIPTION = """
@@ -38,9 +41,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
         pool = await create_pool(settings, settings.database_url)
         app.state.resources = Resources(pool, Authenticator(pool, settings.auth_cache_ttl_ms))
+        sweeper = (
+            asyncio.create_task(run_hold_sweeper(pool, settings)) if settings.hold_sweep_interval_ms else None
+        )
         try:
             yield
         finally:
+            if sweeper is not None:
+                sweeper.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sweeper
             await pool.close()
 
     app = FastAPI(
@@ -58,6 +68,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(transactions.router)
     app.include_router(wallets.router)
     app.include_router(users.router)
+    app.include_router(holds.router)
     app.add_middleware(BodySizeLimit, max_body_bytes=settings.max_body_bytes)
     _publish_configured_limits(app, settings)
     return app

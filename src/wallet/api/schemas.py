@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 
 from wallet.domain.errors import error_codes
 from wallet.domain.rules import (
@@ -17,9 +17,11 @@ from wallet.domain.rules import (
     ASSET_CODE_PATTERN,
     BATCH_OPERATIONS_CEILING,
     DESCRIPTION_MAX_CHARS,
+    DIRECT_TYPES,
     IDEMPOTENCY_KEY_MAX_CHARS,
     IDEMPOTENCY_KEY_PATTERN,
     USER_ID_PATTERN,
+    HoldStatus,
     TransactionType,
 )
 
@@ -39,8 +41,24 @@ AmountMinor = Annotated[
     BeforeValidator(_whole_number),
     Field(gt=0, le=AMOUNT_MINOR_CEILING, description="Integer amount in the asset's minor unit."),
 ]
+FeeMinor = Annotated[
+    int,
+    BeforeValidator(_whole_number),
+    Field(ge=0, le=AMOUNT_MINOR_CEILING, description="Integer fee in minor units; 0 for none."),
+]
 UserId = Annotated[str, Field(pattern=USER_ID_PATTERN, examples=["user_001"])]
 AssetCode = Annotated[str, Field(pattern=ASSET_CODE_PATTERN, examples=["GOLD_COINS"])]
+
+
+IdempotencyKeyField = Annotated[
+    str | None,
+    Field(
+        min_length=1,
+        max_length=IDEMPOTENCY_KEY_MAX_CHARS,
+        pattern=IDEMPOTENCY_KEY_PATTERN,
+        description="Or send the Idempotency-Key header. Required one way or the other.",
+    ),
+]
 
 
 class PostingBody(BaseModel):
@@ -62,10 +80,23 @@ class PostingBody(BaseModel):
     )
 
 
+def _direct(value: TransactionType) -> TransactionType:
+    if value not in DIRECT_TYPES:
+        raise ValueError(f"must be one of {', '.join(DIRECT_TYPES)}")
+    return value
+
+
+DirectType = Annotated[
+    TransactionType,
+    AfterValidator(_direct),
+    WithJsonSchema({"type": "string", "enum": [t.value for t in DIRECT_TYPES]}),
+]
+
+
 class BatchOperation(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    type: TransactionType
+    type: DirectType
     user_id: UserId
     asset_type: AssetCode
     amount: AmountMinor
@@ -106,6 +137,16 @@ class TransactionOut(BaseModel):
     idempotency_key: str
     created_at: str
     entries: list[LedgerEntryOut]
+    reverses: str | None = Field(default=None, description="refund/clawback: the transaction it reverses.")
+    reversed_amount: int = Field(default=0, description="How much of this transaction was reversed so far.")
+    counterparty_user_id: str | None = Field(default=None, description="transfer: the receiving user.")
+    counterparty_balance_after: int | None = Field(
+        default=None, description="transfer: the receiver's balance right after it."
+    )
+    fee: int = Field(
+        default=0, description="transfer: paid by the sender to SYSTEM_REVENUE on top of amount."
+    )
+    hold_id: str | None = Field(default=None, description="capture: the hold it captured.")
 
 
 class BatchOut(BaseModel):
@@ -121,13 +162,15 @@ class AssetBalanceOut(BaseModel):
     asset_type: str
     name: str
     scale: int = Field(description="Decimal places for display; amounts are in minor units.")
-    balance: int
-    held: int
-    available: int
+    balance: int = Field(description="Posted balance; negative only after an admin-allowed clawback.")
+    held: int = Field(description="Reserved by open, unexpired holds.")
+    available: int = Field(description="balance - held: what spends, holds and transfers may use.")
+    debt: int = Field(description="How far below zero the balance is (repaid first by the next credits).")
 
 
 class BalancesOut(BaseModel):
     user_id: str
+    as_of: str | None = Field(default=None, description="The instant asked for, or null for now.")
     balances: list[AssetBalanceOut]
 
 
@@ -173,3 +216,80 @@ class ErrorDetail(BaseModel):
 
 class ErrorOut(BaseModel):
     error: ErrorDetail
+
+
+class HoldBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    user_id: UserId
+    asset_type: AssetCode
+    amount: AmountMinor
+    expires_in_seconds: int | None = Field(
+        default=None, gt=0, description="Default WALLET_HOLD_EXPIRES_IN_SECONDS_DEFAULT, at most ..._MAX."
+    )
+    idempotency_key: IdempotencyKeyField = None
+    description: str | None = Field(default=None, max_length=DESCRIPTION_MAX_CHARS)
+    metadata: dict[str, Any] | None = None
+
+
+class CaptureBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    amount: AmountMinor | None = Field(
+        default=None, description="Default: all of the hold; the rest is released."
+    )
+    idempotency_key: IdempotencyKeyField = None
+    description: str | None = Field(default=None, max_length=DESCRIPTION_MAX_CHARS)
+    metadata: dict[str, Any] | None = None
+
+
+class VoidBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    idempotency_key: IdempotencyKeyField = None
+
+
+class HoldOut(BaseModel):
+    id: str
+    user_id: str
+    asset_type: str
+    amount: int
+    status: HoldStatus
+    captured_amount: int | None
+    capture_transaction_id: str | None
+    description: str | None
+    metadata: dict[str, Any]
+    idempotency_key: str
+    created_at: str
+    expires_at: str
+    closed_at: str | None
+
+
+class HoldPage(BaseModel):
+    data: list[HoldOut]
+    next_cursor: str | None
+
+
+class ReverseBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    amount: AmountMinor | None = Field(default=None, description="Default: all that is left to reverse.")
+    reason: str | None = Field(default=None, max_length=DESCRIPTION_MAX_CHARS)
+    metadata: dict[str, Any] | None = None
+    allow_negative: bool = Field(
+        default=False, description="Clawbacks only, admin scope: let the balance go below zero (a debt)."
+    )
+    idempotency_key: IdempotencyKeyField = None
+
+
+class TransferBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    from_user_id: UserId
+    to_user_id: UserId
+    asset_type: AssetCode
+    amount: AmountMinor
+    fee: FeeMinor = Field(default=0, description="Paid by the sender to SYSTEM_REVENUE, on top of amount.")
+    idempotency_key: IdempotencyKeyField = None
+    description: str | None = Field(default=None, max_length=DESCRIPTION_MAX_CHARS)
+    metadata: dict[str, Any] | None = None

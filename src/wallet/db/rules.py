@@ -46,8 +46,32 @@ def rules_sql() -> str:
             ),
             _function(
                 "wallet_rule_system_account",
-                _case({t.value: _quote(r.system_account.value) for t, r in types.items()}, "text"),
+                _case(
+                    {
+                        t.value: _quote(r.system_account.value) if r.system_account else "NULL"
+                        for t, r in types.items()
+                    },
+                    "text",
+                ),
                 "text",
+                argument=True,
+            ),
+            _function(
+                "wallet_rule_reversed_by",
+                _case(
+                    {
+                        t.value: _quote(r.reversed_by.value) if r.reversed_by else "NULL"
+                        for t, r in types.items()
+                    },
+                    "text",
+                ),
+                "text",
+                argument=True,
+            ),
+            _function(
+                "wallet_rule_direct",
+                _case({t.value: "true" if r.direct else "false" for t, r in types.items()}, "boolean"),
+                "boolean",
                 argument=True,
             ),
             _function(
@@ -63,6 +87,9 @@ def rules_sql() -> str:
                 "wallet_rule_system_codes",
                 f"SELECT {_array([s.value for s in rules.SystemAccount])}",
                 "text[]",
+            ),
+            _function(
+                "wallet_rule_hold_statuses", f"SELECT {_array([s.value for s in rules.HoldStatus])}", "text[]"
             ),
             _function("wallet_rule_scopes", f"SELECT {_array([s.value for s in rules.Scope])}", "text[]"),
             _function("wallet_rule_outcomes", f"SELECT {_array(list(errors.CATALOGUE))}", "text[]"),

@@ -35,6 +35,9 @@ def _define(code: str, meaning: str, field: str | None = None, *, success: bool 
 
 # Outcomes of a write that did what was asked.
 POSTED = _define("posted", "the write was applied; the body is what it created", success=True)
+APPLIED = _define(
+    "applied", "the change was applied to an existing resource; the body is its state", success=True
+)
 
 # The request itself is unusable.
 MALFORMED_JSON = _define("malformed_json", "the body is not valid JSON")
@@ -59,6 +62,8 @@ FORBIDDEN = _define("forbidden", "the API key lacks the scope this needs")
 USER_NOT_FOUND = _define("user_not_found", "no user with this id", "user_id")
 ASSET_TYPE_NOT_FOUND = _define("asset_type_not_found", "no active asset type with this code", "asset_type")
 TRANSACTION_NOT_FOUND = _define("transaction_not_found", "no transaction with this id", "id")
+HOLD_NOT_FOUND = _define("hold_not_found", "no hold with this id", "id")
+SAME_USER = _define("same_user", "a transfer needs two different users", "to_user_id")
 
 # The state of the ledger refuses it.
 INSUFFICIENT_FUNDS = _define(
@@ -68,6 +73,18 @@ BALANCE_LIMIT_EXCEEDED = _define(
     "balance_limit_exceeded", "the resulting balance would be too large", "amount"
 )
 USER_EXISTS = _define("user_exists", "a user with this id exists with another name", "user_id")
+HOLD_ALREADY_CAPTURED = _define("hold_already_captured", "the hold was captured already (at most once)")
+HOLD_ALREADY_VOIDED = _define("hold_already_voided", "the hold was voided already")
+HOLD_EXPIRED = _define("hold_expired", "the hold expired; its credits were released")
+AMOUNT_EXCEEDS_HOLD = _define(
+    "amount_exceeds_hold", "a capture cannot take more than the hold reserved", "amount"
+)
+NOT_REVERSIBLE = _define(
+    "not_reversible", "only top-ups, bonuses, spends and captures can be reversed", "transaction_id"
+)
+AMOUNT_EXCEEDS_REVERSIBLE = _define(
+    "amount_exceeds_reversible", "more than what is left of the original to reverse", "amount"
+)
 
 # Idempotency.
 IDEMPOTENCY_KEY_IN_USE = _define(

@@ -17,8 +17,10 @@ class Scope(StrEnum):
 
     READ = "read"
     CREDIT = "credit"  # top-up and bonus
-    SPEND = "spend"
-    ADMIN = "admin"  # users, and everything else
+    SPEND = "spend"  # spend, and holds (place, capture, void)
+    TRANSFER = "transfer"  # move credits between users
+    REVERSE = "reverse"  # refund a spend, claw back a top-up or bonus
+    ADMIN = "admin"  # users, debts (allow_negative), and everything else
 
 
 class SystemAccount(StrEnum):
@@ -27,34 +29,66 @@ class SystemAccount(StrEnum):
 
     TREASURY = "SYSTEM_TREASURY"  # source of credits sold (top-ups)
     PROMOTIONS = "SYSTEM_PROMOTIONS"  # source of credits given (bonuses)
-    REVENUE = "SYSTEM_REVENUE"  # sink of credits spent
+    REVENUE = "SYSTEM_REVENUE"  # sink of credits spent, captured, and of transfer fees
 
 
 class TransactionType(StrEnum):
     TOPUP = "topup"
     BONUS = "bonus"
     SPEND = "spend"
+    CAPTURE = "capture"
+    TRANSFER = "transfer"
+    REFUND = "refund"
+    CLAWBACK = "clawback"
 
 
 @dataclass(frozen=True, slots=True)
 class TypeRule:
-    user_sign: int  # +1: the user's account is credited; -1: debited
-    system_account: SystemAccount  # the other side of the posting
+    user_sign: int  # +1: the transaction's user is credited; -1: debited
+    # The other side of the posting; None: that of the transaction it reverses.
+    system_account: SystemAccount | None
     scope: Scope  # what the caller needs to post it
     meaning: str
+    direct: bool = False  # posted by its own endpoint and in batches (top-up, bonus, spend)
+    reversed_by: TransactionType | None = None  # what reverses it, if it can be reversed
 
 
 TYPE_RULES: dict[TransactionType, TypeRule] = {
     TransactionType.TOPUP: TypeRule(
-        +1, SystemAccount.TREASURY, Scope.CREDIT, "a purchase with real money: credit the user"
+        +1, SystemAccount.TREASURY, Scope.CREDIT, "a purchase with real money: credit the user",
+        direct=True, reversed_by=TransactionType.CLAWBACK,
     ),
     TransactionType.BONUS: TypeRule(
-        +1, SystemAccount.PROMOTIONS, Scope.CREDIT, "an incentive: credit the user"
+        +1, SystemAccount.PROMOTIONS, Scope.CREDIT, "an incentive: credit the user",
+        direct=True, reversed_by=TransactionType.CLAWBACK,
     ),
     TransactionType.SPEND: TypeRule(
-        -1, SystemAccount.REVENUE, Scope.SPEND, "an in-app purchase: debit the user"
+        -1, SystemAccount.REVENUE, Scope.SPEND, "an in-app purchase: debit the user",
+        direct=True, reversed_by=TransactionType.REFUND,
     ),
-}
+    TransactionType.CAPTURE: TypeRule(
+        -1, SystemAccount.REVENUE, Scope.SPEND, "the captured part of a hold: debit the user",
+        reversed_by=TransactionType.REFUND,
+    ),
+    TransactionType.TRANSFER: TypeRule(
+        -1, SystemAccount.REVENUE, Scope.TRANSFER,
+        "credits from one user to another; a fee, if any, goes to SYSTEM_REVENUE",
+    ),
+    TransactionType.REFUND: TypeRule(
+        +1, SystemAccount.REVENUE, Scope.REVERSE, "reverses a spend or capture: credit the user back"
+    ),
+    TransactionType.CLAWBACK: TypeRule(
+        -1, None, Scope.REVERSE, "reverses a top-up or bonus: debit the user back to its source"
+    ),
+}  # fmt: skip
+DIRECT_TYPES = tuple(t for t, rule in TYPE_RULES.items() if rule.direct)
+
+
+class HoldStatus(StrEnum):
+    OPEN = "open"
+    CAPTURED = "captured"
+    VOIDED = "voided"
+    EXPIRED = "expired"  # shown from the moment it expires; released by the database
 
 
 def scope_allows(granted: frozenset[Scope], needed: Scope) -> bool:

@@ -9,7 +9,6 @@ database stored, so that a replay is byte-for-byte the original answer.
 
 from __future__ import annotations
 
-import re
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -19,10 +18,9 @@ import orjson
 
 from wallet.domain import errors
 from wallet.domain.errors import WalletError
-from wallet.domain.rules import IDEMPOTENCY_KEY_PATTERN, TransactionType
+from wallet.domain.rules import TransactionType
+from wallet.services.limits import check_amount, check_idempotency_key, check_text, encode_metadata
 from wallet.settings import Settings
-
-_IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,87 +46,18 @@ class PostingOutcome:
         return cls(errors.CATALOGUE[row["outcome"]], row["body"], row["replayed"])
 
 
-def resolve_idempotency_key(body_key: str | None, header_key: str | None) -> str:
-    """The key may come in the body or in the `Idempotency-Key` header, but must be one key."""
-    if body_key is not None and header_key is not None and body_key != header_key:
-        raise WalletError(
-            errors.INVALID_REQUEST,
-            "idempotency_key in the body differs from the Idempotency-Key header",
-            "idempotency_key",
-        )
-    key = body_key if body_key is not None else header_key
-    if not key:
-        raise WalletError(
-            errors.IDEMPOTENCY_KEY_MISSING,
-            "every write needs an idempotency key (Idempotency-Key header or idempotency_key field)",
-        )
-    return key
-
-
-def _check_idempotency_key(key: str | None, settings: Settings) -> str:
-    if not key:
-        raise WalletError(errors.IDEMPOTENCY_KEY_MISSING, "every write needs an idempotency key")
-    if len(key) > settings.max_idempotency_key_chars or not _IDEMPOTENCY_KEY.match(key):
-        raise WalletError(
-            errors.INVALID_REQUEST,
-            f"idempotency key must be 1 to {settings.max_idempotency_key_chars} printable ASCII "
-            "characters without spaces",
-            "idempotency_key",
-        )
-    return key
-
-
-def _contains_nul(value: Any) -> bool:
-    """PostgreSQL text and jsonb cannot hold U+0000; such input is refused up front."""
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(_contains_nul(k) or _contains_nul(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_contains_nul(v) for v in value)
-    return False
-
-
 def _check_operation(request: PostingRequest, settings: Settings, field_prefix: str = "") -> bytes:
     """Raises on the first configured limit the operation breaks, naming the field; returns the
-    metadata as JSON, encoded once here for both the size check and the database."""
-    assert request.amount_minor > 0, "the request models refuse amounts below 1"
-    if request.amount_minor > settings.max_amount_minor:
-        raise WalletError(
-            errors.LIMIT_EXCEEDED,
-            f"amount must not exceed {settings.max_amount_minor} (minor units)",
-            f"{field_prefix}amount",
-        )
-    if request.description is not None and len(request.description) > settings.max_description_chars:
-        raise WalletError(
-            errors.LIMIT_EXCEEDED,
-            f"description must not exceed {settings.max_description_chars} characters",
-            f"{field_prefix}description",
-        )
-    if _contains_nul(request.description):
-        raise WalletError(
-            errors.INVALID_REQUEST,
-            "description must not contain NUL characters",
-            f"{field_prefix}description",
-        )
-    if _contains_nul(request.metadata):
-        raise WalletError(
-            errors.INVALID_REQUEST, "metadata must not contain NUL characters", f"{field_prefix}metadata"
-        )
-    metadata_json = orjson.dumps(request.metadata or {})
-    if len(metadata_json) > settings.max_metadata_bytes:
-        raise WalletError(
-            errors.LIMIT_EXCEEDED,
-            f"metadata must not exceed {settings.max_metadata_bytes} bytes as JSON",
-            f"{field_prefix}metadata",
-        )
-    return metadata_json
+    metadata as JSON."""
+    check_amount(request.amount_minor, settings, f"{field_prefix}amount")
+    check_text(request.description, settings, f"{field_prefix}description")
+    return encode_metadata(request.metadata, settings, f"{field_prefix}metadata")
 
 
 async def post_transaction(
     pool: asyncpg.Pool, settings: Settings, api_key_id: int, request: PostingRequest
 ) -> PostingOutcome:
-    key = _check_idempotency_key(request.idempotency_key, settings)
+    key = check_idempotency_key(request.idempotency_key, settings)
     metadata_json = _check_operation(request, settings)
     row = await pool.fetchrow(
         "SELECT outcome, body::text AS body, replayed"
@@ -154,7 +83,7 @@ async def post_batch(
     operations: list[PostingRequest],
 ) -> PostingOutcome:
     """All operations or none, under one idempotency key; see `wallet_post_batch`."""
-    key = _check_idempotency_key(idempotency_key, settings)
+    key = check_idempotency_key(idempotency_key, settings)
     if not 1 <= len(operations) <= settings.max_batch_operations:
         raise WalletError(
             errors.LIMIT_EXCEEDED,

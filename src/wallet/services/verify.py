@@ -27,13 +27,54 @@ CHECKS: list[tuple[str, str]] = [
         """,
     ),
     (
-        "user balance below zero",
+        "user balance below zero without an admin-allowed clawback, or holds above the balance",
         """
         SELECT format('account %s (%s %s): balance %s, held %s',
-                      id, user_id, asset_code, balance_minor, held_minor)
-        FROM accounts
-        WHERE kind = 'user' AND (balance_minor < 0 OR held_minor < 0 OR held_minor > balance_minor)
-        ORDER BY id LIMIT $1
+                      a.id, a.user_id, a.asset_code, a.balance_minor, a.held_minor)
+        FROM accounts a
+        WHERE a.kind = 'user'
+          AND (a.held_minor < 0
+               OR (a.balance_minor >= 0 AND a.held_minor > a.balance_minor)
+               OR (a.balance_minor < 0 AND NOT EXISTS (
+                       SELECT 1 FROM transactions t
+                       WHERE t.user_id = a.user_id AND t.asset_code = a.asset_code AND t.allow_negative)))
+        ORDER BY a.id LIMIT $1
+        """,
+    ),
+    (
+        "cached held amount differs from the sum of the account's open holds",
+        """
+        SELECT format('account %s (%s %s): cached held %s, open holds %s',
+                      a.id, a.user_id, a.asset_code, a.held_minor, coalesce(h.total, 0))
+        FROM accounts a
+        LEFT JOIN (SELECT account_id, sum(amount_minor) AS total FROM holds WHERE status = 'open'
+                   GROUP BY account_id) h ON h.account_id = a.id
+        WHERE a.kind = 'user' AND a.held_minor <> coalesce(h.total, 0)
+        ORDER BY a.id LIMIT $1
+        """,
+    ),
+    (
+        "captured hold without its capture transaction, or with another amount",
+        """
+        SELECT format('hold %s: captured %s, capture transaction %s', h.id, h.captured_amount_minor,
+                      coalesce(t.amount_minor::text, 'missing'))
+        FROM holds h LEFT JOIN transactions t ON t.id = h.capture_transaction_id AND t.hold_id = h.id
+        WHERE h.status = 'captured' AND (t.id IS NULL OR t.amount_minor <> h.captured_amount_minor)
+        ORDER BY h.id LIMIT $1
+        """,
+    ),
+    (
+        "reversed total differs from the sum of the reversals, or exceeds the original",
+        """
+        SELECT format('transaction %s (%s of %s): reversals sum %s, recorded %s', o.id, o.type, o.amount_minor,
+                      coalesce(s.total, 0), coalesce(r.reversed_amount_minor, 0))
+        FROM transactions o
+        LEFT JOIN (SELECT reverses, sum(amount_minor) AS total FROM transactions
+                   WHERE reverses IS NOT NULL GROUP BY reverses) s ON s.reverses = o.id
+        LEFT JOIN reversal_totals r ON r.transaction_id = o.id
+        WHERE (s.total IS NOT NULL OR r.transaction_id IS NOT NULL)
+          AND (coalesce(s.total, 0) <> coalesce(r.reversed_amount_minor, 0) OR coalesce(s.total, 0) > o.amount_minor)
+        ORDER BY o.id LIMIT $1
         """,
     ),
     (
@@ -58,7 +99,21 @@ CHECKS: list[tuple[str, str]] = [
         LEFT JOIN ledger_entries e ON e.transaction_id = t.id AND e.account_id = a.id
         GROUP BY t.id, t.type, t.amount_minor, t.user_id
         HAVING coalesce(sum(e.amount_minor), 0)
-               <> wallet_rule_user_sign(t.type) * t.amount_minor
+               <> wallet_rule_user_sign(t.type) * t.amount_minor - t.fee_minor
+        ORDER BY t.id LIMIT $1
+        """,
+    ),
+    (
+        "transfer's receiver entry does not match its amount",
+        """
+        SELECT format('transfer %s (%s to %s): receiver entry sum %s', t.id, t.amount_minor,
+                      t.counterparty_user_id, coalesce(sum(e.amount_minor), 0))
+        FROM transactions t
+        LEFT JOIN accounts a ON a.user_id = t.counterparty_user_id AND a.asset_code = t.asset_code
+        LEFT JOIN ledger_entries e ON e.transaction_id = t.id AND e.account_id = a.id
+        WHERE t.counterparty_user_id IS NOT NULL
+        GROUP BY t.id
+        HAVING coalesce(sum(e.amount_minor), 0) <> t.amount_minor
         ORDER BY t.id LIMIT $1
         """,
     ),

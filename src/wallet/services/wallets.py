@@ -1,10 +1,17 @@
-"""Reads of a user's wallet: balances and transaction history.
+"""Reads of a user's wallet: balances (now or as of a time) and transaction history.
 
 Both documents are rendered to JSON by PostgreSQL and passed through as text: the history reuses
 `wallet_transaction_json`, so an item in a page is the same document a write returned.
+
+Balances as of a time come from the ledger, not from the cached balance: the balance after the
+account's newest posting stamped at or before that instant (postings are stamped under the
+account's row lock, so their times follow the order they were applied). Each is one descent of
+the index (user, asset, created_at, seq), whatever the length of the history.
 """
 
 from __future__ import annotations
+
+from datetime import datetime
 
 import asyncpg
 import orjson
@@ -13,33 +20,100 @@ from wallet.domain import errors
 from wallet.domain.rules import TransactionType
 from wallet.services.pagination import decode_int_cursor, encode_cursor
 
+# held: open holds not yet past their expiry (the cached held_minor may still include expired
+# ones until the database releases them). As of a time: holds open at that instant.
 BALANCES_SQL = """
 SELECT jsonb_build_object(
     'user_id', u.id,
+    'as_of', to_char($3::timestamptz AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
     'balances', coalesce((
         SELECT jsonb_agg(jsonb_build_object(
                    'asset_type', a.asset_code,
                    'name', t.name,
                    'scale', t.scale,
-                   'balance', a.balance_minor,
-                   'held', a.held_minor,
-                   'available', a.balance_minor - a.held_minor) ORDER BY a.asset_code)
-        FROM accounts a JOIN asset_types t ON t.code = a.asset_code
+                   'balance', b.balance,
+                   'held', b.held,
+                   'available', b.balance - b.held,
+                   'debt', greatest(-b.balance, 0)) ORDER BY a.asset_code)
+        FROM accounts a
+        JOIN asset_types t ON t.code = a.asset_code
+        CROSS JOIN LATERAL (
+            SELECT
+                CASE WHEN $3::timestamptz IS NULL THEN a.balance_minor
+                     ELSE coalesce((
+                         SELECT x.balance FROM (
+                             (SELECT p.created_at, p.seq, p.balance_after_minor AS balance FROM transactions p
+                               WHERE p.user_id = a.user_id AND p.asset_code = a.asset_code AND p.created_at <= $3
+                               ORDER BY p.created_at DESC, p.seq DESC LIMIT 1)
+                             UNION ALL
+                             (SELECT p.created_at, p.seq, p.counterparty_balance_after_minor FROM transactions p
+                               WHERE p.counterparty_user_id = a.user_id AND p.asset_code = a.asset_code
+                                 AND p.created_at <= $3
+                               ORDER BY p.created_at DESC, p.seq DESC LIMIT 1)
+                         ) x ORDER BY x.created_at DESC, x.seq DESC LIMIT 1), 0)
+                END AS balance,
+                CASE WHEN $3::timestamptz IS NULL THEN
+                         CASE WHEN a.held_minor = 0 THEN 0
+                              ELSE a.held_minor - coalesce((
+                                  SELECT sum(h.amount_minor) FROM holds h
+                                   WHERE h.account_id = a.id AND h.status = 'open'
+                                     AND h.expires_at <= clock_timestamp()), 0)
+                         END
+                     ELSE coalesce((
+                         SELECT sum(h.amount_minor) FROM holds h
+                          WHERE h.user_id = a.user_id AND h.asset_code = a.asset_code AND h.created_at <= $3
+                            AND h.expires_at > $3 AND (h.closed_at IS NULL OR h.closed_at > $3)), 0)::bigint
+                END AS held
+        ) b
         WHERE a.user_id = u.id AND ($2::text IS NULL OR a.asset_code = $2)), '[]'::jsonb)
 )::text
 FROM users u WHERE u.id = $1
 """
 
+# Newest first; a transfer appears in the history of both users. Each branch is an ordered index
+# scan with its own LIMIT, so a page costs the same whatever the length of the history.
 HISTORY_SQL = """
-SELECT t.seq, wallet_transaction_json(t.id)::text AS body
-FROM transactions t
-WHERE t.user_id = $1
-  AND ($2::text IS NULL OR t.asset_code = $2)
-  AND ($3::text IS NULL OR t.type = $3)
-  AND ($4::bigint IS NULL OR t.seq < $4)
-ORDER BY t.seq DESC
-LIMIT $5
+SELECT h.seq, wallet_transaction_json(h.id)::text AS body FROM (
+    (SELECT t.seq, t.id FROM transactions t
+      WHERE t.user_id = $1
+        AND ($2::text IS NULL OR t.asset_code = $2) AND ($3::text IS NULL OR t.type = $3)
+        AND ($4::bigint IS NULL OR t.seq < $4)
+      ORDER BY t.seq DESC LIMIT $5)
+    UNION ALL
+    (SELECT t.seq, t.id FROM transactions t
+      WHERE t.counterparty_user_id = $1
+        AND ($2::text IS NULL OR t.asset_code = $2) AND ($3::text IS NULL OR t.type = $3)
+        AND ($4::bigint IS NULL OR t.seq < $4)
+      ORDER BY t.seq DESC LIMIT $5)
+) h
+ORDER BY h.seq DESC LIMIT $5
 """
+
+# The same, within [from, to). Run with a custom plan (the bounds' values known to the planner):
+# a narrow window is read through the (user, asset, created_at, seq) index, a wide one by walking
+# the seq index; either way an index plan, never the user's whole history.
+HISTORY_RANGE_SQL = """
+SELECT h.seq, wallet_transaction_json(h.id)::text AS body FROM (
+    (SELECT t.seq, t.id FROM transactions t
+      WHERE t.user_id = $1
+        AND t.asset_code = ANY ($2::text[]) AND ($3::text IS NULL OR t.type = $3)
+        AND ($4::bigint IS NULL OR t.seq < $4)
+        AND t.created_at >= $6 AND t.created_at < $7
+      ORDER BY t.seq DESC LIMIT $5)
+    UNION ALL
+    (SELECT t.seq, t.id FROM transactions t
+      WHERE t.counterparty_user_id = $1
+        AND t.asset_code = ANY ($2::text[]) AND ($3::text IS NULL OR t.type = $3)
+        AND ($4::bigint IS NULL OR t.seq < $4)
+        AND t.created_at >= $6 AND t.created_at < $7
+      ORDER BY t.seq DESC LIMIT $5)
+) h
+ORDER BY h.seq DESC LIMIT $5
+"""
+
+# Bounds used when only one side of the range is given.
+_EARLIEST = datetime.fromisoformat("0001-01-01T00:00:00+00:00")
+_LATEST = datetime.fromisoformat("9999-12-31T00:00:00+00:00")
 
 
 async def _require_user(pool: asyncpg.Pool, user_id: str) -> None:
@@ -47,8 +121,10 @@ async def _require_user(pool: asyncpg.Pool, user_id: str) -> None:
         raise errors.WalletError(errors.USER_NOT_FOUND, f"no user with id {user_id}")
 
 
-async def balances_json(pool: asyncpg.Pool, user_id: str, asset_code: str | None) -> str:
-    body = await pool.fetchval(BALANCES_SQL, user_id, asset_code)
+async def balances_json(
+    pool: asyncpg.Pool, user_id: str, asset_code: str | None, as_of: datetime | None = None
+) -> str:
+    body = await pool.fetchval(BALANCES_SQL, user_id, asset_code, as_of)
     if body is None:
         raise errors.WalletError(errors.USER_NOT_FOUND, f"no user with id {user_id}")
     assert isinstance(body, str)
@@ -63,11 +139,31 @@ async def history_json(
     cursor: str | None,
     asset_code: str | None,
     type: TransactionType | None,
+    from_time: datetime | None = None,
+    to_time: datetime | None = None,
 ) -> str:
     before_seq = decode_int_cursor(cursor)
-    rows = await pool.fetch(
-        HISTORY_SQL, user_id, asset_code, type.value if type else None, before_seq, limit + 1
-    )
+    type_value = type.value if type else None
+    if from_time is None and to_time is None:
+        rows = await pool.fetch(HISTORY_SQL, user_id, asset_code, type_value, before_seq, limit + 1)
+    else:
+        async with pool.acquire() as conn, conn.transaction(readonly=True):
+            await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
+            assets = (
+                [asset_code]
+                if asset_code
+                else [r[0] for r in await conn.fetch("SELECT code FROM asset_types")]
+            )
+            rows = await conn.fetch(
+                HISTORY_RANGE_SQL,
+                user_id,
+                assets,
+                type_value,
+                before_seq,
+                limit + 1,
+                from_time or _EARLIEST,
+                to_time or _LATEST,
+            )
     if not rows:
         await _require_user(pool, user_id)
     page = rows[:limit]

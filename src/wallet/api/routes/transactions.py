@@ -9,22 +9,25 @@ from fastapi import APIRouter, Header, Response
 from wallet.api.dependencies import AnyCaller, AppSettings, Pool, Reader, requires
 from wallet.api.errors import error_responses, status_of
 from wallet.api.metrics import POSTING_SECONDS, POSTINGS
-from wallet.api.schemas import BatchBody, BatchOut, PostingBody, TransactionOut
+from wallet.api.schemas import BatchBody, BatchOut, PostingBody, ReverseBody, TransactionOut, TransferBody
 from wallet.domain.rules import (
     IDEMPOTENCY_KEY_MAX_CHARS,
     IDEMPOTENCY_KEY_PATTERN,
     TYPE_RULES,
+    Scope,
     TransactionType,
 )
 from wallet.services.api_keys import Caller
+from wallet.services.limits import resolve_idempotency_key
+from wallet.services.reversals import reverse_transaction
 from wallet.services.transactions import (
     PostingOutcome,
     PostingRequest,
     get_transaction_json,
     post_batch,
     post_transaction,
-    resolve_idempotency_key,
 )
+from wallet.services.transfers import TransferRequest, post_transfer
 
 router = APIRouter(prefix="/api/v1/transactions", tags=["transactions"])
 
@@ -77,6 +80,7 @@ async def _post(
 def _summary(type: TransactionType) -> str:
     rule = TYPE_RULES[type]
     direction = "from" if rule.user_sign > 0 else "into"
+    assert rule.system_account is not None
     return f"{rule.meaning.capitalize()} ({direction} {rule.system_account.value}; scope `{rule.scope}`)"
 
 
@@ -164,3 +168,64 @@ async def batch(
 async def get_transaction(pool: Pool, transaction_id: str, caller: Reader) -> Response:
     body = await get_transaction_json(pool, transaction_id)
     return Response(body, media_type="application/json")
+
+
+@router.post(
+    "/transfer",
+    status_code=201,
+    response_model=None,
+    responses=WRITE_RESPONSES,
+    summary="Move credits from one user to another, with an optional fee (scope `transfer`)",
+)
+async def transfer(
+    pool: Pool,
+    settings: AppSettings,
+    body: TransferBody,
+    caller: Annotated[Caller, requires(TYPE_RULES[TransactionType.TRANSFER].scope)],
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> Response:
+    request = TransferRequest(
+        from_user_id=body.from_user_id,
+        to_user_id=body.to_user_id,
+        asset_code=body.asset_type,
+        amount_minor=body.amount,
+        fee_minor=body.fee,
+        idempotency_key=resolve_idempotency_key(body.idempotency_key, idempotency_key),
+        description=body.description,
+        metadata=body.metadata,
+    )
+    with POSTING_SECONDS.labels("transfer").time():
+        outcome = await post_transfer(pool, settings, caller.api_key_id, request)
+    return respond("transfer", outcome)
+
+
+@router.post(
+    "/{transaction_id}/reverse",
+    status_code=201,
+    response_model=None,
+    responses=WRITE_RESPONSES,
+    summary="Refund a spend or capture, or claw back a top-up or bonus, in whole or part (scope `reverse`)",
+)
+async def reverse(
+    pool: Pool,
+    settings: AppSettings,
+    transaction_id: str,
+    caller: Annotated[Caller, requires(Scope.REVERSE)],
+    body: ReverseBody | None = None,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> Response:
+    body = body or ReverseBody()
+    if body.allow_negative:
+        caller.require(Scope.ADMIN)
+    outcome = await reverse_transaction(
+        pool,
+        settings,
+        caller.api_key_id,
+        transaction_id,
+        amount_minor=body.amount,
+        reason=body.reason,
+        metadata=body.metadata,
+        allow_negative=body.allow_negative,
+        idempotency_key=resolve_idempotency_key(body.idempotency_key, idempotency_key),
+    )
+    return respond("reverse", outcome)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Query, Response
+from pydantic import AwareDatetime
 
 from wallet.api.dependencies import AppSettings, Pool, Reader
 from wallet.api.errors import error_responses
@@ -26,8 +27,11 @@ async def balance(
     asset_type: str | None = Query(
         default=None, max_length=ASSET_CODE_MAX_CHARS, description="Only this asset."
     ),
+    as_of: AwareDatetime | None = Query(
+        default=None, description="RFC 3339 instant with offset: the balances at that time, from the ledger."
+    ),
 ) -> Response:
-    body = await balances_json(pool, user_id, asset_type)
+    body = await balances_json(pool, user_id, asset_type, as_of)
     return Response(body, media_type="application/json")
 
 
@@ -51,6 +55,8 @@ async def history(
     ),
     asset_type: str | None = Query(default=None, max_length=ASSET_CODE_MAX_CHARS),
     type: TransactionType | None = Query(default=None),
+    from_time: AwareDatetime | None = Query(default=None, alias="from", description="RFC 3339; inclusive."),
+    to_time: AwareDatetime | None = Query(default=None, alias="to", description="RFC 3339; exclusive."),
 ) -> Response:
     body = await history_json(
         pool,
@@ -59,5 +65,7 @@ async def history(
         cursor=cursor,
         asset_code=asset_type,
         type=type,
+        from_time=from_time,
+        to_time=to_time,
     )
     return Response(body, media_type="application/json")

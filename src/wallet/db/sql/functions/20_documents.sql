@@ -38,6 +38,22 @@ LANGUAGE sql STABLE AS $$
         'entries', p_entries)
 $$;
 
+-- What the ledger operations added to a transaction's document, in every document alike: the
+-- transaction it reverses and how much of it was reversed since, the other user of a transfer
+-- and their balance after it, the fee, and the hold a capture took.
+CREATE OR REPLACE FUNCTION wallet_transaction_extras(
+    p_reverses uuid, p_reversed_amount_minor bigint, p_counterparty_user_id text,
+    p_counterparty_balance_after_minor bigint, p_fee_minor bigint, p_hold_id uuid) RETURNS jsonb
+LANGUAGE sql STABLE AS $$
+    SELECT jsonb_build_object(
+        'reverses', p_reverses,
+        'reversed_amount', p_reversed_amount_minor,
+        'counterparty_user_id', p_counterparty_user_id,
+        'counterparty_balance_after', p_counterparty_balance_after_minor,
+        'fee', p_fee_minor,
+        'hold_id', p_hold_id)
+$$;
+
 -- Stored transactions as a JSON array, in the order of the ids given.
 -- PL/pgSQL rather than SQL: PostgreSQL re-plans a non-inlined SQL function on every call;
 -- PL/pgSQL caches the plan.
@@ -51,10 +67,13 @@ BEGIN
             (SELECT jsonb_agg(wallet_entry_document(e.account_id, coalesce(a.user_id, a.system_code),
                                                     a.kind, e.amount_minor) ORDER BY e.entry_no)
              FROM ledger_entries e JOIN accounts a ON a.id = e.account_id
-             WHERE e.transaction_id = t.id)
-        ) ORDER BY ids.n), '[]'::jsonb)
+             WHERE e.transaction_id = t.id))
+            || wallet_transaction_extras(t.reverses, coalesce(r.reversed_amount_minor, 0), t.counterparty_user_id,
+                                         t.counterparty_balance_after_minor, t.fee_minor, t.hold_id)
+        ORDER BY ids.n), '[]'::jsonb)
         FROM unnest(p_transaction_ids) WITH ORDINALITY AS ids(id, n)
-        JOIN transactions t ON t.id = ids.id);
+        JOIN transactions t ON t.id = ids.id
+        LEFT JOIN reversal_totals r ON r.transaction_id = t.id);
 END $$;
 
 CREATE OR REPLACE FUNCTION wallet_transaction_json(p_transaction_id uuid) RETURNS jsonb

@@ -29,9 +29,10 @@ DECLARE
     v_transaction_id uuid;
     v_balance_after_minor bigint;
     v_created_at timestamptz;
+    v_attempt integer;
 BEGIN
     replayed := false;
-    IF p_amount_minor IS NULL OR p_amount_minor <= 0 OR v_system_code IS NULL THEN
+    IF p_amount_minor IS NULL OR p_amount_minor <= 0 OR NOT coalesce(wallet_rule_direct(p_type), false) THEN
         RAISE EXCEPTION 'invalid posting: type %, amount %', p_type, p_amount_minor
             USING ERRCODE = 'check_violation';
     END IF;
@@ -68,27 +69,34 @@ BEGIN
         RETURN;
     END IF;
 
-    -- One statement: the balance update (the row lock), the transaction and both entries.
-    WITH account AS (
-        UPDATE accounts SET balance_minor = balance_minor + v_delta_minor
-        WHERE id = v_user_account_id AND balance_minor - held_minor + v_delta_minor >= 0
-        RETURNING balance_minor
-    ), posted AS (
-        INSERT INTO transactions (type, api_key_id, idempotency_key, user_id, asset_code, amount_minor,
-                                  balance_after_minor, description, metadata)
-        SELECT p_type, p_api_key_id, p_idempotency_key, p_user_id, p_asset_code, p_amount_minor,
-               account.balance_minor, p_description, p_metadata
-        FROM account
-        RETURNING id, balance_after_minor, created_at
-    ), entries AS (
-        INSERT INTO ledger_entries (transaction_id, entry_no, account_id, asset_code, amount_minor)
-        SELECT posted.id, side.entry_no, side.account_id, p_asset_code, side.amount_minor
-        FROM posted CROSS JOIN (VALUES (1::smallint, v_user_account_id, v_delta_minor),
-                                       (2::smallint, v_system_account_id, -v_delta_minor))
-                               AS side(entry_no, account_id, amount_minor)
-    )
-    SELECT posted.id, posted.balance_after_minor, posted.created_at
-        INTO v_transaction_id, v_balance_after_minor, v_created_at FROM posted;
+    -- One statement: the balance update (the row lock), the transaction and both entries. The
+    -- cached held_minor may still count holds that have expired; if that alone makes a debit
+    -- short, they are released (under the row lock) and the statement runs once more.
+    FOR v_attempt IN 1..2 LOOP
+        WITH account AS (
+            UPDATE accounts SET balance_minor = balance_minor + v_delta_minor
+            WHERE id = v_user_account_id AND balance_minor - held_minor + v_delta_minor >= 0
+            RETURNING balance_minor
+        ), posted AS (
+            INSERT INTO transactions (type, api_key_id, idempotency_key, user_id, asset_code, amount_minor,
+                                      balance_after_minor, description, metadata)
+            SELECT p_type, p_api_key_id, p_idempotency_key, p_user_id, p_asset_code, p_amount_minor,
+                   account.balance_minor, p_description, p_metadata
+            FROM account
+            RETURNING id, balance_after_minor, created_at
+        ), entries AS (
+            INSERT INTO ledger_entries (transaction_id, entry_no, account_id, asset_code, amount_minor)
+            SELECT posted.id, side.entry_no, side.account_id, p_asset_code, side.amount_minor
+            FROM posted CROSS JOIN (VALUES (1::smallint, v_user_account_id, v_delta_minor),
+                                           (2::smallint, v_system_account_id, -v_delta_minor))
+                                   AS side(entry_no, account_id, amount_minor)
+        )
+        SELECT posted.id, posted.balance_after_minor, posted.created_at
+            INTO v_transaction_id, v_balance_after_minor, v_created_at FROM posted;
+        EXIT WHEN v_transaction_id IS NOT NULL OR v_delta_minor > 0
+               OR wallet_release_expired_holds(v_user_account_id) = 0;
+    END LOOP;
+
     IF v_transaction_id IS NULL THEN
         outcome := 'insufficient_funds';
         body := wallet_error_body('insufficient_funds',
@@ -101,7 +109,8 @@ BEGIN
             v_balance_after_minor, p_description, p_metadata, p_idempotency_key, v_created_at,
             jsonb_build_array(
                 wallet_entry_document(v_user_account_id, p_user_id, 'user', v_delta_minor),
-                wallet_entry_document(v_system_account_id, v_system_code, 'system', -v_delta_minor)));
+                wallet_entry_document(v_system_account_id, v_system_code, 'system', -v_delta_minor)))
+            || wallet_transaction_extras(NULL, 0, NULL, NULL, 0, NULL);
     END IF;
     INSERT INTO idempotency_keys (api_key_id, key, request_sha256, outcome, response_body)
         VALUES (p_api_key_id, p_idempotency_key, v_fingerprint, outcome, body);

@@ -37,7 +37,7 @@ BEGIN
     replayed := false;
     IF jsonb_typeof(p_operations) <> 'array' OR jsonb_array_length(p_operations) < 1
        OR EXISTS (SELECT 1 FROM wallet_batch_operations(p_operations) AS o
-                  WHERE o.amount IS NULL OR o.amount <= 0 OR wallet_rule_system_account(o.type) IS NULL) THEN
+                  WHERE o.amount IS NULL OR o.amount <= 0 OR NOT coalesce(wallet_rule_direct(o.type), false)) THEN
         RAISE EXCEPTION 'a batch needs one or more operations, each with a known type and a positive amount'
             USING ERRCODE = 'check_violation';
     END IF;
@@ -75,6 +75,12 @@ BEGIN
         WHERE id IN (SELECT a.id FROM wallet_batch_operations(p_operations) AS o
                      JOIN accounts a ON a.user_id = o.user_id AND a.asset_code = o.asset_type)
         ORDER BY id FOR UPDATE;
+    -- Expired holds still in the cached held_minor must not make the batch short.
+    PERFORM wallet_release_expired_holds(a.id)
+        FROM accounts a
+        WHERE a.held_minor > 0
+          AND a.id IN (SELECT u.id FROM wallet_batch_operations(p_operations) AS o
+                       JOIN accounts u ON u.user_id = o.user_id AND u.asset_code = o.asset_type);
 
     -- Under the locks, in one pass: every operation's accounts, the user's balance right after it
     -- (a running sum per account, in the caller's order) and the first one that would overdraw.
@@ -128,7 +134,7 @@ BEGIN
                jsonb_build_array(
                    wallet_entry_document(v_user_account_ids[o.ord + 1], o.user_id, 'user', o.delta),
                    wallet_entry_document(v_system_account_ids[o.ord + 1], v_system_codes[o.ord + 1], 'system', -o.delta))
-           ) ORDER BY o.ord))
+           ) || wallet_transaction_extras(NULL, 0, NULL, NULL, 0, NULL) ORDER BY o.ord))
       INTO body
       FROM posted p JOIN wallet_batch_operations(p_operations) AS o ON p.id = v_ids[o.ord + 1];
 

@@ -1,0 +1,140 @@
+"""POST /api/v1/holds, /holds/{id}/capture, /holds/{id}/void; GET /holds/{id} and a user's holds."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Response
+
+from wallet.api.dependencies import AppSettings, Pool, Reader, requires
+from wallet.api.errors import error_responses
+from wallet.api.routes.transactions import IdempotencyKeyHeader, respond
+from wallet.api.schemas import CaptureBody, HoldBody, HoldOut, HoldPage, TransactionOut, VoidBody
+from wallet.domain.rules import CURSOR_MAX_CHARS, Scope
+from wallet.services.api_keys import Caller
+from wallet.services.holds import (
+    HoldRequest,
+    capture_hold,
+    get_hold_json,
+    list_holds_json,
+    place_hold,
+    void_hold,
+)
+from wallet.services.limits import resolve_idempotency_key
+from wallet.services.pagination import check_limit
+
+router = APIRouter(prefix="/api/v1", tags=["holds"])
+Holder = Annotated[Caller, requires(Scope.SPEND)]
+WRITE_ERRORS = error_responses(400, 401, 403, 404, 409, 413, 422, 503)
+
+
+@router.post(
+    "/holds",
+    status_code=201,
+    response_model=None,
+    responses={201: {"model": HoldOut, "description": "Placed (status open)."}, **WRITE_ERRORS},
+    summary="Reserve part of a user's available balance until captured, voided or expired",
+)
+async def post_hold(
+    pool: Pool,
+    settings: AppSettings,
+    body: HoldBody,
+    caller: Holder,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> Response:
+    request = HoldRequest(
+        user_id=body.user_id,
+        asset_code=body.asset_type,
+        amount_minor=body.amount,
+        expires_in_seconds=body.expires_in_seconds,
+        idempotency_key=resolve_idempotency_key(body.idempotency_key, idempotency_key),
+        description=body.description,
+        metadata=body.metadata,
+    )
+    return respond("hold", await place_hold(pool, settings, caller.api_key_id, request))
+
+
+@router.post(
+    "/holds/{hold_id}/capture",
+    status_code=201,
+    response_model=None,
+    responses={201: {"model": TransactionOut, "description": "The capture transaction."}, **WRITE_ERRORS},
+    summary="Spend all or part of a hold, once; the rest is released",
+)
+async def post_capture(
+    pool: Pool,
+    settings: AppSettings,
+    hold_id: str,
+    caller: Holder,
+    body: CaptureBody | None = None,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> Response:
+    body = body or CaptureBody()
+    outcome = await capture_hold(
+        pool,
+        settings,
+        caller.api_key_id,
+        hold_id,
+        amount_minor=body.amount,
+        idempotency_key=resolve_idempotency_key(body.idempotency_key, idempotency_key),
+        description=body.description,
+        metadata=body.metadata,
+    )
+    return respond("capture", outcome)
+
+
+@router.post(
+    "/holds/{hold_id}/void",
+    status_code=200,
+    response_model=None,
+    responses={
+        200: {"model": HoldOut, "description": "Voided: the hold reserves nothing now."},
+        **WRITE_ERRORS,
+    },
+    summary="Release a hold without spending",
+)
+async def post_void(
+    pool: Pool,
+    settings: AppSettings,
+    hold_id: str,
+    caller: Holder,
+    body: VoidBody | None = None,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> Response:
+    body = body or VoidBody()
+    key = resolve_idempotency_key(body.idempotency_key, idempotency_key)
+    return respond("void", await void_hold(pool, settings, caller.api_key_id, hold_id, idempotency_key=key))
+
+
+@router.get(
+    "/holds/{hold_id}",
+    response_model=None,
+    responses={200: {"model": HoldOut}, **error_responses(401, 403, 404, 503)},
+)
+async def get_hold(pool: Pool, hold_id: str, caller: Reader) -> Response:
+    return Response(await get_hold_json(pool, hold_id), media_type="application/json")
+
+
+@router.get(
+    "/wallets/{user_id}/holds",
+    response_model=None,
+    responses={200: {"model": HoldPage}, **error_responses(401, 403, 404, 422, 503)},
+    summary="A user's holds, newest first (open ones only unless status=all)",
+)
+async def get_user_holds(
+    pool: Pool,
+    settings: AppSettings,
+    caller: Reader,
+    user_id: str,
+    status: Annotated[str, Query(pattern="^(open|all)$", description="`open` (default) or `all`.")] = "open",
+    limit: int | None = Query(default=None, ge=1),
+    cursor: str | None = Query(default=None, max_length=CURSOR_MAX_CHARS),
+) -> Any:
+    body = await list_holds_json(
+        pool,
+        user_id,
+        open_only=status == "open",
+        limit=check_limit(limit, settings.page_size_default, settings.page_size_max),
+        cursor=cursor,
+    )
+    return Response(body, media_type="application/json")

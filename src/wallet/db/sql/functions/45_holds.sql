@@ -1,0 +1,297 @@
+-- Re-installed by every `wallet migrate` (after the versioned migrations); see wallet.db.migrate.
+-- Holds: place (authorize), capture (spend part or all, at most once), void, expire.
+--
+-- Lock order, as for every write: the idempotency key, then user account rows (ascending id),
+-- then the hold rows of those accounts. A capture or void locks the hold's account before the
+-- hold itself, so it queues behind spends of that user and never the other way round.
+
+-- A hold as its public JSON. An open hold whose time has passed is shown as 'expired' from that
+-- instant, whether or not the database has released it yet.
+CREATE OR REPLACE FUNCTION wallet_hold_document(h holds) RETURNS jsonb
+LANGUAGE sql STABLE AS $$
+    SELECT jsonb_build_object(
+        'id', h.id,
+        'user_id', h.user_id,
+        'asset_type', h.asset_code,
+        'amount', h.amount_minor,
+        'status', CASE WHEN h.status = 'open' AND h.expires_at <= clock_timestamp() THEN 'expired'
+                       ELSE h.status END,
+        'captured_amount', h.captured_amount_minor,
+        'capture_transaction_id', h.capture_transaction_id,
+        'description', h.description,
+        'metadata', h.metadata,
+        'idempotency_key', h.idempotency_key,
+        'created_at', to_char(h.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+        'expires_at', to_char(h.expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+        'closed_at', to_char(h.closed_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))
+$$;
+
+-- Marks the account's open holds that have expired as 'expired' and takes them out of its
+-- cached held_minor, under the account's row lock. Returns the amount released.
+CREATE OR REPLACE FUNCTION wallet_release_expired_holds(p_account_id bigint) RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_released bigint;
+BEGIN
+    PERFORM 1 FROM accounts WHERE id = p_account_id FOR UPDATE;
+    WITH released AS (
+        UPDATE holds SET status = 'expired', closed_at = greatest(expires_at, created_at + interval '1 microsecond')
+        WHERE account_id = p_account_id AND status = 'open' AND expires_at <= clock_timestamp()
+        RETURNING amount_minor
+    )
+    SELECT coalesce(sum(amount_minor), 0) INTO v_released FROM released;
+    IF v_released > 0 THEN
+        UPDATE accounts SET held_minor = held_minor - v_released WHERE id = p_account_id;
+    END IF;
+    RETURN v_released;
+END $$;
+
+-- Releases expired holds of at most p_max_accounts accounts, skipping accounts another
+-- transaction holds (they are released by that writer or the next sweep). Returns the number
+-- of accounts swept. Run periodically by `wallet serve` and by `wallet holds release-expired`.
+CREATE OR REPLACE FUNCTION wallet_sweep_expired_holds(p_max_accounts integer) RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_account_id bigint;
+    v_swept integer := 0;
+BEGIN
+    FOR v_account_id IN
+        SELECT a.id FROM accounts a
+         WHERE a.id IN (SELECT DISTINCT h.account_id FROM holds h
+                         WHERE h.status = 'open' AND h.expires_at <= clock_timestamp()
+                         LIMIT p_max_accounts)
+         ORDER BY a.id
+         FOR UPDATE SKIP LOCKED
+    LOOP
+        PERFORM wallet_release_expired_holds(v_account_id);
+        v_swept := v_swept + 1;
+    END LOOP;
+    RETURN v_swept;
+END $$;
+
+-- Reserves p_amount_minor of the user's available balance until p_expires_at.
+CREATE OR REPLACE FUNCTION wallet_place_hold(
+    p_api_key_id bigint, p_idempotency_key text, p_user_id text, p_asset_code text,
+    p_amount_minor bigint, p_expires_in_seconds integer, p_description text, p_metadata jsonb,
+    OUT outcome text, OUT body jsonb, OUT replayed boolean)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_fingerprint bytea;
+    v_account_id bigint;
+    v_outcome record;
+    v_placed boolean := false;
+    v_hold holds;
+BEGIN
+    replayed := false;
+    IF p_amount_minor IS NULL OR p_amount_minor <= 0 OR p_expires_in_seconds IS NULL OR p_expires_in_seconds <= 0 THEN
+        RAISE EXCEPTION 'invalid hold: amount %, expires in % s', p_amount_minor, p_expires_in_seconds
+            USING ERRCODE = 'check_violation';
+    END IF;
+    p_metadata := coalesce(p_metadata, '{}'::jsonb);
+    v_fingerprint := sha256(convert_to(jsonb_build_object(
+        'operation', 'hold', 'user_id', p_user_id, 'asset_type', p_asset_code, 'amount', p_amount_minor,
+        'expires_in_seconds', p_expires_in_seconds, 'description', p_description,
+        'metadata', p_metadata)::text, 'UTF8'));
+
+    SELECT u.id INTO v_account_id
+        FROM accounts u JOIN asset_types t ON t.code = u.asset_code AND t.is_active
+        WHERE u.user_id = p_user_id AND u.asset_code = p_asset_code;
+    IF NOT FOUND THEN
+        IF NOT EXISTS (SELECT 1 FROM users WHERE id = p_user_id) THEN
+            outcome := 'user_not_found';
+            body := wallet_error_body('user_not_found', format('no user with id %s', p_user_id), 'user_id');
+        ELSE
+            outcome := 'asset_type_not_found';
+            body := wallet_error_body('asset_type_not_found',
+                format('no active asset type with code %s', p_asset_code), 'asset_type');
+        END IF;
+        RETURN;
+    END IF;
+
+    v_outcome := wallet_idempotency_lookup(p_api_key_id, p_idempotency_key, v_fingerprint);
+    IF v_outcome.outcome IS NOT NULL THEN
+        outcome := v_outcome.outcome;
+        body := v_outcome.body;
+        replayed := v_outcome.replayed;
+        RETURN;
+    END IF;
+
+    FOR v_attempt IN 1..2 LOOP
+        UPDATE accounts SET held_minor = held_minor + p_amount_minor
+            WHERE id = v_account_id AND balance_minor - held_minor - p_amount_minor >= 0;
+        v_placed := FOUND;
+        EXIT WHEN v_placed OR wallet_release_expired_holds(v_account_id) = 0;
+    END LOOP;
+
+    IF NOT v_placed THEN
+        outcome := 'insufficient_funds';
+        body := wallet_error_body('insufficient_funds',
+            format('available balance of %s %s is less than %s', p_user_id, p_asset_code, p_amount_minor),
+            'amount');
+    ELSE
+        INSERT INTO holds (api_key_id, idempotency_key, user_id, asset_code, account_id, amount_minor,
+                           description, metadata, expires_at)
+            VALUES (p_api_key_id, p_idempotency_key, p_user_id, p_asset_code, v_account_id, p_amount_minor,
+                    p_description, p_metadata, clock_timestamp() + make_interval(secs => p_expires_in_seconds))
+            RETURNING * INTO v_hold;
+        outcome := 'posted';
+        body := wallet_hold_document(v_hold);
+    END IF;
+    INSERT INTO idempotency_keys (api_key_id, key, request_sha256, outcome, response_body)
+        VALUES (p_api_key_id, p_idempotency_key, v_fingerprint, outcome, body);
+END $$;
+
+-- Why an open-or-not hold cannot be captured or voided now, as (outcome, body); NULLs if it can.
+-- An open hold past its expiry is released here, so the refusal and the release commit together.
+CREATE OR REPLACE FUNCTION wallet_hold_refusal(p_hold holds, OUT outcome text, OUT body jsonb)
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF p_hold.status = 'captured' THEN
+        outcome := 'hold_already_captured';
+        body := wallet_error_body(outcome, format('hold %s was captured already', p_hold.id), NULL);
+    ELSIF p_hold.status = 'voided' THEN
+        outcome := 'hold_already_voided';
+        body := wallet_error_body(outcome, format('hold %s was voided', p_hold.id), NULL);
+    ELSIF p_hold.status = 'expired' OR p_hold.expires_at <= clock_timestamp() THEN
+        PERFORM wallet_release_expired_holds(p_hold.account_id);
+        outcome := 'hold_expired';
+        body := wallet_error_body(outcome, format('hold %s expired at %s', p_hold.id,
+            to_char(p_hold.expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')), NULL);
+    END IF;
+END $$;
+
+-- Captures p_amount_minor (all of it when NULL) of an open hold as a 'capture' transaction into
+-- SYSTEM_REVENUE; the rest of the hold is released. At most once per hold.
+CREATE OR REPLACE FUNCTION wallet_capture_hold(
+    p_api_key_id bigint, p_idempotency_key text, p_hold_id uuid, p_amount_minor bigint,
+    p_description text, p_metadata jsonb,
+    OUT outcome text, OUT body jsonb, OUT replayed boolean)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_fingerprint bytea;
+    v_hold holds;
+    v_refusal record;
+    v_outcome record;
+    v_amount_minor bigint;
+    v_revenue_account_id bigint;
+    v_balance_after_minor bigint;
+    v_transaction_id uuid;
+    v_created_at timestamptz;
+BEGIN
+    replayed := false;
+    p_metadata := coalesce(p_metadata, '{}'::jsonb);
+    v_fingerprint := sha256(convert_to(jsonb_build_object(
+        'operation', 'capture', 'hold_id', p_hold_id, 'amount', p_amount_minor,
+        'description', p_description, 'metadata', p_metadata)::text, 'UTF8'));
+
+    SELECT * INTO v_hold FROM holds WHERE id = p_hold_id;
+    IF NOT FOUND THEN
+        outcome := 'hold_not_found';
+        body := wallet_error_body(outcome, format('no hold with id %s', p_hold_id), 'id');
+        RETURN;
+    END IF;
+
+    v_outcome := wallet_idempotency_lookup(p_api_key_id, p_idempotency_key, v_fingerprint);
+    IF v_outcome.outcome IS NOT NULL THEN
+        outcome := v_outcome.outcome;
+        body := v_outcome.body;
+        replayed := v_outcome.replayed;
+        RETURN;
+    END IF;
+
+    PERFORM 1 FROM accounts WHERE id = v_hold.account_id FOR UPDATE;
+    SELECT * INTO v_hold FROM holds WHERE id = p_hold_id FOR UPDATE;
+    v_refusal := wallet_hold_refusal(v_hold);
+    v_amount_minor := coalesce(p_amount_minor, v_hold.amount_minor);
+    IF v_refusal.outcome IS NOT NULL THEN
+        outcome := v_refusal.outcome;
+        body := v_refusal.body;
+    ELSIF v_amount_minor > v_hold.amount_minor THEN
+        outcome := 'amount_exceeds_hold';
+        body := wallet_error_body(outcome,
+            format('hold %s reserved %s; cannot capture %s', p_hold_id, v_hold.amount_minor, v_amount_minor),
+            'amount');
+    ELSE
+        SELECT id INTO STRICT v_revenue_account_id FROM accounts
+            WHERE system_code = wallet_rule_system_account('capture') AND asset_code = v_hold.asset_code;
+        UPDATE accounts
+           SET balance_minor = balance_minor - v_amount_minor, held_minor = held_minor - v_hold.amount_minor
+         WHERE id = v_hold.account_id AND balance_minor - v_amount_minor >= 0
+         RETURNING balance_minor INTO v_balance_after_minor;
+        IF NOT FOUND THEN
+            -- Only possible for a user an admin clawback left in debt after the hold was placed.
+            outcome := 'insufficient_funds';
+            body := wallet_error_body(outcome,
+                format('balance of %s %s is less than %s', v_hold.user_id, v_hold.asset_code, v_amount_minor),
+                'amount');
+        ELSE
+            WITH posted AS (
+                INSERT INTO transactions (type, api_key_id, idempotency_key, user_id, asset_code, amount_minor,
+                                          balance_after_minor, description, metadata, hold_id)
+                VALUES ('capture', p_api_key_id, p_idempotency_key, v_hold.user_id, v_hold.asset_code,
+                        v_amount_minor, v_balance_after_minor, coalesce(p_description, v_hold.description),
+                        p_metadata, p_hold_id)
+                RETURNING id, created_at
+            ), entries AS (
+                INSERT INTO ledger_entries (transaction_id, entry_no, account_id, asset_code, amount_minor)
+                SELECT posted.id, side.entry_no, side.account_id, v_hold.asset_code, side.amount_minor
+                FROM posted CROSS JOIN (VALUES (1::smallint, v_hold.account_id, -v_amount_minor),
+                                               (2::smallint, v_revenue_account_id, v_amount_minor))
+                                       AS side(entry_no, account_id, amount_minor)
+            )
+            SELECT id, created_at INTO v_transaction_id, v_created_at FROM posted;
+            UPDATE holds SET status = 'captured', captured_amount_minor = v_amount_minor,
+                             capture_transaction_id = v_transaction_id, closed_at = v_created_at
+             WHERE id = p_hold_id;
+            outcome := 'posted';
+            body := wallet_transaction_json(v_transaction_id);
+        END IF;
+    END IF;
+    INSERT INTO idempotency_keys (api_key_id, key, request_sha256, outcome, response_body)
+        VALUES (p_api_key_id, p_idempotency_key, v_fingerprint, outcome, body);
+END $$;
+
+-- Releases an open hold without spending anything.
+CREATE OR REPLACE FUNCTION wallet_void_hold(
+    p_api_key_id bigint, p_idempotency_key text, p_hold_id uuid,
+    OUT outcome text, OUT body jsonb, OUT replayed boolean)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_fingerprint bytea;
+    v_hold holds;
+    v_refusal record;
+    v_outcome record;
+BEGIN
+    replayed := false;
+    v_fingerprint := sha256(convert_to(jsonb_build_object('operation', 'void', 'hold_id', p_hold_id)::text, 'UTF8'));
+    SELECT * INTO v_hold FROM holds WHERE id = p_hold_id;
+    IF NOT FOUND THEN
+        outcome := 'hold_not_found';
+        body := wallet_error_body(outcome, format('no hold with id %s', p_hold_id), 'id');
+        RETURN;
+    END IF;
+
+    v_outcome := wallet_idempotency_lookup(p_api_key_id, p_idempotency_key, v_fingerprint);
+    IF v_outcome.outcome IS NOT NULL THEN
+        outcome := v_outcome.outcome;
+        body := v_outcome.body;
+        replayed := v_outcome.replayed;
+        RETURN;
+    END IF;
+
+    PERFORM 1 FROM accounts WHERE id = v_hold.account_id FOR UPDATE;
+    SELECT * INTO v_hold FROM holds WHERE id = p_hold_id FOR UPDATE;
+    v_refusal := wallet_hold_refusal(v_hold);
+    IF v_refusal.outcome IS NOT NULL THEN
+        outcome := v_refusal.outcome;
+        body := v_refusal.body;
+    ELSE
+        UPDATE accounts SET held_minor = held_minor - v_hold.amount_minor WHERE id = v_hold.account_id;
+        UPDATE holds SET status = 'voided', closed_at = clock_timestamp() WHERE id = p_hold_id
+            RETURNING * INTO v_hold;
+        outcome := 'applied';
+        body := wallet_hold_document(v_hold);
+    END IF;
+    INSERT INTO idempotency_keys (api_key_id, key, request_sha256, outcome, response_body)
+        VALUES (p_api_key_id, p_idempotency_key, v_fingerprint, outcome, body);
+END $$;

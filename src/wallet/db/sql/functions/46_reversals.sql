@@ -1,0 +1,119 @@
+-- Re-installed by every `wallet migrate` (after the versioned migrations); see wallet.db.migrate.
+-- Reversals: a refund gives back (part of) a spend or capture; a clawback takes back (part of) a
+-- top-up or bonus. A reversal is a new transaction with the original's entries mirrored (history
+-- is never edited); partial reversals may repeat until the original's amount is used up, which
+-- the database enforces (reversal_totals, maintained by the transactions trigger).
+--
+-- Lock order: the idempotency key, then the user's account row. Every reversal of one original
+-- takes that same row lock, so racing partial reversals are applied one after the other, each
+-- seeing what the previous ones left.
+CREATE OR REPLACE FUNCTION wallet_reverse_transaction(
+    p_api_key_id bigint, p_idempotency_key text, p_transaction_id uuid, p_amount_minor bigint,
+    p_reason text, p_metadata jsonb, p_allow_negative boolean,
+    OUT outcome text, OUT body jsonb, OUT replayed boolean)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_fingerprint bytea;
+    v_original transactions;
+    v_type text;
+    v_outcome record;
+    v_account_id bigint;
+    v_system_account_id bigint;
+    v_system_code text;
+    v_remaining_minor bigint;
+    v_amount_minor bigint;
+    v_delta_minor bigint;
+    v_allow_negative boolean;
+    v_balance_after_minor bigint;
+    v_transaction_id uuid;
+BEGIN
+    replayed := false;
+    p_metadata := coalesce(p_metadata, '{}'::jsonb);
+    p_allow_negative := coalesce(p_allow_negative, false);
+    v_fingerprint := sha256(convert_to(jsonb_build_object(
+        'operation', 'reverse', 'transaction_id', p_transaction_id, 'amount', p_amount_minor,
+        'reason', p_reason, 'metadata', p_metadata, 'allow_negative', p_allow_negative)::text, 'UTF8'));
+
+    SELECT * INTO v_original FROM transactions WHERE id = p_transaction_id;
+    IF NOT FOUND THEN
+        outcome := 'transaction_not_found';
+        body := wallet_error_body(outcome, format('no transaction with id %s', p_transaction_id), 'transaction_id');
+        RETURN;
+    END IF;
+    v_type := wallet_rule_reversed_by(v_original.type);
+    IF v_type IS NULL THEN
+        outcome := 'not_reversible';
+        body := wallet_error_body(outcome,
+            format('a %s cannot be reversed; only top-ups, bonuses, spends and captures can', v_original.type),
+            'transaction_id');
+        RETURN;
+    END IF;
+
+    v_outcome := wallet_idempotency_lookup(p_api_key_id, p_idempotency_key, v_fingerprint);
+    IF v_outcome.outcome IS NOT NULL THEN
+        outcome := v_outcome.outcome;
+        body := v_outcome.body;
+        replayed := v_outcome.replayed;
+        RETURN;
+    END IF;
+
+    -- The original's own entries name the accounts to mirror: the user's and the system one.
+    SELECT a.id INTO STRICT v_account_id FROM accounts a
+        WHERE a.user_id = v_original.user_id AND a.asset_code = v_original.asset_code;
+    SELECT a.id, a.system_code INTO STRICT v_system_account_id, v_system_code
+        FROM ledger_entries e JOIN accounts a ON a.id = e.account_id
+        WHERE e.transaction_id = p_transaction_id AND a.kind = 'system';
+    PERFORM 1 FROM accounts WHERE id = v_account_id FOR UPDATE;
+
+    SELECT v_original.amount_minor - coalesce(
+               (SELECT r.reversed_amount_minor FROM reversal_totals r WHERE r.transaction_id = p_transaction_id), 0)
+      INTO v_remaining_minor;
+    v_amount_minor := coalesce(p_amount_minor, v_remaining_minor);
+    v_delta_minor := wallet_rule_user_sign(v_type) * v_amount_minor;
+    v_allow_negative := p_allow_negative AND v_delta_minor < 0;
+
+    IF v_remaining_minor = 0 OR v_amount_minor > v_remaining_minor THEN
+        outcome := 'amount_exceeds_reversible';
+        body := wallet_error_body(outcome,
+            format('%s of transaction %s is left to reverse; cannot reverse %s', v_remaining_minor,
+                   p_transaction_id, v_amount_minor), 'amount');
+    ELSE
+        IF v_allow_negative THEN
+            PERFORM set_config('wallet.allow_negative', 'on', true);  -- this transaction only
+        END IF;
+        FOR v_attempt IN 1..2 LOOP
+            UPDATE accounts SET balance_minor = balance_minor + v_delta_minor
+             WHERE id = v_account_id
+               AND (v_delta_minor > 0 OR v_allow_negative OR balance_minor - held_minor + v_delta_minor >= 0)
+             RETURNING balance_minor INTO v_balance_after_minor;
+            EXIT WHEN FOUND OR wallet_release_expired_holds(v_account_id) = 0;
+        END LOOP;
+        PERFORM set_config('wallet.allow_negative', 'off', true);
+        IF v_balance_after_minor IS NULL THEN
+            outcome := 'insufficient_funds';
+            body := wallet_error_body(outcome,
+                format('available balance of %s %s is less than %s (an admin may allow a debt with allow_negative)',
+                       v_original.user_id, v_original.asset_code, v_amount_minor), 'amount');
+        ELSE
+            WITH posted AS (
+                INSERT INTO transactions (type, api_key_id, idempotency_key, user_id, asset_code, amount_minor,
+                                          balance_after_minor, description, metadata, reverses, allow_negative)
+                VALUES (v_type, p_api_key_id, p_idempotency_key, v_original.user_id, v_original.asset_code,
+                        v_amount_minor, v_balance_after_minor, p_reason, p_metadata, p_transaction_id,
+                        v_allow_negative AND v_balance_after_minor < 0)
+                RETURNING id
+            ), entries AS (
+                INSERT INTO ledger_entries (transaction_id, entry_no, account_id, asset_code, amount_minor)
+                SELECT posted.id, side.entry_no, side.account_id, v_original.asset_code, side.amount_minor
+                FROM posted CROSS JOIN (VALUES (1::smallint, v_account_id, v_delta_minor),
+                                               (2::smallint, v_system_account_id, -v_delta_minor))
+                                       AS side(entry_no, account_id, amount_minor)
+            )
+            SELECT id INTO v_transaction_id FROM posted;
+            outcome := 'posted';
+            body := wallet_transaction_json(v_transaction_id);
+        END IF;
+    END IF;
+    INSERT INTO idempotency_keys (api_key_id, key, request_sha256, outcome, response_body)
+        VALUES (p_api_key_id, p_idempotency_key, v_fingerprint, outcome, body);
+END $$;

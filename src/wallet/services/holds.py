@@ -1,0 +1,179 @@
+"""Holds: reserve credits (authorize), then capture part or all of them once, or void them.
+
+Each operation is one call of its database function (`wallet_place_hold`, `wallet_capture_hold`,
+`wallet_void_hold`): the idempotency key, the account's row lock, the hold and any transaction
+commit together. An open hold past its expiry counts for nothing from that instant; the
+database releases it the next time the account is written, and the sweep below releases the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import orjson
+import structlog
+
+from wallet.domain import errors
+from wallet.domain.errors import WalletError
+from wallet.services.limits import check_amount, check_idempotency_key, check_text, encode_metadata
+from wallet.services.pagination import decode_int_cursor, encode_cursor
+from wallet.services.transactions import PostingOutcome
+from wallet.settings import Settings
+
+log = structlog.get_logger("wallet.holds")
+
+
+@dataclass(frozen=True, slots=True)
+class HoldRequest:
+    user_id: str
+    asset_code: str
+    amount_minor: int
+    expires_in_seconds: int | None
+    idempotency_key: str
+    description: str | None = None
+    metadata: dict[str, Any] | None = None
+
+
+def _hold_id(hold_id: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(hold_id)
+    except ValueError:
+        raise WalletError(errors.HOLD_NOT_FOUND, f"no hold with id {hold_id}") from None
+
+
+async def place_hold(
+    pool: asyncpg.Pool, settings: Settings, api_key_id: int, request: HoldRequest
+) -> PostingOutcome:
+    key = check_idempotency_key(request.idempotency_key, settings)
+    check_amount(request.amount_minor, settings)
+    check_text(request.description, settings)
+    metadata_json = encode_metadata(request.metadata, settings)
+    expires_in = request.expires_in_seconds or settings.hold_expires_in_seconds_default
+    if expires_in > settings.hold_expires_in_seconds_max:
+        raise WalletError(
+            errors.LIMIT_EXCEEDED,
+            f"expires_in_seconds must not exceed {settings.hold_expires_in_seconds_max}",
+            "expires_in_seconds",
+        )
+    row = await pool.fetchrow(
+        "SELECT outcome, body::text AS body, replayed"
+        " FROM wallet_place_hold($1, $2, $3, $4, $5, $6, $7, $8::jsonb)",
+        api_key_id,
+        key,
+        request.user_id,
+        request.asset_code,
+        request.amount_minor,
+        expires_in,
+        request.description,
+        metadata_json.decode(),
+    )
+    assert row is not None
+    return PostingOutcome.from_row(row)
+
+
+async def capture_hold(
+    pool: asyncpg.Pool,
+    settings: Settings,
+    api_key_id: int,
+    hold_id: str,
+    *,
+    amount_minor: int | None,
+    idempotency_key: str,
+    description: str | None,
+    metadata: dict[str, Any] | None,
+) -> PostingOutcome:
+    key = check_idempotency_key(idempotency_key, settings)
+    if amount_minor is not None:
+        check_amount(amount_minor, settings)
+    check_text(description, settings)
+    metadata_json = encode_metadata(metadata, settings)
+    row = await pool.fetchrow(
+        "SELECT outcome, body::text AS body, replayed"
+        " FROM wallet_capture_hold($1, $2, $3, $4, $5, $6::jsonb)",
+        api_key_id,
+        key,
+        _hold_id(hold_id),
+        amount_minor,
+        description,
+        metadata_json.decode(),
+    )
+    assert row is not None
+    return PostingOutcome.from_row(row)
+
+
+async def void_hold(
+    pool: asyncpg.Pool, settings: Settings, api_key_id: int, hold_id: str, *, idempotency_key: str
+) -> PostingOutcome:
+    key = check_idempotency_key(idempotency_key, settings)
+    row = await pool.fetchrow(
+        "SELECT outcome, body::text AS body, replayed FROM wallet_void_hold($1, $2, $3)",
+        api_key_id,
+        key,
+        _hold_id(hold_id),
+    )
+    assert row is not None
+    return PostingOutcome.from_row(row)
+
+
+async def get_hold_json(pool: asyncpg.Pool, hold_id: str) -> str:
+    body = await pool.fetchval(
+        "SELECT wallet_hold_document(h)::text FROM holds h WHERE h.id = $1", _hold_id(hold_id)
+    )
+    if body is None:
+        raise WalletError(errors.HOLD_NOT_FOUND, f"no hold with id {hold_id}")
+    assert isinstance(body, str)
+    return body
+
+
+LIST_SQL = """
+SELECT h.seq, wallet_hold_document(h)::text AS body
+FROM holds h
+WHERE h.user_id = $1
+  AND ($2::boolean IS FALSE OR (h.status = 'open' AND h.expires_at > clock_timestamp()))
+  AND ($3::bigint IS NULL OR h.seq < $3)
+ORDER BY h.seq DESC
+LIMIT $4
+"""
+
+
+async def list_holds_json(
+    pool: asyncpg.Pool, user_id: str, *, open_only: bool, limit: int, cursor: str | None
+) -> str:
+    """The user's holds, newest first; `open_only` keeps those that still reserve credits."""
+    before_seq = decode_int_cursor(cursor)
+    rows = await pool.fetch(LIST_SQL, user_id, open_only, before_seq, limit + 1)
+    if not rows and await pool.fetchval("SELECT 1 FROM users WHERE id = $1", user_id) is None:
+        raise WalletError(errors.USER_NOT_FOUND, f"no user with id {user_id}")
+    page = rows[:limit]
+    next_cursor = encode_cursor(str(page[-1]["seq"])) if len(rows) > limit else None
+    return (
+        '{"data":['
+        + ",".join(r["body"] for r in page)
+        + '],"next_cursor":'
+        + orjson.dumps(next_cursor).decode()
+        + "}"
+    )
+
+
+async def sweep_expired_holds(pool: asyncpg.Pool, max_accounts: int) -> int:
+    """Marks expired holds 'expired' and releases them; returns the number of accounts swept."""
+    swept = await pool.fetchval("SELECT wallet_sweep_expired_holds($1)", max_accounts)
+    assert isinstance(swept, int)
+    return swept
+
+
+async def run_hold_sweeper(pool: asyncpg.Pool, settings: Settings) -> None:
+    """Background task of each worker: sweep every `hold_sweep_interval_ms` until cancelled."""
+    interval_s = settings.hold_sweep_interval_ms / 1000
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            swept = await sweep_expired_holds(pool, settings.hold_sweep_max_accounts)
+            if swept:
+                log.info("expired_holds_released", accounts=swept)
+        except Exception as exc:  # a sweep that fails is retried by the next one
+            log.warning("hold_sweep_failed", error=type(exc).__name__)

@@ -1,0 +1,58 @@
+"""Reversals: refund a spend or capture, claw back a top-up or bonus, in whole or in parts.
+
+One call of `wallet_reverse_transaction`: the reversal is a new transaction mirroring the
+original's entries; the database keeps the running total of what was reversed and refuses any
+reversal that would take it past the original's amount.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import asyncpg
+
+from wallet.domain import errors
+from wallet.domain.errors import WalletError
+from wallet.services.limits import check_amount, check_idempotency_key, check_text, encode_metadata
+from wallet.services.transactions import PostingOutcome
+from wallet.settings import Settings
+
+
+async def reverse_transaction(
+    pool: asyncpg.Pool,
+    settings: Settings,
+    api_key_id: int,
+    transaction_id: str,
+    *,
+    amount_minor: int | None,
+    reason: str | None,
+    metadata: dict[str, Any] | None,
+    allow_negative: bool,
+    idempotency_key: str,
+) -> PostingOutcome:
+    """`allow_negative` must already be authorised (admin scope) by the caller of this."""
+    key = check_idempotency_key(idempotency_key, settings)
+    if amount_minor is not None:
+        check_amount(amount_minor, settings)
+    check_text(reason, settings, "reason")
+    metadata_json = encode_metadata(metadata, settings)
+    try:
+        original = uuid.UUID(transaction_id)
+    except ValueError:
+        raise WalletError(
+            errors.TRANSACTION_NOT_FOUND, f"no transaction with id {transaction_id}", "transaction_id"
+        ) from None
+    row = await pool.fetchrow(
+        "SELECT outcome, body::text AS body, replayed"
+        " FROM wallet_reverse_transaction($1, $2, $3, $4, $5, $6::jsonb, $7)",
+        api_key_id,
+        key,
+        original,
+        amount_minor,
+        reason,
+        metadata_json.decode(),
+        allow_negative,
+    )
+    assert row is not None
+    return PostingOutcome.from_row(row)

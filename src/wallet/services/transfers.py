@@ -1,0 +1,54 @@
+"""Transfers between users (gifts, trades): one call of `wallet_post_transfer`, which locks both
+users' accounts in ascending id (deadlock-free) and writes one balanced transaction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+from wallet.domain import errors
+from wallet.domain.errors import WalletError
+from wallet.services.limits import check_amount, check_idempotency_key, check_text, encode_metadata
+from wallet.services.transactions import PostingOutcome
+from wallet.settings import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class TransferRequest:
+    from_user_id: str
+    to_user_id: str
+    asset_code: str
+    amount_minor: int
+    fee_minor: int
+    idempotency_key: str
+    description: str | None = None
+    metadata: dict[str, Any] | None = None
+
+
+async def post_transfer(
+    pool: asyncpg.Pool, settings: Settings, api_key_id: int, request: TransferRequest
+) -> PostingOutcome:
+    key = check_idempotency_key(request.idempotency_key, settings)
+    if request.from_user_id == request.to_user_id:
+        raise WalletError(errors.SAME_USER, "from_user_id and to_user_id must differ")
+    check_amount(request.amount_minor, settings)
+    check_amount(request.fee_minor, settings, "fee")
+    check_text(request.description, settings)
+    metadata_json = encode_metadata(request.metadata, settings)
+    row = await pool.fetchrow(
+        "SELECT outcome, body::text AS body, replayed"
+        " FROM wallet_post_transfer($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb)",
+        api_key_id,
+        key,
+        request.from_user_id,
+        request.to_user_id,
+        request.asset_code,
+        request.amount_minor,
+        request.fee_minor,
+        request.description,
+        metadata_json.decode(),
+    )
+    assert row is not None
+    return PostingOutcome.from_row(row)

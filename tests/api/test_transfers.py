@@ -1,0 +1,108 @@
+"""Transfers between users over HTTP, and balances and history as of a time."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+
+import httpx
+
+from tests.support import new_key
+
+TRANSFER = "/api/v1/transactions/transfer"
+
+
+async def _balances(client, user: str, **params) -> dict[str, dict]:
+    response = await client.get(f"/api/v1/wallets/{user}/balance", params=params)
+    assert response.status_code == 200, response.text
+    return {b["asset_type"]: b for b in response.json()["balances"]}
+
+
+async def test_a_transfer_moves_amount_to_the_receiver_and_the_fee_to_revenue(client, admin, make_user):
+    alice, bob = await make_user(GOLD_COINS=100), await make_user(GOLD_COINS=5)
+    response = await admin.post(
+        TRANSFER,
+        headers={"Idempotency-Key": new_key()},
+        json={
+            "from_user_id": alice,
+            "to_user_id": bob,
+            "asset_type": "GOLD_COINS",
+            "amount": 30,
+            "fee": 2,
+            "description": "gift",
+        },
+    )
+    assert response.status_code == 201, response.text
+    transfer = response.json()
+    assert transfer["type"] == "transfer" and transfer["user_id"] == alice
+    assert transfer["counterparty_user_id"] == bob and transfer["fee"] == 2
+    assert transfer["balance_after"] == 68 and transfer["counterparty_balance_after"] == 35
+    assert [(e["account"], e["amount"]) for e in transfer["entries"]] == [
+        (alice, -32),
+        (bob, 30),
+        ("SYSTEM_REVENUE", 2),
+    ]
+    assert (await _balances(client, alice))["GOLD_COINS"]["balance"] == 68
+    assert (await _balances(client, bob))["GOLD_COINS"]["balance"] == 35
+    for user in (alice, bob):
+        history = (await client.get(f"/api/v1/wallets/{user}/transactions")).json()["data"]
+        assert history[0]["id"] == transfer["id"]
+
+
+async def test_transfer_refusals(client, admin, app, keys, make_user):
+    alice, bob = await make_user(GOLD_COINS=10), await make_user()
+    body = {"from_user_id": alice, "to_user_id": bob, "asset_type": "GOLD_COINS"}
+    cases = [
+        ({**body, "amount": 10, "fee": 1}, 409, "insufficient_funds"),
+        ({**body, "to_user_id": alice, "amount": 1}, 422, "same_user"),
+        ({**body, "to_user_id": "nobody_y", "amount": 1}, 404, "user_not_found"),
+        ({**body, "from_user_id": "nobody_y", "amount": 1}, 404, "user_not_found"),
+        ({**body, "asset_type": "NOPE", "amount": 1}, 404, "asset_type_not_found"),
+        ({**body, "amount": 1, "fee": -1}, 422, "validation_error"),
+        ({**body, "amount": 1, "fee": "1"}, 422, "validation_error"),
+    ]
+    for request, status, code in cases:
+        response = await admin.post(TRANSFER, headers={"Idempotency-Key": new_key()}, json=request)
+        assert (response.status_code, response.json()["error"]["code"]) == (status, code), request
+    # The spend scope is not enough; the transfer scope is.
+    refused = await client.post(TRANSFER, headers={"Idempotency-Key": new_key()}, json={**body, "amount": 1})
+    assert refused.status_code == 403
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app),
+        base_url="http://wallet.test",
+        headers={"Authorization": f"Bearer {keys['transfer']}"},
+    ) as transferer:
+        ok = await transferer.post(
+            TRANSFER, headers={"Idempotency-Key": new_key()}, json={**body, "amount": 1}
+        )
+        assert ok.status_code == 201
+    assert (await _balances(client, alice))["GOLD_COINS"]["balance"] == 9
+
+
+async def test_balance_and_history_as_of_a_time(client, admin, make_user):
+    alice, bob = await make_user(), await make_user()
+    await admin.post(
+        "/api/v1/transactions/topup",
+        headers={"Idempotency-Key": new_key()},
+        json={"user_id": alice, "asset_type": "DIAMONDS", "amount": 100},
+    )
+    await asyncio.sleep(0.01)
+    t1 = datetime.now(UTC)
+    await asyncio.sleep(0.01)
+    await admin.post(
+        TRANSFER,
+        headers={"Idempotency-Key": new_key()},
+        json={"from_user_id": alice, "to_user_id": bob, "asset_type": "DIAMONDS", "amount": 40},
+    )
+    await asyncio.sleep(0.01)
+    t2 = datetime.now(UTC)
+    assert (await _balances(client, alice, as_of=t1.isoformat()))["DIAMONDS"]["balance"] == 100
+    assert (await _balances(client, bob, as_of=t1.isoformat()))["DIAMONDS"]["balance"] == 0
+    assert (await _balances(client, alice, as_of=t2.isoformat()))["DIAMONDS"]["balance"] == 60
+    assert (await _balances(client, bob, as_of=t2.isoformat()))["DIAMONDS"]["balance"] == 40
+    before = await client.get(f"/api/v1/wallets/{alice}/transactions", params={"to": t1.isoformat()})
+    assert [t["type"] for t in before.json()["data"]] == ["topup"]
+    after = await client.get(f"/api/v1/wallets/{bob}/transactions", params={"from": t1.isoformat()})
+    assert [t["type"] for t in after.json()["data"]] == ["transfer"]
+    naive = await client.get(f"/api/v1/wallets/{alice}/balance", params={"as_of": "2026-01-01T00:00:00"})
+    assert naive.status_code == 422 and naive.json()["error"]["field"] == "as_of"
