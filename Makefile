@@ -1,10 +1,13 @@
 # The two commands of the README: `make run` and `make test`. Both create .venv on first use
 # from the pinned requirements.lock, so a fresh machine needs only python3 and make.
+# Beside them: `make lint` (ruff + mypy, run by CI before the tests), `make bench` and
+# `make bank-test` (slow; not part of the suite). Pass options with ARGS="--seconds 5 ...".
 VENV ?= .venv
 PYTHON ?= python3
 STAMP := $(VENV)/.installed
+ARGS ?=
 
-.PHONY: install run test bench bank clean
+.PHONY: install run test lint bench bank-test clean
 
 $(STAMP): requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,5 +24,16 @@ run: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/pytest -q
 
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+bench: $(STAMP)
+	$(VENV)/bin/python -m tools.bench $(ARGS)
+
+bank-test: $(STAMP)
+	$(VENV)/bin/python -m tools.bank_test $(ARGS)
+
 clean:
-	rm -rf $(VENV) .wallet-data .pytest_cache .hypothesis
+	rm -rf $(VENV) .wallet-data .pytest_cache .hypothesis .mypy_cache .ruff_cache

@@ -1,10 +1,10 @@
 """The bank test at CI size: writes with retries while the service is SIGKILLed and PostgreSQL
 crash-restarts; every acknowledged write must exist exactly once and balances must match.
-The full-size run is `wallet bank-test` (64 clients, 20,000 operations, 3 kills, 1 crash)."""
+The full-size run is `make bank-test` (64 clients, 20,000 operations, 3 kills, 1 crash)."""
 
 from __future__ import annotations
 
-from wallet.bank_test import run_bank_test
+from tools.bank_test import run_bank_test
 
 
 def test_no_acknowledged_write_is_lost_or_doubled_across_crashes():

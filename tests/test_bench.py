@@ -1,4 +1,4 @@
-"""`wallet bench` end to end at the smallest size: it prepares its database, drives the service
+"""The benchmark (`make bench`) end to end at the smallest size: it prepares its database, drives the service
 with wrk, runs pgbench beside it and reports every scenario without errors. Skipped where wrk or
 pgbench are not installed (they are benchmark tools, not dependencies of the service)."""
 
@@ -25,8 +25,7 @@ def test_bench_reports_every_scenario_beside_pgbench(server_url, tmp_path: Path)
         [
             sys.executable,
             "-m",
-            "wallet",
-            "bench",
+            "tools.bench",
             "--database-url",
             server_url,
             "--clients",

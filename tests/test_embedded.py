@@ -7,8 +7,7 @@ import os
 from pathlib import Path
 
 import httpx
-
-from wallet.service_process import ServiceProcess
+from tools.service_process import ServiceProcess
 
 
 def test_serve_without_database_url_runs_the_embedded_demo(tmp_path: Path, monkeypatch):

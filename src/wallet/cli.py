@@ -1,4 +1,4 @@
-"""The `wallet` command: serve, migrate, seed, verify, keys, prune-idempotency, bench, bank-test.
+"""The `wallet` command: serve, migrate, seed, verify, keys, prune-idempotency, holds.
 
 Every command uses WALLET_DATABASE_URL when it is set, and the embedded PostgreSQL in
 WALLET_DATA_DIR when it is not.
@@ -168,19 +168,24 @@ def prune_idempotency() -> None:
     _err(f"deleted {deleted} idempotency keys older than {settings.idempotency_retention_hours} h")
 
 
-async def _demo_key(url: str, key_file: Path) -> str:
-    """The embedded demo's API key: reused across restarts while it is still valid."""
+async def _demo_key_in_db(url: str, saved: str | None) -> str:
+    """`saved` if it is still an active key, else a new demo key."""
     from wallet.db.pool import connection
     from wallet.services.api_keys import create_api_key, is_active_api_key
 
     async with connection(get_settings(), url) as conn:
-        if key_file.exists():
-            token = key_file.read_text().strip()
-            if await is_active_api_key(conn, token):
-                return token
-        token = await create_api_key(conn, "demo", DEMO_SCOPES)
-    key_file.write_text(token + "\n")
-    key_file.chmod(0o600)
+        if saved and await is_active_api_key(conn, saved):
+            return saved
+        return await create_api_key(conn, "demo", DEMO_SCOPES)
+
+
+def _demo_key(url: str, key_file: Path) -> str:
+    """The embedded demo's API key: reused across restarts while it is still valid."""
+    saved = key_file.read_text().strip() if key_file.exists() else None
+    token = asyncio.run(_demo_key_in_db(url, saved))
+    if token != saved:
+        key_file.write_text(token + "\n")
+        key_file.chmod(0o600)
     return token
 
 
@@ -205,7 +210,7 @@ def serve(
         if embedded:
             upgrade_to_head(url)
             asyncio.run(_seed(url, demo=True))
-            token = asyncio.run(_demo_key(url, settings.data_dir / DEMO_KEY_FILE))
+            token = _demo_key(url, settings.data_dir / DEMO_KEY_FILE)
             os.environ["WALLET_DATABASE_URL"] = url
             get_settings.cache_clear()
             base = f"http://{host}:{port}"
@@ -229,65 +234,24 @@ def serve(
         )
 
 
-@app.command()
-def bench(
-    database_url: Annotated[
-        str,
-        typer.Option(
-            envvar="WALLET_BENCH_DATABASE_URL",
-            help="A PostgreSQL server to benchmark on (a scratch database is created there).",
-        ),
-    ] = "postgresql://postgres@127.0.0.1:5432/postgres",
-    clients: Annotated[str, typer.Option(help="Comma-separated concurrency levels.")] = "1,16,64",
-    seconds: Annotated[int, typer.Option(min=1, max=600, help="Duration of each measurement.")] = 10,
-    workers: Annotated[int, typer.Option(min=1, max=64, help="Service worker processes.")] = 2,
-    batch_size: Annotated[int, typer.Option(min=1, max=1000, help="Operations per batch request.")] = 100,
-    scenarios: Annotated[
-        str, typer.Option(help="Any of topup,spend,balance,batch.")
-    ] = "topup,spend,balance,batch",
-    output: Annotated[Path | None, typer.Option(help="Also write the figures as JSON here.")] = None,
+holds_app = typer.Typer(no_args_is_help=True, help="Holds maintenance.")
+app.add_typer(holds_app, name="holds")
+
+
+async def _release_expired(url: str, max_accounts: int) -> int:
+    from wallet.db.pool import connection
+
+    async with connection(get_settings(), url) as conn:
+        swept = await conn.fetchval("SELECT wallet_sweep_expired_holds($1)", max_accounts)
+    assert isinstance(swept, int)
+    return swept
+
+
+@holds_app.command("release-expired")
+def holds_release_expired(
+    max_accounts: Annotated[int, typer.Option(min=1, max=1_000_000, help="Accounts per run.")] = 10_000,
 ) -> None:
-    """Throughput and latency over HTTP at each concurrency, beside pgbench on the same server."""
-    from wallet.bench import LUA_REQUEST, run_bench
-
-    chosen = [s.strip() for s in scenarios.split(",") if s.strip()]
-    unknown = sorted(set(chosen) - set(LUA_REQUEST))
-    if unknown:
-        _err(f"unknown scenarios: {', '.join(unknown)}")
-        raise typer.Exit(code=2)
-    run_bench(
-        database_url,
-        clients=[int(c) for c in clients.split(",")],
-        seconds=seconds,
-        workers=workers,
-        batch_size=batch_size,
-        scenarios=chosen,
-        output=output,
-    )
-
-
-@app.command("bank-test")
-def bank_test(
-    clients: Annotated[int, typer.Option(min=1, max=512, help="Concurrent HTTP clients.")] = 64,
-    operations: Annotated[int, typer.Option(min=1, max=1_000_000, help="Operations in all.")] = 20_000,
-    users: Annotated[int, typer.Option(min=1, max=10_000, help="Distinct users.")] = 50,
-    server_kills: Annotated[int, typer.Option(min=0, max=100, help="SIGKILLs of the service.")] = 3,
-    postgres_restarts: Annotated[int, typer.Option(min=0, max=100, help="PostgreSQL crash-restarts.")] = 1,
-    timeout_ms: Annotated[int, typer.Option(min=10, max=60_000, help="Client timeout per attempt.")] = 2_000,
-    seed: Annotated[int, typer.Option(help="Random seed for the operations.")] = 1,
-) -> None:
-    """Jepsen-style: random writes with retries under SIGKILLs and a PostgreSQL crash, then audit."""
-    from wallet.bank_test import run_bank_test
-
-    report = run_bank_test(
-        clients=clients,
-        operations=operations,
-        users=users,
-        server_kills=server_kills,
-        postgres_restarts=postgres_restarts,
-        timeout_s=timeout_ms / 1000,
-        seed=seed,
-    )
-    typer.echo(report.render())
-    if not report.ok:
-        raise typer.Exit(code=1)
+    """Mark expired holds 'expired' and release them (`wallet serve` also does this periodically)."""
+    with _database(get_settings()) as (url, _):
+        swept = asyncio.run(_release_expired(url, max_accounts))
+    _err(f"released expired holds of {swept} accounts")

@@ -162,3 +162,25 @@ async def test_nul_bytes_in_path_and_query_are_4xx(client):
         response = await client.get(path)
         assert 400 <= response.status_code < 500, (path, response.text)
         assert response.json()["error"]["code"]
+
+
+async def test_metadata_the_encoder_cannot_take_back_is_refused_on_every_write(admin, pool, make_user):
+    import json
+
+    from tests.support import ledger_counts, new_key
+
+    user = await make_user(GOLD_COINS=10)
+    before = await ledger_counts(pool)
+    for metadata in ({"n": 2**70}, {"s": "\ud800"}):
+        for path, body in (
+            ("/api/v1/transactions/topup", {"user_id": user, "asset_type": "GOLD_COINS", "amount": 1}),
+            ("/api/v1/holds", {"user_id": user, "asset_type": "GOLD_COINS", "amount": 1}),
+        ):
+            response = await admin.post(
+                path,
+                headers={"Idempotency-Key": new_key(), "Content-Type": "application/json"},
+                content=json.dumps({**body, "metadata": metadata}),
+            )
+            assert response.status_code == 422, (path, metadata, response.text)
+            assert response.json()["error"]["field"] == "metadata"
+    assert await ledger_counts(pool) == before

@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from wallet.service_process import ServiceProcess
+from tools.service_process import ServiceProcess
 
 CHECKS = ",".join(
     [

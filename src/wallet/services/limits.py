@@ -83,7 +83,12 @@ def encode_metadata(metadata: dict[str, Any] | None, settings: Settings, field: 
     """The metadata as JSON, encoded once for both the size check and the database."""
     if _contains_nul(metadata):
         raise WalletError(errors.INVALID_REQUEST, f"{field} must not contain NUL characters", field)
-    metadata_json = orjson.dumps(metadata or {})
+    try:
+        metadata_json = orjson.dumps(metadata or {})
+    except orjson.JSONEncodeError as exc:
+        # Integers beyond 64 bits, lone UTF-16 surrogates, nesting deeper than the encoder takes:
+        # values the service could not store and give back as the same JSON.
+        raise WalletError(errors.INVALID_REQUEST, f"{field} cannot be stored as JSON: {exc}", field) from None
     if len(metadata_json) > settings.max_metadata_bytes:
         raise WalletError(
             errors.LIMIT_EXCEEDED,

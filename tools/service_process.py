@@ -1,4 +1,4 @@
-"""`wallet serve` as a child process on a free port: what `wallet bench`, `wallet bank-test` and
+"""`wallet serve` as a child process on a free port: what the benchmark, the bank test and
 the end-to-end tests drive over real HTTP. It can be stopped gracefully or SIGKILLed, and
 started again on the same port."""
 

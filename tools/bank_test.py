@@ -1,4 +1,4 @@
-"""`wallet bank-test`: a Jepsen-style check that no acknowledged write is lost or applied twice.
+"""`make bank-test` (`python -m tools.bank_test`): a Jepsen-style check that no acknowledged write is lost or applied twice.
 
 Many clients post random top-ups, bonuses and spends over HTTP with short client timeouts and
 retry each operation with its idempotency key until they get an answer, while the service is
@@ -25,11 +25,13 @@ import uuid
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated
 
 import asyncpg
 import httpx
+import typer
 
-from wallet.service_process import ServiceProcess
+from tools.service_process import ServiceProcess
 
 ASSETS = ("GOLD_COINS", "DIAMONDS")
 GIVE_UP_AFTER_S = 180  # one operation that gets no answer for this long fails the run
@@ -350,3 +352,35 @@ def run_bank_test(
     else:
         report.problems.append(f"service log and database kept in {workdir}")
     return report
+
+
+app = typer.Typer(add_completion=False)
+
+
+@app.command()
+def main(
+    clients: Annotated[int, typer.Option(min=1, max=512, help="Concurrent HTTP clients.")] = 64,
+    operations: Annotated[int, typer.Option(min=1, max=1_000_000, help="Operations in all.")] = 20_000,
+    users: Annotated[int, typer.Option(min=1, max=10_000, help="Distinct users.")] = 50,
+    server_kills: Annotated[int, typer.Option(min=0, max=100, help="SIGKILLs of the service.")] = 3,
+    postgres_restarts: Annotated[int, typer.Option(min=0, max=100, help="PostgreSQL crash-restarts.")] = 1,
+    timeout_ms: Annotated[int, typer.Option(min=10, max=60_000, help="Client timeout per attempt.")] = 2_000,
+    seed: Annotated[int, typer.Option(help="Random seed for the operations.")] = 1,
+) -> None:
+    """Jepsen-style: random writes with retries under SIGKILLs and a PostgreSQL crash, then audit."""
+    report = run_bank_test(
+        clients=clients,
+        operations=operations,
+        users=users,
+        server_kills=server_kills,
+        postgres_restarts=postgres_restarts,
+        timeout_s=timeout_ms / 1000,
+        seed=seed,
+    )
+    typer.echo(report.render())
+    if not report.ok:
+        raise typer.Exit(code=1)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,4 +1,4 @@
-"""`wallet bench`: the service over HTTP against the raw PostgreSQL limit, measured in one run.
+"""`make bench` (`python -m tools.bench`): the service over HTTP against the raw PostgreSQL limit, measured in one run.
 
 It creates a fresh database on the given PostgreSQL server, starts `wallet serve` on it, and
 drives it with wrk (a separate C process, so the load generator is not the bottleneck) at each
@@ -21,9 +21,12 @@ import tempfile
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Annotated
 from urllib.parse import urlsplit, urlunsplit
 
-from wallet.service_process import ServiceProcess
+import typer
+
+from tools.service_process import ServiceProcess
 
 BENCH_DATABASE = "wallet_bench"
 PGBENCH_DATABASE = "wallet_bench_pgbench"
@@ -341,3 +344,49 @@ def render(measurements: list[Measurement], pgbench: dict[str, dict[int, float]]
                 f"{many / one:.1f} x one client"
             )
     return "\n".join(lines)
+
+
+app = typer.Typer(add_completion=False)
+
+
+def _err(message: str) -> None:
+    typer.echo(message, err=True)
+
+
+@app.command()
+def main(
+    database_url: Annotated[
+        str,
+        typer.Option(
+            envvar="WALLET_BENCH_DATABASE_URL",
+            help="A PostgreSQL server to benchmark on (a scratch database is created there).",
+        ),
+    ] = "postgresql://postgres@127.0.0.1:5432/postgres",
+    clients: Annotated[str, typer.Option(help="Comma-separated concurrency levels.")] = "1,16,64",
+    seconds: Annotated[int, typer.Option(min=1, max=600, help="Duration of each measurement.")] = 10,
+    workers: Annotated[int, typer.Option(min=1, max=64, help="Service worker processes.")] = 2,
+    batch_size: Annotated[int, typer.Option(min=1, max=1000, help="Operations per batch request.")] = 100,
+    scenarios: Annotated[
+        str, typer.Option(help="Any of topup,spend,balance,batch.")
+    ] = "topup,spend,balance,batch",
+    output: Annotated[Path | None, typer.Option(help="Also write the figures as JSON here.")] = None,
+) -> None:
+    """Throughput and latency over HTTP at each concurrency, beside pgbench on the same server."""
+    chosen = [s.strip() for s in scenarios.split(",") if s.strip()]
+    unknown = sorted(set(chosen) - set(LUA_REQUEST))
+    if unknown:
+        _err(f"unknown scenarios: {', '.join(unknown)}")
+        raise typer.Exit(code=2)
+    run_bench(
+        database_url,
+        clients=[int(c) for c in clients.split(",")],
+        seconds=seconds,
+        workers=workers,
+        batch_size=batch_size,
+        scenarios=chosen,
+        output=output,
+    )
+
+
+if __name__ == "__main__":
+    app()
