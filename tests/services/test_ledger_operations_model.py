@@ -6,8 +6,8 @@ small in-memory model says: every outcome (posted, insufficient_funds, amount_ex
 hold_already_captured, ...), every response's numbers, and at the end every balance, held amount,
 hold and reversed total in the database.
 
-The last tests pin down, over HTTP, what the model has to step around (KNOWN_DEBT_BUGS): credits
-to a user an admin clawback left in debt, and admin clawbacks while holds are open.
+The last tests check over HTTP two cases this test found: credits to a user an admin clawback left
+in debt (they repay part of it), and admin clawbacks while holds are open (not a 500).
 """
 
 from __future__ import annotations
@@ -25,11 +25,6 @@ from hypothesis import strategies as st
 
 from tests.support import new_key
 from wallet.services.verify import verify_ledger
-
-# While True, the model does not send the operations that hit the service bugs pinned down by
-# the xfail tests below (it skips them; everything else about debts is still exercised). Set it
-# to False once they are fixed: the model then expects what the schema's comments promise.
-KNOWN_DEBT_BUGS = True
 
 ASSETS = ("GOLD_COINS", "DIAMONDS")
 N_USERS = 3
@@ -144,8 +139,6 @@ class Runner:
 
     async def credit(self, type_: str, user: str, asset_code: str, amount_minor: int) -> None:
         account = self.model.account(user, asset_code)
-        if KNOWN_DEBT_BUGS and account[0] < 0 and account[0] + amount_minor < 0:
-            return  # bug: a credit that does not clear a debt is refused / fails
         args = (type_, user, asset_code, amount_minor)
         outcome, body, raw, replayed, key = await self.call("post", *args)
         assert not replayed
@@ -228,8 +221,6 @@ class Runner:
         self, sender: str, receiver: str, asset_code: str, amount_minor: int, fee: int
     ) -> None:
         to_account = self.model.account(receiver, asset_code)
-        if KNOWN_DEBT_BUGS and to_account[0] < 0 and to_account[0] + amount_minor < 0:
-            return  # bug: a transfer that does not clear the receiver's debt fails
         args = (sender, receiver, asset_code, amount_minor, fee)
         outcome, body, raw, _, key = await self.call("transfer", *args)
         from_account = self.model.account(sender, asset_code)
@@ -255,13 +246,6 @@ class Runner:
         account = self.model.account(original.user, original.asset)
         remaining = original.amount - original.reversed
         taken = remaining if amount_minor is None else amount_minor
-        refused_for_amount = kind is None or remaining == 0 or taken > remaining
-        if not refused_for_amount and KNOWN_DEBT_BUGS:
-            if kind == "refund" and account[0] < 0 and account[0] + taken < 0:
-                return  # bug: a refund that does not clear a debt fails
-            covered = account[0] - account[1] >= taken
-            if kind == "clawback" and allow_negative and not covered and account[1] > 0:
-                return  # bug: an admin clawback while holds are open fails
         args = (uuid.UUID(original.id), amount_minor, allow_negative)
         outcome, body, raw, replayed, key = await self.call("reverse", *args)
         assert not replayed
@@ -511,11 +495,6 @@ async def _user_in_debt(admin, client, make_user) -> tuple[str, dict]:
     return user, spend
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="service bug: a credit that does not clear a debt is refused (top-up, bonus: 409 "
-    "insufficient_funds) or fails (refund, incoming transfer: 500 check violation)",
-)
 @pytest.mark.parametrize("credit", ["topup", "bonus", "refund", "transfer"])
 async def test_a_partial_credit_to_a_user_in_debt_reduces_the_debt(admin, client, make_user, credit):
     user, spend = await _user_in_debt(admin, client, make_user)
@@ -536,11 +515,6 @@ async def test_a_partial_credit_to_a_user_in_debt_reduces_the_debt(admin, client
     assert (gold["balance"], gold["debt"]) == (-35, 35)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="service bug: an admin clawback (allow_negative) that leaves the balance below what is "
-    "held fails with 500 (check user_holds_covered)",
-)
 @pytest.mark.parametrize("clawback", [50, 100])
 async def test_an_admin_clawback_with_open_holds_is_not_a_500(admin, client, make_user, clawback):
     user = await make_user()

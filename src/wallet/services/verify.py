@@ -27,15 +27,14 @@ CHECKS: list[tuple[str, str]] = [
         """,
     ),
     (
-        "user balance below zero without an admin-allowed clawback, or holds above the balance",
+        "available balance (balance - held) below zero without an admin-allowed clawback",
         """
         SELECT format('account %s (%s %s): balance %s, held %s',
                       a.id, a.user_id, a.asset_code, a.balance_minor, a.held_minor)
         FROM accounts a
         WHERE a.kind = 'user'
           AND (a.held_minor < 0
-               OR (a.balance_minor >= 0 AND a.held_minor > a.balance_minor)
-               OR (a.balance_minor < 0 AND NOT EXISTS (
+               OR (a.held_minor > a.balance_minor AND NOT EXISTS (
                        SELECT 1 FROM transactions t
                        WHERE t.user_id = a.user_id AND t.asset_code = a.asset_code AND t.allow_negative)))
         ORDER BY a.id LIMIT $1

@@ -27,42 +27,44 @@ ALTER TABLE transactions
     ADD CONSTRAINT transactions_counterparty_only_transfers
         CHECK ((counterparty_user_id IS NOT NULL) = (type = 'transfer')
                AND (counterparty_user_id IS NULL) = (counterparty_balance_after_minor IS NULL)
-               AND counterparty_user_id IS DISTINCT FROM user_id
-               AND (counterparty_balance_after_minor IS NULL OR counterparty_balance_after_minor >= 0)),
+               AND counterparty_user_id IS DISTINCT FROM user_id),
     ADD CONSTRAINT transactions_fee_only_transfers
         CHECK (fee_minor >= 0 AND fee_minor <= wallet_rule_amount_minor_ceiling()
                AND (fee_minor = 0 OR type = 'transfer')),
     ADD CONSTRAINT transactions_hold_only_captures CHECK ((hold_id IS NOT NULL) = (type = 'capture')),
     ADD CONSTRAINT transactions_negative_only_admin_clawbacks CHECK (NOT allow_negative OR type = 'clawback'),
     DROP CONSTRAINT transactions_balance_after_minor_check,
-    -- The only way a balance may go below zero: a clawback an admin allowed to.
-    ADD CONSTRAINT transactions_balance_after_covered CHECK (balance_after_minor >= 0 OR allow_negative);
+    -- A balance below zero after a debit: only a clawback an admin allowed to leave a debt. (A
+    -- credit may leave a balance below zero: it repays part of an earlier debt.)
+    ADD CONSTRAINT transactions_balance_after_covered
+        CHECK (balance_after_minor >= 0 OR allow_negative OR wallet_rule_user_sign(type) > 0);
 
--- A user in debt (only ever after an allowed clawback) may have open holds above the balance;
--- otherwise what is held never exceeds the balance.
+-- Held amounts are never negative; that they stay covered by the balance is the trigger below.
 ALTER TABLE accounts
     DROP CONSTRAINT user_balance_never_negative,
-    ADD CONSTRAINT user_holds_covered
-        CHECK (kind <> 'user' OR (held_minor >= 0 AND (held_minor <= balance_minor OR balance_minor < 0)));
+    ADD CONSTRAINT user_held_not_negative CHECK (kind <> 'user' OR held_minor >= 0);
 
--- A user's balance goes (further) below zero only inside a transaction that declared it may: the
--- admin clawback sets wallet.allow_negative for its own transaction and records allow_negative on
--- the clawback it writes. The WHEN clause is evaluated without calling the function, so the
--- check costs nothing on the usual update.
-CREATE FUNCTION wallet_accounts_guard_debt() RETURNS trigger LANGUAGE plpgsql AS $$
+-- What is available (balance - held) never drops below zero, and once below zero (after an
+-- admin clawback) it only gets worse inside a transaction that declared it may: the admin
+-- clawback sets wallet.allow_negative for its own transaction and records allow_negative on the
+-- clawback it writes. Credits and releases (available going up) are always allowed: they repay
+-- the shortfall first. The WHEN clause is evaluated without calling the function, so the check
+-- costs nothing on the usual update.
+CREATE FUNCTION wallet_accounts_guard_available() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF NEW.kind = 'user' AND coalesce(current_setting('wallet.allow_negative', true), '') <> 'on' THEN
-        RAISE EXCEPTION 'account % would go to balance %: only an admin clawback may leave a user in debt',
-            NEW.id, NEW.balance_minor USING ERRCODE = 'check_violation';
+        RAISE EXCEPTION 'account % would go to balance % with % held: only an admin clawback may leave a user short',
+            NEW.id, NEW.balance_minor, NEW.held_minor USING ERRCODE = 'check_violation';
     END IF;
     RETURN NEW;
 END $$;
-CREATE TRIGGER accounts_no_new_debt BEFORE UPDATE ON accounts FOR EACH ROW
-    WHEN (NEW.balance_minor < 0 AND NEW.balance_minor < OLD.balance_minor)
-    EXECUTE FUNCTION wallet_accounts_guard_debt();
-CREATE TRIGGER accounts_born_without_debt BEFORE INSERT ON accounts FOR EACH ROW
-    WHEN (NEW.balance_minor < 0)
-    EXECUTE FUNCTION wallet_accounts_guard_debt();
+CREATE TRIGGER accounts_available_not_negative BEFORE UPDATE ON accounts FOR EACH ROW
+    WHEN (NEW.held_minor > NEW.balance_minor
+          AND NEW.balance_minor - NEW.held_minor < OLD.balance_minor - OLD.held_minor)
+    EXECUTE FUNCTION wallet_accounts_guard_available();
+CREATE TRIGGER accounts_born_available BEFORE INSERT ON accounts FOR EACH ROW
+    WHEN (NEW.held_minor > NEW.balance_minor)
+    EXECUTE FUNCTION wallet_accounts_guard_available();
 
 -- History as of a time (the balance at T is the newest posting of the account at or before T),
 -- and the transfers a user received.

@@ -75,7 +75,7 @@ BEGIN
     FOR v_attempt IN 1..2 LOOP
         WITH account AS (
             UPDATE accounts SET balance_minor = balance_minor + v_delta_minor
-            WHERE id = v_user_account_id AND balance_minor - held_minor + v_delta_minor >= 0
+            WHERE id = v_user_account_id AND (v_delta_minor > 0 OR balance_minor - held_minor + v_delta_minor >= 0)
             RETURNING balance_minor
         ), posted AS (
             INSERT INTO transactions (type, api_key_id, idempotency_key, user_id, asset_code, amount_minor,

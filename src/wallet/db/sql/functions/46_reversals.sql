@@ -25,6 +25,7 @@ DECLARE
     v_delta_minor bigint;
     v_allow_negative boolean;
     v_balance_after_minor bigint;
+    v_held_minor bigint;
     v_transaction_id uuid;
 BEGIN
     replayed := false;
@@ -85,7 +86,7 @@ BEGIN
             UPDATE accounts SET balance_minor = balance_minor + v_delta_minor
              WHERE id = v_account_id
                AND (v_delta_minor > 0 OR v_allow_negative OR balance_minor - held_minor + v_delta_minor >= 0)
-             RETURNING balance_minor INTO v_balance_after_minor;
+             RETURNING balance_minor, held_minor INTO v_balance_after_minor, v_held_minor;
             EXIT WHEN FOUND OR wallet_release_expired_holds(v_account_id) = 0;
         END LOOP;
         PERFORM set_config('wallet.allow_negative', 'off', true);
@@ -100,7 +101,7 @@ BEGIN
                                           balance_after_minor, description, metadata, reverses, allow_negative)
                 VALUES (v_type, p_api_key_id, p_idempotency_key, v_original.user_id, v_original.asset_code,
                         v_amount_minor, v_balance_after_minor, p_reason, p_metadata, p_transaction_id,
-                        v_allow_negative AND v_balance_after_minor < 0)
+                        v_allow_negative AND v_balance_after_minor < v_held_minor)
                 RETURNING id
             ), entries AS (
                 INSERT INTO ledger_entries (transaction_id, entry_no, account_id, asset_code, amount_minor)

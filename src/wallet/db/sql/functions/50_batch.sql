@@ -86,9 +86,9 @@ BEGIN
     -- (a running sum per account, in the caller's order) and the first one that would overdraw.
     SELECT array_agg(gen_random_uuid() ORDER BY r.ord), array_agg(r.account_id ORDER BY r.ord),
            array_agg(r.system_account_id ORDER BY r.ord), array_agg(r.system_code ORDER BY r.ord),
-           array_agg(r.balance_after ORDER BY r.ord), min(r.ord) FILTER (WHERE r.balance_after < r.held_minor)
+           array_agg(r.balance_after ORDER BY r.ord), min(r.ord) FILTER (WHERE r.delta < 0 AND r.balance_after < r.held_minor)
       INTO v_ids, v_user_account_ids, v_system_account_ids, v_system_codes, v_balances_after, v_first_short
-      FROM (SELECT o.ord, a.id AS account_id, a.held_minor, s.id AS system_account_id, s.system_code,
+      FROM (SELECT o.ord, o.delta, a.id AS account_id, a.held_minor, s.id AS system_account_id, s.system_code,
                    a.balance_minor + sum(o.delta) OVER (PARTITION BY a.id ORDER BY o.ord) AS balance_after
               FROM wallet_batch_operations(p_operations) AS o
               JOIN accounts a ON a.user_id = o.user_id AND a.asset_code = o.asset_type
