@@ -106,3 +106,80 @@ async def test_balance_and_history_as_of_a_time(client, admin, make_user):
     assert [t["type"] for t in after.json()["data"]] == ["transfer"]
     naive = await client.get(f"/api/v1/wallets/{alice}/balance", params={"as_of": "2026-01-01T00:00:00"})
     assert naive.status_code == 422 and naive.json()["error"]["field"] == "as_of"
+
+
+async def test_a_trade_is_two_transfers_in_one_batch_all_or_nothing(client, admin, make_user):
+    alice, bob = await make_user(GOLD_COINS=100), await make_user(DIAMONDS=5)
+    trade = [
+        {
+            "type": "transfer",
+            "user_id": alice,
+            "to_user_id": bob,
+            "asset_type": "GOLD_COINS",
+            "amount": 60,
+            "fee": 1,
+        },
+        {"type": "transfer", "user_id": bob, "to_user_id": alice, "asset_type": "DIAMONDS", "amount": 5},
+    ]
+    response = await admin.post(
+        "/api/v1/transactions/batch", headers={"Idempotency-Key": new_key()}, json={"operations": trade}
+    )
+    assert response.status_code == 201, response.text
+    first, second = response.json()["transactions"]
+    assert (first["type"], first["counterparty_user_id"], first["fee"]) == ("transfer", bob, 1)
+    assert [(e["account"], e["amount"]) for e in first["entries"]] == [
+        (alice, -61),
+        (bob, 60),
+        ("SYSTEM_REVENUE", 1),
+    ]
+    assert (first["balance_after"], first["counterparty_balance_after"]) == (39, 60)
+    assert (second["balance_after"], second["counterparty_balance_after"]) == (0, 5)
+    stored = (await client.get(f"/api/v1/transactions/{first['id']}")).json()
+    assert stored == first
+    assert (await _balances(client, alice))["DIAMONDS"]["balance"] == 5
+    assert (await _balances(client, bob))["GOLD_COINS"]["balance"] == 60
+
+    # Alice could pay 30 more gold, but Bob has no diamonds left: the whole trade is refused and
+    # neither side moves.
+    trade[0] = {**trade[0], "amount": 30}
+    again = await admin.post(
+        "/api/v1/transactions/batch", headers={"Idempotency-Key": new_key()}, json={"operations": trade}
+    )
+    assert again.status_code == 409, again.text
+    assert again.json()["error"] == {
+        "code": "insufficient_funds",
+        "message": "operation 1: available balance is less than 5",
+        "field": "operations[1].amount",
+    }
+    assert (await _balances(client, alice))["GOLD_COINS"]["balance"] == 39
+
+
+async def test_batch_transfer_refusals_name_the_operation(admin, client, make_user):
+    alice = await make_user(GOLD_COINS=10)
+    base = {"type": "transfer", "user_id": alice, "asset_type": "GOLD_COINS", "amount": 1}
+    cases = [
+        ({**base}, 422, "validation_error", "operations[0].to_user_id"),
+        ({**base, "to_user_id": alice}, 422, "same_user", "operations[0].to_user_id"),
+        ({**base, "to_user_id": "nobody_z"}, 404, "user_not_found", "operations[0].to_user_id"),
+        (
+            {"type": "topup", "user_id": alice, "to_user_id": "x", "asset_type": "GOLD_COINS", "amount": 1},
+            422,
+            "validation_error",
+            "operations[0].to_user_id",
+        ),
+        ({**base, "type": "capture", "to_user_id": "x"}, 422, "validation_error", "operations.0.type"),
+    ]
+    for operation, status, code, field in cases:
+        response = await admin.post(
+            "/api/v1/transactions/batch",
+            headers={"Idempotency-Key": new_key()},
+            json={"operations": [operation]},
+        )
+        error = response.json()["error"]
+        assert (response.status_code, error["code"], error["field"]) == (status, code, field), operation
+    refused = await client.post(
+        "/api/v1/transactions/batch",
+        headers={"Idempotency-Key": new_key()},
+        json={"operations": [{**base, "to_user_id": await make_user()}]},
+    )
+    assert refused.status_code == 403  # the transfer scope is needed for a transfer in a batch

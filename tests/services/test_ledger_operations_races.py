@@ -119,3 +119,48 @@ async def test_transfers_crossing_in_both_directions_neither_deadlock_nor_lose_c
     async with pool.acquire() as conn:
         report = await verify_ledger(conn)
     assert report.clean, report.render()
+
+
+async def test_trade_batches_crossing_the_same_users_do_not_deadlock(admin, client, make_user):
+    alice, bob = (
+        await make_user(GOLD_COINS=10_000, DIAMONDS=10_000),
+        await make_user(GOLD_COINS=10_000, DIAMONDS=10_000),
+    )
+
+    def trade(buyer: str, seller: str) -> dict:
+        return {
+            "operations": [
+                {
+                    "type": "transfer",
+                    "user_id": buyer,
+                    "to_user_id": seller,
+                    "asset_type": "GOLD_COINS",
+                    "amount": 3,
+                },
+                {
+                    "type": "transfer",
+                    "user_id": seller,
+                    "to_user_id": buyer,
+                    "asset_type": "DIAMONDS",
+                    "amount": 1,
+                },
+            ]
+        }
+
+    responses = await asyncio.gather(
+        *[
+            admin.post(
+                "/api/v1/transactions/batch",
+                headers={"Idempotency-Key": new_key()},
+                json=trade(alice, bob) if i % 2 else trade(bob, alice),
+            )
+            for i in range(100)
+        ]
+    )
+    assert [r.status_code for r in responses] == [201] * 100
+    for user in (alice, bob):
+        balances = {
+            b["asset_type"]: b["balance"]
+            for b in (await client.get(f"/api/v1/wallets/{user}/balance")).json()["balances"]
+        }
+        assert (balances["GOLD_COINS"], balances["DIAMONDS"]) == (10_000, 10_000)

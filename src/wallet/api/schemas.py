@@ -16,8 +16,8 @@ from wallet.domain.rules import (
     AMOUNT_MINOR_CEILING,
     ASSET_CODE_PATTERN,
     BATCH_OPERATIONS_CEILING,
+    BATCH_TYPES,
     DESCRIPTION_MAX_CHARS,
-    DIRECT_TYPES,
     IDEMPOTENCY_KEY_MAX_CHARS,
     IDEMPOTENCY_KEY_PATTERN,
     USER_ID_PATTERN,
@@ -80,26 +80,28 @@ class PostingBody(BaseModel):
     )
 
 
-def _direct(value: TransactionType) -> TransactionType:
-    if value not in DIRECT_TYPES:
-        raise ValueError(f"must be one of {', '.join(DIRECT_TYPES)}")
+def _batchable(value: TransactionType) -> TransactionType:
+    if value not in BATCH_TYPES:
+        raise ValueError(f"must be one of {', '.join(BATCH_TYPES)}")
     return value
 
 
-DirectType = Annotated[
+BatchType = Annotated[
     TransactionType,
-    AfterValidator(_direct),
-    WithJsonSchema({"type": "string", "enum": [t.value for t in DIRECT_TYPES]}),
+    AfterValidator(_batchable),
+    WithJsonSchema({"type": "string", "enum": [t.value for t in BATCH_TYPES]}),
 ]
 
 
 class BatchOperation(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    type: DirectType
-    user_id: UserId
+    type: BatchType
+    user_id: UserId = Field(description="The user of the operation; for a transfer, the sender.")
     asset_type: AssetCode
     amount: AmountMinor
+    to_user_id: UserId | None = Field(default=None, description="Transfers only: the receiver.")
+    fee: FeeMinor = Field(default=0, description="Transfers only: paid by the sender to SYSTEM_REVENUE.")
     description: str | None = Field(default=None, max_length=DESCRIPTION_MAX_CHARS)
     metadata: dict[str, Any] | None = None
 

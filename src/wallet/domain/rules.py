@@ -82,6 +82,8 @@ TYPE_RULES: dict[TransactionType, TypeRule] = {
     ),
 }  # fmt: skip
 DIRECT_TYPES = tuple(t for t, rule in TYPE_RULES.items() if rule.direct)
+# What a batch may hold: the direct types, and transfers (a trade is two transfers).
+BATCH_TYPES = (*DIRECT_TYPES, TransactionType.TRANSFER)
 
 
 class HoldStatus(StrEnum):

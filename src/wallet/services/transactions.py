@@ -32,6 +32,8 @@ class PostingRequest:
     idempotency_key: str | None
     description: str | None = None
     metadata: dict[str, Any] | None = None
+    to_user_id: str | None = None  # transfers (in batches): the receiver
+    fee_minor: int = 0  # transfers: paid by the sender to SYSTEM_REVENUE
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,23 +92,37 @@ async def post_batch(
             f"a batch holds 1 to {settings.max_batch_operations} operations",
             "operations",
         )
-    metadata_jsons = [
-        _check_operation(operation, settings, f"operations[{index}].")
-        for index, operation in enumerate(operations)
-    ]
-    payload = orjson.dumps(
-        [
-            {
-                "type": op.type.value,
-                "user_id": op.user_id,
-                "asset_type": op.asset_code,
-                "amount": op.amount_minor,
-                "description": op.description,
-                "metadata": orjson.Fragment(metadata_json),
-            }
-            for op, metadata_json in zip(operations, metadata_jsons, strict=True)
-        ]
-    ).decode()
+    items: list[dict[str, Any]] = []
+    for index, op in enumerate(operations):
+        prefix = f"operations[{index}]."
+        item: dict[str, Any] = {
+            "type": op.type.value,
+            "user_id": op.user_id,
+            "asset_type": op.asset_code,
+            "amount": op.amount_minor,
+            "description": op.description,
+            "metadata": orjson.Fragment(_check_operation(op, settings, prefix)),
+        }
+        if op.type is TransactionType.TRANSFER:
+            if op.to_user_id is None:
+                raise WalletError(
+                    errors.VALIDATION_ERROR, "a transfer needs to_user_id", f"{prefix}to_user_id"
+                )
+            if op.to_user_id == op.user_id:
+                raise WalletError(
+                    errors.SAME_USER, "user_id and to_user_id must differ", f"{prefix}to_user_id"
+                )
+            check_amount(op.fee_minor, settings, f"{prefix}fee")
+            # Only transfers carry these keys, so earlier batches keep their fingerprints.
+            item |= {"to_user_id": op.to_user_id, "fee": op.fee_minor}
+        elif op.to_user_id is not None or op.fee_minor:
+            raise WalletError(
+                errors.VALIDATION_ERROR,
+                f"only a transfer takes to_user_id and fee, not a {op.type}",
+                f"{prefix}to_user_id",
+            )
+        items.append(item)
+    payload = orjson.dumps(items).decode()
     row = await pool.fetchrow(
         "SELECT outcome, body::text AS body, replayed FROM wallet_post_batch($1, $2, $3::jsonb)",
         api_key_id,

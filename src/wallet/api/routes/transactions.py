@@ -151,6 +151,8 @@ async def batch(
             idempotency_key=None,
             description=op.description,
             metadata=op.metadata,
+            to_user_id=op.to_user_id,
+            fee_minor=op.fee,
         )
         for op in body.operations
     ]
