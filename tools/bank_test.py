@@ -1,14 +1,18 @@
 """`make bank-test` (`python -m tools.bank_test`): a Jepsen-style check that no acknowledged write is lost or applied twice.
 
-Many clients post random top-ups, bonuses and spends over HTTP with short client timeouts and
-retry each operation with its idempotency key until they get an answer, while the service is
-killed with SIGKILL and restarted, and PostgreSQL is crash-stopped (`pg_ctl stop -m immediate`)
-and restarted. Then the books are compared with what the clients were told:
+Many clients post random top-ups, bonuses, spends and transfers, and chains of dependent steps
+(a hold then its capture or void; a spend then a partial refund), over HTTP with short client
+timeouts, retrying each step with its idempotency key until they get an answer, while the
+service is killed with SIGKILL and restarted, and PostgreSQL is crash-stopped
+(`pg_ctl stop -m immediate`) and restarted. Then the books are compared with what the clients
+were told:
 
-* every acknowledged (201) operation exists exactly once, with the amount and user it was sent;
-* every operation refused with 409 insufficient_funds wrote nothing;
-* no transaction exists that no client was told about;
-* every balance equals the sum of that user's acknowledged operations, and none is negative;
+* every acknowledged step that writes a transaction or a hold exists exactly once, with the type,
+  amount and user it was sent; a captured or voided hold is in that state;
+* every step refused with 409 insufficient_funds wrote nothing;
+* no transaction or hold exists that no client was told about;
+* every balance equals the sum of that user's acknowledged effects, none is negative, and
+  nothing is left held;
 * `wallet verify` is clean.
 
 It runs on its own embedded PostgreSQL in a temporary folder, so it can crash it freely.
@@ -41,10 +45,16 @@ RETRY_PAUSE_S = 0.05
 @dataclass(frozen=True)
 class Operation:
     key: str
-    type: str
+    type: str  # topup, bonus, spend, transfer, hold_capture, hold_void, spend_refund
     user_id: str
     asset: str
     amount: int
+    second_amount: int = 0  # the capture (hold_capture) or refund (spend_refund), <= amount
+    to_user_id: str | None = None  # transfer
+
+
+# Each step that writes: its key suffix, and what it posts.
+TRANSACTION_STEPS = {"topup", "bonus", "spend", "transfer", "capture", "refund"}
 
 
 @dataclass
@@ -52,6 +62,7 @@ class BankReport:
     operations: int = 0
     acknowledged: int = 0
     refused_insufficient: int = 0
+    acknowledged_by_step: Counter[str] = field(default_factory=Counter)
     attempts: int = 0
     replayed_answers: int = 0  # final answers that were replays: an earlier attempt had committed
     retries_by_reason: Counter[str] = field(default_factory=Counter)
@@ -66,8 +77,10 @@ class BankReport:
 
     def render(self) -> str:
         lines = [
-            f"operations {self.operations}: {self.acknowledged} acknowledged, "
+            f"operations {self.operations}: {self.acknowledged} steps acknowledged, "
             f"{self.refused_insufficient} refused (insufficient funds), in {self.elapsed_s:.1f} s",
+            "acknowledged by step: "
+            + ", ".join(f"{k} {v}" for k, v in sorted(self.acknowledged_by_step.items())),
             f"attempts {self.attempts}, of which {self.replayed_answers} final answers were replays; retries by reason: "
             + (", ".join(f"{k} {v}" for k, v in sorted(self.retries_by_reason.items())) or "none"),
             f"faults injected: {self.server_kills} service SIGKILLs, {self.postgres_restarts} PostgreSQL crash-restarts",
@@ -102,7 +115,7 @@ async def _prepare(database_url: str, users: list[str]) -> str:
         await seed_reference_data(conn)
         for user_id in users:
             await conn.execute("SELECT wallet_ensure_user($1, 'Bank')", user_id)
-        return await create_api_key(conn, "bank-test", ["read", "credit", "spend"])
+        return await create_api_key(conn, "bank-test", ["read", "credit", "spend", "transfer", "reverse"])
     finally:
         await conn.close()
 
@@ -110,13 +123,30 @@ async def _prepare(database_url: str, users: list[str]) -> str:
 def _operations(count: int, users: list[str], seed: int) -> list[Operation]:
     rng = random.Random(seed)
     run = uuid.uuid4().hex[:8]
-    kinds = ["topup"] * 4 + ["bonus"] * 2 + ["spend"] * 4
-    return [
-        Operation(
-            f"bank-{run}-{i}", rng.choice(kinds), rng.choice(users), rng.choice(ASSETS), rng.randint(1, 100)
+    kinds = (
+        ["topup"] * 4
+        + ["bonus"] * 2
+        + ["spend"] * 3
+        + ["transfer", "hold_capture", "hold_void", "spend_refund"]
+    )
+    operations = []
+    for i in range(count):
+        kind, user, amount = rng.choice(kinds), rng.choice(users), rng.randint(1, 100)
+        receiver = (
+            rng.choice([u for u in users if u != user]) if kind == "transfer" and len(users) > 1 else None
         )
-        for i in range(count)
-    ]
+        operations.append(
+            Operation(
+                f"bank-{run}-{i}",
+                "spend" if kind == "transfer" and receiver is None else kind,
+                user,
+                rng.choice(ASSETS),
+                amount,
+                rng.randint(1, amount),
+                receiver,
+            )
+        )
+    return operations
 
 
 async def _run_clients(
@@ -134,43 +164,77 @@ async def _run_clients(
         queue.put_nowait(operation)
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
 
+    async def step(http: httpx.AsyncClient, key: str, path: str, body: dict) -> tuple[int, dict] | None:
+        """Posts one step until it gets a final answer (201/200, or 409 insufficient_funds)."""
+        started = time.monotonic()
+        while True:
+            report.attempts += 1
+            try:
+                response = await http.post(path, json=body, headers={"Idempotency-Key": key})
+            except httpx.TimeoutException:
+                reason = "client timeout"
+            except httpx.TransportError:
+                reason = "connection error"
+            else:
+                answer = response.json()
+                code = answer.get("error", {}).get("code") if response.status_code >= 400 else None
+                if response.status_code in (200, 201) or code == "insufficient_funds":
+                    answers[key] = (response.status_code, answer)
+                    report.replayed_answers += response.headers.get("Idempotent-Replayed") == "true"
+                    return response.status_code, answer
+                reason = f"{response.status_code} {code}"
+            report.retries_by_reason[reason] += 1
+            if time.monotonic() - started > GIVE_UP_AFTER_S:
+                report.problems.append(f"{key}: no answer after {GIVE_UP_AFTER_S} s ({reason})")
+                return None
+            await asyncio.sleep(RETRY_PAUSE_S)
+
+    async def perform(http: httpx.AsyncClient, op: Operation) -> None:
+        target = {"user_id": op.user_id, "asset_type": op.asset, "amount": op.amount}
+        if op.type in ("topup", "bonus", "spend"):
+            await step(http, f"{op.key}:{op.type}", f"/api/v1/transactions/{op.type}", target)
+        elif op.type == "transfer":
+            await step(
+                http,
+                f"{op.key}:transfer",
+                "/api/v1/transactions/transfer",
+                {
+                    "from_user_id": op.user_id,
+                    "to_user_id": op.to_user_id,
+                    "asset_type": op.asset,
+                    "amount": op.amount,
+                },
+            )
+        elif op.type in ("hold_capture", "hold_void"):
+            hold = await step(http, f"{op.key}:hold", "/api/v1/holds", target)
+            if hold is not None and hold[0] == 201:
+                if op.type == "hold_capture":
+                    await step(
+                        http,
+                        f"{op.key}:capture",
+                        f"/api/v1/holds/{hold[1]['id']}/capture",
+                        {"amount": op.second_amount},
+                    )
+                else:
+                    await step(http, f"{op.key}:void", f"/api/v1/holds/{hold[1]['id']}/void", {})
+        else:  # spend_refund
+            spend = await step(http, f"{op.key}:spend", "/api/v1/transactions/spend", target)
+            if spend is not None and spend[0] == 201:
+                await step(
+                    http,
+                    f"{op.key}:refund",
+                    f"/api/v1/transactions/{spend[1]['id']}/reverse",
+                    {"amount": op.second_amount, "reason": "bank test"},
+                )
+
     async def client(http: httpx.AsyncClient) -> None:
         while True:
             try:
                 operation = queue.get_nowait()
             except asyncio.QueueEmpty:
                 return
-            started = time.monotonic()
-            while True:
-                report.attempts += 1
-                try:
-                    response = await http.post(
-                        f"/api/v1/transactions/{operation.type}",
-                        json={
-                            "user_id": operation.user_id,
-                            "asset_type": operation.asset,
-                            "amount": operation.amount,
-                        },
-                        headers={"Idempotency-Key": operation.key},
-                    )
-                except httpx.TimeoutException:
-                    reason = "client timeout"
-                except httpx.TransportError:
-                    reason = "connection error"
-                else:
-                    body = response.json()
-                    code = body.get("error", {}).get("code") if response.status_code >= 400 else None
-                    if response.status_code == 201 or code == "insufficient_funds":
-                        answers[operation.key] = (response.status_code, body)
-                        report.replayed_answers += response.headers.get("Idempotent-Replayed") == "true"
-                        progress[0] += 1
-                        break
-                    reason = f"{response.status_code} {code}"
-                report.retries_by_reason[reason] += 1
-                if time.monotonic() - started > GIVE_UP_AFTER_S:
-                    report.problems.append(f"{operation.key}: no answer after {GIVE_UP_AFTER_S} s ({reason})")
-                    break
-                await asyncio.sleep(RETRY_PAUSE_S)
+            await perform(http, operation)
+            progress[0] += 1
 
     async with httpx.AsyncClient(
         base_url=base_url, headers={"Authorization": f"Bearer {token}"}, timeout=timeout_s, limits=limits
@@ -216,48 +280,80 @@ async def _check(
     try:
         api_key_id = await conn.fetchval("SELECT id FROM api_keys WHERE name = 'bank-test'")
         rows = await conn.fetch(
-            "SELECT id::text, idempotency_key, type, user_id, asset_code, amount_minor FROM transactions"
-            " WHERE api_key_id = $1",
+            "SELECT id::text, idempotency_key, type, user_id, asset_code, amount_minor, counterparty_user_id"
+            " FROM transactions WHERE api_key_id = $1",
             api_key_id,
         )
         by_key: dict[str, list[asyncpg.Record]] = defaultdict(list)
         for row in rows:
             by_key[row["idempotency_key"]].append(row)
+        holds = await conn.fetch(
+            "SELECT id::text, idempotency_key, user_id, asset_code, amount_minor, status, captured_amount_minor"
+            " FROM holds WHERE api_key_id = $1",
+            api_key_id,
+        )
+        holds_by_key: dict[str, list[asyncpg.Record]] = defaultdict(list)
+        for hold in holds:
+            holds_by_key[hold["idempotency_key"]].append(hold)
         expected: Counter[tuple[str, str]] = Counter()
+        hold_states: dict[str, str] = {}  # hold id -> the state its capture/void step was told
         for operation in operations:
-            found = by_key.pop(operation.key, [])
-            answer = answers.get(operation.key)
-            if answer is None:
-                continue  # already reported as unanswered
-            status, body = answer
-            if status == 201:
+            for step in ("topup", "bonus", "spend", "transfer", "hold", "capture", "void", "refund"):
+                key = f"{operation.key}:{step}"
+                answer = answers.get(key)
+                found = by_key.pop(key, []) if step in TRANSACTION_STEPS else []
+                found_holds = holds_by_key.pop(key, []) if step == "hold" else []
+                if answer is None:
+                    if found or found_holds:
+                        report.problems.append(f"{key}: never answered, but it wrote something")
+                    continue
+                status, body = answer
+                if status not in (200, 201):
+                    report.refused_insufficient += 1
+                    if found or found_holds:
+                        report.problems.append(f"{key}: refused, but it wrote something")
+                    continue
                 report.acknowledged += 1
+                report.acknowledged_by_step[step] += 1
+                if step == "hold":
+                    if len(found_holds) != 1 or found_holds[0]["id"] != body["id"]:
+                        report.problems.append(f"{key}: acknowledged, but {len(found_holds)} holds exist")
+                    continue
+                if step == "void":
+                    hold_states[body["id"]] = "voided"
+                    continue
                 if len(found) != 1:
-                    report.problems.append(
-                        f"{operation.key}: acknowledged, but {len(found)} transactions exist"
-                    )
+                    report.problems.append(f"{key}: acknowledged, but {len(found)} transactions exist")
                     continue
                 row = found[0]
+                amount = operation.second_amount if step in ("capture", "refund") else operation.amount
                 if (row["id"], row["type"], row["user_id"], row["asset_code"], row["amount_minor"]) != (
                     body["id"],
-                    operation.type,
+                    step,
                     operation.user_id,
                     operation.asset,
-                    operation.amount,
+                    amount,
                 ):
-                    report.problems.append(
-                        f"{operation.key}: stored transaction differs from the acknowledged one"
-                    )
-                sign = -1 if operation.type == "spend" else 1
-                expected[(operation.user_id, operation.asset)] += sign * operation.amount
-            else:
-                report.refused_insufficient += 1
-                if found:
-                    report.problems.append(f"{operation.key}: refused, but {len(found)} transactions exist")
+                    report.problems.append(f"{key}: stored transaction differs from the acknowledged one")
+                sign = 1 if step in ("topup", "bonus", "refund") else -1
+                expected[(operation.user_id, operation.asset)] += sign * amount
+                if step == "transfer":
+                    expected[(row["counterparty_user_id"], operation.asset)] += amount
+                if step == "capture":
+                    hold_states[body["hold_id"]] = "captured"
         for key, leftovers in by_key.items():
             report.problems.append(f"{key}: {len(leftovers)} transactions no client was told about")
+        for key, leftovers in holds_by_key.items():
+            report.problems.append(f"{key}: {len(leftovers)} holds no client was told about")
+        for hold in holds:
+            want = hold_states.get(hold["id"], "open")
+            if hold["status"] != want:
+                report.problems.append(
+                    f"hold {hold['id']}: status {hold['status']}, clients were told {want}"
+                )
         balances = await conn.fetch(
-            "SELECT user_id, asset_code, balance_minor FROM accounts WHERE kind = 'user' AND user_id LIKE 'bank_%'"
+            "SELECT user_id, asset_code, balance_minor, held_minor FROM accounts"
+            " WHERE kind = 'user' AND user_id LIKE 'bank_%'"
         )
         for row in balances:
             want = expected[(row["user_id"], row["asset_code"])]
@@ -267,6 +363,16 @@ async def _check(
                 )
             if row["balance_minor"] < 0:
                 report.problems.append(f"{row['user_id']} {row['asset_code']}: negative balance")
+            open_holds = sum(
+                h["amount_minor"]
+                for h in holds
+                if h["status"] == "open"
+                and (h["user_id"], h["asset_code"]) == (row["user_id"], row["asset_code"])
+            )
+            if row["held_minor"] != open_holds:
+                report.problems.append(
+                    f"{row['user_id']} {row['asset_code']}: held {row['held_minor']}, open holds {open_holds}"
+                )
         audit = await verify_ledger(conn)
         if not audit.clean:
             report.problems.append("wallet verify: " + audit.render().replace("\n", " | "))
