@@ -81,3 +81,18 @@ LANGUAGE plpgsql STABLE AS $$
 BEGIN
     RETURN wallet_transactions_json(ARRAY[p_transaction_id]) -> 0;
 END $$;
+
+-- Why a user's account of an asset could not be found: the user is unknown (named by p_user_field)
+-- or the asset is unknown or inactive (named by p_asset_field). Used on the refusal path of every posting function.
+CREATE OR REPLACE FUNCTION wallet_missing_account(p_user_id text, p_asset_code text, p_user_field text, p_asset_field text,
+                                                  OUT outcome text, OUT body jsonb)
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM users WHERE id = p_user_id) THEN
+        outcome := 'user_not_found';
+        body := wallet_error_body(outcome, format('no user with id %s', p_user_id), p_user_field);
+    ELSE
+        outcome := 'asset_type_not_found';
+        body := wallet_error_body(outcome, format('no active asset type with code %s', p_asset_code), p_asset_field);
+    END IF;
+END $$;

@@ -97,14 +97,7 @@ BEGIN
         FROM accounts u JOIN asset_types t ON t.code = u.asset_code AND t.is_active
         WHERE u.user_id = p_user_id AND u.asset_code = p_asset_code;
     IF NOT FOUND THEN
-        IF NOT EXISTS (SELECT 1 FROM users WHERE id = p_user_id) THEN
-            outcome := 'user_not_found';
-            body := wallet_error_body('user_not_found', format('no user with id %s', p_user_id), 'user_id');
-        ELSE
-            outcome := 'asset_type_not_found';
-            body := wallet_error_body('asset_type_not_found',
-                format('no active asset type with code %s', p_asset_code), 'asset_type');
-        END IF;
+        SELECT m.outcome, m.body INTO outcome, body FROM wallet_missing_account(p_user_id, p_asset_code, 'user_id', 'asset_type') m;
         RETURN;
     END IF;
 

@@ -41,16 +41,12 @@ BEGIN
         JOIN accounts s ON s.system_code = wallet_rule_system_account('transfer') AND s.asset_code = a.code
         WHERE a.code = p_asset_code AND a.is_active;
     IF NOT FOUND THEN
-        IF NOT EXISTS (SELECT 1 FROM users WHERE id = p_from_user_id) THEN
-            outcome := 'user_not_found';
-            body := wallet_error_body(outcome, format('no user with id %s', p_from_user_id), 'from_user_id');
-        ELSIF NOT EXISTS (SELECT 1 FROM users WHERE id = p_to_user_id) THEN
-            outcome := 'user_not_found';
-            body := wallet_error_body(outcome, format('no user with id %s', p_to_user_id), 'to_user_id');
+        IF EXISTS (SELECT 1 FROM users WHERE id = p_from_user_id) THEN
+            SELECT m.outcome, m.body INTO outcome, body
+              FROM wallet_missing_account(p_to_user_id, p_asset_code, 'to_user_id', 'asset_type') m;
         ELSE
-            outcome := 'asset_type_not_found';
-            body := wallet_error_body(outcome, format('no active asset type with code %s', p_asset_code),
-                                      'asset_type');
+            SELECT m.outcome, m.body INTO outcome, body
+              FROM wallet_missing_account(p_from_user_id, p_asset_code, 'from_user_id', 'asset_type') m;
         END IF;
         RETURN;
     END IF;

@@ -51,7 +51,7 @@ BEGIN
             USING ERRCODE = 'check_violation';
     END IF;
 
-    SELECT m.ord, m.user_id, m.asset_type, m.field, (u.id IS NOT NULL) AS user_exists INTO v_missing
+    SELECT m.ord, m.user_id, m.asset_type, m.field INTO v_missing
         FROM (SELECT o.ord, o.user_id, o.asset_type, 'user_id' AS field FROM wallet_batch_items(p_operations) AS o
               UNION ALL
               SELECT o.ord, o.to_user_id, o.asset_type, 'to_user_id' FROM wallet_batch_items(p_operations) AS o
@@ -62,16 +62,10 @@ BEGIN
         WHERE a.id IS NULL OR t.code IS NULL
         ORDER BY m.ord, m.field DESC LIMIT 1;
     IF FOUND THEN
-        IF NOT v_missing.user_exists THEN
-            outcome := 'user_not_found';
-            body := wallet_error_body('user_not_found', format('no user with id %s', v_missing.user_id),
-                format('operations[%s].%s', v_missing.ord, v_missing.field));
-        ELSE
-            outcome := 'asset_type_not_found';
-            body := wallet_error_body('asset_type_not_found',
-                format('no active asset type with code %s', v_missing.asset_type),
-                format('operations[%s].asset_type', v_missing.ord));
-        END IF;
+        SELECT m.outcome, m.body INTO outcome, body
+          FROM wallet_missing_account(v_missing.user_id, v_missing.asset_type,
+                                      format('operations[%s].%s', v_missing.ord, v_missing.field),
+                                      format('operations[%s].asset_type', v_missing.ord)) m;
         RETURN;
     END IF;
 
