@@ -85,13 +85,27 @@ def _publish_configured_limits(app: FastAPI, settings: Settings) -> None:
             return app.openapi_schema
         schema = generate()
         components = schema.get("components", {}).get("schemas", {})
-        for name in ("PostingBody", "BatchOperation"):
+        for name in (
+            "PostingBody",
+            "BatchOperation",
+            "HoldBody",
+            "TransferBody",
+            "CaptureBody",
+            "ReverseBody",
+        ):
             properties = components.get(name, {}).get("properties", {})
-            if "amount" in properties:
-                properties["amount"]["maximum"] = settings.max_amount_minor
-            for option in properties.get("description", {}).get("anyOf", []):
-                if option.get("type") == "string":
-                    option["maxLength"] = settings.max_description_chars
+            for field in ("amount", "fee"):
+                for option in [properties.get(field, {}), *properties.get(field, {}).get("anyOf", [])]:
+                    if option.get("type") == "integer":
+                        option["maximum"] = settings.max_amount_minor
+            for field in ("description", "reason"):
+                for option in properties.get(field, {}).get("anyOf", []):
+                    if option.get("type") == "string":
+                        option["maxLength"] = settings.max_description_chars
+        expires = components.get("HoldBody", {}).get("properties", {}).get("expires_in_seconds", {})
+        for option in expires.get("anyOf", []):
+            if option.get("type") == "integer":
+                option["maximum"] = settings.hold_expires_in_seconds_max
         batch = components.get("BatchBody", {}).get("properties", {}).get("operations", {})
         if batch:
             batch["maxItems"] = settings.max_batch_operations

@@ -112,7 +112,7 @@ class BatchBody(BaseModel):
     operations: list[BatchOperation] = Field(
         min_length=1,
         max_length=BATCH_OPERATIONS_CEILING,
-        description="Posted in order, all or none; at most WALLET_MAX_BATCH_OPERATIONS (100).",
+        description="Posted in order, all or none; at most WALLET_MAX_BATCH_OPERATIONS.",
     )
     idempotency_key: str | None = Field(
         default=None, min_length=1, max_length=IDEMPOTENCY_KEY_MAX_CHARS, pattern=IDEMPOTENCY_KEY_PATTERN
