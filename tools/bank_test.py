@@ -29,7 +29,7 @@ import uuid
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import asyncpg
 import httpx
@@ -98,9 +98,9 @@ class BankReport:
 def _crash_restart_postgres(pgdata: Path) -> None:
     """An immediate stop is a crash: no checkpoint, recovery from WAL on the next start."""
     import pgserver
-    from pgserver._commands import pg_ctl
+    from pgserver._commands import pg_ctl  # type: ignore[attr-defined]
 
-    user = pgserver.get_server(pgdata, cleanup_mode=None).system_user
+    user = pgserver.get_server(pgdata, cleanup_mode=None).system_user  # type: ignore[attr-defined]
     pg_ctl(["-w", "-m", "immediate", "restart"], pgdata=pgdata, user=user)
 
 
@@ -156,7 +156,7 @@ async def _run_clients(
     clients: int,
     timeout_s: float,
     report: BankReport,
-    answers: dict[str, tuple[int, dict]],
+    answers: dict[str, tuple[int, dict[str, Any]]],
     progress: list[int],
 ) -> None:
     queue: asyncio.Queue[Operation] = asyncio.Queue()
@@ -164,7 +164,9 @@ async def _run_clients(
         queue.put_nowait(operation)
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
 
-    async def step(http: httpx.AsyncClient, key: str, path: str, body: dict) -> tuple[int, dict] | None:
+    async def step(
+        http: httpx.AsyncClient, key: str, path: str, body: dict[str, Any]
+    ) -> tuple[int, dict[str, Any]] | None:
         """Posts one step until it gets a final answer (201/200, or 409 insufficient_funds)."""
         started = time.monotonic()
         while True:
@@ -272,7 +274,10 @@ async def _chaos(
 
 
 async def _check(
-    database_url: str, operations: list[Operation], answers: dict[str, tuple[int, dict]], report: BankReport
+    database_url: str,
+    operations: list[Operation],
+    answers: dict[str, tuple[int, dict[str, Any]]],
+    report: BankReport,
 ) -> None:
     from wallet.services.verify import verify_ledger
 
@@ -346,10 +351,10 @@ async def _check(
         for key, leftovers in holds_by_key.items():
             report.problems.append(f"{key}: {len(leftovers)} holds no client was told about")
         for hold in holds:
-            want = hold_states.get(hold["id"], "open")
-            if hold["status"] != want:
+            want_status = hold_states.get(hold["id"], "open")
+            if hold["status"] != want_status:
                 report.problems.append(
-                    f"hold {hold['id']}: status {hold['status']}, clients were told {want}"
+                    f"hold {hold['id']}: status {hold['status']}, clients were told {want_status}"
                 )
         balances = await conn.fetch(
             "SELECT user_id, asset_code, balance_minor, held_minor FROM accounts"
@@ -397,7 +402,7 @@ async def _run(
     token = await _prepare(database_url, user_ids)
     planned = _operations(operations, user_ids, seed)
     report = BankReport(operations=len(planned))
-    answers: dict[str, tuple[int, dict]] = {}
+    answers: dict[str, tuple[int, dict[str, Any]]] = {}
     progress = [0]
     service = ServiceProcess(
         {"WALLET_DATABASE_URL": database_url, "WALLET_LOG_LEVEL": "WARNING", "WALLET_DB_POOL_MAX_SIZE": "24"},

@@ -183,3 +183,48 @@ async def test_batch_transfer_refusals_name_the_operation(admin, client, make_us
         json={"operations": [{**base, "to_user_id": await make_user()}]},
     )
     assert refused.status_code == 403  # the transfer scope is needed for a transfer in a batch
+
+
+async def test_history_within_a_time_range_pages_through_exactly_that_range(client, admin, make_user):
+    user, other = await make_user(), await make_user(GOLD_COINS=100)
+    ids, times = [], []
+    for i in range(8):
+        if i % 3 == 2:  # some arrive as transfers received, some in another asset
+            response = await admin.post(
+                TRANSFER,
+                headers={"Idempotency-Key": new_key()},
+                json={"from_user_id": other, "to_user_id": user, "asset_type": "GOLD_COINS", "amount": 1},
+            )
+        else:
+            response = await admin.post(
+                "/api/v1/transactions/topup",
+                headers={"Idempotency-Key": new_key()},
+                json={"user_id": user, "asset_type": "DIAMONDS" if i % 2 else "GOLD_COINS", "amount": 1},
+            )
+        assert response.status_code == 201
+        ids.append(response.json()["id"])
+        await asyncio.sleep(0.005)
+        times.append(datetime.now(UTC))
+    start, end = times[1], times[6]  # after the 2nd posting, up to and including the 7th
+    seen, cursor = [], None
+    while True:
+        params = {"from": start.isoformat(), "to": end.isoformat(), "limit": 2}
+        if cursor:
+            params["cursor"] = cursor
+        page = (await client.get(f"/api/v1/wallets/{user}/transactions", params=params)).json()
+        seen += [t["id"] for t in page["data"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == list(reversed(ids[2:7]))
+    only_diamonds = await client.get(
+        f"/api/v1/wallets/{user}/transactions",
+        params={"from": start.isoformat(), "to": end.isoformat(), "asset_type": "DIAMONDS"},
+    )
+    assert [t["id"] for t in only_diamonds.json()["data"]] == [ids[3]]
+    empty = await client.get(
+        f"/api/v1/wallets/{user}/transactions", params={"to": times[0].replace(year=2000).isoformat()}
+    )
+    assert empty.json() == {"data": [], "next_cursor": None}
+    missing = await client.get("/api/v1/wallets/nobody_r/transactions", params={"to": end.isoformat()})
+    assert missing.status_code == 404

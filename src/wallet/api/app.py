@@ -7,6 +7,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import structlog
 from fastapi import FastAPI
 
 from wallet import __version__
@@ -20,6 +21,8 @@ from wallet.logging import configure_logging
 from wallet.services.api_keys import Authenticator
 from wallet.services.holds import run_hold_sweeper
 from wallet.settings import Settings, get_settings
+
+log = structlog.get_logger("wallet.app")
 
 DESCRIPTION = """
 The system of record for virtual credits (Gold Coins, Diamonds, Loyalty Points).
@@ -41,6 +44,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
         pool = await create_pool(settings, settings.database_url)
         app.state.resources = Resources(pool, Authenticator(pool, settings.auth_cache_ttl_ms))
+        if await pool.fetchval("SELECT current_setting('autovacuum')") != "on":
+            # Without it nothing refreshes statistics: plans cached while the ledger was small
+            # (sequential scans in the ledger's triggers) stay, and each posting slows down in
+            # proportion to the history. See docs/PERFORMANCE.md.
+            log.warning("autovacuum_off", advice="turn autovacuum on, or ANALYZE the ledger tables regularly")
         sweeper = (
             asyncio.create_task(run_hold_sweeper(pool, settings)) if settings.hold_sweep_interval_ms else None
         )

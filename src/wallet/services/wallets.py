@@ -89,20 +89,44 @@ SELECT h.seq, wallet_transaction_json(h.id)::text AS body FROM (
 ORDER BY h.seq DESC LIMIT $5
 """
 
-# The same, within [from, to). Run with a custom plan (the bounds' values known to the planner):
-# a narrow window is read through the (user, asset, created_at, seq) index, a wide one by walking
-# the seq index; either way an index plan, never the user's whole history.
+# The same, within [from, to). The time bounds are first turned into bounds on seq, per asset
+# account, by one index descent each on (user, asset, created_at, seq): postings of one account are
+# stamped under its row lock, so their times follow their seq. The page is then read from the seq
+# index between those bounds (the created_at filter only drops rows of other accounts stamped
+# out of order by microseconds). A window anywhere in a long history costs the same.
+# It is planned with the parameters' values (a generic plan, not knowing the bounds, would read
+# the time index and sort); the documents are then rendered by a second statement under the
+# session's generic plans, as a custom plan there would re-plan wallet_transaction_json per row.
 HISTORY_RANGE_SQL = """
-SELECT h.seq, wallet_transaction_json(h.id)::text AS body FROM (
-    (SELECT t.seq, t.id FROM transactions t
-      WHERE t.user_id = $1
+WITH mine AS (
+    SELECT (SELECT max(x.seq) FROM unnest($2::text[]) AS a(code) CROSS JOIN LATERAL (
+                SELECT t.seq FROM transactions t
+                 WHERE t.user_id = $1 AND t.asset_code = a.code AND t.created_at < $7
+                 ORDER BY t.created_at DESC, t.seq DESC LIMIT 1) AS x) AS hi,
+           (SELECT min(x.seq) FROM unnest($2::text[]) AS a(code) CROSS JOIN LATERAL (
+                SELECT t.seq FROM transactions t
+                 WHERE t.user_id = $1 AND t.asset_code = a.code AND t.created_at >= $6
+                 ORDER BY t.created_at, t.seq LIMIT 1) AS x) AS lo
+), received AS (
+    SELECT (SELECT max(x.seq) FROM unnest($2::text[]) AS a(code) CROSS JOIN LATERAL (
+                SELECT t.seq FROM transactions t
+                 WHERE t.counterparty_user_id = $1 AND t.asset_code = a.code AND t.created_at < $7
+                 ORDER BY t.created_at DESC, t.seq DESC LIMIT 1) AS x) AS hi,
+           (SELECT min(x.seq) FROM unnest($2::text[]) AS a(code) CROSS JOIN LATERAL (
+                SELECT t.seq FROM transactions t
+                 WHERE t.counterparty_user_id = $1 AND t.asset_code = a.code AND t.created_at >= $6
+                 ORDER BY t.created_at, t.seq LIMIT 1) AS x) AS lo
+)
+SELECT h.seq, h.id FROM (
+    (SELECT t.seq, t.id FROM transactions t, mine
+      WHERE t.user_id = $1 AND t.seq BETWEEN mine.lo AND mine.hi
         AND t.asset_code = ANY ($2::text[]) AND ($3::text IS NULL OR t.type = $3)
         AND ($4::bigint IS NULL OR t.seq < $4)
         AND t.created_at >= $6 AND t.created_at < $7
       ORDER BY t.seq DESC LIMIT $5)
     UNION ALL
-    (SELECT t.seq, t.id FROM transactions t
-      WHERE t.counterparty_user_id = $1
+    (SELECT t.seq, t.id FROM transactions t, received
+      WHERE t.counterparty_user_id = $1 AND t.seq BETWEEN received.lo AND received.hi
         AND t.asset_code = ANY ($2::text[]) AND ($3::text IS NULL OR t.type = $3)
         AND ($4::bigint IS NULL OR t.seq < $4)
         AND t.created_at >= $6 AND t.created_at < $7
@@ -144,26 +168,18 @@ async def history_json(
 ) -> str:
     before_seq = decode_int_cursor(cursor)
     type_value = type.value if type else None
-    if from_time is None and to_time is None:
-        rows = await pool.fetch(HISTORY_SQL, user_id, asset_code, type_value, before_seq, limit + 1)
-    else:
-        async with pool.acquire() as conn, conn.transaction(readonly=True):
-            await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
-            assets = (
-                [asset_code]
-                if asset_code
-                else [r[0] for r in await conn.fetch("SELECT code FROM asset_types")]
-            )
-            rows = await conn.fetch(
-                HISTORY_RANGE_SQL,
-                user_id,
-                assets,
-                type_value,
-                before_seq,
-                limit + 1,
-                from_time or _EARLIEST,
-                to_time or _LATEST,
-            )
+    if from_time is not None or to_time is not None:
+        return await _history_range_json(
+            pool,
+            user_id,
+            limit,
+            before_seq,
+            asset_code,
+            type_value,
+            from_time or _EARLIEST,
+            to_time or _LATEST,
+        )
+    rows = await pool.fetch(HISTORY_SQL, user_id, asset_code, type_value, before_seq, limit + 1)
     if not rows:
         await _require_user(pool, user_id)
     page = rows[:limit]
@@ -175,3 +191,32 @@ async def history_json(
         + orjson.dumps(next_cursor).decode()
         + "}"
     )
+
+
+async def _history_range_json(
+    pool: asyncpg.Pool,
+    user_id: str,
+    limit: int,
+    before_seq: int | None,
+    asset_code: str | None,
+    type_value: str | None,
+    from_time: datetime,
+    to_time: datetime,
+) -> str:
+    async with pool.acquire() as conn, conn.transaction(readonly=True):
+        assets = (
+            [asset_code] if asset_code else [r[0] for r in await conn.fetch("SELECT code FROM asset_types")]
+        )
+        await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
+        found = await conn.fetch(
+            HISTORY_RANGE_SQL, user_id, assets, type_value, before_seq, limit + 1, from_time, to_time
+        )
+        await conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+        documents = await conn.fetchval(
+            "SELECT wallet_transactions_json($1::uuid[])::text", [r["id"] for r in found[:limit]]
+        )
+    assert isinstance(documents, str)
+    if not found:
+        await _require_user(pool, user_id)
+    next_cursor = encode_cursor(str(found[limit - 1]["seq"])) if len(found) > limit else None
+    return '{"data":' + documents + ',"next_cursor":' + orjson.dumps(next_cursor).decode() + "}"
