@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import time
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 from urllib.parse import urlsplit, urlunsplit
 
@@ -72,9 +73,11 @@ async def _report(url: str) -> None:
     settings = Settings(database_url=url)
     pool = await create_pool(settings, url)
     try:
-        count, first, last = await pool.fetchrow(
+        row = await pool.fetchrow(
             "SELECT count(*), min(created_at), max(created_at) FROM transactions WHERE user_id = 'heavy'"
         )
+        assert row is not None
+        count, first, last = row
         third = first + (last - first) / 3
         print(f"user 'heavy': {count} postings from {first} to {last}; T = {third}\n")
         async with pool.acquire() as conn:
@@ -101,7 +104,7 @@ async def _report(url: str) -> None:
                     )
                     print(f"## {title} (ids of one page; custom plan, as the service runs it)\n")
                     print("\n".join(r[0] for r in plan), "\n")
-        reads = {
+        reads: dict[str, Callable[[], Awaitable[str]]] = {
             "balance now": lambda: balances_json(pool, "heavy", None),
             "balance as of T": lambda: balances_json(pool, "heavy", None, third),
             "history, newest page of 50": lambda: history_json(

@@ -29,7 +29,9 @@ import typer
 from tools.service_process import ServiceProcess
 
 BENCH_DATABASE = "wallet_bench"
-PGBENCH_DATABASE = "wallet_bench_pgbench"
+PGBENCH_SUFFIX = "_pgbench"
+# Interpolated into SQL and command lines, so a plain identifier, short enough for the suffix.
+DATABASE_NAME = re.compile(r"[a-z_][a-z0-9_]{0,54}")
 PGBENCH_SCALE = 16
 OPENING_BALANCE_MINOR = 10**12
 PREPARE_CHUNK_USERS = 500
@@ -134,7 +136,7 @@ def _psql_env(url: str) -> dict[str, str]:
     return env
 
 
-async def _prepare_database(admin_url: str, users: int) -> tuple[str, str]:
+async def _prepare_database(admin_url: str, database: str, users: int) -> tuple[str, str]:
     """A fresh, migrated database with `users` funded users; returns (url, api key)."""
     import asyncpg
 
@@ -144,11 +146,11 @@ async def _prepare_database(admin_url: str, users: int) -> tuple[str, str]:
 
     admin = await asyncpg.connect(admin_url)
     try:
-        await admin.execute(f"DROP DATABASE IF EXISTS {BENCH_DATABASE} WITH (FORCE)")
-        await admin.execute(f"CREATE DATABASE {BENCH_DATABASE}")
+        await admin.execute(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+        await admin.execute(f"CREATE DATABASE {database}")
     finally:
         await admin.close()
-    url = _with_database(admin_url, BENCH_DATABASE)
+    url = _with_database(admin_url, database)
     await upgrade_to_head_async(url)
     conn = await asyncpg.connect(url)
     try:
@@ -233,7 +235,7 @@ def _run_wrk(
     )
 
 
-def _pgbench(admin_url: str, mode: str, clients: int, seconds: int) -> float:
+def _pgbench(admin_url: str, database: str, mode: str, clients: int, seconds: int) -> float:
     env = _psql_env(admin_url)
     result = subprocess.run(
         [
@@ -247,7 +249,7 @@ def _pgbench(admin_url: str, mode: str, clients: int, seconds: int) -> float:
             str(min(clients, 2)),
             "-T",
             str(seconds),
-            PGBENCH_DATABASE,
+            database,
         ],
         env=env,
         capture_output=True,
@@ -260,12 +262,12 @@ def _pgbench(admin_url: str, mode: str, clients: int, seconds: int) -> float:
     return float(match.group(1))
 
 
-def _init_pgbench(admin_url: str) -> None:
+def _init_pgbench(admin_url: str, database: str) -> None:
     env = _psql_env(admin_url)
-    subprocess.run(["dropdb", "--if-exists", PGBENCH_DATABASE], env=env, check=False, capture_output=True)
-    subprocess.run(["createdb", PGBENCH_DATABASE], env=env, check=True, capture_output=True)
+    subprocess.run(["dropdb", "--if-exists", database], env=env, check=False, capture_output=True)
+    subprocess.run(["createdb", database], env=env, check=True, capture_output=True)
     subprocess.run(
-        [_require("pgbench"), "-i", "-q", "-s", str(PGBENCH_SCALE), PGBENCH_DATABASE],
+        [_require("pgbench"), "-i", "-q", "-s", str(PGBENCH_SCALE), database],
         env=env,
         check=True,
         capture_output=True,
@@ -281,13 +283,17 @@ def run_bench(
     batch_size: int,
     scenarios: list[str],
     output: Path | None,
+    database: str = BENCH_DATABASE,
 ) -> dict[str, object]:
     import asyncio
 
+    if not DATABASE_NAME.fullmatch(database):
+        raise ValueError(f"not a plain database name: {database!r}")
+    pgbench_database = database + PGBENCH_SUFFIX
     users = max(clients) * max(batch_size, 1)
-    print(f"preparing {BENCH_DATABASE} with {users} users ...", file=sys.stderr, flush=True)
-    url, token = asyncio.run(_prepare_database(admin_url, users))
-    _init_pgbench(admin_url)
+    print(f"preparing {database} with {users} users ...", file=sys.stderr, flush=True)
+    url, token = asyncio.run(_prepare_database(admin_url, database, users))
+    _init_pgbench(admin_url, pgbench_database)
     measurements: list[Measurement] = []
     pgbench: dict[str, dict[int, float]] = {"-N": {}, "-S": {}}
     service = ServiceProcess({"WALLET_DATABASE_URL": url, "WALLET_LOG_LEVEL": "WARNING"}, workers=workers)
@@ -296,7 +302,9 @@ def run_bench(
         with tempfile.TemporaryDirectory() as tmp:
             for concurrency in clients:
                 for mode in ("-N", "-S"):
-                    pgbench[mode][concurrency] = _pgbench(admin_url, mode, concurrency, seconds)
+                    pgbench[mode][concurrency] = _pgbench(
+                        admin_url, pgbench_database, mode, concurrency, seconds
+                    )
                 for scenario in scenarios:
                     measurement = _run_wrk(
                         service, scenario, concurrency, seconds, token, users, batch_size, Path(tmp)
@@ -370,12 +378,21 @@ def main(
         str, typer.Option(help="Any of topup,spend,balance,batch.")
     ] = "topup,spend,balance,batch",
     output: Annotated[Path | None, typer.Option(help="Also write the figures as JSON here.")] = None,
+    scratch_database: Annotated[
+        str,
+        typer.Option(
+            help="The scratch database to (re)create on the server; pgbench gets NAME_pgbench beside it."
+        ),
+    ] = BENCH_DATABASE,
 ) -> None:
     """Throughput and latency over HTTP at each concurrency, beside pgbench on the same server."""
     chosen = [s.strip() for s in scenarios.split(",") if s.strip()]
     unknown = sorted(set(chosen) - set(LUA_REQUEST))
     if unknown:
         _err(f"unknown scenarios: {', '.join(unknown)}")
+        raise typer.Exit(code=2)
+    if not DATABASE_NAME.fullmatch(scratch_database):
+        _err(f"--scratch-database must match {DATABASE_NAME.pattern}: {scratch_database!r}")
         raise typer.Exit(code=2)
     run_bench(
         database_url,
@@ -385,6 +402,7 @@ def main(
         batch_size=batch_size,
         scenarios=chosen,
         output=output,
+        database=scratch_database,
     )
 
 
