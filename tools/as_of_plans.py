@@ -67,7 +67,7 @@ async def _load(url: str, postings: int) -> None:
 
 async def _report(url: str) -> None:
     from wallet.db.pool import create_pool
-    from wallet.services.wallets import BALANCES_SQL, HISTORY_RANGE_SQL, balances_json, history_json
+    from wallet.services.wallets import BALANCES_AS_OF_SQL, HISTORY_RANGE_SQL, balances_json, history_json
     from wallet.settings import Settings
 
     settings = Settings(database_url=url)
@@ -82,7 +82,7 @@ async def _report(url: str) -> None:
         print(f"user 'heavy': {count} postings from {first} to {last}; T = {third}\n")
         async with pool.acquire() as conn:
             plan = await conn.fetch(
-                "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF) " + BALANCES_SQL, "heavy", None, third
+                "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF) " + BALANCES_AS_OF_SQL, "heavy", None, third
             )
             print("## balance as of T (generic plan, as the service runs it)\n")
             print("\n".join(r[0] for r in plan), "\n")

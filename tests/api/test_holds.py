@@ -157,3 +157,25 @@ async def test_hold_errors(client, admin, make_user):
     assert garbage.status_code == 404 and garbage.json()["error"]["code"] == "hold_not_found"
     no_key = await client.post(HOLDS, json={"user_id": user, "asset_type": "GOLD_COINS", "amount": 1})
     assert no_key.status_code == 400 and no_key.json()["error"]["code"] == "idempotency_key_missing"
+
+
+async def test_expired_holds_do_not_make_a_batch_or_a_transfer_short(client, admin, make_user):
+    user, other = await make_user(GOLD_COINS=30), await make_user()
+    await _hold(client, user, 30, expires_in_seconds=1)
+    await asyncio.sleep(1.1)
+    batch = await client.post(
+        "/api/v1/transactions/batch",
+        headers={"Idempotency-Key": new_key()},
+        json={"operations": [{"type": "spend", "user_id": user, "asset_type": "GOLD_COINS", "amount": 20}]},
+    )
+    assert batch.status_code == 201, batch.text
+    await _hold(client, user, 10, expires_in_seconds=1)
+    await asyncio.sleep(1.1)
+    transfer = await admin.post(
+        "/api/v1/transactions/transfer",
+        headers={"Idempotency-Key": new_key()},
+        json={"from_user_id": user, "to_user_id": other, "asset_type": "GOLD_COINS", "amount": 10},
+    )
+    assert transfer.status_code == 201, transfer.text
+    gold = (await _assets(client, user))["GOLD_COINS"]
+    assert (gold["balance"], gold["held"]) == (0, 0)

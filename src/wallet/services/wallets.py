@@ -20,9 +20,39 @@ from wallet.domain import errors
 from wallet.domain.rules import TransactionType
 from wallet.services.pagination import decode_int_cursor, encode_cursor
 
-# held: open holds not yet past their expiry (the cached held_minor may still include expired
-# ones until the database releases them). As of a time: holds open at that instant.
+# Now: the cached balance, and held without the open holds already past their expiry (the
+# cached held_minor may include them until the database releases them; the probe runs only for
+# accounts that hold something).
 BALANCES_SQL = """
+SELECT jsonb_build_object(
+    'user_id', u.id,
+    'as_of', NULL,
+    'balances', coalesce((
+        SELECT jsonb_agg(jsonb_build_object(
+                   'asset_type', a.asset_code,
+                   'name', t.name,
+                   'scale', t.scale,
+                   'balance', a.balance_minor,
+                   'held', a.held,
+                   'available', a.balance_minor - a.held,
+                   'debt', greatest(-a.balance_minor, 0)) ORDER BY a.asset_code)
+        FROM (SELECT x.asset_code, x.balance_minor,
+                     CASE WHEN x.held_minor = 0 THEN 0
+                          ELSE x.held_minor - coalesce((
+                              SELECT sum(h.amount_minor) FROM holds h
+                               WHERE h.account_id = x.id AND h.status = 'open'
+                                 AND h.expires_at <= clock_timestamp()), 0)
+                     END AS held
+                FROM accounts x
+               WHERE x.user_id = u.id AND ($2::text IS NULL OR x.asset_code = $2)) AS a
+        JOIN asset_types t ON t.code = a.asset_code), '[]'::jsonb)
+)::text
+FROM users u WHERE u.id = $1
+"""
+
+# As of an instant: each account's balance after its newest posting stamped at or before it (as
+# its user, or as the receiver of a transfer), and the holds open at that instant.
+BALANCES_AS_OF_SQL = """
 SELECT jsonb_build_object(
     'user_id', u.id,
     'as_of', to_char($3::timestamptz AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
@@ -38,32 +68,21 @@ SELECT jsonb_build_object(
         FROM accounts a
         JOIN asset_types t ON t.code = a.asset_code
         CROSS JOIN LATERAL (
-            SELECT
-                CASE WHEN $3::timestamptz IS NULL THEN a.balance_minor
-                     ELSE coalesce((
-                         SELECT x.balance FROM (
-                             (SELECT p.created_at, p.seq, p.balance_after_minor AS balance FROM transactions p
-                               WHERE p.user_id = a.user_id AND p.asset_code = a.asset_code AND p.created_at <= $3
-                               ORDER BY p.created_at DESC, p.seq DESC LIMIT 1)
-                             UNION ALL
-                             (SELECT p.created_at, p.seq, p.counterparty_balance_after_minor FROM transactions p
-                               WHERE p.counterparty_user_id = a.user_id AND p.asset_code = a.asset_code
-                                 AND p.created_at <= $3
-                               ORDER BY p.created_at DESC, p.seq DESC LIMIT 1)
-                         ) x ORDER BY x.created_at DESC, x.seq DESC LIMIT 1), 0)
-                END AS balance,
-                CASE WHEN $3::timestamptz IS NULL THEN
-                         CASE WHEN a.held_minor = 0 THEN 0
-                              ELSE a.held_minor - coalesce((
-                                  SELECT sum(h.amount_minor) FROM holds h
-                                   WHERE h.account_id = a.id AND h.status = 'open'
-                                     AND h.expires_at <= clock_timestamp()), 0)
-                         END
-                     ELSE coalesce((
-                         SELECT sum(h.amount_minor) FROM holds h
-                          WHERE h.user_id = a.user_id AND h.asset_code = a.asset_code AND h.created_at <= $3
-                            AND h.expires_at > $3 AND (h.closed_at IS NULL OR h.closed_at > $3)), 0)::bigint
-                END AS held
+            SELECT coalesce((
+                       SELECT x.balance FROM (
+                           (SELECT p.created_at, p.seq, p.balance_after_minor AS balance FROM transactions p
+                             WHERE p.user_id = a.user_id AND p.asset_code = a.asset_code AND p.created_at <= $3
+                             ORDER BY p.created_at DESC, p.seq DESC LIMIT 1)
+                           UNION ALL
+                           (SELECT p.created_at, p.seq, p.counterparty_balance_after_minor FROM transactions p
+                             WHERE p.counterparty_user_id = a.user_id AND p.asset_code = a.asset_code
+                               AND p.created_at <= $3
+                             ORDER BY p.created_at DESC, p.seq DESC LIMIT 1)
+                       ) x ORDER BY x.created_at DESC, x.seq DESC LIMIT 1), 0) AS balance,
+                   coalesce((
+                       SELECT sum(h.amount_minor) FROM holds h
+                        WHERE h.user_id = a.user_id AND h.asset_code = a.asset_code AND h.created_at <= $3
+                          AND h.expires_at > $3 AND (h.closed_at IS NULL OR h.closed_at > $3)), 0)::bigint AS held
         ) b
         WHERE a.user_id = u.id AND ($2::text IS NULL OR a.asset_code = $2)), '[]'::jsonb)
 )::text
@@ -148,7 +167,10 @@ async def _require_user(pool: asyncpg.Pool, user_id: str) -> None:
 async def balances_json(
     pool: asyncpg.Pool, user_id: str, asset_code: str | None, as_of: datetime | None = None
 ) -> str:
-    body = await pool.fetchval(BALANCES_SQL, user_id, asset_code, as_of)
+    if as_of is None:
+        body = await pool.fetchval(BALANCES_SQL, user_id, asset_code)
+    else:
+        body = await pool.fetchval(BALANCES_AS_OF_SQL, user_id, asset_code, as_of)
     if body is None:
         raise errors.WalletError(errors.USER_NOT_FOUND, f"no user with id {user_id}")
     assert isinstance(body, str)

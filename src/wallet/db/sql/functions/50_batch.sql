@@ -35,9 +35,14 @@ DECLARE
     v_missing record;
     v_outcome record;
     v_ids uuid[];                   -- per operation: the new transaction's id
+    v_account_ids bigint[];         -- per operation: the account of user_id
+    v_to_account_ids bigint[];      -- per operation: the receiver's account (transfers), else NULL
+    v_system_account_ids bigint[];  -- per operation: the system account on the other side
+    v_system_codes text[];
     v_balances_after bigint[];      -- per operation: the balance of user_id right after it
     v_to_balances_after bigint[];   -- per operation: the receiver's balance right after it (transfers)
     v_first_short integer;          -- the first operation that would overdraw, if any
+    v_any_held boolean;             -- some account involved has holds (maybe expired ones)
 BEGIN
     replayed := false;
     IF jsonb_typeof(p_operations) <> 'array' OR jsonb_array_length(p_operations) < 1
@@ -81,34 +86,44 @@ BEGIN
         WHERE id IN (SELECT a.id FROM wallet_batch_items(p_operations) AS o
                      JOIN accounts a ON a.user_id IN (o.user_id, o.to_user_id) AND a.asset_code = o.asset_type)
         ORDER BY id FOR UPDATE;
-    -- Expired holds still in the cached held_minor must not make the batch short.
-    PERFORM wallet_release_expired_holds(a.id)
-        FROM accounts a
-        WHERE a.held_minor > 0
-          AND a.id IN (SELECT u.id FROM wallet_batch_items(p_operations) AS o
-                       JOIN accounts u ON u.user_id IN (o.user_id, o.to_user_id) AND u.asset_code = o.asset_type);
 
-    -- Under the locks, in one pass over the legs (each operation's change to user_id's account,
-    -- and a transfer's credit to the receiver's): the running balance of each account in the
-    -- caller's order, and the first debit that would leave less than is held.
-    WITH legs AS (
-        SELECT l.ord, l.leg, a.held_minor, l.delta,
-               a.balance_minor + sum(l.delta) OVER (PARTITION BY a.id ORDER BY l.ord, l.leg) AS balance_after
-          FROM (SELECT o.ord, 1 AS leg, o.user_id AS account_user, o.asset_type, o.delta
-                  FROM wallet_batch_items(p_operations) AS o
-                UNION ALL
-                SELECT o.ord, 2, o.to_user_id, o.asset_type, o.amount
-                  FROM wallet_batch_items(p_operations) AS o WHERE o.to_user_id IS NOT NULL) AS l
-          JOIN accounts a ON a.user_id = l.account_user AND a.asset_code = l.asset_type
-    )
-    SELECT array_agg(gen_random_uuid() ORDER BY s.ord), array_agg(s.balance_after ORDER BY s.ord),
-           array_agg(s.to_balance_after ORDER BY s.ord), min(s.short_ord)
-      INTO v_ids, v_balances_after, v_to_balances_after, v_first_short
-      FROM (SELECT legs.ord,
+    -- Under the locks, in one pass over the legs (each operation's change to its user's account,
+    -- and a transfer's credit to the receiver's): every account involved, the running balance of
+    -- each account in the caller's order, and the first debit that would leave less than is held.
+    -- Expired holds may still be in the cached held_minor: if they alone make the batch short,
+    -- they are released (under the locks) and the pass runs once more.
+    FOR v_attempt IN 1..2 LOOP
+        WITH legs AS (
+            SELECT l.ord, l.leg, a.id AS account_id, a.held_minor, l.delta,
+                   a.balance_minor + sum(l.delta) OVER (PARTITION BY a.id ORDER BY l.ord, l.leg) AS balance_after
+              FROM (SELECT o.ord, 1 AS leg, o.user_id AS account_user, o.asset_type, o.delta
+                      FROM wallet_batch_items(p_operations) AS o
+                    UNION ALL
+                    SELECT o.ord, 2, o.to_user_id, o.asset_type, o.amount
+                      FROM wallet_batch_items(p_operations) AS o WHERE o.to_user_id IS NOT NULL) AS l
+              JOIN accounts a ON a.user_id = l.account_user AND a.asset_code = l.asset_type
+        ), per_op AS (
+            SELECT legs.ord,
+                   max(legs.account_id) FILTER (WHERE legs.leg = 1) AS account_id,
+                   max(legs.account_id) FILTER (WHERE legs.leg = 2) AS to_account_id,
                    max(legs.balance_after) FILTER (WHERE legs.leg = 1) AS balance_after,
                    max(legs.balance_after) FILTER (WHERE legs.leg = 2) AS to_balance_after,
-                   min(legs.ord) FILTER (WHERE legs.delta < 0 AND legs.balance_after < legs.held_minor) AS short_ord
-              FROM legs GROUP BY legs.ord) AS s;
+                   min(legs.ord) FILTER (WHERE legs.delta < 0 AND legs.balance_after < legs.held_minor) AS short_ord,
+                   bool_or(legs.held_minor > 0) AS any_held
+              FROM legs GROUP BY legs.ord
+        )
+        SELECT array_agg(gen_random_uuid() ORDER BY p.ord), array_agg(p.account_id ORDER BY p.ord),
+               array_agg(p.to_account_id ORDER BY p.ord), array_agg(sa.id ORDER BY p.ord),
+               array_agg(sa.system_code ORDER BY p.ord), array_agg(p.balance_after ORDER BY p.ord),
+               array_agg(p.to_balance_after ORDER BY p.ord), min(p.short_ord), bool_or(p.any_held)
+          INTO v_ids, v_account_ids, v_to_account_ids, v_system_account_ids, v_system_codes,
+               v_balances_after, v_to_balances_after, v_first_short, v_any_held
+          FROM per_op p
+          JOIN wallet_batch_items(p_operations) AS o ON o.ord = p.ord
+          JOIN accounts sa ON sa.system_code = wallet_rule_system_account(o.type) AND sa.asset_code = o.asset_type;
+        EXIT WHEN v_first_short IS NULL OR NOT v_any_held OR v_attempt = 2;
+        PERFORM wallet_release_expired_holds(a) FROM unnest(v_account_ids || v_to_account_ids) AS a WHERE a IS NOT NULL;
+    END LOOP;
     IF v_first_short IS NOT NULL THEN
         outcome := 'insufficient_funds';
         body := wallet_error_body('insufficient_funds',
@@ -122,25 +137,27 @@ BEGIN
     END IF;
 
     -- One statement writes every transaction, every entry and every balance, and returns the
-    -- response built from the values in hand.
+    -- response built from the values in hand (no account is looked up again).
     WITH ops AS (
         SELECT o.*, v_ids[o.ord + 1] AS id, v_balances_after[o.ord + 1] AS balance_after,
-               v_to_balances_after[o.ord + 1] AS to_balance_after
+               v_to_balances_after[o.ord + 1] AS to_balance_after, v_account_ids[o.ord + 1] AS account_id,
+               v_to_account_ids[o.ord + 1] AS to_account_id, v_system_account_ids[o.ord + 1] AS system_account_id,
+               v_system_codes[o.ord + 1] AS system_code
           FROM wallet_batch_items(p_operations) AS o
     ), sides AS (
-        -- Every entry of every operation: 1 = user_id's account; 2 = the system account on the
+        -- Every entry of every operation: 1 = its user's account; 2 = the system account on the
         -- other side, or a transfer's receiver; 3 = a transfer's fee to the system account.
-        SELECT ops.ord, ops.id, side.entry_no, side.account_id, side.account, side.kind, side.amount_minor
+        SELECT ops.ord, ops.id, ops.asset_type, side.entry_no, side.account_id, side.account, side.kind,
+               side.amount_minor
           FROM ops
-          JOIN accounts ua ON ua.user_id = ops.user_id AND ua.asset_code = ops.asset_type
-          JOIN accounts sa ON sa.system_code = wallet_rule_system_account(ops.type) AND sa.asset_code = ops.asset_type
-          LEFT JOIN accounts ra ON ra.user_id = ops.to_user_id AND ra.asset_code = ops.asset_type
          CROSS JOIN LATERAL (VALUES
-                (1::smallint, ua.id, ops.user_id, 'user', ops.delta),
-                (2::smallint, coalesce(ra.id, sa.id), coalesce(ops.to_user_id, sa.system_code),
-                 CASE WHEN ra.id IS NULL THEN 'system' ELSE 'user' END,
-                 CASE WHEN ra.id IS NULL THEN -ops.delta ELSE ops.amount END),
-                (3::smallint, sa.id, sa.system_code, 'system', CASE WHEN ra.id IS NULL THEN 0 ELSE ops.fee END))
+                (1::smallint, ops.account_id, ops.user_id, 'user', ops.delta),
+                (2::smallint, coalesce(ops.to_account_id, ops.system_account_id),
+                 coalesce(ops.to_user_id, ops.system_code),
+                 CASE WHEN ops.to_account_id IS NULL THEN 'system' ELSE 'user' END,
+                 CASE WHEN ops.to_account_id IS NULL THEN -ops.delta ELSE ops.amount END),
+                (3::smallint, ops.system_account_id, ops.system_code, 'system',
+                 CASE WHEN ops.to_account_id IS NULL THEN 0 ELSE ops.fee END))
              AS side(entry_no, account_id, account, kind, amount_minor)
          WHERE side.amount_minor <> 0
     ), posted AS (
@@ -153,16 +170,15 @@ BEGIN
         RETURNING id, created_at
     ), entries AS (
         INSERT INTO ledger_entries (transaction_id, entry_no, account_id, asset_code, amount_minor)
-        SELECT sides.id, sides.entry_no, sides.account_id, ops.asset_type, sides.amount_minor
-        FROM sides JOIN ops ON ops.ord = sides.ord
+        SELECT sides.id, sides.entry_no, sides.account_id, sides.asset_type, sides.amount_minor FROM sides
     ), balances AS (
+        -- Each account's balance after its last leg in the caller's order.
         UPDATE accounts a SET balance_minor = final.balance_after
         FROM (SELECT DISTINCT ON (u.account_id) u.account_id, u.balance_after
-              FROM (SELECT ua.id AS account_id, ops.balance_after, ops.ord, 1 AS leg FROM ops
-                      JOIN accounts ua ON ua.user_id = ops.user_id AND ua.asset_code = ops.asset_type
+              FROM (SELECT ops.account_id, ops.balance_after, ops.ord, 1 AS leg FROM ops
                     UNION ALL
-                    SELECT ra.id, ops.to_balance_after, ops.ord, 2 FROM ops
-                      JOIN accounts ra ON ra.user_id = ops.to_user_id AND ra.asset_code = ops.asset_type) AS u
+                    SELECT ops.to_account_id, ops.to_balance_after, ops.ord, 2 FROM ops
+                     WHERE ops.to_account_id IS NOT NULL) AS u
               ORDER BY u.account_id, u.ord DESC, u.leg DESC) AS final
         WHERE a.id = final.account_id
     )
