@@ -15,6 +15,7 @@ from wallet.api import metrics
 from wallet.api.body_limit import BodySizeLimit
 from wallet.api.dependencies import Resources
 from wallet.api.errors import error_responses, install_error_handlers
+from wallet.api.head import HeadAsGet
 from wallet.api.routes import health, holds, transactions, users, wallets
 from wallet.db.pool import create_pool
 from wallet.logging import configure_logging
@@ -70,6 +71,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         responses=error_responses(405, 500),
     )
     app.state.settings = settings
+    # A trailing slash is not redirected: the redirect would be built from the Host header.
+    app.router.redirect_slashes = False
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(metrics.router)
@@ -78,6 +81,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(users.router)
     app.include_router(holds.router)
     app.add_middleware(BodySizeLimit, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(HeadAsGet)
     _publish_configured_limits(app, settings)
     return app
 

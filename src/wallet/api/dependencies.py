@@ -7,10 +7,12 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 import asyncpg
-from fastapi import Depends, Request
+from fastapi import Depends, Header, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from wallet.domain.rules import Scope
+from wallet.domain import errors
+from wallet.domain.errors import WalletError
+from wallet.domain.rules import IDEMPOTENCY_KEY_MAX_CHARS, Scope
 from wallet.services.api_keys import Authenticator, Caller
 from wallet.settings import Settings
 
@@ -69,3 +71,39 @@ def requires(scope: Scope) -> Any:
 AnyCaller = Annotated[Caller, Depends(_authenticated)]
 Reader = Annotated[Caller, requires(Scope.READ)]
 Admin = Annotated[Caller, requires(Scope.ADMIN)]
+
+
+async def _idempotency_key_header(
+    request: Request,
+    declared: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            description="Unique per logical operation; retries must reuse it. A token or a quoted "
+            f'structured-field string ("abc" is the key abc); 1 to {IDEMPOTENCY_KEY_MAX_CHARS} '
+            "printable ASCII characters without spaces.",
+        ),
+    ] = None,
+) -> str | None:
+    """The Idempotency-Key header as the IETF draft defines it: a structured-field string, so
+    `"abc"` and `abc` are one key; sent twice it is refused, sent empty it is missing."""
+    values = request.headers.getlist("idempotency-key")
+    if len(values) > 1:
+        raise WalletError(errors.IDEMPOTENCY_KEY_MALFORMED, "send one Idempotency-Key header, not several")
+    if not values or not values[0].strip():
+        return None
+    value = values[0].strip()
+    if len(value) >= 2 and value[0] == value[-1] == '"':
+        inner = value[1:-1]
+        if '"' in inner.replace('\\"', "").replace("\\\\", ""):
+            raise WalletError(
+                errors.IDEMPOTENCY_KEY_MALFORMED, "Idempotency-Key is not a valid quoted string"
+            )
+        value = inner.replace('\\"', '"').replace("\\\\", "\\")
+        if not value:
+            return None
+    return value
+
+
+# The Idempotency-Key header, unquoted (None when absent or empty).
+IdempotencyKeyHeader = Annotated[str | None, Depends(_idempotency_key_header)]

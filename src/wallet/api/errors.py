@@ -32,6 +32,7 @@ STATUS_BY_CODE: dict[errors.Code, int] = {
     errors.MALFORMED_JSON: 400,
     errors.MALFORMED_BODY: 400,
     errors.IDEMPOTENCY_KEY_MISSING: 400,
+    errors.IDEMPOTENCY_KEY_MALFORMED: 400,
     errors.UNAUTHENTICATED: 401,
     errors.FORBIDDEN: 403,
     errors.NOT_FOUND: 404,

@@ -22,6 +22,7 @@ from wallet.domain.rules import (
     IDEMPOTENCY_KEY_PATTERN,
     USER_ID_PATTERN,
     HoldStatus,
+    SystemAccount,
     TransactionType,
 )
 
@@ -176,10 +177,18 @@ class BalancesOut(BaseModel):
     balances: list[AssetBalanceOut]
 
 
+def _not_reserved(user_id: str) -> str:
+    if set(user_id) == {"."}:
+        raise ValueError("must not be only dots (it would read as a path)")
+    if user_id in {s.value for s in SystemAccount}:
+        raise ValueError("is the code of a system account")
+    return user_id
+
+
 class UserCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    user_id: UserId
+    user_id: Annotated[UserId, AfterValidator(_not_reserved)]
     name: str = Field(min_length=1, max_length=200)
 
 

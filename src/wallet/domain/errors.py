@@ -47,6 +47,11 @@ IDEMPOTENCY_KEY_MISSING = _define(
     "every write needs an Idempotency-Key header or idempotency_key field",
     "idempotency_key",
 )
+IDEMPOTENCY_KEY_MALFORMED = _define(
+    "idempotency_key_malformed",
+    "the Idempotency-Key header is repeated or not a valid string",
+    "idempotency_key",
+)
 BODY_TOO_LARGE = _define("body_too_large", "the body exceeds WALLET_MAX_BODY_BYTES")
 VALIDATION_ERROR = _define("validation_error", "a field is missing, of the wrong type, or out of its format")
 LIMIT_EXCEEDED = _define("limit_exceeded", "a field exceeds a configured limit (amount, size, count)")

@@ -159,9 +159,15 @@ _EARLIEST = datetime.fromisoformat("0001-01-01T00:00:00+00:00")
 _LATEST = datetime.fromisoformat("9999-12-31T00:00:00+00:00")
 
 
-async def _require_user(pool: asyncpg.Pool, user_id: str) -> None:
+async def _require_user(pool: asyncpg.Pool, user_id: str, asset_code: str | None = None) -> None:
+    """Why a read found nothing: an unknown user, or an unknown asset in the filter."""
     if await pool.fetchval("SELECT 1 FROM users WHERE id = $1", user_id) is None:
         raise errors.WalletError(errors.USER_NOT_FOUND, f"no user with id {user_id}")
+    if (
+        asset_code is not None
+        and await pool.fetchval("SELECT 1 FROM asset_types WHERE code = $1", asset_code) is None
+    ):
+        raise errors.WalletError(errors.ASSET_TYPE_NOT_FOUND, f"no asset type with code {asset_code}")
 
 
 async def balances_json(
@@ -174,6 +180,8 @@ async def balances_json(
     if body is None:
         raise errors.WalletError(errors.USER_NOT_FOUND, f"no user with id {user_id}")
     assert isinstance(body, str)
+    if asset_code is not None and not orjson.loads(body)["balances"]:
+        await _require_user(pool, user_id, asset_code)
     return body
 
 
@@ -203,7 +211,7 @@ async def history_json(
         )
     rows = await pool.fetch(HISTORY_SQL, user_id, asset_code, type_value, before_seq, limit + 1)
     if not rows:
-        await _require_user(pool, user_id)
+        await _require_user(pool, user_id, asset_code)
     page = rows[:limit]
     next_cursor = encode_cursor(str(page[-1]["seq"])) if len(rows) > limit else None
     return (
@@ -239,6 +247,6 @@ async def _history_range_json(
         )
     assert isinstance(documents, str)
     if not found:
-        await _require_user(pool, user_id)
+        await _require_user(pool, user_id, asset_code)
     next_cursor = encode_cursor(str(found[limit - 1]["seq"])) if len(found) > limit else None
     return '{"data":' + documents + ',"next_cursor":' + orjson.dumps(next_cursor).decode() + "}"

@@ -6,9 +6,9 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Response
 
-from wallet.api.dependencies import AppSettings, Pool, Reader, requires
+from wallet.api.dependencies import AppSettings, IdempotencyKeyHeader, Pool, Reader, requires
 from wallet.api.errors import error_responses
-from wallet.api.routes.transactions import IdempotencyKeyHeader, respond
+from wallet.api.routes.transactions import respond
 from wallet.api.schemas import CaptureBody, HoldBody, HoldOut, HoldPage, TransactionOut, VoidBody
 from wallet.domain.rules import CURSOR_MAX_CHARS, Scope
 from wallet.services.api_keys import Caller
@@ -40,7 +40,7 @@ async def post_hold(
     settings: AppSettings,
     body: HoldBody,
     caller: Holder,
-    idempotency_key: IdempotencyKeyHeader = None,
+    idempotency_key: IdempotencyKeyHeader,
 ) -> Response:
     request = HoldRequest(
         user_id=body.user_id,
@@ -66,8 +66,8 @@ async def post_capture(
     settings: AppSettings,
     hold_id: str,
     caller: Holder,
+    idempotency_key: IdempotencyKeyHeader,
     body: CaptureBody | None = None,
-    idempotency_key: IdempotencyKeyHeader = None,
 ) -> Response:
     body = body or CaptureBody()
     outcome = await capture_hold(
@@ -98,8 +98,8 @@ async def post_void(
     settings: AppSettings,
     hold_id: str,
     caller: Holder,
+    idempotency_key: IdempotencyKeyHeader,
     body: VoidBody | None = None,
-    idempotency_key: IdempotencyKeyHeader = None,
 ) -> Response:
     body = body or VoidBody()
     key = resolve_idempotency_key(body.idempotency_key, idempotency_key)

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Response
+from fastapi import APIRouter, Response
 
-from wallet.api.dependencies import AnyCaller, AppSettings, Pool, Reader, requires
+from wallet.api.dependencies import AnyCaller, AppSettings, IdempotencyKeyHeader, Pool, Reader, requires
 from wallet.api.errors import error_responses, status_of
 from wallet.api.metrics import POSTING_SECONDS, POSTINGS
 from wallet.api.schemas import BatchBody, BatchOut, PostingBody, ReverseBody, TransactionOut, TransferBody
 from wallet.domain.rules import (
-    IDEMPOTENCY_KEY_MAX_CHARS,
-    IDEMPOTENCY_KEY_PATTERN,
     TYPE_RULES,
     Scope,
     TransactionType,
@@ -31,16 +29,6 @@ from wallet.services.transfers import TransferRequest, post_transfer
 
 router = APIRouter(prefix="/api/v1/transactions", tags=["transactions"])
 
-IdempotencyKeyHeader = Annotated[
-    str | None,
-    Header(
-        alias="Idempotency-Key",
-        min_length=1,
-        max_length=IDEMPOTENCY_KEY_MAX_CHARS,
-        pattern=IDEMPOTENCY_KEY_PATTERN,
-        description="Unique per logical operation; retries must reuse it.",
-    ),
-]
 WRITE_RESPONSES: dict[int | str, dict[str, Any]] = {
     201: {"model": TransactionOut, "description": "Posted. Replays carry `Idempotent-Replayed: true`."},
     **error_responses(400, 401, 403, 404, 409, 413, 422, 503),
@@ -93,7 +81,7 @@ async def topup(
     settings: AppSettings,
     body: PostingBody,
     caller: Annotated[Caller, requires(TYPE_RULES[TransactionType.TOPUP].scope)],
-    idempotency_key: IdempotencyKeyHeader = None,
+    idempotency_key: IdempotencyKeyHeader,
 ) -> Response:
     return await _post(pool, settings, TransactionType.TOPUP, body, caller, idempotency_key)
 
@@ -107,7 +95,7 @@ async def bonus(
     settings: AppSettings,
     body: PostingBody,
     caller: Annotated[Caller, requires(TYPE_RULES[TransactionType.BONUS].scope)],
-    idempotency_key: IdempotencyKeyHeader = None,
+    idempotency_key: IdempotencyKeyHeader,
 ) -> Response:
     return await _post(pool, settings, TransactionType.BONUS, body, caller, idempotency_key)
 
@@ -121,7 +109,7 @@ async def spend(
     settings: AppSettings,
     body: PostingBody,
     caller: Annotated[Caller, requires(TYPE_RULES[TransactionType.SPEND].scope)],
-    idempotency_key: IdempotencyKeyHeader = None,
+    idempotency_key: IdempotencyKeyHeader,
 ) -> Response:
     return await _post(pool, settings, TransactionType.SPEND, body, caller, idempotency_key)
 
@@ -138,7 +126,7 @@ async def batch(
     settings: AppSettings,
     body: BatchBody,
     caller: AnyCaller,
-    idempotency_key: IdempotencyKeyHeader = None,
+    idempotency_key: IdempotencyKeyHeader,
 ) -> Response:
     for scope in sorted({TYPE_RULES[op.type].scope for op in body.operations}):
         caller.require(scope)
@@ -184,7 +172,7 @@ async def transfer(
     settings: AppSettings,
     body: TransferBody,
     caller: Annotated[Caller, requires(TYPE_RULES[TransactionType.TRANSFER].scope)],
-    idempotency_key: IdempotencyKeyHeader = None,
+    idempotency_key: IdempotencyKeyHeader,
 ) -> Response:
     request = TransferRequest(
         from_user_id=body.from_user_id,
@@ -213,8 +201,8 @@ async def reverse(
     settings: AppSettings,
     transaction_id: str,
     caller: Annotated[Caller, requires(Scope.REVERSE)],
+    idempotency_key: IdempotencyKeyHeader,
     body: ReverseBody | None = None,
-    idempotency_key: IdempotencyKeyHeader = None,
 ) -> Response:
     body = body or ReverseBody()
     if body.allow_negative:

@@ -1,0 +1,102 @@
+"""Part of the hardening issue: HEAD wherever GET answers, no redirects built from the Host
+header, unknown assets in read filters, the Idempotency-Key header as the IETF draft defines it,
+and reserved user ids."""
+
+from __future__ import annotations
+
+import asyncpg
+import pytest
+
+from tests.support import new_key
+
+TOPUP = "/api/v1/transactions/topup"
+
+
+async def test_head_answers_wherever_get_does_with_the_same_status_and_no_body(client, make_user):
+    user = await make_user(GOLD_COINS=5)
+    spec = (await client.get("/openapi.json")).json()
+    concrete = {
+        "user_id": user,
+        "transaction_id": "00000000-0000-0000-0000-000000000000",
+        "hold_id": "00000000-0000-0000-0000-000000000000",
+    }
+    paths = [p for p, ops in spec["paths"].items() if "get" in ops] + ["/docs", "/metrics"]
+    assert len(paths) >= 8
+    for path in paths:
+        url = path.format(**concrete)
+        get, head = await client.get(url), await client.head(url)
+        assert head.status_code == get.status_code, url
+        assert head.content == b"", url
+        assert head.headers.get("content-type") == get.headers.get("content-type"), url
+
+
+async def test_a_trailing_slash_is_not_redirected(client):
+    response = await client.get("/api/v1/wallets/user_001/balance/", headers={"Host": "evil.example"})
+    assert response.status_code == 404 and "location" not in response.headers
+    assert response.json()["error"]["code"] == "not_found"
+
+
+async def test_an_unknown_asset_in_a_read_filter_is_a_404(client, make_user):
+    user = await make_user(GOLD_COINS=5)
+    for path in (f"/api/v1/wallets/{user}/balance", f"/api/v1/wallets/{user}/transactions"):
+        response = await client.get(path, params={"asset_type": "NO_SUCH_ASSET"})
+        assert response.status_code == 404, path
+        assert response.json()["error"] == {
+            "code": "asset_type_not_found",
+            "message": "no asset type with code NO_SUCH_ASSET",
+            "field": "asset_type",
+        }
+    ranged = await client.get(
+        f"/api/v1/wallets/{user}/transactions",
+        params={"asset_type": "NO_SUCH_ASSET", "to": "2030-01-01T00:00:00Z"},
+    )
+    assert ranged.status_code == 404
+    # A known asset with nothing in it is still an empty answer.
+    empty = await client.get(f"/api/v1/wallets/{user}/transactions", params={"asset_type": "DIAMONDS"})
+    assert empty.status_code == 200 and empty.json()["data"] == []
+
+
+async def test_a_quoted_idempotency_key_is_the_same_key(client, make_user):
+    user = await make_user()
+    key = new_key()
+    body = {"user_id": user, "asset_type": "GOLD_COINS", "amount": 3}
+    first = await client.post(TOPUP, headers={"Idempotency-Key": key}, json=body)
+    quoted = await client.post(TOPUP, headers={"Idempotency-Key": f'"{key}"'}, json=body)
+    assert first.status_code == quoted.status_code == 201
+    assert quoted.headers["Idempotent-Replayed"] == "true" and quoted.content == first.content
+    balance = (
+        await client.get(f"/api/v1/wallets/{user}/balance", params={"asset_type": "GOLD_COINS"})
+    ).json()
+    assert balance["balances"][0]["balance"] == 3
+
+
+@pytest.mark.parametrize(
+    ("headers", "status", "code"),
+    [
+        ([("Idempotency-Key", "k-one"), ("Idempotency-Key", "k-two")], 400, "idempotency_key_malformed"),
+        ([("Idempotency-Key", "same"), ("Idempotency-Key", "same")], 400, "idempotency_key_malformed"),
+        ([("Idempotency-Key", "")], 400, "idempotency_key_missing"),
+        ([("Idempotency-Key", "   ")], 400, "idempotency_key_missing"),
+        ([("Idempotency-Key", '""')], 400, "idempotency_key_missing"),
+        ([("Idempotency-Key", '"a"b"')], 400, "idempotency_key_malformed"),
+        ([("Idempotency-Key", "has space")], 422, "invalid_request"),
+    ],
+)
+async def test_bad_idempotency_key_headers_are_refused_and_write_nothing(
+    client, make_user, pool, headers, status, code
+):
+    user = await make_user()
+    response = await client.post(
+        TOPUP, headers=headers, json={"user_id": user, "asset_type": "GOLD_COINS", "amount": 1}
+    )
+    assert (response.status_code, response.json()["error"]["code"]) == (status, code)
+    assert response.json()["error"]["field"] == "idempotency_key"
+    assert await pool.fetchval("SELECT count(*) FROM transactions WHERE user_id = $1", user) == 0
+
+
+@pytest.mark.parametrize("user_id", [".", "..", "....", "SYSTEM_REVENUE", "SYSTEM_TREASURY"])
+async def test_reserved_user_ids_are_refused_by_the_api_and_the_database(admin, pool, user_id):
+    response = await admin.post("/api/v1/users", json={"user_id": user_id, "name": "Reserved"})
+    assert response.status_code == 422 and response.json()["error"]["field"] == "user_id"
+    with pytest.raises(asyncpg.exceptions.CheckViolationError):
+        await pool.execute("INSERT INTO users (id, name) VALUES ($1, 'x')", user_id)
