@@ -100,3 +100,87 @@ async def test_reserved_user_ids_are_refused_by_the_api_and_the_database(admin, 
     assert response.status_code == 422 and response.json()["error"]["field"] == "user_id"
     with pytest.raises(asyncpg.exceptions.CheckViolationError):
         await pool.execute("INSERT INTO users (id, name) VALUES ($1, 'x')", user_id)
+
+
+def _raw(body: str) -> dict:
+    return {"content": body, "headers": {"Idempotency-Key": new_key(), "Content-Type": "application/json"}}
+
+
+@pytest.mark.parametrize(
+    ("path", "template"),
+    [
+        (TOPUP, '{{"user_id": "{user}", "asset_type": "GOLD_COINS", "amount": {amount}}}'),
+        (
+            "/api/v1/transactions/spend",
+            '{{"user_id": "{user}", "asset_type": "GOLD_COINS", "amount": {amount}}}',
+        ),
+        ("/api/v1/holds", '{{"user_id": "{user}", "asset_type": "GOLD_COINS", "amount": {amount}}}'),
+        (
+            "/api/v1/transactions/batch",
+            '{{"operations": [{{"type": "spend", "user_id": "{user}", "asset_type": "GOLD_COINS", "amount": {amount}}}]}}',
+        ),
+    ],
+)
+async def test_amounts_are_judged_on_the_exact_json_text(admin, make_user, pool, path, template):
+    user = await make_user(GOLD_COINS=1000)
+    for text in (
+        "1.99999999999999999",
+        "2.0000000000000001",
+        "1.5",
+        "1e-1",
+        "123.456e1",
+        "0.9999999999999999999",
+    ):
+        response = await admin.post(path, **_raw(template.format(user=user, amount=text)))
+        assert response.status_code == 422, (text, response.text)
+        assert response.json()["error"]["field"].endswith("amount"), text
+    for text in ("3", "3.0", "3e0", "0.3e1", "300e-2"):
+        response = await admin.post(path, **_raw(template.format(user=user, amount=text)))
+        assert response.status_code == 201, (text, response.text)
+        created = response.json()
+        assert (created["transactions"][0] if "transactions" in created else created)["amount"] == 3, text
+
+
+async def test_non_numbers_duplicate_keys_and_overflow_are_malformed_json(admin, make_user, pool):
+    user = await make_user(GOLD_COINS=10)
+    bodies = [
+        f'{{"user_id": "{user}", "asset_type": "GOLD_COINS", "amount": 1, "metadata": {{"x": NaN}}}}',
+        f'{{"user_id": "{user}", "asset_type": "GOLD_COINS", "amount": 1, "metadata": {{"x": Infinity}}}}',
+        f'{{"user_id": "{user}", "asset_type": "GOLD_COINS", "amount": 1, "metadata": {{"x": -Infinity}}}}',
+        f'{{"user_id": "{user}", "asset_type": "GOLD_COINS", "amount": 1, "metadata": {{"x": 1e400}}}}',
+        f'{{"user_id": "{user}", "asset_type": "GOLD_COINS", "amount": 1, "amount": 1000}}',
+        f'{{"user_id": "{user}", "asset_type": "GOLD_COINS", "amount": 1, "metadata": {{"a": 1, "a": 2}}}}',
+        f'{{"user_id": "{user}", "asset_type": "GOLD_COINS", "amount": 1e400}}',
+    ]
+    for body in bodies:
+        response = await admin.post(TOPUP, **_raw(body))
+        assert response.status_code == 400, (body, response.text)
+        assert response.json()["error"]["code"] == "malformed_json", body
+    assert (
+        await pool.fetchval("SELECT count(*) FROM transactions WHERE user_id = $1", user) == 1
+    )  # the opening
+
+
+async def test_metadata_numbers_come_back_as_sent_and_depth_is_bounded(admin, make_user):
+    user = await make_user()
+    body = f'{{"user_id": "{user}", "asset_type": "GOLD_COINS", "amount": 1, "metadata": {{"price": 1.10, "big": 12345678901234567890.5}}}}'
+    response = await admin.post(TOPUP, **_raw(body))
+    assert response.status_code == 201, response.text
+    assert '"price": 1.10' in response.text and "12345678901234567890.5" in response.text
+    deep = {"user_id": user, "asset_type": "GOLD_COINS", "amount": 1}
+    nested: dict = {}
+    cursor = nested
+    for _ in range(40):
+        cursor["n"] = {}
+        cursor = cursor["n"]
+    too_deep = await admin.post(
+        TOPUP, json={**deep, "metadata": nested}, headers={"Idempotency-Key": new_key()}
+    )
+    assert too_deep.status_code == 422 and too_deep.json()["error"]["code"] == "limit_exceeded"
+    hostile = '{{"user_id": "{}", "asset_type": "GOLD_COINS", "amount": 1, "metadata": {}1{}}}'.format(
+        user,
+        '{"n": ' * 5000,
+        "}" * 5000,
+    )
+    answer = await admin.post(TOPUP, **_raw(hostile))
+    assert 400 <= answer.status_code < 500, answer.text

@@ -7,6 +7,7 @@ ever reaches the ledger.
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
@@ -28,8 +29,17 @@ from wallet.domain.rules import (
 
 
 def _whole_number(value: Any) -> Any:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    """Amounts are whole numbers of minor units, judged on the exact JSON text: bodies are parsed
+    with `Decimal` for every number with a fraction or exponent (wallet.api.json_body), so
+    `100.0` and `1e2` are 100 while `1.99999999999999999` is refused, not rounded to 2."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, Decimal)):
         raise ValueError("must be an integer number of minor units")
+    if isinstance(value, Decimal):
+        if value != value.to_integral_value():
+            raise ValueError("must be a whole number of minor units; fractions are not allowed")
+        if abs(value) > AMOUNT_MINOR_CEILING:
+            raise ValueError(f"must not exceed {AMOUNT_MINOR_CEILING}")
+        return int(value)
     if isinstance(value, float):
         if not value.is_integer():
             raise ValueError("must be a whole number of minor units; fractions are not allowed")

@@ -106,6 +106,7 @@ IDEMPOTENCY_KEY_MAX_CHARS = 255
 IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]+$"
 DESCRIPTION_MAX_CHARS = 10_000
 METADATA_MAX_BYTES = 65_536
+METADATA_MAX_DEPTH = 32  # levels of nested objects and arrays, the top object included
 USER_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
 ASSET_CODE_MAX_CHARS = 32
 ASSET_CODE_PATTERN = r"^[A-Z][A-Z0-9_]{1,31}$"

@@ -5,13 +5,14 @@ the same way everywhere (the hard ceilings are also CHECK constraints in the sch
 from __future__ import annotations
 
 import re
+from decimal import Decimal
 from typing import Any
 
 import orjson
 
 from wallet.domain import errors
 from wallet.domain.errors import WalletError
-from wallet.domain.rules import IDEMPOTENCY_KEY_PATTERN
+from wallet.domain.rules import IDEMPOTENCY_KEY_PATTERN, METADATA_MAX_DEPTH
 from wallet.settings import Settings
 
 _IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
@@ -79,12 +80,38 @@ def check_text(text: str | None, settings: Settings, field: str = "description")
     return text
 
 
+def _depth(value: Any) -> int:
+    """Nesting depth of a JSON value, without recursion (a hostile body may nest thousands deep)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            deepest = max(deepest, depth)
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            deepest = max(deepest, depth)
+            stack.extend((v, depth + 1) for v in item)
+    return deepest
+
+
+def _exact_number(value: Any) -> orjson.Fragment:
+    """Numbers with a fraction or exponent arrive as Decimal (wallet.api.json_body) and are
+    written back as the same JSON number text."""
+    if isinstance(value, Decimal):
+        return orjson.Fragment(str(value).encode())
+    raise TypeError(f"{type(value).__name__} is not JSON")
+
+
 def encode_metadata(metadata: dict[str, Any] | None, settings: Settings, field: str = "metadata") -> bytes:
     """The metadata as JSON, encoded once for both the size check and the database."""
     if _contains_nul(metadata):
         raise WalletError(errors.INVALID_REQUEST, f"{field} must not contain NUL characters", field)
+    if _depth(metadata) > METADATA_MAX_DEPTH:
+        raise WalletError(
+            errors.LIMIT_EXCEEDED, f"{field} must not nest deeper than {METADATA_MAX_DEPTH} levels", field
+        )
     try:
-        metadata_json = orjson.dumps(metadata or {})
+        metadata_json = orjson.dumps(metadata or {}, default=_exact_number)
     except orjson.JSONEncodeError as exc:
         # Integers beyond 64 bits, lone UTF-16 surrogates, nesting deeper than the encoder takes:
         # values the service could not store and give back as the same JSON.

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Query, Response
 
 from wallet.api.dependencies import AppSettings, IdempotencyKeyHeader, Pool, Reader, requires
 from wallet.api.errors import error_responses
+from wallet.api.json_body import ExactJSONRoute
 from wallet.api.routes.transactions import respond
 from wallet.api.schemas import CaptureBody, HoldBody, HoldOut, HoldPage, TransactionOut, VoidBody
 from wallet.domain.rules import CURSOR_MAX_CHARS, Scope
@@ -23,7 +24,7 @@ from wallet.services.holds import (
 from wallet.services.limits import resolve_idempotency_key
 from wallet.services.pagination import check_limit
 
-router = APIRouter(prefix="/api/v1", tags=["holds"])
+router = APIRouter(prefix="/api/v1", tags=["holds"], route_class=ExactJSONRoute)
 Holder = Annotated[Caller, requires(Scope.SPEND)]
 WRITE_ERRORS = error_responses(400, 401, 403, 404, 409, 413, 422, 503)
 

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Response
 
 from wallet.api.dependencies import AnyCaller, AppSettings, IdempotencyKeyHeader, Pool, Reader, requires
 from wallet.api.errors import error_responses, status_of
+from wallet.api.json_body import ExactJSONRoute
 from wallet.api.metrics import POSTING_SECONDS, POSTINGS
 from wallet.api.schemas import BatchBody, BatchOut, PostingBody, ReverseBody, TransactionOut, TransferBody
 from wallet.domain.rules import (
@@ -27,7 +28,7 @@ from wallet.services.transactions import (
 )
 from wallet.services.transfers import TransferRequest, post_transfer
 
-router = APIRouter(prefix="/api/v1/transactions", tags=["transactions"])
+router = APIRouter(prefix="/api/v1/transactions", tags=["transactions"], route_class=ExactJSONRoute)
 
 WRITE_RESPONSES: dict[int | str, dict[str, Any]] = {
     201: {"model": TransactionOut, "description": "Posted. Replays carry `Idempotent-Replayed: true`."},

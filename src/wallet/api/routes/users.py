@@ -9,12 +9,13 @@ from fastapi.responses import JSONResponse
 
 from wallet.api.dependencies import Admin, AppSettings, Pool, Reader
 from wallet.api.errors import error_responses
+from wallet.api.json_body import ExactJSONRoute
 from wallet.api.schemas import AssetTypeList, UserCreate, UserOut, UserPage
 from wallet.domain.rules import CURSOR_MAX_CHARS
 from wallet.services.pagination import check_limit
 from wallet.services.users import create_user, list_asset_types, list_users
 
-router = APIRouter(prefix="/api/v1", tags=["users"])
+router = APIRouter(prefix="/api/v1", tags=["users"], route_class=ExactJSONRoute)
 
 
 @router.get("/users", response_model=UserPage, responses=error_responses(401, 403, 422, 503))

@@ -209,11 +209,11 @@ BEGIN
             WHERE system_code = wallet_rule_system_account('capture') AND asset_code = v_hold.asset_code;
         UPDATE accounts
            SET balance_minor = balance_minor - v_amount_minor, held_minor = held_minor - v_hold.amount_minor
-         WHERE id = v_hold.account_id
-           AND balance_minor - v_amount_minor >= held_minor - v_hold.amount_minor
+         WHERE id = v_hold.account_id AND balance_minor - v_amount_minor >= 0
          RETURNING balance_minor INTO v_balance_after_minor;
         IF NOT FOUND THEN
-            -- Only possible for a user an admin clawback left short after the hold was placed.
+            -- Only possible for a user an admin clawback left in debt after the hold was placed.
+            -- (Capturing never makes balance - held worse: it takes at most what the hold held.)
             outcome := 'insufficient_funds';
             body := wallet_error_body(outcome,
                 format('balance of %s %s is less than %s', v_hold.user_id, v_hold.asset_code, v_amount_minor),
