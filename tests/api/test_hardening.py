@@ -184,3 +184,51 @@ async def test_metadata_numbers_come_back_as_sent_and_depth_is_bounded(admin, ma
     )
     answer = await admin.post(TOPUP, **_raw(hostile))
     assert 400 <= answer.status_code < 500, answer.text
+
+
+async def test_a_replay_does_not_depend_on_todays_reference_data(create_database):
+    """On a database of its own: it deactivates an asset, which other tests must not see."""
+    import httpx
+
+    from tests.support import bearer
+    from wallet.api.app import create_app
+    from wallet.db.migrate import upgrade_to_head_async
+    from wallet.services.api_keys import create_api_key
+    from wallet.services.seed import seed_reference_data
+    from wallet.settings import Settings
+
+    url = await create_database()
+    await upgrade_to_head_async(url)
+    conn = await asyncpg.connect(url)
+    try:
+        await seed_reference_data(conn)
+        await conn.execute("SELECT wallet_ensure_user('replayer', 'Replayer')")
+        token = await create_api_key(conn, "replay-test", ["admin"])
+    finally:
+        await conn.close()
+    app = create_app(
+        Settings(database_url=url, db_pool_min_size=1, db_pool_max_size=2, hold_sweep_interval_ms=0)
+    )
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://wallet.test", headers=bearer(token)
+        ) as admin,
+    ):
+        pool = app.state.resources.pool
+        body = {"user_id": "replayer", "asset_type": "DIAMONDS", "amount": 7}
+        key = new_key()
+        first = await admin.post(TOPUP, headers={"Idempotency-Key": key}, json=body)
+        assert first.status_code == 201, first.text
+        await pool.execute("UPDATE asset_types SET is_active = false WHERE code = 'DIAMONDS'")
+        replay = await admin.post(TOPUP, headers={"Idempotency-Key": key}, json=body)
+        assert replay.status_code == 201 and replay.content == first.content
+        assert replay.headers["Idempotent-Replayed"] == "true"
+        # The key is looked up before anything else: another request under it is a reuse (422),
+        # even when what it names does not exist.
+        reused = await admin.post(
+            TOPUP, headers={"Idempotency-Key": key}, json={**body, "user_id": "nobody_at_all"}
+        )
+        assert reused.status_code == 422 and reused.json()["error"]["code"] == "idempotency_key_reused"
+        fresh = await admin.post(TOPUP, headers={"Idempotency-Key": new_key()}, json=body)
+        assert fresh.status_code == 404 and fresh.json()["error"]["code"] == "asset_type_not_found"

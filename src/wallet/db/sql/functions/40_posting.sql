@@ -5,9 +5,10 @@
 --
 -- Order of work, which is also the lock order (deadlock-free: every caller takes at most one
 -- idempotency lock, then user account rows, always in this order):
---   1. resolve the user's and the system account (no lock); unknown user or asset ->
+--   1. take the key's lock; a stored outcome for it is replayed (before anything else about the
+--      request is looked at, so a replay does not depend on today's reference data);
+--   2. resolve the user's and the system account (no lock); unknown user or asset ->
 --      `user_not_found` / `asset_type_not_found`, nothing written, nothing stored;
---   2. take the key's lock; a stored outcome for it is replayed;
 --   3. the user's cached balance is updated under its row lock only if it stays covered;
 --      a short balance -> `insufficient_funds`, stored;
 --   4. in one statement, update the balance and write the transaction and its two entries
@@ -44,6 +45,16 @@ BEGIN
         'type', p_type, 'user_id', p_user_id, 'asset_type', p_asset_code,
         'amount', p_amount_minor, 'description', p_description, 'metadata', p_metadata)::text, 'UTF8'));
 
+    -- The key first: a retry is answered from what was stored, whatever has changed since in
+    -- the reference data (an asset deactivated, a user's id mistyped in the retry).
+    v_outcome := wallet_idempotency_lookup(p_api_key_id, p_idempotency_key, v_fingerprint);
+    IF v_outcome.outcome IS NOT NULL THEN
+        outcome := v_outcome.outcome;
+        body := v_outcome.body;
+        replayed := v_outcome.replayed;
+        RETURN;
+    END IF;
+
     SELECT u.id, s.id INTO v_user_account_id, v_system_account_id
         FROM accounts u
         JOIN asset_types t ON t.code = u.asset_code AND t.is_active
@@ -51,14 +62,6 @@ BEGIN
         WHERE u.user_id = p_user_id AND u.asset_code = p_asset_code;
     IF NOT FOUND THEN
         SELECT m.outcome, m.body INTO outcome, body FROM wallet_missing_account(p_user_id, p_asset_code, 'user_id', 'asset_type') m;
-        RETURN;
-    END IF;
-
-    v_outcome := wallet_idempotency_lookup(p_api_key_id, p_idempotency_key, v_fingerprint);
-    IF v_outcome.outcome IS NOT NULL THEN
-        outcome := v_outcome.outcome;
-        body := v_outcome.body;
-        replayed := v_outcome.replayed;
         RETURN;
     END IF;
 

@@ -93,19 +93,21 @@ BEGIN
         'expires_in_seconds', p_expires_in_seconds, 'description', p_description,
         'metadata', p_metadata)::text, 'UTF8'));
 
-    SELECT u.id INTO v_account_id
-        FROM accounts u JOIN asset_types t ON t.code = u.asset_code AND t.is_active
-        WHERE u.user_id = p_user_id AND u.asset_code = p_asset_code;
-    IF NOT FOUND THEN
-        SELECT m.outcome, m.body INTO outcome, body FROM wallet_missing_account(p_user_id, p_asset_code, 'user_id', 'asset_type') m;
-        RETURN;
-    END IF;
-
+    -- The key first: a retry is answered from what was stored, whatever has changed since in
+    -- the reference data (an asset deactivated, a user's id mistyped in the retry).
     v_outcome := wallet_idempotency_lookup(p_api_key_id, p_idempotency_key, v_fingerprint);
     IF v_outcome.outcome IS NOT NULL THEN
         outcome := v_outcome.outcome;
         body := v_outcome.body;
         replayed := v_outcome.replayed;
+        RETURN;
+    END IF;
+
+    SELECT u.id INTO v_account_id
+        FROM accounts u JOIN asset_types t ON t.code = u.asset_code AND t.is_active
+        WHERE u.user_id = p_user_id AND u.asset_code = p_asset_code;
+    IF NOT FOUND THEN
+        SELECT m.outcome, m.body INTO outcome, body FROM wallet_missing_account(p_user_id, p_asset_code, 'user_id', 'asset_type') m;
         RETURN;
     END IF;
 
@@ -177,18 +179,20 @@ BEGIN
         'operation', 'capture', 'hold_id', p_hold_id, 'amount', p_amount_minor,
         'description', p_description, 'metadata', p_metadata)::text, 'UTF8'));
 
-    SELECT * INTO v_hold FROM holds WHERE id = p_hold_id;
-    IF NOT FOUND THEN
-        outcome := 'hold_not_found';
-        body := wallet_error_body(outcome, format('no hold with id %s', p_hold_id), 'id');
-        RETURN;
-    END IF;
-
+    -- The key first: a retry is answered from what was stored, whatever has changed since in
+    -- the reference data (an asset deactivated, a user's id mistyped in the retry).
     v_outcome := wallet_idempotency_lookup(p_api_key_id, p_idempotency_key, v_fingerprint);
     IF v_outcome.outcome IS NOT NULL THEN
         outcome := v_outcome.outcome;
         body := v_outcome.body;
         replayed := v_outcome.replayed;
+        RETURN;
+    END IF;
+
+    SELECT * INTO v_hold FROM holds WHERE id = p_hold_id;
+    IF NOT FOUND THEN
+        outcome := 'hold_not_found';
+        body := wallet_error_body(outcome, format('no hold with id %s', p_hold_id), 'id');
         RETURN;
     END IF;
 
@@ -258,18 +262,20 @@ DECLARE
 BEGIN
     replayed := false;
     v_fingerprint := sha256(convert_to(jsonb_build_object('operation', 'void', 'hold_id', p_hold_id)::text, 'UTF8'));
-    SELECT * INTO v_hold FROM holds WHERE id = p_hold_id;
-    IF NOT FOUND THEN
-        outcome := 'hold_not_found';
-        body := wallet_error_body(outcome, format('no hold with id %s', p_hold_id), 'id');
-        RETURN;
-    END IF;
-
+    -- The key first: a retry is answered from what was stored, whatever has changed since in
+    -- the reference data (an asset deactivated, a user's id mistyped in the retry).
     v_outcome := wallet_idempotency_lookup(p_api_key_id, p_idempotency_key, v_fingerprint);
     IF v_outcome.outcome IS NOT NULL THEN
         outcome := v_outcome.outcome;
         body := v_outcome.body;
         replayed := v_outcome.replayed;
+        RETURN;
+    END IF;
+
+    SELECT * INTO v_hold FROM holds WHERE id = p_hold_id;
+    IF NOT FOUND THEN
+        outcome := 'hold_not_found';
+        body := wallet_error_body(outcome, format('no hold with id %s', p_hold_id), 'id');
         RETURN;
     END IF;
 

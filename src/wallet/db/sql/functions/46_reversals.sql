@@ -35,6 +35,16 @@ BEGIN
         'operation', 'reverse', 'transaction_id', p_transaction_id, 'amount', p_amount_minor,
         'reason', p_reason, 'metadata', p_metadata, 'allow_negative', p_allow_negative)::text, 'UTF8'));
 
+    -- The key first: a retry is answered from what was stored, whatever has changed since in
+    -- the reference data (an asset deactivated, a user's id mistyped in the retry).
+    v_outcome := wallet_idempotency_lookup(p_api_key_id, p_idempotency_key, v_fingerprint);
+    IF v_outcome.outcome IS NOT NULL THEN
+        outcome := v_outcome.outcome;
+        body := v_outcome.body;
+        replayed := v_outcome.replayed;
+        RETURN;
+    END IF;
+
     SELECT * INTO v_original FROM transactions WHERE id = p_transaction_id;
     IF NOT FOUND THEN
         outcome := 'transaction_not_found';
@@ -47,14 +57,6 @@ BEGIN
         body := wallet_error_body(outcome,
             format('a %s cannot be reversed; only top-ups, bonuses, spends and captures can', v_original.type),
             'transaction_id');
-        RETURN;
-    END IF;
-
-    v_outcome := wallet_idempotency_lookup(p_api_key_id, p_idempotency_key, v_fingerprint);
-    IF v_outcome.outcome IS NOT NULL THEN
-        outcome := v_outcome.outcome;
-        body := v_outcome.body;
-        replayed := v_outcome.replayed;
         RETURN;
     END IF;
 

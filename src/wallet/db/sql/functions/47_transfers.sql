@@ -34,6 +34,16 @@ BEGIN
         'asset_type', p_asset_code, 'amount', p_amount_minor, 'fee', p_fee_minor,
         'description', p_description, 'metadata', p_metadata)::text, 'UTF8'));
 
+    -- The key first: a retry is answered from what was stored, whatever has changed since in
+    -- the reference data (an asset deactivated, a user's id mistyped in the retry).
+    v_outcome := wallet_idempotency_lookup(p_api_key_id, p_idempotency_key, v_fingerprint);
+    IF v_outcome.outcome IS NOT NULL THEN
+        outcome := v_outcome.outcome;
+        body := v_outcome.body;
+        replayed := v_outcome.replayed;
+        RETURN;
+    END IF;
+
     SELECT f.id, t.id, s.id INTO v_from_account_id, v_to_account_id, v_revenue_account_id
         FROM asset_types a
         JOIN accounts f ON f.user_id = p_from_user_id AND f.asset_code = a.code
@@ -48,14 +58,6 @@ BEGIN
             SELECT m.outcome, m.body INTO outcome, body
               FROM wallet_missing_account(p_from_user_id, p_asset_code, 'from_user_id', 'asset_type') m;
         END IF;
-        RETURN;
-    END IF;
-
-    v_outcome := wallet_idempotency_lookup(p_api_key_id, p_idempotency_key, v_fingerprint);
-    IF v_outcome.outcome IS NOT NULL THEN
-        outcome := v_outcome.outcome;
-        body := v_outcome.body;
-        replayed := v_outcome.replayed;
         RETURN;
     END IF;
 

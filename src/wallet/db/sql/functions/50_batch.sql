@@ -56,6 +56,16 @@ BEGIN
             USING ERRCODE = 'check_violation';
     END IF;
 
+    -- The key first: a retry is answered from what was stored, whatever has changed since in
+    -- the reference data (an asset deactivated, a user's id mistyped in the retry).
+    v_outcome := wallet_idempotency_lookup(p_api_key_id, p_idempotency_key, v_fingerprint);
+    IF v_outcome.outcome IS NOT NULL THEN
+        outcome := v_outcome.outcome;
+        body := v_outcome.body;
+        replayed := v_outcome.replayed;
+        RETURN;
+    END IF;
+
     SELECT m.ord, m.user_id, m.asset_type, m.field INTO v_missing
         FROM (SELECT o.ord, o.user_id, o.asset_type, 'user_id' AS field FROM wallet_batch_items(p_operations) AS o
               UNION ALL
@@ -71,14 +81,6 @@ BEGIN
           FROM wallet_missing_account(v_missing.user_id, v_missing.asset_type,
                                       format('operations[%s].%s', v_missing.ord, v_missing.field),
                                       format('operations[%s].asset_type', v_missing.ord)) m;
-        RETURN;
-    END IF;
-
-    v_outcome := wallet_idempotency_lookup(p_api_key_id, p_idempotency_key, v_fingerprint);
-    IF v_outcome.outcome IS NOT NULL THEN
-        outcome := v_outcome.outcome;
-        body := v_outcome.body;
-        replayed := v_outcome.replayed;
         RETURN;
     END IF;
 
