@@ -232,3 +232,58 @@ async def test_a_replay_does_not_depend_on_todays_reference_data(create_database
         assert reused.status_code == 422 and reused.json()["error"]["code"] == "idempotency_key_reused"
         fresh = await admin.post(TOPUP, headers={"Idempotency-Key": new_key()}, json=body)
         assert fresh.status_code == 404 and fresh.json()["error"]["code"] == "asset_type_not_found"
+
+
+async def test_authentication_and_scope_come_before_the_body(app, keys):
+    import httpx
+
+    broken = {"content": b'{"user_id": "x", "amount": ', "headers": {"Content-Type": "application/json"}}
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://wallet.test"
+    ) as http:
+        anonymous = await http.post(TOPUP, **broken)
+        assert anonymous.status_code == 401 and anonymous.json()["error"]["code"] == "unauthenticated"
+        reader = await http.post(
+            TOPUP, **{**broken, "headers": {**broken["headers"], "Authorization": f"Bearer {keys['read']}"}}
+        )
+        assert reader.status_code == 403
+        allowed = await http.post(
+            TOPUP, **{**broken, "headers": {**broken["headers"], "Authorization": f"Bearer {keys['credit']}"}}
+        )
+        assert allowed.status_code == 400 and allowed.json()["error"]["code"] == "malformed_json"
+        for path in ("/api/v1/holds", "/api/v1/transactions/transfer", "/api/v1/users"):
+            assert (await http.post(path, **broken)).status_code == 401, path
+
+
+async def test_field_paths_have_one_format(admin, make_user):
+    user = await make_user(GOLD_COINS=5)
+    ok = {"type": "spend", "user_id": user, "asset_type": "GOLD_COINS", "amount": 1}
+    cases = [
+        ([ok, {**ok, "amount": "1"}], "operations[1].amount"),  # refused by validation
+        ([ok, {**ok, "amount": 10**9}], "operations[1].amount"),  # refused by a configured limit
+        ([ok, {**ok, "amount": 5}], "operations[1].amount"),  # refused by the ledger
+    ]
+    for operations, field in cases:
+        response = await admin.post(
+            "/api/v1/transactions/batch",
+            headers={"Idempotency-Key": new_key()},
+            json={"operations": operations},
+        )
+        assert response.json()["error"]["field"] == field, response.text
+
+
+def test_log_lines_escape_control_characters_from_requests(capsys):
+    import structlog
+
+    from wallet.logging import configure_logging
+    from wallet.settings import Settings
+
+    for json_lines in (False, True):
+        configure_logging(Settings(log_json=json_lines))
+        structlog.get_logger("test").warning(
+            "database_busy", path="/api/v1/wallets/\x1b[2J\nfake line\r/balance"
+        )
+        out = capsys.readouterr().out
+        assert "\x1b" not in out and "\r" not in out and out.count("\n") == 1, repr(out)
+        assert "fake line" in out
+    configure_logging(Settings())

@@ -167,7 +167,7 @@ async def test_batch_transfer_refusals_name_the_operation(admin, client, make_us
             "validation_error",
             "operations[0].to_user_id",
         ),
-        ({**base, "type": "capture", "to_user_id": "x"}, 422, "validation_error", "operations.0.type"),
+        ({**base, "type": "capture", "to_user_id": "x"}, 422, "validation_error", "operations[0].type"),
     ]
     for operation, status, code, field in cases:
         response = await admin.post(

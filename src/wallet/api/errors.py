@@ -19,6 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from wallet.api.json_body import MalformedBody
 from wallet.api.schemas import ErrorOut
 from wallet.domain import errors
 from wallet.domain.rules import RETRY_AFTER_SECONDS
@@ -120,8 +121,13 @@ async def _wallet_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 def _field_of(loc: tuple[Any, ...]) -> str | None:
-    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
-    return ".".join(parts) or None
+    """One format for field paths everywhere: `operations[1].amount`, as the services write them."""
+    path = ""
+    for part in loc:
+        if part in ("body", "query", "path", "header"):
+            continue
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path or None
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
@@ -129,6 +135,9 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request", "type": ""}
     if first.get("type") == "json_invalid":
         return error_response(errors.MALFORMED_JSON, "request body is not valid JSON")
+    malformed = next((e["input"] for e in exc.errors() if isinstance(e.get("input"), MalformedBody)), None)
+    if malformed is not None:
+        return error_response(errors.MALFORMED_JSON, f"request body is not valid JSON: {malformed.reason}")
     field = _field_of(tuple(first.get("loc", ())))
     message = str(first.get("msg", "invalid value"))
     if first.get("type") == "missing":

@@ -6,8 +6,10 @@ the standard library's decoder set up so that:
   what it is and the amount validator refuses it (it is not a whole number), however close;
 * `NaN`, `Infinity` and numbers too large for a double are malformed JSON (400), not values;
 * an object with the same key twice is malformed JSON (400), not "the last one wins".
-Errors are raised as `JSONDecodeError`, which FastAPI turns into its `json_invalid` error and
-`wallet.api.errors` into 400 `malformed_json`.
+A body that is not valid JSON is not refused here but handed on as a `MalformedBody`: FastAPI
+then runs the route's dependencies first (authentication and scope: 401 and 403 come before any
+complaint about the body), and the body's validation fails on it, which `wallet.api.errors`
+answers as 400 `malformed_json`.
 """
 
 from __future__ import annotations
@@ -49,10 +51,24 @@ def loads_exact(body: bytes) -> Any:
     return json.loads(body, parse_float=_number, parse_constant=_constant, object_pairs_hook=_object)
 
 
+class MalformedBody:
+    """Stands for a body that is not valid JSON, with the reason, until validation meets it."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def __repr__(self) -> str:
+        return "<malformed JSON body>"
+
+
 class ExactJSONRequest(Request):
     async def json(self) -> Any:
         if not hasattr(self, "_json"):
-            self._json = loads_exact(await self.body())
+            try:
+                self._json: Any = loads_exact(await self.body())
+            except (json.JSONDecodeError, RecursionError) as exc:
+                reason = exc.msg if isinstance(exc, json.JSONDecodeError) else "nested too deeply"
+                self._json = MalformedBody(reason)
         return self._json
 
 
