@@ -231,6 +231,7 @@ def serve(
             access_log=access_log,
             log_level=settings.log_level.lower(),
             timeout_graceful_shutdown=10,
+            limit_concurrency=settings.max_connections_per_worker,
         )
 
 

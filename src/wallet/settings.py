@@ -44,6 +44,10 @@ class Settings(BaseSettings):
 
     # Money and payload limits. Amounts are integers in the asset's minor unit.
     max_amount_minor: int = Field(default=1_000_000, ge=1, le=AMOUNT_MINOR_CEILING)
+    # Slow clients: a body must arrive in full within this, and each worker serves at most this
+    # many connections at once (more get 503 from uvicorn). Put a proxy in front for the rest.
+    request_body_timeout_ms: int = Field(default=10_000, ge=100, le=300_000)
+    max_connections_per_worker: int = Field(default=1_000, ge=1, le=100_000)
     max_body_bytes: int = Field(default=16_384, ge=1_024, le=1_048_576)
     max_metadata_bytes: int = Field(default=4_096, ge=0, le=METADATA_MAX_BYTES)
     max_description_chars: int = Field(default=500, ge=0, le=DESCRIPTION_MAX_CHARS)

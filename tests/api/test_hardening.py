@@ -287,3 +287,38 @@ def test_log_lines_escape_control_characters_from_requests(capsys):
         assert "\x1b" not in out and "\r" not in out and out.count("\n") == 1, repr(out)
         assert "fake line" in out
     configure_logging(Settings())
+
+
+async def test_a_body_that_never_completes_is_cut_after_the_configured_time(settings, keys):
+    import asyncio
+    import time
+
+    import httpx
+
+    from wallet.api.app import create_app
+
+    app = create_app(settings.model_copy(update={"request_body_timeout_ms": 300}))
+    started_sending = asyncio.Event()
+
+    async def slow_body():
+        yield b'{"user_id": "user_001", '
+        started_sending.set()
+        await asyncio.sleep(30)
+        yield b'"asset_type": "GOLD_COINS", "amount": 1}'
+
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://wallet.test") as http,
+    ):
+        started = time.monotonic()
+        response = await http.post(
+            TOPUP,
+            content=slow_body(),
+            headers={
+                "Authorization": f"Bearer {keys['all']}",
+                "Idempotency-Key": new_key(),
+                "Content-Type": "application/json",
+            },
+        )
+        assert response.status_code == 408 and response.json()["error"]["code"] == "body_timeout"
+        assert time.monotonic() - started < 5

@@ -68,7 +68,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description=DESCRIPTION,
         lifespan=lifespan,
         # Protocol-level answers any route can give, declared once for all of them.
-        responses=error_responses(405, 500),
+        responses=error_responses(405, 408, 500),
     )
     app.state.settings = settings
     # A trailing slash is not redirected: the redirect would be built from the Host header.
@@ -80,7 +80,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(wallets.router)
     app.include_router(users.router)
     app.include_router(holds.router)
-    app.add_middleware(BodySizeLimit, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodySizeLimit,
+        max_body_bytes=settings.max_body_bytes,
+        body_timeout_ms=settings.request_body_timeout_ms,
+    )
     app.add_middleware(HeadAsGet)
     _publish_configured_limits(app, settings)
     return app

@@ -6,6 +6,8 @@ sends or claims in Content-Length, then replays the body to the application.
 
 from __future__ import annotations
 
+import asyncio
+
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from wallet.api.errors import error_response
@@ -13,9 +15,10 @@ from wallet.domain import errors
 
 
 class BodySizeLimit:
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_body_bytes: int, body_timeout_ms: int) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.body_timeout_s = body_timeout_ms / 1000
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS", "DELETE"):
@@ -27,8 +30,21 @@ class BodySizeLimit:
                 return
         chunks: list[bytes] = []
         total = 0
+        deadline = asyncio.get_running_loop().time() + self.body_timeout_s
         while True:
-            message = await receive()
+            try:
+                async with asyncio.timeout_at(deadline):
+                    message = await receive()
+            except TimeoutError:
+                # A client that never finishes its body holds a connection and a worker's
+                # attention; it is cut after WALLET_REQUEST_BODY_TIMEOUT_MS.
+                response = error_response(
+                    errors.BODY_TIMEOUT,
+                    f"the request body did not arrive within {round(self.body_timeout_s * 1000)} ms",
+                    headers={"Connection": "close"},
+                )
+                await response(scope, receive, send)
+                return
             if message["type"] == "http.disconnect":
                 return
             chunk = message.get("body", b"")

@@ -52,6 +52,9 @@ IDEMPOTENCY_KEY_MALFORMED = _define(
     "the Idempotency-Key header is repeated or not a valid string",
     "idempotency_key",
 )
+BODY_TIMEOUT = _define(
+    "body_timeout", "the request body did not arrive within WALLET_REQUEST_BODY_TIMEOUT_MS"
+)
 BODY_TOO_LARGE = _define("body_too_large", "the body exceeds WALLET_MAX_BODY_BYTES")
 VALIDATION_ERROR = _define("validation_error", "a field is missing, of the wrong type, or out of its format")
 LIMIT_EXCEEDED = _define("limit_exceeded", "a field exceeds a configured limit (amount, size, count)")
