@@ -74,6 +74,9 @@ class Settings(BaseSettings):
     # A verified API key is trusted this long before it is looked up again (revocation delay).
     auth_cache_ttl_ms: int = Field(default=5_000, ge=0, le=600_000)
 
+    # When set, /metrics asks for `Authorization: Bearer <this>`.
+    metrics_token: str | None = Field(default=None, min_length=16)
+
     log_level: str = "INFO"
     log_json: bool = False
 

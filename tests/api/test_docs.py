@@ -30,3 +30,41 @@ async def test_metrics_count_write_outcomes(client, make_user):
     text = (await client.get("/metrics")).text
     assert 'wallet_postings_total{kind="spend",replayed="False",status="409"}' in text
     assert "wallet_posting_seconds_bucket" in text
+
+
+async def test_metrics_count_every_answer_by_route_template(app, client, keys):
+    import httpx
+
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://wallet.test"
+    ) as anonymous:
+        assert (await anonymous.get("/api/v1/wallets/user_001/balance")).status_code == 401
+    assert (await client.post("/api/v1/users", json={"user_id": "x1", "name": "n"})).status_code == 403
+    assert (await client.get("/api/v1/wallets/someone_unknown/balance")).status_code == 404
+    assert (await client.post("/api/v1/holds", json={})).status_code in (400, 422)
+    assert (await client.get("/no/such/thing")).status_code == 404
+    text = (await client.get("/metrics")).text
+    for line in (
+        'wallet_http_responses_total{method="GET",route="/api/v1/wallets/{user_id}/balance",status="401"}',
+        'wallet_http_responses_total{method="POST",route="/api/v1/users",status="403"}',
+        'wallet_http_responses_total{method="GET",route="/api/v1/wallets/{user_id}/balance",status="404"}',
+        'wallet_http_responses_total{method="GET",route="unmatched",status="404"}',
+    ):
+        assert line in text, line
+
+
+async def test_metrics_can_be_protected_by_a_token(settings):
+    import httpx
+
+    from wallet.api.app import create_app
+
+    token = "metrics-token-0123456789"
+    app = create_app(settings.model_copy(update={"metrics_token": token}))
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://wallet.test") as http,
+    ):
+        assert (await http.get("/metrics")).status_code == 401
+        assert (await http.get("/metrics", headers={"Authorization": "Bearer wrong"})).status_code == 401
+        allowed = await http.get("/metrics", headers={"Authorization": f"Bearer {token}"})
+        assert allowed.status_code == 200 and "wallet_http_responses_total" in allowed.text

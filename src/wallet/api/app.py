@@ -86,6 +86,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         body_timeout_ms=settings.request_body_timeout_ms,
     )
     app.add_middleware(HeadAsGet)
+    app.add_middleware(metrics.CountResponses)
     _publish_configured_limits(app, settings)
     return app
 
