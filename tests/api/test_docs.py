@@ -68,3 +68,14 @@ async def test_metrics_can_be_protected_by_a_token(settings):
         assert (await http.get("/metrics", headers={"Authorization": "Bearer wrong"})).status_code == 401
         allowed = await http.get("/metrics", headers={"Authorization": f"Bearer {token}"})
         assert allowed.status_code == 200 and "wallet_http_responses_total" in allowed.text
+
+
+async def test_swagger_and_redoc_assets_are_served_by_the_service_not_a_cdn(client):
+    for page in ("/docs", "/redoc"):
+        html = (await client.get(page)).text
+        assert "cdn." not in html and "unpkg" not in html, page
+        assets = [part.split('"')[0] for part in html.split('"/static-offline-docs/')[1:]]
+        assert assets, page
+        for asset in assets:
+            response = await client.get(f"/static-offline-docs/{asset}")
+            assert response.status_code == 200 and len(response.content) > 100, asset

@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 
 import structlog
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from wallet import __version__
 from wallet.api import metrics
@@ -62,7 +63,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     await sweeper
             await pool.close()
 
-    app = FastAPI(
+    # Swagger UI and ReDoc with their assets served by the service itself, not from a CDN.
+    app = FastAPIOffline(
         title="Wallet service",
         version=__version__,
         description=DESCRIPTION,
