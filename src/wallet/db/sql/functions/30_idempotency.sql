@@ -2,8 +2,8 @@
 -- Idempotency: one advisory lock per (caller, key) and the stored outcome.
 
 -- Serialises requests that share (caller, key) and answers a repeat from the stored outcome.
--- Returns NULLs when the key is new: the caller then does the work and stores the outcome with
--- wallet_store_outcome in the same database transaction. Otherwise returns the answer to give:
+-- Returns NULLs when the key is new: the caller then does the work and inserts its outcome into
+-- idempotency_keys in the same database transaction. Otherwise returns the answer to give:
 -- the stored outcome (a replay), `idempotency_key_reused` if the stored request differs, or
 -- `idempotency_key_in_use` if another request holding the key outlasts lock_timeout.
 -- The lock is a transaction-scoped advisory lock: it lives in memory, not in a table, so claiming

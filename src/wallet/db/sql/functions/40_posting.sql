@@ -26,7 +26,6 @@ DECLARE
     v_system_account_id bigint;
     v_system_code text := wallet_rule_system_account(p_type);
     v_delta_minor bigint;
-    v_outcome record;
     v_transaction_id uuid;
     v_balance_after_minor bigint;
     v_created_at timestamptz;
@@ -47,11 +46,9 @@ BEGIN
 
     -- The key first: a retry is answered from what was stored, whatever has changed since in
     -- the reference data (an asset deactivated, a user's id mistyped in the retry).
-    v_outcome := wallet_idempotency_lookup(p_api_key_id, p_idempotency_key, v_fingerprint);
-    IF v_outcome.outcome IS NOT NULL THEN
-        outcome := v_outcome.outcome;
-        body := v_outcome.body;
-        replayed := v_outcome.replayed;
+    SELECT l.outcome, l.body, l.replayed INTO outcome, body, replayed
+        FROM wallet_idempotency_lookup(p_api_key_id, p_idempotency_key, v_fingerprint) AS l;
+    IF outcome IS NOT NULL THEN
         RETURN;
     END IF;
 

@@ -78,7 +78,6 @@ LANGUAGE plpgsql AS $$
 DECLARE
     v_fingerprint bytea;
     v_account_id bigint;
-    v_outcome record;
     v_placed boolean := false;
     v_hold holds;
 BEGIN
@@ -95,11 +94,9 @@ BEGIN
 
     -- The key first: a retry is answered from what was stored, whatever has changed since in
     -- the reference data (an asset deactivated, a user's id mistyped in the retry).
-    v_outcome := wallet_idempotency_lookup(p_api_key_id, p_idempotency_key, v_fingerprint);
-    IF v_outcome.outcome IS NOT NULL THEN
-        outcome := v_outcome.outcome;
-        body := v_outcome.body;
-        replayed := v_outcome.replayed;
+    SELECT l.outcome, l.body, l.replayed INTO outcome, body, replayed
+        FROM wallet_idempotency_lookup(p_api_key_id, p_idempotency_key, v_fingerprint) AS l;
+    IF outcome IS NOT NULL THEN
         RETURN;
     END IF;
 
@@ -155,6 +152,28 @@ BEGIN
     END IF;
 END $$;
 
+-- Takes the hold's account row lock, then the hold's (the lock order of every write), and says
+-- whether it can still be captured or voided: (hold, NULL, NULL) if it can, (hold, outcome, body)
+-- if not, and (NULL, 'hold_not_found', body) when there is no such hold.
+CREATE OR REPLACE FUNCTION wallet_lock_hold(p_hold_id uuid, OUT hold holds, OUT outcome text, OUT body jsonb)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_account_id bigint;
+    v_refusal record;
+BEGIN
+    SELECT h.account_id INTO v_account_id FROM holds h WHERE h.id = p_hold_id;
+    IF NOT FOUND THEN
+        outcome := 'hold_not_found';
+        body := wallet_error_body(outcome, format('no hold with id %s', p_hold_id), 'id');
+        RETURN;
+    END IF;
+    PERFORM 1 FROM accounts WHERE id = v_account_id FOR UPDATE;
+    SELECT * INTO hold FROM holds WHERE id = p_hold_id FOR UPDATE;
+    v_refusal := wallet_hold_refusal(hold);
+    outcome := v_refusal.outcome;
+    body := v_refusal.body;
+END $$;
+
 -- Captures p_amount_minor (all of it when NULL) of an open hold as a 'capture' transaction into
 -- SYSTEM_REVENUE; the rest of the hold is released. At most once per hold.
 CREATE OR REPLACE FUNCTION wallet_capture_hold(
@@ -165,8 +184,7 @@ LANGUAGE plpgsql AS $$
 DECLARE
     v_fingerprint bytea;
     v_hold holds;
-    v_refusal record;
-    v_outcome record;
+    v_locked record;
     v_amount_minor bigint;
     v_revenue_account_id bigint;
     v_balance_after_minor bigint;
@@ -181,34 +199,26 @@ BEGIN
 
     -- The key first: a retry is answered from what was stored, whatever has changed since in
     -- the reference data (an asset deactivated, a user's id mistyped in the retry).
-    v_outcome := wallet_idempotency_lookup(p_api_key_id, p_idempotency_key, v_fingerprint);
-    IF v_outcome.outcome IS NOT NULL THEN
-        outcome := v_outcome.outcome;
-        body := v_outcome.body;
-        replayed := v_outcome.replayed;
+    SELECT l.outcome, l.body, l.replayed INTO outcome, body, replayed
+        FROM wallet_idempotency_lookup(p_api_key_id, p_idempotency_key, v_fingerprint) AS l;
+    IF outcome IS NOT NULL THEN
         RETURN;
     END IF;
 
-    SELECT * INTO v_hold FROM holds WHERE id = p_hold_id;
-    IF NOT FOUND THEN
-        outcome := 'hold_not_found';
-        body := wallet_error_body(outcome, format('no hold with id %s', p_hold_id), 'id');
-        RETURN;
+    v_locked := wallet_lock_hold(p_hold_id);
+    v_hold := v_locked.hold;
+    outcome := v_locked.outcome;
+    body := v_locked.body;
+    IF outcome = 'hold_not_found' THEN
+        RETURN;  -- nothing happened: not stored, a retry may find it
     END IF;
-
-    PERFORM 1 FROM accounts WHERE id = v_hold.account_id FOR UPDATE;
-    SELECT * INTO v_hold FROM holds WHERE id = p_hold_id FOR UPDATE;
-    v_refusal := wallet_hold_refusal(v_hold);
     v_amount_minor := coalesce(p_amount_minor, v_hold.amount_minor);
-    IF v_refusal.outcome IS NOT NULL THEN
-        outcome := v_refusal.outcome;
-        body := v_refusal.body;
-    ELSIF v_amount_minor > v_hold.amount_minor THEN
+    IF outcome IS NULL AND v_amount_minor > v_hold.amount_minor THEN
         outcome := 'amount_exceeds_hold';
         body := wallet_error_body(outcome,
             format('hold %s reserved %s; cannot capture %s', p_hold_id, v_hold.amount_minor, v_amount_minor),
             'amount');
-    ELSE
+    ELSIF outcome IS NULL THEN
         SELECT id INTO STRICT v_revenue_account_id FROM accounts
             WHERE system_code = wallet_rule_system_account('capture') AND asset_code = v_hold.asset_code;
         UPDATE accounts
@@ -257,35 +267,26 @@ LANGUAGE plpgsql AS $$
 DECLARE
     v_fingerprint bytea;
     v_hold holds;
-    v_refusal record;
-    v_outcome record;
+    v_locked record;
 BEGIN
     replayed := false;
     v_fingerprint := sha256(convert_to(jsonb_build_object('operation', 'void', 'hold_id', p_hold_id)::text, 'UTF8'));
     -- The key first: a retry is answered from what was stored, whatever has changed since in
     -- the reference data (an asset deactivated, a user's id mistyped in the retry).
-    v_outcome := wallet_idempotency_lookup(p_api_key_id, p_idempotency_key, v_fingerprint);
-    IF v_outcome.outcome IS NOT NULL THEN
-        outcome := v_outcome.outcome;
-        body := v_outcome.body;
-        replayed := v_outcome.replayed;
+    SELECT l.outcome, l.body, l.replayed INTO outcome, body, replayed
+        FROM wallet_idempotency_lookup(p_api_key_id, p_idempotency_key, v_fingerprint) AS l;
+    IF outcome IS NOT NULL THEN
         RETURN;
     END IF;
 
-    SELECT * INTO v_hold FROM holds WHERE id = p_hold_id;
-    IF NOT FOUND THEN
-        outcome := 'hold_not_found';
-        body := wallet_error_body(outcome, format('no hold with id %s', p_hold_id), 'id');
-        RETURN;
+    v_locked := wallet_lock_hold(p_hold_id);
+    v_hold := v_locked.hold;
+    outcome := v_locked.outcome;
+    body := v_locked.body;
+    IF outcome = 'hold_not_found' THEN
+        RETURN;  -- nothing happened: not stored, a retry may find it
     END IF;
-
-    PERFORM 1 FROM accounts WHERE id = v_hold.account_id FOR UPDATE;
-    SELECT * INTO v_hold FROM holds WHERE id = p_hold_id FOR UPDATE;
-    v_refusal := wallet_hold_refusal(v_hold);
-    IF v_refusal.outcome IS NOT NULL THEN
-        outcome := v_refusal.outcome;
-        body := v_refusal.body;
-    ELSE
+    IF outcome IS NULL THEN
         UPDATE accounts SET held_minor = held_minor - v_hold.amount_minor WHERE id = v_hold.account_id;
         UPDATE holds SET status = 'voided', closed_at = clock_timestamp() WHERE id = p_hold_id
             RETURNING * INTO v_hold;

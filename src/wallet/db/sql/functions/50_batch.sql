@@ -33,7 +33,6 @@ LANGUAGE plpgsql AS $$
 DECLARE
     v_fingerprint bytea := sha256(convert_to(p_operations::text, 'UTF8'));
     v_missing record;
-    v_outcome record;
     v_ids uuid[];                   -- per operation: the new transaction's id
     v_account_ids bigint[];         -- per operation: the account of user_id
     v_to_account_ids bigint[];      -- per operation: the receiver's account (transfers), else NULL
@@ -58,11 +57,9 @@ BEGIN
 
     -- The key first: a retry is answered from what was stored, whatever has changed since in
     -- the reference data (an asset deactivated, a user's id mistyped in the retry).
-    v_outcome := wallet_idempotency_lookup(p_api_key_id, p_idempotency_key, v_fingerprint);
-    IF v_outcome.outcome IS NOT NULL THEN
-        outcome := v_outcome.outcome;
-        body := v_outcome.body;
-        replayed := v_outcome.replayed;
+    SELECT l.outcome, l.body, l.replayed INTO outcome, body, replayed
+        FROM wallet_idempotency_lookup(p_api_key_id, p_idempotency_key, v_fingerprint) AS l;
+    IF outcome IS NOT NULL THEN
         RETURN;
     END IF;
 
