@@ -79,10 +79,9 @@ _STATUS_TITLES = {
 }
 
 
-def status_of(code: errors.Code | str) -> int:
+def status_of(code: errors.Code) -> int:
     """The HTTP status of an outcome the database or a service returned."""
-    entry = errors.CATALOGUE[code] if isinstance(code, str) else code
-    return STATUS_BY_CODE[entry]
+    return STATUS_BY_CODE[code]
 
 
 def codes_for(status: int) -> list[errors.Code]:

@@ -59,9 +59,9 @@ async def place_hold(
             f"expires_in_seconds must not exceed {settings.hold_expires_in_seconds_max}",
             "expires_in_seconds",
         )
-    row = await pool.fetchrow(
-        "SELECT outcome, body::text AS body, replayed"
-        " FROM wallet_place_hold($1, $2, $3, $4, $5, $6, $7, $8::jsonb)",
+    return await PostingOutcome.call(
+        pool,
+        "wallet_place_hold($1, $2, $3, $4, $5, $6, $7, $8::jsonb)",
         api_key_id,
         key,
         request.user_id,
@@ -71,8 +71,6 @@ async def place_hold(
         request.description,
         metadata_json.decode(),
     )
-    assert row is not None
-    return PostingOutcome.from_row(row)
 
 
 async def capture_hold(
@@ -91,9 +89,9 @@ async def capture_hold(
         check_amount(amount_minor, settings)
     check_text(description, settings)
     metadata_json = encode_metadata(metadata, settings)
-    row = await pool.fetchrow(
-        "SELECT outcome, body::text AS body, replayed"
-        " FROM wallet_capture_hold($1, $2, $3, $4, $5, $6::jsonb)",
+    return await PostingOutcome.call(
+        pool,
+        "wallet_capture_hold($1, $2, $3, $4, $5, $6::jsonb)",
         api_key_id,
         key,
         _hold_id(hold_id),
@@ -101,22 +99,19 @@ async def capture_hold(
         description,
         metadata_json.decode(),
     )
-    assert row is not None
-    return PostingOutcome.from_row(row)
 
 
 async def void_hold(
     pool: asyncpg.Pool, settings: Settings, api_key_id: int, hold_id: str, *, idempotency_key: str
 ) -> PostingOutcome:
     key = check_idempotency_key(idempotency_key, settings)
-    row = await pool.fetchrow(
-        "SELECT outcome, body::text AS body, replayed FROM wallet_void_hold($1, $2, $3)",
+    return await PostingOutcome.call(
+        pool,
+        "wallet_void_hold($1, $2, $3)",
         api_key_id,
         key,
         _hold_id(hold_id),
     )
-    assert row is not None
-    return PostingOutcome.from_row(row)
 
 
 async def get_hold_json(pool: asyncpg.Pool, hold_id: str) -> str:

@@ -43,9 +43,9 @@ async def reverse_transaction(
         raise WalletError(
             errors.TRANSACTION_NOT_FOUND, f"no transaction with id {transaction_id}", "transaction_id"
         ) from None
-    row = await pool.fetchrow(
-        "SELECT outcome, body::text AS body, replayed"
-        " FROM wallet_reverse_transaction($1, $2, $3, $4, $5, $6::jsonb, $7)",
+    return await PostingOutcome.call(
+        pool,
+        "wallet_reverse_transaction($1, $2, $3, $4, $5, $6::jsonb, $7)",
         api_key_id,
         key,
         original,
@@ -54,5 +54,3 @@ async def reverse_transaction(
         metadata_json.decode(),
         allow_negative,
     )
-    assert row is not None
-    return PostingOutcome.from_row(row)

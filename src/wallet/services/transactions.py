@@ -43,8 +43,11 @@ class PostingOutcome:
     replayed: bool
 
     @classmethod
-    def from_row(cls, row: asyncpg.Record) -> PostingOutcome:
-        """A posting function's (outcome, body, replayed); an unknown outcome is a bug."""
+    async def call(cls, pool: asyncpg.Pool, function_call: str, *args: Any) -> PostingOutcome:
+        """Runs one posting function, e.g. `wallet_void_hold($1, $2, $3)`: one round trip, one
+        database transaction. Its outcome must be in the catalogue (anything else is a bug)."""
+        row = await pool.fetchrow(f"SELECT outcome, body::text AS body, replayed FROM {function_call}", *args)
+        assert row is not None
         return cls(errors.CATALOGUE[row["outcome"]], row["body"], row["replayed"])
 
 
@@ -61,9 +64,9 @@ async def post_transaction(
 ) -> PostingOutcome:
     key = check_idempotency_key(request.idempotency_key, settings)
     metadata_json = _check_operation(request, settings)
-    row = await pool.fetchrow(
-        "SELECT outcome, body::text AS body, replayed"
-        " FROM wallet_post_transaction($1, $2, $3, $4, $5, $6, $7, $8::jsonb)",
+    return await PostingOutcome.call(
+        pool,
+        "wallet_post_transaction($1, $2, $3, $4, $5, $6, $7, $8::jsonb)",
         api_key_id,
         key,
         request.type.value,
@@ -73,8 +76,6 @@ async def post_transaction(
         request.description,
         metadata_json.decode(),
     )
-    assert row is not None
-    return PostingOutcome.from_row(row)
 
 
 async def post_batch(
@@ -123,14 +124,13 @@ async def post_batch(
             )
         items.append(item)
     payload = orjson.dumps(items).decode()
-    row = await pool.fetchrow(
-        "SELECT outcome, body::text AS body, replayed FROM wallet_post_batch($1, $2, $3::jsonb)",
+    return await PostingOutcome.call(
+        pool,
+        "wallet_post_batch($1, $2, $3::jsonb)",
         api_key_id,
         key,
         payload,
     )
-    assert row is not None
-    return PostingOutcome.from_row(row)
 
 
 async def get_transaction_json(pool: asyncpg.Pool, transaction_id: str) -> str:

@@ -37,9 +37,9 @@ async def post_transfer(
     check_amount(request.fee_minor, settings, "fee")
     check_text(request.description, settings)
     metadata_json = encode_metadata(request.metadata, settings)
-    row = await pool.fetchrow(
-        "SELECT outcome, body::text AS body, replayed"
-        " FROM wallet_post_transfer($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb)",
+    return await PostingOutcome.call(
+        pool,
+        "wallet_post_transfer($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb)",
         api_key_id,
         key,
         request.from_user_id,
@@ -50,5 +50,3 @@ async def post_transfer(
         request.description,
         metadata_json.decode(),
     )
-    assert row is not None
-    return PostingOutcome.from_row(row)
