@@ -92,6 +92,7 @@ def settings(database_url: str) -> Settings:
         db_pool_max_size=24,
         hold_sweep_interval_ms=0,
         auth_cache_ttl_ms=0,
+        key_usage_flush_ms=0,  # tests flush key usage themselves
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -39,6 +40,58 @@ async def test_keys_create_rejects_unknown_scope(database_url):
     assert result.returncode == 2
     assert "unknown scope 'superuser'" in result.stderr
     assert result.stdout == ""
+
+
+async def test_keys_list_rotate_and_revoke_never_need_the_secret(database_url, app):
+    created = wallet(
+        database_url,
+        *("keys", "create", "--name", "loyalty-service", "--scope", "credit"),
+        *("--asset", "LOYALTY_POINTS", "--operation", "bonus", "--max-amount", "1000"),
+        *("--rate-limit-rps", "5", "--rate-limit-burst", "10"),
+    )
+    assert created.returncode == 0, created.stderr
+    token = created.stdout.strip()
+    prefix = token[:11]
+
+    listed = wallet(database_url, "keys", "list")
+    assert listed.returncode == 0, listed.stderr
+    assert token not in listed.stdout
+    line = next(row for row in listed.stdout.splitlines() if prefix in row)
+    assert "loyalty-service" in line and "credit" in line
+    assert "operations=bonus assets=LOYALTY_POINTS max_amount=1000" in line
+    assert "5/s,10" in line and line.rstrip().endswith("active")
+    as_json = [json.loads(row) for row in wallet(database_url, "keys", "list", "--json").stdout.splitlines()]
+    entry = next(k for k in as_json if k["prefix"] == prefix)
+    assert entry["allowed_operations"] == ["bonus"] and entry["max_amount"] == 1000
+    assert entry["last_used_at"] is None and entry["revoked_at"] is None
+
+    rotated = wallet(database_url, "keys", "rotate", prefix, "--overlap-seconds", "600")
+    assert rotated.returncode == 0, rotated.stderr
+    new_token = rotated.stdout.strip()
+    assert new_token.startswith("wk_") and new_token != token
+    assert "works until" in rotated.stderr
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://t", headers=bearer(new_token)
+    ) as http:
+        refused = await http.post(
+            "/api/v1/transactions/bonus",
+            json={"user_id": "nobody", "asset_type": "GOLD_COINS", "amount": 1},
+            headers={"Idempotency-Key": "cli-rotated"},
+        )
+        assert refused.json()["error"]["code"] == "key_asset_not_allowed"  # restrictions carried over
+
+    revoked = wallet(database_url, "keys", "revoke", str(entry["id"]))
+    assert revoked.returncode == 0, revoked.stderr
+    assert f"revoked key {entry['id']}" in revoked.stderr
+    again = wallet(database_url, "keys", "revoke", prefix)
+    assert again.returncode == 1 and "already revoked" in again.stderr
+    unknown = wallet(database_url, "keys", "revoke", "wk_zzzzzzzz")
+    assert unknown.returncode == 2 and "no API key" in unknown.stderr
+    states = {
+        k["prefix"]: k["state"]
+        for k in map(json.loads, wallet(database_url, "keys", "list", "--json").stdout.splitlines())
+    }
+    assert states[prefix] == "revoked" and states[new_token[:11]] == "active"
 
 
 async def test_migrate_is_repeatable(database_url):

@@ -7,20 +7,29 @@ WALLET_DATA_DIR when it is not.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 
 from wallet.settings import Settings, get_settings
 
+if TYPE_CHECKING:
+    import asyncpg
+
+    from wallet.services.api_keys import KeyInfo
+
+T = TypeVar("T")
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
-keys_app = typer.Typer(no_args_is_help=True, help="Create and revoke API keys.")
+keys_app = typer.Typer(no_args_is_help=True, help="Create, list, rotate and revoke API keys.")
 app.add_typer(keys_app, name="keys")
 
 DEMO_KEY_FILE = "demo-api-key"
@@ -105,48 +114,165 @@ def verify() -> None:
         raise typer.Exit(code=1)
 
 
-async def _create_key(url: str, name: str, scopes: list[str]) -> str:
+def _keys_call(action: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+    """Runs `action` on a connection to the configured database; a refusal exits 2 with its message."""
     from wallet.db.pool import connection
-    from wallet.services.api_keys import create_api_key
+    from wallet.domain.errors import WalletError
 
-    async with connection(get_settings(), url) as conn:
-        return await create_api_key(conn, name, scopes)
+    async def run(url: str) -> T:
+        async with connection(get_settings(), url) as conn:
+            return await action(conn)
+
+    try:
+        with _database(get_settings()) as (url, _):
+            return asyncio.run(run(url))
+    except WalletError as exc:
+        _err(f"error: {exc.message}")
+        raise typer.Exit(code=2) from None
 
 
 @keys_app.command("create")
 def keys_create(
     name: Annotated[str, typer.Option(help="Who the key is for, e.g. the calling service.")],
-    scope: Annotated[list[str], typer.Option(help="read, credit, spend or admin; repeatable.")],
+    scope: Annotated[
+        list[str], typer.Option(help="read, credit, spend, transfer, reverse or admin; repeatable.")
+    ],
+    asset: Annotated[
+        list[str] | None, typer.Option(help="Restrict to these asset types; repeatable. Default: any.")
+    ] = None,
+    operation: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Restrict to these operations (topup, bonus, spend, transfer, hold, capture, void, "
+            "reverse); repeatable. Default: whatever the scopes allow."
+        ),
+    ] = None,
+    max_amount: Annotated[
+        int | None, typer.Option(help="Largest amount (minor units) per operation. Default: none.")
+    ] = None,
+    rate_limit_rps: Annotated[
+        float | None,
+        typer.Option(help="This key's requests per second (0 = unlimited). Default: WALLET_RATE_LIMIT_RPS."),
+    ] = None,
+    rate_limit_burst: Annotated[
+        int | None, typer.Option(help="This key's burst. Default: WALLET_RATE_LIMIT_BURST.")
+    ] = None,
 ) -> None:
     """Create an API key and print it alone on stdout (it is stored only as a hash)."""
-    from wallet.domain.errors import WalletError
+    from wallet.services.api_keys import KeyRestrictions, RateLimitOverride, create_api_key, parse_operations
 
-    try:
-        with _database(get_settings()) as (url, _):
-            token = asyncio.run(_create_key(url, name, scope))
-    except WalletError as exc:
-        _err(f"error: {exc.message}")
-        raise typer.Exit(code=2) from None
-    typer.echo(token)
+    def create(conn: asyncpg.Connection) -> Awaitable[str]:
+        restrictions = KeyRestrictions(
+            asset_codes=frozenset(asset) if asset else None,
+            operations=parse_operations(operation or []),
+            max_amount_minor=max_amount,
+        )
+        limit = RateLimitOverride(rps=rate_limit_rps, burst=rate_limit_burst)
+        return create_api_key(conn, name, scope, restrictions=restrictions, rate_limit=limit)
+
+    typer.echo(_keys_call(create))
 
 
-async def _revoke_key(url: str, token: str) -> bool:
-    from wallet.db.pool import connection
-    from wallet.services.api_keys import revoke_api_key
+def _when(value: datetime | None) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ") if value else "-"
 
-    async with connection(get_settings(), url) as conn:
-        return await revoke_api_key(conn, token)
+
+@keys_app.command("list")
+def keys_list(
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per key.")] = False,
+    active: Annotated[bool, typer.Option(help="Only keys that are not revoked.")] = False,
+) -> None:
+    """List API keys: id, client, name, prefix, scopes, restrictions, created, last used, state."""
+    from wallet.services.api_keys import list_api_keys
+
+    keys = _keys_call(lambda conn: list_api_keys(conn, include_revoked=not active))
+    if as_json:
+        for key in keys:
+            typer.echo(json.dumps(_key_json(key)))
+        return
+    header = (
+        "ID",
+        "CLIENT",
+        "NAME",
+        "PREFIX",
+        "SCOPES",
+        "RESTRICTIONS",
+        "RATE",
+        "CREATED",
+        "LAST USED",
+        "STATE",
+    )
+    rows = [header] + [
+        (
+            str(k.id),
+            str(k.client_id),
+            k.name,
+            k.prefix,
+            ",".join(k.scopes),
+            k.restrictions.describe(),
+            "-" if k.rate_limit.rps is None else f"{k.rate_limit.rps:g}/s,{k.rate_limit.burst or '-'}",
+            _when(k.created_at),
+            _when(k.last_used_at),
+            k.state + (f" {_when(k.revoked_at or k.expires_at)}" if k.state != "active" else ""),
+        )
+        for k in keys
+    ]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    for row in rows:
+        typer.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+
+
+def _key_json(key: KeyInfo) -> dict[str, object]:
+    return {
+        "id": key.id,
+        "client_id": key.client_id,
+        "name": key.name,
+        "prefix": key.prefix,
+        "scopes": list(key.scopes),
+        "allowed_asset_types": sorted(key.restrictions.asset_codes) if key.restrictions.asset_codes else None,
+        "allowed_operations": sorted(key.restrictions.operations) if key.restrictions.operations else None,
+        "max_amount": key.restrictions.max_amount_minor,
+        "rate_limit_rps": key.rate_limit.rps,
+        "rate_limit_burst": key.rate_limit.burst,
+        "created_at": key.created_at.isoformat(),
+        "last_used_at": key.last_used_at.isoformat() if key.last_used_at else None,
+        "expires_at": key.expires_at.isoformat() if key.expires_at else None,
+        "revoked_at": key.revoked_at.isoformat() if key.revoked_at else None,
+        "state": key.state,
+    }
 
 
 @keys_app.command("revoke")
-def keys_revoke(key: Annotated[str, typer.Argument(help="The API key to revoke.")]) -> None:
-    """Revoke an API key (effective within WALLET_AUTH_CACHE_TTL_MS)."""
-    with _database(get_settings()) as (url, _):
-        revoked = asyncio.run(_revoke_key(url, key))
-    if not revoked:
-        _err("no such active key")
+def keys_revoke(
+    key: Annotated[str, typer.Argument(help="The key's id or prefix (wk_ and 8 characters), as listed.")],
+) -> None:
+    """Revoke an API key (effective within WALLET_AUTH_CACHE_TTL_MS). Never takes the secret."""
+    from wallet.services.api_keys import revoke_api_key
+
+    revoked = _keys_call(lambda conn: revoke_api_key(conn, key))
+    if revoked is None:
+        _err(f"key {key} was already revoked")
         raise typer.Exit(code=1)
-    _err("revoked")
+    _err(f"revoked key {revoked.id} ({revoked.name}, {revoked.prefix})")
+
+
+@keys_app.command("rotate")
+def keys_rotate(
+    key: Annotated[str, typer.Argument(help="The key's id or prefix (wk_ and 8 characters), as listed.")],
+    overlap_seconds: Annotated[
+        int, typer.Option(min=0, help="How long the old key keeps working (seconds).")
+    ] = 24 * 3600,
+) -> None:
+    """Create a new key for the same client (same name, scopes, restrictions, rate limit) and print
+    it alone on stdout; the old key stops after the overlap. Idempotency keys carry over."""
+    from wallet.services.api_keys import rotate_api_key
+
+    rotation = _keys_call(lambda conn: rotate_api_key(conn, key, overlap_seconds))
+    _err(
+        f"new key {rotation.new_key.id} ({rotation.new_key.prefix}) for client {rotation.new_key.client_id}; "
+        f"key {rotation.old_key.id} ({rotation.old_key.prefix}) works until {_when(rotation.old_key.expires_at)}"
+    )
+    typer.echo(rotation.token)
 
 
 async def _prune(url: str, hours: int) -> int:

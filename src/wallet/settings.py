@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -75,6 +76,18 @@ class Settings(BaseSettings):
     auth_cache_ttl_ms: int = Field(default=5_000, ge=0, le=600_000)
 
     # When set, /metrics asks for `Authorization: Bearer <this>`.
+    # Per-key rate limits (token bucket): WALLET_RATE_LIMIT_RPS requests per second on average, in
+    # bursts of up to WALLET_RATE_LIMIT_BURST (0 = as many as one second's rate). 0 rps = off. A key
+    # may override both (`wallet keys create --rate-limit-rps`). The buckets are shared by every
+    # worker and instance through the store: PostgreSQL (the default, embedded included) or Redis.
+    rate_limit_rps: float = Field(default=0, ge=0, le=1_000_000)
+    rate_limit_burst: int = Field(default=0, ge=0, le=1_000_000)
+    rate_limit_store: Literal["postgres", "redis"] = "postgres"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+
+    # When each key was last used is written from memory this often (0 = only at shutdown).
+    key_usage_flush_ms: int = Field(default=10_000, ge=0, le=3_600_000)
+
     metrics_token: str | None = Field(default=None, min_length=16)
 
     log_level: str = "INFO"

@@ -16,6 +16,12 @@ def raw(text: str | bytes) -> dict:
     return {"content": text, "headers": {"Content-Type": "application/json"}}
 
 
+def raw_valid(**json_texts: str) -> dict:
+    """The valid body with some members given as raw JSON text (what json.dumps cannot write)."""
+    members = {key: json.dumps(value) for key, value in VALID.items()} | json_texts
+    return raw("{" + ", ".join(f'"{key}": {text}' for key, text in members.items()) + "}")
+
+
 def valid_with(**changes: object) -> dict:
     payload = dict(VALID)
     for key, value in changes.items():
@@ -85,6 +91,35 @@ CASES: list[tuple[str, dict, int, str, str | None]] = [
         "validation_error",
         "idempotency_key",
     ),
+    # Money is parsed exactly from the JSON text, never through a binary float.
+    ("amount a hair below 2", raw_valid(amount="1.99999999999999999"), 422, "validation_error", "amount"),
+    ("amount with exponent leaving a fraction", raw_valid(amount="15e-1"), 422, "validation_error", "amount"),
+    ("amount NaN", raw_valid(amount="NaN"), 400, "malformed_json", None),
+    ("amount Infinity", raw_valid(amount="-Infinity"), 400, "malformed_json", None),
+    ("metadata number out of range", raw_valid(metadata='{"x": 1e400}'), 400, "malformed_json", None),
+    ("metadata NaN", raw_valid(metadata='{"x": NaN}'), 400, "malformed_json", None),
+    (
+        "duplicate key",
+        raw('{"user_id": "user_placeholder", "asset_type": "GOLD_COINS", "amount": 5, "amount": 500}'),
+        400,
+        "malformed_json",
+        None,
+    ),
+    (
+        "metadata integer beyond 64 bits",
+        raw_valid(metadata='{"n": ' + str(2**70) + "}"),
+        422,
+        None,
+        "metadata",
+    ),
+    ("metadata lone surrogate", raw_valid(metadata='{"s": "\\ud800"}'), 422, None, "metadata"),
+    (
+        "metadata nested too deep",
+        raw_valid(metadata='{"a": ' * 40 + "1" + "}" * 40),
+        422,
+        "limit_exceeded",
+        "metadata",
+    ),
 ]
 
 
@@ -97,6 +132,10 @@ async def test_bad_input_gets_clear_4xx_and_writes_nothing(
     user = await make_user(GOLD_COINS=100)
     if "json" in request_kwargs and request_kwargs["json"].get("user_id") == "user_placeholder":
         request_kwargs = {"json": request_kwargs["json"] | {"user_id": user}}
+    elif isinstance(request_kwargs.get("content"), str):
+        request_kwargs = request_kwargs | {
+            "content": request_kwargs["content"].replace("user_placeholder", user)
+        }
     headers = dict(request_kwargs.pop("headers", {}))
     if "idempotency_key" not in request_kwargs.get("json", {}):
         headers["Idempotency-Key"] = new_key()

@@ -11,7 +11,6 @@ import httpx
 from tests.support import bearer
 from wallet.api.app import create_app
 from wallet.db.migrate import upgrade, upgrade_to_head_async
-from wallet.services.api_keys import create_api_key
 from wallet.settings import Settings
 
 OLD_POST = (
@@ -27,7 +26,15 @@ async def test_responses_stored_by_revision_0001_replay_unchanged_after_upgrade(
     try:
         await conn.execute("SELECT wallet_ensure_asset('GOLD_COINS', 'Gold Coins', 0::smallint)")
         await conn.execute("SELECT wallet_ensure_user('user_old', 'Old')")
-        token = await create_api_key(conn, "old-client", ["admin"])
+        # The key as revision 0001 stored it (today's create_api_key writes newer columns).
+        token = "wk_old-client-" + "x" * 30
+        await conn.execute(
+            "INSERT INTO api_keys (name, key_prefix, key_sha256, scopes) VALUES ($1, $2, sha256($3), $4)",
+            "old-client",
+            token[:11],
+            token.encode(),
+            ["admin"],
+        )
         key_id = await conn.fetchval("SELECT id FROM api_keys WHERE name = 'old-client'")
         old_topup = await conn.fetchrow(OLD_POST, key_id, "old-topup", "topup", 70)
         old_spend = await conn.fetchrow(OLD_POST, key_id, "old-spend", "spend", 500)

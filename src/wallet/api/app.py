@@ -7,6 +7,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import asyncpg
 import structlog
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
@@ -22,6 +23,7 @@ from wallet.db.pool import create_pool
 from wallet.logging import configure_logging
 from wallet.services.api_keys import Authenticator
 from wallet.services.holds import run_hold_sweeper
+from wallet.services.rate_limits import create_rate_limiter
 from wallet.settings import Settings, get_settings
 
 log = structlog.get_logger("wallet.app")
@@ -45,22 +47,29 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "WALLET_DATABASE_URL is not set (use `wallet serve` for the embedded database)"
             )
         pool = await create_pool(settings, settings.database_url)
-        app.state.resources = Resources(pool, Authenticator(pool, settings.auth_cache_ttl_ms))
+        authenticator = Authenticator(pool, settings.auth_cache_ttl_ms)
+        rate_limiter = create_rate_limiter(settings, pool)
+        app.state.resources = Resources(pool, authenticator, rate_limiter)
         if await pool.fetchval("SELECT current_setting('autovacuum')") != "on":
             # Without it nothing refreshes statistics: plans cached while the ledger was small
             # (sequential scans in the ledger's triggers) stay, and each posting slows down in
             # proportion to the history. See docs/PERFORMANCE.md.
             log.warning("autovacuum_off", advice="turn autovacuum on, or ANALYZE the ledger tables regularly")
-        sweeper = (
-            asyncio.create_task(run_hold_sweeper(pool, settings)) if settings.hold_sweep_interval_ms else None
-        )
+        tasks = []
+        if settings.hold_sweep_interval_ms:
+            tasks.append(asyncio.create_task(run_hold_sweeper(pool, settings)))
+        if settings.key_usage_flush_ms:
+            tasks.append(asyncio.create_task(_flush_key_usage(authenticator, settings.key_usage_flush_ms)))
         try:
             yield
         finally:
-            if sweeper is not None:
-                sweeper.cancel()
+            for task in tasks:
+                task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
-                    await sweeper
+                    await task
+            with contextlib.suppress(Exception):
+                await authenticator.flush_usage()
+            await rate_limiter.close()
             await pool.close()
 
     # Swagger UI and ReDoc with their assets served by the service itself, not from a CDN.
@@ -91,6 +100,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(metrics.CountResponses)
     _publish_configured_limits(app, settings)
     return app
+
+
+async def _flush_key_usage(authenticator: Authenticator, interval_ms: int) -> None:
+    """Writes when each key was last used, from memory, every `interval_ms` (see api_keys)."""
+    while True:
+        await asyncio.sleep(interval_ms / 1000)
+        try:
+            await authenticator.flush_usage()
+        except (OSError, asyncpg.PostgresError) as exc:
+            log.warning("key_usage_flush_failed", error=str(exc))
 
 
 def _publish_configured_limits(app: FastAPI, settings: Settings) -> None:

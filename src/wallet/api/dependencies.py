@@ -14,6 +14,7 @@ from wallet.domain import errors
 from wallet.domain.errors import WalletError
 from wallet.domain.rules import IDEMPOTENCY_KEY_MAX_CHARS, Scope
 from wallet.services.api_keys import Authenticator, Caller
+from wallet.services.rate_limits import RateLimiter
 from wallet.settings import Settings
 
 
@@ -23,6 +24,7 @@ class Resources:
 
     pool: asyncpg.Pool
     authenticator: Authenticator
+    rate_limiter: RateLimiter
 
 
 def _resources(request: Request) -> Resources:
@@ -52,8 +54,12 @@ _bearer = HTTPBearer(auto_error=False, description="An API key from `wallet keys
 async def _authenticated(
     request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> Caller:
+    """The caller, within its rate limit (429 before any scope or body is looked at)."""
     token = credentials.credentials if credentials else None
-    return await _resources(request).authenticator.authenticate(token)
+    resources = _resources(request)
+    caller = await resources.authenticator.authenticate(token)
+    await resources.rate_limiter.check(caller)
+    return caller
 
 
 def requires(scope: Scope) -> Any:

@@ -36,6 +36,10 @@ STATUS_BY_CODE: dict[errors.Code, int] = {
     errors.IDEMPOTENCY_KEY_MALFORMED: 400,
     errors.UNAUTHENTICATED: 401,
     errors.FORBIDDEN: 403,
+    errors.KEY_OPERATION_NOT_ALLOWED: 403,
+    errors.KEY_ASSET_NOT_ALLOWED: 403,
+    errors.KEY_AMOUNT_OVER_LIMIT: 403,
+    errors.RATE_LIMITED: 429,
     errors.NOT_FOUND: 404,
     errors.USER_NOT_FOUND: 404,
     errors.ASSET_TYPE_NOT_FOUND: 404,
@@ -67,13 +71,14 @@ STATUS_BY_CODE: dict[errors.Code, int] = {
 _STATUS_TITLES = {
     400: "Malformed request",
     401: "Missing or invalid API key",
-    403: "The API key lacks the scope",
+    403: "The API key lacks the scope, or its restrictions refuse the request",
     404: "Not found",
     405: "Method not allowed",
     408: "Request body too slow",
     409: "Refused by the state of the ledger",
     413: "Request body too large",
     422: "Invalid request",
+    429: "Rate limit of the API key reached; retry after Retry-After seconds",
     500: "Internal error",
     503: "Nothing was written; retry with the same idempotency key",
 }
@@ -118,7 +123,8 @@ def error_response(
 
 async def _wallet_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, errors.WalletError)
-    return error_response(exc.code, exc.message, exc.field)
+    headers = {"Retry-After": str(exc.retry_after_s)} if exc.retry_after_s is not None else None
+    return error_response(exc.code, exc.message, exc.field, headers)
 
 
 def _field_of(loc: tuple[Any, ...]) -> str | None:

@@ -61,6 +61,7 @@ def rules_sql() -> str:
             _list("wallet_rule_system_codes", (s.value for s in rules.SystemAccount)),
             _list("wallet_rule_hold_statuses", (s.value for s in rules.HoldStatus)),
             _list("wallet_rule_scopes", (s.value for s in rules.Scope)),
+            _list("wallet_rule_key_operations", (o.value for o in rules.KeyOperation)),
             _list("wallet_rule_outcomes", errors.CATALOGUE),
             _constant("wallet_rule_amount_minor_ceiling", rules.AMOUNT_MINOR_CEILING, "bigint"),
             _constant("wallet_rule_idempotency_key_max_chars", rules.IDEMPOTENCY_KEY_MAX_CHARS, "integer"),

@@ -65,6 +65,18 @@ METHOD_NOT_ALLOWED = _define("method_not_allowed", "the endpoint does not answer
 # Who is asking.
 UNAUTHENTICATED = _define("unauthenticated", "missing, unknown or revoked API key")
 FORBIDDEN = _define("forbidden", "the API key lacks the scope this needs")
+KEY_OPERATION_NOT_ALLOWED = _define(
+    "key_operation_not_allowed", "the API key is restricted to other operations"
+)
+KEY_ASSET_NOT_ALLOWED = _define(
+    "key_asset_not_allowed", "the API key is restricted to other asset types", "asset_type"
+)
+KEY_AMOUNT_OVER_LIMIT = _define(
+    "key_amount_over_limit", "the amount exceeds the API key's maximum per operation", "amount"
+)
+RATE_LIMITED = _define(
+    "rate_limited", "the API key sent more requests than its rate limit; retry after Retry-After seconds"
+)
 
 # What the request refers to.
 USER_NOT_FOUND = _define("user_not_found", "no user with this id", "user_id")
@@ -119,9 +131,12 @@ def error_codes() -> list[str]:
 class WalletError(Exception):
     """A refusal the caller should see, with its catalogue code."""
 
-    def __init__(self, code: Code, message: str, field: str | None = None) -> None:
+    def __init__(
+        self, code: Code, message: str, field: str | None = None, *, retry_after_s: int | None = None
+    ) -> None:
         assert not code.success, code
         super().__init__(message)
         self.code = code
         self.message = message
         self.field = field if field is not None else code.field
+        self.retry_after_s = retry_after_s  # sent as Retry-After (429)

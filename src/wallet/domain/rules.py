@@ -23,6 +23,20 @@ class Scope(StrEnum):
     ADMIN = "admin"  # users, debts (allow_negative), and everything else
 
 
+class KeyOperation(StrEnum):
+    """The write operations a key may be restricted to (on top of its scopes). A batch is checked
+    operation by operation; placing, capturing and voiding a hold are separate operations."""
+
+    TOPUP = "topup"
+    BONUS = "bonus"
+    SPEND = "spend"
+    TRANSFER = "transfer"
+    HOLD = "hold"
+    CAPTURE = "capture"
+    VOID = "void"
+    REVERSE = "reverse"
+
+
 class SystemAccount(StrEnum):
     """The system accounts every asset has, one per purpose, so purchased, granted and spent
     credits are told apart in the books. They carry no cached balance (see the schema)."""

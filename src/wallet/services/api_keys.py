@@ -1,9 +1,18 @@
-"""API keys: creation, and authentication of a bearer token.
+"""API keys: creation, restriction, rotation, revocation, and authentication of a bearer token.
 
 Keys are 256-bit random secrets, so a single SHA-256 is the right hash (no salt or slow KDF is
 needed against brute force of a random 256-bit value). Only the hash and a short display prefix
 are stored. A verified key is cached in-process for `auth_cache_ttl_ms`, which is also the longest
 a revoked key keeps working; this keeps authentication off the hot path's round trips.
+
+A key belongs to a client: the client is named by the id of its first key (`client_id`). A
+rotated key joins its predecessor's client, and everything that is scoped to "who is asking" and
+must survive a rotation (idempotency records, the `api_key_id` stored with what was posted) is
+scoped to the client, not to one secret.
+
+When each key was last used is noted in memory and written in the background
+(`flush_usage`, every `key_usage_flush_ms`): an UPDATE per authenticated request would put a row
+lock on the hot path, one that every request of a busy client would queue behind.
 """
 
 from __future__ import annotations
@@ -12,18 +21,51 @@ import hashlib
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import asyncpg
 
 from wallet.domain import errors
 from wallet.domain.errors import WalletError
-from wallet.domain.rules import Scope, scope_allows
+from wallet.domain.rules import AMOUNT_MINOR_CEILING, KeyOperation, Scope, scope_allows
 
 KEY_PREFIX = "wk_"
+KEY_DISPLAY_PREFIX_CHARS = 11  # "wk_" and 8 characters of the secret: enough to tell keys apart
 MAX_TOKEN_CHARS = 128
 AUTH_CACHE_MAX_ENTRIES = 10_000
+KEY_NAME_MAX_CHARS = 100
+ROTATION_OVERLAP_MAX_SECONDS = 90 * 24 * 3600
+RATE_LIMIT_RPS_CEILING = 1_000_000
+RATE_LIMIT_BURST_CEILING = 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRestrictions:
+    """Narrower than the scopes: None means no restriction of that kind."""
+
+    asset_codes: frozenset[str] | None = None
+    operations: frozenset[KeyOperation] | None = None
+    max_amount_minor: int | None = None
+
+    def describe(self) -> str:
+        parts = []
+        if self.operations is not None:
+            parts.append("operations=" + ",".join(sorted(self.operations)))
+        if self.asset_codes is not None:
+            parts.append("assets=" + ",".join(sorted(self.asset_codes)))
+        if self.max_amount_minor is not None:
+            parts.append(f"max_amount={self.max_amount_minor}")
+        return " ".join(parts) or "-"
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitOverride:
+    """A key's own rate limit; None fields take the service's defaults. rps 0 = no limit."""
+
+    rps: float | None = None
+    burst: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,10 +73,88 @@ class Caller:
     api_key_id: int
     name: str
     scopes: frozenset[Scope]
+    client_id: int = 0  # the first key of this client; 0 means "this key" (see __post_init__)
+    restrictions: KeyRestrictions = KeyRestrictions()
+    rate_limit: RateLimitOverride = RateLimitOverride()
+
+    def __post_init__(self) -> None:
+        if self.client_id == 0:
+            object.__setattr__(self, "client_id", self.api_key_id)
 
     def require(self, scope: Scope) -> None:
         if not scope_allows(self.scopes, scope):
             raise WalletError(errors.FORBIDDEN, f"this API key lacks the '{scope}' scope")
+
+    def needs_subject(self, amount_known: bool) -> bool:
+        """Whether `permit` needs the asset (or amount) of an existing hold or transaction that
+        the request only names by id: read only for keys restricted in that way."""
+        allowed = self.restrictions
+        return allowed.asset_codes is not None or (allowed.max_amount_minor is not None and not amount_known)
+
+    def permit(
+        self,
+        operation: KeyOperation,
+        asset_code: str | None,
+        amount_minor: int | None,
+        *,
+        field_prefix: str = "",
+    ) -> None:
+        """Refuses (403) what the key's restrictions exclude. `asset_code` / `amount_minor` are
+        None when the request has none (a void has no amount)."""
+        allowed = self.restrictions
+        if allowed.operations is not None and operation not in allowed.operations:
+            raise WalletError(
+                errors.KEY_OPERATION_NOT_ALLOWED,
+                f"this API key may not {operation}; it may only: {', '.join(sorted(allowed.operations))}",
+                field_prefix + "type" if field_prefix else None,
+            )
+        if (
+            allowed.asset_codes is not None
+            and asset_code is not None
+            and asset_code not in allowed.asset_codes
+        ):
+            raise WalletError(
+                errors.KEY_ASSET_NOT_ALLOWED,
+                f"this API key may not move {asset_code}; it may only move: "
+                + ", ".join(sorted(allowed.asset_codes)),
+                field_prefix + "asset_type",
+            )
+        if (
+            allowed.max_amount_minor is not None
+            and amount_minor is not None
+            and amount_minor > allowed.max_amount_minor
+        ):
+            raise WalletError(
+                errors.KEY_AMOUNT_OVER_LIMIT,
+                f"amount {amount_minor} exceeds this API key's maximum of {allowed.max_amount_minor} "
+                "per operation",
+                field_prefix + "amount",
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class KeyInfo:
+    """What `wallet keys list` shows: never the secret, nor its hash."""
+
+    id: int
+    client_id: int
+    name: str
+    prefix: str
+    scopes: tuple[str, ...]
+    restrictions: KeyRestrictions
+    rate_limit: RateLimitOverride
+    created_at: datetime
+    last_used_at: datetime | None
+    expires_at: datetime | None
+    revoked_at: datetime | None
+
+    @property
+    def state(self) -> str:
+        if self.revoked_at is not None:
+            return "revoked"
+        if self.expires_at is not None:
+            return "expired" if self.expires_at <= datetime.now(UTC) else "expiring"
+        return "active"
 
 
 def _sha256(token: str) -> bytes:
@@ -58,44 +178,228 @@ def parse_scopes(values: Iterable[str]) -> list[Scope]:
     return scopes
 
 
-async def create_api_key(conn: asyncpg.Connection, name: str, scopes: Iterable[str]) -> str:
+def parse_operations(values: Iterable[str]) -> frozenset[KeyOperation] | None:
+    """None (no restriction) for an empty list."""
+    parsed = set()
+    for value in values:
+        try:
+            parsed.add(KeyOperation(value))
+        except ValueError:
+            allowed = ", ".join(o.value for o in KeyOperation)
+            raise WalletError(
+                errors.INVALID_REQUEST, f"unknown operation '{value}'; allowed: {allowed}", "operation"
+            ) from None
+    return frozenset(parsed) or None
+
+
+async def _check_restrictions(conn: asyncpg.Connection, restrictions: KeyRestrictions) -> None:
+    if restrictions.asset_codes is not None:
+        known = {r["code"] for r in await conn.fetch("SELECT code FROM asset_types")}
+        unknown = sorted(restrictions.asset_codes - known)
+        if unknown:
+            raise WalletError(errors.INVALID_REQUEST, f"unknown asset type(s): {', '.join(unknown)}", "asset")
+    if (
+        restrictions.max_amount_minor is not None
+        and not 1 <= restrictions.max_amount_minor <= AMOUNT_MINOR_CEILING
+    ):
+        raise WalletError(
+            errors.INVALID_REQUEST, f"max amount must be 1 to {AMOUNT_MINOR_CEILING}", "max_amount"
+        )
+
+
+def _check_rate_limit(rate_limit: RateLimitOverride) -> None:
+    if rate_limit.rps is not None and not 0 <= rate_limit.rps <= RATE_LIMIT_RPS_CEILING:
+        raise WalletError(
+            errors.INVALID_REQUEST, f"rate limit must be 0 to {RATE_LIMIT_RPS_CEILING} per second", "rps"
+        )
+    if rate_limit.burst is not None and not 1 <= rate_limit.burst <= RATE_LIMIT_BURST_CEILING:
+        raise WalletError(errors.INVALID_REQUEST, f"burst must be 1 to {RATE_LIMIT_BURST_CEILING}", "burst")
+
+
+async def create_api_key(
+    conn: asyncpg.Connection,
+    name: str,
+    scopes: Iterable[str],
+    *,
+    restrictions: KeyRestrictions = KeyRestrictions(),
+    rate_limit: RateLimitOverride = RateLimitOverride(),
+) -> str:
     """Stores a new key and returns its plaintext, which is never stored or shown again."""
-    if not 1 <= len(name) <= 100:
-        raise WalletError(errors.INVALID_REQUEST, "name must be 1 to 100 characters", "name")
+    if not 1 <= len(name) <= KEY_NAME_MAX_CHARS:
+        raise WalletError(
+            errors.INVALID_REQUEST, f"name must be 1 to {KEY_NAME_MAX_CHARS} characters", "name"
+        )
     parsed = parse_scopes(scopes)
-    token = KEY_PREFIX + secrets.token_urlsafe(32)
-    await conn.execute(
-        "INSERT INTO api_keys (name, key_prefix, key_sha256, scopes) VALUES ($1, $2, $3, $4)",
-        name,
-        token[:11],
-        _sha256(token),
-        [s.value for s in parsed],
-    )
+    await _check_restrictions(conn, restrictions)
+    _check_rate_limit(rate_limit)
+    token, _ = await _insert_key(conn, name, [s.value for s in parsed], restrictions, rate_limit, None)
     return token
+
+
+async def _insert_key(
+    conn: asyncpg.Connection,
+    name: str,
+    scopes: Sequence[str],
+    restrictions: KeyRestrictions,
+    rate_limit: RateLimitOverride,
+    client_key_id: int | None,
+) -> tuple[str, int]:
+    token = KEY_PREFIX + secrets.token_urlsafe(32)
+    key_id = await conn.fetchval(
+        """
+        INSERT INTO api_keys (name, key_prefix, key_sha256, scopes, client_key_id, allowed_asset_codes,
+                              allowed_operations, max_amount_minor, rate_limit_rps, rate_limit_burst)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+        RETURNING id
+        """,
+        name,
+        token[:KEY_DISPLAY_PREFIX_CHARS],
+        _sha256(token),
+        list(scopes),
+        client_key_id,
+        sorted(restrictions.asset_codes) if restrictions.asset_codes is not None else None,
+        sorted(restrictions.operations) if restrictions.operations is not None else None,
+        restrictions.max_amount_minor,
+        rate_limit.rps,
+        rate_limit.burst,
+    )
+    assert isinstance(key_id, int)
+    return token, key_id
+
+
+_KEY_COLUMNS = """
+    id, coalesce(client_key_id, id) AS client_id, name, key_prefix, scopes, allowed_asset_codes,
+    allowed_operations, max_amount_minor, rate_limit_rps, rate_limit_burst, created_at, last_used_at,
+    expires_at, revoked_at
+"""
+
+
+def _restrictions(row: asyncpg.Record) -> KeyRestrictions:
+    assets, operations = row["allowed_asset_codes"], row["allowed_operations"]
+    return KeyRestrictions(
+        asset_codes=frozenset(assets) if assets is not None else None,
+        operations=frozenset(KeyOperation(o) for o in operations) if operations is not None else None,
+        max_amount_minor=row["max_amount_minor"],
+    )
+
+
+def _rate_limit(row: asyncpg.Record) -> RateLimitOverride:
+    return RateLimitOverride(rps=row["rate_limit_rps"], burst=row["rate_limit_burst"])
+
+
+def _key_info(row: asyncpg.Record) -> KeyInfo:
+    return KeyInfo(
+        id=row["id"],
+        client_id=row["client_id"],
+        name=row["name"],
+        prefix=row["key_prefix"],
+        scopes=tuple(row["scopes"]),
+        restrictions=_restrictions(row),
+        rate_limit=_rate_limit(row),
+        created_at=row["created_at"],
+        last_used_at=row["last_used_at"],
+        expires_at=row["expires_at"],
+        revoked_at=row["revoked_at"],
+    )
+
+
+async def list_api_keys(conn: asyncpg.Connection, *, include_revoked: bool = True) -> list[KeyInfo]:
+    rows = await conn.fetch(
+        f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE $1 OR revoked_at IS NULL ORDER BY id", include_revoked
+    )
+    return [_key_info(r) for r in rows]
+
+
+async def find_api_key(conn: asyncpg.Connection, id_or_prefix: str) -> KeyInfo:
+    """A key by its id (digits) or by its display prefix (`wk_` and 8 characters, as listed).
+    An ambiguous prefix is refused, naming the ids it matches."""
+    if id_or_prefix.isascii() and id_or_prefix.isdigit():
+        rows = await conn.fetch(f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE id = $1", int(id_or_prefix))
+    elif id_or_prefix.startswith(KEY_PREFIX) and len(id_or_prefix) == KEY_DISPLAY_PREFIX_CHARS:
+        rows = await conn.fetch(
+            f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE key_prefix = $1 ORDER BY id", id_or_prefix
+        )
+    else:
+        raise WalletError(
+            errors.INVALID_REQUEST,
+            f"give a key's id or its {KEY_DISPLAY_PREFIX_CHARS}-character prefix (wk_ and 8 characters) "
+            "as `wallet keys list` shows them",
+            "key",
+        )
+    if not rows:
+        raise WalletError(errors.NOT_FOUND, f"no API key {id_or_prefix!r}", "key")
+    if len(rows) > 1:
+        ids = ", ".join(str(r["id"]) for r in rows)
+        raise WalletError(
+            errors.INVALID_REQUEST, f"prefix {id_or_prefix} matches keys {ids}; use the id", "key"
+        )
+    return _key_info(rows[0])
 
 
 async def is_active_api_key(conn: asyncpg.Connection, token: str) -> bool:
     row = await conn.fetchval(
-        "SELECT 1 FROM api_keys WHERE key_sha256 = $1 AND revoked_at IS NULL", _sha256(token)
+        "SELECT 1 FROM api_keys WHERE key_sha256 = $1 AND revoked_at IS NULL"
+        " AND (expires_at IS NULL OR expires_at > now())",
+        _sha256(token),
     )
     return row is not None
 
 
-async def revoke_api_key(conn: asyncpg.Connection, token: str) -> bool:
-    result = await conn.execute(
-        "UPDATE api_keys SET revoked_at = now() WHERE key_sha256 = $1 AND revoked_at IS NULL",
-        _sha256(token),
+async def revoke_api_key(conn: asyncpg.Connection, id_or_prefix: str) -> KeyInfo | None:
+    """Revokes the key; None if it was revoked already."""
+    key = await find_api_key(conn, id_or_prefix)
+    row = await conn.fetchrow(
+        f"UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL RETURNING {_KEY_COLUMNS}",
+        key.id,
     )
-    return result.endswith(" 1")
+    return _key_info(row) if row is not None else None
+
+
+@dataclass(frozen=True, slots=True)
+class Rotation:
+    token: str
+    new_key: KeyInfo
+    old_key: KeyInfo  # with the end of its overlap in expires_at
+
+
+async def rotate_api_key(conn: asyncpg.Connection, id_or_prefix: str, overlap_seconds: int) -> Rotation:
+    """A new key for the same client (same name, scopes, restrictions and rate limit); the old one
+    keeps working for `overlap_seconds`, then stops. Idempotency keys carry over (client scope)."""
+    if not 0 <= overlap_seconds <= ROTATION_OVERLAP_MAX_SECONDS:
+        raise WalletError(
+            errors.INVALID_REQUEST, f"overlap must be 0 to {ROTATION_OVERLAP_MAX_SECONDS} seconds", "overlap"
+        )
+    async with conn.transaction():
+        key = await find_api_key(conn, id_or_prefix)
+        old = await conn.fetchrow(
+            f"""
+            UPDATE api_keys
+               SET expires_at = least(coalesce(expires_at, 'infinity'), now() + make_interval(secs => $2))
+             WHERE id = $1 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())
+            RETURNING {_KEY_COLUMNS}
+            """,
+            key.id,
+            overlap_seconds,
+        )
+        if old is None:
+            raise WalletError(errors.INVALID_REQUEST, f"API key {key.id} is revoked or expired", "key")
+        old_key = _key_info(old)
+        token, new_id = await _insert_key(
+            conn, key.name, key.scopes, key.restrictions, key.rate_limit, old_key.client_id
+        )
+        new_key = await find_api_key(conn, str(new_id))
+    return Rotation(token, new_key, old_key)
 
 
 class Authenticator:
-    """Resolves bearer tokens to callers, with a bounded, time-limited cache."""
+    """Resolves bearer tokens to callers, with a bounded, time-limited cache, and notes when each
+    key was last used (written by `flush_usage`)."""
 
     def __init__(self, pool: asyncpg.Pool, cache_ttl_ms: int) -> None:
         self._pool = pool
         self._cache_ttl_s = cache_ttl_ms / 1000
         self._cache: OrderedDict[bytes, tuple[Caller, float]] = OrderedDict()
+        self._last_used: dict[int, datetime] = {}
 
     async def authenticate(self, token: str | None) -> Caller:
         if not token:
@@ -106,18 +410,59 @@ class Authenticator:
         now = time.monotonic()
         cached = self._cache.get(digest)
         if cached is not None and cached[1] > now:
-            return cached[0]
+            caller = cached[0]
+        else:
+            caller = await self._load(digest, now)
+        self._last_used[caller.api_key_id] = datetime.now(UTC)
+        return caller
+
+    async def _load(self, digest: bytes, now: float) -> Caller:
         row = await self._pool.fetchrow(
-            "SELECT id, name, scopes FROM api_keys WHERE key_sha256 = $1 AND revoked_at IS NULL",
+            f"""
+            SELECT {_KEY_COLUMNS}, extract(epoch FROM expires_at - now()) AS expires_in_s
+              FROM api_keys
+             WHERE key_sha256 = $1 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())
+            """,
             digest,
         )
         if row is None:
             self._cache.pop(digest, None)
-            raise WalletError(errors.UNAUTHENTICATED, "invalid or revoked API key")
-        caller = Caller(row["id"], row["name"], frozenset(Scope(s) for s in row["scopes"]))
-        if self._cache_ttl_s > 0:
-            self._cache[digest] = (caller, now + self._cache_ttl_s)
+            raise WalletError(errors.UNAUTHENTICATED, "invalid, revoked or expired API key")
+        caller = Caller(
+            api_key_id=row["id"],
+            name=row["name"],
+            scopes=frozenset(Scope(s) for s in row["scopes"]),
+            client_id=row["client_id"],
+            restrictions=_restrictions(row),
+            rate_limit=_rate_limit(row),
+        )
+        ttl_s = self._cache_ttl_s
+        if row["expires_in_s"] is not None:
+            ttl_s = min(ttl_s, float(row["expires_in_s"]))
+        if ttl_s > 0:
+            self._cache[digest] = (caller, now + ttl_s)
             self._cache.move_to_end(digest)
             while len(self._cache) > AUTH_CACHE_MAX_ENTRIES:
                 self._cache.popitem(last=False)
         return caller
+
+    async def flush_usage(self) -> int:
+        """Writes the noted last uses (one statement; never moves a time backwards)."""
+        if not self._last_used:
+            return 0
+        used, self._last_used = self._last_used, {}
+        try:
+            await self._pool.execute(
+                """
+                UPDATE api_keys k SET last_used_at = u.at
+                  FROM unnest($1::bigint[], $2::timestamptz[]) AS u(id, at)
+                 WHERE k.id = u.id AND (k.last_used_at IS NULL OR k.last_used_at < u.at)
+                """,
+                list(used),
+                list(used.values()),
+            )
+        except BaseException:
+            for key_id, at in used.items():  # kept for the next flush
+                self._last_used[key_id] = max(at, self._last_used.get(key_id, at))
+            raise
+        return len(used)

@@ -19,6 +19,8 @@ import structlog
 
 from wallet.domain import errors
 from wallet.domain.errors import WalletError
+from wallet.domain.rules import KeyOperation
+from wallet.services.api_keys import Caller
 from wallet.services.limits import check_amount, check_idempotency_key, check_text, encode_metadata
 from wallet.services.pagination import decode_int_cursor, encode_cursor
 from wallet.services.transactions import PostingOutcome
@@ -45,10 +47,29 @@ def _hold_id(hold_id: str) -> uuid.UUID:
         raise WalletError(errors.HOLD_NOT_FOUND, f"no hold with id {hold_id}") from None
 
 
+async def _permit_on_hold(
+    pool: asyncpg.Pool, caller: Caller, operation: KeyOperation, hold_id: uuid.UUID, amount_minor: int | None
+) -> None:
+    """A restricted key's check of a capture or void: the hold's asset, and for a capture without
+    an amount, the hold's amount. An unknown hold is left to the posting function (404)."""
+    amount_known = amount_minor is not None or operation is KeyOperation.VOID
+    if not caller.needs_subject(amount_known):
+        caller.permit(operation, None, amount_minor)
+        return
+    row = await pool.fetchrow("SELECT asset_code, amount_minor FROM holds WHERE id = $1", hold_id)
+    if row is None:
+        caller.permit(operation, None, amount_minor)
+        return
+    if not amount_known:
+        amount_minor = row["amount_minor"]
+    caller.permit(operation, row["asset_code"], amount_minor)
+
+
 async def place_hold(
-    pool: asyncpg.Pool, settings: Settings, api_key_id: int, request: HoldRequest
+    pool: asyncpg.Pool, settings: Settings, caller: Caller, request: HoldRequest
 ) -> PostingOutcome:
     key = check_idempotency_key(request.idempotency_key, settings)
+    caller.permit(KeyOperation.HOLD, request.asset_code, request.amount_minor)
     check_amount(request.amount_minor, settings)
     check_text(request.description, settings)
     metadata_json = encode_metadata(request.metadata, settings)
@@ -62,7 +83,7 @@ async def place_hold(
     return await PostingOutcome.call(
         pool,
         "wallet_place_hold($1, $2, $3, $4, $5, $6, $7, $8::jsonb)",
-        api_key_id,
+        caller.client_id,
         key,
         request.user_id,
         request.asset_code,
@@ -76,7 +97,7 @@ async def place_hold(
 async def capture_hold(
     pool: asyncpg.Pool,
     settings: Settings,
-    api_key_id: int,
+    caller: Caller,
     hold_id: str,
     *,
     amount_minor: int | None,
@@ -89,12 +110,14 @@ async def capture_hold(
         check_amount(amount_minor, settings)
     check_text(description, settings)
     metadata_json = encode_metadata(metadata, settings)
+    parsed_id = _hold_id(hold_id)
+    await _permit_on_hold(pool, caller, KeyOperation.CAPTURE, parsed_id, amount_minor)
     return await PostingOutcome.call(
         pool,
         "wallet_capture_hold($1, $2, $3, $4, $5, $6::jsonb)",
-        api_key_id,
+        caller.client_id,
         key,
-        _hold_id(hold_id),
+        parsed_id,
         amount_minor,
         description,
         metadata_json.decode(),
@@ -102,15 +125,17 @@ async def capture_hold(
 
 
 async def void_hold(
-    pool: asyncpg.Pool, settings: Settings, api_key_id: int, hold_id: str, *, idempotency_key: str
+    pool: asyncpg.Pool, settings: Settings, caller: Caller, hold_id: str, *, idempotency_key: str
 ) -> PostingOutcome:
     key = check_idempotency_key(idempotency_key, settings)
+    parsed_id = _hold_id(hold_id)
+    await _permit_on_hold(pool, caller, KeyOperation.VOID, parsed_id, None)
     return await PostingOutcome.call(
         pool,
         "wallet_void_hold($1, $2, $3)",
-        api_key_id,
+        caller.client_id,
         key,
-        _hold_id(hold_id),
+        parsed_id,
     )
 
 

@@ -14,6 +14,8 @@ import asyncpg
 
 from wallet.domain import errors
 from wallet.domain.errors import WalletError
+from wallet.domain.rules import KeyOperation
+from wallet.services.api_keys import Caller
 from wallet.services.limits import check_amount, check_idempotency_key, check_text, encode_metadata
 from wallet.services.transactions import PostingOutcome
 from wallet.settings import Settings
@@ -22,7 +24,7 @@ from wallet.settings import Settings
 async def reverse_transaction(
     pool: asyncpg.Pool,
     settings: Settings,
-    api_key_id: int,
+    caller: Caller,
     transaction_id: str,
     *,
     amount_minor: int | None,
@@ -43,10 +45,27 @@ async def reverse_transaction(
         raise WalletError(
             errors.TRANSACTION_NOT_FOUND, f"no transaction with id {transaction_id}", "transaction_id"
         ) from None
+    if caller.needs_subject(amount_minor is not None):
+        # A restricted key: the original's asset, and without an amount what is left of it.
+        row = await pool.fetchrow(
+            """
+            SELECT t.asset_code, t.amount_minor - coalesce(r.reversed_amount_minor, 0) AS remaining_minor
+              FROM transactions t LEFT JOIN reversal_totals r ON r.transaction_id = t.id
+             WHERE t.id = $1
+            """,
+            original,
+        )
+        if row is not None:
+            caller.permit(
+                KeyOperation.REVERSE,
+                row["asset_code"],
+                amount_minor if amount_minor is not None else row["remaining_minor"],
+            )
+    caller.permit(KeyOperation.REVERSE, None, amount_minor)
     return await PostingOutcome.call(
         pool,
         "wallet_reverse_transaction($1, $2, $3, $4, $5, $6::jsonb, $7)",
-        api_key_id,
+        caller.client_id,
         key,
         original,
         amount_minor,

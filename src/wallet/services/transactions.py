@@ -18,7 +18,8 @@ import orjson
 
 from wallet.domain import errors
 from wallet.domain.errors import WalletError
-from wallet.domain.rules import TransactionType
+from wallet.domain.rules import KeyOperation, TransactionType
+from wallet.services.api_keys import Caller
 from wallet.services.limits import check_amount, check_idempotency_key, check_text, encode_metadata
 from wallet.settings import Settings
 
@@ -60,14 +61,15 @@ def _check_operation(request: PostingRequest, settings: Settings, field_prefix: 
 
 
 async def post_transaction(
-    pool: asyncpg.Pool, settings: Settings, api_key_id: int, request: PostingRequest
+    pool: asyncpg.Pool, settings: Settings, caller: Caller, request: PostingRequest
 ) -> PostingOutcome:
     key = check_idempotency_key(request.idempotency_key, settings)
+    caller.permit(KeyOperation(request.type.value), request.asset_code, request.amount_minor)
     metadata_json = _check_operation(request, settings)
     return await PostingOutcome.call(
         pool,
         "wallet_post_transaction($1, $2, $3, $4, $5, $6, $7, $8::jsonb)",
-        api_key_id,
+        caller.client_id,
         key,
         request.type.value,
         request.user_id,
@@ -81,7 +83,7 @@ async def post_transaction(
 async def post_batch(
     pool: asyncpg.Pool,
     settings: Settings,
-    api_key_id: int,
+    caller: Caller,
     idempotency_key: str | None,
     operations: list[PostingRequest],
 ) -> PostingOutcome:
@@ -96,6 +98,7 @@ async def post_batch(
     items: list[dict[str, Any]] = []
     for index, op in enumerate(operations):
         prefix = f"operations[{index}]."
+        caller.permit(KeyOperation(op.type.value), op.asset_code, op.amount_minor, field_prefix=prefix)
         item: dict[str, Any] = {
             "type": op.type.value,
             "user_id": op.user_id,
@@ -127,7 +130,7 @@ async def post_batch(
     return await PostingOutcome.call(
         pool,
         "wallet_post_batch($1, $2, $3::jsonb)",
-        api_key_id,
+        caller.client_id,
         key,
         payload,
     )

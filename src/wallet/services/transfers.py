@@ -10,6 +10,8 @@ import asyncpg
 
 from wallet.domain import errors
 from wallet.domain.errors import WalletError
+from wallet.domain.rules import KeyOperation
+from wallet.services.api_keys import Caller
 from wallet.services.limits import check_amount, check_idempotency_key, check_text, encode_metadata
 from wallet.services.transactions import PostingOutcome
 from wallet.settings import Settings
@@ -28,9 +30,10 @@ class TransferRequest:
 
 
 async def post_transfer(
-    pool: asyncpg.Pool, settings: Settings, api_key_id: int, request: TransferRequest
+    pool: asyncpg.Pool, settings: Settings, caller: Caller, request: TransferRequest
 ) -> PostingOutcome:
     key = check_idempotency_key(request.idempotency_key, settings)
+    caller.permit(KeyOperation.TRANSFER, request.asset_code, request.amount_minor)
     if request.from_user_id == request.to_user_id:
         raise WalletError(errors.SAME_USER, "from_user_id and to_user_id must differ")
     check_amount(request.amount_minor, settings)
@@ -40,7 +43,7 @@ async def post_transfer(
     return await PostingOutcome.call(
         pool,
         "wallet_post_transfer($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb)",
-        api_key_id,
+        caller.client_id,
         key,
         request.from_user_id,
         request.to_user_id,

@@ -26,7 +26,7 @@ from wallet.services.pagination import check_limit
 
 router = APIRouter(prefix="/api/v1", tags=["holds"], route_class=ExactJSONRoute)
 Holder = Annotated[Caller, requires(Scope.SPEND)]
-WRITE_ERRORS = error_responses(400, 401, 403, 404, 409, 413, 422, 503)
+WRITE_ERRORS = error_responses(400, 401, 403, 404, 409, 413, 422, 429, 503)
 
 
 @router.post(
@@ -52,7 +52,7 @@ async def post_hold(
         description=body.description,
         metadata=body.metadata,
     )
-    return respond("hold", await place_hold(pool, settings, caller.api_key_id, request))
+    return respond("hold", await place_hold(pool, settings, caller, request))
 
 
 @router.post(
@@ -74,7 +74,7 @@ async def post_capture(
     outcome = await capture_hold(
         pool,
         settings,
-        caller.api_key_id,
+        caller,
         hold_id,
         amount_minor=body.amount,
         idempotency_key=resolve_idempotency_key(body.idempotency_key, idempotency_key),
@@ -104,13 +104,13 @@ async def post_void(
 ) -> Response:
     body = body or VoidBody()
     key = resolve_idempotency_key(body.idempotency_key, idempotency_key)
-    return respond("void", await void_hold(pool, settings, caller.api_key_id, hold_id, idempotency_key=key))
+    return respond("void", await void_hold(pool, settings, caller, hold_id, idempotency_key=key))
 
 
 @router.get(
     "/holds/{hold_id}",
     response_model=None,
-    responses={200: {"model": HoldOut}, **error_responses(401, 403, 404, 503)},
+    responses={200: {"model": HoldOut}, **error_responses(401, 403, 404, 429, 503)},
 )
 async def get_hold(pool: Pool, hold_id: str, caller: Reader) -> Response:
     return Response(await get_hold_json(pool, hold_id), media_type="application/json")
@@ -119,7 +119,7 @@ async def get_hold(pool: Pool, hold_id: str, caller: Reader) -> Response:
 @router.get(
     "/wallets/{user_id}/holds",
     response_model=None,
-    responses={200: {"model": HoldPage}, **error_responses(401, 403, 404, 422, 503)},
+    responses={200: {"model": HoldPage}, **error_responses(401, 403, 404, 422, 429, 503)},
     summary="A user's holds, newest first (open ones only unless status=all)",
 )
 async def get_user_holds(

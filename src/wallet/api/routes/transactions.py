@@ -32,7 +32,7 @@ router = APIRouter(prefix="/api/v1/transactions", tags=["transactions"], route_c
 
 WRITE_RESPONSES: dict[int | str, dict[str, Any]] = {
     201: {"model": TransactionOut, "description": "Posted. Replays carry `Idempotent-Replayed: true`."},
-    **error_responses(400, 401, 403, 404, 409, 413, 422, 503),
+    **error_responses(400, 401, 403, 404, 409, 413, 422, 429, 503),
 }
 
 
@@ -62,7 +62,7 @@ async def _post(
         metadata=body.metadata,
     )
     with POSTING_SECONDS.labels(type.value).time():
-        outcome = await post_transaction(pool, settings, caller.api_key_id, posting)
+        outcome = await post_transaction(pool, settings, caller, posting)
     return respond(type.value, outcome)
 
 
@@ -147,14 +147,14 @@ async def batch(
     ]
     key = resolve_idempotency_key(body.idempotency_key, idempotency_key)
     with POSTING_SECONDS.labels("batch").time():
-        outcome = await post_batch(pool, settings, caller.api_key_id, key, operations)
+        outcome = await post_batch(pool, settings, caller, key, operations)
     return respond("batch", outcome)
 
 
 @router.get(
     "/{transaction_id}",
     response_model=None,
-    responses={200: {"model": TransactionOut}, **error_responses(401, 403, 404, 503)},
+    responses={200: {"model": TransactionOut}, **error_responses(401, 403, 404, 429, 503)},
 )
 async def get_transaction(pool: Pool, transaction_id: str, caller: Reader) -> Response:
     body = await get_transaction_json(pool, transaction_id)
@@ -186,7 +186,7 @@ async def transfer(
         metadata=body.metadata,
     )
     with POSTING_SECONDS.labels("transfer").time():
-        outcome = await post_transfer(pool, settings, caller.api_key_id, request)
+        outcome = await post_transfer(pool, settings, caller, request)
     return respond("transfer", outcome)
 
 
@@ -211,7 +211,7 @@ async def reverse(
     outcome = await reverse_transaction(
         pool,
         settings,
-        caller.api_key_id,
+        caller,
         transaction_id,
         amount_minor=body.amount,
         reason=body.reason,

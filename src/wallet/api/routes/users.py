@@ -18,7 +18,7 @@ from wallet.services.users import create_user, list_asset_types, list_users
 router = APIRouter(prefix="/api/v1", tags=["users"], route_class=ExactJSONRoute)
 
 
-@router.get("/users", response_model=UserPage, responses=error_responses(401, 403, 422, 503))
+@router.get("/users", response_model=UserPage, responses=error_responses(401, 403, 422, 429, 503))
 async def get_users(
     pool: Pool,
     settings: AppSettings,
@@ -41,7 +41,7 @@ async def get_users(
     response_model=UserOut,
     responses={
         200: {"model": UserOut, "description": "Already existed, same name"},
-        **error_responses(400, 401, 403, 409, 413, 422, 503),
+        **error_responses(400, 401, 403, 409, 413, 422, 429, 503),
     },
 )
 async def post_user(pool: Pool, body: UserCreate, caller: Admin) -> JSONResponse:
@@ -50,7 +50,10 @@ async def post_user(pool: Pool, body: UserCreate, caller: Admin) -> JSONResponse
 
 
 @router.get(
-    "/asset-types", response_model=AssetTypeList, tags=["assets"], responses=error_responses(401, 403, 503)
+    "/asset-types",
+    response_model=AssetTypeList,
+    tags=["assets"],
+    responses=error_responses(401, 403, 429, 503),
 )
 async def get_asset_types(pool: Pool, caller: Reader) -> dict[str, Any]:
     return await list_asset_types(pool)

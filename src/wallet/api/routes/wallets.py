@@ -18,7 +18,7 @@ router = APIRouter(prefix="/api/v1/wallets", tags=["wallets"])
 @router.get(
     "/{user_id}/balance",
     response_model=None,
-    responses={200: {"model": BalancesOut}, **error_responses(401, 403, 404, 422, 503)},
+    responses={200: {"model": BalancesOut}, **error_responses(401, 403, 404, 422, 429, 503)},
 )
 async def balance(
     pool: Pool,
@@ -38,7 +38,7 @@ async def balance(
 @router.get(
     "/{user_id}/transactions",
     response_model=None,
-    responses={200: {"model": TransactionPage}, **error_responses(401, 403, 404, 422, 503)},
+    responses={200: {"model": TransactionPage}, **error_responses(401, 403, 404, 422, 429, 503)},
 )
 async def history(
     pool: Pool,

@@ -1,0 +1,132 @@
+"""Per-key rate limits: a token bucket per API key, kept where every worker and instance sees it.
+
+A bucket holds up to `burst` tokens and refills at `rps` tokens per second; each request takes
+one, and a request that finds none is refused with 429 and the seconds until one will be there.
+The bucket lives in a shared store, so the limit holds across the workers of one instance and
+across instances: PostgreSQL (the default; the embedded database included, so it needs nothing
+more) or Redis (`WALLET_RATE_LIMIT_STORE=redis`), which takes the write off the database.
+Both use the store's clock, not each worker's, so workers with skewed clocks still agree.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Protocol
+
+import asyncpg
+import structlog
+
+from wallet.domain import errors
+from wallet.domain.errors import WalletError
+from wallet.services.api_keys import Caller
+from wallet.settings import Settings
+
+log = structlog.get_logger("wallet.rate_limits")
+REDIS_TIMEOUT_S = 0.5
+
+
+class BucketStore(Protocol):
+    async def take(self, key_id: int, rps: float, burst: int) -> float:
+        """0 if a token was taken, else the seconds until one will be there."""
+
+    async def close(self) -> None: ...
+
+
+class PostgresBuckets:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def take(self, key_id: int, rps: float, burst: int) -> float:
+        wait_s = await self._pool.fetchval("SELECT wallet_rate_limit_take($1, $2, $3)", key_id, rps, burst)
+        return float(wait_s)
+
+    async def close(self) -> None:
+        return None
+
+
+# KEYS[1] = the bucket; ARGV = rps, burst. The same arithmetic as wallet_rate_limit_take, run
+# atomically by Redis with its own clock. The key expires once a full bucket would have refilled.
+_REDIS_TAKE = """
+local rps = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'at')
+local tokens = tonumber(state[1])
+local at = tonumber(state[2])
+if tokens == nil then
+  tokens = burst
+  at = now
+end
+tokens = math.min(burst, tokens + math.max(0, now - at) * rps)
+local wait = 0
+if tokens >= 1 then
+  tokens = tokens - 1
+else
+  wait = (1 - tokens) / rps
+end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', tostring(math.max(at, now)))
+redis.call('EXPIRE', KEYS[1], math.ceil(burst / rps) + 1)
+return tostring(wait)
+"""
+
+
+class RedisBuckets:
+    def __init__(self, url: str) -> None:
+        import redis.asyncio as redis
+
+        self._errors = (redis.ConnectionError, redis.TimeoutError)
+        self._client = redis.from_url(
+            url, socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S
+        )
+        self._script = self._client.register_script(_REDIS_TAKE)
+
+    async def take(self, key_id: int, rps: float, burst: int) -> float:
+        """Fails open: with Redis unreachable the requests go through (and a warning is logged),
+        because a rate limit protects availability, and refusing every caller would end it."""
+        try:
+            wait_s = await self._script(keys=[f"wallet:rate:{key_id}"], args=[repr(rps), burst])
+        except self._errors as exc:
+            log.warning("rate_limit_store_unreachable", store="redis", error=str(exc))
+            return 0.0
+        return float(wait_s)
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+
+class RateLimiter:
+    """Applies the per-key limit (the key's override, else the defaults) before a request runs."""
+
+    def __init__(self, settings: Settings, store: BucketStore) -> None:
+        self._default_rps = settings.rate_limit_rps
+        self._default_burst = settings.rate_limit_burst
+        self._store = store
+
+    def limit_of(self, caller: Caller) -> tuple[float, int]:
+        """(rps, burst); rps 0 means no limit."""
+        rps = caller.rate_limit.rps if caller.rate_limit.rps is not None else self._default_rps
+        burst = caller.rate_limit.burst if caller.rate_limit.burst is not None else self._default_burst
+        return rps, burst or max(1, math.ceil(rps))
+
+    async def check(self, caller: Caller) -> None:
+        rps, burst = self.limit_of(caller)
+        if rps <= 0:
+            return
+        wait_s = await self._store.take(caller.api_key_id, rps, burst)
+        if wait_s > 0:
+            raise WalletError(
+                errors.RATE_LIMITED,
+                f"rate limit of {rps:g} requests per second (burst {burst}) reached for this API key",
+                retry_after_s=max(1, math.ceil(wait_s)),
+            )
+
+    async def close(self) -> None:
+        await self._store.close()
+
+
+def create_rate_limiter(settings: Settings, pool: asyncpg.Pool) -> RateLimiter:
+    store: BucketStore = (
+        RedisBuckets(settings.redis_url) if settings.rate_limit_store == "redis" else PostgresBuckets(pool)
+    )
+    return RateLimiter(settings, store)
