@@ -75,7 +75,12 @@ class Settings(BaseSettings):
     # A verified API key is trusted this long before it is looked up again (revocation delay).
     auth_cache_ttl_ms: int = Field(default=5_000, ge=0, le=600_000)
 
-    # When set, /metrics asks for `Authorization: Bearer <this>`.
+    # Group commit (single top-ups, bonuses and spends): at most this many writes per group call
+    # (1 = off: each write is its own call), and at most this many group calls in flight per
+    # worker; writes arriving while they are all busy wait and go together in the next one.
+    group_commit_max_size: int = Field(default=64, ge=1, le=1_000)
+    group_commit_max_in_flight: int = Field(default=4, ge=1, le=200)
+
     # Per-key rate limits (token bucket): WALLET_RATE_LIMIT_RPS requests per second on average, in
     # bursts of up to WALLET_RATE_LIMIT_BURST (0 = as many as one second's rate). 0 rps = off. A key
     # may override both (`wallet keys create --rate-limit-rps`). The buckets are shared by every
@@ -88,6 +93,7 @@ class Settings(BaseSettings):
     # When each key was last used is written from memory this often (0 = only at shutdown).
     key_usage_flush_ms: int = Field(default=10_000, ge=0, le=3_600_000)
 
+    # When set, /metrics asks for `Authorization: Bearer <this>`.
     metrics_token: str | None = Field(default=None, min_length=16)
 
     log_level: str = "INFO"

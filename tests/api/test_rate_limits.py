@@ -17,6 +17,7 @@ from tools.service_process import ServiceProcess
 from tests.support import bearer
 from wallet.api.app import create_app
 from wallet.services.api_keys import RateLimitOverride, create_api_key
+from wallet.services.rate_limits import redis_key_prefix
 from wallet.settings import Settings
 
 # Slow enough that no token comes back while a test runs.
@@ -121,7 +122,7 @@ async def test_the_redis_store_keeps_the_same_buckets(database_url):
         )
     client = redis.from_url("redis://127.0.0.1:6379/0")
     try:
-        assert await client.exists(f"wallet:rate:{key_id}") == 1
+        assert await client.exists(f"{redis_key_prefix(database_url)}:{key_id}") == 1
     finally:
         await client.aclose()
 

@@ -22,6 +22,7 @@ from wallet.api.routes import health, holds, transactions, users, wallets
 from wallet.db.pool import create_pool
 from wallet.logging import configure_logging
 from wallet.services.api_keys import Authenticator
+from wallet.services.group_commit import GroupCommitter
 from wallet.services.holds import run_hold_sweeper
 from wallet.services.rate_limits import create_rate_limiter
 from wallet.settings import Settings, get_settings
@@ -49,7 +50,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         pool = await create_pool(settings, settings.database_url)
         authenticator = Authenticator(pool, settings.auth_cache_ttl_ms)
         rate_limiter = create_rate_limiter(settings, pool)
-        app.state.resources = Resources(pool, authenticator, rate_limiter)
+        committer = GroupCommitter(
+            pool, max_size=settings.group_commit_max_size, max_in_flight=settings.group_commit_max_in_flight
+        )
+        app.state.resources = Resources(pool, authenticator, rate_limiter, committer)
         if await pool.fetchval("SELECT current_setting('autovacuum')") != "on":
             # Without it nothing refreshes statistics: plans cached while the ledger was small
             # (sequential scans in the ledger's triggers) stay, and each posting slows down in
@@ -67,6 +71,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            await committer.drain()
             with contextlib.suppress(Exception):
                 await authenticator.flush_usage()
             await rate_limiter.close()

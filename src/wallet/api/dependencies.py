@@ -14,6 +14,7 @@ from wallet.domain import errors
 from wallet.domain.errors import WalletError
 from wallet.domain.rules import IDEMPOTENCY_KEY_MAX_CHARS, Scope
 from wallet.services.api_keys import Authenticator, Caller
+from wallet.services.group_commit import GroupCommitter
 from wallet.services.rate_limits import RateLimiter
 from wallet.settings import Settings
 
@@ -25,6 +26,7 @@ class Resources:
     pool: asyncpg.Pool
     authenticator: Authenticator
     rate_limiter: RateLimiter
+    committer: GroupCommitter
 
 
 def _resources(request: Request) -> Resources:
@@ -45,7 +47,12 @@ async def _settings(request: Request) -> Settings:
     return settings
 
 
+async def _committer(request: Request) -> GroupCommitter:
+    return _resources(request).committer
+
+
 Pool = Annotated[asyncpg.Pool, Depends(_pool)]
+Committer = Annotated[GroupCommitter, Depends(_committer)]
 AppSettings = Annotated[Settings, Depends(_settings)]
 
 _bearer = HTTPBearer(auto_error=False, description="An API key from `wallet keys create`.")
@@ -93,6 +100,11 @@ async def _idempotency_key_header(
 ) -> str | None:
     """The Idempotency-Key header as the IETF draft defines it: a structured-field string, so
     `"abc"` and `abc` are one key; sent twice it is refused, sent empty it is missing."""
+    return idempotency_key_from_headers(request)
+
+
+def idempotency_key_from_headers(request: Request) -> str | None:
+    """See `_idempotency_key_header` (also used by the fast path)."""
     values = request.headers.getlist("idempotency-key")
     if len(values) > 1:
         raise WalletError(errors.IDEMPOTENCY_KEY_MALFORMED, "send one Idempotency-Key header, not several")

@@ -21,7 +21,8 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from fastapi import Request, Response
-from fastapi.routing import APIRoute
+
+from wallet.api.fast_path import FastPathRoute
 
 
 def _number(text: str) -> Decimal:
@@ -72,7 +73,7 @@ class ExactJSONRequest(Request):
         return self._json
 
 
-class ExactJSONRoute(APIRoute):
+class ExactJSONRoute(FastPathRoute):
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
 

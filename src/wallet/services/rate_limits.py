@@ -10,8 +10,10 @@ Both use the store's clock, not each worker's, so workers with skewed clocks sti
 
 from __future__ import annotations
 
+import hashlib
 import math
 from typing import Protocol
+from urllib.parse import urlsplit
 
 import asyncpg
 import structlog
@@ -72,7 +74,7 @@ return tostring(wait)
 
 
 class RedisBuckets:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, key_prefix: str) -> None:
         import redis.asyncio as redis
 
         self._errors = (redis.ConnectionError, redis.TimeoutError)
@@ -80,12 +82,13 @@ class RedisBuckets:
             url, socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S
         )
         self._script = self._client.register_script(_REDIS_TAKE)
+        self._key_prefix = key_prefix
 
     async def take(self, key_id: int, rps: float, burst: int) -> float:
         """Fails open: with Redis unreachable the requests go through (and a warning is logged),
         because a rate limit protects availability, and refusing every caller would end it."""
         try:
-            wait_s = await self._script(keys=[f"wallet:rate:{key_id}"], args=[repr(rps), burst])
+            wait_s = await self._script(keys=[f"{self._key_prefix}:{key_id}"], args=[repr(rps), burst])
         except self._errors as exc:
             log.warning("rate_limit_store_unreachable", store="redis", error=str(exc))
             return 0.0
@@ -125,8 +128,19 @@ class RateLimiter:
         await self._store.close()
 
 
+def redis_key_prefix(database_url: str) -> str:
+    """Buckets are named by key id, which is only unique within one database: the prefix names
+    the database too, so deployments (or test databases) sharing one Redis never share buckets."""
+    parts = urlsplit(database_url)
+    where = f"{parts.hostname}:{parts.port or 5432}{parts.path}"
+    return f"wallet:rate:{hashlib.sha256(where.encode()).hexdigest()[:12]}"
+
+
 def create_rate_limiter(settings: Settings, pool: asyncpg.Pool) -> RateLimiter:
-    store: BucketStore = (
-        RedisBuckets(settings.redis_url) if settings.rate_limit_store == "redis" else PostgresBuckets(pool)
-    )
+    store: BucketStore
+    if settings.rate_limit_store == "redis":
+        assert settings.database_url is not None
+        store = RedisBuckets(settings.redis_url, redis_key_prefix(settings.database_url))
+    else:
+        store = PostgresBuckets(pool)
     return RateLimiter(settings, store)

@@ -20,6 +20,7 @@ from wallet.domain import errors
 from wallet.domain.errors import WalletError
 from wallet.domain.rules import KeyOperation, TransactionType
 from wallet.services.api_keys import Caller
+from wallet.services.group_commit import GroupCommitter, Write
 from wallet.services.limits import check_amount, check_idempotency_key, check_text, encode_metadata
 from wallet.settings import Settings
 
@@ -61,23 +62,26 @@ def _check_operation(request: PostingRequest, settings: Settings, field_prefix: 
 
 
 async def post_transaction(
-    pool: asyncpg.Pool, settings: Settings, caller: Caller, request: PostingRequest
+    committer: GroupCommitter, settings: Settings, caller: Caller, request: PostingRequest
 ) -> PostingOutcome:
+    """A single top-up, bonus or spend, posted with whatever else arrives at the same time (see
+    group_commit): same outcome, same stored document, as if it were posted alone."""
     key = check_idempotency_key(request.idempotency_key, settings)
     caller.permit(KeyOperation(request.type.value), request.asset_code, request.amount_minor)
     metadata_json = _check_operation(request, settings)
-    return await PostingOutcome.call(
-        pool,
-        "wallet_post_transaction($1, $2, $3, $4, $5, $6, $7, $8::jsonb)",
-        caller.client_id,
-        key,
-        request.type.value,
-        request.user_id,
-        request.asset_code,
-        request.amount_minor,
-        request.description,
-        metadata_json.decode(),
+    posted = await committer.post(
+        Write(
+            api_key_id=caller.client_id,
+            idempotency_key=key,
+            type=request.type.value,
+            user_id=request.user_id,
+            asset_code=request.asset_code,
+            amount_minor=request.amount_minor,
+            description=request.description,
+            metadata_json=metadata_json.decode(),
+        )
     )
+    return PostingOutcome(posted.code, posted.body_json, posted.replayed)
 
 
 async def post_batch(
