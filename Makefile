@@ -10,11 +10,12 @@ ARGS ?=
 
 .PHONY: install run test lint bench bank-test clean
 
-$(STAMP): requirements.lock requirements-dev.lock pyproject.toml
+$(STAMP): requirements.lock requirements-dev.lock pyproject.toml clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	$(VENV)/bin/pip install --quiet -r requirements.lock -r requirements-dev.lock
 	$(VENV)/bin/pip install --quiet --no-deps -e .
+	$(VENV)/bin/pip install --quiet --no-deps -e clients/python
 	touch $(STAMP)
 
 install: $(STAMP)

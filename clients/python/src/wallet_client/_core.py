@@ -1,0 +1,572 @@
+"""What the sync and async clients share: building each endpoint's request, parsing its answer,
+and the retry policy. No I/O here: a client sends `Attempts.request()`, hands the response (or
+the transport exception) to `Attempts.retry_delay()`, sleeps that long and sends again, or, when
+it returns None, gets the result (or the exception) from `Attempts.finish()`.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import logging
+import random
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Generic, Literal, TypeVar
+from urllib.parse import quote
+
+import httpx
+
+from wallet_client.errors import (
+    UnexpectedResponse,
+    WalletAPIError,
+    WalletConnectionError,
+    error_class,
+)
+from wallet_client.models import (
+    AssetType,
+    Balances,
+    BatchOperation,
+    BatchResult,
+    Health,
+    Hold,
+    HoldPage,
+    Transaction,
+    TransactionPage,
+    User,
+    UserPage,
+)
+
+__version__ = "0.1.0"
+
+T = TypeVar("T")
+log = logging.getLogger("wallet_client")
+
+API = "/api/v1"
+REPLAYED_HEADER = "Idempotent-Replayed"
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """When and how long to retry one logical call (every attempt sends the same request, with
+    the same idempotency key).
+
+    Retried: connection failures (refused, reset, the server closing without an answer), timeouts,
+    and the statuses in `retry_statuses` (503: the service wrote nothing; 502 and 504: a proxy
+    could not get an answer, which for a write is the same unknown as a timeout). With
+    `retry_in_use`, also 409 `idempotency_key_in_use`: an earlier attempt with this key is still
+    running, and the retry will replay its outcome. Never retried: any other 4xx (the same request
+    would get the same answer) and 500 (a bug, not a transient state).
+
+    Delays: full jitter, `uniform(0, min(backoff_max, backoff_base * 2**(retry - 1)))`; when the
+    answer has `Retry-After`, that (capped at `retry_after_max`) plus the jitter. At most
+    `max_attempts` attempts, and none starts after `total_timeout` seconds from the first; each
+    attempt's own timeout is shortened to what is left of that budget.
+    """
+
+    max_attempts: int = 5
+    total_timeout: float = 30.0
+    backoff_base: float = 0.1
+    backoff_max: float = 5.0
+    retry_after_max: float = 10.0
+    retry_statuses: frozenset[int] = frozenset({502, 503, 504})
+    retry_in_use: bool = True
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        if min(self.total_timeout, self.backoff_base, self.backoff_max, self.retry_after_max) < 0:
+            raise ValueError("times must not be negative")
+        if any(400 <= status < 500 for status in self.retry_statuses):
+            raise ValueError("4xx statuses are never retried (the same request gets the same answer)")
+
+    @classmethod
+    def never(cls) -> RetryPolicy:
+        """One attempt only."""
+        return cls(max_attempts=1)
+
+    def backoff(self, retry: int, rng: random.Random) -> float:
+        """The jittered delay before retry number `retry` (1 for the second attempt)."""
+        ceiling = min(self.backoff_max, self.backoff_base * 2 ** min(retry - 1, 62))
+        return rng.uniform(0.0, ceiling)
+
+
+# Transport failures after which the same request may succeed: the connection could not be made
+# or was lost (before, during or after the server's work: the idempotency key makes that safe),
+# or an answer did not come in time. Not: UnsupportedProtocol, LocalProtocolError (our bug).
+RETRYABLE_TRANSPORT_ERRORS: tuple[type[httpx.TransportError], ...] = (
+    httpx.TimeoutException,
+    httpx.NetworkError,
+    httpx.RemoteProtocolError,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Call(Generic[T]):
+    """One logical call: the request every attempt sends, and how to read the answer."""
+
+    method: str
+    path: str
+    parse: Callable[[Any, bool, int], T]  # (JSON body, replayed, status) -> result
+    params: Mapping[str, str] = field(default_factory=dict)
+    body: bytes | None = None
+    idempotency_key: str | None = None
+    accept: frozenset[int] = frozenset()  # non-2xx statuses that are answers, not errors
+    retry: bool = True
+
+
+def parse_retry_after(value: str | None, now: float) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or an HTTP date)."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, when.timestamp() - now)
+
+
+def api_error(
+    response: httpx.Response, *, idempotency_key: str | None, attempts: int, now: float
+) -> WalletAPIError:
+    """The typed exception for an error answer; a body that is not the service's error document
+    (e.g. a proxy's HTML page) still gives a `WalletAPIError`, with code `http_<status>`."""
+    status = response.status_code
+    code, message, field_name = f"http_{status}", response.reason_phrase or "error", None
+    try:
+        detail = json.loads(response.content)["error"]
+        if isinstance(detail.get("code"), str):
+            code = detail["code"]
+        if isinstance(detail.get("message"), str):
+            message = detail["message"]
+        if isinstance(detail.get("field"), str):
+            field_name = detail["field"]
+    except (ValueError, KeyError, TypeError, AttributeError):
+        text = response.text.strip()
+        if text:
+            message = text[:200]
+    return error_class(status, code)(
+        status,
+        code,
+        message,
+        field_name,
+        idempotency_key=idempotency_key,
+        replayed=response.headers.get(REPLAYED_HEADER, "").lower() == "true",
+        retry_after=parse_retry_after(response.headers.get("Retry-After"), now),
+        attempts=attempts,
+    )
+
+
+class Attempts(Generic[T]):
+    """The retry loop of one call, without the I/O."""
+
+    def __init__(
+        self,
+        call: Call[T],
+        policy: RetryPolicy,
+        *,
+        timeout: float,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.call = call
+        self.policy = policy if call.retry else RetryPolicy.never()
+        self.timeout = timeout
+        self.clock = clock
+        self.wall_clock = wall_clock
+        self.rng = rng or random.Random()
+        self.count = 0
+        self.deadline = clock() + self.policy.total_timeout
+
+    def request(self) -> dict[str, Any]:
+        """Keyword arguments for `httpx.Client.request` (or the async one) for the next attempt."""
+        self.count += 1
+        headers = {"Accept": "application/json"}
+        if self.call.body is not None:
+            headers["Content-Type"] = "application/json"
+        if self.call.idempotency_key is not None:
+            headers[IDEMPOTENCY_HEADER] = self.call.idempotency_key
+        timeout = max(0.05, min(self.timeout, self.deadline - self.clock()))
+        return {
+            "method": self.call.method,
+            "url": self.call.path,
+            "params": dict(self.call.params) or None,
+            "content": self.call.body,
+            "headers": headers,
+            "timeout": timeout,
+        }
+
+    def retry_delay(self, outcome: httpx.Response | httpx.TransportError) -> float | None:
+        """Seconds to wait before the next attempt, or None if this outcome is final."""
+        retry_after: float | None = None
+        if isinstance(outcome, httpx.TransportError):
+            if not isinstance(outcome, RETRYABLE_TRANSPORT_ERRORS):
+                return None
+            reason = type(outcome).__name__
+        elif outcome.status_code in self.policy.retry_statuses:
+            retry_after = parse_retry_after(outcome.headers.get("Retry-After"), self.wall_clock())
+            reason = f"status {outcome.status_code}"
+        elif (
+            self.policy.retry_in_use
+            and self.call.idempotency_key is not None
+            and outcome.status_code == 409
+            and _error_code(outcome) == "idempotency_key_in_use"
+        ):
+            reason = "idempotency_key_in_use"
+        else:
+            return None
+        if self.count >= self.policy.max_attempts:
+            return None
+        delay = self.policy.backoff(self.count, self.rng)
+        if retry_after is not None:
+            delay += min(retry_after, self.policy.retry_after_max)
+        if self.clock() + delay >= self.deadline:
+            return None
+        log.info(
+            "wallet_client retry %s %s after %s (attempt %d, key %s) in %.3f s",
+            self.call.method,
+            self.call.path,
+            reason,
+            self.count,
+            self.call.idempotency_key,
+            delay,
+        )
+        return delay
+
+    def finish(self, outcome: httpx.Response | httpx.TransportError) -> T:
+        """The result of the call, or its exception."""
+        key = self.call.idempotency_key
+        if isinstance(outcome, httpx.TransportError):
+            raise WalletConnectionError(
+                f"{self.call.method} {self.call.path}: no answer after {self.count} attempt(s): "
+                f"{type(outcome).__name__}: {outcome}",
+                attempts=self.count,
+                idempotency_key=key,
+            ) from outcome
+        status = outcome.status_code
+        if status >= 400 and status not in self.call.accept:
+            raise api_error(outcome, idempotency_key=key, attempts=self.count, now=self.wall_clock())
+        if not 200 <= status < 300 and status not in self.call.accept:
+            raise UnexpectedResponse(f"{self.call.method} {self.call.path}: unexpected status {status}")
+        try:
+            document = json.loads(outcome.content)
+        except ValueError:
+            raise UnexpectedResponse(
+                f"{self.call.method} {self.call.path}: answer {status} is not JSON"
+            ) from None
+        replayed = outcome.headers.get(REPLAYED_HEADER, "").lower() == "true"
+        return self.call.parse(document, replayed, status)
+
+
+def _error_code(response: httpx.Response) -> str | None:
+    try:
+        code = json.loads(response.content)["error"]["code"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return code if isinstance(code, str) else None
+
+
+# Request building, one function per endpoint. Each write gets its idempotency key here, once,
+# so every attempt of the call sends the same one.
+
+
+def _segment(value: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"an id must be a non-empty string, got {value!r}")
+    return quote(value, safe="")
+
+
+def _amount(value: object, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int number of minor units, got {type(value).__name__}")
+    return value
+
+
+def _time(value: datetime, name: str) -> str:
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"{name} must be an aware datetime (the API needs an offset)")
+    return value.isoformat()
+
+
+def _key(idempotency_key: str | None) -> str:
+    if idempotency_key is None:
+        return str(uuid.uuid4())
+    if not isinstance(idempotency_key, str) or not idempotency_key:
+        raise ValueError("idempotency_key must be a non-empty string")
+    return idempotency_key
+
+
+def _encode(body: Mapping[str, Any]) -> bytes:
+    compact = {k: v for k, v in body.items() if v is not None}
+    return json.dumps(compact, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+
+
+def _page_params(limit: int | None, cursor: str | None) -> dict[str, str]:
+    params: dict[str, str] = {}
+    if limit is not None:
+        params["limit"] = str(_amount(limit, "limit"))
+    if cursor is not None:
+        params["cursor"] = cursor
+    return params
+
+
+def _transaction(document: Any, replayed: bool, status: int) -> Transaction:
+    return Transaction.from_json(document, replayed=replayed)
+
+
+def _hold(document: Any, replayed: bool, status: int) -> Hold:
+    return Hold.from_json(document, replayed=replayed)
+
+
+def _write(
+    path: str, body: Mapping[str, Any], key: str | None, parse: Callable[[Any, bool, int], T]
+) -> Call[T]:
+    return Call("POST", path, parse, body=_encode(body), idempotency_key=_key(key))
+
+
+def health() -> Call[Health]:
+    # A 503 here is an answer (the database is unreachable), and a health check reports the
+    # present, so it is neither an error nor retried.
+    return Call("GET", "/health", lambda d, r, s: Health.from_json(d), accept=frozenset({503}), retry=False)
+
+
+def asset_types() -> Call[list[AssetType]]:
+    def parse(document: Any, replayed: bool, status: int) -> list[AssetType]:
+        data = document.get("data") if isinstance(document, dict) else None
+        if not isinstance(data, list):
+            raise UnexpectedResponse("asset types: expected {'data': [...]}")
+        return [AssetType.from_json(a) for a in data]
+
+    return Call("GET", f"{API}/asset-types", parse)
+
+
+def users(limit: int | None, cursor: str | None) -> Call[UserPage]:
+    return Call(
+        "GET", f"{API}/users", lambda d, r, s: UserPage.from_json(d), params=_page_params(limit, cursor)
+    )
+
+
+def create_user(user_id: str, name: str) -> Call[User]:
+    # Not a ledger write: no idempotency key. Repeating it is not an error (200, created False),
+    # so it is retried like a read.
+    return Call(
+        "POST",
+        f"{API}/users",
+        lambda d, r, s: User.from_json(d, created=s == 201),
+        body=_encode({"user_id": user_id, "name": name}),
+    )
+
+
+def balances(user_id: str, asset_type: str | None, as_of: datetime | None) -> Call[Balances]:
+    params: dict[str, str] = {}
+    if asset_type is not None:
+        params["asset_type"] = asset_type
+    if as_of is not None:
+        params["as_of"] = _time(as_of, "as_of")
+    return Call(
+        "GET",
+        f"{API}/wallets/{_segment(user_id)}/balance",
+        lambda d, r, s: Balances.from_json(d),
+        params=params,
+    )
+
+
+def history(
+    user_id: str,
+    *,
+    limit: int | None,
+    cursor: str | None,
+    asset_type: str | None,
+    type: str | None,
+    from_time: datetime | None,
+    to_time: datetime | None,
+) -> Call[TransactionPage]:
+    params = _page_params(limit, cursor)
+    if asset_type is not None:
+        params["asset_type"] = asset_type
+    if type is not None:
+        params["type"] = type
+    if from_time is not None:
+        params["from"] = _time(from_time, "from_time")
+    if to_time is not None:
+        params["to"] = _time(to_time, "to_time")
+    return Call(
+        "GET",
+        f"{API}/wallets/{_segment(user_id)}/transactions",
+        lambda d, r, s: TransactionPage.from_json(d),
+        params=params,
+    )
+
+
+def transaction(transaction_id: str) -> Call[Transaction]:
+    return Call("GET", f"{API}/transactions/{_segment(transaction_id)}", _transaction)
+
+
+def posting(
+    kind: Literal["topup", "bonus", "spend"],
+    user_id: str,
+    asset_type: str,
+    amount: int,
+    *,
+    description: str | None,
+    metadata: Mapping[str, Any] | None,
+    idempotency_key: str | None,
+) -> Call[Transaction]:
+    body = {
+        "user_id": user_id,
+        "asset_type": asset_type,
+        "amount": _amount(amount, "amount"),
+        "description": description,
+        "metadata": metadata,
+    }
+    return _write(f"{API}/transactions/{kind}", body, idempotency_key, _transaction)
+
+
+def _operation(op: BatchOperation) -> dict[str, Any]:
+    if not isinstance(op, BatchOperation):
+        raise TypeError(f"batch operations must be BatchOperation, got {type(op).__name__}")
+    return {
+        k: v
+        for k, v in {
+            "type": op.type,
+            "user_id": op.user_id,
+            "asset_type": op.asset_type,
+            "amount": _amount(op.amount, "amount"),
+            "to_user_id": op.to_user_id,
+            "fee": _amount(op.fee, "fee") or None,
+            "description": op.description,
+            "metadata": op.metadata,
+        }.items()
+        if v is not None
+    }
+
+
+def batch(operations: Sequence[BatchOperation], *, idempotency_key: str | None) -> Call[BatchResult]:
+    body = {"operations": [_operation(op) for op in operations]}
+    return _write(
+        f"{API}/transactions/batch",
+        body,
+        idempotency_key,
+        lambda d, r, s: BatchResult.from_json(d, replayed=r),
+    )
+
+
+def transfer(
+    from_user_id: str,
+    to_user_id: str,
+    asset_type: str,
+    amount: int,
+    *,
+    fee: int,
+    description: str | None,
+    metadata: Mapping[str, Any] | None,
+    idempotency_key: str | None,
+) -> Call[Transaction]:
+    body = {
+        "from_user_id": from_user_id,
+        "to_user_id": to_user_id,
+        "asset_type": asset_type,
+        "amount": _amount(amount, "amount"),
+        "fee": _amount(fee, "fee") or None,
+        "description": description,
+        "metadata": metadata,
+    }
+    return _write(f"{API}/transactions/transfer", body, idempotency_key, _transaction)
+
+
+def reverse(
+    transaction_id: str,
+    *,
+    amount: int | None,
+    reason: str | None,
+    metadata: Mapping[str, Any] | None,
+    allow_negative: bool,
+    idempotency_key: str | None,
+) -> Call[Transaction]:
+    body = {
+        "amount": None if amount is None else _amount(amount, "amount"),
+        "reason": reason,
+        "metadata": metadata,
+        "allow_negative": True if allow_negative else None,
+    }
+    return _write(
+        f"{API}/transactions/{_segment(transaction_id)}/reverse", body, idempotency_key, _transaction
+    )
+
+
+def place_hold(
+    user_id: str,
+    asset_type: str,
+    amount: int,
+    *,
+    expires_in_seconds: int | None,
+    description: str | None,
+    metadata: Mapping[str, Any] | None,
+    idempotency_key: str | None,
+) -> Call[Hold]:
+    body = {
+        "user_id": user_id,
+        "asset_type": asset_type,
+        "amount": _amount(amount, "amount"),
+        "expires_in_seconds": None
+        if expires_in_seconds is None
+        else _amount(expires_in_seconds, "expires_in_seconds"),
+        "description": description,
+        "metadata": metadata,
+    }
+    return _write(f"{API}/holds", body, idempotency_key, _hold)
+
+
+def capture_hold(
+    hold_id: str,
+    *,
+    amount: int | None,
+    description: str | None,
+    metadata: Mapping[str, Any] | None,
+    idempotency_key: str | None,
+) -> Call[Transaction]:
+    body = {
+        "amount": None if amount is None else _amount(amount, "amount"),
+        "description": description,
+        "metadata": metadata,
+    }
+    return _write(f"{API}/holds/{_segment(hold_id)}/capture", body, idempotency_key, _transaction)
+
+
+def void_hold(hold_id: str, *, idempotency_key: str | None) -> Call[Hold]:
+    return _write(f"{API}/holds/{_segment(hold_id)}/void", {}, idempotency_key, _hold)
+
+
+def hold(hold_id: str) -> Call[Hold]:
+    return Call("GET", f"{API}/holds/{_segment(hold_id)}", _hold)
+
+
+def holds(
+    user_id: str, *, status: Literal["open", "all"], limit: int | None, cursor: str | None
+) -> Call[HoldPage]:
+    params = _page_params(limit, cursor)
+    params["status"] = status
+    return Call(
+        "GET",
+        f"{API}/wallets/{_segment(user_id)}/holds",
+        lambda d, r, s: HoldPage.from_json(d),
+        params=params,
+    )
+
+
+def client_headers(api_key: str | None, headers: Mapping[str, str] | None) -> dict[str, str]:
+    result = {"User-Agent": f"wallet-client-python/{__version__}"}
+    if api_key is not None:
+        result["Authorization"] = f"Bearer {api_key}"
+    result.update(headers or {})
+    return result
