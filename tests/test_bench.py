@@ -48,7 +48,9 @@ def test_bench_reports_every_scenario_beside_pgbench(server_url, tmp_path: Path)
     assert "| topup | 1 |" in result.stdout
 
 
-def _run_bench(server_url: str, scratch: str, output: Path) -> subprocess.CompletedProcess[str]:
+def _run_bench(
+    server_url: str, scratch: str, output: Path, *extra: str, clients: str = "1,2"
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [
             sys.executable,
@@ -57,7 +59,7 @@ def _run_bench(server_url: str, scratch: str, output: Path) -> subprocess.Comple
             "--database-url",
             server_url,
             "--clients",
-            "1,2",
+            clients,
             "--seconds",
             "1",
             "--batch-size",
@@ -66,9 +68,99 @@ def _run_bench(server_url: str, scratch: str, output: Path) -> subprocess.Comple
             str(output),
             "--scratch-database",
             scratch,
+            *extra,
         ],
         capture_output=True,
         text=True,
         timeout=300,
         env=os.environ,
     )
+
+
+async def _chain_counts(server_url: str, database: str) -> tuple[int, int, bool]:
+    conn = await asyncpg.connect(server_url, database=database)
+    try:
+        row = await conn.fetchrow(
+            "SELECT (SELECT count(*) FROM ledger_chain), (SELECT count(*) FROM transactions),"
+            " (SELECT tgenabled <> 'D' FROM pg_trigger WHERE tgname = 'ledger_entries_chained')"
+        )
+        assert row is not None
+        return row[0], row[1], row[2]
+    finally:
+        await conn.close()
+
+
+@pytest.mark.skipif(
+    not (shutil.which("wrk") and shutil.which("pgbench")), reason="wrk and pgbench not installed"
+)
+def test_bench_without_hash_chain_disables_the_chain_trigger_in_its_scratch_database(
+    server_url, tmp_path: Path
+):
+    """What the chain costs is measured as the same run with and without it: without, the opening
+    balances are chained (both variants start alike) and nothing posted during the run is."""
+    if "host=" in server_url:
+        pytest.skip("the benchmark needs a TCP PostgreSQL server (WALLET_TEST_DATABASE_URL)")
+    output = tmp_path / "bench.json"
+    scratch = f"wallet_test_bench_{uuid.uuid4().hex[:12]}"
+    try:
+        result = _run_bench(
+            server_url, scratch, output, "--scenarios", "topup,batch", "--without-hash-chain", clients="1"
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        links, transactions, enabled = asyncio.run(_chain_counts(server_url, scratch))
+    finally:
+        asyncio.run(_drop(server_url, scratch, scratch + "_pgbench"))
+    report = json.loads(output.read_text())
+    assert report["hash_chain"] is False
+    assert not enabled
+    opening_balances = 5 * 2  # 1 client x 5 users per batch, GOLD_COINS and DIAMONDS each
+    assert links == opening_balances < transactions
+
+
+@pytest.mark.skipif(
+    not (shutil.which("wrk") and shutil.which("pgbench")), reason="wrk and pgbench not installed"
+)
+def test_bench_compares_with_and_without_the_chain_on_one_database(server_url, tmp_path: Path):
+    if "host=" in server_url:
+        pytest.skip("the benchmark needs a TCP PostgreSQL server (WALLET_TEST_DATABASE_URL)")
+    output = tmp_path / "bench.json"
+    scratch = f"wallet_test_bench_{uuid.uuid4().hex[:12]}"
+    try:
+        result = _run_bench(
+            server_url, scratch, output, "--scenarios", "topup", "--compare-hash-chain", "2", clients="1"
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        links, transactions, enabled = asyncio.run(_chain_counts(server_url, scratch))
+    finally:
+        asyncio.run(_drop(server_url, scratch, scratch + "_pgbench"))
+    (comparison,) = json.loads(output.read_text())["comparisons"]
+    assert (comparison["scenario"], comparison["clients"]) == ("topup", 1)
+    assert len(comparison["with_chain"]) == len(comparison["without_chain"]) == 2
+    assert comparison["median_pair_ratio"] > 0
+    assert "| topup | 1 |" in result.stdout
+    # Runs without the chain posted unchained entries; the trigger is on again afterwards.
+    assert enabled
+    assert 5 * 2 < links < transactions
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--without-hash-chain"], "--without-hash-chain needs an explicit --scratch-database"),
+        (["--compare-hash-chain", "3"], "--compare-hash-chain needs an explicit --scratch-database"),
+        (
+            ["--compare-hash-chain", "3", "--without-hash-chain", "--scratch-database", "x"],
+            "and no --without-hash-chain",
+        ),
+    ],
+)
+def test_bench_hash_chain_options_need_an_explicit_scratch_database(option: list[str], message: str):
+    result = subprocess.run(
+        [sys.executable, "-m", "tools.bench", *option],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=os.environ,
+    )
+    assert result.returncode == 2
+    assert message in result.stderr

@@ -1,5 +1,6 @@
 """Migrations keep what was stored: an idempotent response written by the previous version (which
-stored HTTP statuses) replays byte for byte, with its status, after upgrading to head."""
+stored HTTP statuses) replays byte for byte, with its status, after upgrading to head; and the
+ledger written before the hash chain is chained by the upgrade."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import httpx
 from tests.support import bearer
 from wallet.api.app import create_app
 from wallet.db.migrate import upgrade, upgrade_to_head_async
+from wallet.services.verify import verify_ledger
 from wallet.settings import Settings
 
 OLD_POST = (
@@ -66,3 +68,22 @@ async def test_responses_stored_by_revision_0001_replay_unchanged_after_upgrade(
         # And the ledger kept working across the upgrade: the balance is the old top-up's.
         balance = await client.get("/api/v1/wallets/user_old/balance")
         assert balance.json()["balances"][0]["balance"] == 70
+
+    # Migration 0006 chained the entries written before it, and new postings extend that chain.
+    conn = await asyncpg.connect(url)
+    try:
+        posted = await conn.fetchval(
+            "SELECT outcome FROM wallet_post_transaction($1, 'new-topup', 'topup', 'user_old', 'GOLD_COINS',"
+            " 5, NULL, '{}'::jsonb)",
+            key_id,
+        )
+        assert posted == "posted"
+        chain = await conn.fetch(
+            "SELECT c.chain_no, t.idempotency_key FROM ledger_chain c"
+            " JOIN transactions t ON t.id = c.transaction_id ORDER BY c.chain_no"
+        )
+        assert [tuple(r) for r in chain] == [(1, "old-topup"), (2, "new-topup")]
+        report = await verify_ledger(conn)
+        assert report.clean, report.render()
+    finally:
+        await conn.close()

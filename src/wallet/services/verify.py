@@ -3,6 +3,11 @@
 The triggers and constraints should make every check here impossible to fail; this is the
 independent audit that proves it on a live database, and catches what someone with enough
 privilege could still do by hand (disable triggers, edit a cached balance).
+
+The hash chains (migration 0006) are checked link by link: each stored link is recomputed from
+the previous stored link and the transaction and entry as they are stored now. An edit of one
+transaction or entry therefore breaks exactly its own link (the next one still follows from the
+stored value), and the report names the first broken link of each account's chain.
 """
 
 from __future__ import annotations
@@ -117,6 +122,65 @@ CHECKS: list[tuple[str, str]] = [
         """,
     ),
     (
+        "hash chain broken (the first broken link of each account's chain)",
+        # Every link recomputed set-based from the previous stored link (lag over chain_no) and the
+        # transaction with its entries as stored now, by the same functions the posting trigger uses.
+        """
+        WITH links AS (
+            SELECT c.account_id, c.chain_no, c.transaction_id, c.entry_no, c.link_sha256,
+                   lag(c.chain_no) OVER w AS previous_no, lag(c.link_sha256) OVER w AS previous_link,
+                   count(*) OVER (PARTITION BY c.account_id) AS chain_length,
+                   e.account_id AS entry_account_id,
+                   CASE WHEN t.id IS NOT NULL AND e.transaction_id IS NOT NULL
+                        THEN wallet_chain_digest(t, g.entries, c.entry_no)
+                   END AS digest
+            FROM ledger_chain c
+            LEFT JOIN ledger_entries e ON e.transaction_id = c.transaction_id AND e.entry_no = c.entry_no
+            LEFT JOIN transactions t ON t.id = c.transaction_id
+            LEFT JOIN (SELECT transaction_id,
+                              jsonb_object_agg(entry_no, wallet_chain_entry(account_id, asset_code, amount_minor))
+                                  AS entries
+                       FROM ledger_entries GROUP BY transaction_id) g ON g.transaction_id = c.transaction_id
+            WINDOW w AS (PARTITION BY c.account_id ORDER BY c.chain_no)
+        ), broken AS (
+            SELECT l.*, CASE
+                       WHEN l.digest IS NULL THEN 'its transaction or entry is missing'
+                       WHEN l.entry_account_id <> l.account_id THEN 'its entry is on another account'
+                       WHEN l.chain_no <> coalesce(l.previous_no, 0) + 1
+                           THEN format('the link before it is %s: links are missing', coalesce(l.previous_no, 0))
+                       WHEN l.link_sha256 <> wallet_chain_link(l.previous_link, l.digest)
+                           THEN 'the stored link does not match the transaction and its entries as stored now'
+                   END AS reason
+            FROM links l
+        ), first_broken AS (
+            SELECT DISTINCT ON (b.account_id) b.*, count(*) OVER (PARTITION BY b.account_id) AS broken_links
+            FROM broken b WHERE b.reason IS NOT NULL
+            ORDER BY b.account_id, b.chain_no
+        )
+        SELECT format('account %s (%s %s): first broken link %s of %s is transaction %s entry %s: %s'
+                      ' (%s broken link(s) in this chain)',
+                      f.account_id, coalesce(a.user_id, a.system_code, 'unknown account'), a.asset_code,
+                      f.chain_no, f.chain_length, f.transaction_id, f.entry_no, f.reason, f.broken_links)
+        FROM first_broken f LEFT JOIN accounts a ON a.id = f.account_id
+        ORDER BY f.account_id LIMIT $1
+        """,
+    ),
+    (
+        "ledger entry on a user account missing from its account's hash chain, or chained twice",
+        """
+        SELECT format('transaction %s entry %s (account %s, %s %s): %s', e.transaction_id, e.entry_no,
+                      a.id, a.user_id, a.asset_code,
+                      CASE WHEN count(c.chain_no) = 0 THEN 'not chained'
+                           ELSE format('chained %s times', count(c.chain_no)) END)
+        FROM ledger_entries e
+        JOIN accounts a ON a.id = e.account_id AND a.kind = 'user'
+        LEFT JOIN ledger_chain c ON c.transaction_id = e.transaction_id AND c.entry_no = e.entry_no
+        GROUP BY e.transaction_id, e.entry_no, a.id
+        HAVING count(c.chain_no) <> 1
+        ORDER BY a.id, e.transaction_id, e.entry_no LIMIT $1
+        """,
+    ),
+    (
         "the whole ledger does not sum to zero for an asset",
         """
         SELECT format('asset %s: all entries sum to %s', asset_code, sum(amount_minor))
@@ -129,7 +193,8 @@ CHECKS: list[tuple[str, str]] = [
 SUMMARY_SQL = """
 SELECT (SELECT count(*) FROM accounts WHERE kind = 'user') AS user_accounts,
        (SELECT count(*) FROM transactions) AS transactions,
-       (SELECT count(*) FROM ledger_entries) AS ledger_entries
+       (SELECT count(*) FROM ledger_entries) AS ledger_entries,
+       (SELECT count(*) FROM ledger_chain) AS chain_links
 """
 
 SYSTEM_BALANCES_SQL = """
@@ -147,6 +212,7 @@ class VerifyReport:
     user_accounts: int = 0
     transactions: int = 0
     ledger_entries: int = 0
+    chain_links: int = 0
     system_balances: list[tuple[str, str, int]] = field(default_factory=list)
 
     @property
@@ -156,13 +222,13 @@ class VerifyReport:
     def render(self) -> str:
         lines = [
             f"checked {self.user_accounts} user accounts, {self.transactions} transactions, "
-            f"{self.ledger_entries} ledger entries"
+            f"{self.ledger_entries} ledger entries, {self.chain_links} hash-chain links"
         ]
         lines.append("system account balances (derived from the ledger):")
         for system_code, asset_code, balance in self.system_balances:
             lines.append(f"  {asset_code:<16} {system_code:<20} {balance:>20}")
         if self.clean:
-            lines.append("OK: the books balance")
+            lines.append("OK: the books balance and every hash chain is intact")
             return "\n".join(lines)
         for title, items in self.problems.items():
             lines.append(f"FAIL: {title} ({len(items)} shown, at most {MAX_PROBLEMS_PER_CHECK})")
@@ -184,5 +250,6 @@ async def verify_ledger(conn: asyncpg.Connection) -> VerifyReport:
         report.user_accounts = summary["user_accounts"]
         report.transactions = summary["transactions"]
         report.ledger_entries = summary["ledger_entries"]
+        report.chain_links = summary["chain_links"]
         report.system_balances = [tuple(row) for row in await conn.fetch(SYSTEM_BALANCES_SQL)]
     return report
