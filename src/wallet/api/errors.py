@@ -45,6 +45,8 @@ STATUS_BY_CODE: dict[errors.Code, int] = {
     errors.ASSET_TYPE_NOT_FOUND: 404,
     errors.TRANSACTION_NOT_FOUND: 404,
     errors.HOLD_NOT_FOUND: 404,
+    errors.WEBHOOK_NOT_FOUND: 404,
+    errors.DEAD_LETTER_NOT_FOUND: 404,
     errors.METHOD_NOT_ALLOWED: 405,
     errors.INSUFFICIENT_FUNDS: 409,
     errors.BALANCE_LIMIT_EXCEEDED: 409,

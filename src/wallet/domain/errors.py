@@ -84,6 +84,10 @@ ASSET_TYPE_NOT_FOUND = _define("asset_type_not_found", "no active asset type wit
 TRANSACTION_NOT_FOUND = _define("transaction_not_found", "no transaction with this id", "id")
 HOLD_NOT_FOUND = _define("hold_not_found", "no hold with this id", "id")
 SAME_USER = _define("same_user", "a transfer needs two different users", "to_user_id")
+WEBHOOK_NOT_FOUND = _define("webhook_not_found", "no webhook endpoint with this id", "id")
+DEAD_LETTER_NOT_FOUND = _define(
+    "dead_letter_not_found", "no dead letter with this id for this webhook endpoint", "dead_letter_id"
+)
 
 # The state of the ledger refuses it.
 INSUFFICIENT_FUNDS = _define(

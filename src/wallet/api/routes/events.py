@@ -1,0 +1,39 @@
+"""GET /api/v1/events: the change feed (see wallet.services.events)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Query, Response
+
+from wallet.api.dependencies import AppSettings, Pool, Reader
+from wallet.api.errors import error_responses
+from wallet.api.schemas_events import EventPage
+from wallet.domain.rules import CURSOR_MAX_CHARS
+from wallet.services.events import events_page_json
+from wallet.services.pagination import check_limit
+
+router = APIRouter(prefix="/api/v1", tags=["events"])
+
+
+@router.get(
+    "/events",
+    response_model=None,
+    responses={200: {"model": EventPage}, **error_responses(401, 403, 422, 429, 503)},
+    summary="Change events in order, after a cursor (gap-free: nothing ever appears behind it)",
+)
+async def get_events(
+    pool: Pool,
+    settings: AppSettings,
+    caller: Reader,
+    after: str | None = Query(
+        default=None,
+        max_length=CURSOR_MAX_CHARS,
+        description="`next_cursor` of the previous page (or any event's `cursor`); from the oldest kept when absent.",
+    ),
+    limit: int | None = Query(
+        default=None, ge=1, description="Default WALLET_PAGE_SIZE_DEFAULT, at most WALLET_PAGE_SIZE_MAX."
+    ),
+) -> Response:
+    body = await events_page_json(
+        pool, after, check_limit(limit, settings.page_size_default, settings.page_size_max)
+    )
+    return Response(body, media_type="application/json")

@@ -1,0 +1,107 @@
+"""Request and response models of the event feed and of webhooks (see wallet.services.events and
+wallet.services.webhooks)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import AnyUrl, BaseModel, ConfigDict, Field, UrlConstraints
+
+from wallet.services.events import EventType
+from wallet.services.webhooks import URL_MAX_CHARS
+
+WebhookUrl = Annotated[
+    AnyUrl,
+    UrlConstraints(max_length=URL_MAX_CHARS, allowed_schemes=["http", "https"]),
+    Field(examples=["https://example.com/wallet-events"]),
+]
+
+
+class EventOut(BaseModel):
+    id: int = Field(
+        description="Unique; receivers dedupe on it. Not the order: the feed's order is its cursor's."
+    )
+    type: EventType
+    created_at: str = Field(description="When the writing transaction started (UTC).")
+    cursor: str = Field(description="The position right after this event: pass it as `after`.")
+    payload: dict[str, Any] = Field(
+        description="transaction.posted: the transaction document without `entries` and"
+        " `reversed_amount`; hold.*: the hold document after the change."
+    )
+
+
+class EventPage(BaseModel):
+    data: list[EventOut]
+    next_cursor: str | None = Field(
+        description="Where to continue: the last event's cursor, or the `after` sent when nothing is new."
+    )
+    has_more: bool = Field(description="More events are visible already: ask again at once.")
+
+
+class WebhookCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    url: WebhookUrl
+    event_types: list[EventType] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=len(EventType),
+        description="Only these types; all when absent.",
+    )
+    description: str | None = Field(default=None, max_length=500)
+
+
+class WebhookUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    active: bool = Field(
+        description="false pauses deliveries (the endpoint keeps its position); true resumes."
+    )
+
+
+class WebhookDelivery(BaseModel):
+    cursor: str = Field(description="The position in the feed after the last event delivered or given up on.")
+    attempts: int = Field(description="Failed attempts at the next event so far.")
+    next_attempt_at: str
+    last_attempt_at: str | None
+    last_success_at: str | None
+    last_error: str | None
+    delivered: int = Field(description="Events delivered (2xx) so far.")
+    dead_letters: int = Field(description="Events given up on and not redelivered since.")
+
+
+class WebhookOut(BaseModel):
+    id: int
+    url: str
+    event_types: list[EventType] | None
+    description: str | None
+    active: bool
+    created_at: str
+    delivery: WebhookDelivery
+
+
+class WebhookCreated(WebhookOut):
+    secret: str = Field(description="The HMAC-SHA256 signing key. Shown in this answer only.")
+
+
+class WebhookList(BaseModel):
+    data: list[WebhookOut]
+
+
+class DeadLetterOut(BaseModel):
+    id: int
+    event_id: int
+    event_type: EventType
+    attempts: int
+    last_error: str
+    status: Literal["dead", "redeliver", "redelivered"] = Field(
+        description="`redeliver`: one more attempt is queued; `redelivered`: it got a 2xx."
+    )
+    dead_at: str
+    redelivered_at: str | None
+    event: EventOut = Field(description="The body that was sent, as it will be sent again.")
+
+
+class DeadLetterPage(BaseModel):
+    data: list[DeadLetterOut]
+    next_cursor: str | None

@@ -1,0 +1,63 @@
+-- Re-installed by every `wallet migrate` (after the versioned migrations); see wallet.db.migrate.
+-- Change events: the horizon of the feed, and retention. (The events are written by triggers, see
+-- 0007_events.sql; they are read by wallet.services.events and delivered by wallet.services.webhooks.)
+
+-- The feed's horizon in the calling statement's snapshot: every event of a transaction below it
+-- is committed and visible in that snapshot, or never will be. It is the oldest transaction
+-- running in the snapshot, not counting those of other databases of the same server (their
+-- transaction ids are in the snapshot too, and a long transaction there, a `pgbench -i`, a
+-- batch job, must not hold this feed back); when none is left, the snapshot's xmax. Transaction
+-- ids of other databases are told by pg_stat_activity (backend_xid and datid are shown to every
+-- role). It is read after the snapshot was taken, which is safe: a transaction of another
+-- database is never one of this one, and one that ended before the read only counts as if it were
+-- ours (later, never wrong). Prepared (two-phase) transactions count as ours. STABLE: it runs in
+-- the caller's snapshot, the one that the caller's scan of `events` uses.
+CREATE OR REPLACE FUNCTION wallet_event_horizon() RETURNS xid8
+LANGUAGE sql STABLE AS $$
+    WITH elsewhere AS (
+        SELECT coalesce(array_agg(s.backend_xid), '{}') AS xids
+          FROM pg_stat_get_activity(NULL) AS s
+         WHERE s.backend_xid IS NOT NULL
+           AND s.datid IS DISTINCT FROM (SELECT d.oid FROM pg_database d WHERE d.datname = current_database())
+    )
+    SELECT coalesce(min(x), pg_snapshot_xmax(pg_current_snapshot()))
+      FROM pg_snapshot_xip(pg_current_snapshot()) AS x, elsewhere
+     WHERE NOT (x::xid = ANY (elsewhere.xids))
+$$;
+
+-- Deletes at most p_max of the oldest events written before p_before. Only a prefix of the feed
+-- goes (an event is kept while an earlier one is kept), and never an event a webhook endpoint
+-- has not got past yet (its cursor), nor one a reader cannot see yet. Returns how many went.
+CREATE OR REPLACE FUNCTION wallet_prune_events(p_before timestamptz, p_max integer) RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_keep_txid xid8;
+    v_keep_seq bigint;
+    v_deleted bigint;
+BEGIN
+    IF p_max IS NULL OR p_max < 1 THEN
+        RAISE EXCEPTION 'p_max must be at least 1, got %', p_max USING ERRCODE = 'check_violation';
+    END IF;
+    -- The lowest position an endpoint still has to deliver after.
+    SELECT w.cursor_txid, w.cursor_seq INTO v_keep_txid, v_keep_seq
+      FROM webhook_endpoints w ORDER BY w.cursor_txid, w.cursor_seq LIMIT 1;
+    PERFORM set_config('wallet.pruning_events', 'on', true);
+    WITH oldest AS (
+        SELECT e.txid, e.seq, e.created_at FROM events e
+         WHERE e.txid < wallet_event_horizon()
+           AND (v_keep_txid IS NULL OR (e.txid, e.seq) <= (v_keep_txid, v_keep_seq))
+         ORDER BY e.txid, e.seq
+         LIMIT p_max
+    ), prefix AS (
+        SELECT o.txid, o.seq
+          FROM (SELECT o.txid, o.seq,
+                       bool_and(o.created_at < p_before) OVER (ORDER BY o.txid, o.seq) AS all_old
+                  FROM oldest o) AS o
+         WHERE o.all_old
+    ), gone AS (
+        DELETE FROM events e USING prefix p WHERE e.txid = p.txid AND e.seq = p.seq RETURNING 1
+    )
+    SELECT count(*) INTO v_deleted FROM gone;
+    PERFORM set_config('wallet.pruning_events', 'off', true);
+    RETURN v_deleted;
+END $$;
