@@ -39,3 +39,17 @@ bank-test: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .wallet-data .pytest_cache .hypothesis .mypy_cache .ruff_cache
+
+# Chromium for the console's browser test (tests/console), from Debian's package when it is
+# missing and apt-get is there (CI runs as root; elsewhere through sudo). The test skips, saying
+# so, only where no chromium can be found.
+.PHONY: browser-deps
+browser-deps:
+	@if command -v chromium >/dev/null || [ -x /usr/bin/chromium ]; then \
+	    echo "chromium: $$(command -v chromium || echo /usr/bin/chromium)"; \
+	elif command -v apt-get >/dev/null; then \
+	    SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	    $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium; \
+	else \
+	    echo "no chromium and no apt-get: the console's browser test will be skipped"; \
+	fi
