@@ -31,6 +31,7 @@ def configure_logging(settings: Settings) -> None:
     )
     structlog.configure(
         processors=[
+            structlog.contextvars.merge_contextvars,  # the request id of the request being served
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             _escape_control_characters,

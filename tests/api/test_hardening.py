@@ -19,6 +19,7 @@ async def test_head_answers_wherever_get_does_with_the_same_status_and_no_body(c
         "user_id": user,
         "transaction_id": "00000000-0000-0000-0000-000000000000",
         "hold_id": "00000000-0000-0000-0000-000000000000",
+        "webhook_id": "1",
     }
     paths = [p for p, ops in spec["paths"].items() if "get" in ops] + ["/docs", "/metrics"]
     assert len(paths) >= 8

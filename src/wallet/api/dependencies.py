@@ -10,6 +10,7 @@ import asyncpg
 from fastapi import Depends, Header, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from wallet.api.observe import note_api_key
 from wallet.domain import errors
 from wallet.domain.errors import WalletError
 from wallet.domain.rules import IDEMPOTENCY_KEY_MAX_CHARS, Scope
@@ -65,6 +66,7 @@ async def _authenticated(
     token = credentials.credentials if credentials else None
     resources = _resources(request)
     caller = await resources.authenticator.authenticate(token)
+    note_api_key(request.scope, caller.name)
     await resources.rate_limiter.check(caller)
     return caller
 

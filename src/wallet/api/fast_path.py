@@ -21,6 +21,7 @@ from fastapi.routing import APIRoute
 from prometheus_client import Counter
 
 from wallet.api.dependencies import Resources
+from wallet.api.observe import note_api_key
 from wallet.services.api_keys import Caller
 from wallet.settings import Settings
 
@@ -90,5 +91,6 @@ async def authorized(request: Request, token: str) -> Caller:
     """What the full path's caller dependency does: authenticate, then the key's rate limit."""
     resources, _ = state(request)
     caller = await resources.authenticator.authenticate(token)
+    note_api_key(request.scope, caller.name)
     await resources.rate_limiter.check(caller)
     return caller

@@ -35,10 +35,13 @@ POSTED_ALONE_AFTER_GROUP = Counter(
     ["reason"],
 )
 
-SINGLE_SQL = "SELECT outcome, body::text AS body, replayed FROM wallet_post_transaction($1, $2, $3, $4, $5, $6, $7, $8::jsonb)"
+SINGLE_SQL = (
+    "SELECT outcome, body::text AS body, replayed"
+    " FROM wallet_post_transaction($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9)"
+)
 GROUP_SQL = (
     "SELECT ord, outcome, body::text AS body, replayed"
-    " FROM wallet_post_group($1, $2, $3, $4, $5, $6, $7, $8::jsonb[])"
+    " FROM wallet_post_group($1, $2, $3, $4, $5, $6, $7, $8::jsonb[], $9)"
 )
 
 
@@ -54,6 +57,7 @@ class Write:
     amount_minor: int
     description: str | None
     metadata_json: str
+    request_id: str | None = None  # stored with the transaction (X-Request-ID)
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +135,7 @@ class GroupCommitter:
             [w.amount_minor for w in writes],
             [w.description for w in writes],
             [w.metadata_json for w in writes],
+            [w.request_id for w in writes],
         )
         assert [r["ord"] for r in rows] == list(range(1, len(writes) + 1))
         return rows
@@ -146,6 +151,7 @@ class GroupCommitter:
             write.amount_minor,
             write.description,
             write.metadata_json,
+            write.request_id,
         )
         assert row is not None
         return Posted(errors.CATALOGUE[row["outcome"]], row["body"], row["replayed"])

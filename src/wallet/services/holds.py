@@ -23,6 +23,7 @@ from wallet.domain.rules import KeyOperation
 from wallet.services.api_keys import Caller
 from wallet.services.limits import check_amount, check_idempotency_key, check_text, encode_metadata
 from wallet.services.pagination import decode_int_cursor, encode_cursor
+from wallet.services.tracing import current_request_id
 from wallet.services.transactions import PostingOutcome
 from wallet.settings import Settings
 
@@ -114,13 +115,14 @@ async def capture_hold(
     await _permit_on_hold(pool, caller, KeyOperation.CAPTURE, parsed_id, amount_minor)
     return await PostingOutcome.call(
         pool,
-        "wallet_capture_hold($1, $2, $3, $4, $5, $6::jsonb)",
+        "wallet_capture_hold($1, $2, $3, $4, $5, $6::jsonb, $7)",
         caller.client_id,
         key,
         parsed_id,
         amount_minor,
         description,
         metadata_json.decode(),
+        current_request_id(),
     )
 
 

@@ -17,6 +17,7 @@ from wallet.domain.errors import WalletError
 from wallet.domain.rules import KeyOperation
 from wallet.services.api_keys import Caller
 from wallet.services.limits import check_amount, check_idempotency_key, check_text, encode_metadata
+from wallet.services.tracing import current_request_id
 from wallet.services.transactions import PostingOutcome
 from wallet.settings import Settings
 
@@ -64,7 +65,7 @@ async def reverse_transaction(
     caller.permit(KeyOperation.REVERSE, None, amount_minor)
     return await PostingOutcome.call(
         pool,
-        "wallet_reverse_transaction($1, $2, $3, $4, $5, $6::jsonb, $7)",
+        "wallet_reverse_transaction($1, $2, $3, $4, $5, $6::jsonb, $7, $8)",
         caller.client_id,
         key,
         original,
@@ -72,4 +73,5 @@ async def reverse_transaction(
         reason,
         metadata_json.decode(),
         allow_negative,
+        current_request_id(),
     )

@@ -22,6 +22,7 @@ from wallet.domain.rules import KeyOperation, TransactionType
 from wallet.services.api_keys import Caller
 from wallet.services.group_commit import GroupCommitter, Write
 from wallet.services.limits import check_amount, check_idempotency_key, check_text, encode_metadata
+from wallet.services.tracing import current_request_id
 from wallet.settings import Settings
 
 
@@ -79,6 +80,7 @@ async def post_transaction(
             amount_minor=request.amount_minor,
             description=request.description,
             metadata_json=metadata_json.decode(),
+            request_id=current_request_id(),
         )
     )
     return PostingOutcome(posted.code, posted.body_json, posted.replayed)
@@ -133,10 +135,11 @@ async def post_batch(
     payload = orjson.dumps(items).decode()
     return await PostingOutcome.call(
         pool,
-        "wallet_post_batch($1, $2, $3::jsonb)",
+        "wallet_post_batch($1, $2, $3::jsonb, $4)",
         caller.client_id,
         key,
         payload,
+        current_request_id(),
     )
 
 

@@ -13,6 +13,7 @@ from wallet.domain.errors import WalletError
 from wallet.domain.rules import KeyOperation
 from wallet.services.api_keys import Caller
 from wallet.services.limits import check_amount, check_idempotency_key, check_text, encode_metadata
+from wallet.services.tracing import current_request_id
 from wallet.services.transactions import PostingOutcome
 from wallet.settings import Settings
 
@@ -42,7 +43,7 @@ async def post_transfer(
     metadata_json = encode_metadata(request.metadata, settings)
     return await PostingOutcome.call(
         pool,
-        "wallet_post_transfer($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb)",
+        "wallet_post_transfer($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb, $10)",
         caller.client_id,
         key,
         request.from_user_id,
@@ -52,4 +53,5 @@ async def post_transfer(
         request.fee_minor,
         request.description,
         metadata_json.decode(),
+        current_request_id(),
     )

@@ -17,7 +17,7 @@
 -- Returns the outcome (a catalogue code), the response body and whether it is a replay.
 CREATE OR REPLACE FUNCTION wallet_post_transaction(
     p_api_key_id bigint, p_idempotency_key text, p_type text, p_user_id text, p_asset_code text,
-    p_amount_minor bigint, p_description text, p_metadata jsonb,
+    p_amount_minor bigint, p_description text, p_metadata jsonb, p_request_id text DEFAULT NULL,
     OUT outcome text, OUT body jsonb, OUT replayed boolean)
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -72,9 +72,9 @@ BEGIN
             RETURNING balance_minor
         ), posted AS (
             INSERT INTO transactions (type, api_key_id, idempotency_key, user_id, asset_code, amount_minor,
-                                      balance_after_minor, description, metadata)
+                                      balance_after_minor, description, metadata, request_id)
             SELECT p_type, p_api_key_id, p_idempotency_key, p_user_id, p_asset_code, p_amount_minor,
-                   account.balance_minor, p_description, p_metadata
+                   account.balance_minor, p_description, p_metadata, p_request_id
             FROM account
             RETURNING id, balance_after_minor, created_at
         ), entries AS (

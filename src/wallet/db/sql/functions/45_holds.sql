@@ -178,7 +178,7 @@ END $$;
 -- SYSTEM_REVENUE; the rest of the hold is released. At most once per hold.
 CREATE OR REPLACE FUNCTION wallet_capture_hold(
     p_api_key_id bigint, p_idempotency_key text, p_hold_id uuid, p_amount_minor bigint,
-    p_description text, p_metadata jsonb,
+    p_description text, p_metadata jsonb, p_request_id text DEFAULT NULL,
     OUT outcome text, OUT body jsonb, OUT replayed boolean)
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -235,10 +235,10 @@ BEGIN
         ELSE
             WITH posted AS (
                 INSERT INTO transactions (type, api_key_id, idempotency_key, user_id, asset_code, amount_minor,
-                                          balance_after_minor, description, metadata, hold_id)
+                                          balance_after_minor, description, metadata, hold_id, request_id)
                 VALUES ('capture', p_api_key_id, p_idempotency_key, v_hold.user_id, v_hold.asset_code,
                         v_amount_minor, v_balance_after_minor, coalesce(p_description, v_hold.description),
-                        p_metadata, p_hold_id)
+                        p_metadata, p_hold_id, p_request_id)
                 RETURNING id, created_at
             ), entries AS (
                 INSERT INTO ledger_entries (transaction_id, entry_no, account_id, asset_code, amount_minor)

@@ -9,7 +9,7 @@
 -- seeing what the previous ones left.
 CREATE OR REPLACE FUNCTION wallet_reverse_transaction(
     p_api_key_id bigint, p_idempotency_key text, p_transaction_id uuid, p_amount_minor bigint,
-    p_reason text, p_metadata jsonb, p_allow_negative boolean,
+    p_reason text, p_metadata jsonb, p_allow_negative boolean, p_request_id text DEFAULT NULL,
     OUT outcome text, OUT body jsonb, OUT replayed boolean)
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -97,10 +97,11 @@ BEGIN
         ELSE
             WITH posted AS (
                 INSERT INTO transactions (type, api_key_id, idempotency_key, user_id, asset_code, amount_minor,
-                                          balance_after_minor, description, metadata, reverses, allow_negative)
+                                          balance_after_minor, description, metadata, reverses, allow_negative,
+                                          request_id)
                 VALUES (v_type, p_api_key_id, p_idempotency_key, v_original.user_id, v_original.asset_code,
                         v_amount_minor, v_balance_after_minor, p_reason, p_metadata, p_transaction_id,
-                        v_allow_negative AND v_balance_after_minor < v_held_minor)
+                        v_allow_negative AND v_balance_after_minor < v_held_minor, p_request_id)
                 RETURNING id
             ), entries AS (
                 INSERT INTO ledger_entries (transaction_id, entry_no, account_id, asset_code, amount_minor)

@@ -8,6 +8,7 @@
 CREATE OR REPLACE FUNCTION wallet_post_transfer(
     p_api_key_id bigint, p_idempotency_key text, p_from_user_id text, p_to_user_id text,
     p_asset_code text, p_amount_minor bigint, p_fee_minor bigint, p_description text, p_metadata jsonb,
+    p_request_id text DEFAULT NULL,
     OUT outcome text, OUT body jsonb, OUT replayed boolean)
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -76,9 +77,10 @@ BEGIN
         WITH posted AS (
             INSERT INTO transactions (type, api_key_id, idempotency_key, user_id, asset_code, amount_minor,
                                       balance_after_minor, description, metadata, counterparty_user_id,
-                                      counterparty_balance_after_minor, fee_minor)
+                                      counterparty_balance_after_minor, fee_minor, request_id)
             VALUES ('transfer', p_api_key_id, p_idempotency_key, p_from_user_id, p_asset_code, p_amount_minor,
-                    v_from_balance_minor, p_description, p_metadata, p_to_user_id, v_to_balance_minor, p_fee_minor)
+                    v_from_balance_minor, p_description, p_metadata, p_to_user_id, v_to_balance_minor, p_fee_minor,
+                    p_request_id)
             RETURNING id
         ), entries AS (
             INSERT INTO ledger_entries (transaction_id, entry_no, account_id, asset_code, amount_minor)

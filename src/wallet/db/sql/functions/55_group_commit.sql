@@ -19,7 +19,8 @@
 -- and one more stores every outcome.
 CREATE OR REPLACE FUNCTION wallet_post_group(
     p_api_key_ids bigint[], p_idempotency_keys text[], p_types text[], p_user_ids text[],
-    p_asset_codes text[], p_amounts_minor bigint[], p_descriptions text[], p_metadata jsonb[])
+    p_asset_codes text[], p_amounts_minor bigint[], p_descriptions text[], p_metadata jsonb[],
+    p_request_ids text[] DEFAULT NULL)
 RETURNS TABLE (ord integer, outcome text, body jsonb, replayed boolean)
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -168,10 +169,10 @@ BEGIN
              WHERE v_ids[w.n] IS NOT NULL
         ), posted AS (
             INSERT INTO transactions (id, type, api_key_id, idempotency_key, user_id, asset_code, amount_minor,
-                                      balance_after_minor, description, metadata)
+                                      balance_after_minor, description, metadata, request_id)
             SELECT a.id, p_types[a.n], p_api_key_ids[a.n], p_idempotency_keys[a.n], p_user_ids[a.n],
                    p_asset_codes[a.n], p_amounts_minor[a.n], a.balance_after, p_descriptions[a.n],
-                   coalesce(p_metadata[a.n], '{}'::jsonb)
+                   coalesce(p_metadata[a.n], '{}'::jsonb), p_request_ids[a.n]
               FROM accepted a ORDER BY a.n
             RETURNING id, created_at
         ), entries AS (

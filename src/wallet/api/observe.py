@@ -1,0 +1,100 @@
+"""Per request: its id, its count at /metrics, and one structured access-log line.
+
+One pure ASGI layer does all three (one wrapper of `send` per request, not three):
+* the request id is the caller's `X-Request-ID` when it is a sane token (1-128 characters of
+  `[A-Za-z0-9._:@/+=-]`), else a new UUID; it is returned in `X-Request-ID`, bound to every log
+  line of the request (structlog contextvars), and stored with the transaction it creates;
+* every answer is counted by method, route template and status (labels stay bounded whatever
+  the path), whichever layer produced it (401, 413, 422, 500 and 503 included);
+* the access line: method, route template, status, duration, the API key's name (never the key
+  itself, never a body), at INFO (WALLET_ACCESS_LOG=0 turns it off).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+
+import structlog
+from prometheus_client import Counter
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from wallet.services.tracing import REQUEST_ID
+
+REQUEST_ID_HEADER = b"x-request-id"
+REQUEST_ID_PATTERN = re.compile(rb"[A-Za-z0-9._:@/+=-]{1,128}")
+
+RESPONSES = Counter(
+    "wallet_http_responses_total",
+    "Every HTTP answer, by method, route template and status",
+    ["method", "route", "status"],
+)
+
+log = structlog.get_logger("wallet.access")
+
+
+def request_id_of(scope: Scope) -> str | None:
+    """The id ObserveRequests gave this request."""
+    value = scope.get("state", {}).get("request_id")
+    return value if isinstance(value, str) else None
+
+
+def note_api_key(scope: Scope, name: str) -> None:
+    """Records who asked, for the access line (called once the key is authenticated)."""
+    scope.setdefault("state", {})["api_key_name"] = name
+
+
+def _route_of(scope: Scope) -> str:
+    """The template of the route that answered; the router records it in the request's scope
+    (a dict shared down the stack). A path no route matched is 'unmatched'."""
+    route = scope.get("route")
+    return str(getattr(route, "path", "unmatched"))
+
+
+class ObserveRequests:
+    def __init__(self, app: ASGIApp, *, access_log: bool) -> None:
+        self.app = app
+        self.access_log = access_log
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        request_id = None
+        for name, value in scope["headers"]:
+            if name == REQUEST_ID_HEADER:
+                if REQUEST_ID_PATTERN.fullmatch(value):
+                    request_id = value.decode("ascii")
+                break
+        request_id = request_id or uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        status = 500
+
+        async def observed_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                RESPONSES.labels(scope["method"], _route_of(scope), status).inc()
+                message = {
+                    **message,
+                    "headers": [*message.get("headers", []), (REQUEST_ID_HEADER, request_id.encode("ascii"))],
+                }
+            await send(message)
+
+        token = REQUEST_ID.set(request_id)
+        with structlog.contextvars.bound_contextvars(request_id=request_id):
+            try:
+                await self.app(scope, receive, observed_send)
+            finally:
+                REQUEST_ID.reset(token)
+                if self.access_log:
+                    log.info(
+                        "request",
+                        method=scope["method"],
+                        route=_route_of(scope),
+                        status=status,
+                        duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                        api_key=scope.get("state", {}).get("api_key_name"),
+                    )
