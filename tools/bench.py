@@ -7,6 +7,12 @@ users writing at once. In the same run it measures `pgbench -N -M prepared` (and
 on the same server, and prints each figure with its ratio to pgbench at the same concurrency.
 
 Requires `wrk` and `pgbench` on PATH (Debian: `apt-get install wrk postgresql-client`).
+
+`--without-hash-chain` disables the hash-chain trigger (migration 0006) in the scratch database
+after it is prepared, so the cost of the chain can be measured by running the same scenarios
+with and without it, back to back. `--compare-hash-chain N` measures that cost more precisely on
+a noisy machine: one database and one service, the trigger switched on and off between N pairs
+of short runs in ABBA order, so preparation, growth and order effects cancel out.
 """
 
 from __future__ import annotations
@@ -15,18 +21,21 @@ import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated
 from urllib.parse import urlsplit, urlunsplit
 
+import httpx
 import typer
 
-from tools.service_process import ServiceProcess
+from tools.service_process import ServiceProcess, free_port
 
 BENCH_DATABASE = "wallet_bench"
 PGBENCH_SUFFIX = "_pgbench"
@@ -35,6 +44,7 @@ DATABASE_NAME = re.compile(r"[a-z_][a-z0-9_]{0,54}")
 PGBENCH_SCALE = 16
 OPENING_BALANCE_MINOR = 10**12
 PREPARE_CHUNK_USERS = 500
+HASH_CHAIN_TRIGGER = "ledger_entries_chained"
 
 LUA_COMMON = r"""
 local next_thread_id = 0
@@ -72,6 +82,13 @@ end
 """
 
 LUA_REQUEST = {
+    # The framework's floor: a hello-world FastAPI route (tools/hello_app.py) served by the same
+    # uvicorn with the same worker count, measured in the same run (see HelloProcess).
+    "hello": r"""
+function request()
+  return wrk.format("GET", "/hello")
+end
+""",
     "topup": LUA_SINGLE_WRITE.replace("KIND", "topup"),
     "spend": LUA_SINGLE_WRITE.replace("KIND", "spend"),
     "balance": r"""
@@ -136,8 +153,13 @@ def _psql_env(url: str) -> dict[str, str]:
     return env
 
 
-async def _prepare_database(admin_url: str, database: str, users: int) -> tuple[str, str]:
-    """A fresh, migrated database with `users` funded users; returns (url, api key)."""
+async def _prepare_database(
+    admin_url: str, database: str, users: int, *, hash_chain: bool = True
+) -> tuple[str, str]:
+    """A fresh, migrated database with `users` funded users; returns (url, api key).
+
+    Without hash_chain, the chain trigger is disabled once the opening balances are posted (they
+    are chained either way, so both variants start from the same ledger)."""
     import asyncpg
 
     from wallet.db.migrate import upgrade_to_head_async
@@ -177,14 +199,47 @@ async def _prepare_database(admin_url: str, database: str, users: int) -> tuple[
                 first,
                 min(first + PREPARE_CHUNK_USERS, users) - 1,
             )
+        if not hash_chain:
+            await conn.execute(f"ALTER TABLE ledger_entries DISABLE TRIGGER {HASH_CHAIN_TRIGGER}")
         await conn.execute("VACUUM ANALYZE")
     finally:
         await conn.close()
     return url, token
 
 
+class HelloProcess:
+    """tools/hello_app.py under `uvicorn --workers N`, as `wallet serve` runs the service."""
+
+    def __init__(self, workers: int) -> None:
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.workers = workers
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "tools.hello_app:app", "--port", str(self.port),
+             "--workers", str(self.workers), "--log-level", "warning", "--no-access-log"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.base_url}/hello", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                time.sleep(0.1)
+        raise RuntimeError("the hello-world app did not start")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=30)
+
+
 def _run_wrk(
-    service: ServiceProcess,
+    service: ServiceProcess | HelloProcess,
     scenario: str,
     clients: int,
     seconds: int,
@@ -284,6 +339,7 @@ def run_bench(
     scenarios: list[str],
     output: Path | None,
     database: str = BENCH_DATABASE,
+    hash_chain: bool = True,
 ) -> dict[str, object]:
     import asyncio
 
@@ -291,13 +347,17 @@ def run_bench(
         raise ValueError(f"not a plain database name: {database!r}")
     pgbench_database = database + PGBENCH_SUFFIX
     users = max(clients) * max(batch_size, 1)
-    print(f"preparing {database} with {users} users ...", file=sys.stderr, flush=True)
-    url, token = asyncio.run(_prepare_database(admin_url, database, users))
+    chain = "with" if hash_chain else "WITHOUT"
+    print(f"preparing {database} with {users} users, {chain} the hash chain ...", file=sys.stderr, flush=True)
+    url, token = asyncio.run(_prepare_database(admin_url, database, users, hash_chain=hash_chain))
     _init_pgbench(admin_url, pgbench_database)
     measurements: list[Measurement] = []
     pgbench: dict[str, dict[int, float]] = {"-N": {}, "-S": {}}
     service = ServiceProcess({"WALLET_DATABASE_URL": url, "WALLET_LOG_LEVEL": "WARNING"}, workers=workers)
     service.start()
+    hello = HelloProcess(workers) if "hello" in scenarios else None
+    if hello is not None:
+        hello.start()
     try:
         with tempfile.TemporaryDirectory() as tmp:
             for concurrency in clients:
@@ -306,8 +366,9 @@ def run_bench(
                         admin_url, pgbench_database, mode, concurrency, seconds
                     )
                 for scenario in scenarios:
+                    target = hello if scenario == "hello" and hello is not None else service
                     measurement = _run_wrk(
-                        service, scenario, concurrency, seconds, token, users, batch_size, Path(tmp)
+                        target, scenario, concurrency, seconds, token, users, batch_size, Path(tmp)
                     )
                     measurements.append(measurement)
                     print(
@@ -318,10 +379,13 @@ def run_bench(
                     )
     finally:
         service.stop()
+        if hello is not None:
+            hello.stop()
     report = {
         "workers": workers,
         "seconds": seconds,
         "batch_size": batch_size,
+        "hash_chain": hash_chain,
         "pgbench_tps": {mode: {str(c): tps for c, tps in by.items()} for mode, by in pgbench.items()},
         "measurements": [asdict(m) for m in measurements],
     }
@@ -331,19 +395,135 @@ def run_bench(
     return report
 
 
+@dataclass
+class ChainComparison:
+    scenario: str
+    clients: int
+    with_chain: list[float]  # per second, one per run, in the order run
+    without_chain: list[float]
+
+    @property
+    def median_with(self) -> float:
+        return statistics.median(self.with_chain)
+
+    @property
+    def median_without(self) -> float:
+        return statistics.median(self.without_chain)
+
+    @property
+    def median_pair_ratio(self) -> float:
+        """Runs n with and n without were back to back: the median of their ratios."""
+        return statistics.median(a / b for a, b in zip(self.with_chain, self.without_chain, strict=True))
+
+
+async def _set_hash_chain(url: str, enabled: bool) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(url)
+    try:
+        action = "ENABLE" if enabled else "DISABLE"
+        await conn.execute(f"ALTER TABLE ledger_entries {action} TRIGGER {HASH_CHAIN_TRIGGER}")
+    finally:
+        await conn.close()
+
+
+def run_hash_chain_comparison(
+    admin_url: str,
+    *,
+    clients: list[int],
+    seconds: int,
+    workers: int,
+    batch_size: int,
+    scenarios: list[str],
+    rounds: int,
+    output: Path | None,
+    database: str,
+) -> dict[str, object]:
+    """Each scenario at each concurrency `rounds` times with the chain and `rounds` times without,
+    alternating in ABBA order on one database and one running service."""
+    import asyncio
+
+    if not DATABASE_NAME.fullmatch(database):
+        raise ValueError(f"not a plain database name: {database!r}")
+    users = max(clients) * max(batch_size, 1)
+    print(f"preparing {database} with {users} users ...", file=sys.stderr, flush=True)
+    url, token = asyncio.run(_prepare_database(admin_url, database, users))
+    results: list[ChainComparison] = []
+    service = ServiceProcess({"WALLET_DATABASE_URL": url, "WALLET_LOG_LEVEL": "WARNING"}, workers=workers)
+    service.start()
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            for concurrency in clients:
+                for scenario in scenarios:
+                    # Warm-up: every connection of the service has planned its statements.
+                    _run_wrk(service, scenario, concurrency, 1, token, users, batch_size, Path(tmp))
+                    runs: dict[bool, list[float]] = {True: [], False: []}
+                    for n in range(rounds):
+                        for enabled in (True, False) if n % 2 == 0 else (False, True):
+                            asyncio.run(_set_hash_chain(url, enabled))
+                            measurement = _run_wrk(
+                                service, scenario, concurrency, seconds, token, users, batch_size, Path(tmp)
+                            )
+                            if measurement.errors:
+                                raise SystemExit(f"{scenario} c={concurrency}: {measurement.errors} errors")
+                            runs[enabled].append(measurement.per_second)
+                    result = ChainComparison(scenario, concurrency, runs[True], runs[False])
+                    results.append(result)
+                    print(
+                        f"  {scenario:<8} c={concurrency:<3} with {result.median_with:>9.0f}/s  "
+                        f"without {result.median_without:>9.0f}/s  ratio {result.median_pair_ratio:.2f}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+    finally:
+        service.stop()
+        asyncio.run(_set_hash_chain(url, True))
+    report: dict[str, object] = {
+        "workers": workers,
+        "seconds": seconds,
+        "batch_size": batch_size,
+        "rounds": rounds,
+        "comparisons": [asdict(r) | {"median_pair_ratio": r.median_pair_ratio} for r in results],
+    }
+    print(render_hash_chain_comparison(results))
+    if output:
+        output.write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def render_hash_chain_comparison(results: list[ChainComparison]) -> str:
+    lines = [
+        "| scenario | clients | with chain (median) | without (median) | with / without (median of pairs) | pairs |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r.scenario} | {r.clients} | {r.median_with:,.0f} | {r.median_without:,.0f} | "
+            f"{r.median_pair_ratio:.2f} | {len(r.with_chain)} |"
+        )
+    return "\n".join(lines)
+
+
 def render(measurements: list[Measurement], pgbench: dict[str, dict[int, float]]) -> str:
     lines = [
         "| scenario | clients | per second | p50 ms | p95 ms | p99 ms | errors | pgbench tps (same c) | ratio |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for m in measurements:
-        mode = "-S" if m.scenario == "balance" else "-N"
+        mode = "-S" if m.scenario in ("balance", "hello") else "-N"
         baseline = pgbench[mode][m.clients]
         lines.append(
             f"| {m.scenario} | {m.clients} | {m.per_second:,.0f} | {m.p50_ms:.1f} | {m.p95_ms:.1f} | "
             f"{m.p99_ms:.1f} | {m.errors} | {mode} {baseline:,.0f} | {m.per_second / baseline:.2f} |"
         )
     by_key = {(m.scenario, m.clients): m.per_second for m in measurements}
+    for (scenario, clients), per_second in by_key.items():
+        floor = by_key.get(("hello", clients))
+        if scenario == "balance" and floor:
+            lines.append(
+                f"\nbalance c={clients}: {per_second:,.0f}/s = {per_second / floor:.2f} x hello-world FastAPI "
+                f"({floor:,.0f}/s, same uvicorn, same workers, same run)"
+            )
     for scenario in ("topup", "spend"):
         one, many = by_key.get((scenario, 1)), by_key.get((scenario, max(c for _, c in by_key)))
         if one and many:
@@ -375,15 +555,34 @@ def main(
     workers: Annotated[int, typer.Option(min=1, max=64, help="Service worker processes.")] = 2,
     batch_size: Annotated[int, typer.Option(min=1, max=1000, help="Operations per batch request.")] = 100,
     scenarios: Annotated[
-        str, typer.Option(help="Any of topup,spend,balance,batch.")
-    ] = "topup,spend,balance,batch",
+        str, typer.Option(help="Any of hello,topup,spend,balance,batch (hello: the framework's floor).")
+    ] = "hello,topup,spend,balance,batch",
     output: Annotated[Path | None, typer.Option(help="Also write the figures as JSON here.")] = None,
     scratch_database: Annotated[
-        str,
+        str | None,
         typer.Option(
             help="The scratch database to (re)create on the server; pgbench gets NAME_pgbench beside it."
+            f" Default: {BENCH_DATABASE}."
         ),
-    ] = BENCH_DATABASE,
+    ] = None,
+    without_hash_chain: Annotated[
+        bool,
+        typer.Option(
+            "--without-hash-chain",
+            help="Disable the hash-chain trigger in the scratch database, to measure what the chain costs."
+            " Needs an explicit --scratch-database.",
+        ),
+    ] = False,
+    compare_hash_chain: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            max=100,
+            help="Instead of the usual report: N pairs of runs of each scenario with and without the hash-chain"
+            " trigger, alternating on one database and one service, and their ratio. No pgbench."
+            " Needs an explicit --scratch-database.",
+        ),
+    ] = 0,
 ) -> None:
     """Throughput and latency over HTTP at each concurrency, beside pgbench on the same server."""
     chosen = [s.strip() for s in scenarios.split(",") if s.strip()]
@@ -391,9 +590,29 @@ def main(
     if unknown:
         _err(f"unknown scenarios: {', '.join(unknown)}")
         raise typer.Exit(code=2)
+    if without_hash_chain and scratch_database is None:
+        _err("--without-hash-chain needs an explicit --scratch-database (a ledger without its chain)")
+        raise typer.Exit(code=2)
+    if compare_hash_chain and (without_hash_chain or scratch_database is None):
+        _err("--compare-hash-chain needs an explicit --scratch-database and no --without-hash-chain")
+        raise typer.Exit(code=2)
+    scratch_database = scratch_database or BENCH_DATABASE
     if not DATABASE_NAME.fullmatch(scratch_database):
         _err(f"--scratch-database must match {DATABASE_NAME.pattern}: {scratch_database!r}")
         raise typer.Exit(code=2)
+    if compare_hash_chain:
+        run_hash_chain_comparison(
+            database_url,
+            clients=[int(c) for c in clients.split(",")],
+            seconds=seconds,
+            workers=workers,
+            batch_size=batch_size,
+            scenarios=chosen,
+            rounds=compare_hash_chain,
+            output=output,
+            database=scratch_database,
+        )
+        return
     run_bench(
         database_url,
         clients=[int(c) for c in clients.split(",")],
@@ -403,6 +622,7 @@ def main(
         scenarios=chosen,
         output=output,
         database=scratch_database,
+        hash_chain=not without_hash_chain,
     )
 
 

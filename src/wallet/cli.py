@@ -107,7 +107,7 @@ async def _verify(url: str) -> bool:
 
 @app.command()
 def verify() -> None:
-    """Recompute every balance from the ledger; exit 1 with a report if anything disagrees."""
+    """Recompute every balance and every hash chain from the ledger; exit 1 with a report if anything disagrees."""
     with _database(get_settings()) as (url, _):
         clean = asyncio.run(_verify(url))
     if not clean:
@@ -320,7 +320,10 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Default WALLET_HOST (127.0.0.1).")] = None,
     port: Annotated[int | None, typer.Option(help="Default WALLET_PORT (8000).")] = None,
     workers: Annotated[int, typer.Option(min=1, max=64, help="Worker processes.")] = 1,
-    access_log: Annotated[bool, typer.Option(help="Log every request.")] = False,
+    access_log: Annotated[
+        bool | None,
+        typer.Option(help="One structured line per request. Default WALLET_ACCESS_LOG (on)."),
+    ] = None,
 ) -> None:
     """Run the HTTP service. Without WALLET_DATABASE_URL: start the embedded PostgreSQL, migrate,
     seed demo data and print a demo API key."""
@@ -332,6 +335,9 @@ def serve(
     host = host or settings.host
     port = port or settings.port
     _raise_system_exit_on_sigterm()
+    if access_log is not None:  # the workers read their settings from the environment
+        os.environ["WALLET_ACCESS_LOG"] = "1" if access_log else "0"
+        get_settings.cache_clear()
     with _database(settings) as (url, embedded):
         if embedded:
             upgrade_to_head(url)
@@ -343,6 +349,7 @@ def serve(
             print(
                 f"\nWallet service (embedded PostgreSQL in {settings.data_dir.resolve()})\n"
                 f"  URL:      {base}\n  Swagger:  {base}/docs\n  ReDoc:    {base}/redoc\n"
+                f"  Console:  {base}/console\n"
                 f"  API key:  {token}\n\n"
                 f"  curl -H 'Authorization: Bearer {token}' {base}/api/v1/wallets/user_001/balance\n",
                 file=sys.stderr,
@@ -354,7 +361,7 @@ def serve(
             host=host,
             port=port,
             workers=workers,
-            access_log=access_log,
+            access_log=False,  # the service writes its own structured line (wallet.api.observe)
             log_level=settings.log_level.lower(),
             timeout_graceful_shutdown=10,
             limit_concurrency=settings.max_connections_per_worker,

@@ -98,6 +98,30 @@ class Settings(BaseSettings):
 
     log_level: str = "INFO"
     log_json: bool = False
+    # One structured line per request (method, route, status, duration, API key name) at INFO.
+    access_log: bool = True
+
+    # Change events and webhooks (see wallet.services.events and wallet.services.webhooks).
+    # `wallet prune-events` deletes events older than this (never one a webhook endpoint has not
+    # got past yet), at most `event_prune_batch` per statement.
+    event_retention_hours: int = Field(default=7 * 24, ge=1, le=24 * 3650)
+    event_prune_batch: int = Field(default=10_000, ge=1, le=1_000_000)
+    # Each worker looks for endpoints with something to deliver this often (0 = this process
+    # delivers nothing). With no endpoint registered that is one cheap query per interval.
+    webhook_poll_interval_ms: int = Field(default=1_000, ge=0, le=3_600_000)
+    # One delivery (connect, send, answer) must finish within this, or it counts as failed.
+    webhook_timeout_ms: int = Field(default=5_000, ge=100, le=120_000)
+    # Failed attempts at one event before it is dead-lettered for that endpoint and delivery moves
+    # on; between attempts an exponential backoff from base to cap, with jitter (half to all of it).
+    webhook_max_attempts: int = Field(default=15, ge=1, le=100)
+    webhook_backoff_base_ms: int = Field(default=1_000, ge=1, le=3_600_000)
+    webhook_backoff_cap_ms: int = Field(default=600_000, ge=1, le=86_400_000)
+    # Endpoints one worker delivers to at once (one database connection each while it does), and
+    # events one endpoint gets per turn before the others get a chance.
+    webhook_max_concurrency: int = Field(default=4, ge=1, le=64)
+    webhook_events_per_turn: int = Field(default=500, ge=1, le=100_000)
+    # Registered endpoints, at most.
+    webhook_max_endpoints: int = Field(default=100, ge=1, le=10_000)
 
 
 @lru_cache(maxsize=1)

@@ -146,10 +146,28 @@ def _worker_of_each_connection(service: ServiceProcess, local_ports: set[int]) -
     return owner
 
 
+async def _round(service: ServiceProcess, token: str, clients: int) -> tuple[list[int], dict[int, int]]:
+    """`clients` connections opened at once, one request each, all kept open until it is known
+    which worker held each one."""
+    http = [
+        httpx.AsyncClient(base_url=service.base_url, headers=bearer(token), timeout=30)
+        for _ in range(clients)
+    ]
+    try:
+        responses = await asyncio.gather(*(c.get("/api/v1/asset-types") for c in http))
+        local_ports = set()
+        for c in http:
+            for pool_conn in c._transport._pool.connections:  # type: ignore[attr-defined]
+                stream = pool_conn._connection._network_stream
+                local_ports.add(stream.get_extra_info("socket").getsockname()[1])
+        return [r.status_code for r in responses], _worker_of_each_connection(service, local_ports)
+    finally:
+        await asyncio.gather(*(c.aclose() for c in http))
+
+
 @pytest.mark.parametrize("store", ["postgres", pytest.param("redis", marks=needs_redis)])
 async def test_the_limit_holds_across_two_workers(database_url, pool, store, tmp_path):
-    burst = 10
-    token = await _key(pool, f"two-workers-{store}", ["read"], rps=NO_REFILL_RPS, burst=burst)
+    burst, clients = 10, 40
     service = ServiceProcess(
         {
             "WALLET_DATABASE_URL": database_url,
@@ -161,23 +179,18 @@ async def test_the_limit_holds_across_two_workers(database_url, pool, store, tmp
     )
     await asyncio.to_thread(service.start)
     try:
-        # 40 clients, one connection each, all kept open: the kernel spreads them over both workers.
-        clients = [
-            httpx.AsyncClient(base_url=service.base_url, headers=bearer(token), timeout=30) for _ in range(40)
-        ]
-        try:
-            responses = await asyncio.gather(*(c.get("/api/v1/asset-types") for c in clients))
-            statuses = [r.status_code for r in responses]
-            local_ports = set()
-            for c in clients:
-                for pool_conn in c._transport._pool.connections:  # type: ignore[attr-defined]
-                    stream = pool_conn._connection._network_stream
-                    local_ports.add(stream.get_extra_info("socket").getsockname()[1])
-            owners = _worker_of_each_connection(service, local_ports)
-        finally:
-            await asyncio.gather(*(c.aclose() for c in clients))
+        # The kernel hands each new connection to one worker; on a busy machine a round can land
+        # on one worker only, which proves nothing: such a round is run again with a fresh key.
+        for attempt in range(5):
+            token = await _key(
+                pool, f"two-workers-{store}-{attempt}", ["read"], rps=NO_REFILL_RPS, burst=burst
+            )
+            statuses, owners = await _round(service, token, clients)
+            if len(set(owners.values())) == 2:
+                break
+        else:
+            pytest.fail(f"five rounds of {clients} connections all went to one worker")
     finally:
         await asyncio.to_thread(service.stop)
-    assert len(set(owners.values())) == 2, f"all connections went to one worker: {owners}"
     assert statuses.count(200) == burst, statuses
-    assert statuses.count(429) == 40 - burst
+    assert statuses.count(429) == clients - burst

@@ -18,13 +18,15 @@ from wallet.api.body_limit import BodySizeLimit
 from wallet.api.dependencies import Resources
 from wallet.api.errors import error_responses, install_error_handlers
 from wallet.api.head import HeadAsGet
-from wallet.api.routes import health, holds, transactions, users, wallets
+from wallet.api.observe import ObserveRequests
+from wallet.api.routes import console, events, health, holds, transactions, users, wallets, webhooks
 from wallet.db.pool import create_pool
 from wallet.logging import configure_logging
 from wallet.services.api_keys import Authenticator
 from wallet.services.group_commit import GroupCommitter
 from wallet.services.holds import run_hold_sweeper
 from wallet.services.rate_limits import create_rate_limiter
+from wallet.services.webhooks import Deliverer
 from wallet.settings import Settings, get_settings
 
 log = structlog.get_logger("wallet.app")
@@ -64,9 +66,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             tasks.append(asyncio.create_task(run_hold_sweeper(pool, settings)))
         if settings.key_usage_flush_ms:
             tasks.append(asyncio.create_task(_flush_key_usage(authenticator, settings.key_usage_flush_ms)))
+        # Webhook delivery (wallet.services.webhooks): polls, and works only when endpoints exist.
+        deliverer = (
+            Deliverer(pool, settings, settings.database_url) if settings.webhook_poll_interval_ms else None
+        )
+        app.state.webhook_deliverer = deliverer
+        if deliverer is not None:
+            deliverer.start()
         try:
             yield
         finally:
+            if deliverer is not None:
+                await deliverer.close()
             for task in tasks:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -85,6 +96,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         # Protocol-level answers any route can give, declared once for all of them.
         responses=error_responses(405, 408, 500),
+        # OpenTelemetry traces, metrics and logs (FastAPI's own instrumentation), exported over
+        # OTLP/HTTP when the standard OTEL_EXPORTER_OTLP_ENDPOINT is set; nothing otherwise.
+        telemetry={"auto_configure": True},
     )
     app.state.settings = settings
     # A trailing slash is not redirected: the redirect would be built from the Host header.
@@ -96,13 +110,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(wallets.router)
     app.include_router(users.router)
     app.include_router(holds.router)
+    app.include_router(events.router)
+    app.include_router(webhooks.router)
+    app.include_router(console.router)  # the operator console at /console and its reads
     app.add_middleware(
         BodySizeLimit,
         max_body_bytes=settings.max_body_bytes,
         body_timeout_ms=settings.request_body_timeout_ms,
     )
     app.add_middleware(HeadAsGet)
-    app.add_middleware(metrics.CountResponses)
+    app.add_middleware(ObserveRequests, access_log=settings.access_log)
     _publish_configured_limits(app, settings)
     return app
 
