@@ -42,10 +42,12 @@ def test_bench_reports_every_scenario_beside_pgbench(server_url, tmp_path: Path)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(output.read_text())
     measured = {(m["scenario"], m["clients"]) for m in report["measurements"]}
-    assert measured == {(s, c) for s in ("topup", "spend", "balance", "batch") for c in (1, 2)}
+    assert measured == {(s, c) for s in ("hello", "topup", "spend", "balance", "batch") for c in (1, 2)}
     assert all(m["errors"] == 0 and m["requests"] > 0 for m in report["measurements"])
     assert all(tps > 0 for by_clients in report["pgbench_tps"].values() for tps in by_clients.values())
     assert "| topup | 1 |" in result.stdout
+    # The balance read beside the framework's floor, measured in the same run.
+    assert "x hello-world FastAPI" in result.stdout
 
 
 def _run_bench(
