@@ -1,4 +1,4 @@
-"""The `wallet` command: serve, migrate, seed, verify, keys, prune-idempotency, holds.
+"""The `wallet` command: serve, migrate, seed, verify, keys, prune-idempotency, prune-events, holds.
 
 Every command uses WALLET_DATABASE_URL when it is set, and the embedded PostgreSQL in
 WALLET_DATA_DIR when it is not.
@@ -292,6 +292,34 @@ def prune_idempotency() -> None:
     with _database(settings) as (url, _):
         deleted = asyncio.run(_prune(url, settings.idempotency_retention_hours))
     _err(f"deleted {deleted} idempotency keys older than {settings.idempotency_retention_hours} h")
+
+
+async def _prune_events(url: str, hours: int, batch: int, max_batches: int) -> int:
+    from wallet.db.pool import connection
+    from wallet.services.events import prune_events
+
+    async with connection(get_settings(), url) as conn:
+        return await prune_events(conn, hours, batch=batch, max_batches=max_batches)
+
+
+@app.command("prune-events")
+def prune_events_command(
+    older_than_hours: Annotated[
+        int | None,
+        typer.Option(min=1, max=24 * 3650, help="Default WALLET_EVENT_RETENTION_HOURS (168)."),
+    ] = None,
+    max_batches: Annotated[
+        int,
+        typer.Option(min=1, max=1_000_000, help="Statements per run, WALLET_EVENT_PRUNE_BATCH events each."),
+    ] = 1_000,
+) -> None:
+    """Delete change events older than the retention, oldest first (never one a webhook endpoint
+    has not delivered or given up on yet)."""
+    settings = get_settings()
+    hours = older_than_hours or settings.event_retention_hours
+    with _database(settings) as (url, _):
+        deleted = asyncio.run(_prune_events(url, hours, settings.event_prune_batch, max_batches))
+    _err(f"deleted {deleted} events older than {hours} h")
 
 
 async def _demo_key_in_db(url: str, saved: str | None) -> str:
