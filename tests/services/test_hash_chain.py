@@ -3,6 +3,7 @@
 Every posting path chains the entries it writes on user accounts; `wallet verify` recomputes each
 link from the previous stored one and names the first broken link of each chain, so an edit made
 behind the triggers by a superuser breaks exactly the edited transaction's links and no later ones.
+System entries are not chained; verify checks that each is what its transaction implies.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from wallet.services.verify import verify_ledger
 
 CHAIN_BROKEN = "hash chain broken (the first broken link of each account's chain)"
 NOT_CHAINED = "ledger entry on a user account missing from its account's hash chain, or chained twice"
+SYSTEM_ENTRY = "entry on a system account other than the one its transaction's type uses"
 
 USER_CHAIN_SQL = """
 SELECT c.chain_no, c.transaction_id, c.entry_no, c.link_sha256, t.seq
@@ -112,6 +114,12 @@ async def ledger(create_database) -> Ledger:
         body = await post("capture", "wallet_capture_hold($1, $2, $3, 45, NULL, '{}')", uuid.UUID(hold["id"]))
         ids["capture"] = uuid.UUID(body["id"])
         await single("bob_spend", "spend", "bob", 7)
+        body = await post(
+            "clawback",
+            "wallet_reverse_transaction($1, $2, $3, 10, 'clawback', '{}', false)",
+            ids["bob_topup"],
+        )
+        ids["clawback"] = uuid.UUID(body["id"])
         await single("alice_late_topup", "topup", "alice", 3)
         await single("alice_late_spend", "spend", "alice", 1)
         await single("carol_topup", "topup", "carol", 9)
@@ -143,7 +151,7 @@ async def test_every_user_entry_is_chained_in_posting_order_and_verify_is_clean(
             )
             == 0
         )
-        for user, expected in (("alice", 8), ("bob", 5), ("carol", 3)):
+        for user, expected in (("alice", 8), ("bob", 6), ("carol", 3)):
             chain = await conn.fetch(USER_CHAIN_SQL, user, "GOLD_COINS")
             assert [r["chain_no"] for r in chain] == list(range(1, expected + 1))
             assert [r["seq"] for r in chain] == sorted(r["seq"] for r in chain)
@@ -151,9 +159,9 @@ async def test_every_user_entry_is_chained_in_posting_order_and_verify_is_clean(
             previous = bytes(32)
             for row in chain:
                 digest = await conn.fetchval(
-                    "SELECT wallet_chain_digest(t, (SELECT jsonb_object_agg(e.entry_no, wallet_chain_entry("
-                    " e.account_id, e.asset_code, e.amount_minor)) FROM ledger_entries e"
-                    " WHERE e.transaction_id = t.id), $2::smallint) FROM transactions t WHERE t.id = $1",
+                    "SELECT wallet_chain_digest(t, e.entry_no, e.account_id, e.asset_code, e.amount_minor)"
+                    " FROM transactions t JOIN ledger_entries e ON e.transaction_id = t.id"
+                    " WHERE t.id = $1 AND e.entry_no = $2",
                     row["transaction_id"],
                     row["entry_no"],
                 )
@@ -175,9 +183,9 @@ async def test_the_digest_is_the_documented_json_so_an_outside_auditor_can_recom
     conn = await asyncpg.connect(ledger.url)
     try:
         t = await conn.fetchrow("SELECT * FROM transactions WHERE id = $1", ledger.ids["alice_topup"])
-        entries = await conn.fetch(
+        entry = await conn.fetchrow(
             "SELECT entry_no, account_id, asset_code, amount_minor FROM ledger_entries"
-            " WHERE transaction_id = $1 ORDER BY entry_no",
+            " WHERE transaction_id = $1 AND entry_no = 1",
             t["id"],
         )
         stored = await conn.fetchval(
@@ -205,13 +213,14 @@ async def test_the_digest_is_the_documented_json_so_an_outside_auditor_can_recom
         0,  # fee_minor
         None,  # hold_id
         False,  # allow_negative
-        # The entries as an object keyed by entry_no (one digit each here, so sorted keys are
-        # jsonb's canonical order: shorter keys first, then bytewise).
-        {str(e["entry_no"]): [e["account_id"], e["asset_code"], e["amount_minor"]] for e in entries},
-        1,  # the chained entry
+        entry["entry_no"],
+        entry["account_id"],
+        entry["asset_code"],
+        entry["amount_minor"],
     ]
-    # PostgreSQL's jsonb text form: ", " and ": " separators, UTF-8.
-    text = json.dumps(content, separators=(", ", ": "), ensure_ascii=False, sort_keys=True)
+    # JSON as PostgreSQL prints it: ", " and ": " separators (metadata keys in jsonb's order, here
+    # none), UTF-8.
+    text = json.dumps(content, separators=(", ", ": "), ensure_ascii=False)
     digest = hashlib.sha256(text.encode()).digest()
     assert bytes(stored) == hashlib.sha256(bytes(32) + digest).digest()
 
@@ -233,7 +242,7 @@ async def test_the_migration_backfill_computes_the_links_the_trigger_computed(cr
         by_backfill = await conn.fetch("SELECT * FROM ledger_chain ORDER BY account_id, chain_no")
     finally:
         await conn.close()
-    assert len(by_trigger) == 16
+    assert len(by_trigger) == 17
     assert [tuple(r) for r in by_backfill] == [tuple(r) for r in by_trigger]
 
 
@@ -250,13 +259,6 @@ TAMPERING = {
     "user_entry_amount": (
         "alice_spend",
         "UPDATE ledger_entries SET amount_minor = -90 WHERE transaction_id = $1 AND entry_no = 1",
-    ),
-    "system_entry_moved": (
-        # Balanced, balances untouched: only the chain sees that the revenue went elsewhere.
-        "alice_spend",
-        "UPDATE ledger_entries e SET account_id = p.id FROM accounts p"
-        " WHERE e.transaction_id = $1 AND e.entry_no = 2"
-        "   AND p.system_code = 'SYSTEM_PROMOTIONS' AND p.asset_code = 'GOLD_COINS'",
     ),
     "transfer_description": (
         "transfer",
@@ -290,18 +292,45 @@ async def test_verify_names_exactly_the_edited_transaction(create_database, ledg
         # Its links in both chains (alice's 3rd, bob's 2nd), and nothing later in either.
         assert len(broken) == 2, rendered
         assert f"(alice GOLD_COINS): first broken link 3 of 8 is transaction {target_id} entry 1" in broken[0]
-        assert f"(bob GOLD_COINS): first broken link 2 of 5 is transaction {target_id} entry 2" in broken[1]
+        assert f"(bob GOLD_COINS): first broken link 2 of 6 is transaction {target_id} entry 2" in broken[1]
     else:
         # alice's spend is the 2nd of her 8 links: the 6 after it still hold.
         assert len(broken) == 1, rendered
         assert f"(alice GOLD_COINS): first broken link 2 of 8 is transaction {target_id} entry 1" in broken[0]
-    assert all("does not match the transaction and its entries as stored now" in b for b in broken)
+    assert all("does not match the transaction and entry as stored now" in b for b in broken)
     assert all("(1 broken link(s) in this chain)" in b for b in broken)
     # No other transaction is named anywhere in the report: the later links still hold.
     for name, transaction_id in ledger.ids.items():
         if name != target:
             assert str(transaction_id) not in rendered, (name, rendered)
     assert NOT_CHAINED not in report.problems
+
+
+# System entries are not chained: each is what its transaction implies, and verify checks that.
+SYSTEM_ENTRY_MOVED = {
+    # Balanced, every balance untouched: the revenue of a spend booked as promotions.
+    "spend": "alice_spend",
+    # A clawback of a top-up returns the credits to the treasury, not to promotions.
+    "clawback": "clawback",
+}
+
+
+@pytest.mark.parametrize("case", sorted(SYSTEM_ENTRY_MOVED))
+async def test_verify_names_a_transaction_whose_system_entry_was_moved(create_database, ledger, case):
+    target = ledger.ids[SYSTEM_ENTRY_MOVED[case]]
+    copy = await _tampered_copy(
+        create_database,
+        ledger,
+        "UPDATE ledger_entries e SET account_id = p.id FROM accounts p"
+        " WHERE e.transaction_id = $1 AND e.entry_no = 2"
+        "   AND p.system_code = 'SYSTEM_PROMOTIONS' AND p.asset_code = 'GOLD_COINS'",
+        target,
+    )
+    report = await _report(copy)
+    (moved,) = report.problems[SYSTEM_ENTRY]
+    assert f"transaction {target} (" in moved
+    assert "entry 2 is on SYSTEM_PROMOTIONS GOLD_COINS, expected" in moved
+    assert set(report.problems) == {SYSTEM_ENTRY}, report.render()
 
 
 async def test_the_cli_reports_the_broken_link_and_fails(create_database, ledger):

@@ -6,8 +6,9 @@ privilege could still do by hand (disable triggers, edit a cached balance).
 
 The hash chains (migration 0006) are checked link by link: each stored link is recomputed from
 the previous stored link and the transaction and entry as they are stored now. An edit of one
-transaction or entry therefore breaks exactly its own link (the next one still follows from the
-stored value), and the report names the first broken link of each account's chain.
+transaction or user entry therefore breaks exactly its own link (the next one still follows from
+the stored value), and the report names the first broken link of each account's chain. System
+entries are not chained; the checks that every entry is what its transaction implies cover them.
 """
 
 from __future__ import annotations
@@ -108,6 +109,24 @@ CHECKS: list[tuple[str, str]] = [
         """,
     ),
     (
+        # With the two checks around it, every entry of a transaction is what the transaction
+        # implies; the hash chains cover the transactions and the users' entries, so this is what
+        # makes an edited system-side entry show too.
+        "entry on a system account other than the one its transaction's type uses",
+        """
+        SELECT format('transaction %s (%s of %s %s): entry %s is on %s %s, expected %s',
+                      t.id, t.type, t.amount_minor, t.asset_code, e.entry_no, a.system_code, a.asset_code,
+                      coalesce(wallet_rule_system_account(coalesce(o.type, t.type)), 'none'))
+        FROM ledger_entries e
+        JOIN accounts a ON a.id = e.account_id AND a.kind = 'system'
+        JOIN transactions t ON t.id = e.transaction_id
+        LEFT JOIN transactions o ON o.id = t.reverses AND t.type = 'clawback'
+        WHERE a.system_code IS DISTINCT FROM wallet_rule_system_account(coalesce(o.type, t.type))
+           OR a.asset_code <> t.asset_code
+        ORDER BY t.id, e.entry_no LIMIT $1
+        """,
+    ),
+    (
         "transfer's receiver entry does not match its amount",
         """
         SELECT format('transfer %s (%s to %s): receiver entry sum %s', t.id, t.amount_minor,
@@ -124,7 +143,7 @@ CHECKS: list[tuple[str, str]] = [
     (
         "hash chain broken (the first broken link of each account's chain)",
         # Every link recomputed set-based from the previous stored link (lag over chain_no) and the
-        # transaction with its entries as stored now, by the same functions the posting trigger uses.
+        # transaction and entry as stored now, by the same functions the posting trigger uses.
         """
         WITH links AS (
             SELECT c.account_id, c.chain_no, c.transaction_id, c.entry_no, c.link_sha256,
@@ -132,15 +151,11 @@ CHECKS: list[tuple[str, str]] = [
                    count(*) OVER (PARTITION BY c.account_id) AS chain_length,
                    e.account_id AS entry_account_id,
                    CASE WHEN t.id IS NOT NULL AND e.transaction_id IS NOT NULL
-                        THEN wallet_chain_digest(t, g.entries, c.entry_no)
+                        THEN wallet_chain_digest(t, e.entry_no, e.account_id, e.asset_code, e.amount_minor)
                    END AS digest
             FROM ledger_chain c
             LEFT JOIN ledger_entries e ON e.transaction_id = c.transaction_id AND e.entry_no = c.entry_no
             LEFT JOIN transactions t ON t.id = c.transaction_id
-            LEFT JOIN (SELECT transaction_id,
-                              jsonb_object_agg(entry_no, wallet_chain_entry(account_id, asset_code, amount_minor))
-                                  AS entries
-                       FROM ledger_entries GROUP BY transaction_id) g ON g.transaction_id = c.transaction_id
             WINDOW w AS (PARTITION BY c.account_id ORDER BY c.chain_no)
         ), broken AS (
             SELECT l.*, CASE
@@ -149,7 +164,7 @@ CHECKS: list[tuple[str, str]] = [
                        WHEN l.chain_no <> coalesce(l.previous_no, 0) + 1
                            THEN format('the link before it is %s: links are missing', coalesce(l.previous_no, 0))
                        WHEN l.link_sha256 <> wallet_chain_link(l.previous_link, l.digest)
-                           THEN 'the stored link does not match the transaction and its entries as stored now'
+                           THEN 'the stored link does not match the transaction and entry as stored now'
                    END AS reason
             FROM links l
         ), first_broken AS (

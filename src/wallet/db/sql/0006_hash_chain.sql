@@ -1,17 +1,19 @@
 -- Tamper evidence: every ledger entry on a user account carries a SHA-256 link chained to the
--- previous one of the same account, over the whole transaction it belongs to. An edit of a stored
--- transaction or of any of its entries made behind the triggers (a superuser with
--- session_replication_role = replica, a doctored dump restored, a hand-edited page) breaks the
--- links of exactly that transaction (one per user account it moves), which `wallet verify` names.
+-- previous one of the same account. An edit of a stored transaction or of a user's entry made
+-- behind the triggers (a superuser with session_replication_role = replica, a doctored dump
+-- restored, a hand-edited page) breaks the links of exactly that transaction (one per user
+-- account it moves), which `wallet verify` names.
 --
---   link(n) = sha256(link(n - 1) || wallet_chain_digest(transaction, its entries, entry_no))
+--   link(n) = sha256(link(n - 1) || wallet_chain_digest(transaction, entry))
 --   link(0) = 32 zero bytes
 --
 -- One chain per user account, not one for the whole ledger: the chain of an account is extended
 -- under that account's row lock, which every posting already holds when it writes its entries
 -- (the balance UPDATE in the same statement, or SELECT ... FOR UPDATE before it), so chaining
--- adds no serialisation point. System accounts are not chained (no posting ever locks them), but
--- each of their entries is covered by the links of its transaction's user entries.
+-- adds no serialisation point. System accounts are not chained (no posting ever locks them).
+-- Their entries are not hashed either: each is fully determined by its transaction, which is
+-- (the system account its type uses, the amount that balances the user's entries), and
+-- `wallet verify` checks exactly that, so an edit of one fails verify naming its transaction.
 
 -- One row per ledger entry on a user account, numbered 1, 2, ... per account in posting order.
 -- The primary key refuses a fork: two postings computing the same next number for an account
@@ -29,28 +31,19 @@ CREATE TRIGGER ledger_chain_append_only BEFORE UPDATE OR DELETE ON ledger_chain
 CREATE TRIGGER ledger_chain_no_truncate BEFORE TRUNCATE ON ledger_chain
     FOR EACH STATEMENT EXECUTE FUNCTION wallet_reject_change();
 
--- What a link vouches for: the immutable content of the transaction, all its entries (the system
--- side too, so moving a system entry to another system account breaks the link as well), and
--- which of them is the chained account's. Named field by field, never the whole row: a column
--- added to transactions later must not change the digest of rows chained before it (a field to
--- be covered from then on needs a new version of this function, tagged 'wallet-chain-v2').
--- Not covered: status (a pending transaction may still change it), seq (the chain itself orders
--- the entries), the entries' created_at (a clock reading of the same statement).
+-- What a link vouches for: the immutable content of the transaction and of the chained entry,
+-- named field by field, never the whole row: a column added to transactions later must not
+-- change the digest of rows chained before it (a field to be covered from then on needs a new
+-- version of this function, tagged 'wallet-chain-v2'). Not covered: status (a pending
+-- transaction may still change it), seq (the chain itself orders the entries), the entry's
+-- created_at (a clock reading of the same statement).
 -- The encoding is JSON text: typed, delimited, NULL distinct from empty, independent of session
 -- settings (times as integer microseconds since the epoch; no floats, no time zone), and
--- recomputable outside the database: elements separated by ", ", strings escaped as jsonb
--- prints them, the metadata and the entries as jsonb prints them. (json_build_array, not
--- jsonb_build_array(...)::text: the same text without building a jsonb first.) p_entries is a
--- JSON object keyed by entry_no,
---   jsonb_object_agg(entry_no, wallet_chain_entry(account_id, asset_code, amount_minor)),
--- whose keys jsonb keeps in one canonical order (shorter first, then bytewise) whatever order
--- the entries are aggregated in.
-CREATE FUNCTION wallet_chain_entry(p_account_id bigint, p_asset_code text, p_amount_minor bigint) RETURNS jsonb
-LANGUAGE sql STABLE PARALLEL SAFE AS $$
-    SELECT jsonb_build_array(p_account_id, p_asset_code, p_amount_minor)
-$$;
-
-CREATE FUNCTION wallet_chain_digest(t transactions, p_entries jsonb, p_entry_no smallint) RETURNS bytea
+-- recomputable outside the database: elements separated by ", ", strings escaped and the
+-- metadata printed as jsonb prints them. (json_build_array, not jsonb_build_array(...)::text:
+-- the same text without building a jsonb first.)
+CREATE FUNCTION wallet_chain_digest(t transactions, p_entry_no smallint, p_account_id bigint,
+                                    p_asset_code text, p_amount_minor bigint) RETURNS bytea
 LANGUAGE sql STABLE PARALLEL SAFE AS $$
     SELECT sha256(convert_to(json_build_array(
         'wallet-chain-v1',
@@ -58,7 +51,7 @@ LANGUAGE sql STABLE PARALLEL SAFE AS $$
         t.description, t.metadata, (extract(epoch FROM t.created_at) * 1000000)::bigint,
         t.api_key_id, t.idempotency_key, t.reverses, t.counterparty_user_id,
         t.counterparty_balance_after_minor, t.fee_minor, t.hold_id, t.allow_negative,
-        p_entries, p_entry_no)::text, 'UTF8'))
+        p_entry_no, p_account_id, p_asset_code, p_amount_minor)::text, 'UTF8'))
 $$;
 
 -- One link from the previous one (NULL: the start of a chain).
@@ -78,6 +71,9 @@ BEGIN
 END $$;
 CREATE AGGREGATE wallet_chain_fold(bytea, bytea) (SFUNC = wallet_chain_step, STYPE = bytea);
 
+-- Which accounts are system accounts, read once per chaining statement (a handful of rows).
+CREATE INDEX accounts_system ON accounts (id) WHERE kind = 'system';
+
 -- Once per INSERT statement on ledger_entries (after the entries check, trigger names fire in
 -- alphabetical order): chains every new entry on a user account. The transactions written by
 -- the same statement are visible here. Within the statement, entries are chained per account in
@@ -85,33 +81,26 @@ CREATE AGGREGATE wallet_chain_fold(bytea, bytea) (SFUNC = wallet_chain_step, STY
 -- head, read in this statement's snapshot, which is taken after the posting got the account's
 -- row lock: a concurrent posting on the account has committed (and its link is visible) or has
 -- not started writing. One INSERT for every row of the statement.
--- Planned once per session for a transition table of unknown size (generic plans), so the query
--- leaves the planner no choice that could go wrong at some size, and keeps the plan small (it
--- runs for every posting): one pass over the new entries grouped by transaction; the
--- transaction, each entry's account and each account's head fetched by primary-key probes in
--- scalar subqueries (a join could be planned as a scan of the whole transactions table per
--- posting); the user entries unnested from that pass (a self-join could be planned as a rescan
--- of the grouping per entry). The two array_aggs see the entries in the same order, so they pair.
+-- It runs for every posting and is planned once per session for a transition table of unknown
+-- size (generic plans), so it is written to leave the planner no choice that could go wrong at
+-- some size and to do little: the system accounts read once; per user entry, one primary-key
+-- probe of its transaction (LIMIT 1 keeps it a probe: a join could be planned as a scan of the
+-- whole transactions table per posting), the digest computed from that row, and one probe of
+-- the account's head.
 CREATE FUNCTION wallet_ledger_entries_chain() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO ledger_chain (account_id, chain_no, transaction_id, entry_no, link_sha256)
     SELECT x.account_id, coalesce((x.head).chain_no, 0) + row_number() OVER w, x.transaction_id, x.entry_no,
            wallet_chain_fold((x.head).link_sha256, x.digest) OVER w
-      FROM (SELECT g.transaction_id, (g.tx).seq AS seq, u.account_id, u.entry_no,
-                   wallet_chain_digest(g.tx, g.entries, u.entry_no) AS digest,
-                   (SELECT c FROM ledger_chain c WHERE c.account_id = u.account_id
+      FROM (SELECT n.account_id, n.transaction_id, n.entry_no, d.seq, d.digest,
+                   (SELECT c FROM ledger_chain c WHERE c.account_id = n.account_id
                      ORDER BY c.chain_no DESC LIMIT 1) AS head
-              FROM (SELECT n.transaction_id,
-                           (SELECT t FROM transactions t WHERE t.id = n.transaction_id) AS tx,
-                           jsonb_object_agg(n.entry_no, wallet_chain_entry(n.account_id, n.asset_code, n.amount_minor))
-                               AS entries,
-                           array_agg((SELECT a.id FROM accounts a WHERE a.id = n.account_id AND a.kind = 'user'))
-                               AS user_accounts,
-                           array_agg(n.entry_no) AS entry_nos
-                      FROM new_entries n
-                     GROUP BY n.transaction_id) AS g
-             CROSS JOIN LATERAL unnest(g.user_accounts, g.entry_nos) AS u(account_id, entry_no)
-             WHERE u.account_id IS NOT NULL
+              FROM new_entries n
+             CROSS JOIN LATERAL (SELECT t.seq,
+                                        wallet_chain_digest(t, n.entry_no, n.account_id, n.asset_code, n.amount_minor)
+                                            AS digest
+                                   FROM transactions t WHERE t.id = n.transaction_id LIMIT 1) AS d
+             WHERE n.account_id <> ALL (ARRAY(SELECT a.id FROM accounts a WHERE a.kind = 'system'))
             OFFSET 0) AS x  -- (OFFSET 0: the head is fetched once per row, not once per use)
     WINDOW w AS (PARTITION BY x.account_id ORDER BY x.seq, x.entry_no
                  ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW);
@@ -127,11 +116,9 @@ CREATE TRIGGER ledger_entries_chained AFTER INSERT ON ledger_entries
 -- with INSERT until this migration commits, so no entry is written unchained in between.
 INSERT INTO ledger_chain (account_id, chain_no, transaction_id, entry_no, link_sha256)
 SELECT e.account_id, row_number() OVER w, e.transaction_id, e.entry_no,
-       wallet_chain_fold(NULL::bytea, wallet_chain_digest(t, g.entries, e.entry_no)) OVER w
+       wallet_chain_fold(NULL::bytea, wallet_chain_digest(t, e.entry_no, e.account_id, e.asset_code, e.amount_minor))
+           OVER w
   FROM ledger_entries e
   JOIN accounts a ON a.id = e.account_id AND a.kind = 'user'
   JOIN transactions t ON t.id = e.transaction_id
-  JOIN (SELECT transaction_id,
-               jsonb_object_agg(entry_no, wallet_chain_entry(account_id, asset_code, amount_minor)) AS entries
-          FROM ledger_entries GROUP BY transaction_id) AS g ON g.transaction_id = e.transaction_id
 WINDOW w AS (PARTITION BY e.account_id ORDER BY t.seq, e.entry_no ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW);
