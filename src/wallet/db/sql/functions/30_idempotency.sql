@@ -1,6 +1,17 @@
 -- Re-installed by every `wallet migrate` (after the versioned migrations); see wallet.db.migrate.
 -- Idempotency: one advisory lock per (caller, key) and the stored outcome.
 
+-- What "the same request" is for a single top-up, bonus or spend: posted alone
+-- (wallet_post_transaction) or in a group (wallet_post_group), a retry must find the same value.
+CREATE OR REPLACE FUNCTION wallet_posting_fingerprint(
+    p_type text, p_user_id text, p_asset_code text, p_amount_minor bigint, p_description text,
+    p_metadata jsonb) RETURNS bytea
+LANGUAGE sql STABLE AS $$
+    SELECT sha256(convert_to(jsonb_build_object(
+        'type', p_type, 'user_id', p_user_id, 'asset_type', p_asset_code, 'amount', p_amount_minor,
+        'description', p_description, 'metadata', coalesce(p_metadata, '{}'::jsonb))::text, 'UTF8'))
+$$;
+
 -- Serialises requests that share (caller, key) and answers a repeat from the stored outcome.
 -- Returns NULLs when the key is new: the caller then does the work and inserts its outcome into
 -- idempotency_keys in the same database transaction. Otherwise returns the answer to give:

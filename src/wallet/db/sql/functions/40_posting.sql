@@ -40,9 +40,8 @@ BEGIN
     p_metadata := coalesce(p_metadata, '{}'::jsonb);
     -- The fingerprint is computed here, from the parsed values, so that every caller (HTTP,
     -- `wallet seed`, seed.sql) agrees on what "the same request" is.
-    v_fingerprint := sha256(convert_to(jsonb_build_object(
-        'type', p_type, 'user_id', p_user_id, 'asset_type', p_asset_code,
-        'amount', p_amount_minor, 'description', p_description, 'metadata', p_metadata)::text, 'UTF8'));
+    v_fingerprint := wallet_posting_fingerprint(p_type, p_user_id, p_asset_code, p_amount_minor,
+                                                p_description, p_metadata);
 
     -- The key first: a retry is answered from what was stored, whatever has changed since in
     -- the reference data (an asset deactivated, a user's id mistyped in the retry).

@@ -62,10 +62,8 @@ BEGIN
 
     -- The fingerprints, computed as wallet_post_transaction computes them (a retry posted alone
     -- must find the same one), and each write's first write with the same (client, key).
-    SELECT array_agg(sha256(convert_to(jsonb_build_object(
-                'type', w.type, 'user_id', w.user_id, 'asset_type', w.asset_code, 'amount', w.amount,
-                'description', w.description, 'metadata', coalesce(w.metadata, '{}'::jsonb))::text, 'UTF8'))
-             ORDER BY w.n),
+    SELECT array_agg(wallet_posting_fingerprint(w.type, w.user_id, w.asset_code, w.amount, w.description,
+                                                w.metadata) ORDER BY w.n),
            array_agg(w.delta ORDER BY w.n),
            array_agg(w.first_n ORDER BY w.n)
       INTO v_fingerprints, v_deltas, v_primary
