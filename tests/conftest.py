@@ -91,6 +91,8 @@ def settings(database_url: str) -> Settings:
         db_pool_min_size=2,
         db_pool_max_size=24,
         hold_sweep_interval_ms=0,
+        lot_expiry_interval_ms=0,  # tests expire lots themselves
+        audit_interval_ms=0,  # and audit when they mean to
         auth_cache_ttl_ms=0,
         key_usage_flush_ms=0,  # tests flush key usage themselves
     )

@@ -1,4 +1,5 @@
-"""The `wallet` command: serve, migrate, seed, verify, keys, prune-idempotency, prune-events, holds.
+"""The `wallet` command: serve, migrate, seed, verify, audit, expire, report, keys, prune-idempotency,
+prune-events, holds.
 
 Every command uses WALLET_DATABASE_URL when it is set, and the embedded PostgreSQL in
 WALLET_DATA_DIR when it is not.
@@ -69,7 +70,16 @@ def migrate() -> None:
 
     with _database(get_settings()) as (url, _):
         upgrade_to_head(url)
+        asyncio.run(_sync_lot_policies(url))
     _err("migrations applied")
+
+
+async def _sync_lot_policies(url: str) -> None:
+    from wallet.db.pool import connection
+    from wallet.services.lots import sync_policies
+
+    async with connection(get_settings(), url) as conn:
+        await sync_policies(conn, get_settings())
 
 
 async def _seed(url: str, demo: bool) -> None:
@@ -370,6 +380,7 @@ def serve(
         if embedded:
             upgrade_to_head(url)
             asyncio.run(_seed(url, demo=True))
+            asyncio.run(_sync_lot_policies(url))
             token = _demo_key(url, settings.data_dir / DEMO_KEY_FILE)
             os.environ["WALLET_DATABASE_URL"] = url
             get_settings.cache_clear()
@@ -417,3 +428,86 @@ def holds_release_expired(
     with _database(get_settings()) as (url, _):
         swept = asyncio.run(_release_expired(url, max_accounts))
     _err(f"released expired holds of {swept} accounts")
+
+
+async def _expire(url: str, max_accounts: int) -> tuple[int, int]:
+    from wallet.db.pool import create_pool
+    from wallet.services.lots import expire_due, sync_policies
+
+    settings = get_settings()
+    pool = await create_pool(settings, url)
+    try:
+        await sync_policies(pool, settings)
+        run = await expire_due(pool, settings, max_accounts)
+    finally:
+        await pool.close()
+    return run.accounts, run.expired_minor
+
+
+@app.command()
+def expire(
+    max_accounts: Annotated[
+        int, typer.Option(min=1, max=10_000_000, help="Accounts visited at most (each lot expires once).")
+    ] = 1_000_000,
+) -> None:
+    """Move the unspent remainder of every expired credit lot to breakage (`wallet serve` also does
+    this periodically). Safe to run twice, or in two processes at once."""
+    with _database(get_settings()) as (url, _):
+        accounts, expired_minor = asyncio.run(_expire(url, max_accounts))
+    _err(f"expired {expired_minor} minor units on {accounts} accounts")
+
+
+report_app = typer.Typer(no_args_is_help=True, help="Reports read from the ledger.")
+app.add_typer(report_app, name="report")
+
+
+async def _liabilities(url: str, as_of: datetime | None, from_: datetime | None, to: datetime | None) -> str:
+    from wallet.db.pool import create_pool
+    from wallet.services.lots import ReportPeriod, liability_report_json
+
+    pool = await create_pool(get_settings(), url)
+    try:
+        return await liability_report_json(pool, ReportPeriod.resolve(as_of, from_, to))
+    finally:
+        await pool.close()
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    """Typer parses ISO times without a zone; the report's times are UTC."""
+    return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
+
+
+_TIME_FORMATS = ["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M:%S.%f"]
+
+
+@report_app.command("liabilities")
+def report_liabilities(
+    output_format: Annotated[str, typer.Option("--format", help="csv or json.")] = "csv",
+    as_of: Annotated[
+        datetime | None, typer.Option(formats=_TIME_FORMATS, help="Outstanding as of (UTC). Default now.")
+    ] = None,
+    from_: Annotated[
+        datetime | None,
+        typer.Option("--from", formats=_TIME_FORMATS, help="Period start (UTC). Default: as_of's month."),
+    ] = None,
+    to: Annotated[
+        datetime | None,
+        typer.Option(formats=_TIME_FORMATS, help="Period end, exclusive (UTC). Default as_of."),
+    ] = None,
+) -> None:
+    """What users hold (purchased: deferred revenue; granted) and the period's flows, per asset."""
+    from wallet.domain.errors import WalletError
+    from wallet.services.lots import report_csv
+
+    if output_format not in ("csv", "json"):
+        raise typer.BadParameter("must be csv or json", param_hint="--format")
+    with _database(get_settings()) as (url, _):
+        try:
+            body = asyncio.run(_liabilities(url, _utc(as_of), _utc(from_), _utc(to)))
+        except WalletError as exc:
+            raise typer.BadParameter(exc.message, param_hint=f"--{exc.field}") from None
+    typer.echo(
+        report_csv(body) if output_format == "csv" else json.dumps(json.loads(body), indent=2), nl=False
+    )
+    if output_format == "json":
+        typer.echo()

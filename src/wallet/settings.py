@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from wallet.domain.rules import (
@@ -19,9 +19,22 @@ from wallet.domain.rules import (
     BATCH_OPERATIONS_CEILING,
     DESCRIPTION_MAX_CHARS,
     IDEMPOTENCY_KEY_MAX_CHARS,
+    LOT_EXPIRY_SECONDS_CEILING,
     METADATA_MAX_BYTES,
     PAGE_SIZE_CEILING,
+    SpendOrder,
 )
+
+
+class LotPolicy(BaseModel):
+    """One asset's credit lots: which lots a debit draws first, and how long credits of each origin
+    last when the credit does not say (None: they do not expire)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    spend_order: SpendOrder = SpendOrder.GRANTED_FIRST
+    purchased_expires_in_seconds: int | None = Field(default=None, ge=1, le=LOT_EXPIRY_SECONDS_CEILING)
+    granted_expires_in_seconds: int | None = Field(default=None, ge=1, le=LOT_EXPIRY_SECONDS_CEILING)
 
 
 class Settings(BaseSettings):
@@ -122,6 +135,25 @@ class Settings(BaseSettings):
     webhook_events_per_turn: int = Field(default=500, ge=1, le=100_000)
     # Registered endpoints, at most.
     webhook_max_endpoints: int = Field(default=100, ge=1, le=10_000)
+
+    # Credit lots (wallet.services.lots), per asset code, as JSON in WALLET_LOT_POLICIES. An asset
+    # not listed spends granted before purchased and its credits do not expire. Written to the
+    # database by `wallet serve`, `wallet migrate` and `wallet expire` (the posting functions read
+    # it there), so every process that starts should be given the same value.
+    lot_policies: dict[str, LotPolicy] = Field(
+        default_factory=lambda: {"LOYALTY_POINTS": LotPolicy(granted_expires_in_seconds=365 * 24 * 3600)}
+    )
+    # Each worker expires due lots this often (0 = no task; `wallet expire` does it by hand), at
+    # most this many accounts per database transaction and per run.
+    lot_expiry_interval_ms: int = Field(default=30_000, ge=0, le=86_400_000)
+    lot_expiry_accounts_per_transaction: int = Field(default=100, ge=1, le=10_000)
+    lot_expiry_max_accounts_per_run: int = Field(default=10_000, ge=1, le=10_000_000)
+    # Each worker runs an incremental audit this often (0 = only when asked: GET /api/v1/audit);
+    # the processes take turns, each run picks up where the previous one ended.
+    audit_interval_ms: int = Field(default=60_000, ge=0, le=86_400_000)
+    # The live audit (GET /api/v1/audit) checks transactions older than this; newer ones wait for
+    # the next run, so one still committing (at most the statement timeout) is never skipped.
+    audit_settle_ms: int = Field(default=10_000, ge=0, le=3_600_000)
 
 
 @lru_cache(maxsize=1)

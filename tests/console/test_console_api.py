@@ -96,10 +96,10 @@ async def test_search_finds_users_by_exact_id_first_then_id_prefix_and_name(admi
 async def test_the_audit_is_for_admins_and_reports_clean_books(admin, client):
     refused = await client.get("/api/v1/audit")
     assert refused.status_code == 403 and refused.json()["error"]["code"] == "forbidden"
-    response = await admin.get("/api/v1/audit")
+    response = await admin.get("/api/v1/audit", params={"full": "true"})
     assert response.status_code == 200, response.text
     audit = response.json()
-    assert audit["clean"] is True and audit["problems"] == []
+    assert audit["kind"] == "full" and audit["clean"] is True and audit["problems"] == []
     assert audit["counts"]["transactions"] >= 0 and "OK: the books balance" in audit["report"]
     assert audit["checked_at"].endswith("Z")
     datetime.fromisoformat(audit["checked_at"])
@@ -108,10 +108,10 @@ async def test_the_audit_is_for_admins_and_reports_clean_books(admin, client):
 async def test_concurrent_audits_share_one_run(admin, monkeypatch):
     import asyncio
 
-    from wallet.console import reports
+    from wallet.services import audit
 
     calls = 0
-    real = reports.verify_ledger
+    real = audit.verify_ledger
 
     async def counting(conn):  # type: ignore[no-untyped-def]
         nonlocal calls
@@ -119,8 +119,8 @@ async def test_concurrent_audits_share_one_run(admin, monkeypatch):
         await asyncio.sleep(0.2)
         return await real(conn)
 
-    monkeypatch.setattr(reports, "verify_ledger", counting)
-    answers = await asyncio.gather(*(admin.get("/api/v1/audit") for _ in range(5)))
+    monkeypatch.setattr(audit, "verify_ledger", counting)
+    answers = await asyncio.gather(*(admin.get("/api/v1/audit", params={"full": "true"}) for _ in range(5)))
     assert [a.status_code for a in answers] == [200] * 5
     assert calls == 1
     assert len({a.json()["checked_at"] for a in answers}) == 1
@@ -162,13 +162,13 @@ async def test_volume_sums_user_credits_and_debits_per_asset_per_day(client, mak
 
 
 async def test_an_audit_past_the_statement_timeout_is_a_503_busy(admin, monkeypatch):
-    from wallet.console import reports
+    from wallet.services import audit
 
     async def too_slow(conn):  # type: ignore[no-untyped-def]
         raise TimeoutError  # what asyncpg raises past the pool's command timeout
 
-    monkeypatch.setattr(reports, "verify_ledger", too_slow)
-    response = await admin.get("/api/v1/audit")
+    monkeypatch.setattr(audit, "verify_ledger", too_slow)
+    response = await admin.get("/api/v1/audit", params={"full": "true"})
     assert response.status_code == 503 and response.headers["retry-after"] == "1"
     assert response.json()["error"]["code"] == "busy"
     assert "wallet verify" in response.json()["error"]["message"]

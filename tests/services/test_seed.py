@@ -12,6 +12,7 @@ import asyncpg
 import pytest
 
 from wallet.db.migrate import upgrade_to_head_async
+from wallet.domain.rules import SystemAccount
 from wallet.services.seed import DEMO_USERS
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -75,7 +76,7 @@ async def test_cli_seed_and_seed_sql_give_identical_books(two_fresh_databases):
         (user_id, asset): amount for user_id, _, assets in DEMO_USERS for asset, amount in assets.items()
     }
     assert cli_balances == expected
-    assert await counts(via_cli) == await counts(via_psql) == (6, 12, 6 + 9, 3)
+    assert await counts(via_cli) == await counts(via_psql) == (6, 12, 6 + 3 * len(SystemAccount), 3)
 
 
 async def test_seed_sql_refuses_an_unmigrated_database(create_database):

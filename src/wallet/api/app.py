@@ -19,12 +19,24 @@ from wallet.api.dependencies import Resources
 from wallet.api.errors import error_responses, install_error_handlers
 from wallet.api.head import HeadAsGet
 from wallet.api.observe import ObserveRequests
-from wallet.api.routes import console, events, health, holds, transactions, users, wallets, webhooks
+from wallet.api.routes import (
+    console,
+    events,
+    health,
+    holds,
+    reports,
+    transactions,
+    users,
+    wallets,
+    webhooks,
+)
 from wallet.db.pool import create_pool
 from wallet.logging import configure_logging
 from wallet.services.api_keys import Authenticator
+from wallet.services.audit import run_auditor
 from wallet.services.group_commit import GroupCommitter
 from wallet.services.holds import run_hold_sweeper
+from wallet.services.lots import run_lot_expirer, sync_policies
 from wallet.services.rate_limits import create_rate_limiter
 from wallet.services.webhooks import Deliverer
 from wallet.settings import Settings, get_settings
@@ -61,7 +73,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             # (sequential scans in the ledger's triggers) stay, and each posting slows down in
             # proportion to the history. See docs/PERFORMANCE.md.
             log.warning("autovacuum_off", advice="turn autovacuum on, or ANALYZE the ledger tables regularly")
+        # The lot policies the posting functions read come from this process's settings.
+        await sync_policies(pool, settings)
         tasks = []
+        if settings.lot_expiry_interval_ms:
+            tasks.append(asyncio.create_task(run_lot_expirer(pool, settings)))
+        if settings.audit_interval_ms:
+            tasks.append(asyncio.create_task(run_auditor(pool, settings)))
         if settings.hold_sweep_interval_ms:
             tasks.append(asyncio.create_task(run_hold_sweeper(pool, settings)))
         if settings.key_usage_flush_ms:
@@ -108,6 +126,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(metrics.router)
     app.include_router(transactions.router)
     app.include_router(wallets.router)
+    app.include_router(reports.router)
     app.include_router(users.router)
     app.include_router(holds.router)
     app.include_router(events.router)
@@ -147,6 +166,7 @@ def _publish_configured_limits(app: FastAPI, settings: Settings) -> None:
         components = schema.get("components", {}).get("schemas", {})
         for name in (
             "PostingBody",
+            "BonusBody",
             "BatchOperation",
             "HoldBody",
             "TransferBody",

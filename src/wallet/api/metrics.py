@@ -1,5 +1,6 @@
 """Prometheus metrics: the outcomes of writes and the time the database spends on them (every
-answer by route and status is counted in `wallet.api.observe`), served at `/metrics`.
+answer by route and status is counted in `wallet.api.observe`), served at `/metrics`, with the
+live audit's gauges (wallet.services.audit) read from the newest recorded run at each scrape.
 
 Counting is an increment where the answer is known, so the hot path pays microseconds. With
 several workers each process exposes its own counters. `/metrics` asks for
@@ -16,6 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_
 
 from wallet.domain import errors
 from wallet.domain.errors import WalletError
+from wallet.services.audit import refresh_gauges
 from wallet.settings import Settings
 
 POSTINGS = Counter(
@@ -43,4 +45,8 @@ async def metrics(request: Request) -> Response:
             raise WalletError(
                 errors.UNAUTHENTICATED, "/metrics needs 'Authorization: Bearer <WALLET_METRICS_TOKEN>'"
             )
+    # The audit gauges from the newest recorded run, whichever process ran it.
+    resources = getattr(request.app.state, "resources", None)
+    if resources is not None:
+        await refresh_gauges(resources.pool)
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

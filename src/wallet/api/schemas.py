@@ -10,7 +10,15 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+)
 
 from wallet.domain.errors import error_codes
 from wallet.domain.rules import (
@@ -21,8 +29,10 @@ from wallet.domain.rules import (
     DESCRIPTION_MAX_CHARS,
     IDEMPOTENCY_KEY_MAX_CHARS,
     IDEMPOTENCY_KEY_PATTERN,
+    LOT_EXPIRY_SECONDS_CEILING,
     USER_ID_PATTERN,
     HoldStatus,
+    LotOrigin,
     SystemAccount,
     TransactionType,
 )
@@ -91,6 +101,28 @@ class PostingBody(BaseModel):
     )
 
 
+ExpiresInSeconds = Annotated[
+    int,
+    Field(
+        ge=1, le=LOT_EXPIRY_SECONDS_CEILING, description="The credits expire this many seconds after posting."
+    ),
+]
+ExpiresAt = Annotated[
+    AwareDatetime,
+    Field(
+        description="When the credits expire (RFC 3339 with a zone), at least 1 s and at most 10 years ahead."
+    ),
+]
+
+
+class BonusBody(PostingBody):
+    """A bonus may carry its own expiry (one of the two fields); without one the asset's default
+    applies (WALLET_LOT_POLICIES)."""
+
+    expires_at: ExpiresAt | None = None
+    expires_in_seconds: ExpiresInSeconds | None = None
+
+
 def _batchable(value: TransactionType) -> TransactionType:
     if value not in BATCH_TYPES:
         raise ValueError(f"must be one of {', '.join(BATCH_TYPES)}")
@@ -115,6 +147,10 @@ class BatchOperation(BaseModel):
     fee: FeeMinor = Field(default=0, description="Transfers only: paid by the sender to SYSTEM_REVENUE.")
     description: str | None = Field(default=None, max_length=DESCRIPTION_MAX_CHARS)
     metadata: dict[str, Any] | None = None
+    expires_at: ExpiresAt | None = Field(default=None, description="Bonuses only: see the bonus endpoint.")
+    expires_in_seconds: ExpiresInSeconds | None = Field(
+        default=None, description="Bonuses only: see the bonus endpoint."
+    )
 
 
 class BatchBody(BaseModel):
@@ -135,6 +171,13 @@ class LedgerEntryOut(BaseModel):
     account: str = Field(description="User id, or the system account code.")
     account_kind: str = Field(description="'user' or 'system'.")
     amount: int = Field(description="Signed: positive increases the account.")
+
+
+class LotMovementOut(BaseModel):
+    lot_id: int
+    origin: LotOrigin = Field(description="purchased or granted.")
+    expires_at: str | None
+    amount: int = Field(description="Signed: positive fills the lot, negative draws from it.")
 
 
 class TransactionOut(BaseModel):
@@ -160,6 +203,10 @@ class TransactionOut(BaseModel):
         default=0, description="transfer: paid by the sender to SYSTEM_REVENUE on top of amount."
     )
     hold_id: str | None = Field(default=None, description="capture: the hold it captured.")
+    lots: list[LotMovementOut] = Field(
+        default_factory=list,
+        description="The credit lots this transaction filled (positive) or drew from (negative), in order.",
+    )
 
 
 class BatchOut(BaseModel):
@@ -171,6 +218,11 @@ class TransactionPage(BaseModel):
     next_cursor: str | None
 
 
+class ExpiryOut(BaseModel):
+    amount: int
+    at: str
+
+
 class AssetBalanceOut(BaseModel):
     asset_type: str
     name: str
@@ -179,6 +231,14 @@ class AssetBalanceOut(BaseModel):
     held: int = Field(description="Reserved by open, unexpired holds.")
     available: int = Field(description="balance - held: what spends, holds and transfers may use.")
     debt: int = Field(description="How far below zero the balance is (repaid first by the next credits).")
+    purchased: int = Field(
+        description="The part of balance that was paid for (top-ups, and what refunds and transfers"
+        " carried of it). purchased + granted = balance; in debt, purchased is the negative balance."
+    )
+    granted: int = Field(description="The part of balance that was given (bonuses), not paid for.")
+    next_expiry: ExpiryOut | None = Field(
+        description="The credits that expire next and when; null when none will (or for an as_of answer)."
+    )
 
 
 class BalancesOut(BaseModel):

@@ -1,4 +1,5 @@
-"""Reads for the operator console: find users, audit the books, and daily volume per asset.
+"""Reads for the operator console: find users, audit the books (the live audit), and daily volume
+per asset.
 
 Each is bounded: searches and volume run under the service's statement timeout (a slow one is
 503 `busy`), pages and windows have maxima, and at most one audit runs per worker at a time
@@ -9,13 +10,14 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, date, datetime, timedelta
-from typing import Any, cast
+from typing import Any
 
 import asyncpg
 
 from wallet.domain import errors
+from wallet.services.audit import run_audit
 from wallet.services.users import USER_COLUMNS
-from wallet.services.verify import verify_ledger
+from wallet.settings import Settings
 
 SEARCH_QUERY_MAX_CHARS = 64
 VOLUME_DAYS_DEFAULT = 30
@@ -86,44 +88,69 @@ async def volume_per_day(pool: asyncpg.Pool, days: int, *, today: date | None = 
     }
 
 
-_audits: dict[asyncpg.Pool, asyncio.Task[dict[str, Any]]] = {}
+_audits: dict[tuple[asyncpg.Pool, bool], asyncio.Task[dict[str, Any]]] = {}
 
 
-async def audit(pool: asyncpg.Pool) -> dict[str, Any]:
-    """`wallet verify` as a document. One audit at a time per pool: a caller arriving while one
-    runs waits for it and gets the same report."""
-    task = _audits.get(pool)
+async def audit(pool: asyncpg.Pool, settings: Settings, *, full: bool) -> dict[str, Any]:
+    """The live audit as a document (see wallet.services.audit). One run of each kind at a time
+    per pool: a caller arriving while one runs waits for it and gets the same answer."""
+    task = _audits.get((pool, full))
     if task is None:
-        task = asyncio.create_task(_audit(pool))
-        _audits[pool] = task
-        task.add_done_callback(lambda _: _audits.pop(pool, None))
+        task = asyncio.create_task(_audit(pool, settings, full))
+        _audits[(pool, full)] = task
+        task.add_done_callback(lambda _: _audits.pop((pool, full), None))
     # A caller that goes away does not cancel the audit others are waiting for.
     return await asyncio.shield(task)
 
 
-async def _audit(pool: asyncpg.Pool) -> dict[str, Any]:
+def _iso(value: datetime | None) -> str | None:
+    return value.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z") if value else None
+
+
+async def _audit(pool: asyncpg.Pool, settings: Settings, full: bool) -> dict[str, Any]:
     try:
-        async with pool.acquire() as conn:
-            # A pool connection proxies every Connection method verify_ledger uses.
-            report = await verify_ledger(cast(asyncpg.Connection, conn))
+        result = await run_audit(pool, settings, full=full)
     except TimeoutError:
         # Each check runs under the pool's command timeout (the statement timeout + 1 s).
         raise errors.WalletError(
             errors.BUSY, "the audit took longer than the statement timeout; run `wallet verify` instead"
         ) from None
+    report = result.verify_report
+    if report is not None:
+        text = report.render()
+    else:
+        text = "\n".join(
+            [
+                f"checked the transactions with seq in ({result.from_seq}, {result.to_seq}] and every user account"
+            ]
+            + (["OK: the books balance"] if result.consistent else [])
+            + [
+                f"FAIL: {title}\n" + "\n".join(f"  - {item}" for item in items)
+                for title, items in result.problems.items()
+            ]
+        )
     return {
-        "clean": report.clean,
-        "checked_at": datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z"),
-        "problems": [{"check": title, "details": items} for title, items in report.problems.items()],
-        "counts": {
+        "kind": result.kind,
+        "clean": result.consistent,
+        "checked_at": _iso(result.finished_at),
+        "started_at": _iso(result.started_at),
+        "from_seq": result.from_seq,
+        "to_seq": result.to_seq,
+        "last_clean_at": _iso(result.last_clean_at),
+        "problems": [{"check": title, "details": items} for title, items in result.problems.items()],
+        "counts": None
+        if report is None
+        else {
             "user_accounts": report.user_accounts,
             "transactions": report.transactions,
             "ledger_entries": report.ledger_entries,
             "chain_links": report.chain_links,
         },
-        "system_balances": [
+        "system_balances": []
+        if report is None
+        else [
             {"account": system_code, "asset_type": asset_code, "balance": int(balance)}
             for system_code, asset_code, balance in report.system_balances
         ],
-        "report": report.render(),
+        "report": text,
     }

@@ -20,7 +20,8 @@ class Scope(StrEnum):
     SPEND = "spend"  # spend, and holds (place, capture, void)
     TRANSFER = "transfer"  # move credits between users
     REVERSE = "reverse"  # refund a spend, claw back a top-up or bonus
-    ADMIN = "admin"  # users, debts (allow_negative), and everything else
+    REPORT = "report"  # the liability report (finance), without any write
+    ADMIN = "admin"  # users, debts (allow_negative), the audit, and everything else
 
 
 class KeyOperation(StrEnum):
@@ -44,6 +45,7 @@ class SystemAccount(StrEnum):
     TREASURY = "SYSTEM_TREASURY"  # source of credits sold (top-ups)
     PROMOTIONS = "SYSTEM_PROMOTIONS"  # source of credits given (bonuses)
     REVENUE = "SYSTEM_REVENUE"  # sink of credits spent, captured, and of transfer fees
+    BREAKAGE = "SYSTEM_BREAKAGE"  # sink of credits that expired unspent (breakage)
 
 
 class TransactionType(StrEnum):
@@ -54,6 +56,25 @@ class TransactionType(StrEnum):
     TRANSFER = "transfer"
     REFUND = "refund"
     CLAWBACK = "clawback"
+    EXPIRY = "expiry"
+
+
+class LotOrigin(StrEnum):
+    """Where the credits of a lot came from: paid for (a liability: deferred revenue) or given."""
+
+    PURCHASED = "purchased"
+    GRANTED = "granted"
+
+
+class SpendOrder(StrEnum):
+    """Which open lots a debit draws from first, per asset (wallet.settings `lot_policies`).
+    Within an origin, and for `expiring_first`, sooner expiry first; lots without expiry last;
+    then oldest first."""
+
+    GRANTED_FIRST = "granted_first"  # the default: promotional credits before paid ones
+    PURCHASED_FIRST = "purchased_first"
+    EXPIRING_FIRST = "expiring_first"  # soonest expiry first whatever the origin
+    FIFO = "fifo"  # oldest lot first
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,16 +86,20 @@ class TypeRule:
     meaning: str
     direct: bool = False  # posted by its own endpoint and in batches (top-up, bonus, spend)
     reversed_by: TransactionType | None = None  # what reverses it, if it can be reversed
+    # The origin of the lot a credit of this type creates; None: a debit, or a credit that takes
+    # the origins of the lots it mirrors (a refund restores what the spend drew, a transfer
+    # passes on what the sender's lots were).
+    lot_origin: LotOrigin | None = None
 
 
 TYPE_RULES: dict[TransactionType, TypeRule] = {
     TransactionType.TOPUP: TypeRule(
         +1, SystemAccount.TREASURY, Scope.CREDIT, "a purchase with real money: credit the user",
-        direct=True, reversed_by=TransactionType.CLAWBACK,
+        direct=True, reversed_by=TransactionType.CLAWBACK, lot_origin=LotOrigin.PURCHASED,
     ),
     TransactionType.BONUS: TypeRule(
         +1, SystemAccount.PROMOTIONS, Scope.CREDIT, "an incentive: credit the user",
-        direct=True, reversed_by=TransactionType.CLAWBACK,
+        direct=True, reversed_by=TransactionType.CLAWBACK, lot_origin=LotOrigin.GRANTED,
     ),
     TransactionType.SPEND: TypeRule(
         -1, SystemAccount.REVENUE, Scope.SPEND, "an in-app purchase: debit the user",
@@ -93,6 +118,10 @@ TYPE_RULES: dict[TransactionType, TypeRule] = {
     ),
     TransactionType.CLAWBACK: TypeRule(
         -1, None, Scope.REVERSE, "reverses a top-up or bonus: debit the user back to its source"
+    ),
+    TransactionType.EXPIRY: TypeRule(
+        -1, SystemAccount.BREAKAGE, Scope.ADMIN,
+        "credits whose lot expired unspent leave the user (breakage); posted by `wallet expire`",
     ),
 }  # fmt: skip
 DIRECT_TYPES = tuple(t for t, rule in TYPE_RULES.items() if rule.direct)
@@ -129,5 +158,7 @@ CURSOR_MAX_CHARS = 200
 # Page sizes may be configured up to this.
 PAGE_SIZE_CEILING = 1_000
 BATCH_OPERATIONS_CEILING = 1_000
+# Ten years: the longest default or explicit expiry of a credit lot.
+LOT_EXPIRY_SECONDS_CEILING = 10 * 366 * 24 * 3600
 # Sent with every 503: nothing was written, and retrying with the same key after this is safe.
 RETRY_AFTER_SECONDS = 1

@@ -20,9 +20,10 @@ from wallet.domain import errors
 from wallet.domain.rules import TransactionType
 from wallet.services.pagination import decode_int_cursor, encode_cursor
 
-# Now: the cached balance, and held without the open holds already past their expiry (the
-# cached held_minor may include them until the database releases them; the probe runs only for
-# accounts that hold something).
+# Now: the cached balance less what of it has expired (as if the expiry had run this instant,
+# see wallet_account_lots_now), split by origin, and held without the open holds already past
+# their expiry (the cached held_minor may include them until the database releases them; the
+# probe runs only for accounts that hold something).
 BALANCES_SQL = """
 SELECT jsonb_build_object(
     'user_id', u.id,
@@ -32,11 +33,14 @@ SELECT jsonb_build_object(
                    'asset_type', a.asset_code,
                    'name', t.name,
                    'scale', t.scale,
-                   'balance', a.balance_minor,
+                   'balance', l.balance_minor,
                    'held', a.held,
-                   'available', a.balance_minor - a.held,
-                   'debt', greatest(-a.balance_minor, 0)) ORDER BY a.asset_code)
-        FROM (SELECT x.asset_code, x.balance_minor,
+                   'available', l.balance_minor - a.held,
+                   'debt', greatest(-l.balance_minor, 0),
+                   'purchased', l.purchased_minor,
+                   'granted', l.granted_minor,
+                   'next_expiry', l.next_expiry) ORDER BY a.asset_code)
+        FROM (SELECT x.id, x.asset_code, x.balance_minor,
                      CASE WHEN x.held_minor = 0 THEN 0
                           ELSE x.held_minor - coalesce((
                               SELECT sum(h.amount_minor) FROM holds h
@@ -45,13 +49,15 @@ SELECT jsonb_build_object(
                      END AS held
                 FROM accounts x
                WHERE x.user_id = u.id AND ($2::text IS NULL OR x.asset_code = $2)) AS a
+        CROSS JOIN LATERAL wallet_account_lots_now(a.id, a.balance_minor, a.held::bigint) AS l
         JOIN asset_types t ON t.code = a.asset_code), '[]'::jsonb)
 )::text
 FROM users u WHERE u.id = $1
 """
 
 # As of an instant: each account's balance after its newest posting stamped at or before it (as
-# its user, or as the receiver of a transfer), and the holds open at that instant.
+# its user, or as the receiver of a transfer), the holds open at that instant, and its lots' split
+# by origin from their movements up to it (expiries as posted by then; no next_expiry).
 BALANCES_AS_OF_SQL = """
 SELECT jsonb_build_object(
     'user_id', u.id,
@@ -64,7 +70,10 @@ SELECT jsonb_build_object(
                    'balance', b.balance,
                    'held', b.held,
                    'available', b.balance - b.held,
-                   'debt', greatest(-b.balance, 0)) ORDER BY a.asset_code)
+                   'debt', greatest(-b.balance, 0),
+                   'purchased', CASE WHEN b.balance < 0 THEN b.balance ELSE lots.purchased END,
+                   'granted', CASE WHEN b.balance < 0 THEN 0 ELSE lots.granted END,
+                   'next_expiry', NULL) ORDER BY a.asset_code)
         FROM accounts a
         JOIN asset_types t ON t.code = a.asset_code
         CROSS JOIN LATERAL (
@@ -84,6 +93,14 @@ SELECT jsonb_build_object(
                         WHERE h.user_id = a.user_id AND h.asset_code = a.asset_code AND h.created_at <= $3
                           AND h.expires_at > $3 AND (h.closed_at IS NULL OR h.closed_at > $3)), 0)::bigint AS held
         ) b
+        CROSS JOIN LATERAL (
+            SELECT coalesce(sum(m.amount_minor) FILTER (WHERE l.origin = 'purchased'), 0)::bigint AS purchased,
+                   coalesce(sum(m.amount_minor) FILTER (WHERE l.origin = 'granted'), 0)::bigint AS granted
+              FROM credit_lots l
+              JOIN lot_movements m ON m.lot_id = l.id
+              LEFT JOIN transactions p ON p.id = m.transaction_id
+             WHERE l.account_id = a.id AND coalesce(p.created_at, m.created_at) <= $3
+        ) lots
         WHERE a.user_id = u.id AND ($2::text IS NULL OR a.asset_code = $2)), '[]'::jsonb)
 )::text
 FROM users u WHERE u.id = $1

@@ -22,7 +22,15 @@ from wallet.api.errors import error_responses, status_of
 from wallet.api.fast_path import authorized, bearer_token, fast_path, is_json, state
 from wallet.api.json_body import ExactJSONRoute
 from wallet.api.metrics import POSTING_SECONDS, POSTINGS
-from wallet.api.schemas import BatchBody, BatchOut, PostingBody, ReverseBody, TransactionOut, TransferBody
+from wallet.api.schemas import (
+    BatchBody,
+    BatchOut,
+    BonusBody,
+    PostingBody,
+    ReverseBody,
+    TransactionOut,
+    TransferBody,
+)
 from wallet.domain.rules import (
     TYPE_RULES,
     Scope,
@@ -72,6 +80,8 @@ async def _post(
         idempotency_key=resolve_idempotency_key(body.idempotency_key, header_key),
         description=body.description,
         metadata=body.metadata,
+        expires_at=body.expires_at if isinstance(body, BonusBody) else None,
+        expires_in_seconds=body.expires_in_seconds if isinstance(body, BonusBody) else None,
     )
     with POSTING_SECONDS.labels(type.value).time():
         outcome = await post_transaction(committer, settings, caller, posting)
@@ -82,6 +92,7 @@ def _fast_post(type: TransactionType) -> Callable[[Request], Awaitable[Response 
     """The common case of a single write without FastAPI's dependency solving (see fast_path):
     the same checks in the same order, then the same `_post`."""
     scope = TYPE_RULES[type].scope
+    model = BonusBody if type is TransactionType.BONUS else PostingBody
 
     async def handler(request: Request) -> Response | None:
         token = bearer_token(request)
@@ -99,7 +110,7 @@ def _fast_post(type: TransactionType) -> Callable[[Request], Awaitable[Response 
         if not isinstance(data, dict):
             return None
         try:
-            body = PostingBody.model_validate(data)
+            body = model.model_validate(data)
         except ValidationError:
             return None
         caller = await authorized(request, token)
@@ -141,7 +152,7 @@ async def topup(
 async def bonus(
     committer: Committer,
     settings: AppSettings,
-    body: PostingBody,
+    body: BonusBody,
     caller: Annotated[Caller, requires(TYPE_RULES[TransactionType.BONUS].scope)],
     idempotency_key: IdempotencyKeyHeader,
 ) -> Response:
@@ -190,6 +201,8 @@ async def batch(
             metadata=op.metadata,
             to_user_id=op.to_user_id,
             fee_minor=op.fee,
+            expires_at=op.expires_at,
+            expires_in_seconds=op.expires_in_seconds,
         )
         for op in body.operations
     ]

@@ -632,7 +632,7 @@ async function runAudit() {
   button.textContent = "Running…";
   setError("#audit-error", null);
   try {
-    const audit = await api("audit");
+    const audit = await api("audit", { params: { full: "true" } });
     state.auditLoaded = true;
     const status = $("#audit-status");
     status.textContent = audit.clean ? "Clean" : `${audit.problems.length} check(s) failed`;

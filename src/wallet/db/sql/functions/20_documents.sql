@@ -70,6 +70,7 @@ BEGIN
              WHERE e.transaction_id = t.id))
             || wallet_transaction_extras(t.reverses, coalesce(r.reversed_amount_minor, 0), t.counterparty_user_id,
                                          t.counterparty_balance_after_minor, t.fee_minor, t.hold_id)
+            || jsonb_build_object('lots', wallet_transaction_lots(t.id))
         ORDER BY ids.n), '[]'::jsonb)
         FROM unnest(p_transaction_ids) WITH ORDINALITY AS ids(id, n)
         JOIN transactions t ON t.id = ids.id

@@ -3,13 +3,18 @@
 
 -- What "the same request" is for a single top-up, bonus or spend: posted alone
 -- (wallet_post_transaction) or in a group (wallet_post_group), a retry must find the same value.
+-- A bonus's expiry counts only when given, so requests without one keep the fingerprint they had
+-- before expiries existed.
 CREATE OR REPLACE FUNCTION wallet_posting_fingerprint(
     p_type text, p_user_id text, p_asset_code text, p_amount_minor bigint, p_description text,
-    p_metadata jsonb) RETURNS bytea
+    p_metadata jsonb, p_expires_at timestamptz DEFAULT NULL, p_expires_in_seconds integer DEFAULT NULL) RETURNS bytea
 LANGUAGE sql STABLE AS $$
-    SELECT sha256(convert_to(jsonb_build_object(
+    SELECT sha256(convert_to((jsonb_build_object(
         'type', p_type, 'user_id', p_user_id, 'asset_type', p_asset_code, 'amount', p_amount_minor,
-        'description', p_description, 'metadata', coalesce(p_metadata, '{}'::jsonb))::text, 'UTF8'))
+        'description', p_description, 'metadata', coalesce(p_metadata, '{}'::jsonb))
+        || jsonb_strip_nulls(jsonb_build_object(
+               'expires_at', to_char(p_expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+               'expires_in_seconds', p_expires_in_seconds)))::text, 'UTF8'))
 $$;
 
 -- Serialises requests that share (caller, key) and answers a repeat from the stored outcome.

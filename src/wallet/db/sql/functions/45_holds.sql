@@ -110,9 +110,10 @@ BEGIN
 
     FOR v_attempt IN 1..2 LOOP
         UPDATE accounts SET held_minor = held_minor + p_amount_minor
-            WHERE id = v_account_id AND balance_minor - held_minor - p_amount_minor >= 0;
+            WHERE id = v_account_id AND balance_minor - held_minor - p_amount_minor >= 0
+              AND NOT coalesce(lots_expire_at <= clock_timestamp(), false);
         v_placed := FOUND;
-        EXIT WHEN v_placed OR wallet_release_expired_holds(v_account_id) = 0;
+        EXIT WHEN v_placed OR wallet_release_expired(v_account_id) = 0;
     END LOOP;
 
     IF NOT v_placed THEN
@@ -219,6 +220,9 @@ BEGIN
             format('hold %s reserved %s; cannot capture %s', p_hold_id, v_hold.amount_minor, v_amount_minor),
             'amount');
     ELSIF outcome IS NULL THEN
+        -- Lots past their expiry go to breakage first, except what this hold still reserves:
+        -- the capture then draws those (expired lots first, see wallet_lots_debit).
+        PERFORM wallet_expire_lots(v_hold.account_id);
         SELECT id INTO STRICT v_revenue_account_id FROM accounts
             WHERE system_code = wallet_rule_system_account('capture') AND asset_code = v_hold.asset_code;
         UPDATE accounts

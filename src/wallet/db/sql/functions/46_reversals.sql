@@ -64,6 +64,9 @@ BEGIN
         FROM ledger_entries e JOIN accounts a ON a.id = e.account_id
         WHERE e.transaction_id = p_transaction_id AND a.kind = 'system';
     PERFORM 1 FROM accounts WHERE id = v_account_id FOR UPDATE;
+    IF wallet_rule_user_sign(v_type) < 0 THEN
+        PERFORM wallet_expire_lots(v_account_id);  -- a clawback draws no expired credit
+    END IF;
 
     SELECT v_original.amount_minor - coalesce(
                (SELECT r.reversed_amount_minor FROM reversal_totals r WHERE r.transaction_id = p_transaction_id), 0)
@@ -86,7 +89,7 @@ BEGIN
              WHERE id = v_account_id
                AND (v_delta_minor > 0 OR v_allow_negative OR balance_minor - held_minor + v_delta_minor >= 0)
              RETURNING balance_minor, held_minor INTO v_balance_after_minor, v_held_minor;
-            EXIT WHEN FOUND OR wallet_release_expired_holds(v_account_id) = 0;
+            EXIT WHEN FOUND OR wallet_release_expired(v_account_id) = 0;
         END LOOP;
         PERFORM set_config('wallet.allow_negative', 'off', true);
         IF v_balance_after_minor IS NULL THEN

@@ -63,8 +63,9 @@ BEGIN
     FOR v_attempt IN 1..2 LOOP
         UPDATE accounts SET balance_minor = balance_minor - v_debit_minor
          WHERE id = v_from_account_id AND balance_minor - held_minor - v_debit_minor >= 0
+           AND NOT coalesce(lots_expire_at <= clock_timestamp(), false)
          RETURNING balance_minor INTO v_from_balance_minor;
-        EXIT WHEN FOUND OR wallet_release_expired_holds(v_from_account_id) = 0;
+        EXIT WHEN FOUND OR wallet_release_expired(v_from_account_id) = 0;
     END LOOP;
     IF v_from_balance_minor IS NULL THEN
         outcome := 'insufficient_funds';

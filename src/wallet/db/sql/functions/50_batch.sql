@@ -7,14 +7,18 @@ DROP FUNCTION IF EXISTS wallet_batch_operations(jsonb);
 -- The operations of a batch as rows, numbered from 0 in the caller's order. delta is the signed
 -- change to the account of user_id (for a transfer, user_id is the sender: -(amount + fee));
 -- a transfer also credits to_user_id with amount.
-CREATE OR REPLACE FUNCTION wallet_batch_items(p_operations jsonb)
+-- Its columns changed with credit lots (a bonus's expires_at / expires_in_seconds).
+DROP FUNCTION IF EXISTS wallet_batch_items(jsonb);
+CREATE FUNCTION wallet_batch_items(p_operations jsonb)
 RETURNS TABLE (ord integer, type text, user_id text, to_user_id text, asset_type text, amount bigint,
-               fee bigint, description text, metadata jsonb, delta bigint)
+               fee bigint, description text, metadata jsonb, delta bigint, expires_at timestamptz,
+               expires_in_seconds integer)
 LANGUAGE sql IMMUTABLE AS $$
     SELECT (e.n - 1)::integer, e.op ->> 'type', e.op ->> 'user_id', e.op ->> 'to_user_id', e.op ->> 'asset_type',
            (e.op ->> 'amount')::bigint, coalesce((e.op ->> 'fee')::bigint, 0), e.op ->> 'description',
            coalesce(e.op -> 'metadata', '{}'::jsonb),
-           wallet_rule_user_sign(e.op ->> 'type') * (e.op ->> 'amount')::bigint - coalesce((e.op ->> 'fee')::bigint, 0)
+           wallet_rule_user_sign(e.op ->> 'type') * (e.op ->> 'amount')::bigint - coalesce((e.op ->> 'fee')::bigint, 0),
+           (e.op ->> 'expires_at')::timestamptz, (e.op ->> 'expires_in_seconds')::integer
     FROM jsonb_array_elements(p_operations) WITH ORDINALITY AS e(op, n)
 $$;
 
@@ -50,7 +54,10 @@ BEGIN
                      OR NOT (coalesce(wallet_rule_direct(o.type), false) OR o.type = 'transfer')
                      OR (o.type = 'transfer') <> (o.to_user_id IS NOT NULL)
                      OR (o.type <> 'transfer' AND o.fee <> 0)
-                     OR o.to_user_id = o.user_id) THEN
+                     OR o.to_user_id = o.user_id
+                     OR ((o.expires_at IS NOT NULL OR o.expires_in_seconds IS NOT NULL)
+                         AND (wallet_rule_lot_origin(o.type) IS DISTINCT FROM 'granted'
+                              OR (o.expires_at IS NOT NULL AND o.expires_in_seconds IS NOT NULL)))) THEN
         RAISE EXCEPTION 'a batch needs one or more operations, each with a known type, a positive amount, and for a transfer another user to receive it'
             USING ERRCODE = 'check_violation';
     END IF;
@@ -60,6 +67,19 @@ BEGIN
     SELECT l.outcome, l.body, l.replayed INTO outcome, body, replayed
         FROM wallet_idempotency_lookup(p_api_key_id, p_idempotency_key, v_fingerprint) AS l;
     IF outcome IS NOT NULL THEN
+        RETURN;
+    END IF;
+
+    -- A bonus's own expiry, judged now (after the key, so a retry gets what was stored); not
+    -- stored when refused: the caller corrects it and retries with the same key.
+    SELECT o.ord INTO v_first_short FROM wallet_batch_items(p_operations) AS o
+     WHERE coalesce(o.expires_at, clock_timestamp() + make_interval(secs => o.expires_in_seconds))
+           <= clock_timestamp() + interval '1 second'
+     ORDER BY o.ord LIMIT 1;
+    IF FOUND THEN
+        outcome := 'validation_error';
+        body := wallet_error_body(outcome, 'expires_at must be at least one second in the future',
+                                  format('operations[%s].expires_at', v_first_short));
         RETURN;
     END IF;
 
@@ -91,6 +111,13 @@ BEGIN
                      SELECT a.id FROM wallet_batch_items(p_operations) AS o
                      JOIN accounts a ON a.user_id = o.to_user_id AND a.asset_code = o.asset_type)
         ORDER BY id FOR UPDATE;
+    -- Accounts with a lot past its expiry are expired first (their own transactions, before the
+    -- batch's), so no operation counts expired credits as available.
+    PERFORM wallet_expire_lots(a.id) FROM accounts a
+     WHERE a.lots_expire_at <= clock_timestamp()
+       AND a.id IN (SELECT x.id FROM wallet_batch_items(p_operations) AS o
+                    JOIN accounts x ON x.user_id = o.user_id AND x.asset_code = o.asset_type
+                    WHERE o.delta < 0);
 
     -- Under the locks, in one pass over the legs (each operation's change to its user's account,
     -- and a transfer's credit to the receiver's): every account involved, the running balance of
@@ -168,10 +195,11 @@ BEGIN
     ), posted AS (
         INSERT INTO transactions (id, type, api_key_id, idempotency_key, user_id, asset_code, amount_minor,
                                   balance_after_minor, description, metadata, counterparty_user_id,
-                                  counterparty_balance_after_minor, fee_minor, request_id)
+                                  counterparty_balance_after_minor, fee_minor, request_id, credit_expires_at)
         SELECT ops.id, ops.type, p_api_key_id, p_idempotency_key, ops.user_id, ops.asset_type, ops.amount,
                ops.balance_after, ops.description, ops.metadata, ops.to_user_id, ops.to_balance_after, ops.fee,
-               p_request_id
+               p_request_id,
+               coalesce(ops.expires_at, clock_timestamp() + make_interval(secs => ops.expires_in_seconds))
         FROM ops ORDER BY ops.ord
         RETURNING id, created_at
     ), entries AS (
@@ -198,6 +226,11 @@ BEGIN
            ORDER BY ops.ord))
       INTO body
       FROM posted p JOIN ops ON p.id = ops.id;
+    -- The lots each operation moved: written by the trigger at the end of that statement.
+    body := jsonb_build_object('transactions', (
+        SELECT jsonb_agg(x.doc || jsonb_build_object('lots', wallet_transaction_lots((x.doc ->> 'id')::uuid))
+                         ORDER BY x.n)
+          FROM jsonb_array_elements(body -> 'transactions') WITH ORDINALITY AS x(doc, n)));
 
     outcome := 'posted';
     INSERT INTO idempotency_keys (api_key_id, key, request_sha256, outcome, response_body)

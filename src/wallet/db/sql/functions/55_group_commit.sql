@@ -125,6 +125,12 @@ BEGIN
     -- Every account at once, in ascending id.
     PERFORM 1 FROM accounts WHERE id = ANY (v_accounts) ORDER BY id FOR UPDATE;
 
+    -- An account with a debit in the group and a lot past its expiry is expired first (its own
+    -- transaction, written before the group's), so no debit counts expired credits as available.
+    PERFORM wallet_expire_lots(a.id) FROM accounts a
+     WHERE a.id IN (SELECT v_accounts[w.n] FROM generate_series(1, v_n) AS w(n) WHERE v_deltas[w.n] < 0)
+       AND a.lots_expire_at <= clock_timestamp();
+
     -- Each account's writes in arrival order, against its running balance.
     FOR v_row IN
         SELECT w.n, a.id AS account_id, a.balance_minor, a.held_minor
@@ -196,7 +202,8 @@ BEGIN
             jsonb_build_array(
                 wallet_entry_document(v_accounts[i], p_user_ids[i], 'user', v_deltas[i]),
                 wallet_entry_document(v_systems[i], wallet_rule_system_account(p_types[i]), 'system', -v_deltas[i])))
-            || wallet_transaction_extras(NULL, 0, NULL, NULL, 0, NULL);
+            || wallet_transaction_extras(NULL, 0, NULL, NULL, 0, NULL)
+            || jsonb_build_object('lots', wallet_transaction_lots(v_ids[i]));
     END LOOP;
 
     -- Every decided outcome that a single posting would store (posted or refused for funds).

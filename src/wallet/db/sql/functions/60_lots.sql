@@ -1,0 +1,361 @@
+-- Re-installed by every `wallet migrate` (after the versioned migrations); see wallet.db.migrate.
+-- Credit lots (migration 0009): filled by credits, drawn by debits, expired into breakage.
+--
+-- Everything here runs under the user account's row lock, which every posting takes before it
+-- writes its entries: lots of one account change one posting at a time.
+
+-- Adds p_amount_minor to the account's lot of that origin and expiry (creating it if new), as a
+-- movement of p_transaction_id.
+CREATE OR REPLACE FUNCTION wallet_lot_fill(p_account_id bigint, p_transaction_id uuid, p_origin text,
+                                           p_expires_at timestamptz, p_amount_minor bigint) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_lot_id bigint;
+BEGIN
+    INSERT INTO credit_lots AS l (account_id, origin, expires_at, remaining_minor)
+        VALUES (p_account_id, p_origin, p_expires_at, p_amount_minor)
+        ON CONFLICT ON CONSTRAINT credit_lots_one_per_origin_and_expiry
+        DO UPDATE SET remaining_minor = l.remaining_minor + EXCLUDED.remaining_minor
+        RETURNING id INTO v_lot_id;
+    INSERT INTO lot_movements (transaction_id, lot_id, amount_minor) VALUES (p_transaction_id, v_lot_id, p_amount_minor);
+END $$;
+
+-- A credit of p_amount_minor to the account. The part that repays a debt (balance below zero
+-- before it) fills no lot. A top-up or bonus fills a lot of its origin, expiring at the
+-- transaction's own credit_expires_at or else after the asset's default for that origin. A
+-- refund restores the lots its original drew, last drawn first, after what earlier refunds of it
+-- restored; a transfer passes on the sender's lots in the order they were drawn (the fee is the
+-- tail of the draw). Whatever has no lot to mirror (a spend from before lots) is purchased.
+CREATE OR REPLACE FUNCTION wallet_lots_credit(
+    p_account_id bigint, p_asset_code text, p_transaction_id uuid, p_type text, p_reverses uuid,
+    p_amount_minor bigint, p_balance_after_minor bigint, p_created_at timestamptz, p_expires_at timestamptz)
+RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_left bigint := least(p_amount_minor, greatest(p_balance_after_minor, 0));
+    v_origin text := wallet_rule_lot_origin(p_type);
+    v_expires_in integer;
+    v_skip bigint := 0;
+    v_take bigint;
+    d record;
+BEGIN
+    IF v_left <= 0 THEN
+        RETURN;
+    END IF;
+    IF v_origin IS NOT NULL THEN
+        IF p_expires_at IS NULL THEN
+            SELECT CASE v_origin WHEN 'purchased' THEN p.purchased_expires_in_seconds
+                                 ELSE p.granted_expires_in_seconds END
+              INTO v_expires_in FROM asset_lot_policies p WHERE p.asset_code = p_asset_code;
+            p_expires_at := p_created_at + make_interval(secs => v_expires_in);
+        END IF;
+        PERFORM wallet_lot_fill(p_account_id, p_transaction_id, v_origin, p_expires_at, v_left);
+        RETURN;
+    END IF;
+
+    IF p_type = 'refund' THEN
+        SELECT coalesce(sum(m.amount_minor), 0) INTO v_skip
+          FROM transactions r JOIN lot_movements m ON m.transaction_id = r.id
+         WHERE r.reverses = p_reverses AND r.id <> p_transaction_id AND m.amount_minor > 0;
+    END IF;
+    FOR d IN
+        SELECT m.id, m.lot_id, l.origin, l.expires_at, -m.amount_minor AS drawn
+          FROM lot_movements m JOIN credit_lots l ON l.id = m.lot_id
+         WHERE m.transaction_id = CASE WHEN p_type = 'refund' THEN p_reverses ELSE p_transaction_id END
+           AND m.amount_minor < 0
+         ORDER BY CASE WHEN p_type = 'refund' THEN -m.id ELSE m.id END
+    LOOP
+        EXIT WHEN v_left = 0;
+        v_take := d.drawn - least(v_skip, d.drawn);
+        v_skip := v_skip - least(v_skip, d.drawn);
+        CONTINUE WHEN v_take = 0;
+        v_take := least(v_take, v_left);
+        IF p_type = 'refund' THEN
+            UPDATE credit_lots SET remaining_minor = remaining_minor + v_take WHERE id = d.lot_id;
+            INSERT INTO lot_movements (transaction_id, lot_id, amount_minor) VALUES (p_transaction_id, d.lot_id, v_take);
+        ELSE
+            PERFORM wallet_lot_fill(p_account_id, p_transaction_id, d.origin, d.expires_at, v_take);
+        END IF;
+        v_left := v_left - v_take;
+    END LOOP;
+    IF v_left > 0 THEN
+        PERFORM wallet_lot_fill(p_account_id, p_transaction_id, 'purchased', NULL, v_left);
+    END IF;
+END $$;
+
+-- A debit of p_amount_minor from the account, drawn from its open lots in this order:
+--   * an expiry or a capture takes expired lots first (a capture: the hold kept them from
+--     expiring); every other debit takes lots that have not expired first (the posting paths
+--     expire an account's lots before they debit it, so it finds no expired lot to take);
+--   * a clawback takes the lots its original filled first;
+--   * then the asset's spend order (granted_first by default), sooner expiry first, no expiry
+--     last, oldest first. An expiry goes by expiry alone.
+-- The open lots must cover the debit (they sum to the balance before it), except for an admin
+-- clawback allowed to leave a debt: it takes what there is.
+CREATE OR REPLACE FUNCTION wallet_lots_debit(
+    p_account_id bigint, p_asset_code text, p_transaction_id uuid, p_type text, p_reverses uuid,
+    p_amount_minor bigint, p_allow_negative boolean)
+RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_order text;
+    v_now timestamptz := clock_timestamp();
+    v_drawn bigint;
+BEGIN
+    SELECT p.spend_order INTO v_order FROM asset_lot_policies p WHERE p.asset_code = p_asset_code;
+    v_order := coalesce(v_order, 'granted_first');
+    WITH open AS (
+        SELECT l.id, l.remaining_minor,
+               sum(l.remaining_minor) OVER (ORDER BY
+                   CASE WHEN p_type IN ('expiry', 'capture') THEN NOT coalesce(l.expires_at <= v_now, false)
+                        ELSE coalesce(l.expires_at <= v_now, false) END,
+                   CASE WHEN p_type = 'clawback' THEN NOT EXISTS (
+                            SELECT 1 FROM lot_movements f
+                             WHERE f.transaction_id = p_reverses AND f.lot_id = l.id AND f.amount_minor > 0)
+                        ELSE false END,
+                   CASE WHEN p_type = 'expiry' THEN false
+                        WHEN v_order = 'granted_first' THEN l.origin <> 'granted'
+                        WHEN v_order = 'purchased_first' THEN l.origin <> 'purchased'
+                        ELSE false END,
+                   CASE WHEN v_order = 'fifo' AND p_type <> 'expiry' THEN NULL ELSE l.expires_at END NULLS LAST,
+                   l.id) AS running
+          FROM credit_lots l
+         WHERE l.account_id = p_account_id AND l.remaining_minor > 0
+    ), drawn AS (
+        SELECT o.id, o.running, least(o.remaining_minor, p_amount_minor - (o.running - o.remaining_minor)) AS take
+          FROM open o WHERE o.running - o.remaining_minor < p_amount_minor
+    ), updated AS (
+        UPDATE credit_lots l SET remaining_minor = l.remaining_minor - d.take FROM drawn d WHERE l.id = d.id
+    ), moved AS (
+        INSERT INTO lot_movements (transaction_id, lot_id, amount_minor)
+        SELECT p_transaction_id, d.id, -d.take FROM drawn d ORDER BY d.running
+        RETURNING amount_minor
+    )
+    SELECT coalesce(-sum(amount_minor), 0) INTO v_drawn FROM moved;
+    IF v_drawn <> p_amount_minor AND NOT coalesce(p_allow_negative, false) THEN
+        RAISE EXCEPTION 'account %: its open lots hold % and cannot cover the % of % %',
+            p_account_id, v_drawn, p_amount_minor, p_type, p_transaction_id USING ERRCODE = 'check_violation';
+    END IF;
+END $$;
+
+-- Once per INSERT statement on ledger_entries: each entry on a user account fills or draws lots,
+-- in the order the transactions were written (seq), then each account's earliest open expiry is
+-- cached on its row. The account and transaction of each entry are looked up by primary key, row
+-- by row (OFFSET 0 keeps the planner from turning the lookups into a join that would scan).
+CREATE OR REPLACE FUNCTION wallet_ledger_entries_lots() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    r record;
+    v_accounts bigint[] := '{}';
+BEGIN
+    FOR r IN
+        SELECT n.account_id, n.asset_code, n.amount_minor, n.transaction_id, t.type, t.reverses, t.created_at,
+               t.credit_expires_at, t.allow_negative,
+               CASE WHEN a.user_id = t.user_id THEN t.balance_after_minor
+                    ELSE t.counterparty_balance_after_minor END AS balance_after_minor
+          FROM new_entries n
+         CROSS JOIN LATERAL (SELECT x.user_id, x.kind FROM accounts x WHERE x.id = n.account_id OFFSET 0) a
+         CROSS JOIN LATERAL (SELECT y.* FROM transactions y WHERE y.id = n.transaction_id OFFSET 0) t
+         WHERE a.kind = 'user'
+         ORDER BY t.seq, n.entry_no
+    LOOP
+        IF r.amount_minor > 0 THEN
+            PERFORM wallet_lots_credit(r.account_id, r.asset_code, r.transaction_id, r.type, r.reverses,
+                                       r.amount_minor, r.balance_after_minor, r.created_at, r.credit_expires_at);
+        ELSE
+            PERFORM wallet_lots_debit(r.account_id, r.asset_code, r.transaction_id, r.type, r.reverses,
+                                      -r.amount_minor, r.allow_negative);
+        END IF;
+        IF NOT r.account_id = ANY (v_accounts) THEN
+            v_accounts := v_accounts || r.account_id;
+        END IF;
+    END LOOP;
+    UPDATE accounts a SET lots_expire_at = x.next_at
+      FROM (SELECT u.id, (SELECT min(l.expires_at) FROM credit_lots l
+                           WHERE l.account_id = u.id AND l.remaining_minor > 0) AS next_at
+              FROM unnest(v_accounts) AS u(id)) x
+     WHERE a.id = x.id AND a.lots_expire_at IS DISTINCT FROM x.next_at;
+    RETURN NULL;
+END $$;
+
+-- Expires what is due on one account, under its row lock: the remainders of its lots whose
+-- expiry has passed leave the user in one `expiry` transaction into SYSTEM_BREAKAGE. Expired
+-- holds are released first; credits still reserved by an open hold stay (as far as the hold needs
+-- them) until the hold is captured, voided or expires, so a hold is never left uncovered.
+-- Returns the amount expired. Cheap when nothing is due: one read of the locked row.
+CREATE OR REPLACE FUNCTION wallet_expire_lots(p_account_id bigint) RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_account accounts;
+    v_now timestamptz;
+    v_due bigint;
+    v_amount bigint;
+    v_breakage_id bigint;
+BEGIN
+    SELECT * INTO v_account FROM accounts WHERE id = p_account_id FOR UPDATE;
+    v_now := clock_timestamp();
+    IF v_account.lots_expire_at IS NULL OR v_account.lots_expire_at > v_now THEN
+        RETURN 0;
+    END IF;
+    IF v_account.held_minor > 0 AND wallet_release_expired_holds(p_account_id) > 0 THEN
+        SELECT * INTO v_account FROM accounts WHERE id = p_account_id;
+    END IF;
+    SELECT coalesce(sum(l.remaining_minor), 0) INTO v_due
+      FROM credit_lots l WHERE l.account_id = p_account_id AND l.remaining_minor > 0 AND l.expires_at <= v_now;
+    v_amount := least(v_due, greatest(v_account.balance_minor - v_account.held_minor, 0));
+    IF v_amount <= 0 THEN
+        RETURN 0;
+    END IF;
+    SELECT s.id INTO STRICT v_breakage_id FROM accounts s
+     WHERE s.system_code = wallet_rule_system_account('expiry') AND s.asset_code = v_account.asset_code;
+    WITH account AS (
+        UPDATE accounts SET balance_minor = balance_minor - v_amount WHERE id = p_account_id
+        RETURNING balance_minor
+    ), posted AS (
+        INSERT INTO transactions (type, api_key_id, idempotency_key, user_id, asset_code, amount_minor,
+                                  balance_after_minor, description, metadata)
+        SELECT 'expiry', k.api_key_id, 'expiry:' || gen_random_uuid(), v_account.user_id, v_account.asset_code,
+               v_amount, account.balance_minor, 'credits expired unspent',
+               jsonb_build_object('expired_as_of', to_char(v_now AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))
+          FROM account, system_api_keys k WHERE k.purpose = 'expiry'
+        RETURNING id
+    )
+    INSERT INTO ledger_entries (transaction_id, entry_no, account_id, asset_code, amount_minor)
+    SELECT posted.id, side.entry_no, side.account_id, v_account.asset_code, side.amount_minor
+      FROM posted CROSS JOIN (VALUES (1::smallint, p_account_id, -v_amount),
+                                     (2::smallint, v_breakage_id, v_amount)) AS side(entry_no, account_id, amount_minor);
+    RETURN v_amount;
+END $$;
+
+-- What the debit paths call when a debit does not pass: releases expired holds and expires due
+-- lots, and returns how much that freed or moved (0: nothing changed, the refusal stands).
+CREATE OR REPLACE FUNCTION wallet_release_expired(p_account_id bigint) RETURNS bigint
+LANGUAGE plpgsql AS $$
+BEGIN
+    RETURN wallet_release_expired_holds(p_account_id) + wallet_expire_lots(p_account_id);
+END $$;
+
+-- Expires the due lots of at most p_max_accounts accounts, skipping accounts another transaction
+-- holds (that writer expires them, or the next run does) and accounts whose due credits are all
+-- reserved by holds. Returns the accounts visited and the amount expired. Two runs at once each
+-- take other accounts; a lot's remainder is drawn once, under its account's lock.
+CREATE OR REPLACE FUNCTION wallet_sweep_expired_lots(p_max_accounts integer,
+                                                     OUT accounts_swept integer, OUT expired_minor bigint)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_account_id bigint;
+BEGIN
+    accounts_swept := 0;
+    expired_minor := 0;
+    FOR v_account_id IN
+        SELECT a.id FROM accounts a
+         WHERE a.lots_expire_at <= clock_timestamp() AND a.balance_minor > a.held_minor
+         ORDER BY a.lots_expire_at
+         LIMIT p_max_accounts
+         FOR UPDATE SKIP LOCKED
+    LOOP
+        expired_minor := expired_minor + wallet_expire_lots(v_account_id);
+        accounts_swept := accounts_swept + 1;
+    END LOOP;
+END $$;
+
+-- The lots a transaction filled (positive) or drew (negative), in the order it moved them.
+CREATE OR REPLACE FUNCTION wallet_transaction_lots(p_transaction_id uuid) RETURNS jsonb
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN (
+        SELECT coalesce(jsonb_agg(jsonb_build_object(
+                   'lot_id', m.lot_id, 'origin', l.origin,
+                   'expires_at', to_char(l.expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+                   'amount', m.amount_minor) ORDER BY m.id), '[]'::jsonb)
+          FROM lot_movements m JOIN credit_lots l ON l.id = m.lot_id
+         WHERE m.transaction_id = p_transaction_id);
+END $$;
+
+-- An account's balance as the user sees it now: as if due lots had been expired this instant
+-- (as far as holds let them: what a hold reserves stays), split into purchased and granted,
+-- with the next lot to expire. In debt, the whole (negative) balance shows as purchased.
+CREATE OR REPLACE FUNCTION wallet_account_lots_now(
+    p_account_id bigint, p_balance_minor bigint, p_held_minor bigint,
+    OUT balance_minor bigint, OUT purchased_minor bigint, OUT granted_minor bigint, OUT next_expiry jsonb)
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v_now timestamptz := clock_timestamp();
+    v_due bigint;
+    v_breakable bigint;
+BEGIN
+    SELECT coalesce(sum(l.remaining_minor) FILTER (WHERE l.expires_at <= v_now), 0)
+      INTO v_due FROM credit_lots l WHERE l.account_id = p_account_id AND l.remaining_minor > 0;
+    v_breakable := least(v_due, greatest(p_balance_minor - p_held_minor, 0));
+    balance_minor := p_balance_minor - v_breakable;
+    IF p_balance_minor < 0 THEN
+        purchased_minor := p_balance_minor;
+        granted_minor := 0;
+    ELSE
+        -- Due lots are expired in expiry order: what is left of them past v_breakable stays.
+        SELECT coalesce(sum(k.kept) FILTER (WHERE k.origin = 'purchased'), 0),
+               coalesce(sum(k.kept) FILTER (WHERE k.origin = 'granted'), 0)
+          INTO purchased_minor, granted_minor
+          FROM (SELECT l.origin,
+                       CASE WHEN coalesce(l.expires_at > v_now, true) THEN l.remaining_minor
+                            ELSE least(l.remaining_minor, greatest(0, sum(l.remaining_minor) OVER (
+                                     PARTITION BY coalesce(l.expires_at > v_now, true)
+                                     ORDER BY l.expires_at, l.id) - v_breakable)) END AS kept
+                  FROM credit_lots l WHERE l.account_id = p_account_id AND l.remaining_minor > 0) k;
+    END IF;
+    SELECT jsonb_build_object('amount', sum(l.remaining_minor),
+                              'at', to_char(l.expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))
+      INTO next_expiry
+      FROM credit_lots l
+     WHERE l.account_id = p_account_id AND l.remaining_minor > 0
+       AND l.expires_at = (SELECT min(x.expires_at) FROM credit_lots x
+                            WHERE x.account_id = p_account_id AND x.remaining_minor > 0 AND x.expires_at > v_now)
+     GROUP BY l.expires_at;
+END $$;
+
+-- The liability report: per asset, what users hold (outstanding, as of p_as_of) split by origin,
+-- and the flows through lots within [p_from, p_to): issued (top-ups purchased, bonuses granted),
+-- spent (spends and captures), refunded, expired, clawed back and paid as transfer fees. Read
+-- from the lot movements, stamped with their transaction's time, so for any period
+--   outstanding(to) = outstanding(from) + issued - spent + refunded - expired - clawed_back - transfer_fees
+-- to the unit (transfers between users move credits without changing the total, except the fee).
+CREATE OR REPLACE FUNCTION wallet_liability_report(p_as_of timestamptz, p_from timestamptz, p_to timestamptz)
+RETURNS jsonb
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN jsonb_build_object(
+        'as_of', to_char(p_as_of AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+        'from', to_char(p_from AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+        'to', to_char(p_to AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+        'assets', (
+            SELECT coalesce(jsonb_agg(jsonb_build_object(
+                       'asset_type', a.code,
+                       'outstanding_purchased', f.outstanding_purchased,
+                       'outstanding_granted', f.outstanding_granted,
+                       'issued_purchased', f.issued_purchased,
+                       'issued_granted', f.issued_granted,
+                       'spent', f.spent,
+                       'refunded', f.refunded,
+                       'expired', f.expired,
+                       'clawed_back', f.clawed_back,
+                       'transfer_fees', f.transfer_fees) ORDER BY a.code), '[]'::jsonb)
+              FROM asset_types a
+             CROSS JOIN LATERAL (
+                 SELECT coalesce(sum(m.amount_minor) FILTER (WHERE l.origin = 'purchased' AND m.at <= p_as_of), 0) AS outstanding_purchased,
+                        coalesce(sum(m.amount_minor) FILTER (WHERE l.origin = 'granted' AND m.at <= p_as_of), 0) AS outstanding_granted,
+                        coalesce(sum(m.amount_minor) FILTER (WHERE m.in_period AND m.type = 'topup'), 0) AS issued_purchased,
+                        coalesce(sum(m.amount_minor) FILTER (WHERE m.in_period AND m.type = 'bonus'), 0) AS issued_granted,
+                        coalesce(-sum(m.amount_minor) FILTER (WHERE m.in_period AND m.type IN ('spend', 'capture')), 0) AS spent,
+                        coalesce(sum(m.amount_minor) FILTER (WHERE m.in_period AND m.type = 'refund'), 0) AS refunded,
+                        coalesce(-sum(m.amount_minor) FILTER (WHERE m.in_period AND m.type = 'expiry'), 0) AS expired,
+                        coalesce(-sum(m.amount_minor) FILTER (WHERE m.in_period AND m.type = 'clawback'), 0) AS clawed_back,
+                        coalesce(-sum(m.amount_minor) FILTER (WHERE m.in_period AND m.type = 'transfer'), 0) AS transfer_fees
+                   FROM (SELECT mv.amount_minor, mv.lot_id, t.type, coalesce(t.created_at, mv.created_at) AS at,
+                                coalesce(t.created_at, mv.created_at) >= p_from
+                                    AND coalesce(t.created_at, mv.created_at) < p_to AS in_period
+                           FROM lot_movements mv
+                           LEFT JOIN transactions t ON t.id = mv.transaction_id) m
+                   JOIN credit_lots l ON l.id = m.lot_id
+                   JOIN accounts ac ON ac.id = l.account_id AND ac.asset_code = a.code
+             ) f));
+END $$;
