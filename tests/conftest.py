@@ -24,8 +24,9 @@ from tests.support import bearer
 from wallet.api.app import create_app
 from wallet.db.migrate import upgrade_to_head_async
 from wallet.services.api_keys import create_api_key
+from wallet.services.lots import sync_policies
 from wallet.services.seed import seed_reference_data
-from wallet.settings import Settings
+from wallet.settings import LotPolicy, Settings
 
 
 def with_database(url: str, database: str) -> str:
@@ -93,6 +94,7 @@ def settings(database_url: str) -> Settings:
         hold_sweep_interval_ms=0,
         lot_expiry_interval_ms=0,  # tests expire lots themselves
         audit_interval_ms=0,  # and audit when they mean to
+        audit_settle_ms=0,
         auth_cache_ttl_ms=0,
         key_usage_flush_ms=0,  # tests flush key usage themselves
     )
@@ -162,6 +164,21 @@ async def make_user(admin: httpx.AsyncClient) -> Callable[..., Awaitable[str]]:
         return user_id
 
     return make
+
+
+@pytest.fixture
+async def lot_asset(pool, settings) -> AsyncIterator[Callable[..., Awaitable[str]]]:
+    """A fresh asset with the lot policy given; the configured policies are restored after."""
+
+    async def make(**policy: Any) -> str:
+        code = "LT_" + uuid.uuid4().hex[:12].upper()
+        await pool.execute("SELECT wallet_ensure_asset($1, 'Lots test', 0::smallint)", code)
+        policies = {**settings.lot_policies, code: LotPolicy(**policy)}
+        await sync_policies(pool, settings.model_copy(update={"lot_policies": policies}))
+        return code
+
+    yield make
+    await sync_policies(pool, settings)
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+from datetime import datetime
+from typing import Any
 
 import asyncpg
 import httpx
@@ -30,3 +33,30 @@ async def ledger_counts(pool: asyncpg.Pool) -> tuple[int, int, int]:
 
 def new_key() -> str:
     return f"k-{uuid.uuid4().hex}"
+
+
+async def post(http, kind: str, expect: int = 201, **body: Any) -> dict[str, Any]:
+    response = await http.post(
+        f"/api/v1/transactions/{kind}", headers={"Idempotency-Key": new_key()}, json=body
+    )
+    assert response.status_code == expect, response.text
+    return response.json()
+
+
+async def asset_balance(http, user: str, asset: str) -> dict[str, Any]:
+    response = await http.get(f"/api/v1/wallets/{user}/balance", params={"asset_type": asset})
+    assert response.status_code == 200, response.text
+    (only,) = response.json()["balances"]
+    return only
+
+
+async def db_now(pool) -> datetime:
+    now = await pool.fetchval("SELECT clock_timestamp()")
+    assert isinstance(now, datetime)
+    return now
+
+
+async def wait_past(pool, instant: datetime) -> None:
+    """Until the database's clock has passed `instant` (the clock expiry is judged by)."""
+    while await db_now(pool) <= instant:
+        await asyncio.sleep(0.05)

@@ -1,0 +1,309 @@
+"""Credit lots over HTTP: the spend order of each policy, what refunds, transfers, clawbacks and
+captures do to lots, the balance breakdown, and the inputs of an expiring bonus.
+
+Each test runs on an asset of its own (created here, with the lot policy it needs), so no other
+test's activity is in its figures."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from tests.support import asset_balance, db_now, new_key, post, wait_past
+from wallet.services.lots import expire_due
+
+TX = "/api/v1/transactions"
+
+
+def draws(transaction: dict[str, Any]) -> list[tuple[str, int]]:
+    return [(lot["origin"], lot["amount"]) for lot in transaction["lots"]]
+
+
+@pytest.mark.parametrize(
+    ("spend_order", "expected"),
+    [
+        # Lots: G3 granted 50 (expires in 3 h, created first), P purchased 100 (expires in 2 h),
+        # G granted 30 (no expiry). A spend of 120 takes:
+        ("granted_first", [("granted", -50), ("granted", -30), ("purchased", -40)]),
+        ("purchased_first", [("purchased", -100), ("granted", -20)]),
+        ("expiring_first", [("purchased", -100), ("granted", -20)]),
+        ("fifo", [("granted", -50), ("purchased", -70)]),
+    ],
+)
+async def test_a_spend_draws_lots_in_the_assets_spend_order(
+    admin, client, make_user, lot_asset, spend_order, expected
+):
+    asset = await lot_asset(spend_order=spend_order, purchased_expires_in_seconds=2 * 3600)
+    user = await make_user()
+    first = await post(admin, "bonus", user_id=user, asset_type=asset, amount=50, expires_in_seconds=3 * 3600)
+    await post(admin, "topup", user_id=user, asset_type=asset, amount=100)
+    await post(admin, "bonus", user_id=user, asset_type=asset, amount=30)
+    (bonus_lot,) = first["lots"]
+    assert bonus_lot["origin"] == "granted" and bonus_lot["amount"] == 50 and bonus_lot["expires_at"]
+
+    spend = await post(client, "spend", user_id=user, asset_type=asset, amount=120)
+    assert draws(spend) == expected
+    assert sum(amount for _, amount in draws(spend)) == -120
+    # The history shows the same lots, and the breakdown what is left of each origin.
+    stored = (await client.get(f"{TX}/{spend['id']}")).json()
+    assert stored["lots"] == spend["lots"]
+    left = await asset_balance(client, user, asset)
+    granted_left = 80 + sum(amount for origin, amount in expected if origin == "granted")
+    assert (left["balance"], left["granted"], left["purchased"]) == (60, granted_left, 60 - granted_left)
+
+
+async def test_the_balance_splits_into_purchased_and_granted_with_the_next_expiry(
+    admin, client, make_user, lot_asset
+):
+    asset = await lot_asset()
+    user = await make_user()
+    empty = await asset_balance(client, user, asset)
+    assert (empty["balance"], empty["purchased"], empty["granted"], empty["next_expiry"]) == (0, 0, 0, None)
+    await post(admin, "topup", user_id=user, asset_type=asset, amount=70)
+    at = (datetime.now(UTC) + timedelta(days=2)).replace(microsecond=123456)
+    await post(admin, "bonus", user_id=user, asset_type=asset, amount=25, expires_at=at.isoformat())
+    await post(admin, "bonus", user_id=user, asset_type=asset, amount=5, expires_in_seconds=10 * 86400)
+    balance = await asset_balance(client, user, asset)
+    assert (balance["balance"], balance["purchased"], balance["granted"]) == (100, 70, 30)
+    assert balance["next_expiry"] == {"amount": 25, "at": at.isoformat().replace("+00:00", "Z")}
+
+
+async def test_a_lot_is_one_per_origin_and_expiry_whatever_the_number_of_credits(
+    admin, pool, make_user, lot_asset
+):
+    asset = await lot_asset()
+    user = await make_user()
+    at = (datetime.now(UTC) + timedelta(days=1)).isoformat()
+    credited = [await post(admin, "topup", user_id=user, asset_type=asset, amount=10) for _ in range(3)]
+    credited += [
+        await post(admin, "bonus", user_id=user, asset_type=asset, amount=1, expires_at=at) for _ in range(2)
+    ]
+    lot_ids = {c["lots"][0]["lot_id"] for c in credited}
+    assert len(lot_ids) == 2
+    rows = await pool.fetch(
+        "SELECT l.origin, l.remaining_minor FROM credit_lots l JOIN accounts a ON a.id = l.account_id"
+        " WHERE a.user_id = $1 AND a.asset_code = $2 ORDER BY l.origin",
+        user,
+        asset,
+    )
+    assert [tuple(r) for r in rows] == [("granted", 2), ("purchased", 30)]
+
+
+async def test_refunds_restore_what_the_spend_drew_last_first(admin, client, make_user, lot_asset):
+    asset = await lot_asset()
+    user = await make_user()
+    await post(admin, "bonus", user_id=user, asset_type=asset, amount=50, expires_in_seconds=3600)
+    await post(admin, "topup", user_id=user, asset_type=asset, amount=100)
+    spend = await post(client, "spend", user_id=user, asset_type=asset, amount=80)
+    assert draws(spend) == [("granted", -50), ("purchased", -30)]
+    refunds = []
+    for amount in (20, 25, 35):
+        response = await admin.post(
+            f"{TX}/{spend['id']}/reverse", headers={"Idempotency-Key": new_key()}, json={"amount": amount}
+        )
+        assert response.status_code == 201, response.text
+        refunds.append(draws(response.json()))
+    # Last drawn first: the purchased 30, then the granted 50; each refund after the previous.
+    assert refunds == [[("purchased", 20)], [("purchased", 10), ("granted", 15)], [("granted", 35)]]
+    restored = [lot for r in refunds for lot in r]
+    assert {lot for lot in restored if lot[0] == "granted"}
+    balance = await asset_balance(client, user, asset)
+    assert (balance["balance"], balance["purchased"], balance["granted"]) == (150, 100, 50)
+
+
+async def test_a_transfer_passes_on_the_senders_lots_and_the_fee_is_their_tail(
+    admin, client, make_user, lot_asset
+):
+    asset = await lot_asset()
+    alice, bob = await make_user(), await make_user()
+    bonus = await post(admin, "bonus", user_id=alice, asset_type=asset, amount=10, expires_in_seconds=7200)
+    await post(admin, "topup", user_id=alice, asset_type=asset, amount=100)
+    response = await admin.post(
+        f"{TX}/transfer",
+        headers={"Idempotency-Key": new_key()},
+        json={"from_user_id": alice, "to_user_id": bob, "asset_type": asset, "amount": 20, "fee": 2},
+    )
+    assert response.status_code == 201, response.text
+    transfer = response.json()
+    # Alice's draws (granted first), then Bob's lots: the same origins and expiry, without the fee.
+    assert draws(transfer) == [("granted", -10), ("purchased", -12), ("granted", 10), ("purchased", 10)]
+    assert transfer["lots"][2]["expires_at"] == bonus["lots"][0]["expires_at"]
+    received = await asset_balance(client, bob, asset)
+    assert (received["balance"], received["purchased"], received["granted"]) == (20, 10, 10)
+    assert received["next_expiry"]["amount"] == 10
+
+
+async def test_a_clawback_takes_the_lots_its_original_filled_first(admin, client, make_user, lot_asset):
+    asset = await lot_asset()
+    user = await make_user()
+    topup = await post(admin, "topup", user_id=user, asset_type=asset, amount=40)
+    await post(admin, "bonus", user_id=user, asset_type=asset, amount=60)
+    response = await admin.post(
+        f"{TX}/{topup['id']}/reverse", headers={"Idempotency-Key": new_key()}, json={"amount": 30}
+    )
+    assert response.status_code == 201, response.text
+    assert draws(response.json()) == [("purchased", -30)]  # not the granted lot the order would take
+    rest = await admin.post(f"{TX}/{topup['id']}/reverse", headers={"Idempotency-Key": new_key()}, json={})
+    assert rest.status_code == 201 and draws(rest.json()) == [("purchased", -10)]
+    balance = await asset_balance(client, user, asset)
+    assert (balance["balance"], balance["purchased"], balance["granted"]) == (60, 0, 60)
+
+
+async def test_credits_to_a_user_in_debt_fill_lots_only_past_the_debt(admin, client, make_user, lot_asset):
+    asset = await lot_asset()
+    user = await make_user()
+    topup = await post(admin, "topup", user_id=user, asset_type=asset, amount=30)
+    await post(client, "spend", user_id=user, asset_type=asset, amount=20)
+    clawback = await admin.post(
+        f"{TX}/{topup['id']}/reverse",
+        headers={"Idempotency-Key": new_key()},
+        json={"amount": 30, "allow_negative": True},
+    )
+    assert clawback.status_code == 201, clawback.text
+    assert draws(clawback.json()) == [("purchased", -10)]  # all there was
+    debt = await asset_balance(client, user, asset)
+    assert (debt["balance"], debt["debt"], debt["purchased"], debt["granted"]) == (-20, 20, -20, 0)
+    bonus = await post(admin, "bonus", user_id=user, asset_type=asset, amount=50)
+    assert draws(bonus) == [("granted", 30)]
+    balance = await asset_balance(client, user, asset)
+    assert (balance["balance"], balance["purchased"], balance["granted"]) == (30, 0, 30)
+
+
+async def test_batches_fill_and_draw_lots_in_operation_order(admin, make_user, lot_asset):
+    asset = await lot_asset()
+    user = await make_user()
+    at = (datetime.now(UTC) + timedelta(hours=5)).isoformat(timespec="microseconds")
+    response = await admin.post(
+        f"{TX}/batch",
+        headers={"Idempotency-Key": new_key()},
+        json={
+            "operations": [
+                {"type": "topup", "user_id": user, "asset_type": asset, "amount": 10},
+                {"type": "bonus", "user_id": user, "asset_type": asset, "amount": 5, "expires_at": at},
+                {"type": "spend", "user_id": user, "asset_type": asset, "amount": 7},
+            ]
+        },
+    )
+    assert response.status_code == 201, response.text
+    topup, bonus, spend = response.json()["transactions"]
+    assert draws(topup) == [("purchased", 10)] and draws(bonus) == [("granted", 5)]
+    assert bonus["lots"][0]["expires_at"] == at.replace("+00:00", "Z")
+    assert draws(spend) == [("granted", -5), ("purchased", -2)]
+
+
+async def test_an_expiring_bonus_is_checked_and_retried_like_any_write(admin, pool, make_user, lot_asset):
+    asset = await lot_asset()
+    user = await make_user()
+    base = {"user_id": user, "asset_type": asset, "amount": 5}
+    past = (datetime.now(UTC) - timedelta(seconds=5)).isoformat()
+    cases = [
+        ("bonus", {**base, "expires_at": past}, 422, "expires_at"),
+        ("bonus", {**base, "expires_at": "2030-01-01T00:00:00"}, 422, "expires_at"),  # no zone
+        ("bonus", {**base, "expires_in_seconds": 0}, 422, "expires_in_seconds"),
+        ("bonus", {**base, "expires_in_seconds": 11 * 366 * 86400}, 422, "expires_in_seconds"),
+        ("bonus", {**base, "expires_at": "2999-01-01T00:00:00Z"}, 422, "expires_at"),
+        (
+            "bonus",
+            {**base, "expires_in_seconds": 60, "expires_at": "2030-01-01T00:00:00Z"},
+            422,
+            "expires_in_seconds",
+        ),
+        ("topup", {**base, "expires_in_seconds": 60}, 422, "expires_in_seconds"),
+        ("spend", {**base, "expires_in_seconds": 60}, 422, "expires_in_seconds"),
+    ]
+    before = await pool.fetchval("SELECT count(*) FROM transactions WHERE user_id = $1", user)
+    for kind, body, status, field in cases:
+        response = await admin.post(f"{TX}/{kind}", headers={"Idempotency-Key": new_key()}, json=body)
+        assert response.status_code == status, (body, response.text)
+        error = response.json()["error"]
+        assert error["code"] == "validation_error" and error["field"] == field, (body, error)
+    batch = await admin.post(
+        f"{TX}/batch",
+        headers={"Idempotency-Key": new_key()},
+        json={"operations": [{"type": "spend", **base, "expires_in_seconds": 60}]},
+    )
+    assert batch.status_code == 422 and batch.json()["error"]["field"] == "operations[0].expires_in_seconds"
+    assert await pool.fetchval("SELECT count(*) FROM transactions WHERE user_id = $1", user) == before
+
+    key = new_key()
+    first = await admin.post(
+        f"{TX}/bonus", headers={"Idempotency-Key": key}, json={**base, "expires_in_seconds": 60}
+    )
+    again = await admin.post(
+        f"{TX}/bonus", headers={"Idempotency-Key": key}, json={**base, "expires_in_seconds": 60}
+    )
+    assert first.status_code == again.status_code == 201
+    assert again.headers["idempotent-replayed"] == "true" and again.content == first.content
+    other = await admin.post(
+        f"{TX}/bonus", headers={"Idempotency-Key": key}, json={**base, "expires_in_seconds": 61}
+    )
+    assert other.json()["error"]["code"] == "idempotency_key_reused", other.text
+    without = await admin.post(f"{TX}/bonus", headers={"Idempotency-Key": key}, json=base)
+    assert without.json()["error"]["code"] == "idempotency_key_reused", without.text
+
+
+async def test_expired_credits_stop_counting_at_their_expiry_before_any_task_runs(
+    admin, client, pool, make_user, lot_asset
+):
+    asset = await lot_asset()
+    user = await make_user()
+    await post(admin, "topup", user_id=user, asset_type=asset, amount=10)
+    at = (await db_now(pool)) + timedelta(seconds=1.5)
+    bonus = await post(admin, "bonus", user_id=user, asset_type=asset, amount=40, expires_at=at.isoformat())
+    assert bonus["lots"][0]["expires_at"] == at.isoformat(timespec="microseconds").replace("+00:00", "Z")
+    # Before the instant: there, and spendable.
+    assert await db_now(pool) < at - timedelta(seconds=0.3)
+    early = await asset_balance(client, user, asset)
+    assert (early["available"], early["granted"], early["next_expiry"]["amount"]) == (50, 40, 40)
+    await post(client, "spend", user_id=user, asset_type=asset, amount=1)
+    # From the instant on (expires_at <= now): gone from the balance, before anything is posted.
+    await wait_past(pool, at)
+    late = await asset_balance(client, user, asset)
+    assert (late["balance"], late["available"], late["purchased"], late["granted"], late["next_expiry"]) == (
+        10, 10, 10, 0, None,
+    )  # fmt: skip
+    assert (
+        await pool.fetchval("SELECT count(*) FROM transactions WHERE user_id = $1 AND type = 'expiry'", user)
+        == 0
+    )
+    short = await post(client, "spend", 409, user_id=user, asset_type=asset, amount=11)
+    assert short["error"]["code"] == "insufficient_funds"
+    # That spend expired the lot under the account's lock, in an expiry transaction of its own.
+    history = (await client.get(f"/api/v1/wallets/{user}/transactions", params={"type": "expiry"})).json()[
+        "data"
+    ]
+    (expiry,) = history
+    assert expiry["amount"] == 39 and expiry["balance_after"] == 10 and draws(expiry) == [("granted", -39)]
+    assert [e["account"] for e in expiry["entries"]] == [user, "SYSTEM_BREAKAGE"]
+    await post(client, "spend", user_id=user, asset_type=asset, amount=10)
+
+
+async def test_a_hold_keeps_expiring_credits_it_reserves_until_captured(
+    admin, client, pool, settings, make_user, lot_asset
+):
+    asset = await lot_asset()
+    user = await make_user()
+    at = (await db_now(pool)) + timedelta(seconds=1.5)
+    await post(admin, "bonus", user_id=user, asset_type=asset, amount=50, expires_at=at.isoformat())
+    hold = await client.post(
+        "/api/v1/holds",
+        headers={"Idempotency-Key": new_key()},
+        json={"user_id": user, "asset_type": asset, "amount": 30},
+    )
+    assert hold.status_code == 201, hold.text
+    await wait_past(pool, at)
+    shown = await asset_balance(client, user, asset)
+    # 20 of the 50 can expire; the 30 the hold reserves stay until it is captured or let go.
+    assert (shown["balance"], shown["held"], shown["available"], shown["granted"]) == (30, 30, 0, 30)
+    run = await expire_due(pool, settings)
+    assert run.expired_minor >= 20
+    assert (await asset_balance(client, user, asset))["balance"] == 30
+    capture = await client.post(
+        f"/api/v1/holds/{hold.json()['id']}/capture", headers={"Idempotency-Key": new_key()}, json={}
+    )
+    assert capture.status_code == 201, capture.text
+    assert draws(capture.json()) == [("granted", -30)]
+    final = await asset_balance(client, user, asset)
+    assert (final["balance"], final["held"], final["granted"]) == (0, 0, 0)
