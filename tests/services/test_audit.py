@@ -1,0 +1,108 @@
+"""The live audit: incremental runs that check what changed since the last clean one, and find a
+corrupted row; its gauges at /metrics."""
+
+from __future__ import annotations
+
+import re
+
+from tests.support import post
+from wallet.services.audit import run_audit
+
+
+async def _gauges(admin) -> tuple[float, float]:
+    text = (await admin.get("/metrics")).text
+    consistent = re.search(r"^wallet_ledger_consistent (\S+)$", text, re.M)
+    clean_at = re.search(r"^wallet_ledger_last_clean_audit_timestamp_seconds (\S+)$", text, re.M)
+    assert consistent and clean_at, text[:500]
+    return float(consistent.group(1)), float(clean_at.group(1))
+
+
+async def test_each_run_checks_what_was_posted_since_the_last_clean_one(admin, pool, settings, make_user):
+    await run_audit(pool, settings)  # whatever came before this test
+    user = await make_user(GOLD_COINS=50)
+    await post(admin, "spend", user_id=user, asset_type="GOLD_COINS", amount=20)
+    first = await run_audit(pool, settings)
+    assert first.consistent, first.problems
+    newest = await pool.fetchval("SELECT max(seq) FROM transactions")
+    assert first.to_seq == newest and first.from_seq < newest
+    second = await run_audit(pool, settings)
+    assert second.consistent and second.from_seq == second.to_seq == first.to_seq  # nothing new
+    http = await admin.get("/api/v1/audit")
+    assert http.status_code == 200, http.text
+    body = http.json()
+    assert body["kind"] == "incremental" and body["clean"] is True and body["counts"] is None
+    consistent, clean_at = await _gauges(admin)
+    assert consistent == 1.0 and clean_at >= second.finished_at.timestamp() - 1e-3
+
+
+async def test_a_corrupted_balance_lot_or_entry_is_found_and_stays_found_until_repaired(
+    admin, pool, settings, make_user
+):
+    user = await make_user(GOLD_COINS=30)
+    spend = await post(admin, "spend", user_id=user, asset_type="GOLD_COINS", amount=10)
+    assert (await run_audit(pool, settings)).consistent
+    account_id = await pool.fetchval(
+        "SELECT id FROM accounts WHERE user_id = $1 AND asset_code = 'GOLD_COINS'", user
+    )
+    corruptions = [
+        (
+            "UPDATE accounts SET balance_minor = balance_minor + 1 WHERE id = $1",
+            "UPDATE accounts SET balance_minor = balance_minor - 1 WHERE id = $1",
+            account_id,
+            "cached user balance differs",
+        ),
+        (
+            "UPDATE credit_lots SET remaining_minor = remaining_minor - 1 WHERE account_id = $1",
+            "UPDATE credit_lots SET remaining_minor = remaining_minor + 1 WHERE account_id = $1",
+            account_id,
+            "open credit lots do not sum",
+        ),
+    ]
+    for corrupt, repair, arg, check in corruptions:
+        await pool.execute(corrupt, arg)
+        found = await run_audit(pool, settings)
+        assert not found.consistent and any(title.startswith(check) for title in found.problems), (
+            found.problems
+        )
+        assert (await _gauges(admin))[0] == 0.0
+        again = await run_audit(pool, settings)  # the checkpoint did not move past it
+        assert not again.consistent and again.from_seq == found.from_seq
+        await pool.execute(repair, arg)
+        assert (await run_audit(pool, settings)).consistent
+        assert (await _gauges(admin))[0] == 1.0
+
+    # An entry of a transaction posted since the last clean run, edited with the triggers off.
+    await post(admin, "spend", user_id=user, asset_type="GOLD_COINS", amount=5)
+    newest = await pool.fetchval(
+        "SELECT id FROM transactions WHERE user_id = $1 ORDER BY seq DESC LIMIT 1", user
+    )
+    async with pool.acquire() as conn:
+        async with conn.transaction():
+            await conn.execute("SET LOCAL session_replication_role = replica")
+            await conn.execute(
+                "UPDATE ledger_entries SET amount_minor = amount_minor - 1 WHERE transaction_id = $1 AND entry_no = 2",
+                newest,
+            )
+    found = await run_audit(pool, settings)
+    titles = set(found.problems)
+    assert "transaction entries do not sum to zero, or fewer than two entries" in titles, titles
+    assert "hash chain broken after the last audited link" not in titles  # a system entry is not chained
+    async with pool.acquire() as conn:
+        async with conn.transaction():
+            await conn.execute("SET LOCAL session_replication_role = replica")
+            await conn.execute(
+                "UPDATE ledger_entries SET amount_minor = amount_minor + 1 WHERE transaction_id = $1 AND entry_no = 2",
+                newest,
+            )
+    assert (await run_audit(pool, settings)).consistent
+    assert spend["type"] == "spend"
+
+
+async def test_a_full_run_recomputes_everything(admin, pool, settings):
+    full = await admin.get("/api/v1/audit", params={"full": "true"})
+    assert full.status_code == 200, full.text
+    body = full.json()
+    assert body["kind"] == "full" and body["clean"] and body["from_seq"] == 0
+    newest = await pool.fetchval("SELECT max(seq) FROM transactions")
+    assert body["to_seq"] == newest and body["counts"]["transactions"] > 0
+    assert "OK: the books balance" in body["report"]
