@@ -5,6 +5,7 @@ ledger written before the hash chain is chained by the upgrade."""
 from __future__ import annotations
 
 import asyncio
+import json
 
 import asyncpg
 import httpx
@@ -85,5 +86,56 @@ async def test_responses_stored_by_revision_0001_replay_unchanged_after_upgrade(
         assert [tuple(r) for r in chain] == [(1, "old-topup"), (2, "new-topup")]
         report = await verify_ledger(conn)
         assert report.clean, report.render()
+    finally:
+        await conn.close()
+
+
+async def test_balances_from_before_lots_become_opening_lots(create_database):
+    """Migration 0009: what a user holds when lots arrive is one lot per origin, purchased first
+    (up to the net top-ups), with no expiry; the books verify and new postings draw from them."""
+    url = await create_database()
+    await asyncio.to_thread(upgrade, url, "0001")
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute("SELECT wallet_ensure_asset('GOLD_COINS', 'Gold Coins', 0::smallint)")
+        for user in ("user_paid", "user_given"):
+            await conn.execute("SELECT wallet_ensure_user($1, 'Old')", user)
+        await conn.execute(
+            "INSERT INTO api_keys (name, key_prefix, key_sha256, scopes) VALUES ('old', 'wk_old', sha256('x'), '{admin}')"
+        )
+        key_id = await conn.fetchval("SELECT id FROM api_keys WHERE name = 'old'")
+        post = "SELECT status_code FROM wallet_post_transaction($1, $2, $3, $4, 'GOLD_COINS', $5, NULL, '{}'::jsonb)"
+        for key, type_, user, amount in [
+            ("a1", "topup", "user_paid", 100), ("a2", "bonus", "user_paid", 50), ("a3", "spend", "user_paid", 60),
+            ("b1", "topup", "user_given", 10), ("b2", "bonus", "user_given", 40), ("b3", "spend", "user_given", 5),
+        ]:  # fmt: skip
+            assert await conn.fetchval(post, key_id, key, type_, user, amount) == 201
+    finally:
+        await conn.close()
+
+    await upgrade_to_head_async(url)
+
+    conn = await asyncpg.connect(url)
+    try:
+        lots = await conn.fetch(
+            "SELECT a.user_id, l.origin, l.remaining_minor, l.expires_at FROM credit_lots l"
+            " JOIN accounts a ON a.id = l.account_id ORDER BY a.user_id, l.origin"
+        )
+        assert [tuple(r) for r in lots] == [
+            ("user_given", "granted", 35, None),
+            ("user_given", "purchased", 10, None),
+            ("user_paid", "purchased", 90, None),
+        ]
+        report = await verify_ledger(conn)
+        assert report.clean, report.render()
+        spent = await conn.fetchrow(
+            "SELECT outcome, body FROM wallet_post_transaction($1, 'new', 'spend', 'user_given', 'GOLD_COINS',"
+            " 40, NULL, '{}'::jsonb)",
+            key_id,
+        )
+        assert spent["outcome"] == "posted"
+        drawn = [(lot["origin"], lot["amount"]) for lot in json.loads(spent["body"])["lots"]]
+        assert drawn == [("granted", -35), ("purchased", -5)]
+        assert (await verify_ledger(conn)).clean
     finally:
         await conn.close()
