@@ -461,13 +461,15 @@ report_app = typer.Typer(no_args_is_help=True, help="Reports read from the ledge
 app.add_typer(report_app, name="report")
 
 
-async def _liabilities(url: str, as_of: datetime | None, from_: datetime | None, to: datetime | None) -> str:
+async def _liabilities(
+    url: str, as_of: datetime | None, from_: datetime | None, to: datetime | None
+) -> dict[str, object]:
     from wallet.db.pool import create_pool
-    from wallet.services.lots import ReportPeriod, liability_report_json
+    from wallet.services.lots import ReportPeriod, liability_report
 
     pool = await create_pool(get_settings(), url)
     try:
-        return await liability_report_json(pool, ReportPeriod.resolve(as_of, from_, to))
+        return await liability_report(pool, ReportPeriod.resolve(as_of, from_, to))
     finally:
         await pool.close()
 
@@ -503,11 +505,9 @@ def report_liabilities(
         raise typer.BadParameter("must be csv or json", param_hint="--format")
     with _database(get_settings()) as (url, _):
         try:
-            body = asyncio.run(_liabilities(url, _utc(as_of), _utc(from_), _utc(to)))
+            report = asyncio.run(_liabilities(url, _utc(as_of), _utc(from_), _utc(to)))
         except WalletError as exc:
             raise typer.BadParameter(exc.message, param_hint=f"--{exc.field}") from None
-    typer.echo(
-        report_csv(body) if output_format == "csv" else json.dumps(json.loads(body), indent=2), nl=False
-    )
+    typer.echo(report_csv(report) if output_format == "csv" else json.dumps(report, indent=2), nl=False)
     if output_format == "json":
         typer.echo()

@@ -145,17 +145,25 @@ def _aware(value: datetime | None, field: str) -> datetime | None:
     return value
 
 
-async def liability_report_json(pool: asyncpg.Pool, period: ReportPeriod) -> str:
-    body = await pool.fetchval(
-        "SELECT wallet_liability_report($1, $2, $3)::text", period.as_of, period.from_time, period.to_time
+async def liability_report(pool: asyncpg.Pool, period: ReportPeriod) -> dict[str, Any]:
+    """The report as a document: the period, then one object per asset (REPORT_FIELDS)."""
+    rows = await pool.fetch(
+        "SELECT * FROM wallet_liability_report($1, $2, $3)", period.as_of, period.from_time, period.to_time
     )
-    assert isinstance(body, str)
-    return body
+    return {
+        "as_of": _iso(period.as_of),
+        "from": _iso(period.from_time),
+        "to": _iso(period.to_time),
+        "assets": [{name: row[name] for name in REPORT_FIELDS} for row in rows],
+    }
 
 
-def report_csv(report_json: str) -> str:
+def _iso(instant: datetime) -> str:
+    return instant.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def report_csv(report: dict[str, Any]) -> str:
     """One row per asset, the period in three leading columns."""
-    report: dict[str, Any] = orjson.loads(report_json)
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(["as_of", "from", "to", *REPORT_FIELDS])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
+import orjson
 from fastapi import APIRouter, Query, Response
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
@@ -11,7 +12,7 @@ from wallet.api.dependencies import Pool, requires
 from wallet.api.errors import error_responses
 from wallet.domain.rules import Scope
 from wallet.services.api_keys import Caller
-from wallet.services.lots import ReportPeriod, liability_report_json
+from wallet.services.lots import ReportPeriod, liability_report
 
 router = APIRouter(prefix="/api/v1/reports", tags=["reports"])
 
@@ -68,4 +69,4 @@ async def liabilities(
     ),
 ) -> Response:
     period = ReportPeriod.resolve(as_of, from_, to)
-    return Response(await liability_report_json(pool, period), media_type="application/json")
+    return Response(orjson.dumps(await liability_report(pool, period)), media_type="application/json")

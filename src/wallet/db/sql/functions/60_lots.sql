@@ -320,42 +320,30 @@ END $$;
 --   outstanding(to) = outstanding(from) + issued - spent + refunded - expired - clawed_back - transfer_fees
 -- to the unit (transfers between users move credits without changing the total, except the fee).
 CREATE OR REPLACE FUNCTION wallet_liability_report(p_as_of timestamptz, p_from timestamptz, p_to timestamptz)
-RETURNS jsonb
-LANGUAGE plpgsql STABLE AS $$
-BEGIN
-    RETURN jsonb_build_object(
-        'as_of', to_char(p_as_of AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
-        'from', to_char(p_from AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
-        'to', to_char(p_to AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
-        'assets', (
-            SELECT coalesce(jsonb_agg(jsonb_build_object(
-                       'asset_type', a.code,
-                       'outstanding_purchased', f.outstanding_purchased,
-                       'outstanding_granted', f.outstanding_granted,
-                       'issued_purchased', f.issued_purchased,
-                       'issued_granted', f.issued_granted,
-                       'spent', f.spent,
-                       'refunded', f.refunded,
-                       'expired', f.expired,
-                       'clawed_back', f.clawed_back,
-                       'transfer_fees', f.transfer_fees) ORDER BY a.code), '[]'::jsonb)
-              FROM asset_types a
-             CROSS JOIN LATERAL (
-                 SELECT coalesce(sum(m.amount_minor) FILTER (WHERE l.origin = 'purchased' AND m.at <= p_as_of), 0) AS outstanding_purchased,
-                        coalesce(sum(m.amount_minor) FILTER (WHERE l.origin = 'granted' AND m.at <= p_as_of), 0) AS outstanding_granted,
-                        coalesce(sum(m.amount_minor) FILTER (WHERE m.in_period AND m.type = 'topup'), 0) AS issued_purchased,
-                        coalesce(sum(m.amount_minor) FILTER (WHERE m.in_period AND m.type = 'bonus'), 0) AS issued_granted,
-                        coalesce(-sum(m.amount_minor) FILTER (WHERE m.in_period AND m.type IN ('spend', 'capture')), 0) AS spent,
-                        coalesce(sum(m.amount_minor) FILTER (WHERE m.in_period AND m.type = 'refund'), 0) AS refunded,
-                        coalesce(-sum(m.amount_minor) FILTER (WHERE m.in_period AND m.type = 'expiry'), 0) AS expired,
-                        coalesce(-sum(m.amount_minor) FILTER (WHERE m.in_period AND m.type = 'clawback'), 0) AS clawed_back,
-                        coalesce(-sum(m.amount_minor) FILTER (WHERE m.in_period AND m.type = 'transfer'), 0) AS transfer_fees
-                   FROM (SELECT mv.amount_minor, mv.lot_id, t.type, coalesce(t.created_at, mv.created_at) AS at,
-                                coalesce(t.created_at, mv.created_at) >= p_from
-                                    AND coalesce(t.created_at, mv.created_at) < p_to AS in_period
-                           FROM lot_movements mv
-                           LEFT JOIN transactions t ON t.id = mv.transaction_id) m
-                   JOIN credit_lots l ON l.id = m.lot_id
-                   JOIN accounts ac ON ac.id = l.account_id AND ac.asset_code = a.code
-             ) f));
-END $$;
+RETURNS TABLE (asset_type text, outstanding_purchased bigint, outstanding_granted bigint, issued_purchased bigint,
+               issued_granted bigint, spent bigint, refunded bigint, expired bigint, clawed_back bigint,
+               transfer_fees bigint)
+LANGUAGE sql STABLE AS $$
+    SELECT a.code,
+           coalesce(sum(m.amount_minor) FILTER (WHERE m.origin = 'purchased' AND m.at <= p_as_of), 0)::bigint,
+           coalesce(sum(m.amount_minor) FILTER (WHERE m.origin = 'granted' AND m.at <= p_as_of), 0)::bigint,
+           coalesce(sum(m.amount_minor) FILTER (WHERE m.in_period AND m.type = 'topup'), 0)::bigint,
+           coalesce(sum(m.amount_minor) FILTER (WHERE m.in_period AND m.type = 'bonus'), 0)::bigint,
+           coalesce(-sum(m.amount_minor) FILTER (WHERE m.in_period AND m.type IN ('spend', 'capture')), 0)::bigint,
+           coalesce(sum(m.amount_minor) FILTER (WHERE m.in_period AND m.type = 'refund'), 0)::bigint,
+           coalesce(-sum(m.amount_minor) FILTER (WHERE m.in_period AND m.type = 'expiry'), 0)::bigint,
+           coalesce(-sum(m.amount_minor) FILTER (WHERE m.in_period AND m.type = 'clawback'), 0)::bigint,
+           coalesce(-sum(m.amount_minor) FILTER (WHERE m.in_period AND m.type = 'transfer'), 0)::bigint
+      FROM asset_types a
+      LEFT JOIN (
+          SELECT ac.asset_code, l.origin, mv.amount_minor, t.type, coalesce(t.created_at, mv.created_at) AS at,
+                 coalesce(t.created_at, mv.created_at) >= p_from AND coalesce(t.created_at, mv.created_at) < p_to
+                     AS in_period
+            FROM lot_movements mv
+            JOIN credit_lots l ON l.id = mv.lot_id
+            JOIN accounts ac ON ac.id = l.account_id
+            LEFT JOIN transactions t ON t.id = mv.transaction_id
+      ) m ON m.asset_code = a.code
+     GROUP BY a.code
+     ORDER BY a.code
+$$;
