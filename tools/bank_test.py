@@ -1,7 +1,9 @@
 """`make bank-test` (`python -m tools.bank_test`): a Jepsen-style check that no acknowledged write is lost or applied twice.
 
-Many clients post random top-ups, bonuses, spends and transfers, and chains of dependent steps
-(a hold then its capture or void; a spend then a partial refund), over HTTP with short client
+Many clients post random top-ups, bonuses (some expiring within seconds), spends and transfers,
+and chains of dependent steps (a hold then its capture or void; a spend then a partial refund),
+while the service expires lots every half second and every spend expires what is due first, over
+HTTP with short client
 timeouts, retrying each step with its idempotency key until they get an answer, while the
 service is killed with SIGKILL and restarted, and PostgreSQL is crash-stopped
 (`pg_ctl stop -m immediate`) and restarted. Then the books are compared with what the clients
@@ -11,9 +13,11 @@ were told:
   amount and user it was sent; a captured or voided hold is in that state;
 * every step refused with 409 insufficient_funds wrote nothing;
 * no transaction or hold exists that no client was told about;
-* every balance equals the sum of that user's acknowledged effects, none is negative, and
-  nothing is left held;
-* `wallet verify` is clean.
+* every balance equals the sum of that user's acknowledged effects less what expired, none is
+  negative, and nothing is left held;
+* no more of an asset expired than was given in expiring bonuses, and after a last expiry run no
+  due credit is left;
+* `wallet verify` is clean (credit lots included: they sum to every balance and to their movements).
 
 It runs on its own embedded PostgreSQL in a temporary folder, so it can crash it freely.
 """
@@ -45,12 +49,13 @@ RETRY_PAUSE_S = 0.05
 @dataclass(frozen=True)
 class Operation:
     key: str
-    type: str  # topup, bonus, spend, transfer, hold_capture, hold_void, spend_refund
+    type: str  # topup, bonus, bonus_expiring, spend, transfer, hold_capture, hold_void, spend_refund
     user_id: str
     asset: str
     amount: int
     second_amount: int = 0  # the capture (hold_capture) or refund (spend_refund), <= amount
     to_user_id: str | None = None  # transfer
+    expires_in_seconds: int | None = None  # bonus_expiring
 
 
 # Each step that writes: its key suffix, and what it posts.
@@ -69,6 +74,7 @@ class BankReport:
     server_kills: int = 0
     postgres_restarts: int = 0
     elapsed_s: float = 0.0
+    expired: int = 0  # minor units moved to breakage by expiries (the service's runs, spends, the last run)
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -84,6 +90,7 @@ class BankReport:
             f"attempts {self.attempts}, of which {self.replayed_answers} final answers were replays; retries by reason: "
             + (", ".join(f"{k} {v}" for k, v in sorted(self.retries_by_reason.items())) or "none"),
             f"faults injected: {self.server_kills} service SIGKILLs, {self.postgres_restarts} PostgreSQL crash-restarts",
+            f"expired to breakage: {self.expired} minor units",
         ]
         if self.ok:
             lines.append(
@@ -126,6 +133,7 @@ def _operations(count: int, users: list[str], seed: int) -> list[Operation]:
     kinds = (
         ["topup"] * 4
         + ["bonus"] * 2
+        + ["bonus_expiring"] * 2
         + ["spend"] * 3
         + ["transfer", "hold_capture", "hold_void", "spend_refund"]
     )
@@ -144,6 +152,7 @@ def _operations(count: int, users: list[str], seed: int) -> list[Operation]:
                 amount,
                 rng.randint(1, amount),
                 receiver,
+                rng.randint(1, 3) if kind == "bonus_expiring" else None,
             )
         )
     return operations
@@ -195,6 +204,13 @@ async def _run_clients(
         target = {"user_id": op.user_id, "asset_type": op.asset, "amount": op.amount}
         if op.type in ("topup", "bonus", "spend"):
             await step(http, f"{op.key}:{op.type}", f"/api/v1/transactions/{op.type}", target)
+        elif op.type == "bonus_expiring":
+            await step(
+                http,
+                f"{op.key}:bonus",
+                "/api/v1/transactions/bonus",
+                target | {"expires_in_seconds": op.expires_in_seconds},
+            )
         elif op.type == "transfer":
             await step(
                 http,
@@ -283,6 +299,9 @@ async def _check(
 
     conn = await asyncpg.connect(database_url)
     try:
+        # A last expiry run, as `wallet expire` does it: after it no due credit may be left.
+        while await conn.fetchval("SELECT accounts_swept FROM wallet_sweep_expired_lots(1000)"):
+            pass
         api_key_id = await conn.fetchval("SELECT id FROM api_keys WHERE name = 'bank-test'")
         rows = await conn.fetch(
             "SELECT id::text, idempotency_key, type, user_id, asset_code, amount_minor, counterparty_user_id"
@@ -356,12 +375,41 @@ async def _check(
                 report.problems.append(
                     f"hold {hold['id']}: status {hold['status']}, clients were told {want_status}"
                 )
+        expired = {
+            (r["user_id"], r["asset_code"]): r["expired"]
+            for r in await conn.fetch(
+                "SELECT user_id, asset_code, sum(amount_minor) AS expired FROM transactions"
+                " WHERE type = 'expiry' AND user_id LIKE 'bank_%' GROUP BY 1, 2"
+            )
+        }
+        # Expiring credits enter only through expiring bonuses (transfers pass them on, refunds give
+        # back what was drawn from them): per asset, no more can expire than was given to expire.
+        given_expiring: Counter[str] = Counter()
+        for operation in operations:
+            answer = answers.get(f"{operation.key}:bonus")
+            if operation.type == "bonus_expiring" and answer is not None and answer[0] == 201:
+                given_expiring[operation.asset] += operation.amount
+        report.expired = sum(expired.values())
+        for asset in ASSETS:
+            lost = sum(amount for (_, code), amount in expired.items() if code == asset)
+            if lost > given_expiring[asset]:
+                report.problems.append(
+                    f"{asset}: {lost} expired, only {given_expiring[asset]} given to expire"
+                )
+        due = await conn.fetchval(
+            "SELECT count(*) FROM credit_lots l JOIN accounts a ON a.id = l.account_id"
+            " WHERE a.user_id LIKE 'bank_%' AND l.remaining_minor > 0 AND l.expires_at <= clock_timestamp()"
+        )
+        if due:
+            report.problems.append(f"{due} lots still hold due credits after the last expiry run")
         balances = await conn.fetch(
             "SELECT user_id, asset_code, balance_minor, held_minor FROM accounts"
             " WHERE kind = 'user' AND user_id LIKE 'bank_%'"
         )
         for row in balances:
-            want = expected[(row["user_id"], row["asset_code"])]
+            want = expected[(row["user_id"], row["asset_code"])] - expired.get(
+                (row["user_id"], row["asset_code"]), 0
+            )
             if row["balance_minor"] != want:
                 report.problems.append(
                     f"{row['user_id']} {row['asset_code']}: balance {row['balance_minor']}, acknowledged sum {want}"
@@ -405,7 +453,12 @@ async def _run(
     answers: dict[str, tuple[int, dict[str, Any]]] = {}
     progress = [0]
     service = ServiceProcess(
-        {"WALLET_DATABASE_URL": database_url, "WALLET_LOG_LEVEL": "WARNING", "WALLET_DB_POOL_MAX_SIZE": "24"},
+        {
+            "WALLET_DATABASE_URL": database_url,
+            "WALLET_LOG_LEVEL": "WARNING",
+            "WALLET_DB_POOL_MAX_SIZE": "24",
+            "WALLET_LOT_EXPIRY_INTERVAL_MS": "500",
+        },
         log_path=workdir / "service.log",
     )
     await asyncio.to_thread(service.start)

@@ -227,6 +227,12 @@ async def test_an_expiring_bonus_is_checked_and_retried_like_any_write(admin, po
     assert batch.status_code == 422 and batch.json()["error"]["field"] == "operations[0].expires_in_seconds"
     assert await pool.fetchval("SELECT count(*) FROM transactions WHERE user_id = $1", user) == before
 
+    # The shortest expiry there is: one second from the moment it is written.
+    shortest = await post(admin, "bonus", **base, expires_in_seconds=1)
+    written = datetime.fromisoformat(shortest["created_at"])
+    expires = datetime.fromisoformat(shortest["lots"][0]["expires_at"])
+    assert abs(expires - written - timedelta(seconds=1)) < timedelta(milliseconds=50)
+
     key = new_key()
     first = await admin.post(
         f"{TX}/bonus", headers={"Idempotency-Key": key}, json={**base, "expires_in_seconds": 60}

@@ -37,12 +37,13 @@ WITH k AS (
 INSERT INTO system_api_keys (purpose, api_key_id) SELECT 'expiry', id FROM k;
 
 -- A credit's own expiry (a bonus given with expires_at or expires_in_seconds); without one, the
--- asset's policy decides.
+-- asset's policy decides. (The posting functions refuse an expires_at less than a second ahead;
+-- not compared with created_at here, which is stamped after the row lock: a posting that waited
+-- for it longer would fail instead of posting a lot that is due at once.)
 ALTER TABLE transactions
     ADD COLUMN credit_expires_at timestamptz,
     ADD CONSTRAINT transactions_credit_expiry_only_lot_credits
-        CHECK (credit_expires_at IS NULL
-               OR (wallet_rule_lot_origin(type) IS NOT NULL AND credit_expires_at > created_at));
+        CHECK (credit_expires_at IS NULL OR wallet_rule_lot_origin(type) IS NOT NULL);
 
 -- The earliest expiry among the account's open lots, kept by the lots trigger. Debits are
 -- guarded by it (an account with an expired lot is first expired, under its row lock), and the

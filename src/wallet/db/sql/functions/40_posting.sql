@@ -33,7 +33,6 @@ DECLARE
     v_balance_after_minor bigint;
     v_created_at timestamptz;
     v_attempt integer;
-    v_credit_expires_at timestamptz;
 BEGIN
     replayed := false;
     IF p_amount_minor IS NULL OR p_amount_minor <= 0 OR NOT coalesce(wallet_rule_direct(p_type), false) THEN
@@ -70,10 +69,10 @@ BEGIN
         SELECT m.outcome, m.body INTO outcome, body FROM wallet_missing_account(p_user_id, p_asset_code, 'user_id', 'asset_type') m;
         RETURN;
     END IF;
-    -- A bonus's own expiry, judged now (after the key: a retry is answered from what was stored).
-    -- Not stored when refused: the caller corrects it and retries with the same key.
-    v_credit_expires_at := coalesce(p_expires_at, clock_timestamp() + make_interval(secs => p_expires_in_seconds));
-    IF v_credit_expires_at <= clock_timestamp() + interval '1 second' THEN
+    -- A bonus's own expires_at, judged now (after the key: a retry is answered from what was
+    -- stored). Not stored when refused: the caller corrects it and retries with the same key.
+    -- expires_in_seconds counts from the moment the credit is written (under the row lock).
+    IF p_expires_at <= clock_timestamp() + interval '1 second' THEN
         outcome := 'validation_error';
         body := wallet_error_body(outcome, 'expires_at must be at least one second in the future', 'expires_at');
         RETURN;
@@ -94,7 +93,8 @@ BEGIN
             INSERT INTO transactions (type, api_key_id, idempotency_key, user_id, asset_code, amount_minor,
                                       balance_after_minor, description, metadata, request_id, credit_expires_at)
             SELECT p_type, p_api_key_id, p_idempotency_key, p_user_id, p_asset_code, p_amount_minor,
-                   account.balance_minor, p_description, p_metadata, p_request_id, v_credit_expires_at
+                   account.balance_minor, p_description, p_metadata, p_request_id,
+                   coalesce(p_expires_at, clock_timestamp() + make_interval(secs => p_expires_in_seconds))
             FROM account
             RETURNING id, balance_after_minor, created_at
         ), entries AS (

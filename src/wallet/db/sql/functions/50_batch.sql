@@ -70,11 +70,10 @@ BEGIN
         RETURN;
     END IF;
 
-    -- A bonus's own expiry, judged now (after the key, so a retry gets what was stored); not
+    -- A bonus's own expires_at, judged now (after the key, so a retry gets what was stored); not
     -- stored when refused: the caller corrects it and retries with the same key.
     SELECT o.ord INTO v_first_short FROM wallet_batch_items(p_operations) AS o
-     WHERE coalesce(o.expires_at, clock_timestamp() + make_interval(secs => o.expires_in_seconds))
-           <= clock_timestamp() + interval '1 second'
+     WHERE o.expires_at <= clock_timestamp() + interval '1 second'
      ORDER BY o.ord LIMIT 1;
     IF FOUND THEN
         outcome := 'validation_error';
