@@ -556,9 +556,7 @@ class Runner:
         assert {tuple(r) for r in lots} == self.model.open_lots()
 
 
-async def _run(
-    database_url: str, operations: list[tuple], openings: list[int] | None = None
-) -> Runner:
+async def _run(database_url: str, operations: list[tuple], openings: list[int] | None = None) -> Runner:
     """Applies the operations, checking each against the model, then the final state; returns the
     (function, outcome, replayed) combinations seen."""
     conn = await asyncpg.connect(database_url)
