@@ -69,7 +69,23 @@ async def test_every_method_against_the_service(api: Api, db, new_user_id):
     assert balances.user_id == alice and balances.as_of is None
     gold = balances["GOLD_COINS"]
     assert (gold.balance, gold.held, gold.available, gold.debt) == (700, 0, 700, 0)
+    assert (gold.purchased, gold.granted, gold.next_expiry) == (700, 0, None)
     assert balances["DIAMONDS"].balance == 40 and "LOYALTY_POINTS" in balances
+    assert [(m.origin, m.amount) for m in spend.lots] == [("purchased", -300)]
+
+    # A bonus that expires (for a user of its own): its lot, and the balance's next expiry
+    carol = new_user_id()
+    await api("create_user", carol, "Carol")
+    expiring = await api("bonus", carol, "LOYALTY_POINTS", 5, expires_in_seconds=3600)
+    (lot,) = expiring.lots
+    assert (lot.origin, lot.amount) == ("granted", 5) and lot.expires_at is not None
+    until = (lot.expires_at + timedelta(hours=1)).replace(microsecond=0)
+    dated = await api("bonus", carol, "LOYALTY_POINTS", 2, expires_at=until)
+    assert dated.lots[0].expires_at == until
+    points = (await api("get_balances", carol, asset_type="LOYALTY_POINTS"))["LOYALTY_POINTS"]
+    assert (points.balance, points.granted, points.purchased) == (7, 7, 0)
+    assert points.next_expiry is not None
+    assert (points.next_expiry.amount, points.next_expiry.at) == (5, lot.expires_at)
     before = await api(
         "get_balances", alice, asset_type="GOLD_COINS", as_of=spend.created_at - timedelta(microseconds=1)
     )

@@ -421,14 +421,21 @@ def posting(
     description: str | None,
     metadata: Mapping[str, Any] | None,
     idempotency_key: str | None,
+    expires_at: datetime | None = None,
+    expires_in_seconds: int | None = None,
 ) -> Call[Transaction]:
-    body = {
+    body: dict[str, Any] = {
         "user_id": user_id,
         "asset_type": asset_type,
         "amount": _amount(amount, "amount"),
         "description": description,
         "metadata": metadata,
     }
+    # Only bonuses take an expiry; only sent when given, so other requests stay as they were.
+    if expires_at is not None:
+        body["expires_at"] = _time(expires_at, "expires_at")
+    if expires_in_seconds is not None:
+        body["expires_in_seconds"] = expires_in_seconds
     return _write(f"{API}/transactions/{kind}", body, idempotency_key, _transaction)
 
 

@@ -209,8 +209,12 @@ class WalletClient:
         description: str | None = None,
         metadata: Mapping[str, Any] | None = None,
         idempotency_key: str | None = None,
+        expires_at: datetime | None = None,
+        expires_in_seconds: int | None = None,
     ) -> Transaction:
-        """Credit the user from SYSTEM_PROMOTIONS (scope credit)."""
+        """Credit the user from SYSTEM_PROMOTIONS (scope credit), into a `granted` lot that expires
+        at `expires_at` or `expires_in_seconds` after posting (one or neither; neither: the
+        asset's default)."""
         return self._run(
             _core.posting(
                 "bonus",
@@ -220,6 +224,8 @@ class WalletClient:
                 description=description,
                 metadata=metadata,
                 idempotency_key=idempotency_key,
+                expires_at=expires_at,
+                expires_in_seconds=expires_in_seconds,
             )
         )
 

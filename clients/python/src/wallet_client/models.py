@@ -100,6 +100,21 @@ class LedgerEntry:
 
 
 @dataclass(frozen=True, slots=True)
+class LotMovement:
+    lot_id: int
+    origin: str  # "purchased" or "granted"
+    expires_at: datetime | None
+    amount: int  # signed: positive fills the lot, negative draws from it
+
+    @classmethod
+    def from_json(cls, value: Any) -> LotMovement:
+        data = _obj(value, "lot")
+        return cls(
+            _int(data, "lot_id"), _str(data, "origin"), _opt_time(data, "expires_at"), _int(data, "amount")
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class Transaction:
     id: str
     type: str  # topup, bonus, spend, capture, transfer, refund, clawback
@@ -119,6 +134,7 @@ class Transaction:
     counterparty_balance_after: int | None = None
     fee: int = 0  # transfer: paid by the sender on top of amount
     hold_id: str | None = None  # capture: the hold it captured
+    lots: tuple[LotMovement, ...] = ()  # the credit lots it filled or drew, in order
     replayed: bool = field(default=False, compare=False)  # answered from a stored earlier outcome
 
     @classmethod
@@ -143,6 +159,7 @@ class Transaction:
             counterparty_balance_after=_opt_int(data, "counterparty_balance_after"),
             fee=_int(data, "fee", 0),
             hold_id=_opt_str(data, "hold_id"),
+            lots=tuple(LotMovement.from_json(m) for m in data.get("lots") or ()),
             replayed=replayed,
         )
 
@@ -174,6 +191,17 @@ class TransactionPage:
 
 
 @dataclass(frozen=True, slots=True)
+class Expiry:
+    amount: int
+    at: datetime
+
+    @classmethod
+    def from_json(cls, value: Any) -> Expiry:
+        data = _obj(value, "next_expiry")
+        return cls(_int(data, "amount"), _time(data, "at"))
+
+
+@dataclass(frozen=True, slots=True)
 class AssetBalance:
     asset_type: str
     name: str
@@ -182,6 +210,9 @@ class AssetBalance:
     held: int  # reserved by open, unexpired holds
     available: int  # balance - held: what spends, holds and transfers may use
     debt: int  # how far below zero the balance is
+    purchased: int = 0  # the part of balance paid for; purchased + granted = balance
+    granted: int = 0  # the part given (bonuses)
+    next_expiry: Expiry | None = None  # the credits that expire next, if any
 
     @classmethod
     def from_json(cls, value: Any) -> AssetBalance:
@@ -194,6 +225,9 @@ class AssetBalance:
             held=_int(data, "held"),
             available=_int(data, "available"),
             debt=_int(data, "debt", 0),
+            purchased=_int(data, "purchased", 0),
+            granted=_int(data, "granted", 0),
+            next_expiry=None if data.get("next_expiry") is None else Expiry.from_json(data["next_expiry"]),
         )
 
 
