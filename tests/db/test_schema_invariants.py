@@ -169,3 +169,43 @@ async def test_amounts_are_positive_integers_in_the_schema(conn):
     )
     assert columns
     assert {c["data_type"] for c in columns} == {"bigint"}
+
+
+async def test_credit_lots_change_only_in_their_remaining_amount_and_movements_never(conn, posted):
+    _, transaction_id, _ = posted
+    lot_id = await conn.fetchval("SELECT lot_id FROM lot_movements WHERE transaction_id = $1", transaction_id)
+    for statement in (
+        "UPDATE credit_lots SET origin = 'granted' WHERE id = $1",
+        "UPDATE credit_lots SET expires_at = now() WHERE id = $1",
+        "UPDATE credit_lots SET account_id = account_id + 1 WHERE id = $1",
+        "DELETE FROM credit_lots WHERE id = $1",
+        "UPDATE lot_movements SET amount_minor = 1 WHERE lot_id = $1",
+        "DELETE FROM lot_movements WHERE lot_id = $1",
+    ):
+        with pytest.raises(asyncpg.exceptions.RestrictViolationError):
+            await conn.execute(statement, lot_id)
+    for table in ("credit_lots", "lot_movements"):
+        with pytest.raises(asyncpg.exceptions.RestrictViolationError):
+            await conn.execute(f"TRUNCATE {table} CASCADE")
+    with pytest.raises(asyncpg.exceptions.CheckViolationError):
+        await conn.execute("UPDATE credit_lots SET remaining_minor = -1 WHERE id = $1", lot_id)
+
+
+async def test_a_debit_its_lots_cannot_cover_is_refused_by_the_database(conn, pool, posted):
+    """Lots that no longer add up to the balance (an edit by hand) stop the next spend, which
+    would otherwise draw credits that are not there."""
+    user, transaction_id, account_id = posted
+    lot_id = await conn.fetchval("SELECT lot_id FROM lot_movements WHERE transaction_id = $1", transaction_id)
+    await conn.execute("UPDATE credit_lots SET remaining_minor = 3 WHERE id = $1", lot_id)  # balance is 10
+    api_key_id = await pool.fetchval("SELECT id FROM api_keys WHERE name = 'test-all'")
+    try:
+        with pytest.raises(asyncpg.exceptions.CheckViolationError, match="open lots"):
+            await conn.execute(
+                "SELECT * FROM wallet_post_transaction($1, $2, 'spend', $3, 'GOLD_COINS', 5, NULL, '{}')",
+                api_key_id,
+                new_key(),
+                user,
+            )
+        assert await conn.fetchval("SELECT balance_minor FROM accounts WHERE id = $1", account_id) == 10
+    finally:
+        await conn.execute("UPDATE credit_lots SET remaining_minor = 10 WHERE id = $1", lot_id)
