@@ -40,7 +40,7 @@ SELECT jsonb_build_object(
                    'purchased', l.purchased_minor,
                    'granted', l.granted_minor,
                    'next_expiry', l.next_expiry) ORDER BY a.asset_code)
-        FROM (SELECT x.id, x.asset_code, x.balance_minor,
+        FROM (SELECT x.id, x.asset_code, x.balance_minor, x.lots_expire_at,
                      CASE WHEN x.held_minor = 0 THEN 0
                           ELSE x.held_minor - coalesce((
                               SELECT sum(h.amount_minor) FROM holds h
@@ -49,7 +49,7 @@ SELECT jsonb_build_object(
                      END AS held
                 FROM accounts x
                WHERE x.user_id = u.id AND ($2::text IS NULL OR x.asset_code = $2)) AS a
-        CROSS JOIN LATERAL wallet_account_lots_now(a.id, a.balance_minor, a.held::bigint) AS l
+        CROSS JOIN LATERAL wallet_account_lots_now(a.id, a.balance_minor, a.held::bigint, a.lots_expire_at) AS l
         JOIN asset_types t ON t.code = a.asset_code), '[]'::jsonb)
 )::text
 FROM users u WHERE u.id = $1

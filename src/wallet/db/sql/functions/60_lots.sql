@@ -275,8 +275,10 @@ END $$;
 -- An account's balance as the user sees it now: as if due lots had been expired this instant
 -- (as far as holds let them: what a hold reserves stays), split into purchased and granted,
 -- with the next lot to expire. In debt, the whole (negative) balance shows as purchased.
+-- p_lots_expire_at is the account's cached earliest expiry: without one (the usual case) this is
+-- one aggregate over the account's few lots, and no query at all for an empty account.
 CREATE OR REPLACE FUNCTION wallet_account_lots_now(
-    p_account_id bigint, p_balance_minor bigint, p_held_minor bigint,
+    p_account_id bigint, p_balance_minor bigint, p_held_minor bigint, p_lots_expire_at timestamptz,
     OUT balance_minor bigint, OUT purchased_minor bigint, OUT granted_minor bigint, OUT next_expiry jsonb)
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
@@ -284,6 +286,20 @@ DECLARE
     v_due bigint;
     v_breakable bigint;
 BEGIN
+    IF p_balance_minor <= 0 THEN  -- no open lot: they sum to the balance, or to zero in debt
+        balance_minor := p_balance_minor;
+        purchased_minor := p_balance_minor;
+        granted_minor := 0;
+        RETURN;
+    END IF;
+    IF p_lots_expire_at IS NULL THEN  -- nothing expires
+        balance_minor := p_balance_minor;
+        SELECT coalesce(sum(l.remaining_minor) FILTER (WHERE l.origin = 'purchased'), 0),
+               coalesce(sum(l.remaining_minor) FILTER (WHERE l.origin = 'granted'), 0)
+          INTO purchased_minor, granted_minor
+          FROM credit_lots l WHERE l.account_id = p_account_id AND l.remaining_minor > 0;
+        RETURN;
+    END IF;
     SELECT coalesce(sum(l.remaining_minor) FILTER (WHERE l.expires_at <= v_now), 0)
       INTO v_due FROM credit_lots l WHERE l.account_id = p_account_id AND l.remaining_minor > 0;
     v_breakable := least(v_due, greatest(p_balance_minor - p_held_minor, 0));
