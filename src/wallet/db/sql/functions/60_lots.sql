@@ -29,10 +29,11 @@ END $$;
 CREATE OR REPLACE FUNCTION wallet_lots_credit(
     p_account_id bigint, p_asset_code text, p_transaction_id uuid, p_type text, p_reverses uuid,
     p_amount_minor bigint, p_balance_after_minor bigint, p_created_at timestamptz, p_expires_at timestamptz)
-RETURNS void
+RETURNS boolean  -- whether it filled a lot that expires
 LANGUAGE plpgsql AS $$
 DECLARE
     v_left bigint := least(p_amount_minor, greatest(p_balance_after_minor, 0));
+    v_expiring boolean := false;
     v_origin text := wallet_rule_lot_origin(p_type);
     v_expires_in integer;
     v_skip bigint := 0;
@@ -40,7 +41,7 @@ DECLARE
     d record;
 BEGIN
     IF v_left <= 0 THEN
-        RETURN;
+        RETURN false;
     END IF;
     IF v_origin IS NOT NULL THEN
         IF p_expires_at IS NULL THEN
@@ -50,7 +51,7 @@ BEGIN
             p_expires_at := p_created_at + make_interval(secs => v_expires_in);
         END IF;
         PERFORM wallet_lot_fill(p_account_id, p_transaction_id, v_origin, p_expires_at, v_left);
-        RETURN;
+        RETURN p_expires_at IS NOT NULL;
     END IF;
 
     IF p_type = 'refund' THEN
@@ -70,6 +71,7 @@ BEGIN
         v_skip := v_skip - least(v_skip, d.drawn);
         CONTINUE WHEN v_take = 0;
         v_take := least(v_take, v_left);
+        v_expiring := v_expiring OR d.expires_at IS NOT NULL;
         IF p_type = 'refund' THEN
             UPDATE credit_lots SET remaining_minor = remaining_minor + v_take WHERE id = d.lot_id;
             INSERT INTO lot_movements (transaction_id, lot_id, amount_minor) VALUES (p_transaction_id, d.lot_id, v_take);
@@ -81,6 +83,7 @@ BEGIN
     IF v_left > 0 THEN
         PERFORM wallet_lot_fill(p_account_id, p_transaction_id, 'purchased', NULL, v_left);
     END IF;
+    RETURN v_expiring;
 END $$;
 
 -- A debit of p_amount_minor from the account, drawn from its open lots in this order:
@@ -95,17 +98,18 @@ END $$;
 CREATE OR REPLACE FUNCTION wallet_lots_debit(
     p_account_id bigint, p_asset_code text, p_transaction_id uuid, p_type text, p_reverses uuid,
     p_amount_minor bigint, p_allow_negative boolean)
-RETURNS void
+RETURNS boolean  -- whether it drew from a lot that expires
 LANGUAGE plpgsql AS $$
 DECLARE
     v_order text;
     v_now timestamptz := clock_timestamp();
     v_drawn bigint;
+    v_expiring boolean;
 BEGIN
     SELECT p.spend_order INTO v_order FROM asset_lot_policies p WHERE p.asset_code = p_asset_code;
     v_order := coalesce(v_order, 'granted_first');
     WITH open AS (
-        SELECT l.id, l.remaining_minor,
+        SELECT l.id, l.remaining_minor, l.expires_at,
                sum(l.remaining_minor) OVER (ORDER BY
                    CASE WHEN p_type IN ('expiry', 'capture') THEN NOT coalesce(l.expires_at <= v_now, false)
                         ELSE coalesce(l.expires_at <= v_now, false) END,
@@ -122,7 +126,8 @@ BEGIN
           FROM credit_lots l
          WHERE l.account_id = p_account_id AND l.remaining_minor > 0
     ), drawn AS (
-        SELECT o.id, o.running, least(o.remaining_minor, p_amount_minor - (o.running - o.remaining_minor)) AS take
+        SELECT o.id, o.running, o.expires_at,
+               least(o.remaining_minor, p_amount_minor - (o.running - o.remaining_minor)) AS take
           FROM open o WHERE o.running - o.remaining_minor < p_amount_minor
     ), updated AS (
         UPDATE credit_lots l SET remaining_minor = l.remaining_minor - d.take FROM drawn d WHERE l.id = d.id
@@ -131,21 +136,25 @@ BEGIN
         SELECT p_transaction_id, d.id, -d.take FROM drawn d ORDER BY d.running
         RETURNING amount_minor
     )
-    SELECT coalesce(-sum(amount_minor), 0) INTO v_drawn FROM moved;
+    SELECT (SELECT coalesce(-sum(amount_minor), 0) FROM moved),
+           coalesce((SELECT bool_or(d.expires_at IS NOT NULL) FROM drawn d), false)
+      INTO v_drawn, v_expiring;
     IF v_drawn <> p_amount_minor AND NOT coalesce(p_allow_negative, false) THEN
         RAISE EXCEPTION 'account %: its open lots hold % and cannot cover the % of % %',
             p_account_id, v_drawn, p_amount_minor, p_type, p_transaction_id USING ERRCODE = 'check_violation';
     END IF;
+    RETURN v_expiring;
 END $$;
 
 -- Once per INSERT statement on ledger_entries: each entry on a user account fills or draws lots,
--- in the order the transactions were written (seq), then each account's earliest open expiry is
--- cached on its row. The account and transaction of each entry are looked up by primary key, row
+-- in the order the transactions were written (seq), then the earliest open expiry of each account
+-- whose expiring lots changed is cached on its row (most postings touch none: no second update). The account and transaction of each entry are looked up by primary key, row
 -- by row (OFFSET 0 keeps the planner from turning the lookups into a join that would scan).
 CREATE OR REPLACE FUNCTION wallet_ledger_entries_lots() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
     r record;
+    v_expiring boolean;
     v_accounts bigint[] := '{}';
 BEGIN
     FOR r IN
@@ -160,16 +169,19 @@ BEGIN
          ORDER BY t.seq, n.entry_no
     LOOP
         IF r.amount_minor > 0 THEN
-            PERFORM wallet_lots_credit(r.account_id, r.asset_code, r.transaction_id, r.type, r.reverses,
-                                       r.amount_minor, r.balance_after_minor, r.created_at, r.credit_expires_at);
+            v_expiring := wallet_lots_credit(r.account_id, r.asset_code, r.transaction_id, r.type, r.reverses,
+                                             r.amount_minor, r.balance_after_minor, r.created_at, r.credit_expires_at);
         ELSE
-            PERFORM wallet_lots_debit(r.account_id, r.asset_code, r.transaction_id, r.type, r.reverses,
-                                      -r.amount_minor, r.allow_negative);
+            v_expiring := wallet_lots_debit(r.account_id, r.asset_code, r.transaction_id, r.type, r.reverses,
+                                            -r.amount_minor, r.allow_negative);
         END IF;
-        IF NOT r.account_id = ANY (v_accounts) THEN
+        IF v_expiring AND NOT r.account_id = ANY (v_accounts) THEN
             v_accounts := v_accounts || r.account_id;
         END IF;
     END LOOP;
+    IF cardinality(v_accounts) = 0 THEN
+        RETURN NULL;
+    END IF;
     UPDATE accounts a SET lots_expire_at = x.next_at
       FROM (SELECT u.id, (SELECT min(l.expires_at) FROM credit_lots l
                            WHERE l.account_id = u.id AND l.remaining_minor > 0) AS next_at
