@@ -9,33 +9,31 @@
 CREATE OR REPLACE FUNCTION wallet_lot_fill(p_account_id bigint, p_transaction_id uuid, p_origin text,
                                            p_expires_at timestamptz, p_amount_minor bigint) RETURNS void
 LANGUAGE plpgsql AS $$
-DECLARE
-    v_lot_id bigint;
 BEGIN
-    INSERT INTO credit_lots AS l (account_id, origin, expires_at, remaining_minor)
-        VALUES (p_account_id, p_origin, p_expires_at, p_amount_minor)
-        ON CONFLICT ON CONSTRAINT credit_lots_one_per_origin_and_expiry
-        DO UPDATE SET remaining_minor = l.remaining_minor + EXCLUDED.remaining_minor
-        RETURNING id INTO v_lot_id;
-    INSERT INTO lot_movements (transaction_id, lot_id, amount_minor) VALUES (p_transaction_id, v_lot_id, p_amount_minor);
+    WITH lot AS (
+        INSERT INTO credit_lots AS l (account_id, origin, expires_at, remaining_minor)
+            VALUES (p_account_id, p_origin, p_expires_at, p_amount_minor)
+            ON CONFLICT ON CONSTRAINT credit_lots_one_per_origin_and_expiry
+            DO UPDATE SET remaining_minor = l.remaining_minor + EXCLUDED.remaining_minor
+            RETURNING id
+    )
+    INSERT INTO lot_movements (transaction_id, lot_id, amount_minor) SELECT p_transaction_id, lot.id, p_amount_minor FROM lot;
 END $$;
 
--- A credit of p_amount_minor to the account. The part that repays a debt (balance below zero
--- before it) fills no lot. A top-up or bonus fills a lot of its origin, expiring at the
--- transaction's own credit_expires_at or else after the asset's default for that origin. A
--- refund restores the lots its original drew, last drawn first, after what earlier refunds of it
--- restored; a transfer passes on the sender's lots in the order they were drawn (the fee is the
--- tail of the draw). Whatever has no lot to mirror (a spend from before lots) is purchased.
+-- A credit of p_amount_minor to the account that takes the origins of other lots (a top-up or
+-- bonus fills its own lot: see the trigger below). The part that repays a debt (balance below
+-- zero before it) fills no lot. A refund restores the lots its original drew, last drawn first,
+-- after what earlier refunds of it restored; a transfer passes on the sender's lots in the order
+-- they were drawn (the fee is the tail of the draw). Whatever has no lot to mirror (a spend from
+-- before lots) is purchased.
 CREATE OR REPLACE FUNCTION wallet_lots_credit(
-    p_account_id bigint, p_asset_code text, p_transaction_id uuid, p_type text, p_reverses uuid,
-    p_amount_minor bigint, p_balance_after_minor bigint, p_created_at timestamptz, p_expires_at timestamptz)
+    p_account_id bigint, p_transaction_id uuid, p_type text, p_reverses uuid,
+    p_amount_minor bigint, p_balance_after_minor bigint)
 RETURNS boolean  -- whether it filled a lot that expires
 LANGUAGE plpgsql AS $$
 DECLARE
     v_left bigint := least(p_amount_minor, greatest(p_balance_after_minor, 0));
     v_expiring boolean := false;
-    v_origin text := wallet_rule_lot_origin(p_type);
-    v_expires_in integer;
     v_skip bigint := 0;
     v_take bigint;
     d record;
@@ -43,17 +41,6 @@ BEGIN
     IF v_left <= 0 THEN
         RETURN false;
     END IF;
-    IF v_origin IS NOT NULL THEN
-        IF p_expires_at IS NULL THEN
-            SELECT CASE v_origin WHEN 'purchased' THEN p.purchased_expires_in_seconds
-                                 ELSE p.granted_expires_in_seconds END
-              INTO v_expires_in FROM asset_lot_policies p WHERE p.asset_code = p_asset_code;
-            p_expires_at := p_created_at + make_interval(secs => v_expires_in);
-        END IF;
-        PERFORM wallet_lot_fill(p_account_id, p_transaction_id, v_origin, p_expires_at, v_left);
-        RETURN p_expires_at IS NOT NULL;
-    END IF;
-
     IF p_type = 'refund' THEN
         SELECT coalesce(sum(m.amount_minor), 0) INTO v_skip
           FROM transactions r JOIN lot_movements m ON m.transaction_id = r.id
@@ -96,18 +83,16 @@ END $$;
 -- The open lots must cover the debit (they sum to the balance before it), except for an admin
 -- clawback allowed to leave a debt: it takes what there is.
 CREATE OR REPLACE FUNCTION wallet_lots_debit(
-    p_account_id bigint, p_asset_code text, p_transaction_id uuid, p_type text, p_reverses uuid,
+    p_account_id bigint, p_spend_order text, p_transaction_id uuid, p_type text, p_reverses uuid,
     p_amount_minor bigint, p_allow_negative boolean)
 RETURNS boolean  -- whether it drew from a lot that expires
 LANGUAGE plpgsql AS $$
 DECLARE
-    v_order text;
+    v_order text := coalesce(p_spend_order, 'granted_first');
     v_now timestamptz := clock_timestamp();
     v_drawn bigint;
     v_expiring boolean;
 BEGIN
-    SELECT p.spend_order INTO v_order FROM asset_lot_policies p WHERE p.asset_code = p_asset_code;
-    v_order := coalesce(v_order, 'granted_first');
     WITH open AS (
         SELECT l.id, l.remaining_minor, l.expires_at,
                sum(l.remaining_minor) OVER (ORDER BY
@@ -149,30 +134,45 @@ END $$;
 -- Once per INSERT statement on ledger_entries: each entry on a user account fills or draws lots,
 -- in the order the transactions were written (seq), then the earliest open expiry of each account
 -- whose expiring lots changed is cached on its row (most postings touch none: no second update). The account and transaction of each entry are looked up by primary key, row
--- by row (OFFSET 0 keeps the planner from turning the lookups into a join that would scan).
+-- by row (LIMIT 1 keeps the planner from turning the lookups into a join that would scan), with
+-- the asset's lot policy.
 CREATE OR REPLACE FUNCTION wallet_ledger_entries_lots() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
     r record;
+    v_origin text;
+    v_expires_at timestamptz;
     v_expiring boolean;
     v_accounts bigint[] := '{}';
 BEGIN
     FOR r IN
-        SELECT n.account_id, n.asset_code, n.amount_minor, n.transaction_id, t.type, t.reverses, t.created_at,
-               t.credit_expires_at, t.allow_negative,
+        SELECT n.account_id, n.amount_minor, n.transaction_id, t.type, t.reverses, t.created_at,
+               t.credit_expires_at, t.allow_negative, p.spend_order, p.purchased_expires_in_seconds,
+               p.granted_expires_in_seconds,
                CASE WHEN a.user_id = t.user_id THEN t.balance_after_minor
                     ELSE t.counterparty_balance_after_minor END AS balance_after_minor
           FROM new_entries n
-         CROSS JOIN LATERAL (SELECT x.user_id, x.kind FROM accounts x WHERE x.id = n.account_id OFFSET 0) a
-         CROSS JOIN LATERAL (SELECT y.* FROM transactions y WHERE y.id = n.transaction_id OFFSET 0) t
+         CROSS JOIN LATERAL (SELECT x.user_id, x.kind FROM accounts x WHERE x.id = n.account_id LIMIT 1) a
+         CROSS JOIN LATERAL (SELECT y.* FROM transactions y WHERE y.id = n.transaction_id LIMIT 1) t
+          LEFT JOIN LATERAL (SELECT z.* FROM asset_lot_policies z WHERE z.asset_code = n.asset_code LIMIT 1) p ON true
          WHERE a.kind = 'user'
          ORDER BY t.seq, n.entry_no
     LOOP
-        IF r.amount_minor > 0 THEN
-            v_expiring := wallet_lots_credit(r.account_id, r.asset_code, r.transaction_id, r.type, r.reverses,
-                                             r.amount_minor, r.balance_after_minor, r.created_at, r.credit_expires_at);
+        v_origin := wallet_rule_lot_origin(r.type);
+        IF r.amount_minor > 0 AND v_origin IS NOT NULL THEN
+            -- A top-up or bonus: its own lot, expiring when it says or after the asset's default
+            -- for its origin. What repaid a debt fills nothing.
+            CONTINUE WHEN r.balance_after_minor <= 0;
+            v_expires_at := coalesce(r.credit_expires_at, r.created_at + make_interval(secs =>
+                CASE v_origin WHEN 'purchased' THEN r.purchased_expires_in_seconds ELSE r.granted_expires_in_seconds END));
+            PERFORM wallet_lot_fill(r.account_id, r.transaction_id, v_origin, v_expires_at,
+                                    least(r.amount_minor, r.balance_after_minor));
+            v_expiring := v_expires_at IS NOT NULL;
+        ELSIF r.amount_minor > 0 THEN
+            v_expiring := wallet_lots_credit(r.account_id, r.transaction_id, r.type, r.reverses,
+                                             r.amount_minor, r.balance_after_minor);
         ELSE
-            v_expiring := wallet_lots_debit(r.account_id, r.asset_code, r.transaction_id, r.type, r.reverses,
+            v_expiring := wallet_lots_debit(r.account_id, r.spend_order, r.transaction_id, r.type, r.reverses,
                                             -r.amount_minor, r.allow_negative);
         END IF;
         IF v_expiring AND NOT r.account_id = ANY (v_accounts) THEN
