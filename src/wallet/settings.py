@@ -90,9 +90,12 @@ class Settings(BaseSettings):
 
     # Group commit (single top-ups, bonuses and spends): at most this many writes per group call
     # (1 = off: each write is its own call), and at most this many group calls in flight per
-    # worker; writes arriving while they are all busy wait and go together in the next one.
+    # worker; writes arriving while they are all busy wait and go together in the next one. One
+    # in flight gives the largest groups, so the fewest commits and round trips: measured with 2
+    # workers at 16 and 64 connections, 1 beat 2 and 4 in throughput and in p95/p99 (the
+    # database's CPU per write is the limit; docs/PERFORMANCE.md, issue 8).
     group_commit_max_size: int = Field(default=64, ge=1, le=1_000)
-    group_commit_max_in_flight: int = Field(default=4, ge=1, le=200)
+    group_commit_max_in_flight: int = Field(default=1, ge=1, le=200)
 
     # Per-key rate limits (token bucket): WALLET_RATE_LIMIT_RPS requests per second on average, in
     # bursts of up to WALLET_RATE_LIMIT_BURST (0 = as many as one second's rate). 0 rps = off. A key

@@ -1,23 +1,28 @@
-"""The ASGI application: routers, error handlers, body limit, and the pool's lifetime."""
+"""The ASGI application: routers, error handlers, the request middleware, the hot routes' dispatch,
+and the pool's lifetime."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import asyncpg
 import structlog
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.routing import APIRoute
 from fastapi_offline import FastAPIOffline
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from wallet import __version__
 from wallet.api import metrics
-from wallet.api.body_limit import BodySizeLimit
 from wallet.api.dependencies import Resources
 from wallet.api.errors import error_responses, install_error_handlers
-from wallet.api.head import HeadAsGet
+from wallet.api.fast_path import HotRoute, HotRoutes, fast_handler_of
+from wallet.api.json_body import ExactJSONRequest, ExactJSONRoute
 from wallet.api.observe import ObserveRequests
 from wallet.api.routes import (
     console,
@@ -91,6 +96,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.webhook_deliverer = deliverer
         if deliverer is not None:
             deliverer.start()
+        # What exists now (the application, its routes, models and OpenAPI machinery, the pool)
+        # lives as long as the process: out of the cyclic collector's way. Each full collection
+        # otherwise walked these ~100,000 objects, 50-150 ms during which every request of the
+        # worker waits (a cause of the p99 at 64 connections, see docs/PERFORMANCE.md).
+        gc.collect()
+        gc.freeze()
         try:
             yield
         finally:
@@ -118,6 +129,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # OTLP/HTTP when the standard OTEL_EXPORTER_OTLP_ENDPOINT is set; nothing otherwise.
         telemetry={"auto_configure": True},
     )
+    # FastAPIOffline builds a plain FastAPI; the service's entry (see WalletApp) is a subclass with
+    # no state of its own, so the instance takes that class.
+    app.__class__ = WalletApp
+    assert isinstance(app, WalletApp)
     app.state.settings = settings
     # A trailing slash is not redirected: the redirect would be built from the Host header.
     app.router.redirect_slashes = False
@@ -132,15 +147,142 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(events.router)
     app.include_router(webhooks.router)
     app.include_router(console.router)  # the operator console at /console and its reads
-    app.add_middleware(
-        BodySizeLimit,
+    app.edge = ObserveRequests(
+        HotRoutes(app, app.full, _hot_routes(app), traced=lambda: _traced(app)),
+        access_log=settings.access_log,
         max_body_bytes=settings.max_body_bytes,
         body_timeout_ms=settings.request_body_timeout_ms,
     )
-    app.add_middleware(HeadAsGet)
-    app.add_middleware(ObserveRequests, access_log=settings.access_log)
+    _coalesce_response_writes()
     _publish_configured_limits(app, settings)
     return app
+
+
+class WalletApp(FastAPI):
+    """FastAPI, entered through `edge` for HTTP: the one request middleware (`ObserveRequests`:
+    request id, metrics, access log, HEAD, body limit) around the hot routes' dispatch
+    (`HotRoutes`), which hands every other request to the whole FastAPI application (`full`).
+    py-spy on the hot routes: Starlette's and FastAPI's layers (middleware stack, matching through
+    the included routers, exception wrappers) cost about as much as the route's own work."""
+
+    edge: ASGIApp | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.edge is not None and scope["type"] == "http":
+            await self.edge(scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)
+
+    async def full(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The whole FastAPI application, as without `edge`."""
+        await super().__call__(scope, receive, send)
+
+
+def _hot_routes(app: FastAPI) -> list[HotRoute]:
+    """The routes marked with a fast handler, as the application's router sees them. Those routes'
+    paths are all in routers included without a prefix of their own (checked here)."""
+    hot: list[HotRoute] = []
+    for context in _route_contexts(app.router.routes):
+        route = context.original_route
+        if not isinstance(route, APIRoute):
+            continue
+        fast = fast_handler_of(route)
+        if fast is None:
+            continue
+        if (
+            context.path_format != route.path_format
+            or context.param_convertors.keys() != route.param_convertors.keys()
+        ):
+            raise RuntimeError(
+                f"fast-path route {route.path} is included under a prefix; HotRoutes would miss it"
+            )
+        request_class: type[Request] = ExactJSONRequest if isinstance(route, ExactJSONRoute) else Request
+        hot.extend(HotRoute(route, method, fast, request_class) for method in sorted(route.methods or ()))
+    return hot
+
+
+def _traced(app: FastAPI) -> bool:
+    """Whether FastAPI's own OpenTelemetry instrumentation is exporting (it has no public flag)."""
+    telemetry = getattr(app, "_native_telemetry", None)
+    return telemetry is not None and bool(telemetry.enabled())
+
+
+def _route_contexts(routes: list[Any]) -> list[Any]:
+    """Every route with its effective path (FastAPI keeps included routers as `_IncludedRouter`s,
+    each with the effective contexts of its routes)."""
+    found = []
+    for route in routes:
+        contexts = getattr(route, "effective_route_contexts", None)
+        if contexts is not None:
+            found.extend(contexts())
+    return found
+
+
+class _CoalescingTransport:
+    """A connection's transport whose writes within one turn of the event loop go out as one.
+
+    uvicorn writes a response's status line and headers, then its body: two `send` system calls
+    per response, about a sixth of a worker's CPU on the hot routes (py-spy, on this VM). Here
+    they are joined and written once, at the end of the loop's current turn, in order."""
+
+    __slots__ = ("_loop", "_pending", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._pending: list[bytes] = []
+        self._loop = loop
+
+    def write(self, data: bytes) -> None:
+        if not self._pending:
+            self._loop.call_soon(self._flush)
+        self._pending.append(data)
+
+    def writelines(self, lines: list[bytes]) -> None:
+        for data in lines:
+            self.write(data)
+
+    def _flush(self) -> None:
+        if self._pending:
+            data = b"".join(self._pending) if len(self._pending) > 1 else self._pending[0]
+            self._pending.clear()
+            if not self._transport.is_closing():
+                self._transport.write(data)
+
+    def get_write_buffer_size(self) -> int:
+        return self._transport.get_write_buffer_size() + sum(len(d) for d in self._pending)
+
+    def write_eof(self) -> None:
+        self._flush()
+        self._transport.write_eof()
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def abort(self) -> None:
+        self._pending.clear()
+        self._transport.abort()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+def _coalesce_response_writes() -> None:
+    """Gives uvicorn's HTTP connections (httptools) the coalescing transport above."""
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    except ImportError:  # pragma: no cover - httptools is a pinned dependency of the service
+        return
+    if getattr(HttpToolsProtocol, "_wallet_coalesced", False):
+        return
+    original = HttpToolsProtocol.connection_made
+
+    def connection_made(self: HttpToolsProtocol, transport: asyncio.Transport) -> None:
+        coalescing = _CoalescingTransport(transport, asyncio.get_running_loop())
+        original(self, coalescing)  # type: ignore[arg-type]
+
+    HttpToolsProtocol.connection_made = connection_made  # type: ignore[method-assign]
+    HttpToolsProtocol._wallet_coalesced = True  # type: ignore[attr-defined]
 
 
 async def _flush_key_usage(authenticator: Authenticator, interval_ms: int) -> None:

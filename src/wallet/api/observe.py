@@ -1,13 +1,21 @@
-"""Per request: its id, its count at /metrics, and one structured access-log line.
+"""The one request middleware: id, metrics, access log, HEAD as GET, and the body-size limit.
 
-One pure ASGI layer does all three (one wrapper of `send` per request, not three):
+One pure ASGI layer does all of it, with one wrapper of `send` per request (not three layers of
+wrappers; py-spy showed each layer's cost on the hot routes):
 * the request id is the caller's `X-Request-ID` when it is a sane token (1-128 characters of
   `[A-Za-z0-9._:@/+=-]`), else a new UUID; it is returned in `X-Request-ID`, bound to every log
   line of the request (structlog contextvars), and stored with the transaction it creates;
 * every answer is counted by method, route template and status (labels stay bounded whatever
-  the path), whichever layer produced it (401, 413, 422, 500 and 503 included);
+  the path), whichever layer produced it (401, 408, 413, 422, 500 and 503 included);
 * the access line: method, route template, status, duration, the API key's name (never the key
-  itself, never a body), at INFO (WALLET_ACCESS_LOG=0 turns it off).
+  itself, never a body), at INFO (WALLET_ACCESS_LOG=0 turns it off);
+* HEAD is answered as GET without the body (`wallet.api.head`);
+* a request body is read in full, within its size and time limits, before the application sees
+  it (`wallet.api.body_limit`); the application gets it replayed, and finds it in the scope under
+  `BODY_SCOPE_KEY` (the hot routes' dispatch replays it again if it hands a request on).
+
+It is the application's outermost layer (see `wallet.api.app.WalletApp`), so even Starlette's own
+500 answers carry the request id and are counted.
 """
 
 from __future__ import annotations
@@ -20,10 +28,14 @@ import structlog
 from prometheus_client import Counter
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from wallet.api.body_limit import WITHOUT_BODY, read_body, replaying
+from wallet.api.head import as_get, without_body
 from wallet.services.tracing import REQUEST_ID
 
 REQUEST_ID_HEADER = b"x-request-id"
 REQUEST_ID_PATTERN = re.compile(rb"[A-Za-z0-9._:@/+=-]{1,128}")
+# The request body, once read (bytes), in the scope the application gets.
+BODY_SCOPE_KEY = "wallet.body"
 
 RESPONSES = Counter(
     "wallet_http_responses_total",
@@ -53,9 +65,11 @@ def _route_of(scope: Scope) -> str:
 
 
 class ObserveRequests:
-    def __init__(self, app: ASGIApp, *, access_log: bool) -> None:
+    def __init__(self, app: ASGIApp, *, access_log: bool, max_body_bytes: int, body_timeout_ms: int) -> None:
         self.app = app
         self.access_log = access_log
+        self.max_body_bytes = max_body_bytes
+        self.body_timeout_s = body_timeout_ms / 1000
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -70,30 +84,49 @@ class ObserveRequests:
                 break
         request_id = request_id or uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
+        method = scope["method"]
+        head = method == "HEAD"
+        # The scope the application gets (the router records the route in it).
+        inner = as_get(scope) if head else scope
+        request_id_header = (REQUEST_ID_HEADER, request_id.encode("ascii"))
         status = 500
 
         async def observed_send(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                RESPONSES.labels(scope["method"], _route_of(scope), status).inc()
-                message = {
-                    **message,
-                    "headers": [*message.get("headers", []), (REQUEST_ID_HEADER, request_id.encode("ascii"))],
-                }
+                RESPONSES.labels(method, _route_of(inner), status).inc()
+                message = {**message, "headers": [*message.get("headers", ()), request_id_header]}
+            elif head:
+                stripped = without_body(message)
+                if stripped is None:
+                    return
+                message = stripped
             await send(message)
 
         token = REQUEST_ID.set(request_id)
         with structlog.contextvars.bound_contextvars(request_id=request_id):
             try:
-                await self.app(scope, receive, observed_send)
+                if method in WITHOUT_BODY:
+                    await self.app(inner, receive, observed_send)
+                else:
+                    body = await read_body(
+                        inner,
+                        receive,
+                        observed_send,
+                        max_body_bytes=self.max_body_bytes,
+                        body_timeout_s=self.body_timeout_s,
+                    )
+                    if body is not None:
+                        inner[BODY_SCOPE_KEY] = body
+                        await self.app(inner, replaying(body, receive), observed_send)
             finally:
                 REQUEST_ID.reset(token)
                 if self.access_log:
                     log.info(
                         "request",
-                        method=scope["method"],
-                        route=_route_of(scope),
+                        method=method,
+                        route=_route_of(inner),
                         status=status,
                         duration_ms=round((time.perf_counter() - started) * 1000, 2),
                         api_key=scope.get("state", {}).get("api_key_name"),
