@@ -137,12 +137,54 @@ def test_bench_compares_with_and_without_the_chain_on_one_database(server_url, t
         asyncio.run(_drop(server_url, scratch, scratch + "_pgbench"))
     (comparison,) = json.loads(output.read_text())["comparisons"]
     assert (comparison["scenario"], comparison["clients"]) == ("topup", 1)
-    assert len(comparison["with_chain"]) == len(comparison["without_chain"]) == 2
+    assert len(comparison["with_trigger"]) == len(comparison["without_trigger"]) == 2
     assert comparison["median_pair_ratio"] > 0
     assert "| topup | 1 |" in result.stdout
     # Runs without the chain posted unchained entries; the trigger is on again afterwards.
     assert enabled
     assert 5 * 2 < links < transactions
+
+
+@pytest.mark.skipif(
+    not (shutil.which("wrk") and shutil.which("pgbench")), reason="wrk and pgbench not installed"
+)
+def test_bench_compares_spends_with_and_without_credit_lots(server_url, tmp_path: Path):
+    if "host=" in server_url:
+        pytest.skip("the benchmark needs a TCP PostgreSQL server (WALLET_TEST_DATABASE_URL)")
+    output = tmp_path / "bench.json"
+    scratch = f"wallet_test_bench_{uuid.uuid4().hex[:12]}"
+    try:
+        result = _run_bench(
+            server_url, scratch, output, "--scenarios", "spend", "--compare-lots", "2", clients="1"
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        drawn = asyncio.run(_spend_draws(server_url, scratch))
+    finally:
+        asyncio.run(_drop(server_url, scratch, scratch + "_pgbench"))
+    report = json.loads(output.read_text())
+    (comparison,) = report["comparisons"]
+    assert report["trigger"] == "ledger_entries_lots"
+    assert (comparison["scenario"], comparison["clients"]) == ("spend", 1)
+    assert len(comparison["with_trigger"]) == len(comparison["without_trigger"]) == 2
+    assert "| spend | 1 |" in result.stdout
+    # Some spends drew lots (the trigger on), some did not (off), and it is on again afterwards.
+    spends, spends_with_draws, enabled = drawn
+    assert 0 < spends_with_draws < spends and enabled
+
+
+async def _spend_draws(server_url: str, database: str) -> tuple[int, int, bool]:
+    conn = await asyncpg.connect(server_url, database=database)
+    try:
+        row = await conn.fetchrow(
+            "SELECT (SELECT count(*) FROM transactions WHERE type = 'spend'),"
+            " (SELECT count(DISTINCT m.transaction_id) FROM lot_movements m"
+            "   JOIN transactions t ON t.id = m.transaction_id WHERE t.type = 'spend'),"
+            " (SELECT tgenabled <> 'D' FROM pg_trigger WHERE tgname = 'ledger_entries_lots')"
+        )
+        assert row is not None
+        return row[0], row[1], row[2]
+    finally:
+        await conn.close()
 
 
 @pytest.mark.parametrize(

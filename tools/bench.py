@@ -13,6 +13,9 @@ after it is prepared, so the cost of the chain can be measured by running the sa
 with and without it, back to back. `--compare-hash-chain N` measures that cost more precisely on
 a noisy machine: one database and one service, the trigger switched on and off between N pairs
 of short runs in ABBA order, so preparation, growth and order effects cancel out.
+`--compare-lots N` does the same for the credit-lots trigger (migration 0009): spends draw a
+purchased lot each, top-ups fill one. (With the trigger off the lots fall behind the balances;
+the scratch database is not meant to verify afterwards.)
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ PGBENCH_SCALE = 16
 OPENING_BALANCE_MINOR = 10**12
 PREPARE_CHUNK_USERS = 500
 HASH_CHAIN_TRIGGER = "ledger_entries_chained"
+LOTS_TRIGGER = "ledger_entries_lots"
 
 LUA_COMMON = r"""
 local next_thread_id = 0
@@ -396,38 +400,38 @@ def run_bench(
 
 
 @dataclass
-class ChainComparison:
+class TriggerComparison:
     scenario: str
     clients: int
-    with_chain: list[float]  # per second, one per run, in the order run
-    without_chain: list[float]
+    with_trigger: list[float]  # per second, one per run, in the order run
+    without_trigger: list[float]
 
     @property
     def median_with(self) -> float:
-        return statistics.median(self.with_chain)
+        return statistics.median(self.with_trigger)
 
     @property
     def median_without(self) -> float:
-        return statistics.median(self.without_chain)
+        return statistics.median(self.without_trigger)
 
     @property
     def median_pair_ratio(self) -> float:
         """Runs n with and n without were back to back: the median of their ratios."""
-        return statistics.median(a / b for a, b in zip(self.with_chain, self.without_chain, strict=True))
+        return statistics.median(a / b for a, b in zip(self.with_trigger, self.without_trigger, strict=True))
 
 
-async def _set_hash_chain(url: str, enabled: bool) -> None:
+async def _set_trigger(url: str, trigger: str, enabled: bool) -> None:
     import asyncpg
 
     conn = await asyncpg.connect(url)
     try:
         action = "ENABLE" if enabled else "DISABLE"
-        await conn.execute(f"ALTER TABLE ledger_entries {action} TRIGGER {HASH_CHAIN_TRIGGER}")
+        await conn.execute(f"ALTER TABLE ledger_entries {action} TRIGGER {trigger}")
     finally:
         await conn.close()
 
 
-def run_hash_chain_comparison(
+def run_trigger_comparison(
     admin_url: str,
     *,
     clients: list[int],
@@ -438,9 +442,10 @@ def run_hash_chain_comparison(
     rounds: int,
     output: Path | None,
     database: str,
+    trigger: str,
 ) -> dict[str, object]:
-    """Each scenario at each concurrency `rounds` times with the chain and `rounds` times without,
-    alternating in ABBA order on one database and one running service."""
+    """Each scenario at each concurrency `rounds` times with the trigger on ledger_entries and
+    `rounds` times without, alternating in ABBA order on one database and one running service."""
     import asyncio
 
     if not DATABASE_NAME.fullmatch(database):
@@ -448,7 +453,7 @@ def run_hash_chain_comparison(
     users = max(clients) * max(batch_size, 1)
     print(f"preparing {database} with {users} users ...", file=sys.stderr, flush=True)
     url, token = asyncio.run(_prepare_database(admin_url, database, users))
-    results: list[ChainComparison] = []
+    results: list[TriggerComparison] = []
     service = ServiceProcess({"WALLET_DATABASE_URL": url, "WALLET_LOG_LEVEL": "WARNING"}, workers=workers)
     service.start()
     try:
@@ -460,14 +465,14 @@ def run_hash_chain_comparison(
                     runs: dict[bool, list[float]] = {True: [], False: []}
                     for n in range(rounds):
                         for enabled in (True, False) if n % 2 == 0 else (False, True):
-                            asyncio.run(_set_hash_chain(url, enabled))
+                            asyncio.run(_set_trigger(url, trigger, enabled))
                             measurement = _run_wrk(
                                 service, scenario, concurrency, seconds, token, users, batch_size, Path(tmp)
                             )
                             if measurement.errors:
                                 raise SystemExit(f"{scenario} c={concurrency}: {measurement.errors} errors")
                             runs[enabled].append(measurement.per_second)
-                    result = ChainComparison(scenario, concurrency, runs[True], runs[False])
+                    result = TriggerComparison(scenario, concurrency, runs[True], runs[False])
                     results.append(result)
                     print(
                         f"  {scenario:<8} c={concurrency:<3} with {result.median_with:>9.0f}/s  "
@@ -477,29 +482,30 @@ def run_hash_chain_comparison(
                     )
     finally:
         service.stop()
-        asyncio.run(_set_hash_chain(url, True))
+        asyncio.run(_set_trigger(url, trigger, True))
     report: dict[str, object] = {
+        "trigger": trigger,
         "workers": workers,
         "seconds": seconds,
         "batch_size": batch_size,
         "rounds": rounds,
         "comparisons": [asdict(r) | {"median_pair_ratio": r.median_pair_ratio} for r in results],
     }
-    print(render_hash_chain_comparison(results))
+    print(render_trigger_comparison(trigger, results))
     if output:
         output.write_text(json.dumps(report, indent=2) + "\n")
     return report
 
 
-def render_hash_chain_comparison(results: list[ChainComparison]) -> str:
+def render_trigger_comparison(trigger: str, results: list[TriggerComparison]) -> str:
     lines = [
-        "| scenario | clients | with chain (median) | without (median) | with / without (median of pairs) | pairs |",
+        f"| scenario | clients | with {trigger} (median) | without (median) | with / without (median of pairs) | pairs |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in results:
         lines.append(
             f"| {r.scenario} | {r.clients} | {r.median_with:,.0f} | {r.median_without:,.0f} | "
-            f"{r.median_pair_ratio:.2f} | {len(r.with_chain)} |"
+            f"{r.median_pair_ratio:.2f} | {len(r.with_trigger)} |"
         )
     return "\n".join(lines)
 
@@ -583,6 +589,14 @@ def main(
             " Needs an explicit --scratch-database.",
         ),
     ] = 0,
+    compare_lots: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            max=100,
+            help="As --compare-hash-chain, for the credit-lots trigger. Needs an explicit --scratch-database.",
+        ),
+    ] = 0,
 ) -> None:
     """Throughput and latency over HTTP at each concurrency, beside pgbench on the same server."""
     chosen = [s.strip() for s in scenarios.split(",") if s.strip()]
@@ -593,24 +607,29 @@ def main(
     if without_hash_chain and scratch_database is None:
         _err("--without-hash-chain needs an explicit --scratch-database (a ledger without its chain)")
         raise typer.Exit(code=2)
-    if compare_hash_chain and (without_hash_chain or scratch_database is None):
-        _err("--compare-hash-chain needs an explicit --scratch-database and no --without-hash-chain")
+    if (compare_hash_chain or compare_lots) and (without_hash_chain or scratch_database is None):
+        flag = "--compare-hash-chain" if compare_hash_chain else "--compare-lots"
+        _err(f"{flag} needs an explicit --scratch-database and no --without-hash-chain")
+        raise typer.Exit(code=2)
+    if compare_hash_chain and compare_lots:
+        _err("one comparison at a time: --compare-hash-chain or --compare-lots")
         raise typer.Exit(code=2)
     scratch_database = scratch_database or BENCH_DATABASE
     if not DATABASE_NAME.fullmatch(scratch_database):
         _err(f"--scratch-database must match {DATABASE_NAME.pattern}: {scratch_database!r}")
         raise typer.Exit(code=2)
-    if compare_hash_chain:
-        run_hash_chain_comparison(
+    if compare_hash_chain or compare_lots:
+        run_trigger_comparison(
             database_url,
             clients=[int(c) for c in clients.split(",")],
             seconds=seconds,
             workers=workers,
             batch_size=batch_size,
             scenarios=chosen,
-            rounds=compare_hash_chain,
+            rounds=compare_hash_chain or compare_lots,
             output=output,
             database=scratch_database,
+            trigger=HASH_CHAIN_TRIGGER if compare_hash_chain else LOTS_TRIGGER,
         )
         return
     run_bench(
