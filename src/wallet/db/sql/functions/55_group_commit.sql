@@ -223,7 +223,12 @@ BEGIN
                 wallet_entry_document(v_accounts[i], p_user_ids[i], 'user', v_deltas[i]),
                 wallet_entry_document(v_systems[i], wallet_rule_system_account(p_types[i]), 'system', -v_deltas[i])))
             || wallet_transaction_extras(NULL, 0, NULL, NULL, 0, NULL)
-            || jsonb_build_object('lots', wallet_transaction_lots(v_ids[i]));
+            || '{"lots": []}'::jsonb;
+    END LOOP;
+    -- The lots each write moved (written by the entries trigger), read at once for the group.
+    FOR v_row IN SELECT x.transaction_id, x.lots FROM wallet_transactions_lots(v_ids) AS x LOOP
+        i := array_position(v_ids, v_row.transaction_id);
+        v_bodies[i] := v_bodies[i] || jsonb_build_object('lots', v_row.lots);
     END LOOP;
 
     -- Every decided outcome that a single posting would store (posted or refused for funds).

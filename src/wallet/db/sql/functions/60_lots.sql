@@ -135,7 +135,7 @@ END $$;
 -- in the order the transactions were written (seq), then the earliest open expiry of each account
 -- whose expiring lots changed is cached on its row (most postings touch none: no second update). The account and transaction of each entry are looked up by primary key, row
 -- by row (LIMIT 1 keeps the planner from turning the lookups into a join that would scan), with
--- the asset's lot policy.
+-- the asset's lot policy; entries on system accounts (read once, a handful) are left out first.
 CREATE OR REPLACE FUNCTION wallet_ledger_entries_lots() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -151,11 +151,12 @@ BEGIN
                p.granted_expires_in_seconds,
                CASE WHEN a.user_id = t.user_id THEN t.balance_after_minor
                     ELSE t.counterparty_balance_after_minor END AS balance_after_minor
-          FROM new_entries n
-         CROSS JOIN LATERAL (SELECT x.user_id, x.kind FROM accounts x WHERE x.id = n.account_id LIMIT 1) a
+          FROM (SELECT e.* FROM new_entries e
+                 WHERE e.account_id <> ALL (ARRAY(SELECT s.id FROM accounts s WHERE s.kind = 'system'))
+                OFFSET 0) n
+         CROSS JOIN LATERAL (SELECT x.user_id FROM accounts x WHERE x.id = n.account_id LIMIT 1) a
          CROSS JOIN LATERAL (SELECT y.* FROM transactions y WHERE y.id = n.transaction_id LIMIT 1) t
           LEFT JOIN LATERAL (SELECT z.* FROM asset_lot_policies z WHERE z.asset_code = n.asset_code LIMIT 1) p ON true
-         WHERE a.kind = 'user'
          ORDER BY t.seq, n.entry_no
     LOOP
         v_origin := wallet_rule_lot_origin(r.type);
@@ -272,16 +273,33 @@ BEGIN
 END $$;
 
 -- The lots a transaction filled (positive) or drew (negative), in the order it moved them.
+CREATE OR REPLACE FUNCTION wallet_lot_movement_document(m lot_movements, l credit_lots) RETURNS jsonb
+LANGUAGE sql STABLE AS $$
+    SELECT jsonb_build_object(
+        'lot_id', m.lot_id, 'origin', l.origin,
+        'expires_at', to_char(l.expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+        'amount', m.amount_minor)
+$$;
+
 CREATE OR REPLACE FUNCTION wallet_transaction_lots(p_transaction_id uuid) RETURNS jsonb
 LANGUAGE plpgsql STABLE AS $$
 BEGIN
     RETURN (
-        SELECT coalesce(jsonb_agg(jsonb_build_object(
-                   'lot_id', m.lot_id, 'origin', l.origin,
-                   'expires_at', to_char(l.expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
-                   'amount', m.amount_minor) ORDER BY m.id), '[]'::jsonb)
+        SELECT coalesce(jsonb_agg(wallet_lot_movement_document(m, l) ORDER BY m.id), '[]'::jsonb)
           FROM lot_movements m JOIN credit_lots l ON l.id = m.lot_id
          WHERE m.transaction_id = p_transaction_id);
+END $$;
+
+-- The same for several transactions at once (those without movements are left out).
+CREATE OR REPLACE FUNCTION wallet_transactions_lots(p_transaction_ids uuid[])
+RETURNS TABLE (transaction_id uuid, lots jsonb)
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN QUERY
+        SELECT m.transaction_id, jsonb_agg(wallet_lot_movement_document(m, l) ORDER BY m.id)
+          FROM lot_movements m JOIN credit_lots l ON l.id = m.lot_id
+         WHERE m.transaction_id = ANY (p_transaction_ids)
+         GROUP BY m.transaction_id;
 END $$;
 
 -- An account's balance as the user sees it now: as if due lots had been expired this instant
