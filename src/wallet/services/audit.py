@@ -53,6 +53,22 @@ LAST_CLEAN_AUDIT.set(float("nan"))
 # Serialises audit runs across processes: each starts from the checkpoint the previous one left.
 _AUDIT_LOCK_KEY = 0x57A11E7A
 
+
+def _balance_after_newest_posting(owner: str, asset_code: str, condition: str = "true") -> str:
+    """The SQL expression for an account's balance after its newest posting (among those meeting
+    `condition` on `p`), as its user or as the receiver of a transfer; 0 without one. Two probes
+    of the (user, asset, seq) and (counterparty, seq) indexes."""
+    return f"""coalesce((SELECT x.after_minor FROM (
+                       (SELECT p.seq, p.balance_after_minor AS after_minor FROM transactions p
+                         WHERE p.user_id = {owner} AND p.asset_code = {asset_code} AND {condition}
+                         ORDER BY p.user_id, p.asset_code, p.seq DESC LIMIT 1)
+                       UNION ALL
+                       (SELECT p.seq, p.counterparty_balance_after_minor FROM transactions p
+                         WHERE p.counterparty_user_id = {owner} AND p.asset_code = {asset_code} AND {condition}
+                         ORDER BY p.counterparty_user_id, p.seq DESC LIMIT 1)) x
+                     ORDER BY x.seq DESC LIMIT 1), 0)"""
+
+
 # $1: from_seq (exclusive), $2: to_seq (inclusive), $3: at most this many problems per check.
 _IN_RANGE = "t.seq > $1 AND t.seq <= $2"
 
@@ -126,15 +142,7 @@ INCREMENTAL_CHECKS: list[tuple[str, str]] = [
                       s.id, s.owner, s.asset_code, b.before_minor, s.delta_minor, s.after_minor)
         FROM sides s
         CROSS JOIN LATERAL (
-            SELECT coalesce((SELECT x.after_minor FROM (
-                       (SELECT p.seq, p.balance_after_minor AS after_minor FROM transactions p
-                         WHERE p.user_id = s.owner AND p.asset_code = s.asset_code AND p.seq < s.seq
-                         ORDER BY p.user_id, p.asset_code, p.seq DESC LIMIT 1)
-                       UNION ALL
-                       (SELECT p.seq, p.counterparty_balance_after_minor FROM transactions p
-                         WHERE p.counterparty_user_id = s.owner AND p.asset_code = s.asset_code AND p.seq < s.seq
-                         ORDER BY p.counterparty_user_id, p.seq DESC LIMIT 1)) x
-                     ORDER BY x.seq DESC LIMIT 1), 0) AS before_minor
+            SELECT {_balance_after_newest_posting("s.owner", "s.asset_code", "p.seq < s.seq")} AS before_minor
         ) b
         WHERE b.before_minor + s.delta_minor <> s.after_minor
         ORDER BY s.seq LIMIT $3
@@ -212,20 +220,12 @@ INCREMENTAL_CHECKS: list[tuple[str, str]] = [
 ACCOUNT_CHECKS: list[tuple[str, str]] = [
     (
         "cached user balance differs from the balance after its newest posting",
-        """
+        f"""
         SELECT format('account %s (%s %s): cached balance %s, newest posting leaves %s',
                       a.id, a.user_id, a.asset_code, a.balance_minor, n.after_minor)
         FROM accounts a
         CROSS JOIN LATERAL (
-            SELECT coalesce((SELECT x.after_minor FROM (
-                       (SELECT p.seq, p.balance_after_minor AS after_minor FROM transactions p
-                         WHERE p.user_id = a.user_id AND p.asset_code = a.asset_code
-                         ORDER BY p.user_id, p.asset_code, p.seq DESC LIMIT 1)
-                       UNION ALL
-                       (SELECT p.seq, p.counterparty_balance_after_minor FROM transactions p
-                         WHERE p.counterparty_user_id = a.user_id AND p.asset_code = a.asset_code
-                         ORDER BY p.counterparty_user_id, p.seq DESC LIMIT 1)) x
-                     ORDER BY x.seq DESC LIMIT 1), 0) AS after_minor
+            SELECT {_balance_after_newest_posting("a.user_id", "a.asset_code")} AS after_minor
         ) n
         WHERE a.kind = 'user' AND a.balance_minor <> n.after_minor
         ORDER BY a.id LIMIT $1
