@@ -15,6 +15,7 @@ from typing import Any
 import asyncpg
 
 from wallet.domain import errors
+from wallet.domain.times import api_time
 from wallet.services.audit import run_audit
 from wallet.services.users import USER_COLUMNS
 from wallet.settings import Settings
@@ -103,10 +104,6 @@ async def audit(pool: asyncpg.Pool, settings: Settings, *, full: bool) -> dict[s
     return await asyncio.shield(task)
 
 
-def _iso(value: datetime | None) -> str | None:
-    return value.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z") if value else None
-
-
 async def _audit(pool: asyncpg.Pool, settings: Settings, full: bool) -> dict[str, Any]:
     try:
         result = await run_audit(pool, settings, full=full)
@@ -132,11 +129,11 @@ async def _audit(pool: asyncpg.Pool, settings: Settings, full: bool) -> dict[str
     return {
         "kind": result.kind,
         "clean": result.consistent,
-        "checked_at": _iso(result.finished_at),
-        "started_at": _iso(result.started_at),
+        "checked_at": api_time(result.finished_at),
+        "started_at": api_time(result.started_at),
         "from_seq": result.from_seq,
         "to_seq": result.to_seq,
-        "last_clean_at": _iso(result.last_clean_at),
+        "last_clean_at": api_time(result.last_clean_at) if result.last_clean_at else None,
         "problems": [{"check": title, "details": items} for title, items in result.problems.items()],
         "counts": None
         if report is None

@@ -23,6 +23,7 @@ from prometheus_client import Counter
 
 from wallet.domain import errors
 from wallet.domain.errors import WalletError
+from wallet.domain.times import api_time
 from wallet.settings import Settings
 
 log = structlog.get_logger("wallet.lots")
@@ -127,22 +128,17 @@ class ReportPeriod:
     def resolve(
         cls, as_of: datetime | None, from_time: datetime | None, to_time: datetime | None
     ) -> ReportPeriod:
-        """Defaults: as_of now; the period from the start of as_of's month (UTC) to as_of."""
-        now = datetime.now(UTC)
-        as_of = _aware(as_of, "as_of") or now
-        to_time = _aware(to_time, "to") or as_of
-        from_time = _aware(from_time, "from") or to_time.astimezone(UTC).replace(
+        """Defaults: as_of now; the period from the start of as_of's month (UTC) to as_of. The
+        times given carry a zone (the route takes only those; the command reads UTC)."""
+        assert all(t is None or t.tzinfo is not None for t in (as_of, from_time, to_time))
+        as_of = as_of or datetime.now(UTC)
+        to_time = to_time or as_of
+        from_time = from_time or to_time.astimezone(UTC).replace(
             day=1, hour=0, minute=0, second=0, microsecond=0
         )
         if from_time > to_time:
             raise WalletError(errors.VALIDATION_ERROR, "from must not be after to", "from")
         return cls(as_of, from_time, to_time)
-
-
-def _aware(value: datetime | None, field: str) -> datetime | None:
-    if value is not None and value.tzinfo is None:
-        raise WalletError(errors.VALIDATION_ERROR, "must carry a time zone (e.g. Z or +00:00)", field)
-    return value
 
 
 async def liability_report(pool: asyncpg.Pool, period: ReportPeriod) -> dict[str, Any]:
@@ -151,15 +147,11 @@ async def liability_report(pool: asyncpg.Pool, period: ReportPeriod) -> dict[str
         "SELECT * FROM wallet_liability_report($1, $2, $3)", period.as_of, period.from_time, period.to_time
     )
     return {
-        "as_of": _iso(period.as_of),
-        "from": _iso(period.from_time),
-        "to": _iso(period.to_time),
+        "as_of": api_time(period.as_of),
+        "from": api_time(period.from_time),
+        "to": api_time(period.to_time),
         "assets": [{name: row[name] for name in REPORT_FIELDS} for row in rows],
     }
-
-
-def _iso(instant: datetime) -> str:
-    return instant.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def report_csv(report: dict[str, Any]) -> str:
