@@ -7,6 +7,15 @@ import re
 
 from tests.support import post
 from wallet.services.audit import run_audit
+from wallet.services.verify import verify_ledger
+
+
+async def _edit(pool, statement: str, *args) -> None:
+    """An edit by hand, with the triggers that would refuse it off (as a superuser can)."""
+    async with pool.acquire() as conn:
+        async with conn.transaction():
+            await conn.execute("SET LOCAL session_replication_role = replica")
+            await conn.execute(statement, *args)
 
 
 async def _gauges(admin) -> tuple[float, float]:
@@ -71,29 +80,46 @@ async def test_a_corrupted_balance_lot_or_entry_is_found_and_stays_found_until_r
         assert (await run_audit(pool, settings)).consistent
         assert (await _gauges(admin))[0] == 1.0
 
+    # A lot movement of a transaction posted since the last clean run, edited with the triggers off.
+    moved = await post(admin, "spend", user_id=user, asset_type="GOLD_COINS", amount=2)
+    await _edit(
+        pool,
+        "UPDATE lot_movements SET amount_minor = amount_minor + 1 WHERE transaction_id = $1",
+        moved["id"],
+    )
+    found = await run_audit(pool, settings)
+    assert "a transaction's lot movements do not match its entry on a user account" in found.problems, (
+        found.problems
+    )
+    async with pool.acquire() as conn:
+        full = await verify_ledger(conn)
+    assert "a transaction's lot movements do not match its entry on a user account" in full.problems
+    await _edit(
+        pool,
+        "UPDATE lot_movements SET amount_minor = amount_minor - 1 WHERE transaction_id = $1",
+        moved["id"],
+    )
+    assert (await run_audit(pool, settings)).consistent
+
     # An entry of a transaction posted since the last clean run, edited with the triggers off.
     await post(admin, "spend", user_id=user, asset_type="GOLD_COINS", amount=5)
     newest = await pool.fetchval(
         "SELECT id FROM transactions WHERE user_id = $1 ORDER BY seq DESC LIMIT 1", user
     )
-    async with pool.acquire() as conn:
-        async with conn.transaction():
-            await conn.execute("SET LOCAL session_replication_role = replica")
-            await conn.execute(
-                "UPDATE ledger_entries SET amount_minor = amount_minor - 1 WHERE transaction_id = $1 AND entry_no = 2",
-                newest,
-            )
+    await _edit(
+        pool,
+        "UPDATE ledger_entries SET amount_minor = amount_minor - 1 WHERE transaction_id = $1 AND entry_no = 2",
+        newest,
+    )
     found = await run_audit(pool, settings)
     titles = set(found.problems)
     assert "transaction entries do not sum to zero, or fewer than two entries" in titles, titles
     assert "hash chain broken after the last audited link" not in titles  # a system entry is not chained
-    async with pool.acquire() as conn:
-        async with conn.transaction():
-            await conn.execute("SET LOCAL session_replication_role = replica")
-            await conn.execute(
-                "UPDATE ledger_entries SET amount_minor = amount_minor + 1 WHERE transaction_id = $1 AND entry_no = 2",
-                newest,
-            )
+    await _edit(
+        pool,
+        "UPDATE ledger_entries SET amount_minor = amount_minor + 1 WHERE transaction_id = $1 AND entry_no = 2",
+        newest,
+    )
     assert (await run_audit(pool, settings)).consistent
     assert spend["type"] == "spend"
 

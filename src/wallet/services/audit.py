@@ -161,11 +161,9 @@ INCREMENTAL_CHECKS: list[tuple[str, str]] = [
               FROM lot_movements mv JOIN credit_lots l ON l.id = mv.lot_id
              WHERE mv.transaction_id = t.id AND l.account_id = e.account_id) m
         WHERE {_IN_RANGE} AND t.seq >= (SELECT first_seq FROM credit_lots_start)
-          AND CASE WHEN e.amount_minor < 0
-                   THEN m.moved <> e.amount_minor AND NOT (t.allow_negative AND m.moved BETWEEN e.amount_minor AND 0)
-                   ELSE m.moved <> least(e.amount_minor, greatest(
-                            CASE WHEN a.user_id = t.user_id THEN t.balance_after_minor
-                                 ELSE t.counterparty_balance_after_minor END, 0)) END
+          AND NOT wallet_lots_moved_as_entry(e.amount_minor, m.moved, t.allow_negative,
+                  CASE WHEN a.user_id = t.user_id THEN t.balance_after_minor
+                       ELSE t.counterparty_balance_after_minor END)
         ORDER BY t.id LIMIT $3
         """,
     ),

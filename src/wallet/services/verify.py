@@ -247,12 +247,9 @@ CHECKS: list[tuple[str, str]] = [
                    GROUP BY mv.transaction_id, l.account_id) m
                ON m.transaction_id = e.transaction_id AND m.account_id = e.account_id
         WHERE t.seq >= (SELECT first_seq FROM credit_lots_start)
-          AND CASE WHEN e.amount_minor < 0
-                   THEN coalesce(m.moved, 0) <> e.amount_minor
-                        AND NOT (t.allow_negative AND coalesce(m.moved, 0) BETWEEN e.amount_minor AND 0)
-                   ELSE coalesce(m.moved, 0) <> least(e.amount_minor, greatest(
-                            CASE WHEN a.user_id = t.user_id THEN t.balance_after_minor
-                                 ELSE t.counterparty_balance_after_minor END, 0)) END
+          AND NOT wallet_lots_moved_as_entry(e.amount_minor, coalesce(m.moved, 0), t.allow_negative,
+                  CASE WHEN a.user_id = t.user_id THEN t.balance_after_minor
+                       ELSE t.counterparty_balance_after_minor END)
         ORDER BY t.id LIMIT $1
         """,
     ),

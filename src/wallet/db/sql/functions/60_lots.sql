@@ -131,6 +131,20 @@ BEGIN
     RETURN v_expiring;
 END $$;
 
+-- Whether p_moved_minor, the sum (numeric) of a transaction's lot movements on one user account,
+-- is what its entry there implies: a debit draws exactly its amount (an admin clawback into
+-- debt: what there was, between it and nothing); a credit fills its amount less the debt it
+-- repaid. The rule the trigger below moves lots by, as `wallet verify` and the live audit check it.
+CREATE OR REPLACE FUNCTION wallet_lots_moved_as_entry(p_entry_minor bigint, p_moved_minor numeric,
+                                                      p_allow_negative boolean, p_balance_after_minor bigint)
+RETURNS boolean
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE WHEN p_entry_minor < 0
+                THEN p_moved_minor = p_entry_minor
+                     OR (p_allow_negative AND p_moved_minor BETWEEN p_entry_minor AND 0)
+                ELSE p_moved_minor = least(p_entry_minor, greatest(p_balance_after_minor, 0)) END
+$$;
+
 -- Once per INSERT statement on ledger_entries: each entry on a user account fills or draws lots,
 -- in the order the transactions were written (seq), then the earliest open expiry of each account
 -- whose expiring lots changed is cached on its row (most postings touch none: no second update). The account and transaction of each entry are looked up by primary key, row
