@@ -13,6 +13,7 @@ import subprocess
 import sys
 import uuid
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -79,17 +80,24 @@ def _run_bench(
     )
 
 
-async def _chain_counts(server_url: str, database: str) -> tuple[int, int, bool]:
+async def _row(server_url: str, database: str, sql: str) -> tuple[Any, ...]:
+    """One row read from a scratch database the benchmark left."""
     conn = await asyncpg.connect(server_url, database=database)
     try:
-        row = await conn.fetchrow(
-            "SELECT (SELECT count(*) FROM ledger_chain), (SELECT count(*) FROM transactions),"
-            " (SELECT tgenabled <> 'D' FROM pg_trigger WHERE tgname = 'ledger_entries_chained')"
-        )
+        row = await conn.fetchrow(sql)
         assert row is not None
-        return row[0], row[1], row[2]
+        return tuple(row)
     finally:
         await conn.close()
+
+
+async def _chain_counts(server_url: str, database: str) -> tuple[Any, ...]:
+    return await _row(
+        server_url,
+        database,
+        "SELECT (SELECT count(*) FROM ledger_chain), (SELECT count(*) FROM transactions),"
+        " (SELECT tgenabled <> 'D' FROM pg_trigger WHERE tgname = 'ledger_entries_chained')",
+    )
 
 
 @pytest.mark.skipif(
@@ -172,19 +180,15 @@ def test_bench_compares_spends_with_and_without_credit_lots(server_url, tmp_path
     assert 0 < spends_with_draws < spends and enabled
 
 
-async def _spend_draws(server_url: str, database: str) -> tuple[int, int, bool]:
-    conn = await asyncpg.connect(server_url, database=database)
-    try:
-        row = await conn.fetchrow(
-            "SELECT (SELECT count(*) FROM transactions WHERE type = 'spend'),"
-            " (SELECT count(DISTINCT m.transaction_id) FROM lot_movements m"
-            "   JOIN transactions t ON t.id = m.transaction_id WHERE t.type = 'spend'),"
-            " (SELECT tgenabled <> 'D' FROM pg_trigger WHERE tgname = 'ledger_entries_lots')"
-        )
-        assert row is not None
-        return row[0], row[1], row[2]
-    finally:
-        await conn.close()
+async def _spend_draws(server_url: str, database: str) -> tuple[Any, ...]:
+    return await _row(
+        server_url,
+        database,
+        "SELECT (SELECT count(*) FROM transactions WHERE type = 'spend'),"
+        " (SELECT count(DISTINCT m.transaction_id) FROM lot_movements m"
+        "   JOIN transactions t ON t.id = m.transaction_id WHERE t.type = 'spend'),"
+        " (SELECT tgenabled <> 'D' FROM pg_trigger WHERE tgname = 'ledger_entries_lots')",
+    )
 
 
 @pytest.mark.parametrize(

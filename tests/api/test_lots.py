@@ -100,11 +100,7 @@ async def test_refunds_restore_what_the_spend_drew_last_first(admin, client, mak
     assert draws(spend) == [("granted", -50), ("purchased", -30)]
     refunds = []
     for amount in (20, 25, 35):
-        response = await admin.post(
-            f"{TX}/{spend['id']}/reverse", headers={"Idempotency-Key": new_key()}, json={"amount": amount}
-        )
-        assert response.status_code == 201, response.text
-        refunds.append(draws(response.json()))
+        refunds.append(draws(await post(admin, f"{spend['id']}/reverse", amount=amount)))
     # Last drawn first: the purchased 30, then the granted 50; each refund after the previous.
     assert refunds == [[("purchased", 20)], [("purchased", 10), ("granted", 15)], [("granted", 35)]]
     restored = [lot for r in refunds for lot in r]
@@ -120,13 +116,9 @@ async def test_a_transfer_passes_on_the_senders_lots_and_the_fee_is_their_tail(
     alice, bob = await make_user(), await make_user()
     bonus = await post(admin, "bonus", user_id=alice, asset_type=asset, amount=10, expires_in_seconds=7200)
     await post(admin, "topup", user_id=alice, asset_type=asset, amount=100)
-    response = await admin.post(
-        f"{TX}/transfer",
-        headers={"Idempotency-Key": new_key()},
-        json={"from_user_id": alice, "to_user_id": bob, "asset_type": asset, "amount": 20, "fee": 2},
+    transfer = await post(
+        admin, "transfer", from_user_id=alice, to_user_id=bob, asset_type=asset, amount=20, fee=2
     )
-    assert response.status_code == 201, response.text
-    transfer = response.json()
     # Alice's draws (granted first), then Bob's lots: the same origins and expiry, without the fee.
     assert draws(transfer) == [("granted", -10), ("purchased", -12), ("granted", 10), ("purchased", 10)]
     assert transfer["lots"][2]["expires_at"] == bonus["lots"][0]["expires_at"]
@@ -140,13 +132,9 @@ async def test_a_clawback_takes_the_lots_its_original_filled_first(admin, client
     user = await make_user()
     topup = await post(admin, "topup", user_id=user, asset_type=asset, amount=40)
     await post(admin, "bonus", user_id=user, asset_type=asset, amount=60)
-    response = await admin.post(
-        f"{TX}/{topup['id']}/reverse", headers={"Idempotency-Key": new_key()}, json={"amount": 30}
-    )
-    assert response.status_code == 201, response.text
-    assert draws(response.json()) == [("purchased", -30)]  # not the granted lot the order would take
-    rest = await admin.post(f"{TX}/{topup['id']}/reverse", headers={"Idempotency-Key": new_key()}, json={})
-    assert rest.status_code == 201 and draws(rest.json()) == [("purchased", -10)]
+    first = await post(admin, f"{topup['id']}/reverse", amount=30)
+    assert draws(first) == [("purchased", -30)]  # not the granted lot the order would take
+    assert draws(await post(admin, f"{topup['id']}/reverse")) == [("purchased", -10)]
     balance = await asset_balance(client, user, asset)
     assert (balance["balance"], balance["purchased"], balance["granted"]) == (60, 0, 60)
 
@@ -156,13 +144,8 @@ async def test_credits_to_a_user_in_debt_fill_lots_only_past_the_debt(admin, cli
     user = await make_user()
     topup = await post(admin, "topup", user_id=user, asset_type=asset, amount=30)
     await post(client, "spend", user_id=user, asset_type=asset, amount=20)
-    clawback = await admin.post(
-        f"{TX}/{topup['id']}/reverse",
-        headers={"Idempotency-Key": new_key()},
-        json={"amount": 30, "allow_negative": True},
-    )
-    assert clawback.status_code == 201, clawback.text
-    assert draws(clawback.json()) == [("purchased", -10)]  # all there was
+    clawback = await post(admin, f"{topup['id']}/reverse", amount=30, allow_negative=True)
+    assert draws(clawback) == [("purchased", -10)]  # all there was
     debt = await asset_balance(client, user, asset)
     assert (debt["balance"], debt["debt"], debt["purchased"], debt["granted"]) == (-20, 20, -20, 0)
     bonus = await post(admin, "bonus", user_id=user, asset_type=asset, amount=50)
