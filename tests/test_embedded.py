@@ -4,6 +4,7 @@ PostgreSQL, migrates, seeds the demo and prints a working key."""
 from __future__ import annotations
 
 import os
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -26,8 +27,13 @@ def test_serve_without_database_url_runs_the_embedded_demo(tmp_path: Path, monke
             timeout=10,
         )
         assert response.status_code == 200
-        gold = {b["asset_type"]: b["balance"] for b in response.json()["balances"]}["GOLD_COINS"]
-        assert gold == 1000
+        by_asset = {b["asset_type"]: b for b in response.json()["balances"]}
+        assert by_asset["GOLD_COINS"]["balance"] == 1000
+        # The demo's loyalty points were granted with the default policy's expiry (365 days).
+        points = by_asset["LOYALTY_POINTS"]
+        assert (points["granted"], points["next_expiry"]["amount"]) == (200, 200)
+        expires = datetime.fromisoformat(points["next_expiry"]["at"])
+        assert timedelta(days=364) < expires - datetime.now(UTC) < timedelta(days=366)
         assert (data_dir / "pgdata" / "PG_VERSION").exists()
     finally:
         service.stop()

@@ -379,8 +379,10 @@ def serve(
     with _database(settings) as (url, embedded):
         if embedded:
             upgrade_to_head(url)
-            asyncio.run(_seed(url, demo=True))
+            # Before the demo's bonuses, so they get their asset's default expiry as with `wallet
+            # migrate` then `wallet seed` (the workers write the policies again at start).
             asyncio.run(_sync_lot_policies(url))
+            asyncio.run(_seed(url, demo=True))
             token = _demo_key(url, settings.data_dir / DEMO_KEY_FILE)
             os.environ["WALLET_DATABASE_URL"] = url
             get_settings.cache_clear()
