@@ -53,3 +53,20 @@ browser-deps:
 	else \
 	    echo "no chromium and no apt-get: the console's browser test will be skipped"; \
 	fi
+
+# wrk and pgbench for `make bench` and its end-to-end tests (tests/test_bench.py), from Debian's
+# packages when missing and apt-get is there. The tests skip, saying so, only where they cannot
+# be found.
+.PHONY: bench-deps
+bench-deps:
+	@missing=""; \
+	command -v wrk >/dev/null || missing="$$missing wrk"; \
+	command -v pgbench >/dev/null || missing="$$missing postgresql-client"; \
+	if [ -z "$$missing" ]; then \
+	    echo "wrk: $$(command -v wrk), pgbench: $$(command -v pgbench)"; \
+	elif command -v apt-get >/dev/null; then \
+	    SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	    $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	else \
+	    echo "no$$missing and no apt-get: the benchmark's tests will be skipped"; \
+	fi
