@@ -114,3 +114,14 @@ async def test_prune_idempotency_deletes_only_keys_past_retention(database_url, 
         r["key"] for r in await pool.fetch("SELECT key FROM idempotency_keys WHERE key LIKE 'prune-%'")
     }
     assert remaining == {"prune-recent"}
+
+
+async def test_report_liabilities_refuses_bad_options_naming_them(database_url):
+    for args, option in [
+        (("--format", "xml"), "--format"),
+        (("--from", "2026-02-01", "--to", "2026-01-01"), "--from"),
+        (("--as-of", "yesterday"), "--as-of"),
+    ]:
+        result = wallet(database_url, "report", "liabilities", *args)
+        assert result.returncode == 2, (args, result.stderr)
+        assert option in result.stderr, (args, result.stderr)
