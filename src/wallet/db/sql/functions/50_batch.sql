@@ -214,22 +214,25 @@ BEGIN
                      WHERE ops.to_account_id IS NOT NULL) AS u
               ORDER BY u.account_id, u.ord DESC, u.leg DESC) AS final
         WHERE a.id = final.account_id
+    ), entry_documents AS (
+        -- Each operation's entries, grouped once (a subquery per operation rescanned every side).
+        SELECT sides.ord, jsonb_agg(wallet_entry_document(sides.account_id, sides.account, sides.kind,
+                                                          sides.amount_minor) ORDER BY sides.entry_no) AS entries
+          FROM sides GROUP BY sides.ord
     )
     SELECT jsonb_build_object('transactions', jsonb_agg(wallet_transaction_document(
                p.id, ops.type, 'posted', ops.user_id, ops.asset_type, ops.amount, ops.balance_after,
-               ops.description, ops.metadata, p_idempotency_key, p.created_at,
-               (SELECT jsonb_agg(wallet_entry_document(sides.account_id, sides.account, sides.kind, sides.amount_minor)
-                                 ORDER BY sides.entry_no)
-                  FROM sides WHERE sides.ord = ops.ord))
+               ops.description, ops.metadata, p_idempotency_key, p.created_at, d.entries)
            || wallet_transaction_extras(NULL, 0, ops.to_user_id, ops.to_balance_after, ops.fee, NULL)
            ORDER BY ops.ord))
       INTO body
-      FROM posted p JOIN ops ON p.id = ops.id;
-    -- The lots each operation moved: written by the trigger at the end of that statement.
+      FROM posted p JOIN ops ON p.id = ops.id JOIN entry_documents d ON d.ord = ops.ord;
+    -- The lots each operation moved: written by the trigger at the end of that statement, read
+    -- for the whole batch in one query.
     body := jsonb_build_object('transactions', (
-        SELECT jsonb_agg(x.doc || jsonb_build_object('lots', wallet_transaction_lots((x.doc ->> 'id')::uuid))
-                         ORDER BY x.n)
-          FROM jsonb_array_elements(body -> 'transactions') WITH ORDINALITY AS x(doc, n)));
+        SELECT jsonb_agg(x.doc || jsonb_build_object('lots', coalesce(l.lots, '[]'::jsonb)) ORDER BY x.n)
+          FROM jsonb_array_elements(body -> 'transactions') WITH ORDINALITY AS x(doc, n)
+          LEFT JOIN wallet_transactions_lots(v_ids) AS l ON l.transaction_id = (x.doc ->> 'id')::uuid));
 
     outcome := 'posted';
     INSERT INTO idempotency_keys (api_key_id, key, request_sha256, outcome, response_body)
