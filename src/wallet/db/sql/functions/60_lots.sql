@@ -146,52 +146,193 @@ LANGUAGE sql IMMUTABLE AS $$
 $$;
 
 -- Once per INSERT statement on ledger_entries: each entry on a user account fills or draws lots,
--- in the order the transactions were written (seq), then the earliest open expiry of each account
--- whose expiring lots changed is cached on its row (most postings touch none: no second update). The account and transaction of each entry are looked up by primary key, row
--- by row (LIMIT 1 keeps the planner from turning the lookups into a join that would scan), with
--- the asset's lot policy; entries on system accounts (read once, a handful) are left out first.
+-- then the earliest open expiry of each account whose expiring lots changed is cached on its row
+-- (most postings touch none: no second update).
+--
+-- Lots belong to one account, so postings to different accounts commute; only the entries of one
+-- account must be applied in the order they were written (seq). So the entries of accounts with
+-- one entry in the statement (a group commit's or a batch's usual case) are applied set-based, a
+-- few statements for all of them: every debit's draw at once (the same order of lots as
+-- wallet_lots_debit), then every top-up's or bonus's fill at once. The rest (accounts with
+-- several entries, and credits that take other lots' origins: refunds and transfers received,
+-- which read the draw of the same or an earlier transaction) go row by row, in seq order, after
+-- the set-based debits. A PL/pgSQL call per entry had been the largest per-write cost of a group
+-- or a batch (docs/PERFORMANCE.md).
+--
+-- The account and transaction of each entry are looked up by primary key, row by row (LIMIT 1
+-- keeps the planner from turning the lookups into a join that would scan), with the asset's lot
+-- policy; entries on system accounts (read once, a handful) are left out first.
 CREATE OR REPLACE FUNCTION wallet_ledger_entries_lots() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
-    r record;
+    v_n integer;
+    v_account_ids bigint[];
+    v_amounts bigint[];
+    v_transaction_ids uuid[];
+    v_types text[];
+    v_reverses uuid[];
+    v_created_ats timestamptz[];
+    v_credit_expires_ats timestamptz[];
+    v_allow_negatives boolean[];
+    v_spend_orders text[];
+    v_purchased_expires integer[];
+    v_granted_expires integer[];
+    v_balances_after bigint[];
+    v_origins text[];
+    v_set_based boolean[];         -- per entry: applied by the set-based statements
     v_origin text;
     v_expires_at timestamptz;
     v_expiring boolean;
-    v_accounts bigint[] := '{}';
+    v_accounts bigint[] := '{}';   -- accounts whose expiring lots changed
+    v_short record;
+    v_now timestamptz;
+    i integer;
 BEGIN
-    FOR r IN
-        SELECT n.account_id, n.amount_minor, n.transaction_id, t.type, t.reverses, t.created_at,
-               t.credit_expires_at, t.allow_negative, p.spend_order, p.purchased_expires_in_seconds,
-               p.granted_expires_in_seconds,
-               CASE WHEN a.user_id = t.user_id THEN t.balance_after_minor
-                    ELSE t.counterparty_balance_after_minor END AS balance_after_minor
-          FROM (SELECT e.* FROM new_entries e
-                 WHERE e.account_id <> ALL (ARRAY(SELECT s.id FROM accounts s WHERE s.kind = 'system'))
-                OFFSET 0) n
-         CROSS JOIN LATERAL (SELECT x.user_id FROM accounts x WHERE x.id = n.account_id LIMIT 1) a
-         CROSS JOIN LATERAL (SELECT y.* FROM transactions y WHERE y.id = n.transaction_id LIMIT 1) t
-          LEFT JOIN LATERAL (SELECT z.* FROM asset_lot_policies z WHERE z.asset_code = n.asset_code LIMIT 1) p ON true
-         ORDER BY t.seq, n.entry_no
-    LOOP
-        v_origin := wallet_rule_lot_origin(r.type);
-        IF r.amount_minor > 0 AND v_origin IS NOT NULL THEN
-            -- A top-up or bonus: its own lot, expiring when it says or after the asset's default
-            -- for its origin. What repaid a debt fills nothing.
-            CONTINUE WHEN r.balance_after_minor <= 0;
-            v_expires_at := coalesce(r.credit_expires_at, r.created_at + make_interval(secs =>
-                CASE v_origin WHEN 'purchased' THEN r.purchased_expires_in_seconds ELSE r.granted_expires_in_seconds END));
-            PERFORM wallet_lot_fill(r.account_id, r.transaction_id, v_origin, v_expires_at,
-                                    least(r.amount_minor, r.balance_after_minor));
-            v_expiring := v_expires_at IS NOT NULL;
-        ELSIF r.amount_minor > 0 THEN
-            v_expiring := wallet_lots_credit(r.account_id, r.transaction_id, r.type, r.reverses,
-                                             r.amount_minor, r.balance_after_minor);
-        ELSE
-            v_expiring := wallet_lots_debit(r.account_id, r.spend_order, r.transaction_id, r.type, r.reverses,
-                                            -r.amount_minor, r.allow_negative);
+    SELECT count(*)::integer, array_agg(r.account_id ORDER BY r.seq, r.entry_no),
+           array_agg(r.amount_minor ORDER BY r.seq, r.entry_no),
+           array_agg(r.transaction_id ORDER BY r.seq, r.entry_no), array_agg(r.type ORDER BY r.seq, r.entry_no),
+           array_agg(r.reverses ORDER BY r.seq, r.entry_no), array_agg(r.created_at ORDER BY r.seq, r.entry_no),
+           array_agg(r.credit_expires_at ORDER BY r.seq, r.entry_no),
+           array_agg(r.allow_negative ORDER BY r.seq, r.entry_no),
+           array_agg(r.spend_order ORDER BY r.seq, r.entry_no),
+           array_agg(r.purchased_expires_in_seconds ORDER BY r.seq, r.entry_no),
+           array_agg(r.granted_expires_in_seconds ORDER BY r.seq, r.entry_no),
+           array_agg(r.balance_after_minor ORDER BY r.seq, r.entry_no),
+           array_agg(r.origin ORDER BY r.seq, r.entry_no),
+           array_agg(r.uses = 1 AND (r.amount_minor < 0 OR r.origin IS NOT NULL) ORDER BY r.seq, r.entry_no)
+      INTO v_n, v_account_ids, v_amounts, v_transaction_ids, v_types, v_reverses, v_created_ats,
+           v_credit_expires_ats, v_allow_negatives, v_spend_orders, v_purchased_expires, v_granted_expires,
+           v_balances_after, v_origins, v_set_based
+      FROM (SELECT n.account_id, n.amount_minor, n.transaction_id, n.entry_no, t.seq, t.type, t.reverses,
+                   t.created_at, t.credit_expires_at, t.allow_negative, p.spend_order,
+                   p.purchased_expires_in_seconds, p.granted_expires_in_seconds,
+                   CASE WHEN a.user_id = t.user_id THEN t.balance_after_minor
+                        ELSE t.counterparty_balance_after_minor END AS balance_after_minor,
+                   wallet_rule_lot_origin(t.type) AS origin,
+                   count(*) OVER (PARTITION BY n.account_id) AS uses
+              FROM (SELECT e.* FROM new_entries e
+                     WHERE e.account_id <> ALL (ARRAY(SELECT s.id FROM accounts s WHERE s.kind = 'system'))
+                    OFFSET 0) n
+             CROSS JOIN LATERAL (SELECT x.user_id FROM accounts x WHERE x.id = n.account_id LIMIT 1) a
+             CROSS JOIN LATERAL (SELECT y.* FROM transactions y WHERE y.id = n.transaction_id LIMIT 1) t
+              LEFT JOIN LATERAL (SELECT z.* FROM asset_lot_policies z WHERE z.asset_code = n.asset_code LIMIT 1) p
+                ON true) r;
+    IF v_n = 0 THEN
+        RETURN NULL;
+    END IF;
+    IF (SELECT count(*) FROM unnest(v_set_based) AS b WHERE b) < 2 THEN
+        -- One entry (a single posting): the row-by-row call is cheaper than the set statements.
+        v_set_based := array_fill(false, ARRAY[v_n]);
+    END IF;
+
+    -- Set-based debits: each draws its account's open lots in wallet_lots_debit's order.
+    v_now := clock_timestamp();
+    IF EXISTS (SELECT 1 FROM generate_series(1, v_n) AS w(i) WHERE v_set_based[w.i] AND v_amounts[w.i] < 0) THEN
+        WITH debit AS (
+            SELECT w.i, v_account_ids[w.i] AS account_id, v_transaction_ids[w.i] AS transaction_id,
+                   v_types[w.i] AS type, v_reverses[w.i] AS reverses, -v_amounts[w.i] AS want,
+                   coalesce(v_allow_negatives[w.i], false) AS allow_negative,
+                   coalesce(v_spend_orders[w.i], 'granted_first') AS spend_order
+              FROM generate_series(1, v_n) AS w(i)
+             WHERE v_set_based[w.i] AND v_amounts[w.i] < 0
+        ), open AS (
+            SELECT d.i, d.transaction_id, d.want, l.id, l.remaining_minor, l.expires_at,
+                   sum(l.remaining_minor) OVER (PARTITION BY d.i ORDER BY
+                       CASE WHEN d.type IN ('expiry', 'capture') THEN NOT coalesce(l.expires_at <= v_now, false)
+                            ELSE coalesce(l.expires_at <= v_now, false) END,
+                       CASE WHEN d.type = 'clawback' THEN NOT EXISTS (
+                                SELECT 1 FROM lot_movements f
+                                 WHERE f.transaction_id = d.reverses AND f.lot_id = l.id AND f.amount_minor > 0)
+                            ELSE false END,
+                       CASE WHEN d.type = 'expiry' THEN false
+                            WHEN d.spend_order = 'granted_first' THEN l.origin <> 'granted'
+                            WHEN d.spend_order = 'purchased_first' THEN l.origin <> 'purchased'
+                            ELSE false END,
+                       CASE WHEN d.spend_order = 'fifo' AND d.type <> 'expiry' THEN NULL ELSE l.expires_at END NULLS LAST,
+                       l.id) AS running
+              FROM debit d
+             CROSS JOIN LATERAL (SELECT x.id, x.remaining_minor, x.expires_at, x.origin FROM credit_lots x
+                                  WHERE x.account_id = d.account_id AND x.remaining_minor > 0 OFFSET 0) AS l
+        ), drawn AS (
+            SELECT o.i, o.transaction_id, o.id, o.running, o.expires_at,
+                   least(o.remaining_minor, o.want - (o.running - o.remaining_minor)) AS take
+              FROM open o WHERE o.running - o.remaining_minor < o.want
+        ), updated AS (
+            -- Each lot is drawn by one debit (its account has one entry here); found by = ANY, an
+            -- index scan whatever the planner guesses of the set's size.
+            UPDATE credit_lots l SET remaining_minor = l.remaining_minor - (SELECT dr.take FROM drawn dr WHERE dr.id = l.id)
+             WHERE l.id = ANY (ARRAY(SELECT dr.id FROM drawn dr))
+        ), moved AS (
+            INSERT INTO lot_movements (transaction_id, lot_id, amount_minor)
+            SELECT dr.transaction_id, dr.id, -dr.take FROM drawn dr ORDER BY dr.i, dr.running
+        )
+        SELECT d.account_id, d.want, d.type, d.transaction_id, coalesce(x.drawn, 0) AS drawn,
+               coalesce(x.expiring, false) AS expiring, d.allow_negative INTO v_short
+          FROM debit d
+          LEFT JOIN (SELECT dr.i, sum(dr.take) AS drawn, bool_or(dr.expires_at IS NOT NULL) AS expiring
+                       FROM drawn dr GROUP BY dr.i) AS x ON x.i = d.i
+         WHERE coalesce(x.drawn, 0) <> d.want AND NOT d.allow_negative
+         ORDER BY d.i LIMIT 1;
+        IF FOUND THEN
+            RAISE EXCEPTION 'account %: its open lots hold % and cannot cover the % of % %',
+                v_short.account_id, v_short.drawn, v_short.want, v_short.type, v_short.transaction_id
+                USING ERRCODE = 'check_violation';
         END IF;
-        IF v_expiring AND NOT r.account_id = ANY (v_accounts) THEN
-            v_accounts := v_accounts || r.account_id;
+        v_accounts := v_accounts || ARRAY(
+            SELECT DISTINCT l.account_id FROM lot_movements m JOIN credit_lots l ON l.id = m.lot_id
+             WHERE m.transaction_id = ANY (v_transaction_ids) AND m.amount_minor < 0 AND l.expires_at IS NOT NULL);
+    END IF;
+
+    -- Set-based fills: a top-up's or bonus's own lot, expiring when it says or after the asset's
+    -- default for its origin. What repaid a debt fills nothing.
+    IF EXISTS (SELECT 1 FROM generate_series(1, v_n) AS w(i)
+                WHERE v_set_based[w.i] AND v_amounts[w.i] > 0 AND v_balances_after[w.i] > 0) THEN
+        WITH fill AS (
+            SELECT w.i, v_account_ids[w.i] AS account_id, v_transaction_ids[w.i] AS transaction_id,
+                   v_origins[w.i] AS origin,
+                   coalesce(v_credit_expires_ats[w.i], v_created_ats[w.i] + make_interval(secs =>
+                       CASE v_origins[w.i] WHEN 'purchased' THEN v_purchased_expires[w.i]
+                                           ELSE v_granted_expires[w.i] END)) AS expires_at,
+                   least(v_amounts[w.i], v_balances_after[w.i]) AS amount
+              FROM generate_series(1, v_n) AS w(i)
+             WHERE v_set_based[w.i] AND v_amounts[w.i] > 0 AND v_balances_after[w.i] > 0
+        ), lot AS (
+            INSERT INTO credit_lots AS l (account_id, origin, expires_at, remaining_minor)
+            SELECT f.account_id, f.origin, f.expires_at, f.amount FROM fill f ORDER BY f.i
+                ON CONFLICT ON CONSTRAINT credit_lots_one_per_origin_and_expiry
+                DO UPDATE SET remaining_minor = l.remaining_minor + EXCLUDED.remaining_minor
+            RETURNING l.id, l.account_id
+        )
+        INSERT INTO lot_movements (transaction_id, lot_id, amount_minor)
+        SELECT f.transaction_id, lot.id, f.amount FROM fill f JOIN lot ON lot.account_id = f.account_id ORDER BY f.i;
+        v_accounts := v_accounts || ARRAY(
+            SELECT v_account_ids[w.i] FROM generate_series(1, v_n) AS w(i)
+             WHERE v_set_based[w.i] AND v_amounts[w.i] > 0 AND v_balances_after[w.i] > 0
+               AND (v_credit_expires_ats[w.i] IS NOT NULL
+                    OR CASE v_origins[w.i] WHEN 'purchased' THEN v_purchased_expires[w.i]
+                                           ELSE v_granted_expires[w.i] END IS NOT NULL));
+    END IF;
+
+    -- The rest, row by row in seq order.
+    FOR i IN 1..v_n LOOP
+        CONTINUE WHEN v_set_based[i];
+        v_origin := v_origins[i];
+        IF v_amounts[i] > 0 AND v_origin IS NOT NULL THEN
+            CONTINUE WHEN v_balances_after[i] <= 0;
+            v_expires_at := coalesce(v_credit_expires_ats[i], v_created_ats[i] + make_interval(secs =>
+                CASE v_origin WHEN 'purchased' THEN v_purchased_expires[i] ELSE v_granted_expires[i] END));
+            PERFORM wallet_lot_fill(v_account_ids[i], v_transaction_ids[i], v_origin, v_expires_at,
+                                    least(v_amounts[i], v_balances_after[i]));
+            v_expiring := v_expires_at IS NOT NULL;
+        ELSIF v_amounts[i] > 0 THEN
+            v_expiring := wallet_lots_credit(v_account_ids[i], v_transaction_ids[i], v_types[i], v_reverses[i],
+                                             v_amounts[i], v_balances_after[i]);
+        ELSE
+            v_expiring := wallet_lots_debit(v_account_ids[i], v_spend_orders[i], v_transaction_ids[i], v_types[i],
+                                            v_reverses[i], -v_amounts[i], v_allow_negatives[i]);
+        END IF;
+        IF v_expiring AND NOT v_account_ids[i] = ANY (v_accounts) THEN
+            v_accounts := v_accounts || v_account_ids[i];
         END IF;
     END LOOP;
     IF cardinality(v_accounts) = 0 THEN
@@ -200,7 +341,7 @@ BEGIN
     UPDATE accounts a SET lots_expire_at = x.next_at
       FROM (SELECT u.id, (SELECT min(l.expires_at) FROM credit_lots l
                            WHERE l.account_id = u.id AND l.remaining_minor > 0) AS next_at
-              FROM unnest(v_accounts) AS u(id)) x
+              FROM (SELECT DISTINCT v.id FROM unnest(v_accounts) AS v(id)) AS u) x
      WHERE a.id = x.id AND a.lots_expire_at IS DISTINCT FROM x.next_at;
     RETURN NULL;
 END $$;
