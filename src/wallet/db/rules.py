@@ -1,9 +1,18 @@
 """The rules of `wallet.domain` as SQL functions, so that PostgreSQL reads the same definitions.
 
 Each function is IMMUTABLE and either constant or a CASE over constants: PostgreSQL inlines and
-folds them where they are used (in CHECK constraints and in the posting functions' plans), so
-reading a rule costs nothing at run time. `wallet migrate` re-installs them before and after the
-migrations, and `tests/db/test_rules.py` checks that the installed functions answer as Python does.
+folds them into the posting functions' plans, which are cached, so reading a rule there costs
+nothing at run time. `wallet migrate` re-installs them before and after the migrations, and
+`tests/db/test_rules.py` checks that the installed functions answer as Python does.
+
+CHECK constraints are different: PostgreSQL prepares a table's CHECK expressions again for every
+statement that writes it, and folding a rule function there runs it as a SQL function (parsed and
+planned each time). On the tables every posting writes, that was about a sixth of the database's
+CPU for a lone write (perf, docs/PERFORMANCE.md). So the constraints of those tables are written
+with the rules' values as literals, generated here from the same definitions: `wallet migrate`
+(to head) replaces a constraint whose text differs from what the rules now give, and marks each
+with its expression as a comment to compare against. The migrations still create them with the
+functions; the replacement follows at the end of the same upgrade.
 """
 
 from __future__ import annotations
@@ -76,3 +85,89 @@ def rules_sql() -> str:
             _constant("wallet_rule_metadata_max_bytes", rules.METADATA_MAX_BYTES, "integer"),
         ]
     )
+
+
+def _in(values: Iterable[str]) -> str:
+    return "(" + ", ".join(_quote(v) for v in values) + ")"
+
+
+def rule_constraints() -> list[tuple[str, str, str]]:
+    """(table, constraint, CHECK expression) with literal values, for the tables every posting
+    writes; each states the same rule as the migration's version with the rule functions."""
+    ceiling = rules.AMOUNT_MINOR_CEILING
+    key_chars = rules.IDEMPOTENCY_KEY_MAX_CHARS
+    description_chars = rules.DESCRIPTION_MAX_CHARS
+    metadata_bytes = rules.METADATA_MAX_BYTES
+    credits = _in(t.value for t, r in rules.TYPE_RULES.items() if r.user_sign > 0)
+    lot_credits = _in(t.value for t, r in rules.TYPE_RULES.items() if r.lot_origin is not None)
+    return [
+        ("transactions", "transactions_type_known", f"type IN {_in(t.value for t in rules.TYPE_RULES)}"),
+        ("transactions", "transactions_amount_in_range", f"amount_minor > 0 AND amount_minor <= {ceiling}"),
+        (
+            "transactions",
+            "transactions_fee_only_transfers",
+            f"fee_minor >= 0 AND fee_minor <= {ceiling} AND (fee_minor = 0 OR type = 'transfer')",
+        ),
+        (
+            "transactions",
+            "transactions_idempotency_key_length",
+            f"length(idempotency_key) >= 1 AND length(idempotency_key) <= {key_chars}",
+        ),
+        ("transactions", "transactions_description_length", f"length(description) <= {description_chars}"),
+        (
+            "transactions",
+            "transactions_metadata_object",
+            f"jsonb_typeof(metadata) = 'object' AND pg_column_size(metadata) <= {metadata_bytes}",
+        ),
+        (
+            "transactions",
+            "transactions_balance_after_covered",
+            f"balance_after_minor >= 0 OR allow_negative OR type IN {credits}",
+        ),
+        (
+            "transactions",
+            "transactions_credit_expiry_only_lot_credits",
+            f"credit_expires_at IS NULL OR type IN {lot_credits}",
+        ),
+        ("idempotency_keys", "idempotency_keys_outcome_known", f"outcome IN {_in(errors.CATALOGUE)}"),
+        (
+            "idempotency_keys",
+            "idempotency_keys_key_length",
+            f"length(key) >= 1 AND length(key) <= {key_chars}",
+        ),
+        ("holds", "holds_status_check", f"status IN {_in(s.value for s in rules.HoldStatus)}"),
+        ("holds", "holds_amount_minor_check", f"amount_minor > 0 AND amount_minor <= {ceiling}"),
+        ("holds", "holds_description_check", f"length(description) <= {description_chars}"),
+        (
+            "holds",
+            "holds_metadata_check",
+            f"jsonb_typeof(metadata) = 'object' AND pg_column_size(metadata) <= {metadata_bytes}",
+        ),
+        ("credit_lots", "credit_lots_origin_check", f"origin IN {_in(o.value for o in rules.LotOrigin)}"),
+    ]
+
+
+CONSTRAINT_COMMENT_PREFIX = "wallet rule: "
+
+
+def rule_constraints_sql() -> str:
+    """Replaces each constraint of `rule_constraints` whose comment is not its expression (a new
+    database, or a rule that changed): NOT VALID, then validated, so a row breaking the new rule
+    stops the upgrade."""
+    blocks = []
+    for table, name, expression in rule_constraints():
+        comment = _quote(CONSTRAINT_COMMENT_PREFIX + expression)
+        blocks.append(
+            f"""DO $rule$
+BEGIN
+    IF (SELECT obj_description(c.oid, 'pg_constraint') FROM pg_constraint c
+         WHERE c.conrelid = '{table}'::regclass AND c.conname = '{name}') IS DISTINCT FROM {comment} THEN
+        ALTER TABLE {table} DROP CONSTRAINT IF EXISTS {name},
+            ADD CONSTRAINT {name} CHECK ({expression}) NOT VALID;
+        ALTER TABLE {table} VALIDATE CONSTRAINT {name};
+        COMMENT ON CONSTRAINT {name} ON {table} IS {comment};
+    END IF;
+END $rule$;
+"""
+        )
+    return "-- Generated by wallet.db.rules from wallet.domain; do not edit by hand.\n" + "".join(blocks)

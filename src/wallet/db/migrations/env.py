@@ -2,7 +2,8 @@
 
 Around the versioned migrations: the generated rule functions (wallet.db.rules) are installed
 first, because constraints refer to them, and the posting functions (db/sql/functions/*.sql) are
-re-installed last when upgrading to head, so each `wallet migrate` leaves them as the code says.
+re-installed last when upgrading to head, so each `wallet migrate` leaves them as the code says,
+followed by the rule constraints of the hot tables with literal values (wallet.db.rules).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 from sqlalchemy.util import await_only
 
-from wallet.db.rules import rules_sql
+from wallet.db.rules import rule_constraints_sql, rules_sql
 from wallet.db.sql_files import function_files
 from wallet.db.urls import sqlalchemy_url
 
@@ -33,6 +34,7 @@ def _run_migrations(connection: Connection) -> None:
     if context.config.attributes.get("install_functions", True):
         for sql in function_files():
             _execute_script(connection, sql)
+        _execute_script(connection, rule_constraints_sql())
 
 
 async def _run_online() -> None:
