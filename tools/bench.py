@@ -212,7 +212,8 @@ async def _prepare_database(
 
 
 class HelloProcess:
-    """tools/hello_app.py under `uvicorn --workers N`, as `wallet serve` runs the service."""
+    """tools/hello_app.py under the supervisor `wallet serve` runs the service with
+    (`wallet.serving`: uvicorn, N workers, one listening socket per worker)."""
 
     def __init__(self, workers: int) -> None:
         self.port = free_port()
@@ -222,8 +223,8 @@ class HelloProcess:
 
     def start(self) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "tools.hello_app:app", "--port", str(self.port),
-             "--workers", str(self.workers), "--log-level", "warning", "--no-access-log"],
+            [sys.executable, "-m", "wallet.serving", "tools.hello_app:app", "--port", str(self.port),
+             "--workers", str(self.workers)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )  # fmt: skip

@@ -367,6 +367,7 @@ def serve(
     seed demo data and print a demo API key."""
     import uvicorn
 
+    from wallet import serving
     from wallet.db.migrate import upgrade_to_head
 
     settings = get_settings()
@@ -396,16 +397,18 @@ def serve(
                 file=sys.stderr,
                 flush=True,
             )
-        uvicorn.run(
-            "wallet.api.app:create_app",
-            factory=True,
-            host=host,
-            port=port,
-            workers=workers,
-            access_log=False,  # the service writes its own structured line (wallet.api.observe)
-            log_level=settings.log_level.lower(),
-            timeout_graceful_shutdown=10,
-            limit_concurrency=settings.max_connections_per_worker,
+        serving.serve(  # one socket per worker (see wallet.serving)
+            uvicorn.Config(
+                "wallet.api.app:create_app",
+                factory=True,
+                host=host,
+                port=port,
+                workers=workers,
+                access_log=False,  # the service writes its own structured line (wallet.api.observe)
+                log_level=settings.log_level.lower(),
+                timeout_graceful_shutdown=10,
+                limit_concurrency=settings.max_connections_per_worker,
+            )
         )
 
 
