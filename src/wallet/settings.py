@@ -96,6 +96,12 @@ class Settings(BaseSettings):
     # database's CPU per write is the limit; docs/PERFORMANCE.md, issue 8).
     group_commit_max_size: int = Field(default=64, ge=1, le=1_000)
     group_commit_max_in_flight: int = Field(default=1, ge=1, le=200)
+    # The same for balance reads (all of a user's balances, now; wallet.services.balance_reads):
+    # at most this many reads per query, at most this many queries in flight per worker. With 2
+    # workers, 1 in flight gave 3,355 and 3,820 reads/s at 16 and 64 connections, 2 gave 2,383 and
+    # 3,399, 4 gave 2,733 and 3,249 (p99 11/28 ms against 51-60/42-160); docs/PERFORMANCE.md.
+    balance_read_max_size: int = Field(default=64, ge=1, le=1_000)
+    balance_read_max_in_flight: int = Field(default=1, ge=1, le=200)
 
     # Per-key rate limits (token bucket): WALLET_RATE_LIMIT_RPS requests per second on average, in
     # bursts of up to WALLET_RATE_LIMIT_BURST (0 = as many as one second's rate). 0 rps = off. A key

@@ -39,6 +39,7 @@ from wallet.db.pool import create_pool
 from wallet.logging import configure_logging
 from wallet.services.api_keys import Authenticator
 from wallet.services.audit import run_auditor
+from wallet.services.balance_reads import BalanceReader
 from wallet.services.group_commit import GroupCommitter
 from wallet.services.holds import run_hold_sweeper
 from wallet.services.lots import run_lot_expirer, sync_policies
@@ -72,7 +73,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         committer = GroupCommitter(
             pool, max_size=settings.group_commit_max_size, max_in_flight=settings.group_commit_max_in_flight
         )
-        app.state.resources = Resources(pool, authenticator, rate_limiter, committer)
+        balance_reader = BalanceReader(
+            pool, max_size=settings.balance_read_max_size, max_in_flight=settings.balance_read_max_in_flight
+        )
+        app.state.resources = Resources(pool, authenticator, rate_limiter, committer, balance_reader)
         if await pool.fetchval("SELECT current_setting('autovacuum')") != "on":
             # Without it nothing refreshes statistics: plans cached while the ledger was small
             # (sequential scans in the ledger's triggers) stay, and each posting slows down in
@@ -112,6 +116,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             await committer.drain()
+            await balance_reader.drain()
             with contextlib.suppress(Exception):
                 await authenticator.flush_usage()
             await rate_limiter.close()

@@ -15,6 +15,7 @@ from wallet.domain import errors
 from wallet.domain.errors import WalletError
 from wallet.domain.rules import IDEMPOTENCY_KEY_MAX_CHARS, Scope
 from wallet.services.api_keys import Authenticator, Caller
+from wallet.services.balance_reads import BalanceReader
 from wallet.services.group_commit import GroupCommitter
 from wallet.services.rate_limits import RateLimiter
 from wallet.settings import Settings
@@ -28,6 +29,7 @@ class Resources:
     authenticator: Authenticator
     rate_limiter: RateLimiter
     committer: GroupCommitter
+    balance_reader: BalanceReader
 
 
 def _resources(request: Request) -> Resources:

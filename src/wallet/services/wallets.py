@@ -20,11 +20,14 @@ from wallet.domain import errors
 from wallet.domain.rules import TransactionType
 from wallet.services.pagination import decode_int_cursor, encode_cursor
 
+
 # Now: the cached balance less what of it has expired (as if the expiry had run this instant,
 # see wallet_account_lots_now), split by origin, and held without the open holds already past
 # their expiry (the cached held_minor may include them until the database releases them; the
 # probe runs only for accounts that hold something).
-BALANCES_SQL = """
+def _balances_sql(user: str, asset: str) -> str:
+    """The balances document of the user `user` (an SQL expression), of asset `asset` or all (NULL)."""
+    return f"""
 SELECT jsonb_build_object(
     'user_id', u.id,
     'as_of', NULL,
@@ -48,12 +51,20 @@ SELECT jsonb_build_object(
                                  AND h.expires_at <= clock_timestamp()), 0)
                      END AS held
                 FROM accounts x
-               WHERE x.user_id = u.id AND ($2::text IS NULL OR x.asset_code = $2)) AS a
+               WHERE x.user_id = u.id AND ({asset} IS NULL OR x.asset_code = {asset})) AS a
         CROSS JOIN LATERAL wallet_account_lots_now(a.id, a.balance_minor, a.held::bigint, a.lots_expire_at) AS l
         JOIN asset_types t ON t.code = a.asset_code), '[]'::jsonb)
 )::text
-FROM users u WHERE u.id = $1
+FROM users u WHERE u.id = {user}
 """
+
+
+BALANCES_SQL = _balances_sql("$1", "$2::text")
+# Several users at once, in the order given (NULL for an unknown user): see balance_reads.
+BALANCES_OF_USERS_SQL = (
+    "SELECT w.n::integer AS n, b.body FROM unnest($1::text[]) WITH ORDINALITY AS w(user_id, n)"
+    " LEFT JOIN LATERAL (" + _balances_sql("w.user_id", "NULL::text") + " LIMIT 1) AS b(body) ON true"
+)
 
 # As of an instant: each account's balance after its newest posting stamped at or before it (as
 # its user, or as the receiver of a transfer), the holds open at that instant, and its lots' split

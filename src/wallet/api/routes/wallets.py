@@ -9,6 +9,8 @@ from wallet.api.dependencies import AppSettings, Pool, Reader
 from wallet.api.errors import error_responses
 from wallet.api.fast_path import FastPathRoute, authorized, bearer_token, fast_path, state
 from wallet.api.schemas import BalancesOut, TransactionPage
+from wallet.domain import errors
+from wallet.domain.errors import WalletError
 from wallet.domain.rules import ASSET_CODE_MAX_CHARS, CURSOR_MAX_CHARS, Scope, TransactionType
 from wallet.services.pagination import check_limit
 from wallet.services.wallets import balances_json, history_json
@@ -24,7 +26,10 @@ async def _fast_balance(request: Request) -> Response | None:
     caller = await authorized(request, token)
     caller.require(Scope.READ)
     resources, _ = state(request)
-    body = await balances_json(resources.pool, request.path_params["user_id"], None, None)
+    user_id = request.path_params["user_id"]
+    body = await resources.balance_reader.read(user_id)  # shares a query with concurrent reads
+    if body is None:
+        raise WalletError(errors.USER_NOT_FOUND, f"no user with id {user_id}")
     return Response(body, media_type="application/json")
 
 
