@@ -11,7 +11,7 @@ import orjson
 
 from tests.services.test_group_commit import _histogram
 from wallet.services.balance_reads import READS_PER_QUERY, BalanceReader
-from wallet.services.wallets import balances_json
+from wallet.services.wallets import BALANCES_OF_USERS_SQL, balances_json
 
 
 async def test_concurrent_reads_share_queries_and_each_gets_its_own_document(pool, make_user):
@@ -81,3 +81,36 @@ async def test_a_read_that_fails_the_shared_query_fails_alone(pool: asyncpg.Pool
     for user, result in zip((first, second, third), (results[0], results[1], results[3]), strict=True):
         assert isinstance(result, str)
         assert orjson.loads(result)["user_id"] == user
+
+
+async def test_the_inlined_split_agrees_with_the_lots_function_for_every_account(pool, make_user, admin):
+    """The balance query inlines wallet_account_lots_now's answer for accounts whose lots do not
+    expire (and for empty and indebted ones); for every account in the database, in whatever
+    state the tests before left it, both say the same."""
+    await make_user()  # at least one empty account
+    await make_user(GOLD_COINS=7)
+    users = [r["id"] for r in await pool.fetch("SELECT id FROM users ORDER BY id LIMIT 5000")]
+    rows = await pool.fetch(BALANCES_OF_USERS_SQL, users)
+    shown = {
+        (user, b["asset_type"]): (b["balance"], b["purchased"], b["granted"], b["next_expiry"])
+        for user, row in zip(users, rows, strict=True)
+        for b in orjson.loads(row["body"])["balances"]
+    }
+    expected = await pool.fetch(
+        """SELECT a.user_id, a.asset_code, f.balance_minor, f.purchased_minor, f.granted_minor, f.next_expiry::text
+             FROM accounts a
+            CROSS JOIN LATERAL (SELECT CASE WHEN a.held_minor = 0 THEN 0 ELSE a.held_minor - coalesce((
+                                    SELECT sum(h.amount_minor) FROM holds h WHERE h.account_id = a.id
+                                       AND h.status = 'open' AND h.expires_at <= clock_timestamp()), 0) END AS held) AS h
+            CROSS JOIN LATERAL wallet_account_lots_now(a.id, a.balance_minor, h.held::bigint, a.lots_expire_at) AS f
+            WHERE a.kind = 'user' AND a.user_id = ANY ($1)""",
+        users,
+    )
+    assert len(expected) == len(shown)
+    kinds = set()
+    for r in expected:
+        next_expiry = orjson.loads(r["next_expiry"]) if r["next_expiry"] else None
+        key = (r["user_id"], r["asset_code"])
+        assert shown[key] == (r["balance_minor"], r["purchased_minor"], r["granted_minor"], next_expiry), key
+        kinds.add("debt" if r["balance_minor"] < 0 else "empty" if r["balance_minor"] == 0 else "funded")
+    assert {"empty", "funded"} <= kinds
