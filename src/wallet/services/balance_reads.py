@@ -2,10 +2,11 @@
 
 A balance read is a short statement; at load most of its cost is the statement itself (a round
 trip, a pool checkout, the executor's start-up) rather than the few index probes it makes. Each
-worker keeps a queue of pending reads of a user's balances (now, every asset: the hot route's
-common case). When a read arrives and fewer than `max_in_flight` queries are running, everything
-queued (up to `max_size`) is read by one statement; otherwise it waits for the next, so the
-busier the worker, the more reads share a statement, and a lone read waits for nothing.
+worker queues its pending reads of a user's balances (now, every asset: the hot route's common
+case) as group commit queues writes (`wallet.services.batching`): a read that arrives while fewer
+than `max_in_flight` queries are running is read at once with everything queued (up to
+`max_size`) by one statement; otherwise it waits for the next, so the busier the worker, the more
+reads share a statement, and a lone read waits for nothing.
 
 No read is answered from an older snapshot than its own: a read waits for a query that starts
 after it arrived, so it sees every write acknowledged before it was asked (a write is
@@ -19,6 +20,7 @@ import asyncio
 import asyncpg
 from prometheus_client import Histogram
 
+from wallet.services.batching import Batcher
 from wallet.services.wallets import BALANCES_OF_USERS_SQL
 
 READS_PER_QUERY = Histogram(
@@ -28,63 +30,36 @@ READS_PER_QUERY = Histogram(
 )
 
 
-class BalanceReader:
+class BalanceReader(Batcher[str, str | None]):
     def __init__(self, pool: asyncpg.Pool, *, max_size: int, max_in_flight: int) -> None:
-        assert max_size >= 1
-        assert max_in_flight >= 1
+        super().__init__(max_size=max_size, max_in_flight=max_in_flight)
         self.pool = pool
-        self._max_size = max_size
-        self._max_in_flight = max_in_flight
-        self._queue: list[tuple[str, asyncio.Future[str | None]]] = []
-        self._in_flight = 0
-        self._tasks: set[asyncio.Task[None]] = set()
 
     async def read(self, user_id: str) -> str | None:
         """The user's balances document (JSON), or None for an unknown user."""
-        future: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
-        self._queue.append((user_id, future))
-        self._start_queries()
-        return await future
+        return await self.submit(user_id)
 
-    def _start_queries(self) -> None:
-        while self._queue and self._in_flight < self._max_in_flight:
-            reads, self._queue = self._queue[: self._max_size], self._queue[self._max_size :]
-            self._in_flight += 1
-            task = asyncio.create_task(self._query(reads))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    async def _query(self, reads: list[tuple[str, asyncio.Future[str | None]]]) -> None:
+    async def serve(self, reads: list[tuple[str, asyncio.Future[str | None]]]) -> None:
+        READS_PER_QUERY.observe(len(reads))
         try:
-            READS_PER_QUERY.observe(len(reads))
-            try:
-                bodies = await self._fetch([user_id for user_id, _ in reads])
-            except Exception:
-                if len(reads) == 1:
-                    raise
-                # One read's input can fail the statement (or a connection fails): each is read
-                # again alone, so a read fails only for a reason of its own.
-                await asyncio.gather(*(self._query_alone(read) for read in reads))
-                return
-            for (_, future), body in zip(reads, bodies, strict=True):
-                if not future.done():  # (a caller that went away cancelled its future)
-                    future.set_result(body)
-        except BaseException as exc:
-            for _, future in reads:
-                if not future.done():
-                    future.set_exception(exc)
-            if not isinstance(exc, Exception):
+            bodies = await self._fetch([user_id for user_id, _ in reads])
+        except Exception:
+            if len(reads) == 1:
                 raise
-        finally:
-            self._in_flight -= 1
-            self._start_queries()
+            # One read's input can fail the statement (or a connection fails): each is read
+            # again alone, so a read fails only for a reason of its own.
+            await asyncio.gather(*(self._read_alone(read) for read in reads))
+            return
+        for (_, future), body in zip(reads, bodies, strict=True):
+            if not future.done():  # (a caller that went away cancelled its future)
+                future.set_result(body)
 
     async def _fetch(self, user_ids: list[str]) -> list[str | None]:
         rows = await self.pool.fetch(BALANCES_OF_USERS_SQL, user_ids)
         assert [r["n"] for r in rows] == list(range(1, len(user_ids) + 1))
         return [r["body"] for r in rows]
 
-    async def _query_alone(self, read: tuple[str, asyncio.Future[str | None]]) -> None:
+    async def _read_alone(self, read: tuple[str, asyncio.Future[str | None]]) -> None:
         user_id, future = read
         try:
             (body,) = await self._fetch([user_id])
@@ -94,8 +69,3 @@ class BalanceReader:
             return
         if not future.done():
             future.set_result(body)
-
-    async def drain(self) -> None:
-        """Waits for every query in progress (shutdown)."""
-        while self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)

@@ -1,10 +1,10 @@
 """Group commit: single writes that arrive together are posted by one database call.
 
-Each worker keeps a queue of pending top-ups, bonuses and spends. When a write arrives and fewer
-than `max_in_flight` groups are being posted, everything queued (up to `max_size`) is posted at
-once, so a lone request waits for nothing; when all flushes are busy, writes queue up and the
-next flush takes them together: the busier the service, the larger the groups, with no timer
-anywhere (TigerBeetle's batching, inside the service).
+Each worker keeps a queue of pending top-ups, bonuses and spends (`wallet.services.batching`):
+a write that arrives while fewer than `max_in_flight` groups are being posted is posted at once
+with everything queued (up to `max_size`), so a lone request waits for nothing; when all are
+busy, writes queue up and the next group takes them together: the busier the service, the larger
+the groups, with no timer anywhere (TigerBeetle's batching, inside the service).
 
 A group is one call of `wallet_post_group`: one round trip, one commit. Each write keeps its own
 outcome and idempotency record; see that function for the lock order and the in-memory balance
@@ -23,6 +23,7 @@ import asyncpg
 from prometheus_client import Counter, Histogram
 
 from wallet.domain import errors
+from wallet.services.batching import Batcher
 
 GROUP_SIZE = Histogram(
     "wallet_group_commit_size",
@@ -67,62 +68,41 @@ class Posted:
     replayed: bool
 
 
-class GroupCommitter:
+class GroupCommitter(Batcher[Write, Posted]):
     def __init__(self, pool: asyncpg.Pool, *, max_size: int, max_in_flight: int) -> None:
-        assert max_size >= 1
-        assert max_in_flight >= 1
+        super().__init__(max_size=max_size, max_in_flight=max_in_flight)
         self.pool = pool
-        self._max_size = max_size
-        self._max_in_flight = max_in_flight
-        self._queue: list[tuple[Write, asyncio.Future[Posted]]] = []
-        self._in_flight = 0
-        self._tasks: set[asyncio.Task[None]] = set()
 
     async def post(self, write: Write) -> Posted:
         """Posts `write`, grouped with whatever else is waiting; returns after its commit."""
         if self._max_size == 1:  # group commit off
             return await self._call_alone(write)
-        future: asyncio.Future[Posted] = asyncio.get_running_loop().create_future()
-        self._queue.append((write, future))
-        self._start_flushes()
         # Shielded: a client that disconnects does not cancel a write that may be committing.
-        return await asyncio.shield(future)
+        return await asyncio.shield(self.submit(write))
 
-    def _start_flushes(self) -> None:
-        while self._queue and self._in_flight < self._max_in_flight:
-            group, self._queue = self._queue[: self._max_size], self._queue[self._max_size :]
-            self._in_flight += 1
-            task = asyncio.create_task(self._flush(group))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    async def _flush(self, group: list[tuple[Write, asyncio.Future[Posted]]]) -> None:
+    async def serve(self, group: list[tuple[Write, asyncio.Future[Posted]]]) -> None:
+        GROUP_SIZE.observe(len(group))
+        if len(group) == 1:
+            await self._post_alone(*group[0])
+            return
         try:
-            GROUP_SIZE.observe(len(group))
-            if len(group) == 1:
-                await self._post_alone(*group[0])
-                return
-            try:
-                rows = await self._post_group([w for w, _ in group])
-            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
-                # Nothing of the group was written: each write is posted alone and gets its own
-                # answer (or error), exactly as without grouping.
-                POSTED_ALONE_AFTER_GROUP.labels(type(exc).__name__).inc(len(group))
-                await asyncio.gather(*(self._post_alone(w, f) for w, f in group))
-                return
-            undecided = []
-            for (write, future), row in zip(group, rows, strict=True):
-                if row["outcome"] is None:
-                    undecided.append((write, future))
-                elif not future.done():
-                    future.set_result(Posted(errors.CATALOGUE[row["outcome"]], row["body"], row["replayed"]))
-            if undecided:
-                POSTED_ALONE_AFTER_GROUP.labels("undecided").inc(len(undecided))
-                for write, future in undecided:  # in arrival order: repeats of a key after the first
-                    await self._post_alone(write, future)
-        finally:
-            self._in_flight -= 1
-            self._start_flushes()
+            rows = await self._post_group([w for w, _ in group])
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            # Nothing of the group was written: each write is posted alone and gets its own
+            # answer (or error), exactly as without grouping.
+            POSTED_ALONE_AFTER_GROUP.labels(type(exc).__name__).inc(len(group))
+            await asyncio.gather(*(self._post_alone(w, f) for w, f in group))
+            return
+        undecided = []
+        for (write, future), row in zip(group, rows, strict=True):
+            if row["outcome"] is None:
+                undecided.append((write, future))
+            elif not future.done():
+                future.set_result(Posted(errors.CATALOGUE[row["outcome"]], row["body"], row["replayed"]))
+        if undecided:
+            POSTED_ALONE_AFTER_GROUP.labels("undecided").inc(len(undecided))
+            for write, future in undecided:  # in arrival order: repeats of a key after the first
+                await self._post_alone(write, future)
 
     async def _post_group(self, writes: list[Write]) -> list[asyncpg.Record]:
         rows = await self.pool.fetch(
@@ -167,8 +147,3 @@ class GroupCommitter:
             return
         if not future.done():
             future.set_result(posted)
-
-    async def drain(self) -> None:
-        """Waits for every flush in progress (shutdown)."""
-        while self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
