@@ -232,23 +232,28 @@ async def test_missing_idempotency_key_is_400_and_writes_nothing(client, pool, m
 
 async def test_batch_posts_all_operations_in_order(client, make_user):
     alice, bob = await make_user(GOLD_COINS=10), await make_user()
-    response = await client.post(
-        BATCH,
-        json={
-            "operations": [
-                {"type": "spend", "user_id": alice, "asset_type": "GOLD_COINS", "amount": 10},
-                {"type": "topup", "user_id": bob, "asset_type": "GOLD_COINS", "amount": 10},
-                {"type": "bonus", "user_id": alice, "asset_type": "GOLD_COINS", "amount": 3},
-            ]
-        },
-        headers={"Idempotency-Key": new_key()},
-    )
+    request = {
+        "operations": [
+            {"type": "spend", "user_id": alice, "asset_type": "GOLD_COINS", "amount": 10},
+            {"type": "topup", "user_id": bob, "asset_type": "GOLD_COINS", "amount": 10},
+            {"type": "bonus", "user_id": alice, "asset_type": "GOLD_COINS", "amount": 3},
+        ]
+    }
+    key = new_key()
+    response = await client.post(BATCH, json=request, headers={"Idempotency-Key": key})
     assert response.status_code == 201, response.text
     posted = response.json()["transactions"]
     assert [t["type"] for t in posted] == ["spend", "topup", "bonus"]
     assert [t["balance_after"] for t in posted] == [0, 10, 3]
     assert await balance_of(client, alice) == 3
     assert await balance_of(client, bob) == 10
+    # Each is the document GET shows (entries, lots and all), and a retry replays the same body.
+    for document in posted:
+        assert (await client.get(f"/api/v1/transactions/{document['id']}")).json() == document
+    assert [len(t["lots"]) for t in posted] == [1, 1, 1]
+    assert [len(t["entries"]) for t in posted] == [2, 2, 2]
+    replay = await client.post(BATCH, json=request, headers={"Idempotency-Key": key})
+    assert replay.status_code == 201 and replay.json() == response.json()
 
 
 async def test_batch_is_all_or_nothing(client, pool, make_user):

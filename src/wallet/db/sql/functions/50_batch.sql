@@ -38,6 +38,8 @@ DECLARE
     v_fingerprint bytea := sha256(convert_to(p_operations::text, 'UTF8'));
     v_missing record;
     v_ids uuid[];                   -- per operation: the new transaction's id
+    v_created_ats timestamptz[];    -- per operation: its transaction's created_at
+    v_entry_documents jsonb[];      -- per operation: its entries, as the response shows them
     v_account_ids bigint[];         -- per operation: the account of user_id
     v_to_account_ids bigint[];      -- per operation: the receiver's account (transfers), else NULL
     v_system_account_ids bigint[];  -- per operation: the system account on the other side
@@ -220,19 +222,20 @@ BEGIN
                                                           sides.amount_minor) ORDER BY sides.entry_no) AS entries
           FROM sides GROUP BY sides.ord
     )
-    SELECT jsonb_build_object('transactions', jsonb_agg(wallet_transaction_document(
-               p.id, ops.type, 'posted', ops.user_id, ops.asset_type, ops.amount, ops.balance_after,
-               ops.description, ops.metadata, p_idempotency_key, p.created_at, d.entries)
-           || wallet_transaction_extras(NULL, 0, ops.to_user_id, ops.to_balance_after, ops.fee, NULL)
-           ORDER BY ops.ord))
-      INTO body
+    SELECT array_agg(p.created_at ORDER BY ops.ord), array_agg(d.entries ORDER BY ops.ord)
+      INTO v_created_ats, v_entry_documents
       FROM posted p JOIN ops ON p.id = ops.id JOIN entry_documents d ON d.ord = ops.ord;
-    -- The lots each operation moved: written by the trigger at the end of that statement, read
-    -- for the whole batch in one query.
-    body := jsonb_build_object('transactions', (
-        SELECT jsonb_agg(x.doc || jsonb_build_object('lots', coalesce(l.lots, '[]'::jsonb)) ORDER BY x.n)
-          FROM jsonb_array_elements(body -> 'transactions') WITH ORDINALITY AS x(doc, n)
-          LEFT JOIN wallet_transactions_lots(v_ids) AS l ON l.transaction_id = (x.doc ->> 'id')::uuid));
+    -- The response, built once the statement's trigger has written the lots each operation
+    -- moved (read for the whole batch in one query).
+    SELECT jsonb_build_object('transactions', jsonb_agg(wallet_transaction_document(
+               v_ids[o.ord + 1], o.type, 'posted', o.user_id, o.asset_type, o.amount, v_balances_after[o.ord + 1],
+               o.description, o.metadata, p_idempotency_key, v_created_ats[o.ord + 1], v_entry_documents[o.ord + 1])
+           || wallet_transaction_extras(NULL, 0, o.to_user_id, v_to_balances_after[o.ord + 1], o.fee, NULL)
+           || jsonb_build_object('lots', coalesce(l.lots, '[]'::jsonb))
+           ORDER BY o.ord))
+      INTO body
+      FROM wallet_batch_items(p_operations) AS o
+      LEFT JOIN wallet_transactions_lots(v_ids) AS l ON l.transaction_id = v_ids[o.ord + 1];
 
     outcome := 'posted';
     INSERT INTO idempotency_keys (api_key_id, key, request_sha256, outcome, response_body)
