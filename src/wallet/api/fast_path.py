@@ -31,7 +31,7 @@ from prometheus_client import Counter
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from wallet.api.body_limit import replaying
-from wallet.api.dependencies import Resources
+from wallet.api.dependencies import Resources, resources_of, settings_of
 from wallet.api.observe import BODY_SCOPE_KEY, note_api_key
 from wallet.services.api_keys import Caller
 from wallet.settings import Settings
@@ -96,10 +96,7 @@ def is_json(request: Request) -> bool:
 
 
 def state(request: Request) -> tuple[Resources, Settings]:
-    resources, settings = request.app.state.resources, request.app.state.settings
-    assert isinstance(resources, Resources)
-    assert isinstance(settings, Settings)
-    return resources, settings
+    return resources_of(request), settings_of(request)
 
 
 async def authorized(request: Request, token: str) -> Caller:
