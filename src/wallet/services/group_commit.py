@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import asyncpg
 from prometheus_client import Counter, Histogram
 
-from wallet.domain import errors
 from wallet.services.batching import Batcher
+from wallet.services.outcome import PostingOutcome
 
 GROUP_SIZE = Histogram(
     "wallet_group_commit_size",
@@ -61,26 +61,19 @@ class Write:
     request_id: str | None = None  # stored with the transaction (X-Request-ID)
 
 
-@dataclass(frozen=True, slots=True)
-class Posted:
-    code: errors.Code
-    body_json: str
-    replayed: bool
-
-
-class GroupCommitter(Batcher[Write, Posted]):
+class GroupCommitter(Batcher[Write, PostingOutcome]):
     def __init__(self, pool: asyncpg.Pool, *, max_size: int, max_in_flight: int) -> None:
         super().__init__(max_size=max_size, max_in_flight=max_in_flight)
         self.pool = pool
 
-    async def post(self, write: Write) -> Posted:
+    async def post(self, write: Write) -> PostingOutcome:
         """Posts `write`, grouped with whatever else is waiting; returns after its commit."""
         if self._max_size == 1:  # group commit off
             return await self._call_alone(write)
         # Shielded: a client that disconnects does not cancel a write that may be committing.
         return await asyncio.shield(self.submit(write))
 
-    async def serve(self, group: list[tuple[Write, asyncio.Future[Posted]]]) -> None:
+    async def serve(self, group: list[tuple[Write, asyncio.Future[PostingOutcome]]]) -> None:
         GROUP_SIZE.observe(len(group))
         if len(group) == 1:
             await self._post_alone(*group[0])
@@ -98,7 +91,7 @@ class GroupCommitter(Batcher[Write, Posted]):
             if row["outcome"] is None:
                 undecided.append((write, future))
             elif not future.done():
-                future.set_result(Posted(errors.CATALOGUE[row["outcome"]], row["body"], row["replayed"]))
+                future.set_result(PostingOutcome.of_row(row))
         if undecided:
             POSTED_ALONE_AFTER_GROUP.labels("undecided").inc(len(undecided))
             for write, future in undecided:  # in arrival order: repeats of a key after the first
@@ -120,7 +113,7 @@ class GroupCommitter(Batcher[Write, Posted]):
         assert [r["ord"] for r in rows] == list(range(1, len(writes) + 1))
         return rows
 
-    async def _call_alone(self, write: Write) -> Posted:
+    async def _call_alone(self, write: Write) -> PostingOutcome:
         row = await self.pool.fetchrow(
             SINGLE_SQL,
             write.api_key_id,
@@ -134,9 +127,9 @@ class GroupCommitter(Batcher[Write, Posted]):
             write.request_id,
         )
         assert row is not None
-        return Posted(errors.CATALOGUE[row["outcome"]], row["body"], row["replayed"])
+        return PostingOutcome.of_row(row)
 
-    async def _post_alone(self, write: Write, future: asyncio.Future[Posted]) -> None:
+    async def _post_alone(self, write: Write, future: asyncio.Future[PostingOutcome]) -> None:
         try:
             posted = await self._call_alone(write)
         except BaseException as exc:

@@ -22,9 +22,9 @@ from wallet.domain.errors import WalletError
 from wallet.domain.rules import KeyOperation
 from wallet.services.api_keys import Caller
 from wallet.services.limits import check_amount, check_idempotency_key, check_text, encode_metadata
+from wallet.services.outcome import PostingOutcome
 from wallet.services.pagination import decode_int_cursor, encode_cursor
 from wallet.services.tracing import current_request_id
-from wallet.services.transactions import PostingOutcome
 from wallet.settings import Settings
 
 log = structlog.get_logger("wallet.holds")

@@ -23,6 +23,7 @@ from wallet.domain.rules import LOT_EXPIRY_SECONDS_CEILING, KeyOperation, Transa
 from wallet.services.api_keys import Caller
 from wallet.services.group_commit import GroupCommitter, Write
 from wallet.services.limits import check_amount, check_idempotency_key, check_text, encode_metadata
+from wallet.services.outcome import PostingOutcome
 from wallet.services.tracing import current_request_id
 from wallet.settings import Settings
 
@@ -40,21 +41,6 @@ class PostingRequest:
     fee_minor: int = 0  # transfers: paid by the sender to SYSTEM_REVENUE
     expires_at: datetime | None = None  # bonuses: when its credits expire (else the asset's default)
     expires_in_seconds: int | None = None  # bonuses: or this long after posting
-
-
-@dataclass(frozen=True, slots=True)
-class PostingOutcome:
-    code: errors.Code  # from the catalogue: `posted`, or why not
-    body_json: str  # the stored response document, verbatim
-    replayed: bool
-
-    @classmethod
-    async def call(cls, pool: asyncpg.Pool, function_call: str, *args: Any) -> PostingOutcome:
-        """Runs one posting function, e.g. `wallet_void_hold($1, $2, $3)`: one round trip, one
-        database transaction. Its outcome must be in the catalogue (anything else is a bug)."""
-        row = await pool.fetchrow(f"SELECT outcome, body::text AS body, replayed FROM {function_call}", *args)
-        assert row is not None
-        return cls(errors.CATALOGUE[row["outcome"]], row["body"], row["replayed"])
 
 
 def _check_operation(request: PostingRequest, settings: Settings, field_prefix: str = "") -> bytes:
@@ -111,7 +97,7 @@ async def post_transaction(
             request.expires_at,
             request.expires_in_seconds,
         )
-    posted = await committer.post(
+    return await committer.post(
         Write(
             api_key_id=caller.client_id,
             idempotency_key=key,
@@ -124,7 +110,6 @@ async def post_transaction(
             request_id=current_request_id(),
         )
     )
-    return PostingOutcome(posted.code, posted.body_json, posted.replayed)
 
 
 async def post_batch(

@@ -38,9 +38,9 @@ from wallet.domain.rules import (
 )
 from wallet.services.api_keys import Caller
 from wallet.services.limits import resolve_idempotency_key
+from wallet.services.outcome import PostingOutcome
 from wallet.services.reversals import reverse_transaction
 from wallet.services.transactions import (
-    PostingOutcome,
     PostingRequest,
     get_transaction_json,
     post_batch,
