@@ -109,8 +109,9 @@ async def _verify(url: str) -> bool:
     from wallet.db.pool import connection
     from wallet.services.verify import verify_ledger
 
-    async with connection(get_settings(), url) as conn:
-        report = await verify_ledger(conn)
+    settings = get_settings()
+    async with connection(settings, url) as conn:
+        report = await verify_ledger(conn, query_timeout_ms=settings.audit_query_timeout_ms)
     typer.echo(report.render())
     return report.clean
 

@@ -37,6 +37,9 @@ class LotPolicy(BaseModel):
     granted_expires_in_seconds: int | None = Field(default=None, ge=1, le=LOT_EXPIRY_SECONDS_CEILING)
 
 
+AUDIT_QUERY_TIMEOUT_MS_DEFAULT = 600_000  # see Settings.audit_query_timeout_ms
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="WALLET_", extra="ignore")
 
@@ -163,6 +166,11 @@ class Settings(BaseSettings):
     # The live audit (GET /api/v1/audit) checks transactions older than this; newer ones wait for
     # the next run, so one still committing (at most the statement timeout) is never skipped.
     audit_settle_ms: int = Field(default=10_000, ge=0, le=3_600_000)
+    # Each query of an audit run and of `wallet verify` (they read a long range or the whole
+    # ledger), in the database and on the client: far above WALLET_DB_STATEMENT_TIMEOUT_MS, which
+    # bounds requests. With the request bound, one check slower than 6 s on a large ledger failed
+    # the run, and the next incremental run had an even longer range to check.
+    audit_query_timeout_ms: int = Field(default=AUDIT_QUERY_TIMEOUT_MS_DEFAULT, ge=1_000, le=86_400_000)
 
 
 @lru_cache(maxsize=1)

@@ -113,11 +113,11 @@ async def test_concurrent_audits_share_one_run(admin, monkeypatch):
     calls = 0
     real = audit.verify_ledger
 
-    async def counting(conn):  # type: ignore[no-untyped-def]
+    async def counting(conn, **kwargs):  # type: ignore[no-untyped-def]
         nonlocal calls
         calls += 1
         await asyncio.sleep(0.2)
-        return await real(conn)
+        return await real(conn, **kwargs)
 
     monkeypatch.setattr(audit, "verify_ledger", counting)
     answers = await asyncio.gather(*(admin.get("/api/v1/audit", params={"full": "true"}) for _ in range(5)))
@@ -164,7 +164,7 @@ async def test_volume_sums_user_credits_and_debits_per_asset_per_day(client, mak
 async def test_an_audit_past_the_statement_timeout_is_a_503_busy(admin, monkeypatch):
     from wallet.services import audit
 
-    async def too_slow(conn):  # type: ignore[no-untyped-def]
+    async def too_slow(conn, **_):  # type: ignore[no-untyped-def]
         raise TimeoutError  # what asyncpg raises past the pool's command timeout
 
     monkeypatch.setattr(audit, "verify_ledger", too_slow)

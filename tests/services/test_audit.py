@@ -3,10 +3,14 @@ corrupted row; its gauges at /metrics."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 
+import asyncpg
+
 from tests.support import post
-from wallet.services.audit import run_audit
+from wallet.db.pool import create_pool
+from wallet.services.audit import _AUDIT_LOCK_KEY, run_audit
 from wallet.services.verify import verify_ledger
 
 
@@ -132,3 +136,26 @@ async def test_a_full_run_recomputes_everything(admin, pool, settings):
     newest = await pool.fetchval("SELECT max(seq) FROM transactions")
     assert body["to_seq"] == newest and body["counts"]["transactions"] > 0
     assert "OK: the books balance" in body["report"]
+
+
+async def test_a_run_is_bounded_by_the_audit_limit_not_the_request_one(settings, database_url):
+    """An audit run outlasts the request statement and lock timeouts of the pool it runs on: here
+    it waits for another run holding the audit lock for longer than those, then completes. (With the
+    request limit, one check slower than it failed every run, each with a longer range to do.)"""
+    fast = settings.model_copy(update={"db_statement_timeout_ms": 300, "audit_query_timeout_ms": 30_000})
+    pool = await create_pool(fast, database_url)
+    holder = await asyncpg.connect(database_url)
+    try:
+        await holder.execute("BEGIN")
+        await holder.execute("SELECT pg_advisory_xact_lock($1)", _AUDIT_LOCK_KEY)
+        run = asyncio.create_task(run_audit(pool, fast))
+        await asyncio.sleep(3.0)  # past the pool's command timeout (1.3 s) and lock timeout (2 s)
+        assert not run.done()  # still waiting its turn, not failed
+        await holder.execute("COMMIT")
+        result = await asyncio.wait_for(run, 30)
+        assert result.consistent, result.problems
+        full = await run_audit(pool, fast, full=True)
+        assert full.consistent, full.problems
+    finally:
+        await holder.close()
+        await pool.close()

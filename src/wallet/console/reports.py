@@ -106,9 +106,9 @@ async def audit(pool: asyncpg.Pool, settings: Settings, *, full: bool) -> dict[s
 
 async def _audit(pool: asyncpg.Pool, settings: Settings, full: bool) -> dict[str, Any]:
     try:
-        result = await run_audit(pool, settings, full=full)
+        # Asked by a request: bounded by a request's statement timeout, not the periodic run's.
+        result = await run_audit(pool, settings, full=full, query_timeout_ms=settings.db_statement_timeout_ms)
     except TimeoutError:
-        # Each check runs under the pool's command timeout (the statement timeout + 1 s).
         raise errors.WalletError(
             errors.BUSY, "the audit took longer than the statement timeout; run `wallet verify` instead"
         ) from None

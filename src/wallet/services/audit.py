@@ -70,6 +70,9 @@ def _balance_after_newest_posting(owner: str, asset_code: str, condition: str = 
 
 
 # $1: from_seq (exclusive), $2: to_seq (inclusive), $3: at most this many problems per check.
+# Each check starts from the range (the seq index) and probes by key from there: ordered by id,
+# three of them had walked the whole transactions table in key order, and one every credit lot,
+# so a run's cost grew with the ledger instead of with what it checks (docs/PERFORMANCE.md).
 _IN_RANGE = "t.seq > $1 AND t.seq <= $2"
 
 INCREMENTAL_CHECKS: list[tuple[str, str]] = [
@@ -79,9 +82,9 @@ INCREMENTAL_CHECKS: list[tuple[str, str]] = [
         SELECT format('transaction %s: %s entries, sum %s', t.id, count(e.entry_no), coalesce(sum(e.amount_minor), 0))
         FROM transactions t LEFT JOIN ledger_entries e ON e.transaction_id = t.id
         WHERE {_IN_RANGE}
-        GROUP BY t.id
+        GROUP BY t.seq, t.id
         HAVING coalesce(sum(e.amount_minor), 0) <> 0 OR count(e.entry_no) < 2
-        ORDER BY t.id LIMIT $3
+        ORDER BY t.seq LIMIT $3
         """,
     ),
     (
@@ -93,9 +96,9 @@ INCREMENTAL_CHECKS: list[tuple[str, str]] = [
         LEFT JOIN accounts a ON a.user_id = t.user_id AND a.asset_code = t.asset_code
         LEFT JOIN ledger_entries e ON e.transaction_id = t.id AND e.account_id = a.id
         WHERE {_IN_RANGE}
-        GROUP BY t.id, t.type, t.amount_minor, t.user_id
+        GROUP BY t.seq, t.id, t.type, t.amount_minor, t.user_id
         HAVING coalesce(sum(e.amount_minor), 0) <> wallet_rule_user_sign(t.type) * t.amount_minor - t.fee_minor
-        ORDER BY t.id LIMIT $3
+        ORDER BY t.seq LIMIT $3
         """,
     ),
     (
@@ -164,7 +167,7 @@ INCREMENTAL_CHECKS: list[tuple[str, str]] = [
           AND NOT wallet_lots_moved_as_entry(e.amount_minor, m.moved, t.allow_negative,
                   CASE WHEN a.user_id = t.user_id THEN t.balance_after_minor
                        ELSE t.counterparty_balance_after_minor END)
-        ORDER BY t.id LIMIT $3
+        ORDER BY t.seq LIMIT $3
         """,
     ),
     (
@@ -172,12 +175,12 @@ INCREMENTAL_CHECKS: list[tuple[str, str]] = [
         f"""
         SELECT format('lot %s (account %s, %s): remaining %s, movements sum %s',
                       l.id, l.account_id, l.origin, l.remaining_minor, m.total)
-        FROM credit_lots l
+        FROM (SELECT DISTINCT mv.lot_id FROM transactions t JOIN lot_movements mv ON mv.transaction_id = t.id
+               WHERE {_IN_RANGE}) AS touched
+        CROSS JOIN LATERAL (SELECT x.* FROM credit_lots x WHERE x.id = touched.lot_id LIMIT 1) AS l
         CROSS JOIN LATERAL (SELECT coalesce(sum(x.amount_minor), 0) AS total FROM lot_movements x
                              WHERE x.lot_id = l.id) m
-        WHERE l.id IN (SELECT mv.lot_id FROM transactions t JOIN lot_movements mv ON mv.transaction_id = t.id
-                        WHERE {_IN_RANGE})
-          AND l.remaining_minor <> m.total
+        WHERE l.remaining_minor <> m.total
         ORDER BY l.id LIMIT $3
         """,
     ),
@@ -256,12 +259,18 @@ class AuditResult:
     verify_report: VerifyReport | None = None  # full runs: `wallet verify`'s own report
 
 
-async def run_audit(pool: asyncpg.Pool, settings: Settings, *, full: bool = False) -> AuditResult:
-    """One audit run (incremental unless `full`), recorded in audit_runs and in the gauges."""
+async def run_audit(
+    pool: asyncpg.Pool, settings: Settings, *, full: bool = False, query_timeout_ms: int | None = None
+) -> AuditResult:
+    """One audit run (incremental unless `full`), recorded in audit_runs and in the gauges. Each
+    query, and the wait for a run in progress elsewhere, may take `query_timeout_ms`: by default
+    WALLET_AUDIT_QUERY_TIMEOUT_MS (the periodic run), a request's statement timeout when a
+    request asked for it (a TimeoutError past it)."""
+    timeout_ms = query_timeout_ms or settings.audit_query_timeout_ms
     async with pool.acquire() as conn:
         if full:
-            return await _run_full(cast(asyncpg.Connection, conn), settings)
-        return await _run_incremental(cast(asyncpg.Connection, conn), settings)
+            return await _run_full(cast(asyncpg.Connection, conn), settings, timeout_ms)
+        return await _run_incremental(cast(asyncpg.Connection, conn), settings, timeout_ms)
 
 
 _SETTLED_SEQ_SQL = (
@@ -270,23 +279,29 @@ _SETTLED_SEQ_SQL = (
 )
 
 
-async def _run_incremental(conn: asyncpg.Connection, settings: Settings) -> AuditResult:
+async def _run_incremental(conn: asyncpg.Connection, settings: Settings, timeout_ms: int) -> AuditResult:
     # One snapshot for every check, so concurrent postings cannot produce false alarms.
+    # Each query may take up to the run's own limit (the pool's may be shorter).
+    timeout_s = timeout_ms / 1000 + 1
     async with conn.transaction(isolation="repeatable_read"):
-        await conn.execute("SET LOCAL statement_timeout = 0")
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", _AUDIT_LOCK_KEY)
+        await conn.execute(f"SET LOCAL statement_timeout = {int(timeout_ms)}")
+        await conn.execute(f"SET LOCAL lock_timeout = {int(timeout_ms)}")
+        # Waits for a run in progress elsewhere (they take turns).
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", _AUDIT_LOCK_KEY, timeout=timeout_s)
         started_at = await conn.fetchval("SELECT clock_timestamp()")
         from_seq = await conn.fetchval(
             "SELECT coalesce((SELECT to_seq FROM audit_runs WHERE consistent ORDER BY id DESC LIMIT 1), 0)"
         )
-        to_seq = await conn.fetchval(_SETTLED_SEQ_SQL, from_seq, settings.audit_settle_ms / 1000)
+        to_seq = await conn.fetchval(
+            _SETTLED_SEQ_SQL, from_seq, settings.audit_settle_ms / 1000, timeout=timeout_s
+        )
         problems: dict[str, list[str]] = {}
         for title, sql in ACCOUNT_CHECKS:
-            rows = await conn.fetch(sql, MAX_PROBLEMS_PER_CHECK)
+            rows = await conn.fetch(sql, MAX_PROBLEMS_PER_CHECK, timeout=timeout_s)
             if rows:
                 problems[title] = [row[0] for row in rows]
         for title, sql in INCREMENTAL_CHECKS:
-            rows = await conn.fetch(sql, from_seq, to_seq, MAX_PROBLEMS_PER_CHECK)
+            rows = await conn.fetch(sql, from_seq, to_seq, MAX_PROBLEMS_PER_CHECK, timeout=timeout_s)
             if rows:
                 problems.setdefault(title, []).extend(row[0] for row in rows)
         if not problems:
@@ -303,19 +318,22 @@ async def _run_incremental(conn: asyncpg.Connection, settings: Settings) -> Audi
                 """,
                 from_seq,
                 to_seq,
+                timeout=timeout_s,
             )
         return await _record(conn, "incremental", from_seq, to_seq, started_at, problems, None)
 
 
-async def _run_full(conn: asyncpg.Connection, settings: Settings) -> AuditResult:
+async def _run_full(conn: asyncpg.Connection, settings: Settings, timeout_ms: int) -> AuditResult:
     """`wallet verify` in full. Every transaction up to `to_seq` (taken before its snapshot, so
     all visible in it) is then checked; the hash-chain marks stay where they are (links posted
     meanwhile are not in the snapshot), so the next incremental run re-checks those chains."""
+    timeout_s = timeout_ms / 1000 + 1
     started_at = await conn.fetchval("SELECT clock_timestamp()")
-    to_seq = await conn.fetchval(_SETTLED_SEQ_SQL, 0, settings.audit_settle_ms / 1000)
-    report = await verify_ledger(conn)
+    to_seq = await conn.fetchval(_SETTLED_SEQ_SQL, 0, settings.audit_settle_ms / 1000, timeout=timeout_s)
+    report = await verify_ledger(conn, query_timeout_ms=timeout_ms)
     async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", _AUDIT_LOCK_KEY)
+        await conn.execute(f"SET LOCAL lock_timeout = {int(timeout_ms)}")
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", _AUDIT_LOCK_KEY, timeout=timeout_s)
         return await _record(conn, "full", 0, to_seq, started_at, report.problems, report)
 
 

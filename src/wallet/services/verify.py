@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
+from wallet.settings import AUDIT_QUERY_TIMEOUT_MS_DEFAULT
+
 MAX_PROBLEMS_PER_CHECK = 100
 
 CHECKS: list[tuple[str, str]] = [
@@ -309,20 +311,29 @@ class VerifyReport:
         return "\n".join(lines)
 
 
-async def verify_ledger(conn: asyncpg.Connection) -> VerifyReport:
+async def verify_ledger(
+    conn: asyncpg.Connection, *, query_timeout_ms: int = AUDIT_QUERY_TIMEOUT_MS_DEFAULT
+) -> VerifyReport:
+    """Every check in one snapshot. Each query may run `query_timeout_ms`
+    (WALLET_AUDIT_QUERY_TIMEOUT_MS), in the database and on the client, whatever the
+    connection's own limits (a pool's are a request's)."""
+    timeout_ms = query_timeout_ms
+    timeout_s = timeout_ms / 1000 + 1
     report = VerifyReport()
     # One snapshot for every check, so concurrent postings cannot produce false alarms.
     async with conn.transaction(isolation="repeatable_read", readonly=True):
-        await conn.execute("SET LOCAL statement_timeout = 0")
+        await conn.execute(f"SET LOCAL statement_timeout = {int(timeout_ms)}")
         for title, sql in CHECKS:
-            rows = await conn.fetch(sql, MAX_PROBLEMS_PER_CHECK)
+            rows = await conn.fetch(sql, MAX_PROBLEMS_PER_CHECK, timeout=timeout_s)
             if rows:
                 report.problems[title] = [row[0] for row in rows]
-        summary = await conn.fetchrow(SUMMARY_SQL)
+        summary = await conn.fetchrow(SUMMARY_SQL, timeout=timeout_s)
         assert summary is not None
         report.user_accounts = summary["user_accounts"]
         report.transactions = summary["transactions"]
         report.ledger_entries = summary["ledger_entries"]
         report.chain_links = summary["chain_links"]
-        report.system_balances = [tuple(row) for row in await conn.fetch(SYSTEM_BALANCES_SQL)]
+        report.system_balances = [
+            tuple(row) for row in await conn.fetch(SYSTEM_BALANCES_SQL, timeout=timeout_s)
+        ]
     return report
