@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,18 +29,21 @@ async def _drop(server_url: str, *names: str) -> None:
         await admin.close()
 
 
-@pytest.mark.skipif(
-    not (shutil.which("wrk") and shutil.which("pgbench")), reason="wrk and pgbench not installed"
-)
-def test_bench_reports_every_scenario_beside_pgbench(server_url, tmp_path: Path):
+@pytest.fixture
+def scratch(server_url: str) -> Iterator[str]:
+    """A name for the run's scratch database (and its `_pgbench` twin), both dropped after."""
+    if not (shutil.which("wrk") and shutil.which("pgbench")):
+        pytest.skip("wrk and pgbench not installed")
     if "host=" in server_url:
         pytest.skip("the benchmark needs a TCP PostgreSQL server (WALLET_TEST_DATABASE_URL)")
+    name = f"wallet_test_bench_{uuid.uuid4().hex[:12]}"
+    yield name
+    asyncio.run(_drop(server_url, name, name + "_pgbench"))
+
+
+def test_bench_reports_every_scenario_beside_pgbench(server_url, scratch, tmp_path: Path):
     output = tmp_path / "bench.json"
-    scratch = f"wallet_test_bench_{uuid.uuid4().hex[:12]}"
-    try:
-        result = _run_bench(server_url, scratch, output)
-    finally:
-        asyncio.run(_drop(server_url, scratch, scratch + "_pgbench"))
+    result = _run_bench(server_url, scratch, output)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(output.read_text())
     measured = {(m["scenario"], m["clients"]) for m in report["measurements"]}
@@ -100,26 +104,17 @@ async def _chain_counts(server_url: str, database: str) -> tuple[Any, ...]:
     )
 
 
-@pytest.mark.skipif(
-    not (shutil.which("wrk") and shutil.which("pgbench")), reason="wrk and pgbench not installed"
-)
 def test_bench_without_hash_chain_disables_the_chain_trigger_in_its_scratch_database(
-    server_url, tmp_path: Path
+    server_url, scratch, tmp_path: Path
 ):
     """What the chain costs is measured as the same run with and without it: without, the opening
     balances are chained (both variants start alike) and nothing posted during the run is."""
-    if "host=" in server_url:
-        pytest.skip("the benchmark needs a TCP PostgreSQL server (WALLET_TEST_DATABASE_URL)")
     output = tmp_path / "bench.json"
-    scratch = f"wallet_test_bench_{uuid.uuid4().hex[:12]}"
-    try:
-        result = _run_bench(
-            server_url, scratch, output, "--scenarios", "topup,batch", "--without-hash-chain", clients="1"
-        )
-        assert result.returncode == 0, result.stderr[-3000:]
-        links, transactions, enabled = asyncio.run(_chain_counts(server_url, scratch))
-    finally:
-        asyncio.run(_drop(server_url, scratch, scratch + "_pgbench"))
+    result = _run_bench(
+        server_url, scratch, output, "--scenarios", "topup,batch", "--without-hash-chain", clients="1"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    links, transactions, enabled = asyncio.run(_chain_counts(server_url, scratch))
     report = json.loads(output.read_text())
     assert report["hash_chain"] is False
     assert not enabled
@@ -127,22 +122,13 @@ def test_bench_without_hash_chain_disables_the_chain_trigger_in_its_scratch_data
     assert links == opening_balances < transactions
 
 
-@pytest.mark.skipif(
-    not (shutil.which("wrk") and shutil.which("pgbench")), reason="wrk and pgbench not installed"
-)
-def test_bench_compares_with_and_without_the_chain_on_one_database(server_url, tmp_path: Path):
-    if "host=" in server_url:
-        pytest.skip("the benchmark needs a TCP PostgreSQL server (WALLET_TEST_DATABASE_URL)")
+def test_bench_compares_with_and_without_the_chain_on_one_database(server_url, scratch, tmp_path: Path):
     output = tmp_path / "bench.json"
-    scratch = f"wallet_test_bench_{uuid.uuid4().hex[:12]}"
-    try:
-        result = _run_bench(
-            server_url, scratch, output, "--scenarios", "topup", "--compare-hash-chain", "2", clients="1"
-        )
-        assert result.returncode == 0, result.stderr[-3000:]
-        links, transactions, enabled = asyncio.run(_chain_counts(server_url, scratch))
-    finally:
-        asyncio.run(_drop(server_url, scratch, scratch + "_pgbench"))
+    result = _run_bench(
+        server_url, scratch, output, "--scenarios", "topup", "--compare-hash-chain", "2", clients="1"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    links, transactions, enabled = asyncio.run(_chain_counts(server_url, scratch))
     (comparison,) = json.loads(output.read_text())["comparisons"]
     assert (comparison["scenario"], comparison["clients"]) == ("topup", 1)
     assert len(comparison["with_trigger"]) == len(comparison["without_trigger"]) == 2
@@ -153,22 +139,13 @@ def test_bench_compares_with_and_without_the_chain_on_one_database(server_url, t
     assert 5 * 2 < links < transactions
 
 
-@pytest.mark.skipif(
-    not (shutil.which("wrk") and shutil.which("pgbench")), reason="wrk and pgbench not installed"
-)
-def test_bench_compares_spends_with_and_without_credit_lots(server_url, tmp_path: Path):
-    if "host=" in server_url:
-        pytest.skip("the benchmark needs a TCP PostgreSQL server (WALLET_TEST_DATABASE_URL)")
+def test_bench_compares_spends_with_and_without_credit_lots(server_url, scratch, tmp_path: Path):
     output = tmp_path / "bench.json"
-    scratch = f"wallet_test_bench_{uuid.uuid4().hex[:12]}"
-    try:
-        result = _run_bench(
-            server_url, scratch, output, "--scenarios", "spend", "--compare-lots", "2", clients="1"
-        )
-        assert result.returncode == 0, result.stderr[-3000:]
-        drawn = asyncio.run(_spend_draws(server_url, scratch))
-    finally:
-        asyncio.run(_drop(server_url, scratch, scratch + "_pgbench"))
+    result = _run_bench(
+        server_url, scratch, output, "--scenarios", "spend", "--compare-lots", "2", clients="1"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    drawn = asyncio.run(_spend_draws(server_url, scratch))
     report = json.loads(output.read_text())
     (comparison,) = report["comparisons"]
     assert report["trigger"] == "ledger_entries_lots"
