@@ -221,7 +221,7 @@ BEGIN
             'amount');
     ELSIF outcome IS NULL THEN
         -- Lots past their expiry go to breakage first, except what this hold still reserves:
-        -- the capture then draws those (expired lots first, see wallet_lots_debit).
+        -- the capture then draws those (expired lots first, see wallet_lots_draw).
         PERFORM wallet_expire_lots(v_hold.account_id);
         SELECT id INTO STRICT v_revenue_account_id FROM accounts
             WHERE system_code = wallet_rule_system_account('capture') AND asset_code = v_hold.asset_code;

@@ -73,62 +73,83 @@ BEGIN
     RETURN v_expiring;
 END $$;
 
--- A debit of p_amount_minor from the account, drawn from its open lots in this order:
+-- Replaced by wallet_lots_draw (one definition of the draw for single and set-based debits).
+DROP FUNCTION IF EXISTS wallet_lots_debit(bigint, text, uuid, text, uuid, bigint, boolean);
+
+-- Debits: for each entry i in p_which (indexes into the parallel arrays, the trigger's), its
+-- amount (negative) is drawn from its account's open lots in this order:
 --   * an expiry or a capture takes expired lots first (a capture: the hold kept them from
 --     expiring); every other debit takes lots that have not expired first (the posting paths
 --     expire an account's lots before they debit it, so it finds no expired lot to take);
 --   * a clawback takes the lots its original filled first;
 --   * then the asset's spend order (granted_first by default), sooner expiry first, no expiry
 --     last, oldest first. An expiry goes by expiry alone.
--- The open lots must cover the debit (they sum to the balance before it), except for an admin
--- clawback allowed to leave a debt: it takes what there is.
-CREATE OR REPLACE FUNCTION wallet_lots_debit(
-    p_account_id bigint, p_spend_order text, p_transaction_id uuid, p_type text, p_reverses uuid,
-    p_amount_minor bigint, p_allow_negative boolean)
-RETURNS boolean  -- whether it drew from a lot that expires
+-- The accounts of p_which are distinct (each lot is drawn by one debit). The open lots must cover
+-- each debit (they sum to the balance before it), except for an admin clawback allowed to leave a
+-- debt: it takes what there is. Returns the accounts that drew from a lot that expires.
+CREATE OR REPLACE FUNCTION wallet_lots_draw(
+    p_which integer[], p_account_ids bigint[], p_transaction_ids uuid[], p_types text[], p_reverses uuid[],
+    p_amounts_minor bigint[], p_allow_negatives boolean[], p_spend_orders text[])
+RETURNS bigint[]
 LANGUAGE plpgsql AS $$
 DECLARE
-    v_order text := coalesce(p_spend_order, 'granted_first');
     v_now timestamptz := clock_timestamp();
-    v_drawn bigint;
-    v_expiring boolean;
+    v_result record;
 BEGIN
-    WITH open AS (
-        SELECT l.id, l.remaining_minor, l.expires_at,
-               sum(l.remaining_minor) OVER (ORDER BY
-                   CASE WHEN p_type IN ('expiry', 'capture') THEN NOT coalesce(l.expires_at <= v_now, false)
+    WITH debit AS (
+        SELECT w.i, p_account_ids[w.i] AS account_id, p_transaction_ids[w.i] AS transaction_id,
+               p_types[w.i] AS type, p_reverses[w.i] AS reverses, -p_amounts_minor[w.i] AS want,
+               coalesce(p_allow_negatives[w.i], false) AS allow_negative,
+               coalesce(p_spend_orders[w.i], 'granted_first') AS spend_order
+          FROM unnest(p_which) AS w(i)
+    ), open AS (
+        SELECT d.i, d.transaction_id, d.want, l.id, l.remaining_minor, l.expires_at,
+               sum(l.remaining_minor) OVER (PARTITION BY d.i ORDER BY
+                   CASE WHEN d.type IN ('expiry', 'capture') THEN NOT coalesce(l.expires_at <= v_now, false)
                         ELSE coalesce(l.expires_at <= v_now, false) END,
-                   CASE WHEN p_type = 'clawback' THEN NOT EXISTS (
+                   CASE WHEN d.type = 'clawback' THEN NOT EXISTS (
                             SELECT 1 FROM lot_movements f
-                             WHERE f.transaction_id = p_reverses AND f.lot_id = l.id AND f.amount_minor > 0)
+                             WHERE f.transaction_id = d.reverses AND f.lot_id = l.id AND f.amount_minor > 0)
                         ELSE false END,
-                   CASE WHEN p_type = 'expiry' THEN false
-                        WHEN v_order = 'granted_first' THEN l.origin <> 'granted'
-                        WHEN v_order = 'purchased_first' THEN l.origin <> 'purchased'
+                   CASE WHEN d.type = 'expiry' THEN false
+                        WHEN d.spend_order = 'granted_first' THEN l.origin <> 'granted'
+                        WHEN d.spend_order = 'purchased_first' THEN l.origin <> 'purchased'
                         ELSE false END,
-                   CASE WHEN v_order = 'fifo' AND p_type <> 'expiry' THEN NULL ELSE l.expires_at END NULLS LAST,
+                   CASE WHEN d.spend_order = 'fifo' AND d.type <> 'expiry' THEN NULL ELSE l.expires_at END NULLS LAST,
                    l.id) AS running
-          FROM credit_lots l
-         WHERE l.account_id = p_account_id AND l.remaining_minor > 0
+          FROM debit d
+         CROSS JOIN LATERAL (SELECT x.id, x.remaining_minor, x.expires_at, x.origin FROM credit_lots x
+                              WHERE x.account_id = d.account_id AND x.remaining_minor > 0 OFFSET 0) AS l
     ), drawn AS (
-        SELECT o.id, o.running, o.expires_at,
-               least(o.remaining_minor, p_amount_minor - (o.running - o.remaining_minor)) AS take
-          FROM open o WHERE o.running - o.remaining_minor < p_amount_minor
+        SELECT o.i, o.transaction_id, o.id, o.running, o.expires_at,
+               least(o.remaining_minor, o.want - (o.running - o.remaining_minor)) AS take
+          FROM open o WHERE o.running - o.remaining_minor < o.want
     ), updated AS (
-        UPDATE credit_lots l SET remaining_minor = l.remaining_minor - d.take FROM drawn d WHERE l.id = d.id
+        -- Each lot is drawn by one debit; found by = ANY, an index scan whatever the planner
+        -- guesses of the set's size.
+        UPDATE credit_lots l SET remaining_minor = l.remaining_minor - (SELECT dr.take FROM drawn dr WHERE dr.id = l.id)
+         WHERE l.id = ANY (ARRAY(SELECT dr.id FROM drawn dr))
     ), moved AS (
         INSERT INTO lot_movements (transaction_id, lot_id, amount_minor)
-        SELECT p_transaction_id, d.id, -d.take FROM drawn d ORDER BY d.running
-        RETURNING amount_minor
+        SELECT dr.transaction_id, dr.id, -dr.take FROM drawn dr ORDER BY dr.i, dr.running
+    ), per_debit AS (
+        SELECT d.*, coalesce(x.drawn, 0) AS drawn, coalesce(x.expiring, false) AS expiring
+          FROM debit d
+          LEFT JOIN (SELECT dr.i, sum(dr.take) AS drawn, bool_or(dr.expires_at IS NOT NULL) AS expiring
+                       FROM drawn dr GROUP BY dr.i) AS x ON x.i = d.i
     )
-    SELECT (SELECT coalesce(-sum(amount_minor), 0) FROM moved),
-           coalesce((SELECT bool_or(d.expires_at IS NOT NULL) FROM drawn d), false)
-      INTO v_drawn, v_expiring;
-    IF v_drawn <> p_amount_minor AND NOT coalesce(p_allow_negative, false) THEN
+    SELECT s.account_id, s.drawn, s.want, s.type, s.transaction_id,
+           ARRAY(SELECT p.account_id FROM per_debit p WHERE p.expiring) AS expiring
+      INTO v_result
+      FROM (SELECT 1) AS one
+      LEFT JOIN LATERAL (SELECT p.* FROM per_debit p WHERE p.drawn <> p.want AND NOT p.allow_negative
+                          ORDER BY p.i LIMIT 1) AS s ON true;
+    IF v_result.account_id IS NOT NULL THEN
         RAISE EXCEPTION 'account %: its open lots hold % and cannot cover the % of % %',
-            p_account_id, v_drawn, p_amount_minor, p_type, p_transaction_id USING ERRCODE = 'check_violation';
+            v_result.account_id, v_result.drawn, v_result.want, v_result.type, v_result.transaction_id
+            USING ERRCODE = 'check_violation';
     END IF;
-    RETURN v_expiring;
+    RETURN v_result.expiring;
 END $$;
 
 -- Whether p_moved_minor, the sum (numeric) of a transaction's lot movements on one user account,
@@ -152,8 +173,8 @@ $$;
 -- Lots belong to one account, so postings to different accounts commute; only the entries of one
 -- account must be applied in the order they were written (seq). So the entries of accounts with
 -- one entry in the statement (a group commit's or a batch's usual case) are applied set-based, a
--- few statements for all of them: every debit's draw at once (the same order of lots as
--- wallet_lots_debit), then every top-up's or bonus's fill at once. The rest (accounts with
+-- few statements for all of them: every debit's draw at once (wallet_lots_draw, which also draws
+-- for a single entry), then every top-up's or bonus's fill at once. The rest (accounts with
 -- several entries, and credits that take other lots' origins: refunds and transfers received,
 -- which read the draw of the same or an earlier transaction) go row by row, in seq order, after
 -- the set-based debits. A PL/pgSQL call per entry had been the largest per-write cost of a group
@@ -184,8 +205,7 @@ DECLARE
     v_expires_at timestamptz;
     v_expiring boolean;
     v_accounts bigint[] := '{}';   -- accounts whose expiring lots changed
-    v_short record;
-    v_now timestamptz;
+    v_debits integer[];            -- the set-based debits
     i integer;
 BEGIN
     SELECT count(*)::integer, array_agg(r.account_id ORDER BY r.seq, r.entry_no),
@@ -225,62 +245,11 @@ BEGIN
         v_set_based := array_fill(false, ARRAY[v_n]);
     END IF;
 
-    -- Set-based debits: each draws its account's open lots in wallet_lots_debit's order.
-    v_now := clock_timestamp();
-    IF EXISTS (SELECT 1 FROM generate_series(1, v_n) AS w(i) WHERE v_set_based[w.i] AND v_amounts[w.i] < 0) THEN
-        WITH debit AS (
-            SELECT w.i, v_account_ids[w.i] AS account_id, v_transaction_ids[w.i] AS transaction_id,
-                   v_types[w.i] AS type, v_reverses[w.i] AS reverses, -v_amounts[w.i] AS want,
-                   coalesce(v_allow_negatives[w.i], false) AS allow_negative,
-                   coalesce(v_spend_orders[w.i], 'granted_first') AS spend_order
-              FROM generate_series(1, v_n) AS w(i)
-             WHERE v_set_based[w.i] AND v_amounts[w.i] < 0
-        ), open AS (
-            SELECT d.i, d.transaction_id, d.want, l.id, l.remaining_minor, l.expires_at,
-                   sum(l.remaining_minor) OVER (PARTITION BY d.i ORDER BY
-                       CASE WHEN d.type IN ('expiry', 'capture') THEN NOT coalesce(l.expires_at <= v_now, false)
-                            ELSE coalesce(l.expires_at <= v_now, false) END,
-                       CASE WHEN d.type = 'clawback' THEN NOT EXISTS (
-                                SELECT 1 FROM lot_movements f
-                                 WHERE f.transaction_id = d.reverses AND f.lot_id = l.id AND f.amount_minor > 0)
-                            ELSE false END,
-                       CASE WHEN d.type = 'expiry' THEN false
-                            WHEN d.spend_order = 'granted_first' THEN l.origin <> 'granted'
-                            WHEN d.spend_order = 'purchased_first' THEN l.origin <> 'purchased'
-                            ELSE false END,
-                       CASE WHEN d.spend_order = 'fifo' AND d.type <> 'expiry' THEN NULL ELSE l.expires_at END NULLS LAST,
-                       l.id) AS running
-              FROM debit d
-             CROSS JOIN LATERAL (SELECT x.id, x.remaining_minor, x.expires_at, x.origin FROM credit_lots x
-                                  WHERE x.account_id = d.account_id AND x.remaining_minor > 0 OFFSET 0) AS l
-        ), drawn AS (
-            SELECT o.i, o.transaction_id, o.id, o.running, o.expires_at,
-                   least(o.remaining_minor, o.want - (o.running - o.remaining_minor)) AS take
-              FROM open o WHERE o.running - o.remaining_minor < o.want
-        ), updated AS (
-            -- Each lot is drawn by one debit (its account has one entry here); found by = ANY, an
-            -- index scan whatever the planner guesses of the set's size.
-            UPDATE credit_lots l SET remaining_minor = l.remaining_minor - (SELECT dr.take FROM drawn dr WHERE dr.id = l.id)
-             WHERE l.id = ANY (ARRAY(SELECT dr.id FROM drawn dr))
-        ), moved AS (
-            INSERT INTO lot_movements (transaction_id, lot_id, amount_minor)
-            SELECT dr.transaction_id, dr.id, -dr.take FROM drawn dr ORDER BY dr.i, dr.running
-        )
-        SELECT d.account_id, d.want, d.type, d.transaction_id, coalesce(x.drawn, 0) AS drawn,
-               coalesce(x.expiring, false) AS expiring, d.allow_negative INTO v_short
-          FROM debit d
-          LEFT JOIN (SELECT dr.i, sum(dr.take) AS drawn, bool_or(dr.expires_at IS NOT NULL) AS expiring
-                       FROM drawn dr GROUP BY dr.i) AS x ON x.i = d.i
-         WHERE coalesce(x.drawn, 0) <> d.want AND NOT d.allow_negative
-         ORDER BY d.i LIMIT 1;
-        IF FOUND THEN
-            RAISE EXCEPTION 'account %: its open lots hold % and cannot cover the % of % %',
-                v_short.account_id, v_short.drawn, v_short.want, v_short.type, v_short.transaction_id
-                USING ERRCODE = 'check_violation';
-        END IF;
-        v_accounts := v_accounts || ARRAY(
-            SELECT DISTINCT l.account_id FROM lot_movements m JOIN credit_lots l ON l.id = m.lot_id
-             WHERE m.transaction_id = ANY (v_transaction_ids) AND m.amount_minor < 0 AND l.expires_at IS NOT NULL);
+    -- Set-based debits: one draw for all of them.
+    v_debits := ARRAY(SELECT w.i FROM generate_series(1, v_n) AS w(i) WHERE v_set_based[w.i] AND v_amounts[w.i] < 0);
+    IF cardinality(v_debits) > 0 THEN
+        v_accounts := v_accounts || wallet_lots_draw(v_debits, v_account_ids, v_transaction_ids, v_types, v_reverses,
+                                                     v_amounts, v_allow_negatives, v_spend_orders);
     END IF;
 
     -- Set-based fills: a top-up's or bonus's own lot, expiring when it says or after the asset's
@@ -328,8 +297,8 @@ BEGIN
             v_expiring := wallet_lots_credit(v_account_ids[i], v_transaction_ids[i], v_types[i], v_reverses[i],
                                              v_amounts[i], v_balances_after[i]);
         ELSE
-            v_expiring := wallet_lots_debit(v_account_ids[i], v_spend_orders[i], v_transaction_ids[i], v_types[i],
-                                            v_reverses[i], -v_amounts[i], v_allow_negatives[i]);
+            v_expiring := cardinality(wallet_lots_draw(ARRAY[i], v_account_ids, v_transaction_ids, v_types, v_reverses,
+                                                       v_amounts, v_allow_negatives, v_spend_orders)) > 0;
         END IF;
         IF v_expiring AND NOT v_account_ids[i] = ANY (v_accounts) THEN
             v_accounts := v_accounts || v_account_ids[i];
