@@ -192,17 +192,13 @@ DECLARE
     v_transaction_ids uuid[];
     v_types text[];
     v_reverses uuid[];
-    v_created_ats timestamptz[];
-    v_credit_expires_ats timestamptz[];
     v_allow_negatives boolean[];
     v_spend_orders text[];
-    v_purchased_expires integer[];
-    v_granted_expires integer[];
+    v_fill_expires_ats timestamptz[];  -- per top-up or bonus: when its own lot expires (NULL: never)
     v_balances_after bigint[];
     v_origins text[];
     v_set_based boolean[];         -- per entry: applied by the set-based statements
     v_origin text;
-    v_expires_at timestamptz;
     v_expiring boolean;
     v_accounts bigint[] := '{}';   -- accounts whose expiring lots changed
     v_debits integer[];            -- the set-based debits
@@ -211,21 +207,25 @@ BEGIN
     SELECT count(*)::integer, array_agg(r.account_id ORDER BY r.seq, r.entry_no),
            array_agg(r.amount_minor ORDER BY r.seq, r.entry_no),
            array_agg(r.transaction_id ORDER BY r.seq, r.entry_no), array_agg(r.type ORDER BY r.seq, r.entry_no),
-           array_agg(r.reverses ORDER BY r.seq, r.entry_no), array_agg(r.created_at ORDER BY r.seq, r.entry_no),
-           array_agg(r.credit_expires_at ORDER BY r.seq, r.entry_no),
+           array_agg(r.reverses ORDER BY r.seq, r.entry_no),
            array_agg(r.allow_negative ORDER BY r.seq, r.entry_no),
            array_agg(r.spend_order ORDER BY r.seq, r.entry_no),
-           array_agg(r.purchased_expires_in_seconds ORDER BY r.seq, r.entry_no),
-           array_agg(r.granted_expires_in_seconds ORDER BY r.seq, r.entry_no),
+           array_agg(r.fill_expires_at ORDER BY r.seq, r.entry_no),
            array_agg(r.balance_after_minor ORDER BY r.seq, r.entry_no),
            array_agg(r.origin ORDER BY r.seq, r.entry_no),
            array_agg(r.uses = 1 AND (r.amount_minor < 0 OR r.origin IS NOT NULL) ORDER BY r.seq, r.entry_no)
-      INTO v_n, v_account_ids, v_amounts, v_transaction_ids, v_types, v_reverses, v_created_ats,
-           v_credit_expires_ats, v_allow_negatives, v_spend_orders, v_purchased_expires, v_granted_expires,
-           v_balances_after, v_origins, v_set_based
+      INTO v_n, v_account_ids, v_amounts, v_transaction_ids, v_types, v_reverses, v_allow_negatives,
+           v_spend_orders, v_fill_expires_ats, v_balances_after, v_origins, v_set_based
       FROM (SELECT n.account_id, n.amount_minor, n.transaction_id, n.entry_no, t.seq, t.type, t.reverses,
-                   t.created_at, t.credit_expires_at, t.allow_negative, p.spend_order,
-                   p.purchased_expires_in_seconds, p.granted_expires_in_seconds,
+                   t.allow_negative, p.spend_order,
+                   -- A top-up's or bonus's own lot expires when it says, or after the asset's
+                   -- default for its origin.
+                   CASE wallet_rule_lot_origin(t.type)
+                        WHEN 'purchased' THEN coalesce(t.credit_expires_at,
+                                                       t.created_at + make_interval(secs => p.purchased_expires_in_seconds))
+                        WHEN 'granted' THEN coalesce(t.credit_expires_at,
+                                                     t.created_at + make_interval(secs => p.granted_expires_in_seconds))
+                   END AS fill_expires_at,
                    CASE WHEN a.user_id = t.user_id THEN t.balance_after_minor
                         ELSE t.counterparty_balance_after_minor END AS balance_after_minor,
                    wallet_rule_lot_origin(t.type) AS origin,
@@ -252,16 +252,12 @@ BEGIN
                                                      v_amounts, v_allow_negatives, v_spend_orders);
     END IF;
 
-    -- Set-based fills: a top-up's or bonus's own lot, expiring when it says or after the asset's
-    -- default for its origin. What repaid a debt fills nothing.
+    -- Set-based fills: a top-up's or bonus's own lot. What repaid a debt fills nothing.
     IF EXISTS (SELECT 1 FROM generate_series(1, v_n) AS w(i)
                 WHERE v_set_based[w.i] AND v_amounts[w.i] > 0 AND v_balances_after[w.i] > 0) THEN
         WITH fill AS (
             SELECT w.i, v_account_ids[w.i] AS account_id, v_transaction_ids[w.i] AS transaction_id,
-                   v_origins[w.i] AS origin,
-                   coalesce(v_credit_expires_ats[w.i], v_created_ats[w.i] + make_interval(secs =>
-                       CASE v_origins[w.i] WHEN 'purchased' THEN v_purchased_expires[w.i]
-                                           ELSE v_granted_expires[w.i] END)) AS expires_at,
+                   v_origins[w.i] AS origin, v_fill_expires_ats[w.i] AS expires_at,
                    least(v_amounts[w.i], v_balances_after[w.i]) AS amount
               FROM generate_series(1, v_n) AS w(i)
              WHERE v_set_based[w.i] AND v_amounts[w.i] > 0 AND v_balances_after[w.i] > 0
@@ -277,9 +273,7 @@ BEGIN
         v_accounts := v_accounts || ARRAY(
             SELECT v_account_ids[w.i] FROM generate_series(1, v_n) AS w(i)
              WHERE v_set_based[w.i] AND v_amounts[w.i] > 0 AND v_balances_after[w.i] > 0
-               AND (v_credit_expires_ats[w.i] IS NOT NULL
-                    OR CASE v_origins[w.i] WHEN 'purchased' THEN v_purchased_expires[w.i]
-                                           ELSE v_granted_expires[w.i] END IS NOT NULL));
+               AND v_fill_expires_ats[w.i] IS NOT NULL);
     END IF;
 
     -- The rest, row by row in seq order.
@@ -288,11 +282,9 @@ BEGIN
         v_origin := v_origins[i];
         IF v_amounts[i] > 0 AND v_origin IS NOT NULL THEN
             CONTINUE WHEN v_balances_after[i] <= 0;
-            v_expires_at := coalesce(v_credit_expires_ats[i], v_created_ats[i] + make_interval(secs =>
-                CASE v_origin WHEN 'purchased' THEN v_purchased_expires[i] ELSE v_granted_expires[i] END));
-            PERFORM wallet_lot_fill(v_account_ids[i], v_transaction_ids[i], v_origin, v_expires_at,
+            PERFORM wallet_lot_fill(v_account_ids[i], v_transaction_ids[i], v_origin, v_fill_expires_ats[i],
                                     least(v_amounts[i], v_balances_after[i]));
-            v_expiring := v_expires_at IS NOT NULL;
+            v_expiring := v_fill_expires_ats[i] IS NOT NULL;
         ELSIF v_amounts[i] > 0 THEN
             v_expiring := wallet_lots_credit(v_account_ids[i], v_transaction_ids[i], v_types[i], v_reverses[i],
                                              v_amounts[i], v_balances_after[i]);
