@@ -36,10 +36,6 @@ POSTED_ALONE_AFTER_GROUP = Counter(
     ["reason"],
 )
 
-SINGLE_SQL = (
-    "SELECT outcome, body::text AS body, replayed"
-    " FROM wallet_post_transaction($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9)"
-)
 GROUP_SQL = (
     "SELECT ord, outcome, body::text AS body, replayed"
     " FROM wallet_post_group($1, $2, $3, $4, $5, $6, $7, $8::jsonb[], $9)"
@@ -114,8 +110,9 @@ class GroupCommitter(Batcher[Write, PostingOutcome]):
         return rows
 
     async def _call_alone(self, write: Write) -> PostingOutcome:
-        row = await self.pool.fetchrow(
-            SINGLE_SQL,
+        return await PostingOutcome.call(
+            self.pool,
+            "wallet_post_transaction($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9)",
             write.api_key_id,
             write.idempotency_key,
             write.type,
@@ -126,8 +123,6 @@ class GroupCommitter(Batcher[Write, PostingOutcome]):
             write.metadata_json,
             write.request_id,
         )
-        assert row is not None
-        return PostingOutcome.of_row(row)
 
     async def _post_alone(self, write: Write, future: asyncio.Future[PostingOutcome]) -> None:
         try:
