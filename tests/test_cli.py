@@ -6,9 +6,13 @@ import json
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
+from tools.service_process import free_port
 
+from tests.conftest import with_database
 from tests.support import bearer
 
 
@@ -125,3 +129,139 @@ async def test_report_liabilities_refuses_bad_options_naming_them(database_url):
         result = wallet(database_url, "report", "liabilities", *args)
         assert result.returncode == 2, (args, result.stderr)
         assert option in result.stderr, (args, result.stderr)
+
+
+# Operator mistakes: every command answers each with one line on stderr and a non-zero exit,
+# never a traceback (wallet.operator_errors). 2: the settings are wrong; 1: the database said no.
+
+COMMANDS: list[tuple[str, ...]] = [
+    ("migrate",),
+    ("seed",),
+    ("seed", "--reference-only"),
+    ("verify",),
+    ("keys", "create", "--name", "x", "--scope", "read"),
+    ("keys", "list"),
+    ("keys", "revoke", "wk_zzzzzzzz"),
+    ("keys", "rotate", "wk_zzzzzzzz"),
+    ("prune-idempotency",),
+    ("prune-events",),
+    ("holds", "release-expired"),
+    ("expire",),
+    ("report", "liabilities"),
+    ("serve", "--workers", "2"),
+]
+
+
+def run_wallet(env: dict[str, str], *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("WALLET_")}
+    if args[0] == "serve":  # a free port: should the mistake go unnoticed, the service starts
+        args = (*args, "--port", str(free_port()))
+    return subprocess.run(
+        [sys.executable, "-m", "wallet", *args],
+        env=clean | env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=cwd,
+    )
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], code: int, *phrases: str) -> None:
+    where = f"{result.args[3:]}: {result.stderr}"
+    assert result.returncode == code, where
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), where
+    for phrase in phrases:
+        assert phrase in lines[0], (phrase, where)
+    assert result.stdout == "", where
+
+
+def every_command(env: dict[str, str], commands: list[tuple[str, ...]] = COMMANDS, cwd: Path | None = None):
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        return list(pool.map(lambda args: run_wallet(env, *args, cwd=cwd), commands))
+
+
+# Each kind of mistake is tried on every command once; its variants on a few (the commands share
+# one path for settings and one for the database, but a variant could break that path alone).
+SAMPLE = [("migrate",), ("verify",), ("serve",)]
+
+
+def test_a_bad_setting_is_named_in_one_line_by_every_command(database_url):
+    env = {"WALLET_DATABASE_URL": database_url, "WALLET_LOT_POLICIES": "not json"}
+    for result in every_command(env):
+        assert_one_line_error(result, 2, "WALLET_LOT_POLICIES is not valid JSON")
+    for setting, value, phrase in [
+        (
+            "WALLET_LOT_POLICIES",
+            '{"GOLD_COINS": {"spend_order": "cheap"}}',
+            "WALLET_LOT_POLICIES (GOLD_COINS",
+        ),
+        (
+            "WALLET_DB_POOL_MAX_SIZE",
+            "0",
+            "WALLET_DB_POOL_MAX_SIZE: Input should be greater than or equal to 1",
+        ),
+        (
+            "WALLET_DB_CONNECT_TIMEOUT_MS",
+            "soon",
+            "WALLET_DB_CONNECT_TIMEOUT_MS: Input should be a valid integer",
+        ),
+        ("WALLET_PORT", "70000", "WALLET_PORT: Input should be less than or equal to 65535"),
+        ("WALLET_METRICS_TOKEN", "short-secret", "WALLET_METRICS_TOKEN"),
+    ]:
+        for result in every_command({"WALLET_DATABASE_URL": database_url, setting: value}, SAMPLE):
+            assert_one_line_error(result, 2, phrase)
+            assert "short-secret" not in result.stderr  # values are never echoed: some are secrets
+
+
+def test_a_database_url_that_is_not_one_is_refused_by_every_command():
+    for result in every_command({"WALLET_DATABASE_URL": "mysql://root@127.0.0.1/wallet"}):
+        assert_one_line_error(result, 2, "WALLET_DATABASE_URL=mysql://root@127.0.0.1/wallet", "got 'mysql'")
+    for url, phrase in [
+        ("not a url", "is not a usable PostgreSQL URL"),
+        ("postgresql://postgres@127.0.0.1:70000/wallet", "port must be 0-65535"),
+        ("postgresql://postgres@127.0.0.1/wallet?sslmode=sometimes", "sslmode"),
+    ]:
+        for result in every_command({"WALLET_DATABASE_URL": url}, SAMPLE):
+            assert_one_line_error(result, 2, "WALLET_DATABASE_URL=", phrase)
+
+
+def test_a_database_that_cannot_be_used_is_named_by_every_command(database_url):
+    unknown = with_database(database_url, "wallet_no_such_database")
+    for result in every_command({"WALLET_DATABASE_URL": unknown}):
+        assert_one_line_error(result, 1, 'database "wallet_no_such_database" does not exist', unknown)
+    refused = f"postgresql://postgres:hunter2@127.0.0.1:{free_port()}/wallet"
+    for result in every_command({"WALLET_DATABASE_URL": refused}):
+        assert_one_line_error(result, 1, "connection refused", "postgres:***@")
+        assert "hunter2" not in result.stderr
+    for url, phrase in [
+        ("postgresql://postgres@no-such-host.invalid/wallet", "unknown host"),
+        (
+            with_database(database_url, "postgres").replace("://postgres@", "://no_such_role@"),
+            "login was refused",
+        ),
+    ]:
+        for result in every_command({"WALLET_DATABASE_URL": url}, SAMPLE):
+            assert_one_line_error(result, 1, f"cannot connect to WALLET_DATABASE_URL={url}: ", phrase)
+
+
+async def test_a_database_not_migrated_is_refused_by_every_command_but_migrate(create_database):
+    empty = await create_database()
+    commands = [c for c in COMMANDS if c[0] != "migrate"]
+    for result in every_command({"WALLET_DATABASE_URL": empty}, commands):
+        assert_one_line_error(result, 1, "has no wallet tables: run `wallet migrate` first")
+    migrated = wallet(empty, "migrate")
+    assert migrated.returncode == 0, migrated.stderr
+    assert wallet(empty, "verify").returncode == 0
+
+
+def test_without_a_database_url_commands_do_not_make_an_empty_embedded_database(tmp_path):
+    data_dir = tmp_path / "data"
+    commands = [c for c in COMMANDS if c[0] not in ("migrate", "serve")]
+    for result in every_command({"WALLET_DATA_DIR": str(data_dir)}, commands):
+        assert_one_line_error(result, 1, "WALLET_DATABASE_URL is not set", str(data_dir))
+    assert not data_dir.exists()
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    for result in every_command({"WALLET_DATA_DIR": str(blocked)}, [("migrate",), ("serve",)]):
+        assert_one_line_error(result, 1, "cannot start the embedded database", str(blocked))
