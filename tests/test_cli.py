@@ -265,3 +265,17 @@ def test_without_a_database_url_commands_do_not_make_an_empty_embedded_database(
     blocked.write_text("")
     for result in every_command({"WALLET_DATA_DIR": str(blocked)}, [("migrate",), ("serve",)]):
         assert_one_line_error(result, 1, "cannot start the embedded database", str(blocked))
+
+
+def test_contradictory_flags_are_a_usage_error(database_url):
+    for args in [
+        ("seed", "--demo", "--reference-only"),
+        ("seed", "--reference-only", "--demo"),
+        ("keys", "list", "--active", "--no-active"),
+        ("serve", "--access-log", "--no-access-log"),
+    ]:
+        result = wallet(database_url, *args)
+        assert result.returncode == 2, (args, result.stderr)
+        message = " ".join(result.stderr.replace("│", " ").split())  # the usage error's box, unwrapped
+        assert "contradict each other" in message and args[-2] in message and args[-1] in message, message
+        assert "Traceback" not in result.stderr and result.stdout == ""

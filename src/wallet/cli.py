@@ -4,8 +4,9 @@ prune-events, holds.
 Every command uses WALLET_DATABASE_URL when it is set, and the embedded PostgreSQL in
 WALLET_DATA_DIR when it is not.
 
-An operator's mistake (a bad setting, a database that cannot be used) is one line, `error: ...` on stderr, and a non-zero exit, never a traceback
-(wallet.operator_errors).
+An operator's mistake (a bad setting, a database that cannot be used) is one line, `error: ...`
+on stderr, and a non-zero exit, never a traceback (wallet.operator_errors). Contradictory flags
+(`--demo --reference-only`) are a usage error (exit 2).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 import typer
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
+from typer.core import TyperCommand, TyperOption
 
 from wallet.operator_errors import OperatorError, connect_problem, redacted, settings_problem
 from wallet.settings import Settings, get_settings
@@ -34,10 +36,33 @@ if TYPE_CHECKING:
     from wallet.services.api_keys import KeyInfo
 
 T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class _Command(TyperCommand):
+    """Refuses an on/off flag given both ways (`--demo --reference-only`) instead of letting the
+    last one win."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:  # Any: typer's own click's Context
+        given = set()
+        for arg in args:
+            if arg == "--":
+                break
+            given.add(arg.split("=", 1)[0])
+        for param in self.params:
+            if isinstance(param, TyperOption) and param.is_bool_flag and param.secondary_opts:
+                on, off = given & set(param.opts), given & set(param.secondary_opts)
+                if on and off:
+                    raise typer.BadParameter(f"{min(on)} and {min(off)} contradict each other", ctx, param)
+        return list(super().parse_args(ctx, args))
 
 
 class _Typer(typer.Typer):
-    """An OperatorError ends any command with one line."""
+    """Every command refuses contradictory flags, and an OperatorError ends it with one line."""
+
+    def command(self, *args: Any, **kwargs: Any) -> Callable[[F], F]:
+        kwargs.setdefault("cls", _Command)
+        return super().command(*args, **kwargs)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         try:
