@@ -4,9 +4,9 @@ prune-events, holds.
 Every command uses WALLET_DATABASE_URL when it is set, and the embedded PostgreSQL in
 WALLET_DATA_DIR when it is not.
 
-An operator's mistake (a bad setting, a database that cannot be used) is one line, `error: ...`
-on stderr, and a non-zero exit, never a traceback (wallet.operator_errors). Contradictory flags
-(`--demo --reference-only`) are a usage error (exit 2).
+An operator's mistake (a bad setting, a database that cannot be used, a port already served)
+is one line, `error: ...` on stderr, and a non-zero exit, never a traceback
+(wallet.operator_errors). Contradictory flags (`--demo --reference-only`) are a usage error.
 """
 
 from __future__ import annotations
@@ -468,7 +468,7 @@ def _demo_key(url: str, key_file: Path) -> str:
 @app.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="Default WALLET_HOST (127.0.0.1).")] = None,
-    port: Annotated[int | None, typer.Option(help="Default WALLET_PORT (8000).")] = None,
+    port: Annotated[int | None, typer.Option(min=1, max=65535, help="Default WALLET_PORT (8000).")] = None,
     workers: Annotated[int, typer.Option(min=1, max=64, help="Worker processes.")] = 1,
     access_log: Annotated[
         bool | None,
@@ -485,6 +485,10 @@ def serve(
     settings = _settings()
     host = host or settings.host
     port = port or settings.port
+    try:  # before anything starts: a second service on the port would share it (SO_REUSEPORT)
+        serving.ensure_port_free(host, port)
+    except OSError as exc:
+        raise OperatorError(serving.bind_problem(host, port, exc)) from None
     _raise_system_exit_on_sigterm()
     if access_log is not None:  # the workers read their settings from the environment
         os.environ["WALLET_ACCESS_LOG"] = "1" if access_log else "0"
