@@ -54,7 +54,11 @@ class AsyncWalletClient:
         transport: httpx.AsyncBaseTransport | None = None,
         rng: random.Random | None = None,
     ) -> None:
-        self.timeout = timeout
+        self.timeout = _core.check_client(base_url, timeout, retry, rng)
+        if transport is not None and not isinstance(transport, httpx.AsyncBaseTransport):
+            raise TypeError(
+                f"transport must be an httpx.AsyncBaseTransport or None, got {type(transport).__name__}"
+            )
         self.retry = retry or RetryPolicy()
         self._rng = rng or random.Random()
         self._http = httpx.AsyncClient(
@@ -115,7 +119,7 @@ class AsyncWalletClient:
         """Every user, following `next_cursor` page by page."""
         cursor: str | None = None
         while True:
-            page = await self.list_users(limit=page_size, cursor=cursor)
+            page = await self.list_users(limit=_core.page_size(page_size), cursor=cursor)
             for item in page.data:
                 yield item
             if page.next_cursor is None:
@@ -174,7 +178,7 @@ class AsyncWalletClient:
         while True:
             page = await self.get_history(
                 user_id,
-                limit=page_size,
+                limit=_core.page_size(page_size),
                 cursor=cursor,
                 asset_type=asset_type,
                 type=type,
@@ -391,7 +395,9 @@ class AsyncWalletClient:
     ) -> AsyncIterator[Hold]:
         cursor: str | None = None
         while True:
-            page = await self.list_holds(user_id, status=status, limit=page_size, cursor=cursor)
+            page = await self.list_holds(
+                user_id, status=status, limit=_core.page_size(page_size), cursor=cursor
+            )
             for item in page.data:
                 yield item
             if page.next_cursor is None:

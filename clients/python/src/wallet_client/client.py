@@ -76,7 +76,11 @@ class WalletClient:
         transport: httpx.BaseTransport | None = None,
         rng: random.Random | None = None,
     ) -> None:
-        self.timeout = timeout
+        self.timeout = _core.check_client(base_url, timeout, retry, rng)
+        if transport is not None and not isinstance(transport, httpx.BaseTransport):
+            raise TypeError(
+                f"transport must be an httpx.BaseTransport or None, got {type(transport).__name__}"
+            )
         self.retry = retry or RetryPolicy()
         self._rng = rng or random.Random()
         self._http = httpx.Client(
@@ -161,7 +165,7 @@ class WalletClient:
         """Every user, following `next_cursor` page by page."""
         cursor: str | None = None
         while True:
-            page = self.list_users(limit=page_size, cursor=cursor)
+            page = self.list_users(limit=_core.page_size(page_size), cursor=cursor)
             yield from page.data
             if page.next_cursor is None:
                 return
@@ -219,7 +223,7 @@ class WalletClient:
         while True:
             page = self.get_history(
                 user_id,
-                limit=page_size,
+                limit=_core.page_size(page_size),
                 cursor=cursor,
                 asset_type=asset_type,
                 type=type,
@@ -435,7 +439,7 @@ class WalletClient:
     ) -> Iterator[Hold]:
         cursor: str | None = None
         while True:
-            page = self.list_holds(user_id, status=status, limit=page_size, cursor=cursor)
+            page = self.list_holds(user_id, status=status, limit=_core.page_size(page_size), cursor=cursor)
             yield from page.data
             if page.next_cursor is None:
                 return
