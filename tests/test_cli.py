@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -10,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import pytest
 from tools.service_process import free_port
 
 from tests.conftest import with_database
@@ -279,3 +281,65 @@ def test_contradictory_flags_are_a_usage_error(database_url):
         message = " ".join(result.stderr.replace("│", " ").split())  # the usage error's box, unwrapped
         assert "contradict each other" in message and args[-2] in message and args[-1] in message, message
         assert "Traceback" not in result.stderr and result.stdout == ""
+
+
+async def test_a_database_at_an_older_migration_is_refused_until_migrated(create_database):
+    from wallet.db.migrate import upgrade
+
+    older = await create_database()
+    await asyncio.to_thread(upgrade, older, "0008")
+    for result in every_command({"WALLET_DATABASE_URL": older}, [("verify",), ("keys", "list"), ("serve",)]):
+        assert_one_line_error(
+            result, 1, "is at migration 0008, this version of wallet needs", "run `wallet migrate`"
+        )
+    assert wallet(older, "migrate").returncode == 0
+    assert wallet(older, "keys", "list").returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("wallet_env", "terminate", "expected"),
+    [
+        ({"WALLET_DB_LOCK_TIMEOUT_MS": "60000"}, True, "lost the connection to the database: "),
+        (
+            {"WALLET_DB_LOCK_TIMEOUT_MS": "60000", "WALLET_DB_STATEMENT_TIMEOUT_MS": "500"},
+            False,
+            "the database stopped the command: canceling statement due to statement timeout",
+        ),
+        (
+            {"WALLET_DB_LOCK_TIMEOUT_MS": "200"},
+            False,
+            "the database stopped the command: canceling statement due to lock timeout (WALLET_DB_LOCK_TIMEOUT_MS)",
+        ),
+    ],
+)
+async def test_a_command_the_database_stops_says_so_in_one_line(
+    database_url, pool, keys, wallet_env, terminate, expected
+):
+    """After the check: the command waits on a row lock the test holds, and its backend is
+    terminated, or its statement or lock timeout runs out."""
+    key_id = await pool.fetchval("SELECT id FROM api_keys WHERE name = 'test-read' ORDER BY id LIMIT 1")
+    env = os.environ | {"WALLET_DATABASE_URL": database_url} | wallet_env
+    async with pool.acquire() as locker, locker.transaction():
+        await locker.execute("SELECT 1 FROM api_keys WHERE id = $1 FOR UPDATE", key_id)
+        command = await asyncio.create_subprocess_exec(
+            *(sys.executable, "-m", "wallet", "keys", "revoke", str(key_id)),
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        if terminate:  # the backend our lock blocks, and no other (the server is shared)
+            locker_pid = await locker.fetchval("SELECT pg_backend_pid()")
+            waiting = "SELECT pid FROM pg_stat_activity WHERE $1::int = ANY(pg_blocking_pids(pid))"
+            for _ in range(300):
+                pids = await pool.fetch(waiting, locker_pid)
+                if pids:
+                    break
+                await asyncio.sleep(0.1)
+            assert len(pids) == 1, "the command never waited on the lock"
+            await pool.execute("SELECT pg_terminate_backend($1)", pids[0]["pid"])
+        stdout, stderr = await asyncio.wait_for(command.communicate(), 60)
+    lines = stderr.decode().splitlines()
+    assert command.returncode == 1, stderr
+    assert len(lines) == 1 and lines[0].startswith(f"error: {expected}"), lines
+    assert stdout == b""
+    assert await pool.fetchval("SELECT revoked_at FROM api_keys WHERE id = $1", key_id) is None

@@ -27,7 +27,13 @@ from pydantic import ValidationError
 from pydantic_settings import SettingsError
 from typer.core import TyperCommand, TyperOption
 
-from wallet.operator_errors import OperatorError, connect_problem, redacted, settings_problem
+from wallet.operator_errors import (
+    OperatorError,
+    connect_problem,
+    database_stopped,
+    redacted,
+    settings_problem,
+)
 from wallet.settings import Settings, get_settings
 
 if TYPE_CHECKING:
@@ -70,6 +76,12 @@ class _Typer(typer.Typer):
         except OperatorError as exc:
             _err(f"error: {exc.message}")
             sys.exit(exc.exit_code)
+        except Exception as exc:
+            stopped = database_stopped(exc)  # after the check: the server went away, or stopped us
+            if stopped is None:
+                raise  # a bug: its traceback
+            _err(f"error: {stopped.message}")
+            sys.exit(stopped.exit_code)
 
 
 app = _Typer(add_completion=False, no_args_is_help=True, help=__doc__)

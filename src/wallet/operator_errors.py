@@ -7,7 +7,9 @@ refuses the login or is not migrated, a port that is already served: `wallet` pr
 - 2 (as for a usage error): the command line or a setting is wrong; nothing was tried.
 - 1: the command could not do its work (the database or the port said no).
 
-Anything else is a bug, and still shows its traceback.
+The database is checked before a command uses it; should it go away while the command runs (a
+restart, a terminated backend, a statement or lock timeout), that is one line too. Anything else is a
+bug, and still shows its traceback.
 """
 
 from __future__ import annotations
@@ -89,3 +91,23 @@ def connect_problem(exc: BaseException, where: str, connect_timeout_ms: int) -> 
     else:
         reason = str(exc) or type(exc).__name__
     return OperatorError(f"cannot connect to {where}: {reason}")
+
+
+def database_stopped(exc: BaseException) -> OperatorError | None:
+    """The one line for a command the database stopped while it ran (its connection lost, its
+    backend terminated, a statement cancelled), or None when `exc` is something else. Looks
+    through the causes: Alembic reports asyncpg's errors wrapped in SQLAlchemy's."""
+    import asyncpg
+
+    seen: BaseException | None = exc
+    for _ in range(10):
+        if seen is None:
+            return None
+        if isinstance(seen, asyncpg.OperatorInterventionError):  # class 57: shutdown, cancel
+            return OperatorError(f"the database stopped the command: {seen}")
+        if isinstance(seen, asyncpg.LockNotAvailableError):
+            return OperatorError(f"the database stopped the command: {seen} (WALLET_DB_LOCK_TIMEOUT_MS)")
+        if isinstance(seen, asyncpg.PostgresConnectionError | ConnectionError):
+            return OperatorError(f"lost the connection to the database: {seen or type(seen).__name__}")
+        seen = seen.__cause__ or seen.__context__
+    return None
