@@ -210,6 +210,17 @@ def test_a_bad_setting_is_named_in_one_line_by_every_command(database_url):
         ),
         ("WALLET_PORT", "70000", "WALLET_PORT: Input should be less than or equal to 65535"),
         ("WALLET_METRICS_TOKEN", "short-secret", "WALLET_METRICS_TOKEN"),
+        # Once taken as they were: serve's workers failed on them at start, with a traceback.
+        (
+            "WALLET_LOG_LEVEL",
+            "loud",
+            "WALLET_LOG_LEVEL: must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL",
+        ),
+        (
+            "WALLET_REDIS_URL",
+            "localhost:6379",
+            "WALLET_REDIS_URL: must start with redis://, rediss:// or unix://",
+        ),
     ]:
         for result in every_command({"WALLET_DATABASE_URL": database_url, setting: value}, SAMPLE):
             assert_one_line_error(result, 2, phrase)

@@ -50,7 +50,8 @@ def settings_problem(exc: ValidationError | SettingsError) -> OperatorError:
     for error in exc.errors(include_url=False, include_input=False):
         field, *inner = [str(part) for part in error["loc"]] or ["?"]
         where = env_name(field) + (f" ({'.'.join(inner)})" if inner else "")
-        problems.append(f"{where}: {error['msg']}")
+        message = error["msg"].removeprefix("Value error, ")  # a validator's own words
+        problems.append(f"{where}: {message}")
     return OperatorError("; ".join(problems), CONFIGURATION)
 
 
