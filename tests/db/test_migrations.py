@@ -158,7 +158,12 @@ async def test_three_processes_migrating_a_new_database_at_once_all_succeed(crea
         await holder.execute(MIGRATION_LOCK)
         procs = [
             await asyncio.create_subprocess_exec(
-                sys.executable, "-c", UPGRADE, url, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+                sys.executable,
+                "-c",
+                UPGRADE,
+                url,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
             )
             for _ in range(3)
         ]
