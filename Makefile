@@ -1,6 +1,7 @@
 # The two commands of the README: `make run` and `make test`. Both create .venv on first use
-# from the pinned requirements.lock (runtime) and requirements-dev.lock (tests, tools, lint), so a
-# fresh machine needs only python3 and make.
+# from the pinned requirements.lock (runtime), requirements-embedded.lock (the embedded PostgreSQL
+# `make run` and the tests start, not in the image) and requirements-dev.lock (tests, tools, lint),
+# so a fresh machine needs only python3 and make.
 # Beside them: `make lint` (ruff + mypy, run by CI before the tests), `make bench` and
 # `make bank-test` (slow; not part of the suite). Pass options with ARGS="--seconds 5 ...".
 VENV ?= .venv
@@ -10,10 +11,10 @@ ARGS ?=
 
 .PHONY: install run test lint bench bank-test clean
 
-$(STAMP): requirements.lock requirements-dev.lock pyproject.toml clients/python/pyproject.toml
+$(STAMP): requirements.lock requirements-embedded.lock requirements-dev.lock pyproject.toml clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
-	$(VENV)/bin/pip install --quiet -r requirements.lock -r requirements-dev.lock
+	$(VENV)/bin/pip install --quiet -r requirements.lock -r requirements-embedded.lock -r requirements-dev.lock
 	$(VENV)/bin/pip install --quiet --no-deps -e .
 	$(VENV)/bin/pip install --quiet --no-deps -e clients/python
 	touch $(STAMP)
