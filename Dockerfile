@@ -2,14 +2,16 @@
 # No embedded PostgreSQL (the `embedded` extra), no test tools: WALLET_DATABASE_URL must point at
 # PostgreSQL. Built and checked by `make image-test` (tools/image_test.sh).
 
-# Stage 1: install the package into a virtual environment; the sources and the build tree stay here.
+# Stage 1: install the package into a virtual environment (then drop the installers from it); the
+# sources and the build tree stay here.
 FROM python:3.11-slim AS build
 ENV PYTHONDONTWRITEBYTECODE=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /build
 COPY requirements.lock pyproject.toml README.md ./
 COPY src ./src
 RUN python -m venv /opt/wallet \
-    && /opt/wallet/bin/pip install --no-cache-dir -c requirements.lock .
+    && /opt/wallet/bin/pip install --no-cache-dir -c requirements.lock . \
+    && /opt/wallet/bin/pip uninstall --yes --quiet pip setuptools
 
 # Stage 2: the runtime, with the environment alone.
 FROM python:3.11-slim

@@ -4,12 +4,14 @@
 # so a fresh machine needs only python3 and make.
 # Beside them: `make lint` (ruff + mypy, run by CI before the tests), `make bench` and
 # `make bank-test` (slow; not part of the suite). Pass options with ARGS="--seconds 5 ...".
+# `make image-test` builds the Dockerfile with podman and checks the image and the compose stack
+# (tools/image_test.sh; root, Debian).
 VENV ?= .venv
 PYTHON ?= python3
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: install run test lint bench bank-test clean
+.PHONY: install run test lint bench bank-test image-test clean
 
 $(STAMP): requirements.lock requirements-embedded.lock requirements-dev.lock pyproject.toml clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +39,9 @@ bench: $(STAMP)
 
 bank-test: $(STAMP)
 	$(VENV)/bin/python -m tools.bank_test $(ARGS)
+
+image-test: $(STAMP)
+	VENV=$(VENV) bash tools/image_test.sh
 
 clean:
 	rm -rf $(VENV) .wallet-data .pytest_cache .hypothesis .mypy_cache .ruff_cache
