@@ -5,13 +5,14 @@
 # Beside them: `make lint` (ruff + mypy, run by CI before the tests), `make bench` and
 # `make bank-test` (slow; not part of the suite). Pass options with ARGS="--seconds 5 ...".
 # `make image-test` builds the Dockerfile with podman and checks the image and the compose stack
-# (tools/image_test.sh; root, Debian).
+# (tools/image_test.sh; root, Debian). `make restore-drill` backs up a scratch cluster, restores it
+# to an instant and proves the ledger equal (tools/restore_drill.py; PostgreSQL 15's binaries).
 VENV ?= .venv
 PYTHON ?= python3
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: install run test lint bench bank-test image-test clean
+.PHONY: install run test lint bench bank-test image-test restore-drill clean
 
 $(STAMP): requirements.lock requirements-embedded.lock requirements-dev.lock pyproject.toml clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +43,9 @@ bank-test: $(STAMP)
 
 image-test: $(STAMP)
 	VENV=$(VENV) bash tools/image_test.sh
+
+restore-drill: $(STAMP)
+	$(VENV)/bin/python -m tools.restore_drill $(ARGS)
 
 clean:
 	rm -rf $(VENV) .wallet-data .pytest_cache .hypothesis .mypy_cache .ruff_cache
