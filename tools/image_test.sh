@@ -214,7 +214,7 @@ podman rm -f -t 10 "$NAME-api" "$NAME-db" >/dev/null 2>&1
 t=$(date +%s)
 HTTP_PORT=$(free_port)
 COMPOSE=("$PODMAN_COMPOSE" -p "$PROJECT" --podman-build-args="${BUILD_ARGS[*]}")
-WALLET_HTTP_PORT=$HTTP_PORT "${COMPOSE[@]}" up -d >"$STATE/compose.log" 2>&1 \
+WALLET_HTTP_PORT=$HTTP_PORT "${COMPOSE[@]}" up -d --build >"$STATE/compose.log" 2>&1 \
     || { tail -30 "$STATE/compose.log"; fail "podman-compose up"; }
 BASE="http://127.0.0.1:$HTTP_PORT"
 wait_health "$BASE" 120 || { "${COMPOSE[@]}" logs >>"$STATE/compose.log" 2>&1; tail -30 "$STATE/compose.log"; fail "compose: /health never answered 200"; }
@@ -224,5 +224,8 @@ alice=$(curl -s -H "Authorization: Bearer $TOKEN" "$BASE/api/v1/wallets/user_001
 [[ "$alice" == *'"GOLD_COINS"'* ]] || fail "compose: the demo user's balance: $alice"
 say "compose stack (podman-compose): up, migrated, seeded with the demo, answering in $(since "$t")"
 "${COMPOSE[@]}" down -v -t 10 >>"$STATE/compose.log" 2>&1 || fail "podman-compose down"
+# The compose build's tag, and the layers earlier builds left untagged (the stand-ins stay).
+podman rmi "${PROJECT}_api" >/dev/null 2>&1 || true
+podman image prune -f >/dev/null 2>&1 || true
 
 say "OK (image $((SIZE / 1000000)) MB, build $BUILD_TIME, total $(since "$STARTED"))"
