@@ -97,10 +97,13 @@ class Caller:
         asset_code: str | None,
         amount_minor: int | None,
         *,
+        fee_minor: int = 0,
         field_prefix: str = "",
     ) -> None:
         """Refuses (403) what the key's restrictions exclude. `asset_code` / `amount_minor` are
-        None when the request has none (a void has no amount)."""
+        None when the request has none (a void has no amount). The maximum amount bounds all that
+        one operation moves: a transfer's `fee` is debited from the sender on top of its amount, so
+        amount + fee must be within it (the field named is `fee` when the amount alone is)."""
         allowed = self.restrictions
         if allowed.operations is not None and operation not in allowed.operations:
             raise WalletError(
@@ -119,16 +122,21 @@ class Caller:
                 + ", ".join(sorted(allowed.asset_codes)),
                 field_prefix + "asset_type",
             )
-        if (
-            allowed.max_amount_minor is not None
-            and amount_minor is not None
-            and amount_minor > allowed.max_amount_minor
-        ):
+        limit = allowed.max_amount_minor
+        if limit is None or amount_minor is None:
+            return
+        if amount_minor > limit:
             raise WalletError(
                 errors.KEY_AMOUNT_OVER_LIMIT,
-                f"amount {amount_minor} exceeds this API key's maximum of {allowed.max_amount_minor} "
-                "per operation",
+                f"amount {amount_minor} exceeds this API key's maximum of {limit} per operation",
                 field_prefix + "amount",
+            )
+        if amount_minor + fee_minor > limit:
+            raise WalletError(
+                errors.KEY_AMOUNT_OVER_LIMIT,
+                f"amount {amount_minor} + fee {fee_minor} = {amount_minor + fee_minor} exceeds this API "
+                f"key's maximum of {limit} per operation (a fee counts: the sender pays both)",
+                field_prefix + "fee",
             )
 
 
