@@ -77,7 +77,9 @@ KEY_AMOUNT_OVER_LIMIT = _define(
     "amount",
 )
 RATE_LIMITED = _define(
-    "rate_limited", "the API key sent more requests than its rate limit; retry after Retry-After seconds"
+    "rate_limited",
+    "the client sent more requests than its rate limit, or its address too many unknown API keys; "
+    "retry after Retry-After seconds",
 )
 
 # What the request refers to.
