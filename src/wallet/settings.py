@@ -91,7 +91,7 @@ class Settings(BaseSettings):
     # A verified API key is trusted this long before it is looked up again (revocation delay).
     auth_cache_ttl_ms: int = Field(default=5_000, ge=0, le=600_000)
     # Unknown bearer tokens (wallet.services.api_keys), per worker process: a token that found no
-    # key is refused from memory this long, and the active keys' hashes are read at most this often.
+    # key is refused from memory this long.
     auth_negative_cache_ttl_ms: int = Field(default=5_000, ge=100, le=600_000)
     # Lookups that find no key, per source address (IPv6: per /64): this many at once, refilled at
     # this rate (0 = no limit). Past it the address's unknown tokens get 429, without a lookup.

@@ -16,8 +16,8 @@ ways (per worker process, in memory). A token that found no key is answered 401 
 works as soon as it is created). And each source address (an IPv6 one by its /64) may make at
 most `auth_failure_burst` lookups that find nothing, then `auth_failure_rps` per second: past that
 its tokens are refused with 429 and Retry-After, without a lookup, unless they are the hash of an
-active key. That is read from memory too: the hashes of all active keys, re-read at most once per
-`auth_negative_cache_ttl_ms`, so a key, even one created during the flood, is not shut out by it.
+active key. That is read from memory too: the hashes of all active keys, read again at most once
+a second, so a key, even one created during the flood, is not shut out by it.
 
 When each key was last used is noted in memory and written in the background
 (`flush_usage`, every `key_usage_flush_ms`): an UPDATE per authenticated request would put a row
@@ -54,6 +54,9 @@ AUTH_FAILURE_MAX_ADDRESSES = 10_000  # source addresses whose failed lookups are
 # Past this many active keys their hashes are not kept in memory: an address over its limit of
 # failed lookups is then refused whatever token it sends, until its limit refills.
 AUTH_ACTIVE_KEYS_MAX = 100_000
+# The active keys' hashes are read again at most this often (one query for every address at once):
+# a key created during a flood from its own address is shut out for at most this long.
+AUTH_ACTIVE_KEYS_REREAD_S = 1.0
 KEY_NAME_MAX_CHARS = 100
 ROTATION_OVERLAP_MAX_SECONDS = 90 * 24 * 3600
 RATE_LIMIT_RPS_CEILING = 1_000_000
@@ -558,10 +561,10 @@ class Authenticator:
 
     async def _is_active(self, digest: bytes) -> bool:
         """Whether `digest` is an active key's, from the hashes in memory, read again first when
-        they are older than the miss cache's time to live (one read at a time, for everyone)."""
-        if time.monotonic() - self._active_read_at >= self._miss_ttl_s:
+        they are older than AUTH_ACTIVE_KEYS_REREAD_S (one read at a time, for everyone)."""
+        if time.monotonic() - self._active_read_at >= AUTH_ACTIVE_KEYS_REREAD_S:
             async with self._active_lock:
-                if time.monotonic() - self._active_read_at >= self._miss_ttl_s:
+                if time.monotonic() - self._active_read_at >= AUTH_ACTIVE_KEYS_REREAD_S:
                     rows = await self._pool.fetch(
                         """
                         SELECT key_sha256 FROM api_keys
