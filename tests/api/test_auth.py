@@ -233,6 +233,20 @@ async def test_a_flood_of_bad_tokens_makes_a_bounded_number_of_lookups(quiet_db)
     assert burst + 1 + 1 + 3 + 1 <= scans <= burst + 1 + reads + 3 + 2, scans
 
 
+async def test_concurrent_bad_tokens_cannot_overshoot_the_limit(database_url):
+    """Each lookup reserves its place before it runs: 60 at once still make `burst` lookups."""
+    burst = 4
+    not_found = _queries("not_found")
+    async with _app(database_url, auth_failure_burst=burst, auth_failure_rps=0.001) as app:
+        async with _from(app, "203.0.113.15") as http:
+            responses = await asyncio.gather(
+                *(http.get("/api/v1/asset-types", headers=bearer(_bad_token())) for _ in range(60))
+            )
+    statuses = sorted(r.status_code for r in responses)
+    assert statuses == [401] * burst + [429] * (60 - burst)
+    assert _queries("not_found") - not_found == burst
+
+
 async def test_a_repeated_bad_token_is_looked_up_once(database_url):
     token = _bad_token()
     not_found = _queries("not_found")
