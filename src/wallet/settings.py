@@ -113,7 +113,8 @@ class Settings(BaseSettings):
     balance_read_max_size: int = Field(default=64, ge=1, le=1_000)
     balance_read_max_in_flight: int = Field(default=1, ge=1, le=200)
 
-    # Per-key rate limits (token bucket): WALLET_RATE_LIMIT_RPS requests per second on average, in
+    # Per-client rate limits (token bucket, one for all of a client's keys, so a rotation's old and
+    # new key share it): WALLET_RATE_LIMIT_RPS requests per second on average, in
     # bursts of up to WALLET_RATE_LIMIT_BURST (0 = as many as one second's rate). 0 rps = off. A key
     # may override both (`wallet keys create --rate-limit-rps`). The buckets are shared by every
     # worker and instance through the store: PostgreSQL (the default, embedded included) or Redis.
