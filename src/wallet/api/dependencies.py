@@ -66,16 +66,22 @@ AppSettings = Annotated[Settings, Depends(_settings)]
 _bearer = HTTPBearer(auto_error=False, description="An API key from `wallet keys create`.")
 
 
-async def _authenticated(
-    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
-) -> Caller:
-    """The caller, within its rate limit (429 before any scope or body is looked at)."""
-    token = credentials.credentials if credentials else None
+async def authenticate_request(request: Request, token: str | None) -> Caller:
+    """The one authentication of both request paths (the full one's dependency below and the fast
+    path's): the key, with failed lookups limited per source address (the peer address the
+    server saw), then its client's rate limit (429 before any scope or body is looked at)."""
     resources = resources_of(request)
-    caller = await resources.authenticator.authenticate(token)
+    client = request.scope.get("client")
+    caller = await resources.authenticator.authenticate(token, client[0] if client else None)
     note_api_key(request.scope, caller.name)
     await resources.rate_limiter.check(caller)
     return caller
+
+
+async def _authenticated(
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> Caller:
+    return await authenticate_request(request, credentials.credentials if credentials else None)
 
 
 def requires(scope: Scope) -> Any:

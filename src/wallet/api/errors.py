@@ -80,7 +80,7 @@ _STATUS_TITLES = {
     409: "Refused by the state of the ledger",
     413: "Request body too large",
     422: "Invalid request",
-    429: "Rate limit of the API key reached; retry after Retry-After seconds",
+    429: "Rate limit of the client, or of failed authentications from the address, reached; retry after Retry-After seconds",
     500: "Internal error",
     503: "Nothing was written; retry with the same idempotency key",
 }

@@ -130,7 +130,15 @@ async def post_batch(
     items: list[dict[str, Any]] = []
     for index, op in enumerate(operations):
         prefix = f"operations[{index}]."
-        caller.permit(KeyOperation(op.type.value), op.asset_code, op.amount_minor, field_prefix=prefix)
+        # A transfer's fee is debited from its sender too (a fee on anything else is refused below).
+        fee_minor = op.fee_minor if op.type is TransactionType.TRANSFER else 0
+        caller.permit(
+            KeyOperation(op.type.value),
+            op.asset_code,
+            op.amount_minor,
+            fee_minor=fee_minor,
+            field_prefix=prefix,
+        )
         item: dict[str, Any] = {
             "type": op.type.value,
             "user_id": op.user_id,
