@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AnyUrl, BaseModel, ConfigDict, Field, UrlConstraints
+from pydantic import AnyUrl, BaseModel, Field, UrlConstraints
 
+from wallet.api.schemas import JsonBool, RequestBody
 from wallet.services.events import EventType
 from wallet.services.webhooks import URL_MAX_CHARS
 
@@ -38,9 +39,7 @@ class EventPage(BaseModel):
     has_more: bool = Field(description="More events are visible already: ask again at once.")
 
 
-class WebhookCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class WebhookCreate(RequestBody):
     url: WebhookUrl
     event_types: list[EventType] | None = Field(
         default=None,
@@ -51,12 +50,14 @@ class WebhookCreate(BaseModel):
     description: str | None = Field(default=None, max_length=500)
 
 
-class WebhookUpdate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    active: bool = Field(
+class WebhookUpdate(RequestBody):
+    active: JsonBool = Field(
         description="false pauses deliveries (the endpoint keeps its position); true resumes."
     )
+
+
+class RedeliverBody(RequestBody):
+    """Redelivery takes nothing: no body, or `{}`."""
 
 
 class WebhookDelivery(BaseModel):
