@@ -343,9 +343,17 @@ def _not_reserved(user_id: str) -> str:
     return user_id
 
 
+def _not_blank(name: str) -> str:
+    if not name.strip():
+        raise PydanticCustomError("blank", "must not be empty or only spaces")
+    return name
+
+
 class UserCreate(RequestBody):
     user_id: Annotated[UserId, AfterValidator(_not_reserved)]
-    name: str = Field(min_length=1, max_length=200)
+    name: Annotated[str, AfterValidator(_not_blank)] = Field(
+        min_length=1, max_length=200, description="Not only spaces."
+    )
 
 
 class UserOut(BaseModel):
