@@ -438,13 +438,23 @@ async def test_webhook_admin_api_errors(hooks_db, receiver):
             {"url": "not a url"},
             {"url": receiver.url("x"), "event_types": ["user.deleted"]},
             {"url": receiver.url("x"), "event_types": []},
+            {"url": receiver.url("x"), "event_types": ["transaction.posted", "transaction.posted"]},
             {"url": receiver.url("x"), "secret": "mine"},
             {"url": "http://example.com/" + "a" * 2100},
         ):
             response = await client.post("/api/v1/webhooks", json=body)
             assert response.status_code == 422, (body, response.text)
+        twice = await client.post(
+            "/api/v1/webhooks",
+            json={
+                "url": receiver.url("x"),
+                "event_types": ["hold.placed", "transaction.posted", "hold.placed"],
+            },
+        )
+        assert twice.status_code == 422 and twice.json()["error"]["field"] == "event_types"
+        assert "must not repeat a type: hold.placed" in twice.json()["error"]["message"]
         await _register(client, receiver.url("a"))
-        await _register(client, receiver.url("b"))
+        await _register(client, receiver.url("b"))  # none of the refused ones counts
         third = await client.post("/api/v1/webhooks", json={"url": receiver.url("c")})
         assert third.status_code == 422 and third.json()["error"]["code"] == "limit_exceeded"
         for method, path in (
