@@ -195,7 +195,9 @@ ExpiresInSeconds = Annotated[
     int,
     BeforeValidator(_json_integer),
     Field(
-        ge=1, le=LOT_EXPIRY_SECONDS_CEILING, description="The credits expire this many seconds after posting."
+        ge=1,
+        le=LOT_EXPIRY_SECONDS_CEILING,
+        description="The credits expire this many seconds after posting: at most 3,652 days (10 years).",
     ),
 ]
 ExpiresAt = Annotated[
