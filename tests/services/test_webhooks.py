@@ -307,7 +307,7 @@ async def test_a_receiver_down_for_a_while_gets_everything_in_order_at_least_onc
             return (await client.get(f"/api/v1/webhooks/{endpoint['id']}")).json()["delivery"]
 
         down = await wait_for(lambda: _attempted(state, 3), what="three refused attempts")
-        assert "ConnectError" in down["last_error"]
+        assert down["last_error"].startswith("no HTTP answer")
 
         receiver.status = 500  # listening again, but failing
         receiver.up()
@@ -330,6 +330,54 @@ async def test_a_receiver_down_for_a_while_gets_everything_in_order_at_least_onc
 async def _attempted(state: Callable[[], Any], attempts: int) -> dict | None:
     current = await state()
     return current if current["attempts"] >= attempts else None
+
+
+async def test_last_error_does_not_tell_a_closed_port_from_a_silent_or_non_http_one(hooks_db, receiver):
+    """An admin registering internal URLs must not learn which ports are open from last_error:
+    every failure without an HTTP answer reads the same (the detail goes to the log)."""
+
+    async def banner(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"SSH-2.0-OpenSSH_9.6\r\n")  # open, not HTTP
+        await writer.drain()
+        writer.close()
+
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.close()
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(2)
+        writer.close()
+
+    servers = [await asyncio.start_server(h, "127.0.0.1", 0) for h in (banner, hang_up, silent)]
+    urls = {
+        name: f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/hook"
+        for name, server in zip(("banner", "hang_up", "silent"), servers, strict=True)
+    }
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        urls["closed"] = f"http://127.0.0.1:{probe.getsockname()[1]}/hook"
+    urls["unresolvable"] = "http://no-such-host.invalid/hook"
+    receiver.status = 500
+    try:
+        async with wallet(hooks_db, webhook_timeout_ms=300) as (_, client):
+            endpoints = {name: await _register(client, url) for name, url in urls.items()}
+            failing = await _register(client, receiver.url("failing"))
+            await _topup(client, await _user(client), 1)
+
+            async def last_error(endpoint: dict) -> str | None:
+                state = (await client.get(f"/api/v1/webhooks/{endpoint['id']}")).json()["delivery"]
+                return state["last_error"] if state["attempts"] >= 1 else None
+
+            errors = {
+                name: await wait_for(lambda e=e: last_error(e), what=name) for name, e in endpoints.items()
+            }
+            assert set(errors.values()) == {
+                "no HTTP answer (could not connect, or no valid answer within 300 ms)"
+            }, errors
+            assert await wait_for(lambda: last_error(failing), what="an HTTP 500") == "HTTP 500"
+    finally:
+        for server in servers:
+            server.close()
 
 
 async def test_an_event_refused_max_attempts_times_is_dead_lettered_and_can_be_redelivered(

@@ -71,6 +71,8 @@ EVENT_TYPE_HEADER = "X-Wallet-Event-Type"
 LOCK_SPACE = 0x57_48_4B_01  # "WHK", 1
 URL_MAX_CHARS = 2048
 ERROR_MAX_CHARS = 1000
+# last_error of an attempt that got no HTTP answer, whatever the reason (see Deliverer._post).
+NO_HTTP_ANSWER = "no HTTP answer (could not connect, or no valid answer within {} ms)"
 REDELIVERIES_PER_TURN = 20
 
 DELIVERIES = Counter(
@@ -645,10 +647,12 @@ class Deliverer:
             async with asyncio.timeout(self._settings.webhook_timeout_ms / 1000):
                 async with self._http().stream("POST", url, content=body, headers=headers) as response:
                     status = response.status_code  # the body is not read
-        except TimeoutError:
-            return Attempt(False, f"no answer within {self._settings.webhook_timeout_ms} ms")
-        except Exception as exc:  # refused, reset, DNS, TLS, invalid URL: a failed attempt
-            return Attempt(False, f"{type(exc).__name__}: {exc}")
+        except Exception as exc:  # refused, reset, DNS, TLS, not HTTP, timed out: a failed attempt
+            # The admin API shows last_error: one category for every failure without an HTTP
+            # answer, so an endpoint cannot tell a closed port from a silent or non-HTTP one (no
+            # map of internal hosts and ports). The exception itself goes to the log only.
+            log.info("webhook_attempt_no_answer", error=type(exc).__name__, detail=str(exc)[:200])
+            return Attempt(False, NO_HTTP_ANSWER.format(self._settings.webhook_timeout_ms))
         if 200 <= status < 300:
             return Attempt(True)
         return Attempt(False, f"HTTP {status}")
