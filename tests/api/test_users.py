@@ -27,7 +27,7 @@ async def test_create_user_validates_and_needs_admin(admin, client):
     bad = await admin.post("/api/v1/users", json={"user_id": "has space", "name": "X"})
     assert bad.status_code == 422
     assert bad.json()["error"]["field"] == "user_id"
-    for name in ("", " ", "     ", "\t\n", "\u3000\u00a0"):
+    for name in ("", " ", "     ", "\t\n", "\u3000\u00a0", "a\x00b"):
         blank = await admin.post("/api/v1/users", json={"user_id": "ok_id", "name": name})
         assert blank.status_code == 422, (name, blank.text)
         assert blank.json()["error"]["field"] == "name"

@@ -348,6 +348,8 @@ def _not_reserved(user_id: str) -> str:
 def _not_blank(name: str) -> str:
     if not name.strip():
         raise PydanticCustomError("blank", "must not be empty or only spaces")
+    if "\x00" in name:  # PostgreSQL text cannot hold it
+        raise PydanticCustomError("nul", "must not contain NUL characters")
     return name
 
 
