@@ -37,6 +37,7 @@ import contextlib
 import hashlib
 import hmac
 import random
+import re
 import secrets
 import time
 from dataclasses import dataclass
@@ -73,6 +74,17 @@ URL_MAX_CHARS = 2048
 ERROR_MAX_CHARS = 1000
 # last_error of an attempt that got no HTTP answer, whatever the reason (see Deliverer._post).
 NO_HTTP_ANSWER = "no HTTP answer (could not connect, or no valid answer within {} ms)"
+_HTTP_STATUS_ERROR = re.compile(r"HTTP \d{3}")
+
+
+def public_error(stored: str | None) -> str | None:
+    """What the admin API shows of a stored last_error: its category. Rows written before there
+    were categories hold an exception's text; they read as "no HTTP answer"."""
+    if stored is None or _HTTP_STATUS_ERROR.fullmatch(stored) or stored.startswith("no HTTP answer"):
+        return stored
+    return "no HTTP answer"
+
+
 REDELIVERIES_PER_TURN = 20
 
 DELIVERIES = Counter(
@@ -144,7 +156,7 @@ def _endpoint(row: asyncpg.Record) -> dict[str, Any]:
             "next_attempt_at": row["next_attempt_at"],
             "last_attempt_at": row["last_attempt_at"],
             "last_success_at": row["last_success_at"],
-            "last_error": row["last_error"],
+            "last_error": public_error(row["last_error"]),
             "delivered": row["delivered_count"],
             "dead_letters": row["dead_letters"],
         },
@@ -252,7 +264,7 @@ def _dead_letter_json(row: asyncpg.Record) -> str:
             "event_id": row["event_id"],
             "event_type": row["event_type"],
             "attempts": row["attempts"],
-            "last_error": row["last_error"],
+            "last_error": public_error(row["last_error"]),
             "status": row["status"],
             "dead_at": row["dead_at"],
             "redelivered_at": row["redelivered_at"],
