@@ -171,15 +171,20 @@ async def test_injection_strings_are_stored_verbatim_not_executed(client, make_u
     assert fetched.json()["metadata"] == {"note": nasty}
 
 
-async def test_whole_float_amount_is_accepted_as_integer(client, make_user):
+async def test_an_amount_written_as_a_json_number_is_refused_and_writes_nothing(client, make_user):
     user = await make_user()
     response = await client.post(
         TOPUP,
         content=json.dumps({"user_id": user, "asset_type": "GOLD_COINS", "amount": 7.0}),
         headers={"Idempotency-Key": new_key(), "Content-Type": "application/json"},
     )
-    assert response.status_code == 201
-    assert response.json()["amount"] == 7
+    assert response.status_code == 422
+    error = response.json()["error"]
+    assert (error["code"], error["field"]) == ("validation_error", "amount")
+    assert "JSON integer" in error["message"]
+    balance = await client.get(f"/api/v1/wallets/{user}/balance")
+    assert balance.status_code == 200
+    assert all(b["balance"] == 0 for b in balance.json()["balances"])
 
 
 async def test_unknown_route_and_method_use_the_error_shape(client):

@@ -159,11 +159,15 @@ async def test_amounts_are_judged_on_the_exact_json_text(admin, make_user, pool,
         "1e-1",
         "123.456e1",
         "0.9999999999999999999",
+        "3.0",
+        "3e0",
+        "0.3e1",
+        "300e-2",
     ):
         response = await admin.post(path, **_raw(template.format(user=user, amount=text)))
         assert response.status_code == 422, (text, response.text)
         assert response.json()["error"]["field"].endswith("amount"), text
-    for text in ("3", "3.0", "3e0", "0.3e1", "300e-2"):
+    for text in ("3",):
         response = await admin.post(path, **_raw(template.format(user=user, amount=text)))
         assert response.status_code == 201, (text, response.text)
         created = response.json()

@@ -1,8 +1,8 @@
 """Request and response models: the HTTP contract, and the OpenAPI document generated from it.
 
-Amounts are integers in the asset's minor unit. JSON numbers that are whole (`100`, `100.0`) are
-accepted; anything with a fractional part, booleans and strings are rejected, so no binary float
-ever reaches the ledger.
+Amounts are integers in the asset's minor unit, sent as JSON integers (`100`); a number with a
+fraction or an exponent (`100.0`, `1e2`, `1.5`), booleans and strings are rejected, so no binary
+float ever reaches the ledger.
 
 Every request body is a JSON object (`RequestBody`): `null`, an array, a string or a number is
 refused, naming what was sent. Types are strict: other integers take only JSON integers, booleans
@@ -106,23 +106,17 @@ def _not_null(value: Any) -> Any:
 
 
 def _whole_number(value: Any) -> Any:
-    """Amounts are whole numbers of minor units, judged on the exact JSON text: bodies are parsed
+    """Amounts are JSON integers of minor units, judged on the exact JSON text: bodies are parsed
     with `Decimal` for every number with a fraction or exponent (wallet.api.json_body), so
-    `100.0` and `1e2` are 100 while `1.99999999999999999` is refused, not rounded to 2."""
+    `100.0`, `1e2` and `1.99999999999999999` are refused (not rounded), as `"100"` and `true` are."""
     if isinstance(value, bool) or not isinstance(value, (int, float, Decimal)):
-        raise _refuse("json_integer", "an integer number of minor units", value)
-    if isinstance(value, Decimal):
-        if value != value.to_integral_value():
-            raise PydanticCustomError(
-                "json_integer", "must be a whole number of minor units; fractions are not allowed"
-            )
-        if abs(value) > AMOUNT_MINOR_CEILING:
-            raise ValueError(f"must not exceed {AMOUNT_MINOR_CEILING}")
-        return int(value)
-    if isinstance(value, float):
-        if not value.is_integer():
-            raise ValueError("must be a whole number of minor units; fractions are not allowed")
-        return int(value)
+        raise _refuse("json_integer", "a JSON integer of minor units", value)
+    if not isinstance(value, int):
+        raise PydanticCustomError(
+            "json_integer",
+            "must be a JSON integer of minor units, written without a fraction or exponent; not {given}",
+            {"given": json_kind(value)},
+        )
     return value
 
 
