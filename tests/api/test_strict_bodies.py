@@ -298,7 +298,6 @@ async def test_the_fast_path_refuses_what_the_full_path_refuses(admin, make_user
 # ---- the OpenAPI walk: the wrong JSON type for every request-body field -------------------------
 
 
-
 def _resolve(spec: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
     while "$ref" in schema:
         name = schema["$ref"].rsplit("/", 1)[1]
