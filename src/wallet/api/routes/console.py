@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field
 from wallet.api.dependencies import Admin, AnyCaller, AppSettings, Pool, Reader
 from wallet.api.errors import error_responses
 from wallet.api.json_body import ExactJSONRoute
+from wallet.api.params import LIMIT_DESCRIPTION, PageLimit
 from wallet.console import reports
 from wallet.domain import errors
 from wallet.domain.rules import KeyOperation, Scope, scope_allows
@@ -134,9 +135,7 @@ async def search_users(
         pattern=r"^[^\x00-\x1f\x7f]+$",
         description="A user id, the start of one, or part of a name.",
     ),
-    limit: int | None = Query(
-        default=None, ge=1, description="Default WALLET_PAGE_SIZE_DEFAULT, at most WALLET_PAGE_SIZE_MAX."
-    ),
+    limit: PageLimit | None = Query(default=None, description=LIMIT_DESCRIPTION),
 ) -> dict[str, Any]:
     return await reports.search_users(
         pool, q, limit=check_limit(limit, settings.page_size_default, settings.page_size_max)

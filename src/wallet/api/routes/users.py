@@ -10,8 +10,8 @@ from fastapi.responses import JSONResponse
 from wallet.api.dependencies import Admin, AppSettings, Pool, Reader
 from wallet.api.errors import error_responses
 from wallet.api.json_body import ExactJSONRoute
+from wallet.api.params import LIMIT_DESCRIPTION, PageLimit, cursor_query
 from wallet.api.schemas import AssetTypeList, UserCreate, UserOut, UserPage
-from wallet.domain.rules import CURSOR_MAX_CHARS
 from wallet.services.pagination import check_limit
 from wallet.services.users import create_user, list_asset_types, list_users
 
@@ -23,10 +23,8 @@ async def get_users(
     pool: Pool,
     settings: AppSettings,
     caller: Reader,
-    limit: int | None = Query(
-        default=None, ge=1, description="Default WALLET_PAGE_SIZE_DEFAULT, at most WALLET_PAGE_SIZE_MAX."
-    ),
-    cursor: str | None = Query(default=None, max_length=CURSOR_MAX_CHARS),
+    limit: PageLimit | None = Query(default=None, description=LIMIT_DESCRIPTION),
+    cursor: str | None = cursor_query(),
 ) -> dict[str, Any]:
     return await list_users(
         pool,

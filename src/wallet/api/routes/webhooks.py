@@ -10,6 +10,7 @@ from fastapi import APIRouter, Path, Query, Response
 from wallet.api.dependencies import Admin, AppSettings, Pool
 from wallet.api.errors import error_responses
 from wallet.api.json_body import ExactJSONRoute
+from wallet.api.params import LIMIT_DESCRIPTION, PageLimit, cursor_query
 from wallet.api.schemas_events import (
     DeadLetterOut,
     DeadLetterPage,
@@ -19,7 +20,6 @@ from wallet.api.schemas_events import (
     WebhookOut,
     WebhookUpdate,
 )
-from wallet.domain.rules import CURSOR_MAX_CHARS
 from wallet.services import webhooks
 from wallet.services.pagination import check_limit
 
@@ -85,8 +85,8 @@ async def get_dead_letters(
     settings: AppSettings,
     webhook_id: WebhookId,
     caller: Admin,
-    limit: int | None = Query(default=None, ge=1),
-    cursor: str | None = Query(default=None, max_length=CURSOR_MAX_CHARS),
+    limit: PageLimit | None = Query(default=None, description=LIMIT_DESCRIPTION),
+    cursor: str | None = cursor_query(),
 ) -> Response:
     body = await webhooks.list_dead_letters_json(
         pool,
