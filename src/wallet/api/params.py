@@ -1,5 +1,5 @@
 """The query and path parameters every read route shares, each parsed one way everywhere: times
-(`Instant`, by `wallet.domain.times.parse_time`), page sizes (`PageLimit`, then `check_limit`),
+(`Instant`, by `wallet.domain.times.parse_time`), page sizes (`PageSize`, by `check_limit`),
 cursors (`cursor_query`, decoded by `wallet.services.pagination`) and user ids in a path.
 
 A refusal names its parameter, with the one code of its rule: 422 `validation_error` for a time or
@@ -11,13 +11,15 @@ import re
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import Query
+from fastapi import Depends, Query
 from pydantic import PlainValidator, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
+from wallet.api.dependencies import AppSettings
 from wallet.domain import errors
 from wallet.domain.rules import CURSOR_MAX_CHARS, USER_ID_PATTERN
 from wallet.domain.times import TIME_FORMAT_HINT, parse_time
+from wallet.services.pagination import check_limit, limit_error
 
 
 def _instant(value: object) -> datetime:
@@ -46,20 +48,30 @@ Instant = Annotated[
 ]
 
 
-def _whole_number(value: object) -> int:
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if isinstance(value, str) and re.fullmatch(r"[0-9]{1,9}", value, re.ASCII):
-        return int(value)
-    raise PydanticCustomError("limit", "must be a whole number from 1 to WALLET_PAGE_SIZE_MAX")
+_WHOLE_NUMBER = re.compile(r"[0-9]{1,9}", re.ASCII)
 
 
-PageLimit = Annotated[
-    int,
-    PlainValidator(_whole_number),
-    WithJsonSchema({"type": "integer", "minimum": 1}),
-]
-LIMIT_DESCRIPTION = "Page size: default WALLET_PAGE_SIZE_DEFAULT (50), at most WALLET_PAGE_SIZE_MAX (200)."
+async def _page_size(
+    settings: AppSettings,
+    limit: Annotated[
+        str | None,
+        Query(
+            description="Page size: default WALLET_PAGE_SIZE_DEFAULT (50), at most WALLET_PAGE_SIZE_MAX (200)."
+        ),
+        WithJsonSchema({"type": "integer", "minimum": 1}),
+    ] = None,
+) -> int:
+    """The page size a list route serves: `limit` (ASCII digits) from 1 to WALLET_PAGE_SIZE_MAX,
+    WALLET_PAGE_SIZE_DEFAULT without it; anything else is one refusal (see `check_limit`)."""
+    if limit is None:
+        return settings.page_size_default
+    if not _WHOLE_NUMBER.fullmatch(limit):
+        raise limit_error(settings.page_size_max)
+    return check_limit(int(limit), settings.page_size_default, settings.page_size_max)
+
+
+# Declared after the caller, so that a request without a key is 401 whatever its limit.
+PageSize = Annotated[int, Depends(_page_size)]
 
 
 def cursor_query(description: str = "`next_cursor` of the previous page, unchanged.", **kwargs: Any) -> Any:

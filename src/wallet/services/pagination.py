@@ -170,8 +170,9 @@ def check_limit(limit: int | None, default: int, maximum: int) -> int:
     return limit
 
 
-def limit_error(maximum: int | None = None) -> errors.WalletError:
-    bound = f"{maximum} (WALLET_PAGE_SIZE_MAX)" if maximum is not None else "WALLET_PAGE_SIZE_MAX"
+def limit_error(maximum: int) -> errors.WalletError:
     return errors.WalletError(
-        errors.VALIDATION_ERROR, f"limit: must be a whole number from 1 to {bound}", "limit"
+        errors.VALIDATION_ERROR,
+        f"limit: must be a whole number from 1 to {maximum} (WALLET_PAGE_SIZE_MAX)",
+        "limit",
     )

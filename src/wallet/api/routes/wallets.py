@@ -4,15 +4,14 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Query, Request, Response
 
-from wallet.api.dependencies import AppSettings, Pool, Reader
+from wallet.api.dependencies import Pool, Reader
 from wallet.api.errors import error_responses
 from wallet.api.fast_path import FastPathRoute, authorized, bearer_token, fast_path, state
-from wallet.api.params import LIMIT_DESCRIPTION, Instant, PageLimit, cursor_query, known_user_id
+from wallet.api.params import Instant, PageSize, cursor_query, known_user_id
 from wallet.api.schemas import BalancesOut, TransactionPage
 from wallet.domain import errors
 from wallet.domain.errors import WalletError
 from wallet.domain.rules import ASSET_CODE_PATTERN, Scope, TransactionType
-from wallet.services.pagination import check_limit
 from wallet.services.wallets import balances_json, history_json
 
 router = APIRouter(prefix="/api/v1/wallets", tags=["wallets"], route_class=FastPathRoute)
@@ -57,10 +56,9 @@ async def balance(
 )
 async def history(
     pool: Pool,
-    settings: AppSettings,
     caller: Reader,
     user_id: str,
-    limit: PageLimit | None = Query(default=None, description=LIMIT_DESCRIPTION),
+    limit: PageSize,
     cursor: str | None = cursor_query(),
     asset_type: str | None = Query(default=None, pattern=ASSET_CODE_PATTERN),
     type: TransactionType | None = Query(default=None),
@@ -70,7 +68,7 @@ async def history(
     body = await history_json(
         pool,
         known_user_id(user_id),
-        limit=check_limit(limit, settings.page_size_default, settings.page_size_max),
+        limit=limit,
         cursor=cursor,
         asset_code=asset_type,
         type=type,
