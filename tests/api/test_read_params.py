@@ -43,14 +43,23 @@ EXPECTED = {
     "/api/v1/search/users": {"limit": ["limit"]},
     "/api/v1/reports/liabilities": {"time": ["as_of", "from", "to"]},
 }
-# What the service issues for each list (a cursor of one list is refused by every other).
-ISSUED = {
-    "/api/v1/wallets/{user_id}/transactions": encode_int_cursor(CursorList.HISTORY, 2**62),
-    "/api/v1/wallets/{user_id}/holds": encode_int_cursor(CursorList.HOLDS, 2**62),
-    "/api/v1/users": encode_text_cursor(CursorList.USERS, "a"),
-    "/api/v1/events": encode_numbers_cursor(CursorList.EVENTS, 1, 1),
-    "/api/v1/webhooks/{webhook_id}/dead-letters": encode_int_cursor(CursorList.DEAD_LETTERS, 2**62),
-}
+
+
+def _issued(routes: dict[str, tuple[str, dict[str, list[str]]]]) -> dict[str, str]:
+    """A cursor the service could issue for each list (one of one list is refused by every other)."""
+    user = routes["/api/v1/wallets/{user_id}/transactions"][0].split("/")[4]
+    webhook_id = routes["/api/v1/webhooks/{webhook_id}/dead-letters"][0].split("/")[4]
+    return {
+        "/api/v1/wallets/{user_id}/transactions": encode_int_cursor(CursorList.HISTORY, 2**62, scope=user),
+        "/api/v1/wallets/{user_id}/holds": encode_int_cursor(CursorList.HOLDS, 2**62, scope=user),
+        "/api/v1/users": encode_text_cursor(CursorList.USERS, "a"),
+        "/api/v1/events": encode_numbers_cursor(CursorList.EVENTS, 1, 1),
+        "/api/v1/webhooks/{webhook_id}/dead-letters": encode_int_cursor(
+            CursorList.DEAD_LETTERS, 2**62, scope=webhook_id
+        ),
+    }
+
+
 REQUIRED = {"/api/v1/search/users": {"q": "a"}}
 
 
@@ -214,13 +223,14 @@ async def test_every_page_size_outside_its_bounds_gets_one_code(admin, routes, s
 
 
 async def test_every_cursor_the_service_did_not_issue_for_that_list_is_refused_naming_it(admin, routes):
+    issued_for = _issued(routes)
     for path, (url, classes) in routes.items():
         for name in classes.get("cursor", []):
-            issued = ISSUED[path]
+            issued = issued_for[path]
             ok = await admin.get(url, params={name: issued})
             assert ok.status_code == 200, (url, ok.text)
             edited = issued[:5] + ("A" if issued[5] != "A" else "B") + issued[6:]
-            others = [c for p, c in ISSUED.items() if p != path]
+            others = [c for p, c in issued_for.items() if p != path]
             bad = [
                 "", "x" * 201, "!!", "zzzz", "not-a-cursor", " " + issued, issued + "=", issued + "==",
                 issued[:-1], issued + "A", edited, issued.swapcase(),
@@ -232,6 +242,27 @@ async def test_every_cursor_the_service_did_not_issue_for_that_list_is_refused_n
             for value in bad:
                 message = await _refused(admin, url, {name: value}, "invalid_request", name)
                 assert message.startswith(f"{name}: not a cursor this service issued"), message
+
+
+async def test_a_cursor_of_one_users_history_or_holds_is_refused_on_another_users(admin, make_user):
+    alice, bob = await make_user(GOLD_COINS=5), await make_user(GOLD_COINS=5)
+    for user in (alice, bob):
+        for _ in range(2):
+            await post(admin, "spend", user_id=user, asset_type="GOLD_COINS", amount=1)
+            placed = await admin.post(
+                "/api/v1/holds",
+                headers={"Idempotency-Key": new_key()},
+                json={"user_id": user, "asset_type": "GOLD_COINS", "amount": 1},
+            )
+            assert placed.status_code == 201, placed.text
+    for path, params in (("transactions", {}), ("transactions", {"from": EARLIEST}), ("holds", {})):
+        first = (await admin.get(f"/api/v1/wallets/{alice}/{path}", params={"limit": 1, **params})).json()
+        cursor = first["next_cursor"]
+        mine = await admin.get(f"/api/v1/wallets/{alice}/{path}", params={"cursor": cursor, **params})
+        assert mine.status_code == 200 and mine.json()["data"], mine.text
+        await _refused(
+            admin, f"/api/v1/wallets/{bob}/{path}", {"cursor": cursor, **params}, "invalid_request", "cursor"
+        )
 
 
 async def test_the_users_cursor_is_the_one_the_previous_page_gave(admin, make_user):

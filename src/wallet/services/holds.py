@@ -166,12 +166,14 @@ async def list_holds_json(
     pool: asyncpg.Pool, user_id: str, *, open_only: bool, limit: int, cursor: str | None
 ) -> str:
     """The user's holds, newest first; `open_only` keeps those that still reserve credits."""
-    before_seq = decode_int_cursor(CursorList.HOLDS, cursor)
+    before_seq = decode_int_cursor(CursorList.HOLDS, cursor, scope=user_id)
     rows = await pool.fetch(LIST_SQL, user_id, open_only, before_seq, limit + 1)
     if not rows and await pool.fetchval("SELECT 1 FROM users WHERE id = $1", user_id) is None:
         raise WalletError(errors.USER_NOT_FOUND, f"no user with id {user_id}")
     page = rows[:limit]
-    next_cursor = encode_int_cursor(CursorList.HOLDS, page[-1]["seq"]) if len(rows) > limit else None
+    next_cursor = (
+        encode_int_cursor(CursorList.HOLDS, page[-1]["seq"], scope=user_id) if len(rows) > limit else None
+    )
     return (
         '{"data":['
         + ",".join(r["body"] for r in page)

@@ -6,9 +6,11 @@ stay stable while new rows are written. It is the URL-safe base64 (no padding) o
     version (1 byte) | list (1 byte) | position | check (8 bytes)
 
 where the position is the list's key (big-endian 64-bit numbers, or a user id in UTF-8) and the
-check a keyed BLAKE2b of what precedes it. A cursor is taken only as the service wrote it: the
-canonical base64 of a known version, of the list it is given to, with its check and a position of
-that list's shape. Anything else (edited, truncated, padded, re-encoded, from another list, longer
+check a keyed BLAKE2b of what precedes it and of the list's scope (whose list it is: the user of a
+history or of holds, the webhook endpoint of dead letters), which the cursor does not carry. A
+cursor is taken only as the service wrote it: the canonical base64 of a known version, of the list
+it is given to (the same user's history, not another's), with its check and a position of that
+list's shape. Anything else (edited, truncated, padded, re-encoded, from another list, longer
 than CURSOR_MAX_CHARS) is refused with 422 `invalid_request` naming the parameter. The check's key
 is not a secret, so this is not a signature: a cursor carries no authority, a forged one would
 name a position the caller may read anyway, and every position is checked for its shape.
@@ -47,17 +49,17 @@ class CursorList(IntEnum):
     EVENTS = 5  # GET /events: (txid, seq) of the last event
 
 
-def _check(head: bytes) -> bytes:
-    return hashlib.blake2b(head, key=_CHECK_KEY, digest_size=_CHECK_BYTES).digest()
+def _check(head: bytes, scope: str) -> bytes:
+    return hashlib.blake2b(head + b"\x00" + scope.encode(), key=_CHECK_KEY, digest_size=_CHECK_BYTES).digest()
 
 
 def _b64(raw: bytes) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def _seal(kind: CursorList, position: bytes) -> str:
+def _seal(kind: CursorList, position: bytes, scope: str) -> str:
     head = bytes((_VERSION, kind)) + position
-    return _b64(head + _check(head))
+    return _b64(head + _check(head, scope))
 
 
 def not_issued(field: str = "cursor") -> errors.WalletError:
@@ -82,7 +84,7 @@ def _raw(cursor: str, field: str) -> bytes:
     return raw
 
 
-def _open(kind: CursorList, cursor: str, field: str) -> bytes:
+def _open(kind: CursorList, cursor: str, field: str, scope: str) -> bytes:
     """The position a cursor of this list holds, or a refusal."""
     raw = _raw(cursor, field)
     head, check = raw[:-_CHECK_BYTES], raw[-_CHECK_BYTES:]
@@ -90,23 +92,23 @@ def _open(kind: CursorList, cursor: str, field: str) -> bytes:
         len(head) < 2
         or head[0] != _VERSION
         or head[1] != kind
-        or not hmac.compare_digest(check, _check(head))
+        or not hmac.compare_digest(check, _check(head, scope))
     ):
         raise not_issued(field)
     return head[2:]
 
 
-def encode_numbers_cursor(kind: CursorList, *numbers: int) -> str:
+def encode_numbers_cursor(kind: CursorList, *numbers: int, scope: str = "") -> str:
     assert all(0 <= n <= _INT_MAX for n in numbers), numbers
-    return _seal(kind, b"".join(n.to_bytes(8, "big") for n in numbers))
+    return _seal(kind, b"".join(n.to_bytes(8, "big") for n in numbers), scope)
 
 
 def decode_numbers_cursor(
-    kind: CursorList, cursor: str | None, count: int, field: str = "cursor"
+    kind: CursorList, cursor: str | None, count: int, field: str = "cursor", scope: str = ""
 ) -> tuple[int, ...] | None:
     if cursor is None:
         return None
-    position = _open(kind, cursor, field)
+    position = _open(kind, cursor, field, scope)
     if len(position) != 8 * count:
         raise not_issued(field)
     numbers = tuple(int.from_bytes(position[i : i + 8], "big") for i in range(0, len(position), 8))
@@ -115,17 +117,20 @@ def decode_numbers_cursor(
     return numbers
 
 
-def encode_int_cursor(kind: CursorList, number: int) -> str:
-    return encode_numbers_cursor(kind, number)
+def encode_int_cursor(kind: CursorList, number: int, *, scope: str) -> str:
+    """A cursor of a list of one scope (a user's history: the user id)."""
+    return encode_numbers_cursor(kind, number, scope=scope)
 
 
-def decode_int_cursor(kind: CursorList, cursor: str | None, field: str = "cursor") -> int | None:
-    numbers = decode_numbers_cursor(kind, cursor, 1, field)
+def decode_int_cursor(
+    kind: CursorList, cursor: str | None, *, scope: str, field: str = "cursor"
+) -> int | None:
+    numbers = decode_numbers_cursor(kind, cursor, 1, field, scope)
     return None if numbers is None else numbers[0]
 
 
 def encode_text_cursor(kind: CursorList, text: str) -> str:
-    return _seal(kind, text.encode())
+    return _seal(kind, text.encode(), "")
 
 
 def decode_text_cursor(
@@ -135,7 +140,7 @@ def decode_text_cursor(
     if cursor is None:
         return None
     try:
-        text = _open(kind, cursor, field).decode()
+        text = _open(kind, cursor, field, "").decode()
     except UnicodeDecodeError:
         raise not_issued(field) from None
     if not re.fullmatch(pattern, text):

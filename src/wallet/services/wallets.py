@@ -240,7 +240,7 @@ async def history_json(
     from_time: datetime | None = None,
     to_time: datetime | None = None,
 ) -> str:
-    before_seq = decode_int_cursor(CursorList.HISTORY, cursor)
+    before_seq = decode_int_cursor(CursorList.HISTORY, cursor, scope=user_id)
     check_period(from_time, to_time)
     type_value = type.value if type else None
     if from_time is not None or to_time is not None:
@@ -258,7 +258,9 @@ async def history_json(
     if not rows:
         await _require_user(pool, user_id, asset_code)
     page = rows[:limit]
-    next_cursor = encode_int_cursor(CursorList.HISTORY, page[-1]["seq"]) if len(rows) > limit else None
+    next_cursor = (
+        encode_int_cursor(CursorList.HISTORY, page[-1]["seq"], scope=user_id) if len(rows) > limit else None
+    )
     return (
         '{"data":['
         + ",".join(row["body"] for row in page)
@@ -294,6 +296,8 @@ async def _history_range_json(
     if not found:
         await _require_user(pool, user_id, asset_code)
     next_cursor = (
-        encode_int_cursor(CursorList.HISTORY, found[limit - 1]["seq"]) if len(found) > limit else None
+        encode_int_cursor(CursorList.HISTORY, found[limit - 1]["seq"], scope=user_id)
+        if len(found) > limit
+        else None
     )
     return '{"data":' + documents + ',"next_cursor":' + orjson.dumps(next_cursor).decode() + "}"

@@ -264,7 +264,7 @@ async def list_dead_letters_json(
     pool: asyncpg.Pool, endpoint_id: int, *, limit: int, cursor: str | None
 ) -> str:
     """The endpoint's dead letters, newest first."""
-    before_id = decode_int_cursor(CursorList.DEAD_LETTERS, cursor)
+    before_id = decode_int_cursor(CursorList.DEAD_LETTERS, cursor, scope=str(endpoint_id))
     rows = await pool.fetch(
         DEAD_LETTERS_SQL + " WHERE d.endpoint_id = $1 AND ($2::bigint IS NULL OR d.id < $2)"
         " ORDER BY d.id DESC LIMIT $3",
@@ -275,7 +275,11 @@ async def list_dead_letters_json(
     if not rows and await pool.fetchval("SELECT 1 FROM webhook_endpoints WHERE id = $1", endpoint_id) is None:
         raise _not_found(endpoint_id)
     page = rows[:limit]
-    next_cursor = encode_int_cursor(CursorList.DEAD_LETTERS, page[-1]["id"]) if len(rows) > limit else None
+    next_cursor = (
+        encode_int_cursor(CursorList.DEAD_LETTERS, page[-1]["id"], scope=str(endpoint_id))
+        if len(rows) > limit
+        else None
+    )
     return (
         '{"data":['
         + ",".join(_dead_letter_json(r) for r in page)
