@@ -180,6 +180,7 @@ async def test_periodic_audits_of_several_workers_complete_clean_under_sustained
     users = [await make_user(GOLD_COINS=1_000_000) for _ in range(4)]
     worker = settings.model_copy(update={"audit_interval_ms": 50})
     pools = [await create_pool(worker, database_url) for _ in range(3)]
+    assert (await run_audit(pool, settings)).consistent  # whatever came before this test
     first_run = await pool.fetchval("SELECT coalesce(max(id), 0) FROM audit_runs")
     _, clean_before = await _gauges(admin)
     failed_before = await _runs_counted(admin, "failed")
