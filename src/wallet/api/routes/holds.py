@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Body, Query, Response
 
 from wallet.api.dependencies import AppSettings, IdempotencyKeyHeader, Pool, Reader, requires
 from wallet.api.errors import error_responses
@@ -68,9 +68,9 @@ async def post_capture(
     hold_id: str,
     caller: Holder,
     idempotency_key: IdempotencyKeyHeader,
-    body: CaptureBody | None = None,
+    # No body (or `{}`) captures all; any body that is sent must be a valid object (not null).
+    body: CaptureBody = Body(default_factory=CaptureBody),
 ) -> Response:
-    body = body or CaptureBody()
     outcome = await capture_hold(
         pool,
         settings,
@@ -100,9 +100,8 @@ async def post_void(
     hold_id: str,
     caller: Holder,
     idempotency_key: IdempotencyKeyHeader,
-    body: VoidBody | None = None,
+    body: VoidBody = Body(default_factory=VoidBody),
 ) -> Response:
-    body = body or VoidBody()
     key = resolve_idempotency_key(body.idempotency_key, idempotency_key)
     return respond("void", await void_hold(pool, settings, caller, hold_id, idempotency_key=key))
 

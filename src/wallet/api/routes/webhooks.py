@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Response
+from fastapi import APIRouter, Body, Path, Response
 
 from wallet.api.dependencies import Admin, AppSettings, Pool
 from wallet.api.errors import error_responses
@@ -14,6 +14,7 @@ from wallet.api.params import PageSize, cursor_query
 from wallet.api.schemas_events import (
     DeadLetterOut,
     DeadLetterPage,
+    RedeliverBody,
     WebhookCreate,
     WebhookCreated,
     WebhookList,
@@ -101,11 +102,15 @@ async def get_dead_letters(
     response_model=None,
     responses={
         202: {"model": DeadLetterOut, "description": "Queued: the next turn of delivery tries it once more."},
-        **READ_ERRORS,
+        **error_responses(400, 401, 403, 404, 413, 422, 429, 503),
     },
 )
 async def post_redeliver(
-    pool: Pool, webhook_id: WebhookId, dead_letter_id: DeadLetterId, caller: Admin
+    pool: Pool,
+    webhook_id: WebhookId,
+    dead_letter_id: DeadLetterId,
+    caller: Admin,
+    body: RedeliverBody = Body(default_factory=RedeliverBody),  # none; one that is sent must be {}
 ) -> Response:
-    body = await webhooks.request_redelivery_json(pool, webhook_id, dead_letter_id)
-    return Response(body, status_code=202, media_type="application/json")
+    queued = await webhooks.request_redelivery_json(pool, webhook_id, dead_letter_id)
+    return Response(queued, status_code=202, media_type="application/json")
