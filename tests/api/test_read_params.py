@@ -331,3 +331,22 @@ async def test_a_malformed_asset_filter_is_refused_naming_it(admin, make_user):
                 "validation_error",
                 "asset_type",
             )
+
+
+async def test_a_time_in_a_body_is_read_by_the_same_parser(admin, make_user, pool):
+    """A bonus's `expires_at` is read as the times of queries are: each refusal with its reason."""
+    from tests.support import ledger_counts
+
+    user = await make_user()
+    before = await ledger_counts(pool)
+    for value, reason in BAD_TIMES.items():
+        response = await admin.post(
+            "/api/v1/transactions/bonus",
+            headers={"Idempotency-Key": new_key()},
+            json={"user_id": user, "asset_type": "GOLD_COINS", "amount": 1, "expires_at": value},
+        )
+        assert response.status_code == 422, (value, response.text)
+        error = response.json()["error"]
+        assert (error["code"], error["field"]) == ("validation_error", "expires_at"), (value, error)
+        assert reason in error["message"], (value, error)
+    assert await ledger_counts(pool) == before
