@@ -13,7 +13,6 @@ not used as such: on Python objects it would refuse the strings that times and e
 
 from __future__ import annotations
 
-import re
 from decimal import Decimal
 from typing import Annotated, Any
 
@@ -45,6 +44,7 @@ from wallet.domain.rules import (
     SystemAccount,
     TransactionType,
 )
+from wallet.domain.times import parse_time
 
 
 def json_kind(value: Any) -> str:
@@ -88,11 +88,15 @@ def _json_boolean(value: Any) -> Any:
 
 
 def _time_string(value: Any) -> Any:
-    """A time is an RFC 3339 string: not a number (pydantic would read it as Unix time), nor a
-    string of one."""
-    if isinstance(value, str) and re.match(r"^\d{4}-\d{2}-\d{2}", value):
-        return value
-    raise _refuse("json_time", "an RFC 3339 time string with an offset", value)
+    """A time is an RFC 3339 string with an offset, read by the API's one parser of times
+    (`wallet.domain.times.parse_time`, as the times of queries are): not a number (pydantic would
+    read it as Unix time), nor a string of one, nor an instant outside the range the API writes."""
+    if not isinstance(value, str):
+        raise _refuse("json_time", "an RFC 3339 time string with an offset", value)
+    try:
+        return parse_time(value)
+    except ValueError as exc:
+        raise PydanticCustomError("json_time", "{reason}", {"reason": str(exc)}) from None
 
 
 def _not_null(value: Any) -> Any:

@@ -57,7 +57,7 @@ from wallet.domain import errors
 from wallet.domain.errors import WalletError
 from wallet.services.events import PAGE_SQL as EVENTS_PAGE_SQL
 from wallet.services.events import Event, EventType, Position, event_from_row, head_position
-from wallet.services.pagination import decode_int_cursor, encode_cursor
+from wallet.services.pagination import CursorList, decode_int_cursor, encode_int_cursor
 from wallet.settings import Settings
 
 log = structlog.get_logger("wallet.webhooks")
@@ -278,7 +278,7 @@ async def list_dead_letters_json(
     pool: asyncpg.Pool, endpoint_id: int, *, limit: int, cursor: str | None
 ) -> str:
     """The endpoint's dead letters, newest first."""
-    before_id = decode_int_cursor(cursor)
+    before_id = decode_int_cursor(CursorList.DEAD_LETTERS, cursor, scope=str(endpoint_id))
     rows = await pool.fetch(
         DEAD_LETTERS_SQL + " WHERE d.endpoint_id = $1 AND ($2::bigint IS NULL OR d.id < $2)"
         " ORDER BY d.id DESC LIMIT $3",
@@ -289,7 +289,11 @@ async def list_dead_letters_json(
     if not rows and await pool.fetchval("SELECT 1 FROM webhook_endpoints WHERE id = $1", endpoint_id) is None:
         raise _not_found(endpoint_id)
     page = rows[:limit]
-    next_cursor = encode_cursor(str(page[-1]["id"])) if len(rows) > limit else None
+    next_cursor = (
+        encode_int_cursor(CursorList.DEAD_LETTERS, page[-1]["id"], scope=str(endpoint_id))
+        if len(rows) > limit
+        else None
+    )
     return (
         '{"data":['
         + ",".join(_dead_letter_json(r) for r in page)

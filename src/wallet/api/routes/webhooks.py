@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Path, Query, Response
+from fastapi import APIRouter, Body, Path, Response
 
 from wallet.api.dependencies import Admin, AppSettings, Pool
 from wallet.api.errors import error_responses
 from wallet.api.json_body import ExactJSONRoute
+from wallet.api.params import PageSize, cursor_query
 from wallet.api.schemas_events import (
     DeadLetterOut,
     DeadLetterPage,
@@ -20,9 +21,7 @@ from wallet.api.schemas_events import (
     WebhookOut,
     WebhookUpdate,
 )
-from wallet.domain.rules import CURSOR_MAX_CHARS
 from wallet.services import webhooks
-from wallet.services.pagination import check_limit
 
 router = APIRouter(prefix="/api/v1/webhooks", tags=["webhooks"], route_class=ExactJSONRoute)
 
@@ -83,16 +82,15 @@ async def delete_webhook(pool: Pool, webhook_id: WebhookId, caller: Admin) -> Re
 )
 async def get_dead_letters(
     pool: Pool,
-    settings: AppSettings,
     webhook_id: WebhookId,
     caller: Admin,
-    limit: int | None = Query(default=None, ge=1),
-    cursor: str | None = Query(default=None, max_length=CURSOR_MAX_CHARS),
+    limit: PageSize,
+    cursor: str | None = cursor_query(),
 ) -> Response:
     body = await webhooks.list_dead_letters_json(
         pool,
         webhook_id,
-        limit=check_limit(limit, settings.page_size_default, settings.page_size_max),
+        limit=limit,
         cursor=cursor,
     )
     return Response(body, media_type="application/json")
