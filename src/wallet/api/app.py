@@ -69,7 +69,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
         await wait_for_database(settings, settings.database_url)
         pool = await create_pool(settings, settings.database_url)
-        authenticator = Authenticator(pool, settings.auth_cache_ttl_ms)
+        authenticator = Authenticator(pool, settings)
         rate_limiter = create_rate_limiter(settings, pool)
         committer = GroupCommitter(
             pool, max_size=settings.group_commit_max_size, max_in_flight=settings.group_commit_max_in_flight
