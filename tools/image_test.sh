@@ -125,7 +125,7 @@ say "runs as uid $uid; HEALTHCHECK kept, start period $start_period"
 
 # No test tools, no embedded PostgreSQL, no sources or build tree.
 contents=$(podman run --rm "$IMAGE" python -c '
-import importlib.util, os, shutil
+import importlib.util, os
 tools = ["pytest", "hypothesis", "schemathesis", "ruff", "mypy", "playwright", "pgserver", "tests", "tools"]
 found = [m for m in tools if importlib.util.find_spec(m)]
 found += [p for p in ("/app/src", "/app/build", "/build", "/opt/wallet/bin/pip") if os.path.exists(p)]
