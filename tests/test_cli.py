@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -155,7 +156,10 @@ COMMANDS: list[tuple[str, ...]] = [
 
 
 def run_wallet(env: dict[str, str], *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    # migrate and serve would wait WALLET_DB_STARTUP_WAIT_MS (60 s) for a database that refuses:
+    # these tests want the answer at once (the wait has a test of its own).
     clean = {k: v for k, v in os.environ.items() if not k.startswith("WALLET_")}
+    clean["WALLET_DB_STARTUP_WAIT_MS"] = "0"
     if args[0] == "serve":  # a free port: should the mistake go unnoticed, the service starts
         args = (*args, "--port", str(free_port()))
     return subprocess.run(
@@ -258,6 +262,24 @@ def test_a_database_that_cannot_be_used_is_named_by_every_command(database_url):
             assert_one_line_error(result, 1, f"cannot connect to WALLET_DATABASE_URL={url}: ", phrase)
 
 
+def test_migrate_and_serve_wait_for_a_database_that_is_not_up_then_say_so_in_one_line():
+    refused = f"postgresql://postgres@127.0.0.1:{free_port()}/wallet"
+    env = {"WALLET_DATABASE_URL": refused, "WALLET_DB_STARTUP_WAIT_MS": "1500"}
+    for args in [("migrate",), ("serve",)]:
+        started = time.monotonic()
+        result = run_wallet(env, *args)
+        assert 1.4 < time.monotonic() - started < 20, args
+        assert result.returncode == 1, result.stderr
+        last = result.stderr.splitlines()[-1]  # after the wait's own progress lines
+        assert last.startswith(f"error: cannot connect to WALLET_DATABASE_URL={refused}: connection refused")
+        assert last.endswith("(retried for 1500 ms: WALLET_DB_STARTUP_WAIT_MS)")
+        assert "Traceback" not in result.stderr + result.stdout
+    # The other commands do not wait: they are run by hand, against a database that should be up.
+    result = run_wallet(env, "verify")
+    assert_one_line_error(result, 1, "connection refused")
+    assert "retried" not in result.stderr
+
+
 async def test_a_database_not_migrated_is_refused_by_every_command_but_migrate(create_database):
     empty = await create_database()
     commands = [c for c in COMMANDS if c[0] != "migrate"]
@@ -277,7 +299,9 @@ def test_without_a_database_url_commands_do_not_make_an_empty_embedded_database(
     blocked = tmp_path / "a-file"
     blocked.write_text("")
     for result in every_command({"WALLET_DATA_DIR": str(blocked)}, [("migrate",), ("serve",)]):
-        assert_one_line_error(result, 1, "cannot start the embedded database", str(blocked))
+        assert_one_line_error(
+            result, 1, "WALLET_DATABASE_URL is not set", "WALLET_DATA_DIR to a writable", str(blocked)
+        )
 
 
 def test_contradictory_flags_are_a_usage_error(database_url):

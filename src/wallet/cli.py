@@ -102,17 +102,18 @@ def _settings() -> Settings:
 
 @contextmanager
 def _database(
-    settings: Settings, *, create: bool = False, migrated: bool = True
+    settings: Settings, *, create: bool = False, migrated: bool = True, wait: bool = False
 ) -> Iterator[tuple[str, bool]]:
     """The URL to use, and whether it is the embedded server (started, and stopped, if needed).
 
-    Checked before the command uses it: it must accept a connection and, when `migrated`, have
-    this version's newest migration; otherwise an OperatorError says what is wrong. Without
-    WALLET_DATABASE_URL only a command that may `create` it starts an embedded database that does
-    not exist yet (the others would only find it empty)."""
+    Checked before the command uses it: it must accept a connection (with `wait`, after retrying
+    one that is not up yet for WALLET_DB_STARTUP_WAIT_MS, as at a container's start) and, when
+    `migrated`, have this version's newest migration; otherwise an OperatorError says what is
+    wrong. Without WALLET_DATABASE_URL only a command that may `create` it starts an embedded
+    database that does not exist yet (the others would only find it empty)."""
     if settings.database_url:
         where = f"WALLET_DATABASE_URL={redacted(settings.database_url)}"
-        _check_database(settings, settings.database_url, where, migrated=migrated)
+        _check_database(settings, settings.database_url, where, migrated=migrated, wait=wait)
         yield settings.database_url, False
         return
     from wallet.embedded import embedded_postgres
@@ -129,17 +130,20 @@ def _database(
             url = stack.enter_context(embedded_postgres(data_dir))
         except OSError as exc:
             raise OperatorError(f"cannot start {where}: {exc}") from None
-        _check_database(settings, url, where, migrated=migrated)
+        _check_database(settings, url, where, migrated=migrated, wait=False)  # it is up: we started it
         yield url, True
 
 
-def _check_database(settings: Settings, url: str, where: str, *, migrated: bool) -> None:
+def _check_database(settings: Settings, url: str, where: str, *, migrated: bool, wait: bool) -> None:
     import asyncpg
 
     try:
-        revision = asyncio.run(_schema_revision(settings, url))
+        revision = asyncio.run(_schema_revision(settings, url, wait))
     except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, ValueError, OverflowError) as exc:
-        raise connect_problem(exc, where, settings.db_connect_timeout_ms) from None
+        problem = connect_problem(exc, where, settings.db_connect_timeout_ms)
+        if wait and settings.db_startup_wait_ms and isinstance(exc, OSError | TimeoutError):
+            problem.message += f" (retried for {settings.db_startup_wait_ms} ms: WALLET_DB_STARTUP_WAIT_MS)"
+        raise problem from None
     if not migrated:
         return
     head = _newest_migration()
@@ -151,10 +155,12 @@ def _check_database(settings: Settings, url: str, where: str, *, migrated: bool)
         )
 
 
-async def _schema_revision(settings: Settings, url: str) -> str | None:
+async def _schema_revision(settings: Settings, url: str, wait: bool) -> str | None:
     """The database's Alembic revision (None: never migrated)."""
-    from wallet.db.pool import connection
+    from wallet.db.pool import connection, wait_for_database
 
+    if wait:
+        await wait_for_database(settings, url)
     async with connection(settings, url) as conn:
         if await conn.fetchval("SELECT to_regclass('alembic_version')") is None:
             return None
@@ -191,7 +197,8 @@ def migrate() -> None:
     """Apply database migrations (Alembic) up to the newest."""
     from wallet.db.migrate import upgrade_to_head
 
-    with _database(_settings(), create=True, migrated=False) as (url, _):
+    # A container may start before its database: wait for it (WALLET_DB_STARTUP_WAIT_MS).
+    with _database(_settings(), create=True, migrated=False, wait=True) as (url, _):
         upgrade_to_head(url)
         asyncio.run(_sync_lot_policies(url))
     _err("migrations applied")
@@ -506,7 +513,8 @@ def serve(
         os.environ["WALLET_ACCESS_LOG"] = "1" if access_log else "0"
         get_settings.cache_clear()
     # The embedded database is migrated here; one given by URL must be already.
-    with _database(settings, create=True, migrated=bool(settings.database_url)) as (url, embedded):
+    # (Waiting for it first, as the workers would: a container may start before its database.)
+    with _database(settings, create=True, migrated=bool(settings.database_url), wait=True) as (url, embedded):
         if embedded:
             upgrade_to_head(url)
             # Before the demo's bonuses, so they get their asset's default expiry as with `wallet

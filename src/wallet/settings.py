@@ -59,6 +59,9 @@ class Settings(BaseSettings):
     db_statement_timeout_ms: int = Field(default=5_000, ge=100, le=600_000)
     db_idle_in_transaction_timeout_ms: int = Field(default=10_000, ge=100, le=600_000)
     db_connect_timeout_ms: int = Field(default=10_000, ge=100, le=120_000)
+    # At start-up (`wallet migrate`, each worker of `wallet serve`) a database that does not accept
+    # connections yet is retried, with backoff, for up to this long (0: fail at the first refusal).
+    db_startup_wait_ms: int = Field(default=60_000, ge=0, le=3_600_000)
 
     # Money and payload limits. Amounts are integers in the asset's minor unit.
     max_amount_minor: int = Field(default=1_000_000, ge=1, le=AMOUNT_MINOR_CEILING)
@@ -91,6 +94,13 @@ class Settings(BaseSettings):
 
     # A verified API key is trusted this long before it is looked up again (revocation delay).
     auth_cache_ttl_ms: int = Field(default=5_000, ge=0, le=600_000)
+    # Unknown bearer tokens (wallet.services.api_keys), per worker process: a token that found no
+    # key is refused from memory this long.
+    auth_negative_cache_ttl_ms: int = Field(default=5_000, ge=100, le=600_000)
+    # Lookups that find no key, per source address (IPv6: per /64): this many at once, refilled at
+    # this rate (0 = no limit). Past it the address's unknown tokens get 429, without a lookup.
+    auth_failure_burst: int = Field(default=20, ge=1, le=1_000_000)
+    auth_failure_rps: float = Field(default=1.0, ge=0, le=1_000_000)
 
     # Group commit (single top-ups, bonuses and spends): at most this many writes per group call
     # (1 = off: each write is its own call), and at most this many group calls in flight per
@@ -107,7 +117,8 @@ class Settings(BaseSettings):
     balance_read_max_size: int = Field(default=64, ge=1, le=1_000)
     balance_read_max_in_flight: int = Field(default=1, ge=1, le=200)
 
-    # Per-key rate limits (token bucket): WALLET_RATE_LIMIT_RPS requests per second on average, in
+    # Per-client rate limits (token bucket, one for all of a client's keys, so a rotation's old and
+    # new key share it): WALLET_RATE_LIMIT_RPS requests per second on average, in
     # bursts of up to WALLET_RATE_LIMIT_BURST (0 = as many as one second's rate). 0 rps = off. A key
     # may override both (`wallet keys create --rate-limit-rps`). The buckets are shared by every
     # worker and instance through the store: PostgreSQL (the default, embedded included) or Redis.

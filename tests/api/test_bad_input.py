@@ -171,15 +171,20 @@ async def test_injection_strings_are_stored_verbatim_not_executed(client, make_u
     assert fetched.json()["metadata"] == {"note": nasty}
 
 
-async def test_whole_float_amount_is_accepted_as_integer(client, make_user):
+async def test_an_amount_written_as_a_json_number_is_refused_and_writes_nothing(client, make_user):
     user = await make_user()
     response = await client.post(
         TOPUP,
         content=json.dumps({"user_id": user, "asset_type": "GOLD_COINS", "amount": 7.0}),
         headers={"Idempotency-Key": new_key(), "Content-Type": "application/json"},
     )
-    assert response.status_code == 201
-    assert response.json()["amount"] == 7
+    assert response.status_code == 422
+    error = response.json()["error"]
+    assert (error["code"], error["field"]) == ("validation_error", "amount")
+    assert "JSON integer" in error["message"]
+    balance = await client.get(f"/api/v1/wallets/{user}/balance")
+    assert balance.status_code == 200
+    assert all(b["balance"] == 0 for b in balance.json()["balances"])
 
 
 async def test_unknown_route_and_method_use_the_error_shape(client):
@@ -223,3 +228,48 @@ async def test_metadata_the_encoder_cannot_take_back_is_refused_on_every_write(a
             assert response.status_code == 422, (path, metadata, response.text)
             assert response.json()["error"]["field"] == "metadata"
     assert await ledger_counts(pool) == before
+
+
+async def test_expiries_end_at_ten_years_as_documented(admin, make_user, pool):
+    """At most ten years ahead: `expires_at` by the calendar, `expires_in_seconds` at most 3,652
+    days (ten years at their shortest); the old ceiling (10 x 366 days) went a week past."""
+    from datetime import UTC, datetime, timedelta
+
+    user = await make_user()
+    now = datetime.now(UTC)
+    try:
+        ten_years = now.replace(year=now.year + 10)
+    except ValueError:  # 29 February
+        ten_years = now.replace(year=now.year + 10, day=28)
+    day = 86400
+    refused = [
+        {"expires_in_seconds": 3652 * day + 1},
+        {"expires_in_seconds": 3660 * day},
+        {"expires_at": (ten_years + timedelta(minutes=5)).isoformat()},
+        {"expires_at": (ten_years + timedelta(days=7)).isoformat()},
+    ]
+    before = await ledger_counts(pool)
+    for expiry in refused:
+        body = {"user_id": user, "asset_type": "GOLD_COINS", "amount": 1, **expiry}
+        (name,) = expiry
+        single = await admin.post(
+            "/api/v1/transactions/bonus", headers={"Idempotency-Key": new_key()}, json=body
+        )
+        batch = await admin.post(
+            "/api/v1/transactions/batch",
+            headers={"Idempotency-Key": new_key()},
+            json={"operations": [{"type": "bonus", **body}]},
+        )
+        for response, field in ((single, name), (batch, f"operations[0].{name}")):
+            assert response.status_code == 422, (expiry, response.text)
+            assert response.json()["error"]["field"] == field
+    assert await ledger_counts(pool) == before
+    for expiry in (
+        {"expires_in_seconds": 3652 * day},
+        {"expires_at": (ten_years - timedelta(minutes=5)).isoformat()},
+    ):
+        body = {"user_id": user, "asset_type": "GOLD_COINS", "amount": 1, **expiry}
+        response = await admin.post(
+            "/api/v1/transactions/bonus", headers={"Idempotency-Key": new_key()}, json=body
+        )
+        assert response.status_code == 201, (expiry, response.text)

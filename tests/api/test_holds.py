@@ -179,3 +179,34 @@ async def test_expired_holds_do_not_make_a_batch_or_a_transfer_short(client, adm
     assert transfer.status_code == 201, transfer.text
     gold = (await _assets(client, user))["GOLD_COINS"]
     assert (gold["balance"], gold["held"]) == (0, 0)
+
+
+async def test_a_capture_after_an_admin_clawback_into_debt_meets_insufficient_funds(admin, make_user, pool):
+    """A hold reserves credits, but an admin clawback with allow_negative may take them anyway:
+    the capture is then refused (409 insufficient_funds, as the README says), the hold stays
+    open, and a void releases it."""
+    user = await make_user()
+    topup = await admin.post(
+        "/api/v1/transactions/topup",
+        headers={"Idempotency-Key": new_key()},
+        json={"user_id": user, "asset_type": "GOLD_COINS", "amount": 100},
+    )
+    hold = await admin.post(
+        "/api/v1/holds",
+        headers={"Idempotency-Key": new_key()},
+        json={"user_id": user, "asset_type": "GOLD_COINS", "amount": 60},
+    )
+    clawback = await admin.post(
+        f"/api/v1/transactions/{topup.json()['id']}/reverse",
+        headers={"Idempotency-Key": new_key()},
+        json={"allow_negative": True},
+    )
+    assert clawback.status_code == 201, clawback.text
+    for body in ({}, {"amount": 1}):
+        capture = await admin.post(
+            f"/api/v1/holds/{hold.json()['id']}/capture", headers={"Idempotency-Key": new_key()}, json=body
+        )
+        assert capture.status_code == 409 and capture.json()["error"]["code"] == "insufficient_funds"
+    assert (await admin.get(f"/api/v1/holds/{hold.json()['id']}")).json()["status"] == "open"
+    void = await admin.post(f"/api/v1/holds/{hold.json()['id']}/void", headers={"Idempotency-Key": new_key()})
+    assert void.status_code == 200 and void.json()["status"] == "voided"

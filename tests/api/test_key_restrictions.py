@@ -240,3 +240,144 @@ async def test_restrictions_are_validated_and_enforced_by_the_database(pool):
                 "INSERT INTO api_keys (name, key_prefix, key_sha256, scopes, max_amount_minor)"
                 " VALUES ('x', 'wk_x', sha256('y'), '{read}', 0)"
             )
+
+
+# Issue 17 (3): a key's maximum bounds everything one operation moves, not only its `amount`.
+MAX = 100
+EVERY_SCOPE = ["credit", "spend", "transfer", "reverse", "read"]
+
+
+def _transfer(sender: str, receiver: str, amount: int, fee: int) -> dict[str, Any]:
+    return {
+        "from_user_id": sender,
+        "to_user_id": receiver,
+        "asset_type": "GOLD_COINS",
+        "amount": amount,
+        "fee": fee,
+    }
+
+
+def _batch_transfer(sender: str, receiver: str, amount: int, fee: int) -> dict[str, Any]:
+    return {"type": "transfer", "to_user_id": receiver, "fee": fee, **_posting(sender, "GOLD_COINS", amount)}
+
+
+async def _write(http: httpx.AsyncClient, path: str, body: dict[str, Any] | None = None) -> httpx.Response:
+    return await http.post(path, json=body or {}, headers={"Idempotency-Key": new_key()})
+
+
+async def _balances(admin: httpx.AsyncClient, *users: str) -> list[int]:
+    amounts = []
+    for user in users:
+        response = await admin.get(f"/api/v1/wallets/{user}/balance", params={"asset_type": "GOLD_COINS"})
+        assert response.status_code == 200, response.text
+        amounts.append(response.json()["balances"][0]["balance"])
+    return amounts
+
+
+async def test_a_transfer_fee_counts_toward_the_maximum_single_and_batched(
+    restricted, admin, make_user, pool
+):
+    sender, receiver = await make_user(GOLD_COINS=200_000), await make_user()
+    mover = await restricted(["transfer", "spend", "credit"], max_amount=MAX)
+    before, balances = await ledger_counts(pool), await _balances(admin, sender, receiver)
+    refusals = [
+        # The issue's case: 100 within the maximum, and 90,000 more as the fee.
+        ("/api/v1/transactions/transfer", _transfer(sender, receiver, 100, 90_000), "fee"),
+        ("/api/v1/transactions/transfer", _transfer(sender, receiver, 1, 100), "fee"),
+        ("/api/v1/transactions/transfer", _transfer(sender, receiver, 101, 0), "amount"),
+        ("/api/v1/transactions/transfer", _transfer(sender, receiver, 101, 5), "amount"),
+    ]
+    for batched in [
+        [_batch_transfer(sender, receiver, 100, 90_000)],
+        [_batch_transfer(sender, receiver, 10, 10), _batch_transfer(sender, receiver, 50, 51)],
+        [{"type": "spend", **_posting(sender, "GOLD_COINS", 10)}, _batch_transfer(sender, receiver, 99, 2)],
+    ]:
+        field = f"operations[{len(batched) - 1}].fee"
+        refusals.append(("/api/v1/transactions/batch", {"operations": batched}, field))
+    for path, body, field in refusals:
+        response = await _write(mover, path, body)
+        await _refused(response, "key_amount_over_limit", field)
+        message = response.json()["error"]["message"]
+        assert "maximum of 100" in message, message
+    assert await ledger_counts(pool) == before  # nothing written, not even an idempotency record
+    assert await _balances(admin, sender, receiver) == balances
+
+    # Exactly the maximum, amount and fee together, goes through, single and batched.
+    assert (
+        await _write(mover, "/api/v1/transactions/transfer", _transfer(sender, receiver, 60, 40))
+    ).status_code == 201
+    batch = {
+        "operations": [_batch_transfer(sender, receiver, 90, 10), _batch_transfer(sender, receiver, 100, 0)]
+    }
+    assert (await _write(mover, "/api/v1/transactions/batch", batch)).status_code == 201
+    assert await _balances(admin, sender, receiver) == [balances[0] - 300, balances[1] + 250]
+
+
+async def test_every_operation_is_bounded_by_the_maximum(restricted, admin, make_user, pool):
+    """Each operation that moves credits, single and in a batch, at the maximum and one over."""
+    user, other = await make_user(GOLD_COINS=10_000), await make_user()
+    key = await restricted(EVERY_SCOPE, max_amount=MAX)
+
+    async def by_admin(path: str, body: dict[str, Any] | None = None) -> str:
+        response = await _write(admin, path, body)
+        assert response.status_code == 201, response.text
+        return str(response.json()["id"])
+
+    big_hold = await by_admin("/api/v1/holds", _posting(user, "GOLD_COINS", MAX + 1))
+    big_spend = await by_admin("/api/v1/transactions/spend", _posting(user, "GOLD_COINS", MAX + 1))
+    over: list[tuple[str, dict[str, Any], str]] = [
+        (f"/api/v1/transactions/{kind}", _posting(user, "GOLD_COINS", MAX + 1), "amount")
+        for kind in ("topup", "bonus", "spend")
+    ]
+    over += [
+        ("/api/v1/transactions/transfer", _transfer(user, other, MAX, 1), "fee"),
+        ("/api/v1/holds", _posting(user, "GOLD_COINS", MAX + 1), "amount"),
+        (f"/api/v1/holds/{big_hold}/capture", {}, "amount"),  # the whole hold
+        (f"/api/v1/holds/{big_hold}/capture", {"amount": MAX + 1}, "amount"),
+        (f"/api/v1/transactions/{big_spend}/reverse", {}, "amount"),  # all that is left of it
+        (f"/api/v1/transactions/{big_spend}/reverse", {"amount": MAX + 1}, "amount"),
+    ]
+    for kind in ("topup", "bonus", "spend"):
+        ops = [
+            {"type": kind, **_posting(user, "GOLD_COINS", 1)},
+            {"type": kind, **_posting(user, "GOLD_COINS", MAX + 1)},
+        ]
+        over.append(("/api/v1/transactions/batch", {"operations": ops}, "operations[1].amount"))
+    over.append(
+        (
+            "/api/v1/transactions/batch",
+            {"operations": [_batch_transfer(user, other, MAX + 1, 0)]},
+            "operations[0].amount",
+        )
+    )
+    over.append(
+        (
+            "/api/v1/transactions/batch",
+            {"operations": [_batch_transfer(user, other, MAX, 1)]},
+            "operations[0].fee",
+        )
+    )
+    before, balances = await ledger_counts(pool), await _balances(admin, user, other)
+    for path, body, field in over:
+        await _refused(await _write(key, path, body), "key_amount_over_limit", field)
+    assert await ledger_counts(pool) == before
+    assert await _balances(admin, user, other) == balances
+
+    at_max = [
+        *[
+            (f"/api/v1/transactions/{kind}", _posting(user, "GOLD_COINS", MAX))
+            for kind in ("topup", "bonus", "spend")
+        ],
+        ("/api/v1/transactions/transfer", _transfer(user, other, MAX - 1, 1)),
+        ("/api/v1/transactions/batch", {"operations": [_batch_transfer(user, other, MAX - 1, 1)] * 2}),
+        (
+            "/api/v1/transactions/batch",
+            {"operations": [{"type": "spend", **_posting(user, "GOLD_COINS", MAX)}] * 2},
+        ),
+        ("/api/v1/holds", _posting(user, "GOLD_COINS", MAX)),
+        (f"/api/v1/holds/{big_hold}/capture", {"amount": MAX}),
+        (f"/api/v1/transactions/{big_spend}/reverse", {"amount": MAX}),
+    ]
+    for path, body in at_max:
+        response = await _write(key, path, body)
+        assert response.status_code == 201, (path, response.text)

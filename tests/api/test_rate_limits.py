@@ -16,7 +16,7 @@ from tools.service_process import ServiceProcess
 
 from tests.support import bearer
 from wallet.api.app import create_app
-from wallet.services.api_keys import RateLimitOverride, create_api_key
+from wallet.services.api_keys import RateLimitOverride, create_api_key, rotate_api_key
 from wallet.services.rate_limits import redis_key_prefix
 from wallet.settings import Settings
 
@@ -132,6 +132,35 @@ async def test_an_unreachable_redis_fails_open(database_url):
         token = await _key(app.state.resources.pool, "no-redis", ["read"], rps=NO_REFILL_RPS, burst=1)
         async with _http(app, token) as http:
             assert {(await http.get("/api/v1/asset-types")).status_code for _ in range(3)} == {200}
+
+
+@pytest.mark.parametrize("store", ["postgres", pytest.param("redis", marks=needs_redis)])
+async def test_a_rotated_key_shares_its_clients_bucket(database_url, store):
+    """Issue 17 (4): during a rotation's overlap the old and the new secret both work, from one
+    bucket: the client's rate is not doubled, nor refilled by rotating."""
+    async with _app(database_url, rate_limit_store=store) as app:
+        pool = app.state.resources.pool
+        old = await _key(pool, f"rotating-{store}", ["read"], rps=NO_REFILL_RPS, burst=4)
+        async with _http(app, old) as http:
+            assert [(await http.get("/api/v1/asset-types")).status_code for _ in range(2)] == [200, 200]
+        async with pool.acquire() as conn:
+            new = (await rotate_api_key(conn, old[:11], overlap_seconds=3600)).token
+        async with _http(app, old) as old_http, _http(app, new) as new_http:
+            # Two tokens are left for the client, whichever secret asks.
+            assert (await new_http.get("/api/v1/asset-types")).status_code == 200
+            assert (await old_http.get("/api/v1/asset-types")).status_code == 200
+            for http in (new_http, old_http, new_http):
+                response = await http.get("/api/v1/asset-types")
+                _assert_limited(response)
+                assert "this client" in response.json()["error"]["message"]
+        async with pool.acquire() as conn:  # rotating again starts no fresh bucket either
+            newer = (await rotate_api_key(conn, new[:11], overlap_seconds=0)).token
+        async with _http(app, newer) as newer_http:
+            _assert_limited(await newer_http.get("/api/v1/asset-types"))
+        # A key of another client keeps its own bucket.
+        other = await _key(pool, f"other-client-{store}", ["read"], rps=NO_REFILL_RPS, burst=4)
+        async with _http(app, other) as other_http:
+            assert (await other_http.get("/api/v1/asset-types")).status_code == 200
 
 
 def _worker_of_each_connection(service: ServiceProcess, local_ports: set[int]) -> dict[int, int]:

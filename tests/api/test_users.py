@@ -27,9 +27,13 @@ async def test_create_user_validates_and_needs_admin(admin, client):
     bad = await admin.post("/api/v1/users", json={"user_id": "has space", "name": "X"})
     assert bad.status_code == 422
     assert bad.json()["error"]["field"] == "user_id"
-    empty_name = await admin.post("/api/v1/users", json={"user_id": "ok_id", "name": ""})
-    assert empty_name.status_code == 422
-    assert empty_name.json()["error"]["field"] == "name"
+    for name in ("", " ", "     ", "\t\n", "\u3000\u00a0", "a\x00b"):
+        blank = await admin.post("/api/v1/users", json={"user_id": "ok_id", "name": name})
+        assert blank.status_code == 422, (name, blank.text)
+        assert blank.json()["error"]["field"] == "name"
+        assert (await client.get("/api/v1/wallets/ok_id/balance")).status_code == 404
+    spaced = await admin.post("/api/v1/users", json={"user_id": f"sp_{uuid.uuid4().hex[:8]}", "name": " Al "})
+    assert spaced.status_code == 201 and spaced.json()["name"] == " Al "
     forbidden = await client.post("/api/v1/users", json={"user_id": "ok_id", "name": "X"})
     assert forbidden.status_code == 403
 

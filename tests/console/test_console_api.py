@@ -81,7 +81,7 @@ async def test_search_finds_users_by_exact_id_first_then_id_prefix_and_name(admi
     assert f"zq{tag}" not in await found("%", limit=200)
     assert await found(f"nobody-{tag}") == []
     for params, code in (({}, "validation_error"), ({"q": ""}, "validation_error"), ({"q": "a\x01"}, "validation_error"),
-                         ({"q": "a", "limit": 100_000}, "invalid_request")):  # fmt: skip
+                         ({"q": "a", "limit": 100_000}, "validation_error")):  # fmt: skip
         response = await client.get("/api/v1/search/users", params=params)
         assert response.status_code == 422 and response.json()["error"]["code"] == code, params
     async with httpx.AsyncClient(

@@ -195,6 +195,15 @@ async def test_an_operator_finds_alice_adjusts_and_reverses_in_the_console(conso
             await expect(page.locator("#reverse-note")).to_have_text("Fully reversed.")
             await expect(page.locator("#reverse-form button[type=submit]")).to_be_disabled()
 
+            # A link with ".." for an id is refused by the page, not resolved to another endpoint.
+            asked = len(refusals)
+            for bad in ("..", "."):
+                await page.goto(f"{base}/console#/transactions/{bad}")
+                await expect(page.locator("#transaction-fields")).to_contain_text("is not a valid id")
+                await page.goto(f"{base}/console#/users/{bad}")
+                await expect(page.locator("#balances tbody")).to_contain_text("is not a valid id")
+            assert len(refusals) == asked, refusals[asked:]
+
             # 7. The audit: clean.
             await page.click('#tabs a[data-tab="audit"]')
             await expect(page.locator("#audit-status")).to_have_text("Clean")

@@ -10,7 +10,7 @@ import asyncpg
 
 from tests.support import post
 from wallet.db.pool import create_pool
-from wallet.services.audit import _AUDIT_LOCK_KEY, run_audit
+from wallet.services.audit import _AUDIT_LOCK_KEY, run_audit, run_auditor
 from wallet.services.verify import verify_ledger
 
 
@@ -28,6 +28,13 @@ async def _gauges(admin) -> tuple[float, float]:
     clean_at = re.search(r"^wallet_ledger_last_clean_audit_timestamp_seconds (\S+)$", text, re.M)
     assert consistent and clean_at, text[:500]
     return float(consistent.group(1)), float(clean_at.group(1))
+
+
+async def _runs_counted(admin, result: str) -> float:
+    text = (await admin.get("/metrics")).text
+    found = re.search(rf'^wallet_audit_runs_total{{kind="incremental",result="{result}"}} (\S+)$', text, re.M)
+    assert found, text[:500]
+    return float(found.group(1))
 
 
 async def test_each_run_checks_what_was_posted_since_the_last_clean_one(admin, pool, settings, make_user):
@@ -159,3 +166,55 @@ async def test_a_run_is_bounded_by_the_audit_limit_not_the_request_one(settings,
     finally:
         await holder.close()
         await pool.close()
+
+
+async def test_periodic_audits_of_several_workers_complete_clean_under_sustained_writes(
+    admin, pool, settings, database_url, make_user
+):
+    """Each worker of `wallet serve` runs the periodic audit; here three do, on pools of their own,
+    while writers post without pause. Every run completes and finds the books consistent, the
+    last-clean-audit gauge keeps advancing and no run is counted as failed. (The runs had read in
+    a repeatable-read transaction that also wrote the chain marks: a run that waited for another
+    one's turn took its snapshot before that run committed, and its write of the same marks failed
+    with SerializationError, run after run while the service was busy.)"""
+    users = [await make_user(GOLD_COINS=1_000_000) for _ in range(4)]
+    worker = settings.model_copy(update={"audit_interval_ms": 50})
+    pools = [await create_pool(worker, database_url) for _ in range(3)]
+    assert (await run_audit(pool, settings)).consistent  # whatever came before this test
+    first_run = await pool.fetchval("SELECT coalesce(max(id), 0) FROM audit_runs")
+    _, clean_before = await _gauges(admin)
+    failed_before = await _runs_counted(admin, "failed")
+    stop = asyncio.Event()
+    posted = 0
+
+    async def write(user: str) -> None:
+        nonlocal posted
+        while not stop.is_set():
+            await post(admin, "spend", user_id=user, asset_type="GOLD_COINS", amount=1)
+            await post(admin, "topup", user_id=user, asset_type="GOLD_COINS", amount=1)
+            posted += 2
+
+    writers = [asyncio.create_task(write(user)) for user in users]
+    auditors = [asyncio.create_task(run_auditor(p, worker)) for p in pools]
+    try:
+        await asyncio.sleep(6)
+        stop.set()
+        await asyncio.gather(*writers)  # no write failed either
+    finally:
+        stop.set()
+        for task in auditors:
+            task.cancel()
+        await asyncio.gather(*writers, *auditors, return_exceptions=True)
+        for p in pools:
+            await p.close()
+    runs = await pool.fetch(
+        "SELECT consistent, problems::text, to_seq, finished_at FROM audit_runs WHERE id > $1 ORDER BY id",
+        first_run,
+    )
+    assert posted > 100 and len(runs) >= 6, (posted, len(runs))
+    assert all(run["consistent"] for run in runs), [run["problems"] for run in runs]
+    assert len({run["to_seq"] for run in runs}) >= 3  # the runs moved on with the writes
+    consistent, clean_after = await _gauges(admin)
+    assert consistent == 1.0 and clean_after > clean_before
+    assert clean_after >= runs[-1]["finished_at"].timestamp() - 1e-3
+    assert await _runs_counted(admin, "failed") == failed_before

@@ -307,7 +307,7 @@ async def test_a_receiver_down_for_a_while_gets_everything_in_order_at_least_onc
             return (await client.get(f"/api/v1/webhooks/{endpoint['id']}")).json()["delivery"]
 
         down = await wait_for(lambda: _attempted(state, 3), what="three refused attempts")
-        assert "ConnectError" in down["last_error"]
+        assert down["last_error"].startswith("no HTTP answer")
 
         receiver.status = 500  # listening again, but failing
         receiver.up()
@@ -330,6 +330,65 @@ async def test_a_receiver_down_for_a_while_gets_everything_in_order_at_least_onc
 async def _attempted(state: Callable[[], Any], attempts: int) -> dict | None:
     current = await state()
     return current if current["attempts"] >= attempts else None
+
+
+async def test_last_error_does_not_tell_a_closed_port_from_a_silent_or_non_http_one(hooks_db, receiver):
+    """An admin registering internal URLs must not learn which ports are open from last_error:
+    every failure without an HTTP answer reads the same (the detail goes to the log)."""
+
+    async def banner(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"SSH-2.0-OpenSSH_9.6\r\n")  # open, not HTTP
+        await writer.drain()
+        writer.close()
+
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.close()
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(2)
+        writer.close()
+
+    servers = [await asyncio.start_server(h, "127.0.0.1", 0) for h in (banner, hang_up, silent)]
+    urls = {
+        name: f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/hook"
+        for name, server in zip(("banner", "hang_up", "silent"), servers, strict=True)
+    }
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        urls["closed"] = f"http://127.0.0.1:{probe.getsockname()[1]}/hook"
+    urls["unresolvable"] = "http://no-such-host.invalid/hook"
+    receiver.status = 500
+    try:
+        async with wallet(hooks_db, webhook_timeout_ms=300) as (app, client):
+            endpoints = {name: await _register(client, url) for name, url in urls.items()}
+            failing = await _register(client, receiver.url("failing"))
+            await _topup(client, await _user(client), 1)
+
+            async def last_error(endpoint: dict) -> str | None:
+                state = (await client.get(f"/api/v1/webhooks/{endpoint['id']}")).json()["delivery"]
+                return state["last_error"] if state["attempts"] >= 1 else None
+
+            errors = {
+                name: await wait_for(lambda e=e: last_error(e), what=name) for name, e in endpoints.items()
+            }
+            assert set(errors.values()) == {
+                "no HTTP answer (could not connect, or no valid answer within 300 ms)"
+            }, errors
+            assert await wait_for(lambda: last_error(failing), what="an HTTP 500") == "HTTP 500"
+            # A last_error stored before there were categories shows as its category. (A new
+            # endpoint: no event after its position, so no delivery writes over it.)
+            quiet = (await _register(client, urls["closed"]))["id"]
+            await app.state.resources.pool.execute(
+                "UPDATE webhook_endpoints SET last_error = $2 WHERE id = $1",
+                quiet,
+                "ConnectError: [Errno 111] Connection refused",
+            )
+            shown = (await client.get(f"/api/v1/webhooks/{quiet}")).json()["delivery"]["last_error"]
+            listed = [w for w in (await client.get("/api/v1/webhooks")).json()["data"] if w["id"] == quiet]
+            assert shown == listed[0]["delivery"]["last_error"] == "no HTTP answer"
+    finally:
+        for server in servers:
+            server.close()
 
 
 async def test_an_event_refused_max_attempts_times_is_dead_lettered_and_can_be_redelivered(
@@ -438,13 +497,23 @@ async def test_webhook_admin_api_errors(hooks_db, receiver):
             {"url": "not a url"},
             {"url": receiver.url("x"), "event_types": ["user.deleted"]},
             {"url": receiver.url("x"), "event_types": []},
+            {"url": receiver.url("x"), "event_types": ["transaction.posted", "transaction.posted"]},
             {"url": receiver.url("x"), "secret": "mine"},
             {"url": "http://example.com/" + "a" * 2100},
         ):
             response = await client.post("/api/v1/webhooks", json=body)
             assert response.status_code == 422, (body, response.text)
+        twice = await client.post(
+            "/api/v1/webhooks",
+            json={
+                "url": receiver.url("x"),
+                "event_types": ["hold.placed", "transaction.posted", "hold.placed"],
+            },
+        )
+        assert twice.status_code == 422 and twice.json()["error"]["field"] == "event_types"
+        assert "must not repeat a type: hold.placed" in twice.json()["error"]["message"]
         await _register(client, receiver.url("a"))
-        await _register(client, receiver.url("b"))
+        await _register(client, receiver.url("b"))  # none of the refused ones counts
         third = await client.post("/api/v1/webhooks", json={"url": receiver.url("c")})
         assert third.status_code == 422 and third.json()["error"]["code"] == "limit_exceeded"
         for method, path in (

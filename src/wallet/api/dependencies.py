@@ -66,16 +66,22 @@ AppSettings = Annotated[Settings, Depends(_settings)]
 _bearer = HTTPBearer(auto_error=False, description="An API key from `wallet keys create`.")
 
 
-async def _authenticated(
-    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
-) -> Caller:
-    """The caller, within its rate limit (429 before any scope or body is looked at)."""
-    token = credentials.credentials if credentials else None
+async def authenticate_request(request: Request, token: str | None) -> Caller:
+    """The one authentication of both request paths (the full one's dependency below and the fast
+    path's): the key, with failed lookups limited per source address (the peer address the
+    server saw), then its client's rate limit (429 before any scope or body is looked at)."""
     resources = resources_of(request)
-    caller = await resources.authenticator.authenticate(token)
+    client = request.scope.get("client")
+    caller = await resources.authenticator.authenticate(token, client[0] if client else None)
     note_api_key(request.scope, caller.name)
     await resources.rate_limiter.check(caller)
     return caller
+
+
+async def _authenticated(
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> Caller:
+    return await authenticate_request(request, credentials.credentials if credentials else None)
 
 
 def requires(scope: Scope) -> Any:
@@ -120,16 +126,44 @@ def idempotency_key_from_headers(request: Request) -> str | None:
     if not values or not values[0].strip():
         return None
     value = values[0].strip()
-    if len(value) >= 2 and value[0] == value[-1] == '"':
-        inner = value[1:-1]
-        if '"' in inner.replace('\\"', "").replace("\\\\", ""):
-            raise WalletError(
-                errors.IDEMPOTENCY_KEY_MALFORMED, "Idempotency-Key is not a valid quoted string"
-            )
-        value = inner.replace('\\"', '"').replace("\\\\", "\\")
-        if not value:
-            return None
+    if value.startswith('"'):
+        return _structured_string(value) or None
+    if '"' in value:
+        raise WalletError(
+            errors.IDEMPOTENCY_KEY_MALFORMED,
+            'Idempotency-Key has a quote (") but is not a quoted string: send abc or "abc"',
+        )
     return value
+
+
+def _structured_string(value: str) -> str:
+    """An RFC 8941 string: `"` ... `"`, where only `\\"` and `\\\\` are escapes and nothing
+    follows the closing quote (`"abc`, `"a",b` and `"a\\x"` are malformed, not keys)."""
+    chars: list[str] = []
+    index = 1
+    while index < len(value):
+        char = value[index]
+        if char == "\\":
+            if index + 1 == len(value) or value[index + 1] not in '"\\':
+                raise WalletError(
+                    errors.IDEMPOTENCY_KEY_MALFORMED,
+                    'Idempotency-Key is not a valid quoted string: only \\" and \\\\ may follow a backslash',
+                )
+            chars.append(value[index + 1])
+            index += 2
+            continue
+        if char == '"':
+            if index != len(value) - 1:
+                raise WalletError(
+                    errors.IDEMPOTENCY_KEY_MALFORMED,
+                    "Idempotency-Key is not a valid quoted string: something follows the closing quote",
+                )
+            return "".join(chars)
+        chars.append(char)
+        index += 1
+    raise WalletError(
+        errors.IDEMPOTENCY_KEY_MALFORMED, "Idempotency-Key is not a valid quoted string: no closing quote"
+    )
 
 
 # The Idempotency-Key header, unquoted (None when absent or empty).

@@ -80,7 +80,7 @@ _STATUS_TITLES = {
     409: "Refused by the state of the ledger",
     413: "Request body too large",
     422: "Invalid request",
-    429: "Rate limit of the API key reached; retry after Retry-After seconds",
+    429: "Rate limit of the client, or of failed authentications from the address, reached; retry after Retry-After seconds",
     500: "Internal error",
     503: "Nothing was written; retry with the same idempotency key",
 }
@@ -139,6 +139,10 @@ def _field_of(loc: tuple[Any, ...]) -> str | None:
     return path or None
 
 
+def _is_body(loc: Any) -> bool:
+    return tuple(loc) == ("body",)
+
+
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request", "type": ""}
@@ -146,14 +150,26 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
         return error_response(errors.MALFORMED_JSON, "request body is not valid JSON")
     malformed = next((e["input"] for e in exc.errors() if isinstance(e.get("input"), MalformedBody)), None)
     if malformed is not None:
+        if not malformed.utf8:
+            return error_response(
+                errors.MALFORMED_BODY, f"request body is not UTF-8 JSON: {malformed.reason}"
+            )
         return error_response(errors.MALFORMED_JSON, f"request body is not valid JSON: {malformed.reason}")
+    # FastAPI hands over the raw bytes of a body sent as another content type (or none).
+    if any(_is_body(e.get("loc", ())) and isinstance(e.get("input"), bytes) for e in exc.errors()):
+        sent = request.headers.get("content-type")
+        return error_response(
+            errors.MALFORMED_BODY,
+            "request body must be JSON sent with Content-Type: application/json, not "
+            + (f"{sent[:100]!r}" if sent else "without a Content-Type"),
+        )
     field = _field_of(tuple(first.get("loc", ())))
     message = str(first.get("msg", "invalid value"))
     if first.get("type") == "missing":
-        message = "field required"
+        message = "required (a JSON object)" if _is_body(first.get("loc", ())) else "field required"
     elif first.get("type") == "extra_forbidden":
         message = "unknown field"
-    return error_response(errors.VALIDATION_ERROR, f"{field or 'request'}: {message}", field)
+    return error_response(errors.VALIDATION_ERROR, f"{field or 'request body'}: {message}", field)
 
 
 _CODE_BY_HTTP_STATUS = {

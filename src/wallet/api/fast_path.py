@@ -31,8 +31,8 @@ from prometheus_client import Counter
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from wallet.api.body_limit import replaying
-from wallet.api.dependencies import Resources, resources_of, settings_of
-from wallet.api.observe import BODY_SCOPE_KEY, note_api_key
+from wallet.api.dependencies import Resources, authenticate_request, resources_of, settings_of
+from wallet.api.observe import BODY_SCOPE_KEY
 from wallet.services.api_keys import Caller
 from wallet.settings import Settings
 
@@ -100,12 +100,9 @@ def state(request: Request) -> tuple[Resources, Settings]:
 
 
 async def authorized(request: Request, token: str) -> Caller:
-    """What the full path's caller dependency does: authenticate, then the key's rate limit."""
-    resources, _ = state(request)
-    caller = await resources.authenticator.authenticate(token)
-    note_api_key(request.scope, caller.name)
-    await resources.rate_limiter.check(caller)
-    return caller
+    """What the full path's caller dependency does (the same function): authenticate, with failed
+    lookups limited per address, then the client's rate limit."""
+    return await authenticate_request(request, token)
 
 
 def fast_handler_of(route: APIRoute) -> FastHandler | None:

@@ -1,8 +1,14 @@
 """Request and response models: the HTTP contract, and the OpenAPI document generated from it.
 
-Amounts are integers in the asset's minor unit. JSON numbers that are whole (`100`, `100.0`) are
-accepted; anything with a fractional part, booleans and strings are rejected, so no binary float
-ever reaches the ledger.
+Amounts are integers in the asset's minor unit, sent as JSON integers (`100`); a number with a
+fraction or an exponent (`100.0`, `1e2`, `1.5`), booleans and strings are rejected, so no binary
+float ever reaches the ledger.
+
+Every request body is a JSON object (`RequestBody`): `null`, an array, a string or a number is
+refused, naming what was sent. Types are strict: other integers take only JSON integers, booleans
+only `true`/`false`, times only strings; pydantic's lax conversions (`"60"` or `true` for 60,
+`"yes"`, `"on"` or `1` for true, a number for a time) are not applied. Pydantic's strict mode is
+not used as such: on Python objects it would refuse the strings that times and enums arrive as.
 """
 
 from __future__ import annotations
@@ -18,7 +24,9 @@ from pydantic import (
     ConfigDict,
     Field,
     WithJsonSchema,
+    model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from wallet.domain.errors import error_codes
 from wallet.domain.rules import (
@@ -36,24 +44,83 @@ from wallet.domain.rules import (
     SystemAccount,
     TransactionType,
 )
+from wallet.domain.times import parse_time
+
+
+def json_kind(value: Any) -> str:
+    """What a parsed JSON value is, for error messages: `null`, `a string`, `the number 1.5`..."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "the boolean " + ("true" if value else "false")
+    if isinstance(value, (int, float, Decimal)):
+        text = str(value)
+        return f"the number {text if len(text) <= 24 else text[:20] + '...'}"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, bytes):
+        return "a body that is not JSON"
+    return "a value of another kind"
+
+
+def _refuse(kind: str, expected: str, value: Any) -> PydanticCustomError:
+    return PydanticCustomError(
+        kind, "must be {expected}, not {given}", {"expected": expected, "given": json_kind(value)}
+    )
+
+
+def _json_integer(value: Any) -> Any:
+    """A JSON integer only: not `true`, `"60"`, `60.0` or `6e1` (which pydantic would convert)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise _refuse("json_integer", "a JSON integer", value)
+
+
+def _json_boolean(value: Any) -> Any:
+    """`true` or `false` only: not `1`, `"yes"`, `"on"` or `"true"` (which pydantic would convert)."""
+    if isinstance(value, bool):
+        return value
+    raise _refuse("json_boolean", "true or false", value)
+
+
+def _time_string(value: Any) -> Any:
+    """A time is an RFC 3339 string with an offset, read by the API's one parser of times
+    (`wallet.domain.times.parse_time`, as the times of queries are): not a number (pydantic would
+    read it as Unix time), nor a string of one, nor an instant outside the range the API writes."""
+    if not isinstance(value, str):
+        raise _refuse("json_time", "an RFC 3339 time string with an offset", value)
+    try:
+        return parse_time(value)
+    except ValueError as exc:
+        raise PydanticCustomError("json_time", "{reason}", {"reason": str(exc)}) from None
+
+
+def _not_null(value: Any) -> Any:
+    """For an optional amount whose absence means "all": `null` is not absence."""
+    if value is None:
+        raise PydanticCustomError(
+            "json_integer",
+            "must be a positive integer; leave the field out to mean all, null is not accepted",
+        )
+    return value
 
 
 def _whole_number(value: Any) -> Any:
-    """Amounts are whole numbers of minor units, judged on the exact JSON text: bodies are parsed
+    """Amounts are JSON integers of minor units, judged on the exact JSON text: bodies are parsed
     with `Decimal` for every number with a fraction or exponent (wallet.api.json_body), so
-    `100.0` and `1e2` are 100 while `1.99999999999999999` is refused, not rounded to 2."""
+    `100.0`, `1e2` and `1.99999999999999999` are refused (not rounded), as `"100"` and `true` are."""
     if isinstance(value, bool) or not isinstance(value, (int, float, Decimal)):
-        raise ValueError("must be an integer number of minor units")
-    if isinstance(value, Decimal):
-        if value != value.to_integral_value():
-            raise ValueError("must be a whole number of minor units; fractions are not allowed")
-        if abs(value) > AMOUNT_MINOR_CEILING:
-            raise ValueError(f"must not exceed {AMOUNT_MINOR_CEILING}")
-        return int(value)
-    if isinstance(value, float):
-        if not value.is_integer():
-            raise ValueError("must be a whole number of minor units; fractions are not allowed")
-        return int(value)
+        raise _refuse("json_integer", "a JSON integer of minor units", value)
+    if not isinstance(value, int):
+        raise PydanticCustomError(
+            "json_integer",
+            "must be a JSON integer of minor units, written without a fraction or exponent; not {given}",
+            {"given": json_kind(value)},
+        )
     return value
 
 
@@ -67,6 +134,13 @@ FeeMinor = Annotated[
     BeforeValidator(_whole_number),
     Field(ge=0, le=AMOUNT_MINOR_CEILING, description="Integer fee in minor units; 0 for none."),
 ]
+# An amount that may be left out (meaning all of what is left) but not sent as null.
+OptionalAmountMinor = Annotated[
+    AmountMinor | None,
+    BeforeValidator(_not_null),
+    WithJsonSchema({"type": "integer", "exclusiveMinimum": 0, "maximum": AMOUNT_MINOR_CEILING}),
+]
+JsonBool = Annotated[bool, BeforeValidator(_json_boolean)]
 UserId = Annotated[str, Field(pattern=USER_ID_PATTERN, examples=["user_001"])]
 AssetCode = Annotated[str, Field(pattern=ASSET_CODE_PATTERN, examples=["GOLD_COINS"])]
 
@@ -82,9 +156,23 @@ IdempotencyKeyField = Annotated[
 ]
 
 
-class PostingBody(BaseModel):
+class RequestBody(BaseModel):
+    """Every request body (and object within one): a JSON object with the documented members
+    only. Anything else, including a body that is not JSON at all (`MalformedBody`, or the raw
+    bytes of a body sent as another content type), is refused here rather than read for its
+    attributes, which would make an all-optional model out of nothing."""
+
     model_config = ConfigDict(extra="forbid")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _json_object(cls, data: Any) -> Any:
+        if isinstance(data, (dict, cls)):
+            return data
+        raise _refuse("json_object", "a JSON object", data)
+
+
+class PostingBody(RequestBody):
     user_id: UserId
     asset_type: AssetCode
     amount: AmountMinor
@@ -103,12 +191,16 @@ class PostingBody(BaseModel):
 
 ExpiresInSeconds = Annotated[
     int,
+    BeforeValidator(_json_integer),
     Field(
-        ge=1, le=LOT_EXPIRY_SECONDS_CEILING, description="The credits expire this many seconds after posting."
+        ge=1,
+        le=LOT_EXPIRY_SECONDS_CEILING,
+        description="The credits expire this many seconds after posting: at most 3,652 days (10 years).",
     ),
 ]
 ExpiresAt = Annotated[
     AwareDatetime,
+    BeforeValidator(_time_string),
     Field(
         description="When the credits expire (RFC 3339 with a zone), at least 1 s and at most 10 years ahead."
     ),
@@ -136,9 +228,7 @@ BatchType = Annotated[
 ]
 
 
-class BatchOperation(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class BatchOperation(RequestBody):
     type: BatchType
     user_id: UserId = Field(description="The user of the operation; for a transfer, the sender.")
     asset_type: AssetCode
@@ -153,9 +243,7 @@ class BatchOperation(BaseModel):
     )
 
 
-class BatchBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class BatchBody(RequestBody):
     operations: list[BatchOperation] = Field(
         min_length=1,
         max_length=BATCH_OPERATIONS_CEILING,
@@ -255,11 +343,19 @@ def _not_reserved(user_id: str) -> str:
     return user_id
 
 
-class UserCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+def _not_blank(name: str) -> str:
+    if not name.strip():
+        raise PydanticCustomError("blank", "must not be empty or only spaces")
+    if "\x00" in name:  # PostgreSQL text cannot hold it
+        raise PydanticCustomError("nul", "must not contain NUL characters")
+    return name
 
+
+class UserCreate(RequestBody):
     user_id: Annotated[UserId, AfterValidator(_not_reserved)]
-    name: str = Field(min_length=1, max_length=200)
+    name: Annotated[str, AfterValidator(_not_blank)] = Field(
+        min_length=1, max_length=200, description="Not only spaces."
+    )
 
 
 class UserOut(BaseModel):
@@ -299,13 +395,11 @@ class ErrorOut(BaseModel):
     error: ErrorDetail
 
 
-class HoldBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class HoldBody(RequestBody):
     user_id: UserId
     asset_type: AssetCode
     amount: AmountMinor
-    expires_in_seconds: int | None = Field(
+    expires_in_seconds: Annotated[int, BeforeValidator(_json_integer)] | None = Field(
         default=None, gt=0, description="Default WALLET_HOLD_EXPIRES_IN_SECONDS_DEFAULT, at most ..._MAX."
     )
     idempotency_key: IdempotencyKeyField = None
@@ -313,20 +407,16 @@ class HoldBody(BaseModel):
     metadata: dict[str, Any] | None = None
 
 
-class CaptureBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    amount: AmountMinor | None = Field(
-        default=None, description="Default: all of the hold; the rest is released."
+class CaptureBody(RequestBody):
+    amount: OptionalAmountMinor = Field(
+        default=None, description="Default (left out): all of the hold; the rest is released. Not null."
     )
     idempotency_key: IdempotencyKeyField = None
     description: str | None = Field(default=None, max_length=DESCRIPTION_MAX_CHARS)
     metadata: dict[str, Any] | None = None
 
 
-class VoidBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class VoidBody(RequestBody):
     idempotency_key: IdempotencyKeyField = None
 
 
@@ -351,21 +441,19 @@ class HoldPage(BaseModel):
     next_cursor: str | None
 
 
-class ReverseBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    amount: AmountMinor | None = Field(default=None, description="Default: all that is left to reverse.")
+class ReverseBody(RequestBody):
+    amount: OptionalAmountMinor = Field(
+        default=None, description="Default (left out): all that is left to reverse. Not null."
+    )
     reason: str | None = Field(default=None, max_length=DESCRIPTION_MAX_CHARS)
     metadata: dict[str, Any] | None = None
-    allow_negative: bool = Field(
+    allow_negative: JsonBool = Field(
         default=False, description="Clawbacks only, admin scope: let the balance go below zero (a debt)."
     )
     idempotency_key: IdempotencyKeyField = None
 
 
-class TransferBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class TransferBody(RequestBody):
     from_user_id: UserId
     to_user_id: UserId
     asset_type: AssetCode

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AnyUrl, BaseModel, ConfigDict, Field, UrlConstraints
+from pydantic import AfterValidator, AnyUrl, BaseModel, Field, UrlConstraints
+from pydantic_core import PydanticCustomError
 
+from wallet.api.schemas import JsonBool, RequestBody
 from wallet.services.events import EventType
 from wallet.services.webhooks import URL_MAX_CHARS
 
@@ -38,25 +40,35 @@ class EventPage(BaseModel):
     has_more: bool = Field(description="More events are visible already: ask again at once.")
 
 
-class WebhookCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+def _distinct(types: list[EventType]) -> list[EventType]:
+    repeated = sorted({t.value for t in types if types.count(t) > 1})
+    if repeated:
+        raise PydanticCustomError(
+            "repeated", "must not repeat a type: {types}", {"types": ", ".join(repeated)}
+        )
+    return types
 
+
+class WebhookCreate(RequestBody):
     url: WebhookUrl
-    event_types: list[EventType] | None = Field(
+    event_types: Annotated[list[EventType], AfterValidator(_distinct)] | None = Field(
         default=None,
         min_length=1,
         max_length=len(EventType),
-        description="Only these types; all when absent.",
+        json_schema_extra={"uniqueItems": True},
+        description="Only these types, each once; all when absent.",
     )
     description: str | None = Field(default=None, max_length=500)
 
 
-class WebhookUpdate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    active: bool = Field(
+class WebhookUpdate(RequestBody):
+    active: JsonBool = Field(
         description="false pauses deliveries (the endpoint keeps its position); true resumes."
     )
+
+
+class RedeliverBody(RequestBody):
+    """Redelivery takes nothing: no body, or `{}`."""
 
 
 class WebhookDelivery(BaseModel):

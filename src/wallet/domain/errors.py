@@ -72,10 +72,14 @@ KEY_ASSET_NOT_ALLOWED = _define(
     "key_asset_not_allowed", "the API key is restricted to other asset types", "asset_type"
 )
 KEY_AMOUNT_OVER_LIMIT = _define(
-    "key_amount_over_limit", "the amount exceeds the API key's maximum per operation", "amount"
+    "key_amount_over_limit",
+    "the amount (with a transfer's fee) exceeds the API key's maximum per operation",
+    "amount",
 )
 RATE_LIMITED = _define(
-    "rate_limited", "the API key sent more requests than its rate limit; retry after Retry-After seconds"
+    "rate_limited",
+    "the client sent more requests than its rate limit, or its address too many unknown API keys; "
+    "retry after Retry-After seconds",
 )
 
 # What the request refers to.

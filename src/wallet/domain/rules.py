@@ -158,7 +158,10 @@ CURSOR_MAX_CHARS = 200
 # Page sizes may be configured up to this.
 PAGE_SIZE_CEILING = 1_000
 BATCH_OPERATIONS_CEILING = 1_000
-# Ten years: the longest default or explicit expiry of a credit lot.
-LOT_EXPIRY_SECONDS_CEILING = 10 * 366 * 24 * 3600
+# Ten years: the longest default or explicit expiry of a credit lot. As a number of seconds, ten
+# years at their shortest (3,652 days: two leap days), so a duration never goes past ten calendar
+# years whenever it starts; an explicit `expires_at` is judged on the calendar (wallet.services.
+# transactions). 10 * 366 days, before, let expiries run 7 or 8 days past ten years.
+LOT_EXPIRY_SECONDS_CEILING = (10 * 365 + 2) * 24 * 3600
 # Sent with every 503: nothing was written, and retrying with the same key after this is safe.
 RETRY_AFTER_SECONDS = 1

@@ -10,6 +10,15 @@ rotated key joins its predecessor's client, and everything that is scoped to "wh
 must survive a rotation (idempotency records, the `api_key_id` stored with what was posted) is
 scoped to the client, not to one secret.
 
+Unknown tokens cost a database lookup each, so a flood of bad tokens is kept off the database two
+ways (per worker process, in memory). A token that found no key is answered 401 from memory for
+`auth_negative_cache_ttl_ms` (a new key's secret is random, so no earlier miss can hide it: a key
+works as soon as it is created). And each source address (an IPv6 one by its /64) may make at
+most `auth_failure_burst` lookups that find nothing, then `auth_failure_rps` per second: past that
+its tokens are refused with 429 and Retry-After, without a lookup, unless they are the hash of an
+active key. That is read from memory too: the hashes of all active keys, read again at most once
+a second, so a key, even one created during the flood, is not shut out by it.
+
 When each key was last used is noted in memory and written in the background
 (`flush_usage`, every `key_usage_flush_ms`): an UPDATE per authenticated request would put a row
 lock on the hot path, one that every request of a busy client would queue behind.
@@ -17,7 +26,10 @@ lock on the hot path, one that every request of a busy client would queue behind
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import ipaddress
+import math
 import secrets
 import time
 from collections import OrderedDict
@@ -26,19 +38,42 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import asyncpg
+from prometheus_client import Counter
 
 from wallet.domain import errors
 from wallet.domain.errors import WalletError
 from wallet.domain.rules import AMOUNT_MINOR_CEILING, KeyOperation, Scope, scope_allows
+from wallet.settings import Settings
 
 KEY_PREFIX = "wk_"
 KEY_DISPLAY_PREFIX_CHARS = 11  # "wk_" and 8 characters of the secret: enough to tell keys apart
 MAX_TOKEN_CHARS = 128
 AUTH_CACHE_MAX_ENTRIES = 10_000
+AUTH_MISS_CACHE_MAX_ENTRIES = 10_000  # tokens that found no key, remembered (oldest dropped first)
+AUTH_FAILURE_MAX_ADDRESSES = 10_000  # source addresses whose failed lookups are counted (idem)
+# Past this many active keys their hashes are not kept in memory: an address over its limit of
+# failed lookups is then refused whatever token it sends, until its limit refills.
+AUTH_ACTIVE_KEYS_MAX = 100_000
+# The active keys' hashes are read again at most this often (one query for every address at once):
+# a key created during a flood from its own address is shut out for at most this long.
+AUTH_ACTIVE_KEYS_REREAD_S = 1.0
 KEY_NAME_MAX_CHARS = 100
 ROTATION_OVERLAP_MAX_SECONDS = 90 * 24 * 3600
 RATE_LIMIT_RPS_CEILING = 1_000_000
 RATE_LIMIT_BURST_CEILING = 1_000_000
+
+AUTH_QUERIES = Counter(
+    "wallet_auth_queries_total",
+    "Database queries made to authenticate bearer tokens: one token's lookup, by whether it found "
+    "an active key (found, not_found), or a read of all active keys' hashes (active_keys).",
+    ["query"],
+)
+AUTH_REFUSED = Counter(
+    "wallet_auth_refused_total",
+    "Bearer tokens refused without a database query: a recent miss (401), or a source address "
+    "over its limit of failed lookups (429).",
+    ["reason"],
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,10 +132,13 @@ class Caller:
         asset_code: str | None,
         amount_minor: int | None,
         *,
+        fee_minor: int = 0,
         field_prefix: str = "",
     ) -> None:
         """Refuses (403) what the key's restrictions exclude. `asset_code` / `amount_minor` are
-        None when the request has none (a void has no amount)."""
+        None when the request has none (a void has no amount). The maximum amount bounds all that
+        one operation moves: a transfer's `fee` is debited from the sender on top of its amount, so
+        amount + fee must be within it (the field named is `fee` when the amount alone is)."""
         allowed = self.restrictions
         if allowed.operations is not None and operation not in allowed.operations:
             raise WalletError(
@@ -119,16 +157,21 @@ class Caller:
                 + ", ".join(sorted(allowed.asset_codes)),
                 field_prefix + "asset_type",
             )
-        if (
-            allowed.max_amount_minor is not None
-            and amount_minor is not None
-            and amount_minor > allowed.max_amount_minor
-        ):
+        limit = allowed.max_amount_minor
+        if limit is None or amount_minor is None:
+            return
+        if amount_minor > limit:
             raise WalletError(
                 errors.KEY_AMOUNT_OVER_LIMIT,
-                f"amount {amount_minor} exceeds this API key's maximum of {allowed.max_amount_minor} "
-                "per operation",
+                f"amount {amount_minor} exceeds this API key's maximum of {limit} per operation",
                 field_prefix + "amount",
+            )
+        if amount_minor + fee_minor > limit:
+            raise WalletError(
+                errors.KEY_AMOUNT_OVER_LIMIT,
+                f"amount {amount_minor} + fee {fee_minor} = {amount_minor + fee_minor} exceeds this API "
+                f"key's maximum of {limit} per operation (a fee counts: the sender pays both)",
+                field_prefix + "fee",
             )
 
 
@@ -391,17 +434,79 @@ async def rotate_api_key(conn: asyncpg.Connection, id_or_prefix: str, overlap_se
     return Rotation(token, new_key, old_key)
 
 
-class Authenticator:
-    """Resolves bearer tokens to callers, with a bounded, time-limited cache, and notes when each
-    key was last used (written by `flush_usage`)."""
+def failure_source(host: str | None) -> str:
+    """What failed lookups are counted by: the client's address as the server sees it, an IPv6
+    address by its /64 (what one host or site is usually given), an IPv4-mapped one as IPv4."""
+    if not host:
+        return "-"
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
 
-    def __init__(self, pool: asyncpg.Pool, cache_ttl_ms: int) -> None:
+
+class FailedLookupLimit:
+    """A token bucket per source address, in memory: `burst` lookups that find no key, refilled at
+    `rps` per second (0 = no limit). A lookup takes a token before it runs and gives it back when
+    it finds a key, so concurrent requests cannot overshoot the limit either."""
+
+    def __init__(self, burst: int, rps: float, max_addresses: int = AUTH_FAILURE_MAX_ADDRESSES) -> None:
+        self.burst = burst
+        self.rps = rps
+        self._max_addresses = max_addresses
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # tokens, at
+
+    def take(self, source: str, now: float) -> float:
+        """0 if a token was taken, else the seconds until one will be there."""
+        if self.rps <= 0:
+            return 0.0
+        tokens, at = self._buckets.get(source, (float(self.burst), now))
+        tokens = min(float(self.burst), tokens + max(0.0, now - at) * self.rps)
+        wait_s = 0.0
+        if tokens >= 1:
+            tokens -= 1
+        else:
+            wait_s = (1 - tokens) / self.rps
+        self._buckets[source] = (tokens, now)
+        self._buckets.move_to_end(source)
+        while len(self._buckets) > self._max_addresses:
+            self._buckets.popitem(last=False)  # a forgotten address starts again with a full bucket
+        return wait_s
+
+    def give_back(self, source: str) -> None:
+        if self.rps <= 0:
+            return
+        bucket = self._buckets.get(source)
+        if bucket is not None:
+            self._buckets[source] = (min(float(self.burst), bucket[0] + 1), bucket[1])
+
+
+class Authenticator:
+    """Resolves bearer tokens to callers, with a bounded, time-limited cache of keys and of misses
+    and a limit of failed lookups per source address (see the module's docstring), and notes when
+    each key was last used (written by `flush_usage`)."""
+
+    def __init__(self, pool: asyncpg.Pool, settings: Settings) -> None:
         self._pool = pool
-        self._cache_ttl_s = cache_ttl_ms / 1000
+        self._cache_ttl_s = settings.auth_cache_ttl_ms / 1000
+        self._miss_ttl_s = settings.auth_negative_cache_ttl_ms / 1000
+        # Keys that authenticated, with when their entry stops being trusted. An entry past that
+        # still says the token was a key: it is looked up again, but never refused unseen.
         self._cache: OrderedDict[bytes, tuple[Caller, float]] = OrderedDict()
+        self._misses: OrderedDict[bytes, float] = OrderedDict()  # digest -> until when
+        self._failures = FailedLookupLimit(settings.auth_failure_burst, settings.auth_failure_rps)
+        self._active: frozenset[bytes] | None = None  # active keys' hashes; None: too many to keep
+        self._active_read_at = -math.inf
+        self._active_lock = asyncio.Lock()
         self._last_used: dict[int, datetime] = {}
 
-    async def authenticate(self, token: str | None) -> Caller:
+    async def authenticate(self, token: str | None, client_host: str | None = None) -> Caller:
+        """The caller of `token`, sent from `client_host` (the peer address the server saw)."""
         if not token:
             raise WalletError(errors.UNAUTHENTICATED, "missing 'Authorization: Bearer <api key>' header")
         if len(token) > MAX_TOKEN_CHARS or not token.startswith(KEY_PREFIX):
@@ -412,11 +517,69 @@ class Authenticator:
         if cached is not None and cached[1] > now:
             caller = cached[0]
         else:
-            caller = await self._load(digest, now)
+            caller = await self._look_up(digest, now, known=cached is not None, client_host=client_host)
         self._last_used[caller.api_key_id] = datetime.now(UTC)
         return caller
 
-    async def _load(self, digest: bytes, now: float) -> Caller:
+    async def _look_up(self, digest: bytes, now: float, *, known: bool, client_host: str | None) -> Caller:
+        missed_until = self._misses.get(digest)
+        if missed_until is not None:
+            if missed_until > now:
+                AUTH_REFUSED.labels("miss_cached").inc()
+                raise WalletError(errors.UNAUTHENTICATED, "invalid, revoked or expired API key")
+            del self._misses[digest]
+        source = failure_source(client_host)
+        reserved = False
+        if not known:
+            wait_s = self._failures.take(source, now)
+            if wait_s > 0 and not await self._is_active(digest):
+                AUTH_REFUSED.labels("address_limited").inc()
+                raise WalletError(
+                    errors.RATE_LIMITED,
+                    f"too many failed authentications from this address (at most {self._failures.burst}, "
+                    f"then {self._failures.rps:g} per second); retry after Retry-After seconds",
+                    retry_after_s=max(1, math.ceil(wait_s)),
+                )
+            reserved = wait_s == 0
+        try:
+            caller = await self._load(digest, now)
+        except BaseException:
+            if reserved:
+                self._failures.give_back(source)  # not a failed authentication (database down, ...)
+            raise
+        if caller is None:
+            self._cache.pop(digest, None)
+            if self._miss_ttl_s > 0:
+                self._misses[digest] = now + self._miss_ttl_s
+                self._misses.move_to_end(digest)
+                while len(self._misses) > AUTH_MISS_CACHE_MAX_ENTRIES:
+                    self._misses.popitem(last=False)
+            raise WalletError(errors.UNAUTHENTICATED, "invalid, revoked or expired API key")
+        if reserved:
+            self._failures.give_back(source)
+        return caller
+
+    async def _is_active(self, digest: bytes) -> bool:
+        """Whether `digest` is an active key's, from the hashes in memory, read again first when
+        they are older than AUTH_ACTIVE_KEYS_REREAD_S (one read at a time, for everyone)."""
+        if time.monotonic() - self._active_read_at >= AUTH_ACTIVE_KEYS_REREAD_S:
+            async with self._active_lock:
+                if time.monotonic() - self._active_read_at >= AUTH_ACTIVE_KEYS_REREAD_S:
+                    rows = await self._pool.fetch(
+                        """
+                        SELECT key_sha256 FROM api_keys
+                         WHERE revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())
+                         LIMIT $1
+                        """,
+                        AUTH_ACTIVE_KEYS_MAX + 1,
+                    )
+                    AUTH_QUERIES.labels("active_keys").inc()
+                    too_many = len(rows) > AUTH_ACTIVE_KEYS_MAX
+                    self._active = None if too_many else frozenset(bytes(r[0]) for r in rows)
+                    self._active_read_at = time.monotonic()
+        return self._active is not None and digest in self._active
+
+    async def _load(self, digest: bytes, now: float) -> Caller | None:
         row = await self._pool.fetchrow(
             f"""
             SELECT {_KEY_COLUMNS}, extract(epoch FROM expires_at - now()) AS expires_in_s
@@ -425,9 +588,9 @@ class Authenticator:
             """,
             digest,
         )
+        AUTH_QUERIES.labels("not_found" if row is None else "found").inc()
         if row is None:
-            self._cache.pop(digest, None)
-            raise WalletError(errors.UNAUTHENTICATED, "invalid, revoked or expired API key")
+            return None
         caller = Caller(
             api_key_id=row["id"],
             name=row["name"],
@@ -439,11 +602,11 @@ class Authenticator:
         ttl_s = self._cache_ttl_s
         if row["expires_in_s"] is not None:
             ttl_s = min(ttl_s, float(row["expires_in_s"]))
-        if ttl_s > 0:
-            self._cache[digest] = (caller, now + ttl_s)
-            self._cache.move_to_end(digest)
-            while len(self._cache) > AUTH_CACHE_MAX_ENTRIES:
-                self._cache.popitem(last=False)
+        # Kept even with no time to trust it (ttl 0): it marks the token as a key's.
+        self._cache[digest] = (caller, now + ttl_s)
+        self._cache.move_to_end(digest)
+        while len(self._cache) > AUTH_CACHE_MAX_ENTRIES:
+            self._cache.popitem(last=False)
         return caller
 
     async def flush_usage(self) -> int:

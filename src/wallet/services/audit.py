@@ -25,6 +25,9 @@ finds a problem does not move the checkpoint: the next run checks the same range
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import cast
@@ -32,7 +35,7 @@ from typing import cast
 import asyncpg
 import orjson
 import structlog
-from prometheus_client import Gauge
+from prometheus_client import Counter, Gauge
 
 from wallet.services.verify import CHECKS, MAX_PROBLEMS_PER_CHECK, VerifyReport, verify_ledger
 from wallet.settings import Settings
@@ -45,8 +48,20 @@ LEDGER_CONSISTENT = Gauge(
 )
 LAST_CLEAN_AUDIT = Gauge(
     "wallet_ledger_last_clean_audit_timestamp_seconds",
-    "Unix time at which the newest audit run that found the books consistent finished",
+    "Unix time at which the newest audit run that found the books consistent finished (runs that"
+    ' failed are counted in wallet_audit_runs_total{result="failed"})',
 )
+AUDIT_RUNS = Counter(
+    "wallet_audit_runs_total",
+    "Audit runs of this process by kind (incremental, full) and result: consistent, inconsistent,"
+    " or failed (an error ended the run before it recorded anything: a timeout, the database"
+    " unreachable; its checks read a read-only snapshot, so concurrent writes cannot fail it)."
+    " Failed runs leave the gauges as they were.",
+    ["kind", "result"],
+)
+for _kind in ("incremental", "full"):
+    for _result in ("consistent", "inconsistent", "failed"):
+        AUDIT_RUNS.labels(_kind, _result)  # each at 0 from the start, so a rate can be taken
 LEDGER_CONSISTENT.set(float("nan"))
 LAST_CLEAN_AUDIT.set(float("nan"))
 
@@ -267,10 +282,16 @@ async def run_audit(
     WALLET_AUDIT_QUERY_TIMEOUT_MS (the periodic run), a request's statement timeout when a
     request asked for it (a TimeoutError past it)."""
     timeout_ms = query_timeout_ms or settings.audit_query_timeout_ms
-    async with pool.acquire() as conn:
-        if full:
-            return await _run_full(cast(asyncpg.Connection, conn), settings, timeout_ms)
-        return await _run_incremental(cast(asyncpg.Connection, conn), settings, timeout_ms)
+    kind = "full" if full else "incremental"
+    try:
+        async with pool.acquire() as conn:
+            run = _run_full if full else _run_incremental
+            result = await run(cast(asyncpg.Connection, conn), settings, timeout_ms)
+    except Exception:
+        AUDIT_RUNS.labels(kind, "failed").inc()
+        raise
+    AUDIT_RUNS.labels(kind, "consistent" if result.consistent else "inconsistent").inc()
+    return result
 
 
 _SETTLED_SEQ_SQL = (
@@ -279,48 +300,78 @@ _SETTLED_SEQ_SQL = (
 )
 
 
-async def _run_incremental(conn: asyncpg.Connection, settings: Settings, timeout_ms: int) -> AuditResult:
-    # One snapshot for every check, so concurrent postings cannot produce false alarms.
-    # Each query may take up to the run's own limit (the pool's may be shorter).
-    timeout_s = timeout_ms / 1000 + 1
-    async with conn.transaction(isolation="repeatable_read"):
+@asynccontextmanager
+async def _audit_turn(conn: asyncpg.Connection, timeout_ms: int) -> AsyncIterator[None]:
+    """Waits for a run in progress elsewhere (they take turns), then holds the turn for the whole
+    run: a session-level advisory lock, taken before the run's snapshot so that the snapshot sees
+    what the previous run recorded. (Taken inside the snapshot's own transaction, as before, the
+    snapshot began with the statement that waited, before the previous run committed.)"""
+    async with conn.transaction():
         await conn.execute(f"SET LOCAL statement_timeout = {int(timeout_ms)}")
         await conn.execute(f"SET LOCAL lock_timeout = {int(timeout_ms)}")
-        # Waits for a run in progress elsewhere (they take turns).
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", _AUDIT_LOCK_KEY, timeout=timeout_s)
-        started_at = await conn.fetchval("SELECT clock_timestamp()")
-        from_seq = await conn.fetchval(
-            "SELECT coalesce((SELECT to_seq FROM audit_runs WHERE consistent ORDER BY id DESC LIMIT 1), 0)"
-        )
-        to_seq = await conn.fetchval(
-            _SETTLED_SEQ_SQL, from_seq, settings.audit_settle_ms / 1000, timeout=timeout_s
-        )
-        problems: dict[str, list[str]] = {}
-        for title, sql in ACCOUNT_CHECKS:
-            rows = await conn.fetch(sql, MAX_PROBLEMS_PER_CHECK, timeout=timeout_s)
-            if rows:
-                problems[title] = [row[0] for row in rows]
-        for title, sql in INCREMENTAL_CHECKS:
-            rows = await conn.fetch(sql, from_seq, to_seq, MAX_PROBLEMS_PER_CHECK, timeout=timeout_s)
-            if rows:
-                problems.setdefault(title, []).extend(row[0] for row in rows)
-        if not problems:
-            # The touched accounts' chains are now checked up to their newest link in this snapshot.
+        await conn.execute("SELECT pg_advisory_lock($1)", _AUDIT_LOCK_KEY, timeout=timeout_ms / 1000 + 1)
+    try:
+        yield
+    finally:
+        # On a broken connection the lock went with the session; the pool's reset of a connection
+        # it takes back releases every advisory lock in any case.
+        with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+            await conn.execute("SELECT pg_advisory_unlock($1)", _AUDIT_LOCK_KEY)
+
+
+_CHAIN_MARKS_SQL = """
+SELECT c.account_id, max(c.chain_no) AS chain_no FROM ledger_chain c
+ WHERE c.account_id IN (SELECT DISTINCT e.account_id FROM transactions t
+                          JOIN ledger_entries e ON e.transaction_id = t.id
+                         WHERE t.seq > $1 AND t.seq <= $2)
+ GROUP BY c.account_id
+"""
+
+
+async def _run_incremental(conn: asyncpg.Connection, settings: Settings, timeout_ms: int) -> AuditResult:
+    # Each query may take up to the run's own limit (the pool's may be shorter).
+    timeout_s = timeout_ms / 1000 + 1
+    async with _audit_turn(conn, timeout_ms):
+        # One snapshot for every check, so concurrent postings cannot produce false alarms. It is
+        # read-only: a repeatable-read transaction fails with SerializationError only when it
+        # writes a row changed since its snapshot, so one that writes nothing cannot fail however
+        # busy the ledger is. What the run records is written after, in a transaction of its own.
+        async with conn.transaction(isolation="repeatable_read", readonly=True):
+            await conn.execute(f"SET LOCAL statement_timeout = {int(timeout_ms)}")
+            started_at = await conn.fetchval("SELECT clock_timestamp()")
+            from_seq = await conn.fetchval(
+                "SELECT coalesce((SELECT to_seq FROM audit_runs WHERE consistent ORDER BY id DESC LIMIT 1), 0)"
+            )
+            to_seq = await conn.fetchval(
+                _SETTLED_SEQ_SQL, from_seq, settings.audit_settle_ms / 1000, timeout=timeout_s
+            )
+            problems: dict[str, list[str]] = {}
+            for title, sql in ACCOUNT_CHECKS:
+                rows = await conn.fetch(sql, MAX_PROBLEMS_PER_CHECK, timeout=timeout_s)
+                if rows:
+                    problems[title] = [row[0] for row in rows]
+            for title, sql in INCREMENTAL_CHECKS:
+                rows = await conn.fetch(sql, from_seq, to_seq, MAX_PROBLEMS_PER_CHECK, timeout=timeout_s)
+                if rows:
+                    problems.setdefault(title, []).extend(row[0] for row in rows)
+            # The touched accounts' chains are checked up to their newest link in this snapshot
+            # (read here: links appended since are not checked).
+            marks = (
+                [] if problems else await conn.fetch(_CHAIN_MARKS_SQL, from_seq, to_seq, timeout=timeout_s)
+            )
+        async with conn.transaction():
+            await conn.execute(f"SET LOCAL statement_timeout = {int(timeout_ms)}")
             await conn.execute(
                 """
                 INSERT INTO audit_chain_marks AS k (account_id, chain_no)
-                SELECT c.account_id, max(c.chain_no) FROM ledger_chain c
-                 WHERE c.account_id IN (SELECT DISTINCT e.account_id FROM transactions t
-                                          JOIN ledger_entries e ON e.transaction_id = t.id
-                                         WHERE t.seq > $1 AND t.seq <= $2)
-                 GROUP BY c.account_id
+                SELECT * FROM unnest($1::bigint[], $2::bigint[])
                 ON CONFLICT (account_id) DO UPDATE SET chain_no = greatest(k.chain_no, EXCLUDED.chain_no)
                 """,
-                from_seq,
-                to_seq,
+                [m["account_id"] for m in marks],
+                [m["chain_no"] for m in marks],
                 timeout=timeout_s,
             )
-        return await _record(conn, "incremental", from_seq, to_seq, started_at, problems, None)
+            return await _record(conn, "incremental", from_seq, to_seq, started_at, problems, None)
 
 
 async def _run_full(conn: asyncpg.Connection, settings: Settings, timeout_ms: int) -> AuditResult:

@@ -22,14 +22,10 @@ import asyncpg
 import orjson
 from asyncpg.pool import PoolConnectionProxy
 
-from wallet.domain import errors
-from wallet.domain.errors import WalletError
-from wallet.services.pagination import decode_cursor, encode_cursor
+from wallet.services.pagination import CursorList, decode_event_cursor, encode_numbers_cursor
 
 # Whatever runs a query: the pool, or one connection (held, or from the pool).
 Queryable = asyncpg.Pool | asyncpg.Connection | PoolConnectionProxy
-
-XID8_MAX = 2**63 - 1  # xid8 is unsigned 64-bit; epochs this large are centuries away
 
 
 class EventType(StrEnum):
@@ -50,23 +46,12 @@ class Position:
     seq: int
 
     def encode(self) -> str:
-        return encode_cursor(f"{self.txid}.{self.seq}")
+        return encode_numbers_cursor(CursorList.EVENTS, self.txid, self.seq)
 
     @classmethod
     def decode(cls, cursor: str | None, field: str = "after") -> Position | None:
-        if cursor is None:
-            return None
-        try:
-            position = decode_cursor(cursor)
-        except WalletError:
-            position = None
-        parts = position.split(".") if position is not None else []
-        if len(parts) != 2 or not all(p.isascii() and p.isdigit() and len(p) <= 19 for p in parts):
-            raise WalletError(errors.INVALID_REQUEST, f"{field} is not a cursor this service issued", field)
-        txid, seq = int(parts[0]), int(parts[1])
-        if txid > XID8_MAX or seq > XID8_MAX:
-            raise WalletError(errors.INVALID_REQUEST, f"{field} is not a cursor this service issued", field)
-        return cls(txid, seq)
+        decoded = decode_event_cursor(cursor, field)
+        return None if decoded is None else cls(*decoded)
 
 
 START = Position(0, 0)  # before every event

@@ -23,7 +23,7 @@ from wallet.domain.rules import KeyOperation
 from wallet.services.api_keys import Caller
 from wallet.services.limits import check_amount, check_idempotency_key, check_text, encode_metadata
 from wallet.services.outcome import PostingOutcome
-from wallet.services.pagination import decode_int_cursor, encode_cursor
+from wallet.services.pagination import CursorList, decode_int_cursor, encode_int_cursor
 from wallet.services.tracing import current_request_id
 from wallet.settings import Settings
 
@@ -166,12 +166,14 @@ async def list_holds_json(
     pool: asyncpg.Pool, user_id: str, *, open_only: bool, limit: int, cursor: str | None
 ) -> str:
     """The user's holds, newest first; `open_only` keeps those that still reserve credits."""
-    before_seq = decode_int_cursor(cursor)
+    before_seq = decode_int_cursor(CursorList.HOLDS, cursor, scope=user_id)
     rows = await pool.fetch(LIST_SQL, user_id, open_only, before_seq, limit + 1)
     if not rows and await pool.fetchval("SELECT 1 FROM users WHERE id = $1", user_id) is None:
         raise WalletError(errors.USER_NOT_FOUND, f"no user with id {user_id}")
     page = rows[:limit]
-    next_cursor = encode_cursor(str(page[-1]["seq"])) if len(rows) > limit else None
+    next_cursor = (
+        encode_int_cursor(CursorList.HOLDS, page[-1]["seq"], scope=user_id) if len(rows) > limit else None
+    )
     return (
         '{"data":['
         + ",".join(r["body"] for r in page)

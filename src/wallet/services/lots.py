@@ -21,9 +21,7 @@ import orjson
 import structlog
 from prometheus_client import Counter
 
-from wallet.domain import errors
-from wallet.domain.errors import WalletError
-from wallet.domain.times import api_time
+from wallet.domain.times import api_time, check_period
 from wallet.settings import Settings
 
 log = structlog.get_logger("wallet.lots")
@@ -136,8 +134,7 @@ class ReportPeriod:
         from_time = from_time or to_time.astimezone(UTC).replace(
             day=1, hour=0, minute=0, second=0, microsecond=0
         )
-        if from_time > to_time:
-            raise WalletError(errors.VALIDATION_ERROR, "from must not be after to", "from")
+        check_period(from_time, to_time)
         return cls(as_of, from_time, to_time)
 
 

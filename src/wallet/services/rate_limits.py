@@ -1,4 +1,8 @@
-"""Per-key rate limits: a token bucket per API key, kept where every worker and instance sees it.
+"""Per-client rate limits: a token bucket per client, kept where every worker and instance sees it.
+
+The bucket belongs to the client (`Caller.client_id`, the id of its first key), not to one secret:
+during a rotation's overlap the old and the new secret draw from one bucket, so rotating never
+doubles a client's rate (idempotency records are the client's for the same reason).
 
 A bucket holds up to `burst` tokens and refills at `rps` tokens per second; each request takes
 one, and a request that finds none is refused with 429 and the seconds until one will be there.
@@ -28,8 +32,8 @@ REDIS_TIMEOUT_S = 0.5
 
 
 class BucketStore(Protocol):
-    async def take(self, key_id: int, rps: float, burst: int) -> float:
-        """0 if a token was taken, else the seconds until one will be there."""
+    async def take(self, client_id: int, rps: float, burst: int) -> float:
+        """0 if a token was taken from the client's bucket, else the seconds until one will be there."""
 
     async def close(self) -> None: ...
 
@@ -38,8 +42,8 @@ class PostgresBuckets:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
 
-    async def take(self, key_id: int, rps: float, burst: int) -> float:
-        wait_s = await self._pool.fetchval("SELECT wallet_rate_limit_take($1, $2, $3)", key_id, rps, burst)
+    async def take(self, client_id: int, rps: float, burst: int) -> float:
+        wait_s = await self._pool.fetchval("SELECT wallet_rate_limit_take($1, $2, $3)", client_id, rps, burst)
         return float(wait_s)
 
     async def close(self) -> None:
@@ -84,11 +88,11 @@ class RedisBuckets:
         self._script = self._client.register_script(_REDIS_TAKE)
         self._key_prefix = key_prefix
 
-    async def take(self, key_id: int, rps: float, burst: int) -> float:
+    async def take(self, client_id: int, rps: float, burst: int) -> float:
         """Fails open: with Redis unreachable the requests go through (and a warning is logged),
         because a rate limit protects availability, and refusing every caller would end it."""
         try:
-            wait_s = await self._script(keys=[f"{self._key_prefix}:{key_id}"], args=[repr(rps), burst])
+            wait_s = await self._script(keys=[f"{self._key_prefix}:{client_id}"], args=[repr(rps), burst])
         except self._errors as exc:
             log.warning("rate_limit_store_unreachable", store="redis", error=str(exc))
             return 0.0
@@ -99,7 +103,7 @@ class RedisBuckets:
 
 
 class RateLimiter:
-    """Applies the per-key limit (the key's override, else the defaults) before a request runs."""
+    """Applies the client's limit (its keys' override, else the defaults) before a request runs."""
 
     def __init__(self, settings: Settings, store: BucketStore) -> None:
         self._default_rps = settings.rate_limit_rps
@@ -116,11 +120,11 @@ class RateLimiter:
         rps, burst = self.limit_of(caller)
         if rps <= 0:
             return
-        wait_s = await self._store.take(caller.api_key_id, rps, burst)
+        wait_s = await self._store.take(caller.client_id, rps, burst)
         if wait_s > 0:
             raise WalletError(
                 errors.RATE_LIMITED,
-                f"rate limit of {rps:g} requests per second (burst {burst}) reached for this API key",
+                f"rate limit of {rps:g} requests per second (burst {burst}) reached for this client (all its API keys)",
                 retry_after_s=max(1, math.ceil(wait_s)),
             )
 
@@ -129,7 +133,7 @@ class RateLimiter:
 
 
 def redis_key_prefix(database_url: str) -> str:
-    """Buckets are named by key id, which is only unique within one database: the prefix names
+    """Buckets are named by client id (a key id), which is only unique within one database: the prefix names
     the database too, so deployments (or test databases) sharing one Redis never share buckets."""
     parts = urlsplit(database_url)
     where = f"{parts.hostname}:{parts.port or 5432}{parts.path}"

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -19,7 +19,7 @@ import orjson
 
 from wallet.domain import errors
 from wallet.domain.errors import WalletError
-from wallet.domain.rules import LOT_EXPIRY_SECONDS_CEILING, KeyOperation, TransactionType
+from wallet.domain.rules import KeyOperation, TransactionType
 from wallet.services.api_keys import Caller
 from wallet.services.group_commit import GroupCommitter, Write
 from wallet.services.limits import check_amount, check_idempotency_key, check_text, encode_metadata
@@ -66,10 +66,16 @@ def _check_expiry(request: PostingRequest, field_prefix: str) -> None:
             "give expires_at or expires_in_seconds, not both",
             f"{field_prefix}expires_in_seconds",
         )
-    if request.expires_at is not None and request.expires_at > datetime.now(UTC) + timedelta(
-        seconds=LOT_EXPIRY_SECONDS_CEILING
-    ):
+    if request.expires_at is not None and request.expires_at > ten_years_after(datetime.now(UTC)):
         raise WalletError(errors.VALIDATION_ERROR, "must be at most 10 years ahead", field)
+
+
+def ten_years_after(instant: datetime) -> datetime:
+    """The same date and time ten years on (28 February for 29 February)."""
+    try:
+        return instant.replace(year=instant.year + 10)
+    except ValueError:
+        return instant.replace(year=instant.year + 10, day=28)
 
 
 async def post_transaction(
@@ -130,7 +136,15 @@ async def post_batch(
     items: list[dict[str, Any]] = []
     for index, op in enumerate(operations):
         prefix = f"operations[{index}]."
-        caller.permit(KeyOperation(op.type.value), op.asset_code, op.amount_minor, field_prefix=prefix)
+        # A transfer's fee is debited from its sender too (a fee on anything else is refused below).
+        fee_minor = op.fee_minor if op.type is TransactionType.TRANSFER else 0
+        caller.permit(
+            KeyOperation(op.type.value),
+            op.asset_code,
+            op.amount_minor,
+            fee_minor=fee_minor,
+            field_prefix=prefix,
+        )
         item: dict[str, Any] = {
             "type": op.type.value,
             "user_id": op.user_id,

@@ -34,7 +34,9 @@ async def post_transfer(
     pool: asyncpg.Pool, settings: Settings, caller: Caller, request: TransferRequest
 ) -> PostingOutcome:
     key = check_idempotency_key(request.idempotency_key, settings)
-    caller.permit(KeyOperation.TRANSFER, request.asset_code, request.amount_minor)
+    caller.permit(
+        KeyOperation.TRANSFER, request.asset_code, request.amount_minor, fee_minor=request.fee_minor
+    )
     if request.from_user_id == request.to_user_id:
         raise WalletError(errors.SAME_USER, "from_user_id and to_user_id must differ")
     check_amount(request.amount_minor, settings)

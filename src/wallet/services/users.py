@@ -8,7 +8,8 @@ from typing import Any
 import asyncpg
 
 from wallet.domain import errors
-from wallet.services.pagination import decode_cursor, encode_cursor
+from wallet.domain.rules import USER_ID_PATTERN
+from wallet.services.pagination import CursorList, decode_text_cursor, encode_text_cursor
 
 USER_COLUMNS = (
     "id AS user_id, name,"
@@ -43,14 +44,14 @@ async def create_user(pool: asyncpg.Pool, user_id: str, name: str) -> tuple[dict
 
 
 async def list_users(pool: asyncpg.Pool, *, limit: int, cursor: str | None) -> dict[str, Any]:
-    after_id = decode_cursor(cursor)
+    after_id = decode_text_cursor(CursorList.USERS, cursor, USER_ID_PATTERN)
     rows = await pool.fetch(
         f"SELECT {USER_COLUMNS} FROM users WHERE ($1::text IS NULL OR id > $1) ORDER BY id LIMIT $2",
         after_id,
         limit + 1,
     )
     page = [dict(row) for row in rows[:limit]]
-    next_cursor = encode_cursor(page[-1]["user_id"]) if len(rows) > limit else None
+    next_cursor = encode_text_cursor(CursorList.USERS, page[-1]["user_id"]) if len(rows) > limit else None
     return {"data": page, "next_cursor": next_cursor}
 
 

@@ -18,7 +18,8 @@ import orjson
 
 from wallet.domain import errors
 from wallet.domain.rules import TransactionType
-from wallet.services.pagination import decode_int_cursor, encode_cursor
+from wallet.domain.times import EARLIEST, LATEST, api_time, check_period
+from wallet.services.pagination import CursorList, decode_int_cursor, encode_int_cursor
 
 
 # Now: the cached balance less what of it has expired (as if the expiry had run this instant,
@@ -89,7 +90,7 @@ BALANCES_OF_USERS_SQL = (
 BALANCES_AS_OF_SQL = """
 SELECT jsonb_build_object(
     'user_id', u.id,
-    'as_of', to_char($3::timestamptz AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+    'as_of', $4::text,
     'balances', coalesce((
         SELECT jsonb_agg(jsonb_build_object(
                    'asset_type', a.asset_code,
@@ -199,10 +200,6 @@ SELECT h.seq, h.id FROM (
 ORDER BY h.seq DESC LIMIT $5
 """
 
-# Bounds used when only one side of the range is given.
-_EARLIEST = datetime.fromisoformat("0001-01-01T00:00:00+00:00")
-_LATEST = datetime.fromisoformat("9999-12-31T00:00:00+00:00")
-
 
 async def _require_user(pool: asyncpg.Pool, user_id: str, asset_code: str | None = None) -> None:
     """Why a read found nothing: an unknown user, or an unknown asset in the filter."""
@@ -221,7 +218,9 @@ async def balances_json(
     if as_of is None:
         body = await pool.fetchval(BALANCES_SQL, user_id, asset_code)
     else:
-        body = await pool.fetchval(BALANCES_AS_OF_SQL, user_id, asset_code, as_of)
+        # as_of is echoed as written here: the driver sends the earliest and latest instants as
+        # -infinity and infinity, which compare as those instants with every stamp but print as NULL.
+        body = await pool.fetchval(BALANCES_AS_OF_SQL, user_id, asset_code, as_of, api_time(as_of))
     if body is None:
         raise errors.WalletError(errors.USER_NOT_FOUND, f"no user with id {user_id}")
     assert isinstance(body, str)
@@ -241,7 +240,8 @@ async def history_json(
     from_time: datetime | None = None,
     to_time: datetime | None = None,
 ) -> str:
-    before_seq = decode_int_cursor(cursor)
+    before_seq = decode_int_cursor(CursorList.HISTORY, cursor, scope=user_id)
+    check_period(from_time, to_time)
     type_value = type.value if type else None
     if from_time is not None or to_time is not None:
         return await _history_range_json(
@@ -251,14 +251,16 @@ async def history_json(
             before_seq,
             asset_code,
             type_value,
-            from_time or _EARLIEST,
-            to_time or _LATEST,
+            from_time or EARLIEST,  # the bound not given: every instant the API can name
+            to_time or LATEST,
         )
     rows = await pool.fetch(HISTORY_SQL, user_id, asset_code, type_value, before_seq, limit + 1)
     if not rows:
         await _require_user(pool, user_id, asset_code)
     page = rows[:limit]
-    next_cursor = encode_cursor(str(page[-1]["seq"])) if len(rows) > limit else None
+    next_cursor = (
+        encode_int_cursor(CursorList.HISTORY, page[-1]["seq"], scope=user_id) if len(rows) > limit else None
+    )
     return (
         '{"data":['
         + ",".join(row["body"] for row in page)
@@ -293,5 +295,9 @@ async def _history_range_json(
     assert isinstance(documents, str)
     if not found:
         await _require_user(pool, user_id, asset_code)
-    next_cursor = encode_cursor(str(found[limit - 1]["seq"])) if len(found) > limit else None
+    next_cursor = (
+        encode_int_cursor(CursorList.HISTORY, found[limit - 1]["seq"], scope=user_id)
+        if len(found) > limit
+        else None
+    )
     return '{"data":' + documents + ',"next_cursor":' + orjson.dumps(next_cursor).decode() + "}"

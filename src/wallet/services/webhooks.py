@@ -37,6 +37,7 @@ import contextlib
 import hashlib
 import hmac
 import random
+import re
 import secrets
 import time
 from dataclasses import dataclass
@@ -56,7 +57,7 @@ from wallet.domain import errors
 from wallet.domain.errors import WalletError
 from wallet.services.events import PAGE_SQL as EVENTS_PAGE_SQL
 from wallet.services.events import Event, EventType, Position, event_from_row, head_position
-from wallet.services.pagination import decode_int_cursor, encode_cursor
+from wallet.services.pagination import CursorList, decode_int_cursor, encode_int_cursor
 from wallet.settings import Settings
 
 log = structlog.get_logger("wallet.webhooks")
@@ -71,6 +72,19 @@ EVENT_TYPE_HEADER = "X-Wallet-Event-Type"
 LOCK_SPACE = 0x57_48_4B_01  # "WHK", 1
 URL_MAX_CHARS = 2048
 ERROR_MAX_CHARS = 1000
+# last_error of an attempt that got no HTTP answer, whatever the reason (see Deliverer._post).
+NO_HTTP_ANSWER = "no HTTP answer (could not connect, or no valid answer within {} ms)"
+_HTTP_STATUS_ERROR = re.compile(r"HTTP \d{3}")
+
+
+def public_error(stored: str | None) -> str | None:
+    """What the admin API shows of a stored last_error: its category. Rows written before there
+    were categories hold an exception's text; they read as "no HTTP answer"."""
+    if stored is None or _HTTP_STATUS_ERROR.fullmatch(stored) or stored.startswith("no HTTP answer"):
+        return stored
+    return "no HTTP answer"
+
+
 REDELIVERIES_PER_TURN = 20
 
 DELIVERIES = Counter(
@@ -142,7 +156,7 @@ def _endpoint(row: asyncpg.Record) -> dict[str, Any]:
             "next_attempt_at": row["next_attempt_at"],
             "last_attempt_at": row["last_attempt_at"],
             "last_success_at": row["last_success_at"],
-            "last_error": row["last_error"],
+            "last_error": public_error(row["last_error"]),
             "delivered": row["delivered_count"],
             "dead_letters": row["dead_letters"],
         },
@@ -250,7 +264,7 @@ def _dead_letter_json(row: asyncpg.Record) -> str:
             "event_id": row["event_id"],
             "event_type": row["event_type"],
             "attempts": row["attempts"],
-            "last_error": row["last_error"],
+            "last_error": public_error(row["last_error"]),
             "status": row["status"],
             "dead_at": row["dead_at"],
             "redelivered_at": row["redelivered_at"],
@@ -264,7 +278,7 @@ async def list_dead_letters_json(
     pool: asyncpg.Pool, endpoint_id: int, *, limit: int, cursor: str | None
 ) -> str:
     """The endpoint's dead letters, newest first."""
-    before_id = decode_int_cursor(cursor)
+    before_id = decode_int_cursor(CursorList.DEAD_LETTERS, cursor, scope=str(endpoint_id))
     rows = await pool.fetch(
         DEAD_LETTERS_SQL + " WHERE d.endpoint_id = $1 AND ($2::bigint IS NULL OR d.id < $2)"
         " ORDER BY d.id DESC LIMIT $3",
@@ -275,7 +289,11 @@ async def list_dead_letters_json(
     if not rows and await pool.fetchval("SELECT 1 FROM webhook_endpoints WHERE id = $1", endpoint_id) is None:
         raise _not_found(endpoint_id)
     page = rows[:limit]
-    next_cursor = encode_cursor(str(page[-1]["id"])) if len(rows) > limit else None
+    next_cursor = (
+        encode_int_cursor(CursorList.DEAD_LETTERS, page[-1]["id"], scope=str(endpoint_id))
+        if len(rows) > limit
+        else None
+    )
     return (
         '{"data":['
         + ",".join(_dead_letter_json(r) for r in page)
@@ -645,10 +663,12 @@ class Deliverer:
             async with asyncio.timeout(self._settings.webhook_timeout_ms / 1000):
                 async with self._http().stream("POST", url, content=body, headers=headers) as response:
                     status = response.status_code  # the body is not read
-        except TimeoutError:
-            return Attempt(False, f"no answer within {self._settings.webhook_timeout_ms} ms")
-        except Exception as exc:  # refused, reset, DNS, TLS, invalid URL: a failed attempt
-            return Attempt(False, f"{type(exc).__name__}: {exc}")
+        except Exception as exc:  # refused, reset, DNS, TLS, not HTTP, timed out: a failed attempt
+            # The admin API shows last_error: one category for every failure without an HTTP
+            # answer, so an endpoint cannot tell a closed port from a silent or non-HTTP one (no
+            # map of internal hosts and ports). The exception itself goes to the log only.
+            log.info("webhook_attempt_no_answer", error=type(exc).__name__, detail=str(exc)[:200])
+            return Attempt(False, NO_HTTP_ANSWER.format(self._settings.webhook_timeout_ms))
         if 200 <= status < 300:
             return Attempt(True)
         return Attempt(False, f"HTTP {status}")

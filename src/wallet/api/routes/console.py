@@ -17,10 +17,10 @@ from pydantic import BaseModel, Field
 from wallet.api.dependencies import Admin, AnyCaller, AppSettings, Pool, Reader
 from wallet.api.errors import error_responses
 from wallet.api.json_body import ExactJSONRoute
+from wallet.api.params import PageSize
 from wallet.console import reports
 from wallet.domain import errors
 from wallet.domain.rules import KeyOperation, Scope, scope_allows
-from wallet.services.pagination import check_limit
 from wallet.services.verify import MAX_PROBLEMS_PER_CHECK
 
 api = APIRouter(prefix="/api/v1", tags=["console"], route_class=ExactJSONRoute)
@@ -126,21 +126,16 @@ async def me(caller: AnyCaller) -> dict[str, Any]:
 )
 async def search_users(
     pool: Pool,
-    settings: AppSettings,
     caller: Reader,
+    limit: PageSize,
     q: str = Query(
         min_length=1,
         max_length=reports.SEARCH_QUERY_MAX_CHARS,
         pattern=r"^[^\x00-\x1f\x7f]+$",
         description="A user id, the start of one, or part of a name.",
     ),
-    limit: int | None = Query(
-        default=None, ge=1, description="Default WALLET_PAGE_SIZE_DEFAULT, at most WALLET_PAGE_SIZE_MAX."
-    ),
 ) -> dict[str, Any]:
-    return await reports.search_users(
-        pool, q, limit=check_limit(limit, settings.page_size_default, settings.page_size_max)
-    )
+    return await reports.search_users(pool, q, limit=limit)
 
 
 @api.get(

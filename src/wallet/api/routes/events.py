@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Response
 
-from wallet.api.dependencies import AppSettings, Pool, Reader
+from wallet.api.dependencies import Pool, Reader
 from wallet.api.errors import error_responses
+from wallet.api.params import PageSize, cursor_query
 from wallet.api.schemas_events import EventPage
-from wallet.domain.rules import CURSOR_MAX_CHARS
 from wallet.services.events import events_page_json
-from wallet.services.pagination import check_limit
 
 router = APIRouter(prefix="/api/v1", tags=["events"])
 
@@ -22,18 +21,11 @@ router = APIRouter(prefix="/api/v1", tags=["events"])
 )
 async def get_events(
     pool: Pool,
-    settings: AppSettings,
     caller: Reader,
-    after: str | None = Query(
-        default=None,
-        max_length=CURSOR_MAX_CHARS,
-        description="`next_cursor` of the previous page (or any event's `cursor`); from the oldest kept when absent.",
-    ),
-    limit: int | None = Query(
-        default=None, ge=1, description="Default WALLET_PAGE_SIZE_DEFAULT, at most WALLET_PAGE_SIZE_MAX."
+    limit: PageSize,
+    after: str | None = cursor_query(
+        "`next_cursor` of the previous page (or any event's `cursor`); from the oldest kept when absent."
     ),
 ) -> Response:
-    body = await events_page_json(
-        pool, after, check_limit(limit, settings.page_size_default, settings.page_size_max)
-    )
+    body = await events_page_json(pool, after, limit)
     return Response(body, media_type="application/json")

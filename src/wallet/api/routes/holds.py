@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Body, Query, Response
 
 from wallet.api.dependencies import AppSettings, IdempotencyKeyHeader, Pool, Reader, requires
 from wallet.api.errors import error_responses
 from wallet.api.json_body import ExactJSONRoute
+from wallet.api.params import PageSize, cursor_query, known_user_id
 from wallet.api.routes.transactions import respond
 from wallet.api.schemas import CaptureBody, HoldBody, HoldOut, HoldPage, TransactionOut, VoidBody
-from wallet.domain.rules import CURSOR_MAX_CHARS, Scope
+from wallet.domain.rules import Scope
 from wallet.services.api_keys import Caller
 from wallet.services.holds import (
     HoldRequest,
@@ -22,7 +23,6 @@ from wallet.services.holds import (
     void_hold,
 )
 from wallet.services.limits import resolve_idempotency_key
-from wallet.services.pagination import check_limit
 
 router = APIRouter(prefix="/api/v1", tags=["holds"], route_class=ExactJSONRoute)
 Holder = Annotated[Caller, requires(Scope.SPEND)]
@@ -68,9 +68,9 @@ async def post_capture(
     hold_id: str,
     caller: Holder,
     idempotency_key: IdempotencyKeyHeader,
-    body: CaptureBody | None = None,
+    # No body (or `{}`) captures all; any body that is sent must be a valid object (not null).
+    body: CaptureBody = Body(default_factory=CaptureBody),
 ) -> Response:
-    body = body or CaptureBody()
     outcome = await capture_hold(
         pool,
         settings,
@@ -100,9 +100,8 @@ async def post_void(
     hold_id: str,
     caller: Holder,
     idempotency_key: IdempotencyKeyHeader,
-    body: VoidBody | None = None,
+    body: VoidBody = Body(default_factory=VoidBody),
 ) -> Response:
-    body = body or VoidBody()
     key = resolve_idempotency_key(body.idempotency_key, idempotency_key)
     return respond("void", await void_hold(pool, settings, caller, hold_id, idempotency_key=key))
 
@@ -124,18 +123,17 @@ async def get_hold(pool: Pool, hold_id: str, caller: Reader) -> Response:
 )
 async def get_user_holds(
     pool: Pool,
-    settings: AppSettings,
     caller: Reader,
     user_id: str,
+    limit: PageSize,
     status: Annotated[str, Query(pattern="^(open|all)$", description="`open` (default) or `all`.")] = "open",
-    limit: int | None = Query(default=None, ge=1),
-    cursor: str | None = Query(default=None, max_length=CURSOR_MAX_CHARS),
+    cursor: str | None = cursor_query(),
 ) -> Any:
     body = await list_holds_json(
         pool,
-        user_id,
+        known_user_id(user_id),
         open_only=status == "open",
-        limit=check_limit(limit, settings.page_size_default, settings.page_size_max),
+        limit=limit,
         cursor=cursor,
     )
     return Response(body, media_type="application/json")

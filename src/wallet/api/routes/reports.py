@@ -6,10 +6,11 @@ from typing import Annotated
 
 import orjson
 from fastapi import APIRouter, Query, Response
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from wallet.api.dependencies import Pool, requires
 from wallet.api.errors import error_responses
+from wallet.api.params import Instant
 from wallet.domain.rules import Scope
 from wallet.services.api_keys import Caller
 from wallet.services.lots import ReportPeriod, liability_report
@@ -56,17 +57,13 @@ class LiabilitiesOut(BaseModel):
 async def liabilities(
     pool: Pool,
     caller: Annotated[Caller, requires(Scope.REPORT)],
-    as_of: AwareDatetime | None = Query(
-        default=None, description="Outstanding as of this instant. Default now."
-    ),
-    from_: AwareDatetime | None = Query(
+    as_of: Instant | None = Query(default=None, description="Outstanding as of this instant. Default now."),
+    from_: Instant | None = Query(
         default=None,
         alias="from",
         description="Start of the period. Default: the start of as_of's UTC month.",
     ),
-    to: AwareDatetime | None = Query(
-        default=None, description="End of the period, exclusive. Default as_of."
-    ),
+    to: Instant | None = Query(default=None, description="End of the period, exclusive. Default as_of."),
 ) -> Response:
     period = ReportPeriod.resolve(as_of, from_, to)
     return Response(orjson.dumps(await liability_report(pool, period)), media_type="application/json")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Body, Request, Response
 from pydantic import ValidationError
 
 from wallet.api.dependencies import (
@@ -103,11 +103,8 @@ def _fast_post(type: TransactionType) -> Callable[[Request], Awaitable[Response 
             or len(request.headers.getlist("idempotency-key")) > 1
         ):
             return None
-        try:
-            data = await request.json()
-        except ValueError:  # not UTF-8: the full path answers it
-            return None
-        if not isinstance(data, dict):
+        data = await request.json()
+        if not isinstance(data, dict):  # not an object, not JSON, not UTF-8: the full path answers
             return None
         try:
             body = model.model_validate(data)
@@ -264,9 +261,10 @@ async def reverse(
     transaction_id: str,
     caller: Annotated[Caller, requires(Scope.REVERSE)],
     idempotency_key: IdempotencyKeyHeader,
-    body: ReverseBody | None = None,
+    # No body (or `{}`) reverses all that is left; any body that is sent must be a valid object
+    # (not null, not malformed: neither may stand for "all").
+    body: ReverseBody = Body(default_factory=ReverseBody),
 ) -> Response:
-    body = body or ReverseBody()
     if body.allow_negative:
         caller.require(Scope.ADMIN)
     outcome = await reverse_transaction(

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from wallet.api.dependencies import Admin, AppSettings, Pool, Reader
+from wallet.api.dependencies import Admin, Pool, Reader
 from wallet.api.errors import error_responses
 from wallet.api.json_body import ExactJSONRoute
+from wallet.api.params import PageSize, cursor_query
 from wallet.api.schemas import AssetTypeList, UserCreate, UserOut, UserPage
-from wallet.domain.rules import CURSOR_MAX_CHARS
-from wallet.services.pagination import check_limit
 from wallet.services.users import create_user, list_asset_types, list_users
 
 router = APIRouter(prefix="/api/v1", tags=["users"], route_class=ExactJSONRoute)
@@ -21,16 +20,13 @@ router = APIRouter(prefix="/api/v1", tags=["users"], route_class=ExactJSONRoute)
 @router.get("/users", response_model=UserPage, responses=error_responses(401, 403, 422, 429, 503))
 async def get_users(
     pool: Pool,
-    settings: AppSettings,
     caller: Reader,
-    limit: int | None = Query(
-        default=None, ge=1, description="Default WALLET_PAGE_SIZE_DEFAULT, at most WALLET_PAGE_SIZE_MAX."
-    ),
-    cursor: str | None = Query(default=None, max_length=CURSOR_MAX_CHARS),
+    limit: PageSize,
+    cursor: str | None = cursor_query(),
 ) -> dict[str, Any]:
     return await list_users(
         pool,
-        limit=check_limit(limit, settings.page_size_default, settings.page_size_max),
+        limit=limit,
         cursor=cursor,
     )
 

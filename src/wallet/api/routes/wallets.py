@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Query, Request, Response
-from pydantic import AwareDatetime
 
-from wallet.api.dependencies import AppSettings, Pool, Reader
+from wallet.api.dependencies import Pool, Reader
 from wallet.api.errors import error_responses
 from wallet.api.fast_path import FastPathRoute, authorized, bearer_token, fast_path, state
+from wallet.api.params import Instant, PageSize, cursor_query, known_user_id
 from wallet.api.schemas import BalancesOut, TransactionPage
 from wallet.domain import errors
 from wallet.domain.errors import WalletError
-from wallet.domain.rules import ASSET_CODE_MAX_CHARS, CURSOR_MAX_CHARS, Scope, TransactionType
-from wallet.services.pagination import check_limit
+from wallet.domain.rules import ASSET_CODE_PATTERN, Scope, TransactionType
 from wallet.services.wallets import balances_json, history_json
 
 router = APIRouter(prefix="/api/v1/wallets", tags=["wallets"], route_class=FastPathRoute)
@@ -26,7 +25,7 @@ async def _fast_balance(request: Request) -> Response | None:
     caller = await authorized(request, token)
     caller.require(Scope.READ)
     resources, _ = state(request)
-    user_id = request.path_params["user_id"]
+    user_id = known_user_id(request.path_params["user_id"])
     body = await resources.balance_reader.read(user_id)  # shares a query with concurrent reads
     if body is None:
         raise WalletError(errors.USER_NOT_FOUND, f"no user with id {user_id}")
@@ -43,14 +42,10 @@ async def balance(
     pool: Pool,
     caller: Reader,
     user_id: str,
-    asset_type: str | None = Query(
-        default=None, max_length=ASSET_CODE_MAX_CHARS, description="Only this asset."
-    ),
-    as_of: AwareDatetime | None = Query(
-        default=None, description="RFC 3339 instant with offset: the balances at that time, from the ledger."
-    ),
+    asset_type: str | None = Query(default=None, pattern=ASSET_CODE_PATTERN, description="Only this asset."),
+    as_of: Instant | None = Query(default=None, description="The balances at this instant, from the ledger."),
 ) -> Response:
-    body = await balances_json(pool, user_id, asset_type, as_of)
+    body = await balances_json(pool, known_user_id(user_id), asset_type, as_of)
     return Response(body, media_type="application/json")
 
 
@@ -61,26 +56,19 @@ async def balance(
 )
 async def history(
     pool: Pool,
-    settings: AppSettings,
     caller: Reader,
     user_id: str,
-    limit: int | None = Query(
-        default=None,
-        ge=1,
-        description="Page size; default WALLET_PAGE_SIZE_DEFAULT, at most WALLET_PAGE_SIZE_MAX.",
-    ),
-    cursor: str | None = Query(
-        default=None, max_length=CURSOR_MAX_CHARS, description="`next_cursor` of the previous page."
-    ),
-    asset_type: str | None = Query(default=None, max_length=ASSET_CODE_MAX_CHARS),
+    limit: PageSize,
+    cursor: str | None = cursor_query(),
+    asset_type: str | None = Query(default=None, pattern=ASSET_CODE_PATTERN),
     type: TransactionType | None = Query(default=None),
-    from_time: AwareDatetime | None = Query(default=None, alias="from", description="RFC 3339; inclusive."),
-    to_time: AwareDatetime | None = Query(default=None, alias="to", description="RFC 3339; exclusive."),
+    from_time: Instant | None = Query(default=None, alias="from", description="Inclusive."),
+    to_time: Instant | None = Query(default=None, alias="to", description="Exclusive; not before from."),
 ) -> Response:
     body = await history_json(
         pool,
-        user_id,
-        limit=check_limit(limit, settings.page_size_default, settings.page_size_max),
+        known_user_id(user_id),
+        limit=limit,
         cursor=cursor,
         asset_code=asset_type,
         type=type,

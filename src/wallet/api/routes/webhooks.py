@@ -5,23 +5,23 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query, Response
+from fastapi import APIRouter, Body, Path, Response
 
 from wallet.api.dependencies import Admin, AppSettings, Pool
 from wallet.api.errors import error_responses
 from wallet.api.json_body import ExactJSONRoute
+from wallet.api.params import PageSize, cursor_query
 from wallet.api.schemas_events import (
     DeadLetterOut,
     DeadLetterPage,
+    RedeliverBody,
     WebhookCreate,
     WebhookCreated,
     WebhookList,
     WebhookOut,
     WebhookUpdate,
 )
-from wallet.domain.rules import CURSOR_MAX_CHARS
 from wallet.services import webhooks
-from wallet.services.pagination import check_limit
 
 router = APIRouter(prefix="/api/v1/webhooks", tags=["webhooks"], route_class=ExactJSONRoute)
 
@@ -82,16 +82,15 @@ async def delete_webhook(pool: Pool, webhook_id: WebhookId, caller: Admin) -> Re
 )
 async def get_dead_letters(
     pool: Pool,
-    settings: AppSettings,
     webhook_id: WebhookId,
     caller: Admin,
-    limit: int | None = Query(default=None, ge=1),
-    cursor: str | None = Query(default=None, max_length=CURSOR_MAX_CHARS),
+    limit: PageSize,
+    cursor: str | None = cursor_query(),
 ) -> Response:
     body = await webhooks.list_dead_letters_json(
         pool,
         webhook_id,
-        limit=check_limit(limit, settings.page_size_default, settings.page_size_max),
+        limit=limit,
         cursor=cursor,
     )
     return Response(body, media_type="application/json")
@@ -103,11 +102,15 @@ async def get_dead_letters(
     response_model=None,
     responses={
         202: {"model": DeadLetterOut, "description": "Queued: the next turn of delivery tries it once more."},
-        **READ_ERRORS,
+        **error_responses(400, 401, 403, 404, 413, 422, 429, 503),
     },
 )
 async def post_redeliver(
-    pool: Pool, webhook_id: WebhookId, dead_letter_id: DeadLetterId, caller: Admin
+    pool: Pool,
+    webhook_id: WebhookId,
+    dead_letter_id: DeadLetterId,
+    caller: Admin,
+    body: RedeliverBody = Body(default_factory=RedeliverBody),  # none; one that is sent must be {}
 ) -> Response:
-    body = await webhooks.request_redelivery_json(pool, webhook_id, dead_letter_id)
-    return Response(body, status_code=202, media_type="application/json")
+    queued = await webhooks.request_redelivery_json(pool, webhook_id, dead_letter_id)
+    return Response(queued, status_code=202, media_type="application/json")

@@ -169,7 +169,16 @@ async function api(path, { method = "GET", params = {}, body, idempotencyKey, ke
   return data;
 }
 
-const path = (...parts) => parts.map((part) => encodeURIComponent(part)).join("/");
+// Each part is one path segment. "." and ".." stay as they are in encodeURIComponent and the URL
+// parser resolves them (a transaction "..", from a typed or pasted #/transactions/.. link, would
+// ask GET /api/v1/ and reverse POST /api/v1/reverse): such ids are refused before any request.
+const path = (...parts) =>
+  parts
+    .map((part) => {
+      if (part === "." || part === "..") throw new Error(`“${part}” is not a valid id.`);
+      return encodeURIComponent(part);
+    })
+    .join("/");
 
 // ---- confirmation and writes --------------------------------------------------------------------
 

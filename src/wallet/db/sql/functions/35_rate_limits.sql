@@ -1,5 +1,6 @@
 -- Re-installed by every `wallet migrate` (after the versioned migrations); see wallet.db.migrate.
--- Rate limits: one token bucket per API key, shared by every worker and instance on this database.
+-- Rate limits: one token bucket per client (the id of its first API key: a rotated key's secret
+-- draws from its predecessor's bucket), shared by every worker and instance on this database.
 
 -- The bucket's tokens after refilling at p_rps per second since it was last seen, capped at the
 -- burst. Negative elapsed time (a statement that started earlier but got the row later) counts 0.
@@ -11,7 +12,7 @@ RETURNS double precision LANGUAGE sql IMMUTABLE AS $$
                  p_tokens + greatest(0, extract(epoch FROM p_now - p_refreshed_at)) * p_rps)
 $$;
 
--- Takes one token from the key's bucket (created full). Returns 0 when the request may go
+-- Takes one token from the client's bucket (created full; p_api_key_id is the client's id). Returns 0 when the request may go
 -- through, otherwise the seconds until a token will be there. One statement and one row lock per
 -- request; the table is UNLOGGED, so it costs no WAL flush.
 CREATE OR REPLACE FUNCTION wallet_rate_limit_take(
