@@ -210,3 +210,27 @@ def test_right_arguments_still_pass():
             call()
     assert len(sent) == 4
     client.close()
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+async def test_create_user_sends_the_name_in_nfc(kind):
+    import json
+    import unicodedata
+
+    sent: list[dict[str, Any]] = []
+
+    def record(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        sent.append(body)
+        return httpx.Response(201, json=body | {"created_at": "2026-01-01T00:00:00.000000Z"})
+
+    decomposed = unicodedata.normalize("NFD", "Zoë")
+    if kind == "sync":
+        with WalletClient("http://wallet.test", "wk", transport=httpx.MockTransport(record)) as client:
+            user = client.create_user("u1", decomposed)
+    else:
+        async with AsyncWalletClient(
+            "http://wallet.test", "wk", transport=httpx.MockTransport(record)
+        ) as aclient:
+            user = await aclient.create_user("u1", decomposed)
+    assert sent[0]["name"] == "Zoë" == user.name and len(user.name) == 3

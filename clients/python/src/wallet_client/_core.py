@@ -11,6 +11,7 @@ import json
 import logging
 import random
 import time
+import unicodedata
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -413,7 +414,10 @@ def create_user(user_id: str, name: str) -> Call[User]:
         "POST",
         f"{API}/users",
         lambda d, r, s: User.from_json(d, created=s == 201),
-        body=_encode({"user_id": _str(user_id, "user_id"), "name": _str(name, "name")}),
+        # The service stores names in Unicode NFC; sent so, too, so the request is what is stored.
+        body=_encode(
+            {"user_id": _str(user_id, "user_id"), "name": unicodedata.normalize("NFC", _str(name, "name"))}
+        ),
     )
 
 
