@@ -11,6 +11,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import asyncpg
 import httpx
 import pytest
 from tools.service_process import free_port
@@ -329,6 +330,34 @@ async def test_a_database_at_an_older_migration_is_refused_until_migrated(create
         )
     assert wallet(older, "migrate").returncode == 0
     assert wallet(older, "keys", "list").returncode == 0
+
+
+async def test_a_database_a_newer_wallet_migrated_is_refused_even_by_migrate(create_database):
+    newer = await create_database()
+    assert wallet(newer, "migrate").returncode == 0
+    conn = await asyncpg.connect(newer)
+    try:
+        await conn.execute("UPDATE alembic_version SET version_num = '9999_from_the_future'")
+    finally:
+        await conn.close()
+    for result in every_command({"WALLET_DATABASE_URL": newer}, [("migrate",), ("verify",), ("serve",)]):
+        assert_one_line_error(
+            result, 1, "is at migration 9999_from_the_future, which this version of wallet does not know"
+        )
+
+
+def test_a_password_is_never_shown():
+    for url, shown in [
+        ("postgresql://app:s3cret-pw@127.0.0.1:1/wallet", "postgresql://app:***@127.0.0.1:1/wallet"),
+        (
+            "postgresql://app@127.0.0.1:1/wallet?password=s3cret-pw",
+            "postgresql://app@127.0.0.1:1/wallet?password=***",
+        ),
+        ("app:s3cret-pw@127.0.0.1/wallet", "WALLET_DATABASE_URL=(not shown: not a URL)"),
+    ]:
+        result = run_wallet({"WALLET_DATABASE_URL": url}, "verify")
+        assert result.returncode in (1, 2) and shown in result.stderr, result.stderr
+        assert "s3cret" not in result.stderr + result.stdout
 
 
 @pytest.mark.parametrize(

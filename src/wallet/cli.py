@@ -144,9 +144,14 @@ def _check_database(settings: Settings, url: str, where: str, *, migrated: bool,
         if wait and settings.db_startup_wait_ms and isinstance(exc, OSError | TimeoutError):
             problem.message += f" (retried for {settings.db_startup_wait_ms} ms: WALLET_DB_STARTUP_WAIT_MS)"
         raise problem from None
+    known, head = _migrations()
+    if revision is not None and revision not in known:  # migrate could not go anywhere from there
+        raise OperatorError(
+            f"{where} is at migration {revision}, which this version of wallet does not know (its newest "
+            f"is {head}): a newer wallet migrated it; run that version"
+        )
     if not migrated:
         return
-    head = _newest_migration()
     if revision is None:
         raise OperatorError(f"{where} has no wallet tables: run `wallet migrate` first")
     if revision != head:
@@ -168,14 +173,16 @@ async def _schema_revision(settings: Settings, url: str, wait: bool) -> str | No
     return None if revision is None else str(revision)
 
 
-def _newest_migration() -> str:
+def _migrations() -> tuple[set[str], str]:
+    """Every revision this version of wallet ships, and the newest."""
     from importlib.resources import files
 
     from alembic.script import ScriptDirectory
 
-    head = ScriptDirectory(str(files("wallet.db").joinpath("migrations"))).get_current_head()
+    script = ScriptDirectory(str(files("wallet.db").joinpath("migrations")))
+    head = script.get_current_head()
     assert head is not None
-    return head
+    return {revision.revision for revision in script.walk_revisions()}, head
 
 
 def _raise_system_exit_on_sigterm() -> None:

@@ -56,16 +56,20 @@ def settings_problem(exc: ValidationError | SettingsError) -> OperatorError:
 
 
 def redacted(url: str) -> str:
-    """`url` without its password, for messages."""
+    """`url` without its password (in the user part or as a `password=` parameter), for
+    messages. A string that is not scheme://... is not shown at all: where a password sits in it
+    cannot be known."""
+    if "://" not in url:
+        return "(not shown: not a URL)"
     try:
         parts = urlsplit(url)
-        if parts.password is None:
-            return url
-        netloc = parts.netloc.rsplit("@", 1)[1]
-        user = parts.username or ""
-        return urlunsplit((parts.scheme, f"{user}:***@{netloc}", parts.path, parts.query, parts.fragment))
+        netloc = parts.netloc
+        if parts.password is not None:
+            netloc = f"{parts.username or ''}:***@{netloc.rsplit('@', 1)[1]}"
+        query = re.sub(r"(?i)\b(password=)[^&]*", r"\1***", parts.query)
+        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
     except ValueError:
-        return "(unparsable URL)"
+        return "(not shown: not a URL)"
 
 
 def connect_problem(exc: BaseException, where: str, connect_timeout_ms: int) -> OperatorError:
