@@ -26,6 +26,20 @@ CASES: list[tuple[str, tuple[Any, ...], dict[str, Any], type[Exception], str]] =
     ("topup", ("u1", None, 1), {}, TypeError, "asset_type must be a str, got NoneType"),
     ("topup", ("u1", "GOLD_COINS", 1), {"description": 5}, TypeError, "description must be a str, got int"),
     ("topup", ("u1", "GOLD_COINS", 1), {"metadata": [1]}, TypeError, "metadata must be a mapping"),
+    (
+        "topup",
+        ("u1", "GOLD_COINS", 1),
+        {"metadata": {"at": NOW}},
+        TypeError,
+        "metadata must hold JSON values only: Object of type datetime",
+    ),
+    (
+        "spend",
+        ("u1", "GOLD_COINS", 1),
+        {"metadata": {"x": float("nan")}},
+        ValueError,
+        "metadata must hold JSON values only",
+    ),
     ("topup", ("u1", "GOLD_COINS", 1), {"idempotency_key": 12}, TypeError, "idempotency_key must be a str"),
     (
         "topup",

@@ -338,8 +338,16 @@ def _time(value: object, name: str) -> str:
 
 
 def _metadata(value: object) -> Mapping[str, Any] | None:
-    if value is not None and not isinstance(value, Mapping):
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
         raise _type_error("metadata", "a mapping (a JSON object) or None", value)
+    try:  # what json would say about one of its values, said about metadata
+        json.dumps(value, allow_nan=False)
+    except TypeError as exc:
+        raise TypeError(f"metadata must hold JSON values only: {exc}") from None
+    except ValueError as exc:
+        raise ValueError(f"metadata must hold JSON values only: {exc}") from None
     return value
 
 
