@@ -8,8 +8,8 @@ refuses the login or is not migrated, a port that is already served: `wallet` pr
 - 1: the command could not do its work (the database or the port said no).
 
 The database is checked before a command uses it; should it go away while the command runs (a
-restart, a terminated backend, a statement or lock timeout), that is one line too. Anything else is a
-bug, and still shows its traceback.
+restart, a terminated backend, a statement or lock timeout), that is one line too. Anything else
+is a bug, and still shows its traceback.
 """
 
 from __future__ import annotations
