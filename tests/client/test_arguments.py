@@ -164,7 +164,10 @@ async def test_a_wrong_page_size_is_named(method, args, kwargs, message):
     [
         ({"base_url": 8000}, TypeError, "base_url must be a str"),
         ({"base_url": None}, TypeError, "base_url must be a str"),
+        ({"base_url": "127.0.0.1:8000"}, ValueError, "base_url must start with http:// or https://"),
+        ({"base_url": "ftp://wallet.test"}, ValueError, "base_url must start with http:// or https://"),
         ({"api_key": 123}, TypeError, "api_key must be a str, got int"),
+        ({"api_key": ""}, ValueError, "api_key must not be empty"),
         ({"timeout": "10"}, TypeError, "timeout must be a number of seconds (int or float), got str"),
         ({"timeout": None}, TypeError, "timeout must be a number of seconds (int or float), got NoneType"),
         ({"timeout": True}, TypeError, "timeout must be a number of seconds (int or float), got bool"),

@@ -645,7 +645,9 @@ def holds(
 def client_headers(api_key: str | None, headers: Mapping[str, str] | None) -> dict[str, str]:
     result = {"User-Agent": f"wallet-client-python/{__version__}"}
     if api_key is not None:
-        result["Authorization"] = f"Bearer {_str(api_key, 'api_key')}"
+        if not _str(api_key, "api_key"):
+            raise ValueError("api_key must not be empty (None sends no key)")
+        result["Authorization"] = f"Bearer {api_key}"
     if headers is not None and not isinstance(headers, Mapping):
         raise _type_error("headers", "a mapping of str to str or None", headers)
     result.update(headers or {})
@@ -656,6 +658,14 @@ def check_client(base_url: object, timeout: object, retry: object, rng: object) 
     """The constructor's arguments, checked as the methods' are; returns `timeout` as a float."""
     if not isinstance(base_url, str | httpx.URL):
         raise _type_error("base_url", "a str (e.g. 'http://127.0.0.1:8000')", base_url)
+    try:
+        scheme = httpx.URL(base_url).scheme
+    except httpx.InvalidURL as exc:
+        raise ValueError(f"base_url is not a URL: {exc}") from None
+    if scheme not in ("http", "https"):
+        raise ValueError(
+            f"base_url must start with http:// or https:// (e.g. 'http://127.0.0.1:8000'), got {str(base_url)!r}"
+        )
     if isinstance(timeout, bool) or not isinstance(timeout, int | float):
         raise _type_error("timeout", "a number of seconds (int or float)", timeout)
     if not 0 < timeout < float("inf"):
