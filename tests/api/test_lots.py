@@ -296,3 +296,89 @@ async def test_a_hold_keeps_expiring_credits_it_reserves_until_captured(
     assert draws(capture.json()) == [("granted", -30)]
     final = await asset_balance(client, user, asset)
     assert (final["balance"], final["held"], final["granted"]) == (0, 0, 0)
+
+
+# --- fair to the user when credits expire --------------------------------------------------------
+
+
+async def reverse(http, transaction_id: str, expect: int = 201, **body: Any) -> dict[str, Any]:
+    return await post(http, f"{transaction_id}/reverse", expect, **body)
+
+
+async def expiring_bonus(admin, pool, user: str, asset: str, amount: int) -> tuple[dict[str, Any], datetime]:
+    at = (await db_now(pool)) + timedelta(seconds=1.5)
+    bonus = await post(admin, "bonus", user_id=user, asset_type=asset, amount=amount, expires_at=at.isoformat())
+    return bonus, at
+
+
+@pytest.mark.parametrize("credit", ["topup", "bonus", "refund", "transfer", "batch", "capture"])
+async def test_every_answers_balance_after_agrees_with_the_balance_read_right_after(
+    admin, client, pool, make_user, lot_asset, credit
+):
+    """The account holds a lot past its expiry that nothing has expired yet (a read leaves it out):
+    each write expires it first, so the balance it answers is the one the read shows."""
+    asset = await lot_asset()
+    user = await make_user()
+    await post(admin, "topup", user_id=user, asset_type=asset, amount=100)
+    spend = await post(client, "spend", user_id=user, asset_type=asset, amount=10)
+    hold = None
+    if credit == "capture":
+        hold = await client.post(
+            "/api/v1/holds",
+            headers={"Idempotency-Key": new_key()},
+            json={"user_id": user, "asset_type": asset, "amount": 60},
+        )
+        assert hold.status_code == 201, hold.text
+    _, at = await expiring_bonus(admin, pool, user, asset, 40)
+    await wait_past(pool, at)
+    assert (await asset_balance(client, user, asset))["balance"] == 90
+    if credit in ("topup", "bonus"):
+        answer = (await post(admin, credit, user_id=user, asset_type=asset, amount=5))["balance_after"]
+    elif credit == "refund":
+        answer = (await reverse(admin, spend["id"], amount=5))["balance_after"]
+    elif credit == "transfer":
+        payer = await make_user()
+        await post(admin, "topup", user_id=payer, asset_type=asset, amount=5)
+        transfer = await post(admin, "transfer", from_user_id=payer, to_user_id=user, asset_type=asset, amount=5)
+        answer = transfer["counterparty_balance_after"]
+    elif credit == "batch":
+        operations = [{"type": "topup", "user_id": user, "asset_type": asset, "amount": 5}]
+        answer = (await post(admin, "batch", operations=operations))["transactions"][0]["balance_after"]
+    else:
+        assert hold is not None
+        captured = await client.post(
+            f"/api/v1/holds/{hold.json()['id']}/capture", headers={"Idempotency-Key": new_key()}, json={}
+        )
+        assert captured.status_code == 201, captured.text
+        answer = captured.json()["balance_after"]
+    balance = await asset_balance(client, user, asset)
+    assert answer == balance["balance"] == (30 if credit == "capture" else 95)
+
+
+async def test_a_partial_capture_lets_the_expired_credits_it_does_not_take_go_first(
+    admin, client, pool, make_user, lot_asset
+):
+    """The hold reserved expired credits; the capture takes part of them (not the purchased ones)
+    and releases the rest, which are breakage from that instant: its answer agrees with the read
+    right after."""
+    asset = await lot_asset()
+    user = await make_user()
+    await post(admin, "topup", user_id=user, asset_type=asset, amount=20)
+    _, at = await expiring_bonus(admin, pool, user, asset, 40)
+    hold = await client.post(
+        "/api/v1/holds",
+        headers={"Idempotency-Key": new_key()},
+        json={"user_id": user, "asset_type": asset, "amount": 50},
+    )
+    assert hold.status_code == 201, hold.text
+    await wait_past(pool, at)
+    shown = await asset_balance(client, user, asset)
+    assert (shown["balance"], shown["held"], shown["available"]) == (50, 50, 0)  # 10 of the 40 went
+    capture = await client.post(
+        f"/api/v1/holds/{hold.json()['id']}/capture", headers={"Idempotency-Key": new_key()}, json={"amount": 20}
+    )
+    assert capture.status_code == 201, capture.text
+    assert draws(capture.json()) == [("granted", -20)]
+    balance = await asset_balance(client, user, asset)
+    assert capture.json()["balance_after"] == balance["balance"] == 20
+    assert (balance["held"], balance["purchased"], balance["granted"]) == (0, 20, 0)

@@ -64,9 +64,9 @@ BEGIN
         FROM ledger_entries e JOIN accounts a ON a.id = e.account_id
         WHERE e.transaction_id = p_transaction_id AND a.kind = 'system';
     PERFORM 1 FROM accounts WHERE id = v_account_id FOR UPDATE;
-    IF wallet_rule_user_sign(v_type) < 0 THEN
-        PERFORM wallet_expire_lots(v_account_id);  -- a clawback draws no expired credit
-    END IF;
+    -- Due lots are expired first: a clawback draws no expired credit, and a refund's
+    -- balance_after is then what a balance read at that instant says.
+    PERFORM wallet_expire_lots(v_account_id);
 
     SELECT v_original.amount_minor - coalesce(
                (SELECT r.reversed_amount_minor FROM reversal_totals r WHERE r.transaction_id = p_transaction_id), 0)

@@ -60,6 +60,10 @@ BEGIN
     END IF;
 
     PERFORM 1 FROM accounts WHERE id IN (v_from_account_id, v_to_account_id) ORDER BY id FOR UPDATE;
+    -- The receiver's due lots are expired first, so counterparty_balance_after is what a balance
+    -- read at that instant says (the sender's: below, as every debit does).
+    PERFORM wallet_expire_lots(a.id) FROM accounts a
+     WHERE a.id = v_to_account_id AND a.lots_expire_at <= clock_timestamp();
     FOR v_attempt IN 1..2 LOOP
         UPDATE accounts SET balance_minor = balance_minor - v_debit_minor
          WHERE id = v_from_account_id AND balance_minor - held_minor - v_debit_minor >= 0

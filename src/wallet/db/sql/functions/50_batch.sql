@@ -113,12 +113,15 @@ BEGIN
                      JOIN accounts a ON a.user_id = o.to_user_id AND a.asset_code = o.asset_type)
         ORDER BY id FOR UPDATE;
     -- Accounts with a lot past its expiry are expired first (their own transactions, before the
-    -- batch's), so no operation counts expired credits as available.
+    -- batch's), so no operation counts expired credits as available, and every balance_after
+    -- (credits' and receivers' too) is what a balance read at that instant says.
     PERFORM wallet_expire_lots(a.id) FROM accounts a
      WHERE a.lots_expire_at <= clock_timestamp()
        AND a.id IN (SELECT x.id FROM wallet_batch_items(p_operations) AS o
                     JOIN accounts x ON x.user_id = o.user_id AND x.asset_code = o.asset_type
-                    WHERE o.delta < 0);
+                    UNION
+                    SELECT x.id FROM wallet_batch_items(p_operations) AS o
+                    JOIN accounts x ON x.user_id = o.to_user_id AND x.asset_code = o.asset_type);
 
     -- Under the locks, in one pass over the legs (each operation's change to its user's account,
     -- and a transfer's credit to the receiver's): every account involved, the running balance of

@@ -312,7 +312,15 @@ END $$;
 -- holds are released first; credits still reserved by an open hold stay (as far as the hold needs
 -- them) until the hold is captured, voided or expires, so a hold is never left uncovered.
 -- Returns the amount expired. Cheap when nothing is due: one read of the locked row.
+-- A capture of p_keep_minor first keeps that much of the due credits for itself (it draws expired
+-- lots first): wallet_expire_lots_keeping.
 CREATE OR REPLACE FUNCTION wallet_expire_lots(p_account_id bigint) RETURNS bigint
+LANGUAGE plpgsql AS $$
+BEGIN
+    RETURN wallet_expire_lots_keeping(p_account_id, 0);
+END $$;
+
+CREATE OR REPLACE FUNCTION wallet_expire_lots_keeping(p_account_id bigint, p_keep_minor bigint) RETURNS bigint
 LANGUAGE plpgsql AS $$
 DECLARE
     v_account accounts;
@@ -331,7 +339,7 @@ BEGIN
     END IF;
     SELECT coalesce(sum(l.remaining_minor), 0) INTO v_due
       FROM credit_lots l WHERE l.account_id = p_account_id AND l.remaining_minor > 0 AND l.expires_at <= v_now;
-    v_amount := least(v_due, greatest(v_account.balance_minor - v_account.held_minor, 0));
+    v_amount := least(greatest(v_due - p_keep_minor, 0), greatest(v_account.balance_minor - v_account.held_minor, 0));
     IF v_amount <= 0 THEN
         RETURN 0;
     END IF;
