@@ -301,6 +301,19 @@ async def test_a_hold_keeps_expiring_credits_it_reserves_until_captured(
 # --- fair to the user when credits expire --------------------------------------------------------
 
 
+async def liability(admin, asset: str) -> dict[str, Any]:
+    response = await admin.get("/api/v1/reports/liabilities", params={"from": "2000-01-01T00:00:00Z"})
+    assert response.status_code == 200, response.text
+    return next(a for a in response.json()["assets"] if a["asset_type"] == asset)
+
+
+async def audit_is_clean(admin) -> None:
+    """The live audit (incremental: what was posted since its last run) finds nothing wrong."""
+    response = await admin.get("/api/v1/audit")
+    assert response.status_code == 200, response.text
+    assert response.json()["clean"] is True, response.json()["problems"]
+
+
 async def reverse(http, transaction_id: str, expect: int = 201, **body: Any) -> dict[str, Any]:
     return await post(http, f"{transaction_id}/reverse", expect, **body)
 
@@ -309,6 +322,59 @@ async def expiring_bonus(admin, pool, user: str, asset: str, amount: int) -> tup
     at = (await db_now(pool)) + timedelta(seconds=1.5)
     bonus = await post(admin, "bonus", user_id=user, asset_type=asset, amount=amount, expires_at=at.isoformat())
     return bonus, at
+
+
+@pytest.mark.parametrize("policy", [{}, {"granted_expires_in_seconds": 3600}])
+async def test_a_refund_of_credits_drawn_from_a_lot_that_expired_gives_usable_credits(
+    admin, client, pool, make_user, lot_asset, policy
+):
+    """Not back into the expired lot (the answer said 150, the balance 100, and the next expiry
+    took them again): into a lot of the same origin that expires as a credit given now would."""
+    asset = await lot_asset(**policy)
+    user = await make_user()
+    await post(admin, "topup", user_id=user, asset_type=asset, amount=100)
+    bonus, at = await expiring_bonus(admin, pool, user, asset, 100)
+    spend = await post(client, "spend", user_id=user, asset_type=asset, amount=70)
+    assert draws(spend) == [("granted", -70)]
+    await wait_past(pool, at)  # the bonus's other 30 are due (not yet posted)
+    before = await db_now(pool)
+    refund = await reverse(admin, spend["id"], amount=50)
+    balance = await asset_balance(client, user, asset)
+    assert refund["balance_after"] == balance["balance"] == 150
+    assert (balance["purchased"], balance["granted"], balance["available"]) == (100, 50, 150)
+    (lot,) = refund["lots"]
+    assert (lot["origin"], lot["amount"]) == ("granted", 50)
+    assert lot["lot_id"] != bonus["lots"][0]["lot_id"]
+    if policy:
+        renewed = datetime.fromisoformat(lot["expires_at"])
+        assert before + timedelta(seconds=3600) <= renewed <= (await db_now(pool)) + timedelta(seconds=3600)
+        assert balance["next_expiry"]["amount"] == 50
+    else:
+        assert lot["expires_at"] is None and balance["next_expiry"] is None
+    # Usable: all of it can be spent, and the expiry run finds nothing more to take.
+    assert draws(await post(client, "spend", user_id=user, asset_type=asset, amount=150))[0] == ("granted", -50)
+    report = await liability(admin, asset)
+    assert (report["expired"], report["refunded"], report["spent"]) == (30, 50, 220)
+    assert report["outstanding_purchased"] + report["outstanding_granted"] == 0
+    await audit_is_clean(admin)
+
+
+async def test_a_refund_of_a_spend_that_drew_two_expired_lots_fills_one_renewed_lot(
+    admin, client, pool, make_user, lot_asset
+):
+    asset = await lot_asset()
+    user = await make_user()
+    await post(admin, "topup", user_id=user, asset_type=asset, amount=10)
+    first, _ = await expiring_bonus(admin, pool, user, asset, 20)
+    second, at = await expiring_bonus(admin, pool, user, asset, 20)
+    spend = await post(client, "spend", user_id=user, asset_type=asset, amount=45)
+    assert draws(spend) == [("granted", -20), ("granted", -20), ("purchased", -5)]
+    await wait_past(pool, at)
+    refund = await reverse(admin, spend["id"])
+    assert draws(refund) == [("purchased", 5), ("granted", 40)]
+    balance = await asset_balance(client, user, asset)
+    assert refund["balance_after"] == balance["balance"] == 50
+    assert (balance["purchased"], balance["granted"]) == (10, 40)
 
 
 @pytest.mark.parametrize("credit", ["topup", "bonus", "refund", "transfer", "batch", "capture"])

@@ -26,6 +26,10 @@ END $$;
 -- after what earlier refunds of it restored; a transfer passes on the sender's lots in the order
 -- they were drawn (the fee is the tail of the draw). Whatever has no lot to mirror (a spend from
 -- before lots) is purchased.
+-- A refund never fills a lot that has expired (the user could not use it, and the next expiry
+-- would count it as breakage a second time): what its original drew from one comes back usable,
+-- in a lot of the same origin that expires as a credit of that origin given now would (the
+-- asset's default expiry for the origin, counted from now; none without one).
 CREATE OR REPLACE FUNCTION wallet_lots_credit(
     p_account_id bigint, p_transaction_id uuid, p_type text, p_reverses uuid,
     p_amount_minor bigint, p_balance_after_minor bigint)
@@ -33,9 +37,16 @@ RETURNS boolean  -- whether it filled a lot that expires
 LANGUAGE plpgsql AS $$
 DECLARE
     v_left bigint := least(p_amount_minor, greatest(p_balance_after_minor, 0));
-    v_expiring boolean := false;
+    v_now timestamptz := clock_timestamp();
     v_skip bigint := 0;
     v_take bigint;
+    v_expires_at timestamptz;
+    v_at integer;
+    -- The lots to fill, (origin, expiry) each once, in the order first met: two expired lots may
+    -- come back in one renewed lot, which a movement names once.
+    v_origins text[] := '{}';
+    v_expires timestamptz[] := '{}';
+    v_amounts bigint[] := '{}';
     d record;
 BEGIN
     IF v_left <= 0 THEN
@@ -47,8 +58,8 @@ BEGIN
          WHERE r.reverses = p_reverses AND r.id <> p_transaction_id AND m.amount_minor > 0;
     END IF;
     FOR d IN
-        SELECT m.id, m.lot_id, l.origin, l.expires_at, -m.amount_minor AS drawn
-          FROM lot_movements m JOIN credit_lots l ON l.id = m.lot_id
+        SELECT m.id, m.lot_id, l.origin, l.expires_at, -m.amount_minor AS drawn, ac.asset_code
+          FROM lot_movements m JOIN credit_lots l ON l.id = m.lot_id JOIN accounts ac ON ac.id = l.account_id
          WHERE m.transaction_id = CASE WHEN p_type = 'refund' THEN p_reverses ELSE p_transaction_id END
            AND m.amount_minor < 0
          ORDER BY CASE WHEN p_type = 'refund' THEN -m.id ELSE m.id END
@@ -58,19 +69,36 @@ BEGIN
         v_skip := v_skip - least(v_skip, d.drawn);
         CONTINUE WHEN v_take = 0;
         v_take := least(v_take, v_left);
-        v_expiring := v_expiring OR d.expires_at IS NOT NULL;
-        IF p_type = 'refund' THEN
-            UPDATE credit_lots SET remaining_minor = remaining_minor + v_take WHERE id = d.lot_id;
-            INSERT INTO lot_movements (transaction_id, lot_id, amount_minor) VALUES (p_transaction_id, d.lot_id, v_take);
-        ELSE
-            PERFORM wallet_lot_fill(p_account_id, p_transaction_id, d.origin, d.expires_at, v_take);
+        v_expires_at := d.expires_at;
+        IF p_type = 'refund' AND d.expires_at <= v_now THEN
+            SELECT v_now + make_interval(secs => CASE d.origin WHEN 'purchased' THEN p.purchased_expires_in_seconds
+                                                               ELSE p.granted_expires_in_seconds END)
+              INTO v_expires_at
+              FROM (SELECT 1) AS one LEFT JOIN asset_lot_policies p ON p.asset_code = d.asset_code;
         END IF;
+        v_origins := v_origins || d.origin;
+        v_expires := v_expires || v_expires_at;
+        v_amounts := v_amounts || v_take;
         v_left := v_left - v_take;
     END LOOP;
     IF v_left > 0 THEN
-        PERFORM wallet_lot_fill(p_account_id, p_transaction_id, 'purchased', NULL, v_left);
+        v_origins := v_origins || 'purchased'::text;
+        v_expires := v_expires || NULL::timestamptz;
+        v_amounts := v_amounts || v_left;
     END IF;
-    RETURN v_expiring;
+    FOR i IN 1..cardinality(v_origins) LOOP
+        v_at := (SELECT min(j) FROM generate_series(1, i) AS j
+                  WHERE v_origins[j] = v_origins[i] AND v_expires[j] IS NOT DISTINCT FROM v_expires[i]);
+        IF v_at < i THEN
+            v_amounts[v_at] := v_amounts[v_at] + v_amounts[i];
+            v_amounts[i] := 0;
+        END IF;
+    END LOOP;
+    FOR i IN 1..cardinality(v_origins) LOOP
+        CONTINUE WHEN v_amounts[i] = 0;
+        PERFORM wallet_lot_fill(p_account_id, p_transaction_id, v_origins[i], v_expires[i], v_amounts[i]);
+    END LOOP;
+    RETURN EXISTS (SELECT 1 FROM unnest(v_expires) AS e WHERE e IS NOT NULL);
 END $$;
 
 -- Replaced by wallet_lots_draw (one definition of the draw for single and set-based debits).
