@@ -324,6 +324,72 @@ async def expiring_bonus(admin, pool, user: str, asset: str, amount: int) -> tup
     return bonus, at
 
 
+async def test_a_clawback_of_a_bonus_that_expired_takes_nothing_else(admin, client, pool, make_user, lot_asset):
+    """The expired bonus is breakage once; a clawback of it does not take purchased credits instead,
+    not even an admin's asking for a debt."""
+    asset = await lot_asset()
+    user = await make_user()
+    await post(admin, "topup", user_id=user, asset_type=asset, amount=100)
+    bonus, at = await expiring_bonus(admin, pool, user, asset, 50)
+    await wait_past(pool, at)
+    for body in ({}, {"amount": 50}, {"amount": 1}, {"allow_negative": True}, {"amount": 1, "allow_negative": True}):
+        refused = await reverse(admin, bonus["id"], 409, **body)
+        assert refused["error"]["code"] == "amount_exceeds_clawable", (body, refused)
+        assert refused["error"]["field"] == "amount"
+    balance = await asset_balance(client, user, asset)
+    assert (balance["balance"], balance["purchased"], balance["granted"]) == (100, 100, 0)
+    report = await liability(admin, asset)
+    assert (report["expired"], report["clawed_back"], report["outstanding_purchased"]) == (50, 0, 100)
+    assert (await client.get(f"{TX}/{bonus['id']}")).json()["reversed_amount"] == 0
+
+
+async def test_a_clawback_takes_at_most_what_is_left_of_its_credits(admin, client, make_user, lot_asset):
+    asset = await lot_asset()
+    user = await make_user()
+    await post(admin, "topup", user_id=user, asset_type=asset, amount=100)
+    bonus = await post(admin, "bonus", user_id=user, asset_type=asset, amount=60)
+    spend = await post(client, "spend", user_id=user, asset_type=asset, amount=40)
+    assert draws(spend) == [("granted", -40)]
+    too_much = await reverse(admin, bonus["id"], 409, amount=21)
+    assert too_much["error"]["code"] == "amount_exceeds_clawable"
+    assert "20 of the credits" in too_much["error"]["message"]
+    # Without an amount: all that is left of the bonus, and only granted credits.
+    clawback = await reverse(admin, bonus["id"])
+    assert clawback["amount"] == 20 and draws(clawback) == [("granted", -20)]
+    balance = await asset_balance(client, user, asset)
+    assert clawback["balance_after"] == balance["balance"] == 100
+    assert (balance["purchased"], balance["granted"]) == (100, 0)
+    # The 40 the user spent: only an admin asking for a debt takes it back, from the user's
+    # other credits (and below zero for what they do not cover), as the answer's lots show.
+    nothing_left = await reverse(admin, bonus["id"], 409)
+    assert nothing_left["error"]["code"] == "amount_exceeds_clawable"
+    debt = await reverse(admin, bonus["id"], allow_negative=True)
+    assert debt["amount"] == 40 and draws(debt) == [("purchased", -40)]
+    assert debt["balance_after"] == (await asset_balance(client, user, asset))["balance"] == 60
+
+
+async def test_an_admin_clawback_into_debt_takes_back_the_spent_part_not_the_expired_one(
+    admin, client, pool, make_user, lot_asset
+):
+    asset = await lot_asset()
+    user = await make_user()
+    await post(admin, "topup", user_id=user, asset_type=asset, amount=100)
+    bonus, at = await expiring_bonus(admin, pool, user, asset, 50)
+    spend = await post(client, "spend", user_id=user, asset_type=asset, amount=20)
+    assert draws(spend) == [("granted", -20)]
+    await wait_past(pool, at)  # the other 30 of the bonus expire
+    assert (await reverse(admin, bonus["id"], 409))["error"]["code"] == "amount_exceeds_clawable"
+    over = await reverse(admin, bonus["id"], 409, amount=21, allow_negative=True)
+    assert over["error"]["code"] == "amount_exceeds_clawable"
+    assert "30 of the credits" in over["error"]["message"]
+    debt = await reverse(admin, bonus["id"], allow_negative=True)
+    assert debt["amount"] == 20 and draws(debt) == [("purchased", -20)]
+    balance = await asset_balance(client, user, asset)
+    assert debt["balance_after"] == balance["balance"] == 80
+    report = await liability(admin, asset)
+    assert (report["expired"], report["clawed_back"], report["issued_granted"]) == (30, 20, 50)
+
+
 @pytest.mark.parametrize("policy", [{}, {"granted_expires_in_seconds": 3600}])
 async def test_a_refund_of_credits_drawn_from_a_lot_that_expired_gives_usable_credits(
     admin, client, pool, make_user, lot_asset, policy

@@ -109,7 +109,8 @@ DROP FUNCTION IF EXISTS wallet_lots_debit(bigint, text, uuid, text, uuid, bigint
 --   * an expiry or a capture takes expired lots first (a capture: the hold kept them from
 --     expiring); every other debit takes lots that have not expired first (the posting paths
 --     expire an account's lots before they debit it, so it finds no expired lot to take);
---   * a clawback takes the lots its original filled first;
+--   * a clawback takes the lots its original filled first (one from before lots: its origin's
+--     opening lot); wallet_reverse_transaction lets it take more only for an admin's debt;
 --   * then the asset's spend order (granted_first by default), sooner expiry first, no expiry
 --     last, oldest first. An expiry goes by expiry alone.
 -- The accounts of p_which are distinct (each lot is drawn by one debit). The open lots must cover
@@ -138,6 +139,9 @@ BEGIN
                    CASE WHEN d.type = 'clawback' THEN NOT EXISTS (
                             SELECT 1 FROM lot_movements f
                              WHERE f.transaction_id = d.reverses AND f.lot_id = l.id AND f.amount_minor > 0)
+                            AND NOT (l.expires_at IS NULL AND l.origin = (
+                                SELECT wallet_rule_lot_origin(o.type) FROM transactions o
+                                 WHERE o.id = d.reverses AND o.seq < (SELECT s.first_seq FROM credit_lots_start s)))
                         ELSE false END,
                    CASE WHEN d.type = 'expiry' THEN false
                         WHEN d.spend_order = 'granted_first' THEN l.origin <> 'granted'
@@ -178,6 +182,46 @@ BEGIN
             USING ERRCODE = 'check_violation';
     END IF;
     RETURN v_result.expiring;
+END $$;
+
+-- What a clawback of the top-up or bonus p_original may take, judged under the account's row lock
+-- after its due lots were expired:
+--   left_minor: what is left of the credits it gave, unspent and unexpired: for each lot it
+--     filled, the least of what it put there (less what its clawbacks took back from there) and
+--     what the lot holds (nothing once the lot expired). Credits of one origin and expiry share a
+--     lot, so what several originals put in one lot is left to each of them as far as the lot
+--     holds it. An original from before lots: its origin's opening lot (no expiry).
+--   expired_minor: what of the credits it gave expired (breakage already): per lot, the least of
+--     what it put there (less its clawbacks' part) and what that lot lost to expiries. Where
+--     several originals share the lot, each counts the lot's expiries as its own first (the
+--     user's benefit of the doubt).
+-- A clawback takes at most left_minor; an admin's, asking for a debt, at most what is left of
+-- the original to reverse less expired_minor (the part the user spent or that repaid a debt).
+CREATE OR REPLACE FUNCTION wallet_clawback_credits(p_original transactions, p_account_id bigint,
+                                                   OUT left_minor bigint, OUT expired_minor bigint)
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v_now timestamptz := clock_timestamp();
+BEGIN
+    IF p_original.seq < (SELECT s.first_seq FROM credit_lots_start s) THEN
+        SELECT coalesce(sum(l.remaining_minor), 0), 0 INTO left_minor, expired_minor
+          FROM credit_lots l
+         WHERE l.account_id = p_account_id AND l.origin = wallet_rule_lot_origin(p_original.type)
+           AND l.expires_at IS NULL;
+        RETURN;
+    END IF;
+    SELECT coalesce(sum(least(o.own, CASE WHEN o.expires_at <= v_now THEN 0 ELSE o.remaining_minor END)), 0),
+           coalesce(sum(least(o.own, o.expired)), 0)
+      INTO left_minor, expired_minor
+      FROM (SELECT l.expires_at, l.remaining_minor,
+                   greatest(f.amount_minor + coalesce((
+                       SELECT sum(m.amount_minor) FROM transactions r JOIN lot_movements m ON m.transaction_id = r.id
+                        WHERE r.reverses = p_original.id AND m.lot_id = l.id AND m.amount_minor < 0), 0), 0) AS own,
+                   CASE WHEN l.expires_at IS NULL THEN 0 ELSE coalesce((
+                       SELECT -sum(m.amount_minor) FROM lot_movements m JOIN transactions e ON e.id = m.transaction_id
+                        WHERE m.lot_id = l.id AND e.type = 'expiry'), 0) END AS expired
+              FROM lot_movements f JOIN credit_lots l ON l.id = f.lot_id
+             WHERE f.transaction_id = p_original.id AND f.amount_minor > 0) AS o;
 END $$;
 
 -- Whether p_moved_minor, the sum (numeric) of a transaction's lot movements on one user account,
