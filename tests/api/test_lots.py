@@ -529,3 +529,41 @@ async def test_a_partial_capture_lets_the_expired_credits_it_does_not_take_go_fi
     balance = await asset_balance(client, user, asset)
     assert capture.json()["balance_after"] == balance["balance"] == 20
     assert (balance["held"], balance["purchased"], balance["granted"]) == (0, 20, 0)
+
+
+@pytest.mark.parametrize("credit", ["topup", "bonus", "refund", "transfer"])
+async def test_a_credit_lets_a_hold_rest_on_it_and_the_expired_credits_it_reserved_go(
+    admin, client, pool, make_user, lot_asset, credit
+):
+    """The hold reserves 30 expired credits (the read counts them, the balance is 50); a credit of
+    5 replaces 5 of them, which go to breakage in the same instant: the answer and the read say 50."""
+    asset = await lot_asset()
+    user = await make_user()
+    await post(admin, "topup", user_id=user, asset_type=asset, amount=30)
+    spend = await post(client, "spend", user_id=user, asset_type=asset, amount=10)
+    _, at = await expiring_bonus(admin, pool, user, asset, 40)
+    hold = await client.post(
+        "/api/v1/holds",
+        headers={"Idempotency-Key": new_key()},
+        json={"user_id": user, "asset_type": asset, "amount": 50},
+    )
+    assert hold.status_code == 201, hold.text
+    await wait_past(pool, at)
+    assert (await asset_balance(client, user, asset))["balance"] == 50
+    if credit in ("topup", "bonus"):
+        answer = (await post(admin, credit, user_id=user, asset_type=asset, amount=5))["balance_after"]
+    elif credit == "refund":
+        answer = (await reverse(admin, spend["id"], amount=5))["balance_after"]
+    else:
+        payer = await make_user()
+        await post(admin, "topup", user_id=payer, asset_type=asset, amount=5)
+        transfer = await post(
+            admin, "transfer", from_user_id=payer, to_user_id=user, asset_type=asset, amount=5
+        )
+        answer = transfer["counterparty_balance_after"]
+    balance = await asset_balance(client, user, asset)
+    assert answer == balance["balance"] == 50
+    assert (balance["held"], balance["available"]) == (50, 0)
+    history = (await client.get(f"/api/v1/wallets/{user}/transactions", params={"type": "expiry"})).json()
+    assert sum(t["amount"] for t in history["data"]) == 15  # 10 before the credit, 5 for it
+    await audit_is_clean(admin)

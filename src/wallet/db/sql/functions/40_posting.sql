@@ -80,9 +80,10 @@ BEGIN
 
     -- A credit to an account with a lot past its expiry expires it first (under the row lock),
     -- so the answer's balance_after is what a balance read at that instant says (a read leaves
-    -- due credits out). A debit does it below when it finds one.
+    -- due credits out, and those a hold reserved as far as this credit replaces them). A debit
+    -- does it below when it finds one.
     IF v_delta_minor > 0 THEN
-        PERFORM wallet_expire_lots(a.id) FROM accounts a
+        PERFORM wallet_expire_lots_for(a.id, 0, v_delta_minor) FROM accounts a
          WHERE a.id = v_user_account_id AND a.lots_expire_at <= clock_timestamp();
     END IF;
 

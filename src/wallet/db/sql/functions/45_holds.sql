@@ -231,7 +231,7 @@ BEGIN
             UPDATE accounts SET held_minor = held_minor - (v_hold.amount_minor - v_amount_minor)
              WHERE id = v_hold.account_id;
             v_hold.amount_minor := v_amount_minor;  -- what is left to release below
-            PERFORM wallet_expire_lots_keeping(v_hold.account_id, v_amount_minor);
+            PERFORM wallet_expire_lots_for(v_hold.account_id, v_amount_minor, 0);
         END IF;
         SELECT id INTO STRICT v_revenue_account_id FROM accounts
             WHERE system_code = wallet_rule_system_account('capture') AND asset_code = v_hold.asset_code;

@@ -107,6 +107,11 @@ BEGIN
                        '(an admin may claw back what was spent as a debt with allow_negative)',
                        v_clawable_minor, p_transaction_id, v_amount_minor) END, 'amount');
     ELSE
+        IF v_delta_minor > 0 THEN
+            -- A refund lets a hold rest on what it gives back: the due credits the hold reserved
+            -- go as far as the refund replaces them (as a read right after counts them).
+            PERFORM wallet_expire_lots_for(v_account_id, 0, v_delta_minor);
+        END IF;
         IF v_allow_negative THEN
             PERFORM set_config('wallet.allow_negative', 'on', true);  -- this transaction only
         END IF;

@@ -60,10 +60,6 @@ BEGIN
     END IF;
 
     PERFORM 1 FROM accounts WHERE id IN (v_from_account_id, v_to_account_id) ORDER BY id FOR UPDATE;
-    -- The receiver's due lots are expired first, so counterparty_balance_after is what a balance
-    -- read at that instant says (the sender's: below, as every debit does).
-    PERFORM wallet_expire_lots(a.id) FROM accounts a
-     WHERE a.id = v_to_account_id AND a.lots_expire_at <= clock_timestamp();
     FOR v_attempt IN 1..2 LOOP
         UPDATE accounts SET balance_minor = balance_minor - v_debit_minor
          WHERE id = v_from_account_id AND balance_minor - held_minor - v_debit_minor >= 0
@@ -77,6 +73,10 @@ BEGIN
             format('available balance of %s %s is less than %s', p_from_user_id, p_asset_code, v_debit_minor),
             'amount');
     ELSE
+        -- The receiver's due lots are expired first (those a hold reserved as far as this credit
+        -- replaces them), so counterparty_balance_after is what a balance read right after says.
+        PERFORM wallet_expire_lots_for(a.id, 0, p_amount_minor) FROM accounts a
+         WHERE a.id = v_to_account_id AND a.lots_expire_at <= clock_timestamp();
         UPDATE accounts SET balance_minor = balance_minor + p_amount_minor WHERE id = v_to_account_id
             RETURNING balance_minor INTO v_to_balance_minor;
         WITH posted AS (

@@ -139,6 +139,24 @@ BEGIN
               WHERE v_accounts[w.n] IS NOT NULL) AS d
       CROSS JOIN LATERAL (SELECT x.id FROM accounts x
                            WHERE x.id = d.id AND x.lots_expire_at <= clock_timestamp() LIMIT 1) AS a;
+    -- Due credits left now are reserved by holds; a credit would let a hold rest on it and those
+    -- go (wallet_expire_lots_for, which this in-memory pass does not follow). Every write of such
+    -- an account with a credit in the group is left to the caller, to be posted alone (rare).
+    FOR v_row IN
+        SELECT DISTINCT a.id
+          FROM generate_series(1, v_n) AS w(n)
+         CROSS JOIN LATERAL (SELECT x.id FROM accounts x
+                              WHERE x.id = v_accounts[w.n] AND x.held_minor > 0
+                                AND x.lots_expire_at <= clock_timestamp() LIMIT 1) AS a
+         WHERE v_deltas[w.n] > 0 AND v_accounts[w.n] IS NOT NULL
+    LOOP
+        FOR i IN 1..v_n LOOP
+            IF v_accounts[i] = v_row.id THEN
+                v_accounts[i] := NULL;
+                v_primary[i] := 0;
+            END IF;
+        END LOOP;
+    END LOOP;
 
     -- Each account's writes in arrival order, against its running balance.
     FOR v_row IN

@@ -384,15 +384,22 @@ END $$;
 -- holds are released first; credits still reserved by an open hold stay (as far as the hold needs
 -- them) until the hold is captured, voided or expires, so a hold is never left uncovered.
 -- Returns the amount expired. Cheap when nothing is due: one read of the locked row.
--- A capture of p_keep_minor first keeps that much of the due credits for itself (it draws expired
--- lots first): wallet_expire_lots_keeping.
 CREATE OR REPLACE FUNCTION wallet_expire_lots(p_account_id bigint) RETURNS bigint
 LANGUAGE plpgsql AS $$
 BEGIN
-    RETURN wallet_expire_lots_keeping(p_account_id, 0);
+    RETURN wallet_expire_lots_for(p_account_id, 0, 0);
 END $$;
 
-CREATE OR REPLACE FUNCTION wallet_expire_lots_keeping(p_account_id bigint, p_keep_minor bigint) RETURNS bigint
+-- The same, for a write about to move the account, so that its balance_after is what a read
+-- right after it shows (a read counts due credits as gone as far as holds let them go):
+--   * a capture of p_keep_minor keeps that much of the due credits for itself (it draws expired
+--     lots first);
+--   * a credit of p_incoming_minor that follows in this database transaction lets a hold rest on
+--     it: the due credits the hold reserved go as far as the credit replaces them. The account is
+--     short of its holds from the expiry to the credit, inside this transaction only.
+DROP FUNCTION IF EXISTS wallet_expire_lots_keeping(bigint, bigint);
+CREATE OR REPLACE FUNCTION wallet_expire_lots_for(p_account_id bigint, p_keep_minor bigint,
+                                                  p_incoming_minor bigint) RETURNS bigint
 LANGUAGE plpgsql AS $$
 DECLARE
     v_account accounts;
@@ -400,6 +407,7 @@ DECLARE
     v_due bigint;
     v_amount bigint;
     v_breakage_id bigint;
+    v_allow_negative text;
 BEGIN
     SELECT * INTO v_account FROM accounts WHERE id = p_account_id FOR UPDATE;
     v_now := clock_timestamp();
@@ -411,9 +419,14 @@ BEGIN
     END IF;
     SELECT coalesce(sum(l.remaining_minor), 0) INTO v_due
       FROM credit_lots l WHERE l.account_id = p_account_id AND l.remaining_minor > 0 AND l.expires_at <= v_now;
-    v_amount := least(greatest(v_due - p_keep_minor, 0), greatest(v_account.balance_minor - v_account.held_minor, 0));
+    v_amount := least(greatest(v_due - p_keep_minor, 0),
+                      greatest(v_account.balance_minor + p_incoming_minor - v_account.held_minor, 0));
     IF v_amount <= 0 THEN
         RETURN 0;
+    END IF;
+    v_allow_negative := current_setting('wallet.allow_negative', true);
+    IF v_amount > v_account.balance_minor - v_account.held_minor THEN
+        PERFORM set_config('wallet.allow_negative', 'on', true);  -- until the credit that follows
     END IF;
     SELECT s.id INTO STRICT v_breakage_id FROM accounts s
      WHERE s.system_code = wallet_rule_system_account('expiry') AND s.asset_code = v_account.asset_code;
@@ -433,6 +446,7 @@ BEGIN
     SELECT posted.id, side.entry_no, side.account_id, v_account.asset_code, side.amount_minor
       FROM posted CROSS JOIN (VALUES (1::smallint, p_account_id, -v_amount),
                                      (2::smallint, v_breakage_id, v_amount)) AS side(entry_no, account_id, amount_minor);
+    PERFORM set_config('wallet.allow_negative', coalesce(v_allow_negative, ''), true);
     RETURN v_amount;
 END $$;
 
