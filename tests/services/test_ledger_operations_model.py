@@ -48,7 +48,8 @@ REVERSIBLE = {"topup": "clawback", "bonus": "clawback", "spend": "refund", "capt
 # are weighted (repeated) towards what moves credits.
 KINDS = (
     ["topup", "bonus"] * 2 + ["spend"] * 2 + ["hold"] * 3 + ["capture"] * 3 + ["void"] * 2
-    + ["transfer"] * 3 + ["reverse"] * 4 + ["replay", "reuse"] + ["bonus_expiring"] * 2 + ["age", "sweep"]
+    + ["transfer"] * 3 + ["reverse"] * 4 + ["replay", "reuse"] + ["bonus_expiring"] * 2 + ["age"] * 2
+    + ["sweep"]
 )  # fmt: skip
 # Expiries a bonus may carry: few, so lots of one expiry merge; all far ahead until aged.
 BONUS_EXPIRIES = tuple(datetime(2100, 1, day, tzinfo=UTC) for day in (1, 2, 3))
@@ -195,11 +196,12 @@ class Model:
             taken.append((lot, take))
         return taken
 
-    def expire(self, account: tuple[str, str]) -> int:
-        """What wallet_expire_lots does: due remainders out, as far as holds let them."""
+    def expire(self, account: tuple[str, str], keep: int = 0, incoming: int = 0) -> int:
+        """What wallet_expire_lots does: due remainders out, as far as holds let them. (As
+        wallet_expire_lots_for: less `keep`, for a capture; with `incoming` credits that follow.)"""
         balance, held = self.account(*account)
         due = sum(x.remaining for x in self.lots.get(account, []) if x.due)
-        amount = min(due, max(balance - held, 0))
+        amount = min(max(due - keep, 0), max(balance + incoming - held, 0))
         if amount:
             for lot, taken in self.draw(account, amount, "expiry"):
                 lot.expired += taken
@@ -268,15 +270,9 @@ class Runner:
         return int(only["balance"])
 
     async def answered(self, account: tuple[str, str], balance_after: int) -> None:
-        """Fairness: what a write answers is what a read right after it shows. The one exception
-        (README): a credit while an open hold reserves credits past their expiry lets the hold
-        rest on the new credits, and the read leaves the reserved ones out from that instant."""
+        """Fairness: what a write answers is what a read right after it shows."""
         read = await self.read(*account)
-        assert read == self.model.read(account), (account, read)
-        if read != balance_after:
-            balance, held = self.model.account(*account)
-            reserved = sum(x.remaining for x in self.model.lots.get(account, []) if x.due)
-            assert reserved and held and balance - held > 0, (account, balance_after, read)
+        assert read == self.model.read(account) == balance_after, (account, balance_after, read)
 
     # --- one operation each; each checks the outcome and the body against the model ----------
 
@@ -288,7 +284,9 @@ class Runner:
         outcome, body, raw, replayed, key = await self.call("post", *args)
         assert not replayed
         assert outcome == "posted", body
-        self.model.expire((user, asset_code))  # every write expires the account's due lots first
+        # Every write expires the account's due lots first; a credit also those a hold reserved,
+        # as far as it replaces them.
+        self.model.expire((user, asset_code), incoming=amount_minor)
         account[0] += amount_minor
         assert (
             body["type"] == type_ and body["amount"] == amount_minor and body["balance_after"] == account[0]
@@ -321,17 +319,6 @@ class Runner:
         of conditions)."""
         self.model.expire((user, asset_code))
         return True
-
-    def expire_keeping(self, account: tuple[str, str], keep: int) -> None:
-        """wallet_expire_lots_keeping: what is due past `keep`, as far as holds let it go."""
-        balance, held = self.model.account(*account)
-        due = sum(x.remaining for x in self.model.lots.get(account, []) if x.due)
-        amount = min(max(due - keep, 0), max(balance - held, 0))
-        if amount:
-            for lot, taken in self.model.draw(account, amount, "expiry"):
-                lot.expired += taken
-            self.model.account(*account)[0] -= amount
-            self.model.expiries += 1
 
     async def spend(self, user: str, asset_code: str, amount_minor: int) -> None:
         args = ("spend", user, asset_code, amount_minor, None)
@@ -387,7 +374,7 @@ class Runner:
             # A partial capture releases the rest first, and the expired credits only the rest
             # reserved expire, less what the capture takes of them (it draws expired lots first).
             account[1] -= hold.amount - taken
-            self.expire_keeping((hold.user, hold.asset), taken)
+            self.model.expire((hold.user, hold.asset), keep=taken)
             account[0] -= taken
             account[1] -= taken
             self.moved(
@@ -425,12 +412,12 @@ class Runner:
         args = (sender, receiver, asset_code, amount_minor, fee)
         outcome, body, raw, _, key = await self.call("transfer", *args)
         from_account = self.model.account(sender, asset_code)
-        self.model.expire((receiver, asset_code))  # the receiver's due lots too, first
         self.expire_before_debit(sender, asset_code)
         if self.model.available(sender, asset_code) < amount_minor + fee:
             assert outcome == "insufficient_funds", body
         else:
             assert outcome == "posted", body
+            self.model.expire((receiver, asset_code), incoming=amount_minor)  # as a credit does
             from_account[0] -= amount_minor + fee
             to_account[0] += amount_minor
             taken = self.model.draw((sender, asset_code), amount_minor + fee, "transfer")
@@ -487,6 +474,8 @@ class Runner:
             assert outcome == "insufficient_funds", body
         else:
             assert outcome == "posted", body
+            if kind == "refund":
+                self.model.expire((original.user, original.asset), incoming=taken)  # as a credit does
             account[0] += taken if kind == "refund" else -taken
             self.moved(body, self.reversal_moves(kind, original, taken, allow_negative))
             original.reversed += taken
@@ -565,12 +554,13 @@ class Runner:
         )
 
     async def age(self, index: int) -> None:
-        """Time passes for one open lot with an expiry: it is due from now on."""
+        """Time passes for one lot with an expiry: it is due from now on. Lots drawn empty too: a
+        refund of what was drawn from one must not fill it."""
         candidates = [
             (account, lot)
             for account, lots in self.model.lots.items()
             for lot in lots
-            if lot.remaining > 0 and lot.expires is not None and not lot.due
+            if lot.expires is not None and not lot.due
         ]
         if not candidates:
             return
@@ -586,11 +576,13 @@ class Runner:
                 user, asset_code, lot.origin, aged, lot.expires,
             )  # fmt: skip
             assert changed == "UPDATE 1"
-            await self.conn.execute(
-                "UPDATE accounts SET lots_expire_at = least(lots_expire_at, $3) WHERE user_id = $1 AND asset_code = $2",
+            await self.conn.execute(  # the cached earliest expiry is of open lots only
+                "UPDATE accounts SET lots_expire_at = least(lots_expire_at, $3)"
+                " WHERE user_id = $1 AND asset_code = $2 AND $4",
                 user,
                 asset_code,
                 aged,
+                lot.remaining > 0,
             )
         lot.expires = aged
 
@@ -793,28 +785,29 @@ def test_the_model_reaches_every_outcome_on_a_fixed_script(database_url, keys):
         _op("hold", 1, amount_minor=60),  # hold 2: 60 of the 75
         _op("age", nth=0),  # lot B is due
         _op("spend", 1, amount_minor=1),  # expiry 1: 15 of B (the hold keeps 35); then short
+        _op("topup", 1, amount_minor=10),  # tx 16; expiry 2: 10 of B, the hold rests on the top-up
         _op("void", nth=2),
-        _op("sweep"),  # expiry 2: the other 35 of B
-        _op("spend", 1, amount_minor=3),
+        _op("sweep"),  # expiry 3: the other 25 of B
+        _op("spend", 1, amount_minor=3),  # tx 17
         _op("age", nth=0),  # lot A is due
-        _op("transfer", 1, amount_minor=4, to=0),  # expiry 3: what is left of A, then the transfer
-        # Fair when credits expired: bonus A (tx 13) was partly spent (tx 16) and the rest expired.
+        _op("transfer", 1, amount_minor=4, to=0),  # tx 18; expiry 4: what is left of A
+        # Fair when credits expired: bonus A (tx 13) was partly spent (tx 17) and the rest expired.
         _op("reverse", nth=13),  # amount_exceeds_clawable: nothing of it is left
         _op("reverse", nth=13, partial=5, allow_negative=True),  # amount_exceeds_clawable: part expired
-        _op("reverse", nth=13, allow_negative=True),  # tx 18: an admin's takes back the spent part
-        _op("reverse", nth=16),  # tx 19: the spend drew lot A, expired: refunded into a usable lot
-        _op("topup", 2, amount_minor=10),  # tx 20
+        _op("reverse", nth=13, allow_negative=True),  # tx 19: an admin's takes back the spent part
+        _op("reverse", nth=17),  # tx 20: the spend drew lot A, expired: refunded into a usable lot
+        _op("topup", 2, amount_minor=10),  # tx 21
         _op("hold", 2, amount_minor=10),  # hold 3
-        _op("reverse", nth=20),  # insufficient_funds: its 10 are left, all held
+        _op("reverse", nth=21),  # insufficient_funds: its 10 are left, all held
     ]
     runner = asyncio.run(_run(database_url, script))
     seen = runner.seen
     # The fairness steps did what their comments say.
     tail = [(p.type, p.amount, p.reverses) for p in runner.model.posted[16:]]
-    bonus_a, spend = runner.model.posted[13].id, runner.model.posted[16].id
-    assert tail[2:4] == [("clawback", 3, bonus_a), ("refund", 3, spend)], tail
+    bonus_a, spend = runner.model.posted[13].id, runner.model.posted[17].id
+    assert tail[3:5] == [("clawback", 3, bonus_a), ("refund", 3, spend)], tail
     # The expiry steps did what their comments say (the model checked every lot after each).
-    assert runner.model.expiries == 3, runner.model.expiries
+    assert runner.model.expiries == 4, runner.model.expiries
     assert runner.model.aged == 2
     assert seen >= {
         ("post", "posted", False),
