@@ -531,7 +531,7 @@ async def test_a_partial_capture_lets_the_expired_credits_it_does_not_take_go_fi
     assert (balance["held"], balance["purchased"], balance["granted"]) == (0, 20, 0)
 
 
-@pytest.mark.parametrize("credit", ["topup", "bonus", "refund", "transfer"])
+@pytest.mark.parametrize("credit", ["topup", "bonus", "refund", "transfer", "batch"])
 async def test_a_credit_lets_a_hold_rest_on_it_and_the_expired_credits_it_reserved_go(
     admin, client, pool, make_user, lot_asset, credit
 ):
@@ -554,6 +554,16 @@ async def test_a_credit_lets_a_hold_rest_on_it_and_the_expired_credits_it_reserv
         answer = (await post(admin, credit, user_id=user, asset_type=asset, amount=5))["balance_after"]
     elif credit == "refund":
         answer = (await reverse(admin, spend["id"], amount=5))["balance_after"]
+    elif credit == "batch":  # a top-up and a transfer received, then the answer of the last
+        payer = await make_user()
+        await post(admin, "topup", user_id=payer, asset_type=asset, amount=3)
+        operations = [
+            {"type": "topup", "user_id": user, "asset_type": asset, "amount": 2},
+            {"type": "transfer", "user_id": payer, "to_user_id": user, "asset_type": asset, "amount": 3},
+        ]
+        answer = (await post(admin, "batch", operations=operations))["transactions"][1][
+            "counterparty_balance_after"
+        ]
     else:
         payer = await make_user()
         await post(admin, "topup", user_id=payer, asset_type=asset, amount=5)
