@@ -139,6 +139,22 @@ async def test_balances_from_before_lots_become_opening_lots(create_database):
         drawn = [(lot["origin"], lot["amount"]) for lot in json.loads(spent["body"])["lots"]]
         assert drawn == [("granted", -35), ("purchased", -5)]
         assert (await verify_ledger(conn)).clean
+        # A clawback of a credit from before lots takes its origin's opening lot, and no other:
+        # user_paid's bonus counts as spent (the opening lots are purchased first), and its top-up
+        # takes purchased credits, not the granted ones of a bonus given since.
+        reverse = "SELECT outcome, body FROM wallet_reverse_transaction($1, $2, $3, $4, NULL, '{}', false)"
+        original = "SELECT id FROM transactions WHERE idempotency_key = $1"
+        bonus = await conn.fetchrow(reverse, key_id, "c1", await conn.fetchval(original, "a2"), None)
+        assert bonus["outcome"] == "amount_exceeds_clawable", bonus["body"]
+        given = await conn.fetchval(
+            post.replace("status_code", "outcome"), key_id, "a4", "bonus", "user_paid", 20
+        )
+        assert given == "posted"
+        topup = await conn.fetchrow(reverse, key_id, "c2", await conn.fetchval(original, "a1"), 30)
+        assert topup["outcome"] == "posted", topup["body"]
+        drawn = [(lot["origin"], lot["amount"]) for lot in json.loads(topup["body"])["lots"]]
+        assert drawn == [("purchased", -30)]
+        assert (await verify_ledger(conn)).clean
     finally:
         await conn.close()
 
