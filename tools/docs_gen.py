@@ -257,11 +257,18 @@ def cli_md() -> str:
                 if p.param_type_name == "option":
                     names = " / ".join(p.opts + p.secondary_opts)
                     shown = re.sub(r"list\[(\w+)\]", r"\1", p.metavar or p.display_type(ctx))
+                    shown = shown.replace("int range", "int")
                     metavar = "" if p.is_flag else f" {shown}"
                     empty = p.default is None or p.default == () or (p.is_flag and not p.default)
                     default = "required" if p.required else ("" if empty else _code(p.default))
+                    if p.is_flag and p.secondary_opts and p.default is not None:
+                        default = _code(p.opts[0] if p.default else p.secondary_opts[0])
                     repeat = " (repeatable)" if p.multiple else ""
-                    out.append(f"| `{names}{metavar}`{repeat} | {default} | {_cell(p.help or '')} |")
+                    low, high = getattr(p, "min", None), getattr(p, "max", None)
+                    bounds = [f"at least {low}"] if low is not None else []
+                    bounds += [f"at most {high}"] if high is not None else []
+                    meaning = (p.help or "") + (f" ({', '.join(bounds)})" if bounds else "")
+                    out.append(f"| `{names}{metavar}`{repeat} | {default} | {_cell(meaning)} |")
                 else:
                     out.append(
                         f"| `{(p.name or '').upper()}` | {'required' if p.required else ''} "
