@@ -142,3 +142,12 @@ def test_the_navigation_lists_the_sections_of_the_issue(site: Path) -> None:
         "clients",
     ):
         assert (site / page / "index.html").is_file(), page
+
+
+def test_the_readme_is_short_and_its_links_into_the_site_resolve() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert len(readme.splitlines()) <= 200
+    targets = re.findall(r"\]\(((?:docs/)[^)#\s]+)(?:#[^)]*)?\)", readme)
+    assert len(targets) >= 10
+    for target in targets:
+        assert (ROOT / target).exists(), target
