@@ -20,6 +20,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from wallet import __version__
 from wallet.api import metrics
 from wallet.api.dependencies import Resources
+from wallet.api.documents import DocumentResponse
 from wallet.api.errors import error_responses, install_error_handlers
 from wallet.api.fast_path import HotRoute, HotRoutes, fast_handler_of
 from wallet.api.json_body import ExactJSONRequest, ExactJSONRoute
@@ -130,6 +131,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         # Protocol-level answers any route can give, declared once for all of them.
         responses=error_responses(405, 408, 500),
+        # Every JSON answer in the one documented key order (wallet.api.documents).
+        default_response_class=DocumentResponse,
         # OpenTelemetry traces, metrics and logs (FastAPI's own instrumentation), exported over
         # OTLP/HTTP when the standard OTEL_EXPORTER_OTLP_ENDPOINT is set; nothing otherwise.
         telemetry={"auto_configure": True},

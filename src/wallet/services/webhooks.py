@@ -54,6 +54,7 @@ from wallet import __version__
 from wallet.db.pool import session_settings
 from wallet.db.urls import asyncpg_url
 from wallet.domain import errors
+from wallet.domain.documents import ordered
 from wallet.domain.errors import WalletError
 from wallet.services.events import PAGE_SQL as EVENTS_PAGE_SQL
 from wallet.services.events import Event, EventType, Position, event_from_row, head_position
@@ -258,20 +259,23 @@ FROM webhook_dead_letters d
 
 
 def _dead_letter_json(row: asyncpg.Record) -> str:
-    head: str = orjson.dumps(
-        {
-            "id": row["id"],
-            "event_id": row["event_id"],
-            "event_type": row["event_type"],
-            "attempts": row["attempts"],
-            "last_error": public_error(row["last_error"]),
-            "status": row["status"],
-            "dead_at": row["dead_at"],
-            "redelivered_at": row["redelivered_at"],
-        }
+    """A dead letter in the documented key order, its `event` the body as it was sent (and will
+    be sent again), verbatim."""
+    return orjson.dumps(
+        ordered(
+            {
+                "id": row["id"],
+                "event_id": row["event_id"],
+                "event_type": row["event_type"],
+                "attempts": row["attempts"],
+                "last_error": public_error(row["last_error"]),
+                "status": row["status"],
+                "dead_at": row["dead_at"],
+                "redelivered_at": row["redelivered_at"],
+                "event": orjson.Fragment(row["body"]),
+            }
+        )
     ).decode()
-    body: str = row["body"]
-    return head[:-1] + ',"event":' + body + "}"
 
 
 async def list_dead_letters_json(
