@@ -33,6 +33,25 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 keys_app = typer.Typer(no_args_is_help=True, help="Create, list, rotate and revoke API keys.")
 app.add_typer(keys_app, name="keys")
 
+
+def _print_version(value: bool) -> None:
+    if value:
+        from wallet import __version__
+
+        typer.echo(f"wallet {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    """Internal wallet service."""
+
+
 DEMO_KEY_FILE = "demo-api-key"
 DEMO_SCOPES = ["read", "credit", "spend", "admin"]
 
