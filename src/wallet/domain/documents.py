@@ -68,14 +68,31 @@ def key_order(keys: list[str]) -> list[str]:
     return sorted(keys, key=_key)
 
 
+# The order of each shape of object met so far (its keys as they came): documents come in a few
+# shapes, so sorting is done once per shape, not per object. Bounded, for objects keyed by data.
+_ORDERS: dict[tuple[str, ...], tuple[str, ...]] = {}
+_ORDERS_MAX = 4096
+
+
+def _order_of(keys: tuple[str, ...]) -> tuple[str, ...]:
+    order = _ORDERS.get(keys)
+    if order is None:
+        order = tuple(sorted(keys, key=_key))
+        if len(_ORDERS) < _ORDERS_MAX:
+            _ORDERS[keys] = order
+    return order
+
+
 def ordered(value: Any) -> Any:
     """The value with every object's keys in the documented order (`metadata` values untouched)."""
     if isinstance(value, dict):
-        return {
-            key: value[key] if key in VERBATIM else ordered(value[key]) for key in sorted(value, key=_key)
-        }
+        result = {key: value[key] for key in _order_of(tuple(value))}
+        for key, item in result.items():  # values replaced in place: the keys stay as they are
+            if (type(item) is dict or type(item) is list) and key not in VERBATIM:
+                result[key] = ordered(item)
+        return result
     if isinstance(value, list):
-        return [ordered(item) for item in value]
+        return [ordered(item) if type(item) is dict or type(item) is list else item for item in value]
     return value
 
 
