@@ -68,6 +68,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise RuntimeError(
                 "WALLET_DATABASE_URL is not set (use `wallet serve` for the embedded database)"
             )
+        if _traced(app):
+            _trace_queries()
         pool = await create_pool(settings, settings.database_url)
         authenticator = Authenticator(pool, settings)
         rate_limiter = create_rate_limiter(settings, pool)
@@ -207,6 +209,18 @@ def _hot_routes(app: FastAPI) -> list[HotRoute]:
         request_class: type[Request] = ExactJSONRequest if isinstance(route, ExactJSONRoute) else Request
         hot.extend(HotRoute(route, method, fast, request_class) for method in sorted(route.methods or ()))
     return hot
+
+
+def _trace_queries() -> None:
+    """Each database query a span (OpenTelemetry's asyncpg instrumentation), a child of the span
+    current where it runs: the request's, for the queries a request makes itself. Only when
+    traces are exported, so an untraced service pays nothing per query. Statements are recorded,
+    their parameters never (they hold users' data and key hashes)."""
+    from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
+
+    instrumentor = AsyncPGInstrumentor(capture_parameters=False)  # type: ignore[no-untyped-call]
+    if not instrumentor.is_instrumented_by_opentelemetry:
+        instrumentor.instrument()
 
 
 def _traced(app: FastAPI) -> bool:
