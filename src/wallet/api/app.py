@@ -36,7 +36,7 @@ from wallet.api.routes import (
     wallets,
     webhooks,
 )
-from wallet.db.pool import create_pool
+from wallet.db.pool import create_pool, wait_for_database
 from wallet.logging import configure_logging
 from wallet.services.api_keys import Authenticator
 from wallet.services.audit import run_auditor
@@ -70,6 +70,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
         if _traced(app):
             _trace_queries()
+        await wait_for_database(settings, settings.database_url)
         pool = await create_pool(settings, settings.database_url)
         authenticator = Authenticator(pool, settings)
         rate_limiter = create_rate_limiter(settings, pool)
