@@ -240,15 +240,12 @@ def cli_commands() -> list[tuple[str, Any]]:
 def cli_md() -> str:
     out: list[str] = []
     for path, command in cli_commands():
-        if path == "wallet":
-            continue
-        if hasattr(command, "list_commands"):
-            out += [f"### `{path}`", "", _cell(command.help or ""), ""]
-            continue
         ctx = command.context_class(command, info_name=path)
         usage = " ".join(command.collect_usage_pieces(ctx))
         out += [f"### `{path}`", "", "```", f"{path} {usage}".rstrip(), "```", ""]
         help_text = inspect.cleandoc(command.help or "")
+        if path == "wallet":
+            help_text = help_text.split("\n\n")[0]  # the module docstring's summary
         out += [help_text, ""] if help_text else []
         params = [p for p in command.params if p.name != "help"]
         if params:
