@@ -68,10 +68,41 @@ def migrate() -> None:
     """Apply database migrations (Alembic) up to the newest."""
     from wallet.db.migrate import upgrade_to_head
 
-    with _database(get_settings()) as (url, _):
-        upgrade_to_head(url)
+    settings = get_settings()
+    with _database(settings) as (url, _):
+        # Under a session lock (several instances may migrate at once), so not through a
+        # transaction-mode pooler: on WALLET_DIRECT_DATABASE_URL when one is set.
+        upgrade_to_head(settings.session_database_url(url))
         asyncio.run(_sync_lot_policies(url))
     _err("migrations applied")
+
+
+@app.command("role-settings")
+def role_settings() -> None:
+    """Store the session settings (lock_timeout, statement_timeout, ...) on the connecting role in
+    this database, for WALLET_DB_STARTUP_PARAMETERS=0 (pgbouncer in transaction mode refuses them
+    as startup parameters). Run it again after changing WALLET_DB_*_TIMEOUT_MS."""
+    from wallet.db.pool import role_settings_sql
+    from wallet.db.urls import asyncpg_url
+
+    settings = get_settings()
+
+    async def apply(url: str) -> int:
+        import asyncpg
+
+        conn = await asyncpg.connect(
+            asyncpg_url(url), timeout=settings.db_connect_timeout_ms / 1000, statement_cache_size=0
+        )
+        try:
+            for sql in role_settings_sql(settings):
+                await conn.execute(sql)
+            return len(role_settings_sql(settings))
+        finally:
+            await conn.close()
+
+    with _database(settings) as (url, _):
+        count = asyncio.run(apply(settings.session_database_url(url)))
+    _err(f"{count} session settings stored on the role; new connections get them")
 
 
 async def _sync_lot_policies(url: str) -> None:

@@ -58,6 +58,17 @@ class Settings(BaseSettings):
     db_statement_timeout_ms: int = Field(default=5_000, ge=100, le=600_000)
     db_idle_in_transaction_timeout_ms: int = Field(default=10_000, ge=100, le=600_000)
     db_connect_timeout_ms: int = Field(default=10_000, ge=100, le=120_000)
+    # High availability and poolers (README, "Cluster"; docs/SCALING.md). WALLET_DATABASE_URL may
+    # name several hosts, `postgresql://h1:p1,h2:p2,h3:p3/db?target_session_attrs=read-write`:
+    # each connection goes to the one that takes writes. Behind pgbouncer in transaction mode set
+    # the statement cache to 0 (prepared statements do not survive a change of server connection)
+    # and WALLET_DB_STARTUP_PARAMETERS=0 (pgbouncer refuses lock_timeout and the others at
+    # connect; `wallet role-settings` sets them on the role instead), and give
+    # WALLET_DIRECT_DATABASE_URL, a connection that bypasses the pooler, for what holds session
+    # state: the migrations' lock, the webhook deliverer's locks and the audit's turn.
+    db_statement_cache_size: int = Field(default=100, ge=0, le=100_000)
+    db_startup_parameters: bool = True
+    direct_database_url: str | None = None
 
     # Money and payload limits. Amounts are integers in the asset's minor unit.
     max_amount_minor: int = Field(default=1_000_000, ge=1, le=AMOUNT_MINOR_CEILING)
@@ -179,6 +190,10 @@ class Settings(BaseSettings):
     # bounds requests. With the request bound, one check slower than 6 s on a large ledger failed
     # the run, and the next incremental run had an even longer range to check.
     audit_query_timeout_ms: int = Field(default=AUDIT_QUERY_TIMEOUT_MS_DEFAULT, ge=1_000, le=86_400_000)
+
+    def session_database_url(self, database_url: str) -> str:
+        """Where session state goes: WALLET_DIRECT_DATABASE_URL when set, else `database_url`."""
+        return self.direct_database_url or database_url
 
 
 @lru_cache(maxsize=1)

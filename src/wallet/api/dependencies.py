@@ -30,6 +30,9 @@ class Resources:
     rate_limiter: RateLimiter
     committer: GroupCommitter
     balance_reader: BalanceReader
+    # For work that holds a session advisory lock across transactions (the audit's turn): on
+    # WALLET_DIRECT_DATABASE_URL when one is set (see wallet.db.pool.create_session_pool).
+    session_pool: asyncpg.Pool | None = None
 
 
 def resources_of(request: Request) -> Resources:
@@ -51,6 +54,11 @@ async def _pool(request: Request) -> asyncpg.Pool:
     return resources_of(request).pool
 
 
+async def _session_pool(request: Request) -> asyncpg.Pool:
+    resources = resources_of(request)
+    return resources.session_pool or resources.pool
+
+
 async def _settings(request: Request) -> Settings:
     return settings_of(request)
 
@@ -60,6 +68,7 @@ async def _committer(request: Request) -> GroupCommitter:
 
 
 Pool = Annotated[asyncpg.Pool, Depends(_pool)]
+SessionPool = Annotated[asyncpg.Pool, Depends(_session_pool)]
 Committer = Annotated[GroupCommitter, Depends(_committer)]
 AppSettings = Annotated[Settings, Depends(_settings)]
 

@@ -220,6 +220,12 @@ async def _database_error(request: Request, exc: Exception) -> JSONResponse:
             asyncpg.exceptions.AdminShutdownError,
             asyncpg.exceptions.TooManyConnectionsError,
             asyncpg.exceptions.InterfaceError,
+            # A failover: the connection was lost (class 08), no host of a multi-host URL takes
+            # writes yet (target_session_attrs), or this one just stopped taking them (25006).
+            asyncpg.exceptions.PostgresConnectionError,
+            asyncpg.exceptions.TargetServerAttributeNotMatched,
+            asyncpg.exceptions.ReadOnlySQLTransactionError,
+            asyncpg.exceptions.CrashShutdownError,
             ConnectionError,
             OSError,
             TimeoutError,
@@ -244,6 +250,7 @@ def install_error_handlers(app: FastAPI) -> None:
     for exc_class in (
         asyncpg.PostgresError,
         asyncpg.exceptions.InterfaceError,
+        asyncpg.exceptions.InternalClientError,
         ConnectionError,
         OSError,
         TimeoutError,

@@ -14,7 +14,7 @@ from typing import Any
 from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, Field
 
-from wallet.api.dependencies import Admin, AnyCaller, AppSettings, Pool, Reader
+from wallet.api.dependencies import Admin, AnyCaller, AppSettings, Pool, Reader, SessionPool
 from wallet.api.errors import error_responses
 from wallet.api.json_body import ExactJSONRoute
 from wallet.api.params import PageSize
@@ -151,7 +151,7 @@ async def search_users(
     ),
 )
 async def audit(
-    pool: Pool,
+    pool: SessionPool,
     settings: AppSettings,
     caller: Admin,
     full: bool = Query(default=False, description="Recompute the whole ledger, as `wallet verify`."),
