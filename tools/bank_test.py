@@ -167,7 +167,10 @@ async def _run_clients(
     report: BankReport,
     answers: dict[str, tuple[int, dict[str, Any]]],
     progress: list[int],
+    stop: asyncio.Event | None = None,
 ) -> None:
+    """Runs `operations` on `clients` concurrent clients; with `stop`, the clients take no new
+    operation once it is set (the failover test stops when its faults are done)."""
     queue: asyncio.Queue[Operation] = asyncio.Queue()
     for operation in operations:
         queue.put_nowait(operation)
@@ -187,7 +190,10 @@ async def _run_clients(
             except httpx.TransportError:
                 reason = "connection error"
             else:
-                answer = response.json()
+                try:
+                    answer = response.json()
+                except ValueError:  # a proxy's own page (haproxy's 502/503 while an instance is down)
+                    answer = {"error": {"code": "not JSON"}}
                 code = answer.get("error", {}).get("code") if response.status_code >= 400 else None
                 if response.status_code in (200, 201) or code == "insufficient_funds":
                     answers[key] = (response.status_code, answer)
@@ -246,7 +252,7 @@ async def _run_clients(
                 )
 
     async def client(http: httpx.AsyncClient) -> None:
-        while True:
+        while stop is None or not stop.is_set():
             try:
                 operation = queue.get_nowait()
             except asyncio.QueueEmpty:

@@ -43,7 +43,7 @@ MEMBERS = 3
 DATABASE = "wallet"
 # Patroni's shortest leader lease; a lost primary is replaced within about this long.
 TTL_S = 20
-LOOP_WAIT_S = 2
+LOOP_WAIT_S = 1
 APT_PACKAGES = {"etcd": "etcd-server", "haproxy": "haproxy", "pgbouncer": "pgbouncer"}
 
 
@@ -216,7 +216,7 @@ def _stop(pid: int | None, timeout_s: float = 30) -> None:
         _signal_group(pid, signal.SIGKILL)
 
 
-def _wait_port_free(port: int) -> bool:
+def port_free(port: int) -> bool:
     import socket
 
     with socket.socket() as sock:
@@ -263,6 +263,9 @@ def _patroni_config(layout: Layout, member: int) -> dict[str, object]:
                         "max_wal_senders": 10,
                         "max_replication_slots": 10,
                         "wal_keep_size": "256MB",
+                        # A standby whose primary restarted reconnects after this (default 5 s):
+                        # with synchronous_mode_strict no commit is acknowledged until it has.
+                        "wal_retrieve_retry_interval": "1s",
                         "shared_buffers": "64MB",
                     },
                 },
@@ -460,6 +463,17 @@ def up(layout: Layout, *, install: bool = True) -> None:
         ensure_installed()
     if layout.pid_file("etcd").exists() and alive(read_pid(layout.pid_file("etcd"))):
         raise SystemExit(f"a cluster is already running in {layout.directory} (make cluster-down first)")
+    ports = [
+        layout.etcd_port,
+        layout.etcd_peer_port,
+        layout.primary_port,
+        layout.replicas_port,
+        layout.api_port,
+    ]
+    ports += [p for m in range(MEMBERS) for p in (layout.pg_port(m), layout.rest_port(m))]
+    taken = [port for port in ports if not port_free(port)]
+    if taken:
+        raise SystemExit(f"ports {taken} are taken: another cluster on base port {layout.base_port}?")
     shutil.rmtree(layout.directory, ignore_errors=True)
     for sub in ("pids", "logs"):
         (layout.directory / sub).mkdir(parents=True, exist_ok=True)
