@@ -382,3 +382,25 @@ async def test_role_settings_sql_names_every_session_setting(settings: Settings)
         "plan_cache_mode",
     ):
         assert any(f"'{name}'" in sql for sql in statements)
+
+
+async def test_reports_read_from_the_read_url_and_show_its_lag(database_url, settings, keys):
+    """WALLET_READ_DATABASE_URL: the reports read there and say how stale they may be (here the
+    primary itself, so 0; a replica's lag is shown the same way, by make failover-test's cluster)."""
+    app = create_app(
+        settings.model_copy(
+            update={"read_database_url": multi_host(database_url), "webhook_poll_interval_ms": 0}
+        )
+    )
+    async with app.router.lifespan_context(app):
+        assert app.state.resources.read_pool is not app.state.resources.pool
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://t", headers=bearer(keys["admin"])
+        ) as http:
+            for path in ("/api/v1/reports/liabilities", "/api/v1/reports/volume"):
+                response = await http.get(path)
+                assert response.status_code == 200, response.text
+                assert response.headers["X-Wallet-Read-Lag-Seconds"] == "0.0"
+            # Writes and balances never read there.
+            balance = await http.get("/api/v1/wallets/user_001/balance")
+            assert "X-Wallet-Read-Lag-Seconds" not in balance.headers

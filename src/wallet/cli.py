@@ -501,11 +501,15 @@ app.add_typer(report_app, name="report")
 async def _liabilities(
     url: str, as_of: datetime | None, from_: datetime | None, to: datetime | None
 ) -> dict[str, object]:
-    from wallet.db.pool import create_pool
+    from wallet.db.pool import create_pool, replica_lag_s
     from wallet.services.lots import ReportPeriod, liability_report
 
-    pool = await create_pool(get_settings(), url)
+    settings = get_settings()
+    # A report may be as stale as the replica: read from WALLET_READ_DATABASE_URL when set.
+    pool = await create_pool(settings, settings.read_database_url or url)
     try:
+        if settings.read_database_url:
+            _err(f"read from WALLET_READ_DATABASE_URL, {await replica_lag_s(pool)} s behind the primary")
         return await liability_report(pool, ReportPeriod.resolve(as_of, from_, to))
     finally:
         await pool.close()

@@ -69,6 +69,10 @@ class Settings(BaseSettings):
     db_statement_cache_size: int = Field(default=100, ge=0, le=100_000)
     db_startup_parameters: bool = True
     direct_database_url: str | None = None
+    # A streaming replica (or a pooler in front of several) for reads that may be stale: the
+    # liability and volume reports, `wallet report liabilities`. Their answers carry the replica's
+    # lag (X-Wallet-Read-Lag-Seconds; a line on stderr). Unset: they read the primary.
+    read_database_url: str | None = None
 
     # Money and payload limits. Amounts are integers in the asset's minor unit.
     max_amount_minor: int = Field(default=1_000_000, ge=1, le=AMOUNT_MINOR_CEILING)

@@ -81,8 +81,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if settings.direct_database_url
             else None
         )
+        # Reports are few: a quarter of the pool's connections for them.
+        read_settings = settings.model_copy(
+            update={"db_pool_min_size": 1, "db_pool_max_size": max(2, settings.db_pool_max_size // 4)}
+        )
+        read_pool = (
+            await create_pool(read_settings, settings.read_database_url)
+            if settings.read_database_url
+            else None
+        )
         app.state.resources = Resources(
-            pool, authenticator, rate_limiter, committer, balance_reader, session_pool
+            pool, authenticator, rate_limiter, committer, balance_reader, session_pool, read_pool
         )
         if not settings.db_startup_parameters:
             differences = await session_settings_differences(settings, pool)
@@ -136,8 +145,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             with contextlib.suppress(Exception):
                 await authenticator.flush_usage()
             await rate_limiter.close()
-            if session_pool is not None:
-                await session_pool.close()
+            for extra in (session_pool, read_pool):
+                if extra is not None:
+                    await extra.close()
             await pool.close()
 
     # Swagger UI and ReDoc with their assets served by the service itself, not from a CDN.

@@ -67,6 +67,20 @@ async def session_settings_differences(settings: Settings, pool: asyncpg.Pool) -
     return differences
 
 
+# How far behind the primary this server's data is, in seconds: 0 on a primary, and on a replica
+# that has replayed all it received; else the age of the last transaction it replayed.
+REPLICA_LAG_SQL = """
+SELECT CASE WHEN NOT pg_is_in_recovery() THEN 0::float8
+            WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0::float8
+            ELSE extract(epoch FROM clock_timestamp() - pg_last_xact_replay_timestamp())::float8 END
+"""
+
+
+async def replica_lag_s(pool: asyncpg.Pool) -> float:
+    lag = await pool.fetchval(REPLICA_LAG_SQL)
+    return round(float(lag or 0), 3)
+
+
 async def _keep_session(connection: asyncpg.Connection) -> None:
     """Replaces asyncpg's reset-on-release, a full extra round trip per request (`RESET ALL`,
     `pg_advisory_unlock_all()`, ...). Nothing here leaves session state behind: settings are fixed
