@@ -168,6 +168,7 @@ async def _run_clients(
     answers: dict[str, tuple[int, dict[str, Any]]],
     progress: list[int],
     stop: asyncio.Event | None = None,
+    max_retry_pause_s: float = RETRY_PAUSE_S,
 ) -> None:
     """Runs `operations` on `clients` concurrent clients; with `stop`, the clients take no new
     operation once it is set (the failover test stops when its faults are done)."""
@@ -181,6 +182,7 @@ async def _run_clients(
     ) -> tuple[int, dict[str, Any]] | None:
         """Posts one step until it gets a final answer (201/200, or 409 insufficient_funds)."""
         started = time.monotonic()
+        pause = RETRY_PAUSE_S
         while True:
             report.attempts += 1
             try:
@@ -204,7 +206,8 @@ async def _run_clients(
             if time.monotonic() - started > GIVE_UP_AFTER_S:
                 report.problems.append(f"{key}: no answer after {GIVE_UP_AFTER_S} s ({reason})")
                 return None
-            await asyncio.sleep(RETRY_PAUSE_S)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, max_retry_pause_s)  # doubling up to the cap: none by default
 
     async def perform(http: httpx.AsyncClient, op: Operation) -> None:
         target = {"user_id": op.user_id, "asset_type": op.asset, "amount": op.amount}

@@ -341,8 +341,10 @@ listen api
     balance roundrobin
     timeout client 60s
     timeout server 60s
+    # An instance that answers is up: /health's 503 means the database is away, which every
+    # instance shares, and marking them all down would only add haproxy's own 503 to the outage.
     option httpchk GET /health
-    http-check expect status 200
+    http-check expect rstatus ^(200|503)$
     default-server inter 1s fastinter 500ms fall 2 rise 1
 {apis}
 """
