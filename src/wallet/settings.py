@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from wallet.domain.rules import (
@@ -38,6 +38,7 @@ class LotPolicy(BaseModel):
 
 
 AUDIT_QUERY_TIMEOUT_MS_DEFAULT = 600_000  # see Settings.audit_query_timeout_ms
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")  # WALLET_LOG_LEVEL, any case
 
 
 class Settings(BaseSettings):
@@ -73,6 +74,9 @@ class Settings(BaseSettings):
     # liability and volume reports, `wallet report liabilities`. Their answers carry the replica's
     # lag (X-Wallet-Read-Lag-Seconds; a line on stderr). Unset: they read the primary.
     read_database_url: str | None = None
+    # At start-up (`wallet migrate`, each worker of `wallet serve`) a database that does not accept
+    # connections yet is retried, with backoff, for up to this long (0: fail at the first refusal).
+    db_startup_wait_ms: int = Field(default=60_000, ge=0, le=3_600_000)
 
     # Money and payload limits. Amounts are integers in the asset's minor unit.
     max_amount_minor: int = Field(default=1_000_000, ge=1, le=AMOUNT_MINOR_CEILING)
@@ -198,6 +202,21 @@ class Settings(BaseSettings):
     def session_database_url(self, database_url: str) -> str:
         """Where session state goes: WALLET_DIRECT_DATABASE_URL when set, else `database_url`."""
         return self.direct_database_url or database_url
+
+    # Settings a process would otherwise take and fail on later, in a worker or at the first request.
+    @field_validator("log_level")
+    @classmethod
+    def _known_log_level(cls, value: str) -> str:
+        if value.upper() not in LOG_LEVELS:
+            raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
+        return value.upper()
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str) -> str:
+        if value.partition("://")[0] not in ("redis", "rediss", "unix"):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
 
 
 @lru_cache(maxsize=1)

@@ -34,7 +34,7 @@ from wallet.api.routes import (
     wallets,
     webhooks,
 )
-from wallet.db.pool import create_pool, create_session_pool, session_settings_differences
+from wallet.db.pool import create_pool, create_session_pool, session_settings_differences, wait_for_database
 from wallet.logging import configure_logging
 from wallet.services.api_keys import Authenticator
 from wallet.services.audit import run_auditor
@@ -66,6 +66,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise RuntimeError(
                 "WALLET_DATABASE_URL is not set (use `wallet serve` for the embedded database)"
             )
+        await wait_for_database(settings, settings.database_url)
         pool = await create_pool(settings, settings.database_url)
         authenticator = Authenticator(pool, settings)
         rate_limiter = create_rate_limiter(settings, pool)

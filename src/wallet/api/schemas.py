@@ -443,7 +443,12 @@ class HoldPage(BaseModel):
 
 class ReverseBody(RequestBody):
     amount: OptionalAmountMinor = Field(
-        default=None, description="Default (left out): all that is left to reverse. Not null."
+        default=None,
+        description=(
+            "Default (left out): all it may take: for a refund, all of the spend not yet refunded; "
+            "for a clawback, what is left of the original's credits, unspent and unexpired (with "
+            "`allow_negative`, also the spent part). Not null."
+        ),
     )
     reason: str | None = Field(default=None, max_length=DESCRIPTION_MAX_CHARS)
     metadata: dict[str, Any] | None = None

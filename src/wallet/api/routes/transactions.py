@@ -261,7 +261,7 @@ async def reverse(
     transaction_id: str,
     caller: Annotated[Caller, requires(Scope.REVERSE)],
     idempotency_key: IdempotencyKeyHeader,
-    # No body (or `{}`) reverses all that is left; any body that is sent must be a valid object
+    # No body (or `{}`) reverses all it may (see ReverseBody.amount); any body that is sent must be a valid object
     # (not null, not malformed: neither may stand for "all").
     body: ReverseBody = Body(default_factory=ReverseBody),
 ) -> Response:
