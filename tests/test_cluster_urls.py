@@ -255,17 +255,19 @@ async def test_through_pgbouncer_in_transaction_mode(server_url, create_database
                 assert audit.json()["clean"] is True
             deliverer = app.state.webhook_deliverer
             assert deliverer is None  # polling is off here; its lock pool is checked below
-        from wallet.services.webhooks import Deliverer
-
-        deliverer = Deliverer(pool, settings, pooled)
-        try:
-            locks = await deliverer._locks()
-            async with locks.acquire() as conn:
-                assert await conn.fetchval("SELECT inet_server_port()") == _host_port(direct)[1]
-        finally:
-            await deliverer.close()
         result = wallet(pooled, "verify", env=env)
         assert result.returncode == 0, result.stderr
+    # pgbouncer is gone: the webhook deliverer's locks still work, so they never went through it.
+    from wallet.services.webhooks import Deliverer
+
+    deliverer = Deliverer(pool, settings, pooled)
+    try:
+        locks = await deliverer._locks()
+        async with locks.acquire() as conn:
+            assert await conn.fetchval("SELECT pg_try_advisory_lock(1, 2)") is True
+            assert await conn.fetchval("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'") >= 1
+    finally:
+        await deliverer.close()
 
 
 # --- connection loss: 503, never 500 ------------------------------------------------------------

@@ -237,8 +237,14 @@ def role_settings() -> None:
         finally:
             await conn.close()
 
+    if settings.database_url:
+        # Straight to the database: a server connection a pooler opened before this keeps the
+        # old settings, so this command should open none through it.
+        settings = settings.model_copy(
+            update={"database_url": settings.session_database_url(settings.database_url)}
+        )
     with _database(settings, migrated=False) as (url, _):
-        count = asyncio.run(apply(settings.session_database_url(url)))
+        count = asyncio.run(apply(url))
     _err(f"{count} session settings stored on the role; new connections get them")
 
 
