@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-import orjson
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from wallet.api.dependencies import READ_LAG_HEADER, ReadPool, requires, resources_of
+from wallet.api.documents import DocumentResponse
 from wallet.api.errors import error_responses
 from wallet.api.params import Instant
 from wallet.db.pool import replica_lag_s
@@ -68,7 +68,7 @@ async def liabilities(
     to: Instant | None = Query(default=None, description="End of the period, exclusive. Default as_of."),
 ) -> Response:
     period = ReportPeriod.resolve(as_of, from_, to)
-    response = Response(orjson.dumps(await liability_report(pool, period)), media_type="application/json")
+    response = DocumentResponse(await liability_report(pool, period))
     if resources_of(request).read_pool is not None:  # read from WALLET_READ_DATABASE_URL
         response.headers[READ_LAG_HEADER] = str(await replica_lag_s(pool))
     return response
