@@ -149,6 +149,12 @@ SETTING_NOTES = {
     "redis_url": "The Redis server of the rate-limit store when `WALLET_RATE_LIMIT_STORE=redis`.",
     "log_level": "Log level: DEBUG, INFO, WARNING, ERROR or CRITICAL (any case).",
     "log_json": "Log lines as JSON (one object a line) instead of key=value text.",
+    "db_startup_parameters": "Send the session settings (`lock_timeout` and the others) when "
+    "connecting; false behind pgbouncer in transaction mode, after `wallet role-settings` stored "
+    "them on the role.",
+    "direct_database_url": "The database itself, not through a transaction-mode pooler, for what "
+    "holds a session lock (migrations, the webhook deliverer, the audit's turn). Unset: "
+    "`WALLET_DATABASE_URL`.",
 }
 
 
