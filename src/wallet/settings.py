@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from wallet.domain.rules import (
@@ -179,6 +179,16 @@ class Settings(BaseSettings):
     # bounds requests. With the request bound, one check slower than 6 s on a large ledger failed
     # the run, and the next incremental run had an even longer range to check.
     audit_query_timeout_ms: int = Field(default=AUDIT_QUERY_TIMEOUT_MS_DEFAULT, ge=1_000, le=86_400_000)
+
+    @model_validator(mode="after")
+    def _hold_default_within_max(self) -> Settings:
+        """The request model bounds a hold's given expiry by the maximum; the default must be
+        within it too, or a hold without one would last longer than the maximum."""
+        if self.hold_expires_in_seconds_default > self.hold_expires_in_seconds_max:
+            raise ValueError(
+                "WALLET_HOLD_EXPIRES_IN_SECONDS_DEFAULT must not exceed WALLET_HOLD_EXPIRES_IN_SECONDS_MAX"
+            )
+        return self
 
 
 @lru_cache(maxsize=1)

@@ -1609,6 +1609,9 @@ async def test_every_route_answers_as_recorded(golden_app: tuple[Any, dict[str, 
     if RECORD:
         GOLDEN.write_text(json.dumps(answers, indent=1, ensure_ascii=False) + "\n")
         pytest.skip(f"recorded {len(answers)} answers in {GOLDEN.name}")
+    actual = os.environ.get("WALLET_GOLDEN_ACTUAL")  # a path: the answers of this run, to diff
+    if actual:
+        Path(actual).write_text(json.dumps(answers, indent=1, ensure_ascii=False) + "\n")
     recorded = json.loads(GOLDEN.read_text())
     assert [a["name"] for a in answers] == [r["name"] for r in recorded], "the scenario changed: record again"
     differing = [(r["name"], r, a) for r, a in zip(recorded, answers, strict=True) if r != a]

@@ -24,8 +24,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from fastapi import Request, Response
-
-from wallet.api.fast_path import FastPathRoute
+from fastapi.routing import APIRoute
 
 
 def _number(text: str) -> Decimal:
@@ -96,7 +95,7 @@ class ExactJSONRequest(Request):
         return self._json
 
 
-class ExactJSONRoute(FastPathRoute):
+class ExactJSONRoute(APIRoute):
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
 

@@ -11,11 +11,10 @@ wrappers; py-spy showed each layer's cost on the hot routes):
   itself, never a body), at INFO (WALLET_ACCESS_LOG=0 turns it off);
 * HEAD is answered as GET without the body (`wallet.api.head`);
 * a request body is read in full, within its size and time limits, before the application sees
-  it (`wallet.api.body_limit`); the application gets it replayed, and finds it in the scope under
-  `BODY_SCOPE_KEY` (the hot routes' dispatch replays it again if it hands a request on).
+  it (`wallet.api.body_limit`); the application gets it replayed.
 
-It is the application's outermost layer (see `wallet.api.app.WalletApp`), so even Starlette's own
-500 answers carry the request id and are counted.
+It is the application's outermost layer (`wallet.api.app.WalletApp.build_middleware_stack`), so
+even Starlette's own 500 answers carry the request id and are counted.
 """
 
 from __future__ import annotations
@@ -34,8 +33,6 @@ from wallet.services.tracing import REQUEST_ID
 
 REQUEST_ID_HEADER = b"x-request-id"
 REQUEST_ID_PATTERN = re.compile(rb"[A-Za-z0-9._:@/+=-]{1,128}")
-# The request body, once read (bytes), in the scope the application gets.
-BODY_SCOPE_KEY = "wallet.body"
 
 RESPONSES = Counter(
     "wallet_http_responses_total",
@@ -118,7 +115,6 @@ class ObserveRequests:
                         body_timeout_s=self.body_timeout_s,
                     )
                     if body is not None:
-                        inner[BODY_SCOPE_KEY] = body
                         await self.app(inner, replaying(body, receive), observed_send)
             finally:
                 REQUEST_ID.reset(token)
