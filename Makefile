@@ -1,7 +1,7 @@
 # The two commands of the README: `make run` and `make test`. Both create .venv on first use
 # from the pinned requirements.lock (runtime) and requirements-dev.lock (tests, tools, lint), so a
 # fresh machine needs only python3 and make.
-# Beside them: `make lint` (ruff + mypy, run by CI before the tests), `make bench` and
+# Beside them: `make lint` (ruff, mypy and the import contracts, run by CI before the tests), `make bench` and
 # `make bank-test` (slow; not part of the suite). Pass options with ARGS="--seconds 5 ...".
 VENV ?= .venv
 PYTHON ?= python3
@@ -30,6 +30,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 bench: $(STAMP)
 	$(VENV)/bin/python -m tools.bench $(ARGS)
