@@ -1,19 +1,23 @@
 # The two commands of the README: `make run` and `make test`. Both create .venv on first use
-# from the pinned requirements.lock (runtime) and requirements-dev.lock (tests, tools, lint), so a
-# fresh machine needs only python3 and make.
-# Beside them: `make lint` (ruff, mypy and the import contracts, run by CI before the tests), `make bench` and
+# from the pinned requirements.lock (runtime), requirements-embedded.lock (the embedded PostgreSQL
+# `make run` and the tests start, not in the image) and requirements-dev.lock (tests, tools, lint),
+# so a fresh machine needs only python3 and make.
+# Beside them: `make lint` (ruff, mypy, import contracts; run by CI before the tests), `make bench` and
 # `make bank-test` (slow; not part of the suite). Pass options with ARGS="--seconds 5 ...".
+# `make image-test` builds the Dockerfile with podman and checks the image and the compose stack
+# (tools/image_test.sh; root, Debian). `make restore-drill` backs up a scratch cluster, restores it
+# to an instant and proves the ledger equal (tools/restore_drill.py; PostgreSQL 15's binaries).
 VENV ?= .venv
 PYTHON ?= python3
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: install run test lint bench bank-test clean
+.PHONY: install run test lint bench bank-test image-test restore-drill clean
 
-$(STAMP): requirements.lock requirements-dev.lock pyproject.toml clients/python/pyproject.toml
+$(STAMP): requirements.lock requirements-embedded.lock requirements-dev.lock pyproject.toml clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
-	$(VENV)/bin/pip install --quiet -r requirements.lock -r requirements-dev.lock
+	$(VENV)/bin/pip install --quiet -r requirements.lock -r requirements-embedded.lock -r requirements-dev.lock
 	$(VENV)/bin/pip install --quiet --no-deps -e .
 	$(VENV)/bin/pip install --quiet --no-deps -e clients/python
 	touch $(STAMP)
@@ -37,6 +41,12 @@ bench: $(STAMP)
 
 bank-test: $(STAMP)
 	$(VENV)/bin/python -m tools.bank_test $(ARGS)
+
+image-test: $(STAMP)
+	VENV=$(VENV) bash tools/image_test.sh
+
+restore-drill: $(STAMP)
+	$(VENV)/bin/python -m tools.restore_drill $(ARGS)
 
 clean:
 	rm -rf $(VENV) .wallet-data .pytest_cache .hypothesis .mypy_cache .ruff_cache

@@ -4,6 +4,8 @@ PostgreSQL, migrates, seeds the demo and prints a working key."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -42,3 +44,21 @@ def test_serve_without_database_url_runs_the_embedded_demo(tmp_path: Path, monke
     assert f"{service.base_url}/docs" in output
     # The embedded server stopped with the service.
     assert not (data_dir / "pgdata" / "postmaster.pid").exists()
+
+
+def test_without_database_url_or_embedded_server_one_line_names_the_variable(tmp_path: Path):
+    """In the image (no `embedded` extra) a deployment that forgot WALLET_DATABASE_URL stops with
+    one line naming it, not a traceback (it was `PermissionError: '/app/.wallet-data'`)."""
+    env = {n: v for n, v in os.environ.items() if not n.startswith("WALLET_")}
+    without_pgserver = "import sys; sys.modules['pgserver'] = None; from wallet.cli import app; app()"
+    for command in (["migrate"], ["serve"], ["seed"]):
+        result = subprocess.run(
+            [sys.executable, "-c", without_pgserver, *command],
+            env=env | {"WALLET_DATA_DIR": str(tmp_path / "data")},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 1, result.stderr
+        assert len(result.stderr.splitlines()) == 1, result.stderr
+        assert "WALLET_DATABASE_URL is not set" in result.stderr

@@ -67,8 +67,10 @@ def _err(message: str) -> None:
 def migrate() -> None:
     """Apply database migrations (Alembic) up to the newest."""
     from wallet.db.migrate import upgrade_to_head
+    from wallet.db.pool import wait_for_database
 
     with _database(get_settings()) as (url, _):
+        asyncio.run(wait_for_database(get_settings(), url))  # a container may start before its database
         upgrade_to_head(url)
         asyncio.run(_sync_lot_policies(url))
     _err("migrations applied")

@@ -19,6 +19,14 @@ from pathlib import Path
 
 DATABASE_NAME = "wallet"
 
+# What a command says, on one line, when it needs the embedded server and cannot have it: in the
+# image (which installs no `embedded` extra), on a machine without it, or where the data directory
+# cannot be written. The usual cause is a deployment that forgot the database URL.
+NO_DATABASE = (
+    "error: WALLET_DATABASE_URL is not set; set it to the PostgreSQL to use "
+    "(postgresql://user:password@host:5432/wallet){reason}"
+)
+
 
 def _postmaster_running(pgdata: Path) -> bool:
     try:
@@ -36,11 +44,23 @@ def embedded_postgres(data_dir: Path) -> Iterator[str]:
     """Starts (or joins) the embedded server; yields a URL to its `wallet` database."""
     warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
     os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")
-    import pgserver  # imported here: only the embedded mode needs it
-    from pgserver._commands import pg_ctl  # type: ignore[attr-defined]
+    try:
+        import pgserver  # imported here: only the embedded mode needs it
+        from pgserver._commands import pg_ctl  # type: ignore[attr-defined]
+    except ImportError:
+        raise SystemExit(
+            NO_DATABASE.format(reason=" (the embedded PostgreSQL, pip extra `embedded`, is not installed)")
+        ) from None
 
     pgdata = (data_dir / "pgdata").resolve()
-    pgdata.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        pgdata.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SystemExit(
+            NO_DATABASE.format(
+                reason=f" (or WALLET_DATA_DIR to a writable folder: {exc.strerror}: {data_dir})"
+            )
+        ) from None
     started_here = not _postmaster_running(pgdata)
     server = pgserver.get_server(pgdata, cleanup_mode=None)  # type: ignore[attr-defined]
     try:

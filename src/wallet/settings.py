@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     db_statement_timeout_ms: int = Field(default=5_000, ge=100, le=600_000)
     db_idle_in_transaction_timeout_ms: int = Field(default=10_000, ge=100, le=600_000)
     db_connect_timeout_ms: int = Field(default=10_000, ge=100, le=120_000)
+    # At start-up (`wallet migrate`, each worker of `wallet serve`) a database that does not accept
+    # connections yet is retried, with backoff, for up to this long (0: fail at the first refusal).
+    db_startup_wait_ms: int = Field(default=60_000, ge=0, le=3_600_000)
 
     # Money and payload limits. Amounts are integers in the asset's minor unit.
     max_amount_minor: int = Field(default=1_000_000, ge=1, le=AMOUNT_MINOR_CEILING)

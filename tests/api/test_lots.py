@@ -296,3 +296,284 @@ async def test_a_hold_keeps_expiring_credits_it_reserves_until_captured(
     assert draws(capture.json()) == [("granted", -30)]
     final = await asset_balance(client, user, asset)
     assert (final["balance"], final["held"], final["granted"]) == (0, 0, 0)
+
+
+# --- fair to the user when credits expire --------------------------------------------------------
+
+
+async def liability(admin, asset: str) -> dict[str, Any]:
+    response = await admin.get("/api/v1/reports/liabilities", params={"from": "2000-01-01T00:00:00Z"})
+    assert response.status_code == 200, response.text
+    return next(a for a in response.json()["assets"] if a["asset_type"] == asset)
+
+
+async def audit_is_clean(admin) -> None:
+    """The live audit (incremental: what was posted since its last run) finds nothing wrong."""
+    response = await admin.get("/api/v1/audit")
+    assert response.status_code == 200, response.text
+    assert response.json()["clean"] is True, response.json()["problems"]
+
+
+async def reverse(http, transaction_id: str, expect: int = 201, **body: Any) -> dict[str, Any]:
+    return await post(http, f"{transaction_id}/reverse", expect, **body)
+
+
+async def expiring_bonus(admin, pool, user: str, asset: str, amount: int) -> tuple[dict[str, Any], datetime]:
+    at = (await db_now(pool)) + timedelta(seconds=1.5)
+    bonus = await post(
+        admin, "bonus", user_id=user, asset_type=asset, amount=amount, expires_at=at.isoformat()
+    )
+    return bonus, at
+
+
+async def test_a_clawback_of_a_bonus_that_expired_takes_nothing_else(
+    admin, client, pool, make_user, lot_asset
+):
+    """The expired bonus is breakage once; a clawback of it does not take purchased credits instead,
+    not even an admin's asking for a debt."""
+    asset = await lot_asset()
+    user = await make_user()
+    await post(admin, "topup", user_id=user, asset_type=asset, amount=100)
+    bonus, at = await expiring_bonus(admin, pool, user, asset, 50)
+    await wait_past(pool, at)
+    for body in (
+        {},
+        {"amount": 50},
+        {"amount": 1},
+        {"allow_negative": True},
+        {"amount": 1, "allow_negative": True},
+    ):
+        refused = await reverse(admin, bonus["id"], 409, **body)
+        assert refused["error"]["code"] == "amount_exceeds_clawable", (body, refused)
+        assert refused["error"]["field"] == "amount"
+    balance = await asset_balance(client, user, asset)
+    assert (balance["balance"], balance["purchased"], balance["granted"]) == (100, 100, 0)
+    report = await liability(admin, asset)
+    assert (report["expired"], report["clawed_back"], report["outstanding_purchased"]) == (50, 0, 100)
+    assert (await client.get(f"{TX}/{bonus['id']}")).json()["reversed_amount"] == 0
+
+
+async def test_a_clawback_takes_at_most_what_is_left_of_its_credits(admin, client, make_user, lot_asset):
+    asset = await lot_asset()
+    user = await make_user()
+    await post(admin, "topup", user_id=user, asset_type=asset, amount=100)
+    bonus = await post(admin, "bonus", user_id=user, asset_type=asset, amount=60)
+    spend = await post(client, "spend", user_id=user, asset_type=asset, amount=40)
+    assert draws(spend) == [("granted", -40)]
+    too_much = await reverse(admin, bonus["id"], 409, amount=21)
+    assert too_much["error"]["code"] == "amount_exceeds_clawable"
+    assert "20 of the credits" in too_much["error"]["message"]
+    # Without an amount: all that is left of the bonus, and only granted credits.
+    clawback = await reverse(admin, bonus["id"])
+    assert clawback["amount"] == 20 and draws(clawback) == [("granted", -20)]
+    balance = await asset_balance(client, user, asset)
+    assert clawback["balance_after"] == balance["balance"] == 100
+    assert (balance["purchased"], balance["granted"]) == (100, 0)
+    # The 40 the user spent: only an admin asking for a debt takes it back, from the user's
+    # other credits (and below zero for what they do not cover), as the answer's lots show.
+    nothing_left = await reverse(admin, bonus["id"], 409)
+    assert nothing_left["error"]["code"] == "amount_exceeds_clawable"
+    debt = await reverse(admin, bonus["id"], allow_negative=True)
+    assert debt["amount"] == 40 and draws(debt) == [("purchased", -40)]
+    assert debt["balance_after"] == (await asset_balance(client, user, asset))["balance"] == 60
+
+
+async def test_an_admin_clawback_into_debt_takes_back_the_spent_part_not_the_expired_one(
+    admin, client, pool, make_user, lot_asset
+):
+    asset = await lot_asset()
+    user = await make_user()
+    await post(admin, "topup", user_id=user, asset_type=asset, amount=100)
+    bonus, at = await expiring_bonus(admin, pool, user, asset, 50)
+    spend = await post(client, "spend", user_id=user, asset_type=asset, amount=20)
+    assert draws(spend) == [("granted", -20)]
+    await wait_past(pool, at)  # the other 30 of the bonus expire
+    assert (await reverse(admin, bonus["id"], 409))["error"]["code"] == "amount_exceeds_clawable"
+    over = await reverse(admin, bonus["id"], 409, amount=21, allow_negative=True)
+    assert over["error"]["code"] == "amount_exceeds_clawable"
+    assert "30 of the credits" in over["error"]["message"]
+    debt = await reverse(admin, bonus["id"], allow_negative=True)
+    assert debt["amount"] == 20 and draws(debt) == [("purchased", -20)]
+    balance = await asset_balance(client, user, asset)
+    assert debt["balance_after"] == balance["balance"] == 80
+    report = await liability(admin, asset)
+    assert (report["expired"], report["clawed_back"], report["issued_granted"]) == (30, 20, 50)
+
+
+@pytest.mark.parametrize("policy", [{}, {"granted_expires_in_seconds": 3600}])
+async def test_a_refund_of_credits_drawn_from_a_lot_that_expired_gives_usable_credits(
+    admin, client, pool, make_user, lot_asset, policy
+):
+    """Not back into the expired lot (the answer said 150, the balance 100, and the next expiry
+    took them again): into a lot of the same origin that expires as a credit given now would."""
+    asset = await lot_asset(**policy)
+    user = await make_user()
+    await post(admin, "topup", user_id=user, asset_type=asset, amount=100)
+    bonus, at = await expiring_bonus(admin, pool, user, asset, 100)
+    spend = await post(client, "spend", user_id=user, asset_type=asset, amount=70)
+    assert draws(spend) == [("granted", -70)]
+    await wait_past(pool, at)  # the bonus's other 30 are due (not yet posted)
+    before = await db_now(pool)
+    refund = await reverse(admin, spend["id"], amount=50)
+    balance = await asset_balance(client, user, asset)
+    assert refund["balance_after"] == balance["balance"] == 150
+    assert (balance["purchased"], balance["granted"], balance["available"]) == (100, 50, 150)
+    (lot,) = refund["lots"]
+    assert (lot["origin"], lot["amount"]) == ("granted", 50)
+    assert lot["lot_id"] != bonus["lots"][0]["lot_id"]
+    if policy:
+        renewed = datetime.fromisoformat(lot["expires_at"])
+        assert before + timedelta(seconds=3600) <= renewed <= (await db_now(pool)) + timedelta(seconds=3600)
+        assert balance["next_expiry"]["amount"] == 50
+    else:
+        assert lot["expires_at"] is None and balance["next_expiry"] is None
+    # Usable: all of it can be spent, and none of it was counted as expired.
+    spent = await post(client, "spend", user_id=user, asset_type=asset, amount=150)
+    assert draws(spent)[0] == ("granted", -50)
+    report = await liability(admin, asset)
+    assert (report["expired"], report["refunded"], report["spent"]) == (30, 50, 220)
+    assert report["outstanding_purchased"] + report["outstanding_granted"] == 0
+    await audit_is_clean(admin)
+
+
+async def test_a_refund_of_a_spend_that_drew_two_expired_lots_fills_one_renewed_lot(
+    admin, client, pool, make_user, lot_asset
+):
+    asset = await lot_asset()
+    user = await make_user()
+    await post(admin, "topup", user_id=user, asset_type=asset, amount=10)
+    await expiring_bonus(admin, pool, user, asset, 20)
+    _, at = await expiring_bonus(admin, pool, user, asset, 20)
+    spend = await post(client, "spend", user_id=user, asset_type=asset, amount=45)
+    assert draws(spend) == [("granted", -20), ("granted", -20), ("purchased", -5)]
+    await wait_past(pool, at)
+    refund = await reverse(admin, spend["id"])
+    assert draws(refund) == [("purchased", 5), ("granted", 40)]
+    balance = await asset_balance(client, user, asset)
+    assert refund["balance_after"] == balance["balance"] == 50
+    assert (balance["purchased"], balance["granted"]) == (10, 40)
+
+
+@pytest.mark.parametrize("credit", ["topup", "bonus", "refund", "transfer", "batch", "capture"])
+async def test_every_answers_balance_after_agrees_with_the_balance_read_right_after(
+    admin, client, pool, make_user, lot_asset, credit
+):
+    """The account holds a lot past its expiry that nothing has expired yet (a read leaves it out):
+    each write expires it first, so the balance it answers is the one the read shows."""
+    asset = await lot_asset()
+    user = await make_user()
+    await post(admin, "topup", user_id=user, asset_type=asset, amount=100)
+    spend = await post(client, "spend", user_id=user, asset_type=asset, amount=10)
+    hold = None
+    if credit == "capture":
+        hold = await client.post(
+            "/api/v1/holds",
+            headers={"Idempotency-Key": new_key()},
+            json={"user_id": user, "asset_type": asset, "amount": 60},
+        )
+        assert hold.status_code == 201, hold.text
+    _, at = await expiring_bonus(admin, pool, user, asset, 40)
+    await wait_past(pool, at)
+    assert (await asset_balance(client, user, asset))["balance"] == 90
+    if credit in ("topup", "bonus"):
+        answer = (await post(admin, credit, user_id=user, asset_type=asset, amount=5))["balance_after"]
+    elif credit == "refund":
+        answer = (await reverse(admin, spend["id"], amount=5))["balance_after"]
+    elif credit == "transfer":
+        payer = await make_user()
+        await post(admin, "topup", user_id=payer, asset_type=asset, amount=5)
+        transfer = await post(
+            admin, "transfer", from_user_id=payer, to_user_id=user, asset_type=asset, amount=5
+        )
+        answer = transfer["counterparty_balance_after"]
+    elif credit == "batch":
+        operations = [{"type": "topup", "user_id": user, "asset_type": asset, "amount": 5}]
+        answer = (await post(admin, "batch", operations=operations))["transactions"][0]["balance_after"]
+    else:
+        assert hold is not None
+        captured = await client.post(
+            f"/api/v1/holds/{hold.json()['id']}/capture", headers={"Idempotency-Key": new_key()}, json={}
+        )
+        assert captured.status_code == 201, captured.text
+        answer = captured.json()["balance_after"]
+    balance = await asset_balance(client, user, asset)
+    assert answer == balance["balance"] == (30 if credit == "capture" else 95)
+
+
+async def test_a_partial_capture_lets_the_expired_credits_it_does_not_take_go_first(
+    admin, client, pool, make_user, lot_asset
+):
+    """The hold reserved expired credits; the capture takes part of them (not the purchased ones)
+    and releases the rest, which are breakage from that instant: its answer agrees with the read
+    right after."""
+    asset = await lot_asset()
+    user = await make_user()
+    await post(admin, "topup", user_id=user, asset_type=asset, amount=20)
+    _, at = await expiring_bonus(admin, pool, user, asset, 40)
+    hold = await client.post(
+        "/api/v1/holds",
+        headers={"Idempotency-Key": new_key()},
+        json={"user_id": user, "asset_type": asset, "amount": 50},
+    )
+    assert hold.status_code == 201, hold.text
+    await wait_past(pool, at)
+    shown = await asset_balance(client, user, asset)
+    assert (shown["balance"], shown["held"], shown["available"]) == (50, 50, 0)  # 10 of the 40 went
+    capture = await client.post(
+        f"/api/v1/holds/{hold.json()['id']}/capture",
+        headers={"Idempotency-Key": new_key()},
+        json={"amount": 20},
+    )
+    assert capture.status_code == 201, capture.text
+    assert draws(capture.json()) == [("granted", -20)]
+    balance = await asset_balance(client, user, asset)
+    assert capture.json()["balance_after"] == balance["balance"] == 20
+    assert (balance["held"], balance["purchased"], balance["granted"]) == (0, 20, 0)
+
+
+@pytest.mark.parametrize("credit", ["topup", "bonus", "refund", "transfer", "batch"])
+async def test_a_credit_lets_a_hold_rest_on_it_and_the_expired_credits_it_reserved_go(
+    admin, client, pool, make_user, lot_asset, credit
+):
+    """The hold reserves 30 expired credits (the read counts them, the balance is 50); a credit of
+    5 replaces 5 of them, which go to breakage in the same instant: the answer and the read say 50."""
+    asset = await lot_asset()
+    user = await make_user()
+    await post(admin, "topup", user_id=user, asset_type=asset, amount=30)
+    spend = await post(client, "spend", user_id=user, asset_type=asset, amount=10)
+    _, at = await expiring_bonus(admin, pool, user, asset, 40)
+    hold = await client.post(
+        "/api/v1/holds",
+        headers={"Idempotency-Key": new_key()},
+        json={"user_id": user, "asset_type": asset, "amount": 50},
+    )
+    assert hold.status_code == 201, hold.text
+    await wait_past(pool, at)
+    assert (await asset_balance(client, user, asset))["balance"] == 50
+    if credit in ("topup", "bonus"):
+        answer = (await post(admin, credit, user_id=user, asset_type=asset, amount=5))["balance_after"]
+    elif credit == "refund":
+        answer = (await reverse(admin, spend["id"], amount=5))["balance_after"]
+    elif credit == "batch":  # a top-up and a transfer received, then the answer of the last
+        payer = await make_user()
+        await post(admin, "topup", user_id=payer, asset_type=asset, amount=3)
+        operations = [
+            {"type": "topup", "user_id": user, "asset_type": asset, "amount": 2},
+            {"type": "transfer", "user_id": payer, "to_user_id": user, "asset_type": asset, "amount": 3},
+        ]
+        answer = (await post(admin, "batch", operations=operations))["transactions"][1][
+            "counterparty_balance_after"
+        ]
+    else:
+        payer = await make_user()
+        await post(admin, "topup", user_id=payer, asset_type=asset, amount=5)
+        transfer = await post(
+            admin, "transfer", from_user_id=payer, to_user_id=user, asset_type=asset, amount=5
+        )
+        answer = transfer["counterparty_balance_after"]
+    balance = await asset_balance(client, user, asset)
+    assert answer == balance["balance"] == 50
+    assert (balance["held"], balance["available"]) == (50, 0)
+    history = (await client.get(f"/api/v1/wallets/{user}/transactions", params={"type": "expiry"})).json()
+    assert sum(t["amount"] for t in history["data"]) == 15  # 10 before the credit, 5 for it
+    await audit_is_clean(admin)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 
 import asyncpg
 import httpx
@@ -13,6 +14,7 @@ import httpx
 from tests.support import bearer
 from wallet.api.app import create_app
 from wallet.db.migrate import upgrade, upgrade_to_head_async
+from wallet.services.seed import seed_reference_data
 from wallet.services.verify import verify_ledger
 from wallet.settings import Settings
 
@@ -136,6 +138,70 @@ async def test_balances_from_before_lots_become_opening_lots(create_database):
         assert spent["outcome"] == "posted"
         drawn = [(lot["origin"], lot["amount"]) for lot in json.loads(spent["body"])["lots"]]
         assert drawn == [("granted", -35), ("purchased", -5)]
+        assert (await verify_ledger(conn)).clean
+        # A clawback of a credit from before lots takes its origin's opening lot, and no other:
+        # user_paid's bonus counts as spent (the opening lots are purchased first), and its top-up
+        # takes purchased credits, not the granted ones of a bonus given since.
+        reverse = "SELECT outcome, body FROM wallet_reverse_transaction($1, $2, $3, $4, NULL, '{}', false)"
+        original = "SELECT id FROM transactions WHERE idempotency_key = $1"
+        bonus = await conn.fetchrow(reverse, key_id, "c1", await conn.fetchval(original, "a2"), None)
+        assert bonus["outcome"] == "amount_exceeds_clawable", bonus["body"]
+        given = await conn.fetchval(
+            post.replace("status_code", "outcome"), key_id, "a4", "bonus", "user_paid", 20
+        )
+        assert given == "posted"
+        topup = await conn.fetchrow(reverse, key_id, "c2", await conn.fetchval(original, "a1"), 30)
+        assert topup["outcome"] == "posted", topup["body"]
+        drawn = [(lot["origin"], lot["amount"]) for lot in json.loads(topup["body"])["lots"]]
+        assert drawn == [("purchased", -30)]
+        assert (await verify_ledger(conn)).clean
+    finally:
+        await conn.close()
+
+
+MIGRATION_LOCK = "SELECT pg_advisory_lock(1464682823, 1)"  # wallet.db.migrations.env's (space, id)
+UPGRADE = "import sys; from wallet.db.migrate import upgrade_to_head; upgrade_to_head(sys.argv[1])"
+
+
+async def test_three_processes_migrating_a_new_database_at_once_all_succeed(create_database):
+    """Three containers (or Railway replicas) starting together each run `wallet migrate` on a new
+    database. Without the migration lock two of them failed (UniqueViolation, UndefinedObject).
+    Here the test holds the lock until all three processes wait on it, so they start at once."""
+    url = await create_database()
+    holder = await asyncpg.connect(url)
+    procs: list[asyncio.subprocess.Process] = []
+    try:
+        await holder.execute(MIGRATION_LOCK)
+        procs = [
+            await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-c",
+                UPGRADE,
+                url,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+            )
+            for _ in range(3)
+        ]
+        waiting = 0
+        for _ in range(600):  # each process starts Python and alembic first: a few seconds
+            waiting = await holder.fetchval(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND database ="
+                " (SELECT oid FROM pg_database WHERE datname = current_database())"
+            )
+            if waiting == 3:
+                break
+            await asyncio.sleep(0.05)
+        assert waiting == 3, "the three migrations never waited on the migration lock"
+    finally:
+        await holder.close()  # releases the lock: the three go, one after another
+    outputs = [(await proc.communicate())[0].decode() for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0, 0], "\n".join(outputs)
+
+    conn = await asyncpg.connect(url)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM alembic_version") == 1
+        await seed_reference_data(conn)
         assert (await verify_ledger(conn)).clean
     finally:
         await conn.close()

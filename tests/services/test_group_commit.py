@@ -10,7 +10,7 @@ import asyncpg
 import orjson
 import pytest
 
-from tests.support import new_key
+from tests.support import new_key, wait_past
 from wallet.services.group_commit import GROUP_SIZE, GroupCommitter, Write
 from wallet.services.verify import verify_ledger
 
@@ -257,3 +257,40 @@ async def test_a_failing_group_call_falls_back_to_posting_each_alone(pool, clien
             await transaction.rollback()
     assert await _balance(pool, other) == 4
     assert await _balance(pool, locked) == 1
+
+
+async def test_writes_to_an_account_whose_hold_keeps_expired_credits_are_posted_alone(
+    pool, client_id, make_user, client, admin
+):
+    """A credit to such an account lets the hold rest on it and the expired credits go
+    (wallet_expire_lots_for), which the group's in-memory pass does not follow: that account's
+    writes are left to be posted alone, and each answer agrees with the balance read after it."""
+    user, other = await make_user(GOLD_COINS=30), await make_user(GOLD_COINS=1)
+    at = await pool.fetchval("SELECT clock_timestamp() + interval '1.5 seconds'")
+    bonus = await admin.post(
+        "/api/v1/transactions/bonus",
+        headers={"Idempotency-Key": new_key()},
+        json={"user_id": user, "asset_type": "GOLD_COINS", "amount": 40, "expires_at": at.isoformat()},
+    )
+    assert bonus.status_code == 201, bonus.text
+    hold = await client.post(
+        "/api/v1/holds",
+        headers={"Idempotency-Key": new_key()},
+        json={"user_id": user, "asset_type": "GOLD_COINS", "amount": 50},
+    )
+    assert hold.status_code == 201, hold.text
+    await wait_past(pool, at)
+    undecided = await _group(
+        pool, [_write(client_id, "topup", user, 5), _write(client_id, "topup", other, 2)]
+    )
+    assert undecided[0] == (None, None, False) and undecided[1][0] == "posted"
+    committer = GroupCommitter(pool, max_size=8, max_in_flight=1)
+    loop = asyncio.get_running_loop()
+    group = [(_write(client_id, "topup", user, 5), loop.create_future()) for _ in range(2)]
+    group.append((_write(client_id, "topup", other, 3), loop.create_future()))
+    await committer.serve(group)
+    answers = [orjson.loads((await future).body_json)["balance_after"] for _, future in group]
+    read = await client.get(f"/api/v1/wallets/{user}/balance", params={"asset_type": "GOLD_COINS"})
+    # 30 + 40, less the 20 the hold did not need, then each top-up of 5 replaces 5 of the 20 kept.
+    assert answers[:2] == [50, 50] and read.json()["balances"][0]["balance"] == 50
+    assert answers[2] == 6

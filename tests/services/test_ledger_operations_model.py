@@ -9,8 +9,14 @@ at the end every balance, held amount, hold and reversed total in the database.
 
 Time: a bonus's expiry is far in the future; the `age` operation makes one open lot due by moving
 its expires_at into the past (with the lots' guard trigger off for that statement, the test's one
-way of making time pass), `sweep` runs the expiry as `wallet expire` does, and every debit path
+way of making time pass), `sweep` runs the expiry as `wallet expire` does, and every write path
 expires an account's due lots first, as the model does.
+
+Fairness, not only sums (README, credit lots): every answer's balance_after is the balance a read
+shows right after it; a clawback draws only lots its original filled (an admin's into debt: those
+first, as far as they hold its credits) and never more than its original less what of it
+expired; a refund never fills a lot that has expired. The model keeps, per lot, what expired of
+it, to know what each top-up or bonus may still lose to a clawback.
 
 The last tests check over HTTP two cases this test found: credits to a user an admin clawback left
 in debt (they repay part of it), and admin clawbacks while holds are open (not a 500).
@@ -32,6 +38,7 @@ from hypothesis import strategies as st
 
 from tests.support import new_key
 from wallet.services.verify import verify_ledger
+from wallet.services.wallets import BALANCES_SQL
 
 ASSETS = ("GOLD_COINS", "DIAMONDS")
 N_USERS = 3
@@ -41,7 +48,8 @@ REVERSIBLE = {"topup": "clawback", "bonus": "clawback", "spend": "refund", "capt
 # are weighted (repeated) towards what moves credits.
 KINDS = (
     ["topup", "bonus"] * 2 + ["spend"] * 2 + ["hold"] * 3 + ["capture"] * 3 + ["void"] * 2
-    + ["transfer"] * 3 + ["reverse"] * 4 + ["replay", "reuse"] + ["bonus_expiring"] * 2 + ["age", "sweep"]
+    + ["transfer"] * 3 + ["reverse"] * 4 + ["replay", "reuse"] + ["bonus_expiring"] * 2 + ["age"] * 2
+    + ["sweep"]
 )  # fmt: skip
 # Expiries a bonus may carry: few, so lots of one expiry merge; all far ahead until aged.
 BONUS_EXPIRIES = tuple(datetime(2100, 1, day, tzinfo=UTC) for day in (1, 2, 3))
@@ -89,6 +97,7 @@ class Lot:
     expires: datetime | None
     order: int
     remaining: int = 0
+    expired: int = 0  # drawn by expiries (breakage)
 
     @property
     def due(self) -> bool:
@@ -118,6 +127,7 @@ class Posted:
     amount: int
     reversed: int = 0
     reverses: str | None = None
+    lot_ids: frozenset[int] = frozenset()  # the database's ids of the lots it filled
 
 
 @dataclass
@@ -186,16 +196,45 @@ class Model:
             taken.append((lot, take))
         return taken
 
-    def expire(self, account: tuple[str, str]) -> int:
-        """What wallet_expire_lots does: due remainders out, as far as holds let them."""
+    def expire(self, account: tuple[str, str], keep: int = 0, incoming: int = 0) -> int:
+        """What wallet_expire_lots does: due remainders out, as far as holds let them. (As
+        wallet_expire_lots_for: less `keep`, for a capture; with `incoming` credits that follow.)"""
         balance, held = self.account(*account)
         due = sum(x.remaining for x in self.lots.get(account, []) if x.due)
-        amount = min(due, max(balance - held, 0))
+        amount = min(max(due - keep, 0), max(balance + incoming - held, 0))
         if amount:
-            self.draw(account, amount, "expiry")
+            for lot, taken in self.draw(account, amount, "expiry"):
+                lot.expired += taken
             self.account(*account)[0] -= amount
             self.expiries += 1
         return amount
+
+    def read(self, account: tuple[str, str]) -> int:
+        """The balance a read shows: due credits left out, as far as holds let them go."""
+        balance, held = self.account(*account)
+        due = sum(x.remaining for x in self.lots.get(account, []) if x.due)
+        return balance - min(due, max(balance - held, 0)) if balance > 0 else balance
+
+    def clawback_credits(self, original: Posted) -> tuple[int, int]:
+        """(left, expired) of the credits `original` gave, as wallet_clawback_credits counts them:
+        per lot it filled, what it put there less what its clawbacks drew back from there, held
+        by the lot while not due; and the least of that and what the lot lost to expiries."""
+        account = (original.user, original.asset)
+        left = expired = 0
+        for acc, lot, filled in self.moves[original.id]:
+            if acc != account or filled <= 0:
+                continue
+            own = filled + sum(
+                amount
+                for p in self.posted
+                if p.reverses == original.id
+                for _, drawn, amount in self.moves[p.id]
+                if drawn is lot and amount < 0
+            )
+            own = max(own, 0)
+            left += min(own, 0 if lot.due else lot.remaining)
+            expired += min(own, lot.expired)
+        return left, expired
 
     def open_lots(self) -> set[tuple[str, str, str, datetime | None, int]]:
         return {
@@ -225,6 +264,16 @@ class Runner:
     ) -> None:
         self.model.sent.append(Sent(function, args, key, outcome, raw, stored))
 
+    async def read(self, user: str, asset_code: str) -> int:
+        """The balance GET /wallets/{user}/balance shows now."""
+        (only,) = json.loads(await self.conn.fetchval(BALANCES_SQL, user, asset_code))["balances"]
+        return int(only["balance"])
+
+    async def answered(self, account: tuple[str, str], balance_after: int) -> None:
+        """Fairness: what a write answers is what a read right after it shows."""
+        read = await self.read(*account)
+        assert read == self.model.read(account) == balance_after, (account, balance_after, read)
+
     # --- one operation each; each checks the outcome and the body against the model ----------
 
     async def credit(
@@ -235,6 +284,9 @@ class Runner:
         outcome, body, raw, replayed, key = await self.call("post", *args)
         assert not replayed
         assert outcome == "posted", body
+        # Every write expires the account's due lots first; a credit also those a hold reserved,
+        # as far as it replaces them.
+        self.model.expire((user, asset_code), incoming=amount_minor)
         account[0] += amount_minor
         assert (
             body["type"] == type_ and body["amount"] == amount_minor and body["balance_after"] == account[0]
@@ -247,7 +299,9 @@ class Runner:
                 ((user, asset_code), self.model.fill((user, asset_code), origin, expires, filled), filled)
             ]
         self.moved(body, moves)
-        self.model.posted.append(Posted(body["id"], type_, user, asset_code, amount_minor))
+        await self.answered((user, asset_code), body["balance_after"])
+        filled = frozenset(m["lot_id"] for m in body["lots"] if m["amount"] > 0)
+        self.model.posted.append(Posted(body["id"], type_, user, asset_code, amount_minor, lot_ids=filled))
         self.record("post", args, key, outcome, raw)
 
     def moved(self, body: dict, moves: list[tuple[tuple[str, str], Lot, int]]) -> None:
@@ -281,6 +335,7 @@ class Runner:
                 body,
                 self.drawn((user, asset_code), self.model.draw((user, asset_code), amount_minor, "spend")),
             )
+            await self.answered((user, asset_code), body["balance_after"])
             self.model.posted.append(Posted(body["id"], "spend", user, asset_code, amount_minor))
         self.record("post", args, key, outcome, raw)
 
@@ -316,14 +371,19 @@ class Runner:
             assert outcome == "insufficient_funds", body
         else:
             assert outcome == "posted", body
+            # A partial capture releases the rest first, and the expired credits only the rest
+            # reserved expire, less what the capture takes of them (it draws expired lots first).
+            account[1] -= hold.amount - taken
+            self.model.expire((hold.user, hold.asset), keep=taken)
             account[0] -= taken
-            account[1] -= hold.amount
+            account[1] -= taken
             self.moved(
                 body,
                 self.drawn(
                     (hold.user, hold.asset), self.model.draw((hold.user, hold.asset), taken, "capture")
                 ),
             )
+            await self.answered((hold.user, hold.asset), body["balance_after"])
             hold.status, hold.captured = "captured", taken
             assert body["type"] == "capture" and body["hold_id"] == hold.id
             assert body["amount"] == taken and body["balance_after"] == account[0]
@@ -357,6 +417,7 @@ class Runner:
             assert outcome == "insufficient_funds", body
         else:
             assert outcome == "posted", body
+            self.model.expire((receiver, asset_code), incoming=amount_minor)  # as a credit does
             from_account[0] -= amount_minor + fee
             to_account[0] += amount_minor
             taken = self.model.draw((sender, asset_code), amount_minor + fee, "transfer")
@@ -374,6 +435,8 @@ class Runner:
             assert body["counterparty_user_id"] == receiver and body["fee"] == fee
             assert body["balance_after"] == from_account[0]
             assert body["counterparty_balance_after"] == to_account[0]
+            await self.answered((sender, asset_code), body["balance_after"])
+            await self.answered((receiver, asset_code), body["counterparty_balance_after"])
             self.model.posted.append(Posted(body["id"], "transfer", sender, asset_code, amount_minor))
         self.record("transfer", args, key, outcome, raw)
 
@@ -385,7 +448,6 @@ class Runner:
         kind = REVERSIBLE.get(original.type)
         account = self.model.account(original.user, original.asset)
         remaining = original.amount - original.reversed
-        taken = remaining if amount_minor is None else amount_minor
         args = (uuid.UUID(original.id), amount_minor, allow_negative)
         outcome, body, raw, replayed, key = await self.call("reverse", *args)
         assert not replayed
@@ -393,10 +455,17 @@ class Runner:
             assert outcome == "not_reversible", body
             self.record("reverse", args, key, outcome, raw, stored=False)
             return
+        self.model.expire((original.user, original.asset))  # every reversal expires due lots first
+        clawable = None
         if kind == "clawback":
-            self.expire_before_debit(original.user, original.asset)
+            # What is left of its credits; an admin's debt: all but what of them expired.
+            left, expired = self.model.clawback_credits(original)
+            clawable = max(remaining - expired if allow_negative else min(remaining, left), 0)
+        taken = amount_minor if amount_minor is not None else (clawable or remaining)
         if remaining == 0 or taken > remaining:
             assert outcome == "amount_exceeds_reversible", body
+        elif clawable is not None and taken > clawable:
+            assert outcome == "amount_exceeds_clawable", body
         elif (
             kind == "clawback"
             and not allow_negative
@@ -405,15 +474,44 @@ class Runner:
             assert outcome == "insufficient_funds", body
         else:
             assert outcome == "posted", body
+            if kind == "refund":
+                self.model.expire((original.user, original.asset), incoming=taken)  # as a credit does
             account[0] += taken if kind == "refund" else -taken
             self.moved(body, self.reversal_moves(kind, original, taken, allow_negative))
             original.reversed += taken
             assert body["type"] == kind and body["reverses"] == original.id
             assert body["amount"] == taken and body["balance_after"] == account[0]
+            self.fair(kind, original, body, allow_negative)
+            await self.answered((original.user, original.asset), body["balance_after"])
             self.model.posted.append(
                 Posted(body["id"], kind, original.user, original.asset, taken, reverses=original.id)
             )
         self.record("reverse", args, key, outcome, raw)
+
+    def fair(self, kind: str, original: Posted, body: dict, allow_negative: bool) -> None:
+        """What the answer's lots say, checked against the rules rather than the model."""
+        if kind == "refund":
+            # Never into a lot that has expired: every credit it gives back is usable.
+            now = datetime.now(UTC)
+            for lot in body["lots"]:
+                assert lot["amount"] > 0, body["lots"]
+                expires = lot["expires_at"]
+                assert expires is None or datetime.fromisoformat(expires) > now, body["lots"]
+            return
+        origin = "purchased" if original.type == "topup" else "granted"
+        own = [lot for lot in body["lots"] if lot["lot_id"] in original.lot_ids]
+        others = [lot for lot in body["lots"] if lot["lot_id"] not in original.lot_ids]
+        assert all(lot["amount"] < 0 and lot["origin"] == origin for lot in own), body["lots"]
+        if not allow_negative:
+            # No other credit (a purchased one for a granted one) is taken.
+            assert not others, (original.type, body["lots"])
+        elif others:
+            # An admin's debt takes the user's other credits only once its own lots are empty.
+            account = (original.user, original.asset)
+            filled = [
+                lot for acc, lot, amount in self.model.moves[original.id] if acc == account and amount > 0
+            ]
+            assert all(lot.remaining == 0 or lot.due for lot in filled), body["lots"]
 
     def reversal_moves(self, kind: str, original: Posted, taken: int, allow_negative: bool) -> list:
         account = (original.user, original.asset)
@@ -422,7 +520,9 @@ class Runner:
                 lot for acc, lot, amount in self.model.moves[original.id] if acc == account and amount > 0
             ]
             return self.drawn(account, self.model.draw(account, taken, "clawback", first=filled))
-        # A refund restores what its original drew, last drawn first, after earlier refunds.
+        # A refund restores what its original drew, last drawn first, after earlier refunds; what
+        # it drew from a lot that has expired comes back in a lot of the same origin without
+        # expiry (these assets have no default), each lot filled once.
         left = min(taken, max(self.model.account(*account)[0], 0))
         skip = sum(
             amount
@@ -430,7 +530,7 @@ class Runner:
             if p.type == "refund" and p.reverses == original.id
             for _, _, amount in self.model.moves[p.id]
         )
-        moves = []
+        fills: dict[tuple[str, datetime | None], int] = {}
         for acc, lot, amount in reversed(self.model.moves[original.id]):
             if acc != account or amount >= 0 or left == 0:
                 continue
@@ -438,12 +538,15 @@ class Runner:
             skip -= min(skip, -amount)
             give = min(give, left)
             if give:
-                lot.remaining += give
-                moves.append((account, lot, give))
+                target = (lot.origin, None if lot.due else lot.expires)
+                fills[target] = fills.get(target, 0) + give
                 left -= give
         if left:
-            moves.append((account, self.model.fill(account, "purchased", None, left), left))
-        return moves
+            fills[("purchased", None)] = fills.get(("purchased", None), 0) + left
+        return [
+            (account, self.model.fill(account, origin, expires, amount), amount)
+            for (origin, expires), amount in fills.items()
+        ]
 
     async def bonus_expiring(self, user: str, asset_code: str, amount_minor: int, which: int) -> None:
         await self.credit(
@@ -451,12 +554,13 @@ class Runner:
         )
 
     async def age(self, index: int) -> None:
-        """Time passes for one open lot with an expiry: it is due from now on."""
+        """Time passes for one lot with an expiry: it is due from now on. Lots drawn empty too: a
+        refund of what was drawn from one must not fill it."""
         candidates = [
             (account, lot)
             for account, lots in self.model.lots.items()
             for lot in lots
-            if lot.remaining > 0 and lot.expires is not None and not lot.due
+            if lot.expires is not None and not lot.due
         ]
         if not candidates:
             return
@@ -472,11 +576,13 @@ class Runner:
                 user, asset_code, lot.origin, aged, lot.expires,
             )  # fmt: skip
             assert changed == "UPDATE 1"
-            await self.conn.execute(
-                "UPDATE accounts SET lots_expire_at = least(lots_expire_at, $3) WHERE user_id = $1 AND asset_code = $2",
+            await self.conn.execute(  # the cached earliest expiry is of open lots only
+                "UPDATE accounts SET lots_expire_at = least(lots_expire_at, $3)"
+                " WHERE user_id = $1 AND asset_code = $2 AND $4",
                 user,
                 asset_code,
                 aged,
+                lot.remaining > 0,
             )
         lot.expires = aged
 
@@ -661,7 +767,7 @@ def test_the_model_reaches_every_outcome_on_a_fixed_script(database_url, keys):
         _op("reverse", nth=1),  # tx 8: clawback of user 1's bonus, covered (70 available)
         _op("topup", 2, "DIAMONDS", 5),  # tx 9
         _op("spend", 2, "DIAMONDS", 5),  # tx 10
-        _op("reverse", nth=9),  # clawback of tx 9: insufficient_funds, spent
+        _op("reverse", nth=9),  # clawback of tx 9: amount_exceeds_clawable, all spent
         _op("reverse", nth=9, allow_negative=True),  # tx 11: an admin's; user 2 owes 5 DIAMONDS
         _op("hold", 2, "DIAMONDS", 1),  # insufficient_funds: in debt
         _op("topup", 2, "DIAMONDS", 5),  # tx 12: clears the debt exactly
@@ -679,16 +785,29 @@ def test_the_model_reaches_every_outcome_on_a_fixed_script(database_url, keys):
         _op("hold", 1, amount_minor=60),  # hold 2: 60 of the 75
         _op("age", nth=0),  # lot B is due
         _op("spend", 1, amount_minor=1),  # expiry 1: 15 of B (the hold keeps 35); then short
+        _op("topup", 1, amount_minor=10),  # tx 16; expiry 2: 10 of B, the hold rests on the top-up
         _op("void", nth=2),
-        _op("sweep"),  # expiry 2: the other 35 of B
-        _op("spend", 1, amount_minor=3),
+        _op("sweep"),  # expiry 3: the other 25 of B
+        _op("spend", 1, amount_minor=3),  # tx 17
         _op("age", nth=0),  # lot A is due
-        _op("transfer", 1, amount_minor=4, to=0),  # expiry 3: A's 5, then the transfer
+        _op("transfer", 1, amount_minor=4, to=0),  # tx 18; expiry 4: what is left of A
+        # Fair when credits expired: bonus A (tx 13) was partly spent (tx 17) and the rest expired.
+        _op("reverse", nth=13),  # amount_exceeds_clawable: nothing of it is left
+        _op("reverse", nth=13, partial=5, allow_negative=True),  # amount_exceeds_clawable: part expired
+        _op("reverse", nth=13, allow_negative=True),  # tx 19: an admin's takes back the spent part
+        _op("reverse", nth=17),  # tx 20: the spend drew lot A, expired: refunded into a usable lot
+        _op("topup", 2, amount_minor=10),  # tx 21
+        _op("hold", 2, amount_minor=10),  # hold 3
+        _op("reverse", nth=21),  # insufficient_funds: its 10 are left, all held
     ]
     runner = asyncio.run(_run(database_url, script))
     seen = runner.seen
+    # The fairness steps did what their comments say.
+    tail = [(p.type, p.amount, p.reverses) for p in runner.model.posted[16:]]
+    bonus_a, spend = runner.model.posted[13].id, runner.model.posted[17].id
+    assert tail[3:5] == [("clawback", 3, bonus_a), ("refund", 3, spend)], tail
     # The expiry steps did what their comments say (the model checked every lot after each).
-    assert runner.model.expiries == 3, runner.model.expiries
+    assert runner.model.expiries == 4, runner.model.expiries
     assert runner.model.aged == 2
     assert seen >= {
         ("post", "posted", False),
@@ -707,6 +826,7 @@ def test_the_model_reaches_every_outcome_on_a_fixed_script(database_url, keys):
         ("transfer", "insufficient_funds", False),
         ("reverse", "posted", False),
         ("reverse", "amount_exceeds_reversible", False),
+        ("reverse", "amount_exceeds_clawable", False),
         ("reverse", "not_reversible", False),
         ("reverse", "insufficient_funds", False),
     }, seen

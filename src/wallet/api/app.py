@@ -32,7 +32,7 @@ from wallet.api.routes import (
     webhooks,
 )
 from wallet.api.write_bodies import write_bodies
-from wallet.db.pool import create_pool
+from wallet.db.pool import create_pool, wait_for_database
 from wallet.logging import configure_logging
 from wallet.services.api_keys import Authenticator
 from wallet.services.audit import run_auditor
@@ -64,6 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise RuntimeError(
                 "WALLET_DATABASE_URL is not set (use `wallet serve` for the embedded database)"
             )
+        await wait_for_database(settings, settings.database_url)
         pool = await create_pool(settings, settings.database_url)
         authenticator = Authenticator(pool, settings)
         rate_limiter = create_rate_limiter(settings, pool)

@@ -47,6 +47,7 @@ STATUS_BY_CODE: dict[errors.Code, int] = {
     errors.AMOUNT_EXCEEDS_HOLD: 409,
     errors.NOT_REVERSIBLE: 409,
     errors.AMOUNT_EXCEEDS_REVERSIBLE: 409,
+    errors.AMOUNT_EXCEEDS_CLAWABLE: 409,
     errors.BODY_TIMEOUT: 408,
     errors.BODY_TOO_LARGE: 413,
     errors.VALIDATION_ERROR: 422,

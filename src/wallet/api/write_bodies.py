@@ -225,7 +225,12 @@ def write_bodies(settings: Settings) -> WriteBodies:
 
     class ReverseBody(RequestBody):
         amount: OptionalAmount = Field(
-            default=None, description="Default (left out): all that is left to reverse. Not null."
+            default=None,
+            description=(
+                "Default (left out): all it may take: for a refund, all of the spend not yet refunded; "
+                "for a clawback, what is left of the original's credits, unspent and unexpired (with "
+                "`allow_negative`, also the spent part). Not null."
+            ),
         )
         reason: Text | None = None
         metadata: Metadata = None

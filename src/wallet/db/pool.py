@@ -6,13 +6,24 @@ a transaction for longer than the configured bound.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import asyncpg
+import structlog
 
 from wallet.db.urls import asyncpg_url
 from wallet.settings import Settings
+
+log = structlog.get_logger("wallet.db")
+
+# What a database that is still starting, restarting or not yet resolvable answers: worth a retry.
+# A wrong password or database name is not, and fails at once.
+_NOT_YET = (OSError, TimeoutError, asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError)
+_BACKOFF_FIRST_S = 0.25
+_BACKOFF_CAP_S = 5.0
 
 
 def session_settings(settings: Settings) -> dict[str, str]:
@@ -66,3 +77,33 @@ async def connection(settings: Settings, database_url: str) -> AsyncIterator[asy
         yield conn
     finally:
         await conn.close()
+
+
+async def wait_for_database(settings: Settings, database_url: str) -> None:
+    """Returns once the database accepts a connection; at start-up (`wallet migrate`, each worker of
+    `wallet serve`), so a container that starts before its database (compose, a Railway deploy, a
+    database restart) waits for it instead of depending on the platform's health conditions.
+    Retries with exponential backoff (0.25 s doubling to 5 s) for WALLET_DB_STARTUP_WAIT_MS, then
+    raises the last error."""
+    deadline = time.monotonic() + settings.db_startup_wait_ms / 1000
+    delay = _BACKOFF_FIRST_S
+    attempt = 1
+    while True:
+        try:
+            conn = await asyncpg.connect(
+                asyncpg_url(database_url), timeout=settings.db_connect_timeout_ms / 1000
+            )
+        except _NOT_YET as exc:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise
+            delay = min(delay, left)
+            log.warning("database_unavailable", attempt=attempt, error=repr(exc), retry_in_s=round(delay, 2))
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _BACKOFF_CAP_S)
+            attempt += 1
+        else:
+            await conn.close()
+            if attempt > 1:
+                log.info("database_available", attempts=attempt)
+            return

@@ -113,6 +113,12 @@ NOT_REVERSIBLE = _define(
 AMOUNT_EXCEEDS_REVERSIBLE = _define(
     "amount_exceeds_reversible", "more than what is left of the original to reverse", "amount"
 )
+AMOUNT_EXCEEDS_CLAWABLE = _define(
+    "amount_exceeds_clawable",
+    "a clawback takes at most what is left, unspent and unexpired, of its original's credits (an"
+    " admin's with allow_negative: all but what of them expired)",
+    "amount",
+)
 
 # Idempotency.
 IDEMPOTENCY_KEY_IN_USE = _define(

@@ -174,8 +174,8 @@ def router(bodies: WriteBodies, key_chars: int) -> APIRouter:
     )
     async def reverse(
         transaction_id: str,
-        # No body (or `{}`) reverses all that is left; any body that is sent must be a valid
-        # object (not null, not malformed: neither may stand for "all").
+        # No body (or `{}`) reverses all it may (see ReverseBody.amount); any body that is sent
+        # must be a valid object (not null, not malformed: neither may stand for "all").
         accepted: Annotated[
             AcceptedWrite[Any],
             write(bodies.ReverseBody, Scope.REVERSE, body_scopes=reverse_scopes, body_optional=True),

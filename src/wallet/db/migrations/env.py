@@ -4,6 +4,11 @@ Around the versioned migrations: the generated rule functions (wallet.db.rules) 
 first, because constraints refer to them, and the posting functions (db/sql/functions/*.sql) are
 re-installed last when upgrading to head, so each `wallet migrate` leaves them as the code says,
 followed by the rule constraints of the hot tables with literal values (wallet.db.rules).
+
+All of it runs under one session advisory lock, so any number of processes may migrate one
+database at once (containers or Railway replicas starting together, each running `wallet
+migrate`): they take turns, and every one after the first finds the schema at head. Without it
+three containers starting on a new database failed two of them (UniqueViolation, UndefinedObject).
 """
 
 from __future__ import annotations
@@ -20,6 +25,11 @@ from wallet.db.rules import rule_constraints_sql, rules_sql
 from wallet.db.sql_files import function_files
 from wallet.db.urls import sqlalchemy_url
 
+# The two-key form, (space, id): apart from the one-key locks on idempotency keys and the audit's,
+# and from the webhooks' space (wallet.services.webhooks.LOCK_SPACE).
+MIGRATION_LOCK_SPACE = 0x57_4D_49_47  # "WMIG"
+MIGRATION_LOCK_ID = 1
+
 
 def _execute_script(connection: Connection, sql: str) -> None:
     # The simple-query protocol: a whole script, several statements, in one call.
@@ -27,6 +37,9 @@ def _execute_script(connection: Connection, sql: str) -> None:
 
 
 def _run_migrations(connection: Connection) -> None:
+    # Session-level: held across the migrations' own transactions, until the connection closes
+    # at the end of _run_online (or dies with its process), so a crash mid-way never keeps it.
+    _execute_script(connection, f"SELECT pg_advisory_lock({MIGRATION_LOCK_SPACE}, {MIGRATION_LOCK_ID})")
     context.configure(connection=connection, transaction_per_migration=True)
     _execute_script(connection, rules_sql())
     with context.begin_transaction():

@@ -11,8 +11,8 @@
 --      `user_not_found` / `asset_type_not_found`, nothing written, nothing stored;
 --   3. the user's cached balance is updated under its row lock only if it stays covered and
 --      none of the account's lots has expired (else holds and lots past their time are released
---      and expired, and the update is tried once more); a short balance -> `insufficient_funds`,
---      stored;
+--      and expired, and the update is tried once more; a credit expires due lots before it);
+--      a short balance -> `insufficient_funds`, stored;
 --   4. in one statement, update the balance and write the transaction and its two entries
 --      (the system account row is never locked);
 --   5. store the response under the key.
@@ -76,6 +76,15 @@ BEGIN
         outcome := 'validation_error';
         body := wallet_error_body(outcome, 'expires_at must be at least one second in the future', 'expires_at');
         RETURN;
+    END IF;
+
+    -- A credit to an account with a lot past its expiry expires it first (under the row lock),
+    -- so the answer's balance_after is what a balance read at that instant says (a read leaves
+    -- due credits out, and those a hold reserved as far as this credit replaces them). A debit
+    -- does it below when it finds one.
+    IF v_delta_minor > 0 THEN
+        PERFORM wallet_expire_lots_for(a.id, 0, v_delta_minor) FROM accounts a
+         WHERE a.id = v_user_account_id AND a.lots_expire_at <= clock_timestamp();
     END IF;
 
     -- One statement: the balance update (the row lock), the transaction and both entries. The

@@ -223,6 +223,16 @@ BEGIN
         -- Lots past their expiry go to breakage first, except what this hold still reserves:
         -- the capture then draws those (expired lots first, see wallet_lots_draw).
         PERFORM wallet_expire_lots(v_hold.account_id);
+        -- A partial capture (when it can go through) releases the rest of the hold first, and
+        -- the expired credits only that rest reserved go to breakage now, less what the capture
+        -- takes of them: the answer's balance_after is then what a balance read right after says.
+        IF v_amount_minor < v_hold.amount_minor
+           AND (SELECT a.balance_minor >= v_amount_minor FROM accounts a WHERE a.id = v_hold.account_id) THEN
+            UPDATE accounts SET held_minor = held_minor - (v_hold.amount_minor - v_amount_minor)
+             WHERE id = v_hold.account_id;
+            v_hold.amount_minor := v_amount_minor;  -- what is left to release below
+            PERFORM wallet_expire_lots_for(v_hold.account_id, v_amount_minor, 0);
+        END IF;
         SELECT id INTO STRICT v_revenue_account_id FROM accounts
             WHERE system_code = wallet_rule_system_account('capture') AND asset_code = v_hold.asset_code;
         UPDATE accounts

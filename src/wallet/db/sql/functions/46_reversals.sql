@@ -3,6 +3,9 @@
 -- top-up or bonus. A reversal is a new transaction with the original's entries mirrored (history
 -- is never edited); partial reversals may repeat until the original's amount is used up, which
 -- the database enforces (reversal_totals, maintained by the transactions trigger).
+-- Fair to the user when credits expire: a clawback takes at most what is left of its original's
+-- credits (below), and a refund gives back usable credits, never credits into a lot that has
+-- expired (wallet_lots_credit).
 --
 -- Lock order: the idempotency key, then the user's account row. Every reversal of one original
 -- takes that same row lock, so racing partial reversals are applied one after the other, each
@@ -20,6 +23,8 @@ DECLARE
     v_system_account_id bigint;
     v_system_code text;
     v_remaining_minor bigint;
+    v_credits record;
+    v_clawable_minor bigint;
     v_amount_minor bigint;
     v_delta_minor bigint;
     v_allow_negative boolean;
@@ -64,14 +69,24 @@ BEGIN
         FROM ledger_entries e JOIN accounts a ON a.id = e.account_id
         WHERE e.transaction_id = p_transaction_id AND a.kind = 'system';
     PERFORM 1 FROM accounts WHERE id = v_account_id FOR UPDATE;
-    IF wallet_rule_user_sign(v_type) < 0 THEN
-        PERFORM wallet_expire_lots(v_account_id);  -- a clawback draws no expired credit
-    END IF;
+    -- Due lots are expired first: a clawback draws no expired credit, and a refund's
+    -- balance_after is then what a balance read at that instant says.
+    PERFORM wallet_expire_lots(v_account_id);
 
     SELECT v_original.amount_minor - coalesce(
                (SELECT r.reversed_amount_minor FROM reversal_totals r WHERE r.transaction_id = p_transaction_id), 0)
       INTO v_remaining_minor;
-    v_amount_minor := coalesce(p_amount_minor, v_remaining_minor);
+    -- A clawback takes back credits the original gave, not others: at most what is left of them,
+    -- unspent and unexpired (wallet_clawback_credits). An admin asking for a debt may also take
+    -- back the part the user spent (drawn from the user's other credits, then below zero), never
+    -- the part that expired: that is breakage already and is not taken twice. Without an amount,
+    -- a clawback takes all it may.
+    IF v_type = 'clawback' THEN
+        v_credits := wallet_clawback_credits(v_original, v_account_id);
+        v_clawable_minor := greatest(CASE WHEN p_allow_negative THEN v_remaining_minor - v_credits.expired_minor
+                                          ELSE least(v_remaining_minor, v_credits.left_minor) END, 0);
+    END IF;
+    v_amount_minor := coalesce(p_amount_minor, nullif(v_clawable_minor, 0), v_remaining_minor);
     v_delta_minor := wallet_rule_user_sign(v_type) * v_amount_minor;
     v_allow_negative := p_allow_negative AND v_delta_minor < 0;
 
@@ -80,7 +95,23 @@ BEGIN
         body := wallet_error_body(outcome,
             format('%s of transaction %s is left to reverse; cannot reverse %s', v_remaining_minor,
                    p_transaction_id, v_amount_minor), 'amount');
+    ELSIF v_amount_minor > v_clawable_minor THEN
+        outcome := 'amount_exceeds_clawable';
+        body := wallet_error_body(outcome, CASE
+            WHEN p_allow_negative THEN
+                format('%s of the credits of transaction %s expired (breakage) and cannot be clawed back; '
+                       'at most %s can, not %s', least(v_credits.expired_minor, v_remaining_minor),
+                       p_transaction_id, v_clawable_minor, v_amount_minor)
+            ELSE
+                format('%s of the credits of transaction %s is left unspent and unexpired; cannot claw back %s '
+                       '(an admin may claw back what was spent as a debt with allow_negative)',
+                       v_clawable_minor, p_transaction_id, v_amount_minor) END, 'amount');
     ELSE
+        IF v_delta_minor > 0 THEN
+            -- A refund lets a hold rest on what it gives back: the due credits the hold reserved
+            -- go as far as the refund replaces them (as a read right after counts them).
+            PERFORM wallet_expire_lots_for(v_account_id, 0, v_delta_minor);
+        END IF;
         IF v_allow_negative THEN
             PERFORM set_config('wallet.allow_negative', 'on', true);  -- this transaction only
         END IF;

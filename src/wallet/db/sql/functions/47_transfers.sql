@@ -73,6 +73,10 @@ BEGIN
             format('available balance of %s %s is less than %s', p_from_user_id, p_asset_code, v_debit_minor),
             'amount');
     ELSE
+        -- The receiver's due lots are expired first (those a hold reserved as far as this credit
+        -- replaces them), so counterparty_balance_after is what a balance read right after says.
+        PERFORM wallet_expire_lots_for(a.id, 0, p_amount_minor) FROM accounts a
+         WHERE a.id = v_to_account_id AND a.lots_expire_at <= clock_timestamp();
         UPDATE accounts SET balance_minor = balance_minor + p_amount_minor WHERE id = v_to_account_id
             RETURNING balance_minor INTO v_to_balance_minor;
         WITH posted AS (

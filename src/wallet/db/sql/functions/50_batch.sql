@@ -48,6 +48,9 @@ DECLARE
     v_to_balances_after bigint[];   -- per operation: the receiver's balance right after it (transfers)
     v_first_short integer;          -- the first operation that would overdraw, if any
     v_any_held boolean;             -- some account involved has holds (maybe expired ones)
+    v_now timestamptz;
+    v_resting_ids bigint[];         -- accounts whose holds come to rest on the batch's credits
+    v_resting_minor bigint[];       -- and what of their expired credits that lets go
 BEGIN
     replayed := false;
     IF jsonb_typeof(p_operations) <> 'array' OR jsonb_array_length(p_operations) < 1
@@ -113,12 +116,35 @@ BEGIN
                      JOIN accounts a ON a.user_id = o.to_user_id AND a.asset_code = o.asset_type)
         ORDER BY id FOR UPDATE;
     -- Accounts with a lot past its expiry are expired first (their own transactions, before the
-    -- batch's), so no operation counts expired credits as available.
+    -- batch's), so no operation counts expired credits as available, and every balance_after
+    -- (credits' and receivers' too) is what a balance read at that instant says.
     PERFORM wallet_expire_lots(a.id) FROM accounts a
      WHERE a.lots_expire_at <= clock_timestamp()
        AND a.id IN (SELECT x.id FROM wallet_batch_items(p_operations) AS o
                     JOIN accounts x ON x.user_id = o.user_id AND x.asset_code = o.asset_type
-                    WHERE o.delta < 0);
+                    UNION
+                    SELECT x.id FROM wallet_batch_items(p_operations) AS o
+                    JOIN accounts x ON x.user_id = o.to_user_id AND x.asset_code = o.asset_type);
+    -- Due credits left now are reserved by open holds. The batch's credits to such an account let
+    -- its holds rest on them, and those due credits go as far as the credits replace them (as
+    -- wallet_expire_lots_for does for a single credit): in an expiry posted before the batch's
+    -- transactions if the batch goes through; the pass below starts from the balance after it.
+    v_now := clock_timestamp();
+    SELECT array_agg(r.id), array_agg(r.amount) INTO v_resting_ids, v_resting_minor
+      FROM (SELECT a.id, least(d.due, greatest(a.balance_minor + c.credits - a.held_minor, 0)) AS amount
+              FROM (SELECT x.id AS account_id, sum(l.amount) AS credits
+                      FROM (SELECT o.user_id, o.asset_type, o.delta AS amount FROM wallet_batch_items(p_operations) AS o
+                             WHERE o.delta > 0
+                            UNION ALL
+                            SELECT o.to_user_id, o.asset_type, o.amount FROM wallet_batch_items(p_operations) AS o
+                             WHERE o.to_user_id IS NOT NULL) AS l
+                      JOIN accounts x ON x.user_id = l.user_id AND x.asset_code = l.asset_type
+                     GROUP BY x.id) AS c
+              JOIN accounts a ON a.id = c.account_id AND a.held_minor > 0 AND a.lots_expire_at <= v_now
+             CROSS JOIN LATERAL (SELECT coalesce(sum(cl.remaining_minor), 0) AS due FROM credit_lots cl
+                                  WHERE cl.account_id = a.id AND cl.remaining_minor > 0
+                                    AND cl.expires_at <= v_now) AS d) AS r
+     WHERE r.amount > 0;
 
     -- Under the locks, in one pass over the legs (each operation's change to its user's account,
     -- and a transfer's credit to the receiver's): every account involved, the running balance of
@@ -128,7 +154,8 @@ BEGIN
     FOR v_attempt IN 1..2 LOOP
         WITH legs AS (
             SELECT l.ord, l.leg, a.id AS account_id, a.held_minor, l.delta,
-                   a.balance_minor + sum(l.delta) OVER (PARTITION BY a.id ORDER BY l.ord, l.leg) AS balance_after
+                   a.balance_minor - coalesce(v_resting_minor[array_position(v_resting_ids, a.id)], 0)
+                   + sum(l.delta) OVER (PARTITION BY a.id ORDER BY l.ord, l.leg) AS balance_after
               FROM (SELECT o.ord, 1 AS leg, o.user_id AS account_user, o.asset_type, o.delta
                       FROM wallet_batch_items(p_operations) AS o
                     UNION ALL
@@ -168,6 +195,9 @@ BEGIN
             VALUES (p_api_key_id, p_idempotency_key, v_fingerprint, outcome, body);
         RETURN;
     END IF;
+
+    PERFORM wallet_post_expiry(a, r.amount, v_now)
+       FROM unnest(v_resting_ids, v_resting_minor) AS r(id, amount) JOIN accounts a ON a.id = r.id;
 
     -- One statement writes every transaction, every entry and every balance, and returns the
     -- response built from the values in hand (no account is looked up again).

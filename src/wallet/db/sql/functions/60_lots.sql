@@ -26,6 +26,10 @@ END $$;
 -- after what earlier refunds of it restored; a transfer passes on the sender's lots in the order
 -- they were drawn (the fee is the tail of the draw). Whatever has no lot to mirror (a spend from
 -- before lots) is purchased.
+-- A refund never fills a lot that has expired (the user could not use it, and the next expiry
+-- would count it as breakage a second time): what its original drew from one comes back usable,
+-- in a lot of the same origin that expires as a credit of that origin given now would (the
+-- asset's default expiry for the origin, counted from now; none without one).
 CREATE OR REPLACE FUNCTION wallet_lots_credit(
     p_account_id bigint, p_transaction_id uuid, p_type text, p_reverses uuid,
     p_amount_minor bigint, p_balance_after_minor bigint)
@@ -33,9 +37,16 @@ RETURNS boolean  -- whether it filled a lot that expires
 LANGUAGE plpgsql AS $$
 DECLARE
     v_left bigint := least(p_amount_minor, greatest(p_balance_after_minor, 0));
-    v_expiring boolean := false;
+    v_now timestamptz := clock_timestamp();
     v_skip bigint := 0;
     v_take bigint;
+    v_expires_at timestamptz;
+    v_at integer;
+    -- The lots to fill, (origin, expiry) each once, in the order first met: two expired lots may
+    -- come back in one renewed lot, which a movement names once.
+    v_origins text[] := '{}';
+    v_expires timestamptz[] := '{}';
+    v_amounts bigint[] := '{}';
     d record;
 BEGIN
     IF v_left <= 0 THEN
@@ -47,8 +58,8 @@ BEGIN
          WHERE r.reverses = p_reverses AND r.id <> p_transaction_id AND m.amount_minor > 0;
     END IF;
     FOR d IN
-        SELECT m.id, m.lot_id, l.origin, l.expires_at, -m.amount_minor AS drawn
-          FROM lot_movements m JOIN credit_lots l ON l.id = m.lot_id
+        SELECT m.id, m.lot_id, l.origin, l.expires_at, -m.amount_minor AS drawn, ac.asset_code
+          FROM lot_movements m JOIN credit_lots l ON l.id = m.lot_id JOIN accounts ac ON ac.id = l.account_id
          WHERE m.transaction_id = CASE WHEN p_type = 'refund' THEN p_reverses ELSE p_transaction_id END
            AND m.amount_minor < 0
          ORDER BY CASE WHEN p_type = 'refund' THEN -m.id ELSE m.id END
@@ -58,19 +69,36 @@ BEGIN
         v_skip := v_skip - least(v_skip, d.drawn);
         CONTINUE WHEN v_take = 0;
         v_take := least(v_take, v_left);
-        v_expiring := v_expiring OR d.expires_at IS NOT NULL;
-        IF p_type = 'refund' THEN
-            UPDATE credit_lots SET remaining_minor = remaining_minor + v_take WHERE id = d.lot_id;
-            INSERT INTO lot_movements (transaction_id, lot_id, amount_minor) VALUES (p_transaction_id, d.lot_id, v_take);
-        ELSE
-            PERFORM wallet_lot_fill(p_account_id, p_transaction_id, d.origin, d.expires_at, v_take);
+        v_expires_at := d.expires_at;
+        IF p_type = 'refund' AND d.expires_at <= v_now THEN
+            SELECT v_now + make_interval(secs => CASE d.origin WHEN 'purchased' THEN p.purchased_expires_in_seconds
+                                                               ELSE p.granted_expires_in_seconds END)
+              INTO v_expires_at
+              FROM (SELECT 1) AS one LEFT JOIN asset_lot_policies p ON p.asset_code = d.asset_code;
         END IF;
+        v_origins := v_origins || d.origin;
+        v_expires := v_expires || v_expires_at;
+        v_amounts := v_amounts || v_take;
         v_left := v_left - v_take;
     END LOOP;
     IF v_left > 0 THEN
-        PERFORM wallet_lot_fill(p_account_id, p_transaction_id, 'purchased', NULL, v_left);
+        v_origins := v_origins || 'purchased'::text;
+        v_expires := v_expires || NULL::timestamptz;
+        v_amounts := v_amounts || v_left;
     END IF;
-    RETURN v_expiring;
+    FOR i IN 1..cardinality(v_origins) LOOP
+        v_at := (SELECT min(j) FROM generate_series(1, i) AS j
+                  WHERE v_origins[j] = v_origins[i] AND v_expires[j] IS NOT DISTINCT FROM v_expires[i]);
+        IF v_at < i THEN
+            v_amounts[v_at] := v_amounts[v_at] + v_amounts[i];
+            v_amounts[i] := 0;
+        END IF;
+    END LOOP;
+    FOR i IN 1..cardinality(v_origins) LOOP
+        CONTINUE WHEN v_amounts[i] = 0;
+        PERFORM wallet_lot_fill(p_account_id, p_transaction_id, v_origins[i], v_expires[i], v_amounts[i]);
+    END LOOP;
+    RETURN EXISTS (SELECT 1 FROM unnest(v_expires) AS e WHERE e IS NOT NULL);
 END $$;
 
 -- Replaced by wallet_lots_draw (one definition of the draw for single and set-based debits).
@@ -81,7 +109,8 @@ DROP FUNCTION IF EXISTS wallet_lots_debit(bigint, text, uuid, text, uuid, bigint
 --   * an expiry or a capture takes expired lots first (a capture: the hold kept them from
 --     expiring); every other debit takes lots that have not expired first (the posting paths
 --     expire an account's lots before they debit it, so it finds no expired lot to take);
---   * a clawback takes the lots its original filled first;
+--   * a clawback takes the lots its original filled first (one from before lots: its origin's
+--     opening lot); wallet_reverse_transaction lets it take more only for an admin's debt;
 --   * then the asset's spend order (granted_first by default), sooner expiry first, no expiry
 --     last, oldest first. An expiry goes by expiry alone.
 -- The accounts of p_which are distinct (each lot is drawn by one debit). The open lots must cover
@@ -110,6 +139,9 @@ BEGIN
                    CASE WHEN d.type = 'clawback' THEN NOT EXISTS (
                             SELECT 1 FROM lot_movements f
                              WHERE f.transaction_id = d.reverses AND f.lot_id = l.id AND f.amount_minor > 0)
+                            AND NOT (l.expires_at IS NULL AND l.origin = (
+                                SELECT wallet_rule_lot_origin(o.type) FROM transactions o
+                                 WHERE o.id = d.reverses AND o.seq < (SELECT s.first_seq FROM credit_lots_start s)))
                         ELSE false END,
                    CASE WHEN d.type = 'expiry' THEN false
                         WHEN d.spend_order = 'granted_first' THEN l.origin <> 'granted'
@@ -150,6 +182,46 @@ BEGIN
             USING ERRCODE = 'check_violation';
     END IF;
     RETURN v_result.expiring;
+END $$;
+
+-- What a clawback of the top-up or bonus p_original may take, judged under the account's row lock
+-- after its due lots were expired:
+--   left_minor: what is left of the credits it gave, unspent and unexpired: for each lot it
+--     filled, the least of what it put there (less what its clawbacks took back from there) and
+--     what the lot holds (nothing once the lot expired). Credits of one origin and expiry share a
+--     lot, so what several originals put in one lot is left to each of them as far as the lot
+--     holds it. An original from before lots: its origin's opening lot (no expiry).
+--   expired_minor: what of the credits it gave expired (breakage already): per lot, the least of
+--     what it put there (less its clawbacks' part) and what that lot lost to expiries. Where
+--     several originals share the lot, each counts the lot's expiries as its own first (the
+--     user's benefit of the doubt).
+-- A clawback takes at most left_minor; an admin's, asking for a debt, at most what is left of
+-- the original to reverse less expired_minor (the part the user spent or that repaid a debt).
+CREATE OR REPLACE FUNCTION wallet_clawback_credits(p_original transactions, p_account_id bigint,
+                                                   OUT left_minor bigint, OUT expired_minor bigint)
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v_now timestamptz := clock_timestamp();
+BEGIN
+    IF p_original.seq < (SELECT s.first_seq FROM credit_lots_start s) THEN
+        SELECT coalesce(sum(l.remaining_minor), 0), 0 INTO left_minor, expired_minor
+          FROM credit_lots l
+         WHERE l.account_id = p_account_id AND l.origin = wallet_rule_lot_origin(p_original.type)
+           AND l.expires_at IS NULL;
+        RETURN;
+    END IF;
+    SELECT coalesce(sum(least(o.own, CASE WHEN o.expires_at <= v_now THEN 0 ELSE o.remaining_minor END)), 0),
+           coalesce(sum(least(o.own, o.expired)), 0)
+      INTO left_minor, expired_minor
+      FROM (SELECT l.expires_at, l.remaining_minor,
+                   greatest(f.amount_minor + coalesce((
+                       SELECT sum(m.amount_minor) FROM transactions r JOIN lot_movements m ON m.transaction_id = r.id
+                        WHERE r.reverses = p_original.id AND m.lot_id = l.id AND m.amount_minor < 0), 0), 0) AS own,
+                   CASE WHEN l.expires_at IS NULL THEN 0 ELSE coalesce((
+                       SELECT -sum(m.amount_minor) FROM lot_movements m JOIN transactions e ON e.id = m.transaction_id
+                        WHERE m.lot_id = l.id AND e.type = 'expiry'), 0) END AS expired
+              FROM lot_movements f JOIN credit_lots l ON l.id = f.lot_id
+             WHERE f.transaction_id = p_original.id AND f.amount_minor > 0) AS o;
 END $$;
 
 -- Whether p_moved_minor, the sum (numeric) of a transaction's lot movements on one user account,
@@ -314,12 +386,26 @@ END $$;
 -- Returns the amount expired. Cheap when nothing is due: one read of the locked row.
 CREATE OR REPLACE FUNCTION wallet_expire_lots(p_account_id bigint) RETURNS bigint
 LANGUAGE plpgsql AS $$
+BEGIN
+    RETURN wallet_expire_lots_for(p_account_id, 0, 0);
+END $$;
+
+-- The same, for a write about to move the account, so that its balance_after is what a read
+-- right after it shows (a read counts due credits as gone as far as holds let them go):
+--   * a capture of p_keep_minor keeps that much of the due credits for itself (it draws expired
+--     lots first);
+--   * a credit of p_incoming_minor that follows in this database transaction lets a hold rest on
+--     it: the due credits the hold reserved go as far as the credit replaces them. The account is
+--     short of its holds from the expiry to the credit, inside this transaction only.
+DROP FUNCTION IF EXISTS wallet_expire_lots_keeping(bigint, bigint);
+CREATE OR REPLACE FUNCTION wallet_expire_lots_for(p_account_id bigint, p_keep_minor bigint,
+                                                  p_incoming_minor bigint) RETURNS bigint
+LANGUAGE plpgsql AS $$
 DECLARE
     v_account accounts;
     v_now timestamptz;
     v_due bigint;
     v_amount bigint;
-    v_breakage_id bigint;
 BEGIN
     SELECT * INTO v_account FROM accounts WHERE id = p_account_id FOR UPDATE;
     v_now := clock_timestamp();
@@ -331,29 +417,47 @@ BEGIN
     END IF;
     SELECT coalesce(sum(l.remaining_minor), 0) INTO v_due
       FROM credit_lots l WHERE l.account_id = p_account_id AND l.remaining_minor > 0 AND l.expires_at <= v_now;
-    v_amount := least(v_due, greatest(v_account.balance_minor - v_account.held_minor, 0));
+    v_amount := least(greatest(v_due - p_keep_minor, 0),
+                      greatest(v_account.balance_minor + p_incoming_minor - v_account.held_minor, 0));
     IF v_amount <= 0 THEN
         RETURN 0;
     END IF;
+    PERFORM wallet_post_expiry(v_account, v_amount, v_now);
+    RETURN v_amount;
+END $$;
+
+-- Posts the expiry of p_amount_minor of the due credits of the (locked) account p_account, as of
+-- p_now: user -, SYSTEM_BREAKAGE +. More than the account's balance less held only when credits
+-- that follow in this database transaction cover its holds again (see wallet_expire_lots_for).
+CREATE OR REPLACE FUNCTION wallet_post_expiry(p_account accounts, p_amount_minor bigint, p_now timestamptz)
+RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_breakage_id bigint;
+    v_allow_negative text := current_setting('wallet.allow_negative', true);
+BEGIN
+    IF p_amount_minor > p_account.balance_minor - p_account.held_minor THEN
+        PERFORM set_config('wallet.allow_negative', 'on', true);  -- until the credit that follows
+    END IF;
     SELECT s.id INTO STRICT v_breakage_id FROM accounts s
-     WHERE s.system_code = wallet_rule_system_account('expiry') AND s.asset_code = v_account.asset_code;
+     WHERE s.system_code = wallet_rule_system_account('expiry') AND s.asset_code = p_account.asset_code;
     WITH account AS (
-        UPDATE accounts SET balance_minor = balance_minor - v_amount WHERE id = p_account_id
+        UPDATE accounts SET balance_minor = balance_minor - p_amount_minor WHERE id = p_account.id
         RETURNING balance_minor
     ), posted AS (
         INSERT INTO transactions (type, api_key_id, idempotency_key, user_id, asset_code, amount_minor,
                                   balance_after_minor, description, metadata)
-        SELECT 'expiry', k.api_key_id, 'expiry:' || gen_random_uuid(), v_account.user_id, v_account.asset_code,
-               v_amount, account.balance_minor, 'credits expired unspent',
-               jsonb_build_object('expired_as_of', to_char(v_now AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))
+        SELECT 'expiry', k.api_key_id, 'expiry:' || gen_random_uuid(), p_account.user_id, p_account.asset_code,
+               p_amount_minor, account.balance_minor, 'credits expired unspent',
+               jsonb_build_object('expired_as_of', to_char(p_now AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))
           FROM account, system_api_keys k WHERE k.purpose = 'expiry'
         RETURNING id
     )
     INSERT INTO ledger_entries (transaction_id, entry_no, account_id, asset_code, amount_minor)
-    SELECT posted.id, side.entry_no, side.account_id, v_account.asset_code, side.amount_minor
-      FROM posted CROSS JOIN (VALUES (1::smallint, p_account_id, -v_amount),
-                                     (2::smallint, v_breakage_id, v_amount)) AS side(entry_no, account_id, amount_minor);
-    RETURN v_amount;
+    SELECT posted.id, side.entry_no, side.account_id, p_account.asset_code, side.amount_minor
+      FROM posted CROSS JOIN (VALUES (1::smallint, p_account.id, -p_amount_minor),
+                                     (2::smallint, v_breakage_id, p_amount_minor)) AS side(entry_no, account_id, amount_minor);
+    PERFORM set_config('wallet.allow_negative', coalesce(v_allow_negative, ''), true);
 END $$;
 
 -- What the debit paths call when a debit does not pass: releases expired holds and expires due
