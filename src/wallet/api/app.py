@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -129,8 +130,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # Protocol-level answers any route can give, declared once for all of them.
         responses=error_responses(405, 408, 500),
         # OpenTelemetry traces, metrics and logs (FastAPI's own instrumentation), exported over
-        # OTLP/HTTP when the standard OTEL_EXPORTER_OTLP_ENDPOINT is set; nothing otherwise.
-        telemetry={"auto_configure": True},
+        # OTLP/HTTP when the standard OTEL_EXPORTER_OTLP_ENDPOINT is set; otherwise not even its
+        # middleware, a layer every request would pass through for nothing.
+        telemetry={"auto_configure": True} if _otlp_endpoint_set() else None,
         # Swagger UI and ReDoc are added below, with their assets served by the service itself.
         docs_url=None,
         redoc_url=None,
@@ -173,6 +175,13 @@ class WalletApp(FastAPI):
             max_body_bytes=settings.max_body_bytes,
             body_timeout_ms=settings.request_body_timeout_ms,
         )
+
+
+def _otlp_endpoint_set() -> bool:
+    """OTEL_EXPORTER_OTLP_ENDPOINT, or a signal's own (..._TRACES_ENDPOINT and the like)."""
+    return any(
+        k.startswith("OTEL_EXPORTER_OTLP") and k.endswith("ENDPOINT") and v for k, v in os.environ.items()
+    )
 
 
 async def _flush_key_usage(authenticator: Authenticator, interval_ms: int) -> None:

@@ -83,9 +83,14 @@ async def authenticated(
 
 
 def requires(scope: Scope) -> Any:
-    """`Annotated[Caller, requires(scope)]`: the caller, refused with 403 without `scope`."""
+    """`Annotated[Caller, requires(scope)]`: the caller, refused with 403 without `scope`. One
+    dependency (on the bearer scheme, which the OpenAPI document shows), not one on top of
+    `authenticated`: each level of dependencies costs every request of the route."""
 
-    async def dependency(caller: Annotated[Caller, Depends(authenticated)]) -> Caller:
+    async def dependency(
+        request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+    ) -> Caller:
+        caller = await authenticate_request(request, credentials.credentials if credentials else None)
         caller.require(scope)
         return caller
 
