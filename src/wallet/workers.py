@@ -51,6 +51,10 @@ _spawn = multiprocessing.get_context("spawn")
 def _worker(config: uvicorn.Config, sock: socket.socket) -> None:  # pragma: no cover (child)
     _terminate_with_parent()
     config.configure_logging()
+    try:
+        config.load()  # an application that cannot be imported: uvicorn exits with 1
+    except SystemExit:
+        sys.exit(STARTUP_FAILURE)  # which stops the service, rather than a replacement each time
     server = uvicorn.Server(config)
     server.run(sockets=[sock])
     if not server.started:  # the application or its lifespan failed to start
