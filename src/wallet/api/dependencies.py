@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import asyncpg
 from fastapi import Depends, Request
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import HTTPBearer
 
 from wallet.api.observe import note_api_key
 from wallet.domain.rules import Scope
@@ -61,8 +61,6 @@ Pool = Annotated[asyncpg.Pool, Depends(_pool)]
 Committer = Annotated[GroupCommitter, Depends(_committer)]
 AppSettings = Annotated[Settings, Depends(_settings)]
 
-_bearer = HTTPBearer(auto_error=False, description="An API key from `wallet keys create`.")
-
 
 async def authenticate_request(request: Request, token: str | None) -> Caller:
     """The one authentication of every route: the key, with failed lookups limited per source
@@ -76,29 +74,32 @@ async def authenticate_request(request: Request, token: str | None) -> Caller:
     return caller
 
 
-async def authenticated(
-    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
-) -> Caller:
-    return await authenticate_request(request, credentials.credentials if credentials else None)
+class Authenticated(HTTPBearer):
+    """The caller, authenticated, and refused with 403 without `scope` (None: any scope). FastAPI's
+    bearer scheme itself, so that the OpenAPI document declares it (as `HTTPBearer`, as before) and
+    the route solves one dependency for all of it: each level of dependencies costs every request
+    of the route, and the hot routes have no other path."""
+
+    def __init__(self, scope: Scope | None) -> None:
+        super().__init__(
+            auto_error=False, scheme_name="HTTPBearer", description="An API key from `wallet keys create`."
+        )
+        self.scope = scope
+
+    async def __call__(self, request: Request) -> Caller:  # type: ignore[override]
+        credentials = await super().__call__(request)
+        caller = await authenticate_request(request, credentials.credentials if credentials else None)
+        if self.scope is not None:
+            caller.require(self.scope)
+        return caller
 
 
 def requires(scope: Scope) -> Any:
-    """`Annotated[Caller, requires(scope)]`: the caller, refused with 403 without `scope`. One
-    dependency (on the bearer scheme, which the OpenAPI document shows), not one on top of
-    `authenticated`: each level of dependencies costs every request of the route."""
-
-    async def dependency(
-        request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
-    ) -> Caller:
-        caller = await authenticate_request(request, credentials.credentials if credentials else None)
-        caller.require(scope)
-        return caller
-
-    dependency.__name__ = f"require_{scope.value}"
-    return Depends(dependency)
+    """`Annotated[Caller, requires(scope)]`: the caller, refused with 403 without `scope`."""
+    return Depends(Authenticated(scope))
 
 
 # The caller, authenticated; routes whose scope depends on the body check it themselves.
-AnyCaller = Annotated[Caller, Depends(authenticated)]
+AnyCaller = Annotated[Caller, Depends(Authenticated(None))]
 Reader = Annotated[Caller, requires(Scope.READ)]
 Admin = Annotated[Caller, requires(Scope.ADMIN)]

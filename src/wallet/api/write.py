@@ -24,7 +24,7 @@ from typing import Annotated, Any, Generic, TypeVar, cast
 
 from fastapi import Body, Depends, Header, Request
 
-from wallet.api.dependencies import Resources, authenticated, requires, resources_of, settings_of
+from wallet.api.dependencies import Authenticated, Resources, resources_of, settings_of
 from wallet.api.idempotency_header import idempotency_key_header
 from wallet.api.schemas import RequestBody
 from wallet.domain.idempotency import IdempotencyKey
@@ -58,7 +58,7 @@ def accept(
     the route needs whatever the body (None: only what `body_scopes` finds in it); `body_optional`
     lets the body be left out (then it is `model()`, e.g. a void, or a capture of all of a hold);
     `key_chars` is WALLET_MAX_IDEMPOTENCY_KEY_CHARS, shown in the header's description."""
-    caller_dependency = requires(scope) if scope is not None else Depends(authenticated)
+    caller_dependency = Depends(Authenticated(scope))
     body_parameter = Body(default_factory=model) if body_optional else Body()
 
     async def accepted(
