@@ -21,6 +21,7 @@ from wallet.api.dependencies import Resources
 from wallet.api.docs import add_offline_docs
 from wallet.api.errors import error_responses, install_error_handlers
 from wallet.api.observe import ObserveRequests
+from wallet.api.route_table import add_routes
 from wallet.api.routes import (
     console,
     events,
@@ -145,16 +146,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # The request models of writes carry this configuration's limits (wallet.api.write_bodies).
     bodies = write_bodies(settings)
     key_chars = settings.max_idempotency_key_chars
-    app.include_router(health.router)
-    app.include_router(metrics.router)
-    app.include_router(transactions.router(bodies, key_chars))
-    app.include_router(wallets.router)
-    app.include_router(reports.router)
-    app.include_router(users.router)
-    app.include_router(holds.router(bodies, key_chars))
-    app.include_router(events.router)
-    app.include_router(webhooks.router)
-    app.include_router(console.router)  # the operator console at /console and its reads
+    # One flat table of routes (wallet.api.route_table), in this order.
+    for router in (
+        health.router,
+        metrics.router,
+        transactions.router(bodies, key_chars),
+        wallets.router,
+        reports.router,
+        users.router,
+        holds.router(bodies, key_chars),
+        events.router,
+        webhooks.router,
+        *console.routers,  # the operator console at /console and its reads
+    ):
+        add_routes(app, router)
     return app
 
 

@@ -224,6 +224,5 @@ async def console_asset(name: str) -> Response:
     return _asset(name if name != "index.html" else "")
 
 
-router = APIRouter()
-router.include_router(api)
-router.include_router(pages)
+# The console's JSON reads (in the OpenAPI document) and its pages (not), in this order.
+routers = (api, pages)
