@@ -24,7 +24,8 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from fastapi import Request, Response
-from fastapi.routing import APIRoute
+
+from wallet.api.request_only import RequestOnlyRoute
 
 
 def _number(text: str) -> Decimal:
@@ -95,7 +96,7 @@ class ExactJSONRequest(Request):
         return self._json
 
 
-class ExactJSONRoute(APIRoute):
+class ExactJSONRoute(RequestOnlyRoute):
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
 

@@ -3,6 +3,7 @@
 Built per application (`router(bodies)`), as the transactions' routes are, for the same reasons
 (and so without `from __future__ import annotations`)."""
 
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Response
@@ -13,7 +14,7 @@ from wallet.api.json_body import ExactJSONRoute
 from wallet.api.params import PageSize, cursor_query, known_user_id
 from wallet.api.respond import respond
 from wallet.api.schemas import HoldOut, HoldPage, TransactionOut
-from wallet.api.write import AcceptedWrite, accept
+from wallet.api.write import AcceptedWrite, WriteHandler, accept
 from wallet.api.write_bodies import WriteBodies
 from wallet.domain.rules import Scope
 from wallet.services.holds import (
@@ -31,7 +32,7 @@ WRITE_ERRORS = error_responses(400, 401, 403, 404, 409, 413, 422, 429, 503)
 def router(bodies: WriteBodies, key_chars: int) -> APIRouter:
     routes = APIRouter(prefix="/api/v1", tags=["holds"], route_class=ExactJSONRoute)
 
-    def write(model: type[Any], **options: Any) -> Any:
+    def write(model: type[Any], **options: Any) -> Callable[[WriteHandler], Any]:
         return accept(model, Scope.SPEND, key_chars=key_chars, **options)
 
     @routes.post(
@@ -41,7 +42,8 @@ def router(bodies: WriteBodies, key_chars: int) -> APIRouter:
         responses={201: {"model": HoldOut, "description": "Placed (status open)."}, **WRITE_ERRORS},
         summary="Reserve part of a user's available balance until captured, voided or expired",
     )
-    async def post_hold(accepted: Annotated[AcceptedWrite[Any], write(bodies.HoldBody)]) -> Response:
+    @write(bodies.HoldBody)
+    async def post_hold(accepted: AcceptedWrite[Any]) -> Response:
         body = accepted.body
         request = HoldRequest(
             user_id=body.user_id,
@@ -63,11 +65,9 @@ def router(bodies: WriteBodies, key_chars: int) -> APIRouter:
         responses={201: {"model": TransactionOut, "description": "The capture transaction."}, **WRITE_ERRORS},
         summary="Spend all or part of a hold, once; the rest is released",
     )
-    async def post_capture(
-        hold_id: str,
-        # No body (or `{}`) captures all; any body that is sent must be a valid object (not null).
-        accepted: Annotated[AcceptedWrite[Any], write(bodies.CaptureBody, body_optional=True)],
-    ) -> Response:
+    # No body (or `{}`) captures all; any body that is sent must be a valid object (not null).
+    @write(bodies.CaptureBody, body_optional=True, path=("hold_id",))
+    async def post_capture(accepted: AcceptedWrite[Any], hold_id: str) -> Response:
         body = accepted.body
         outcome = await capture_hold(
             accepted.resources.pool,
@@ -90,9 +90,8 @@ def router(bodies: WriteBodies, key_chars: int) -> APIRouter:
         },
         summary="Release a hold without spending",
     )
-    async def post_void(
-        hold_id: str, accepted: Annotated[AcceptedWrite[Any], write(bodies.VoidBody, body_optional=True)]
-    ) -> Response:
+    @write(bodies.VoidBody, body_optional=True, path=("hold_id",))
+    async def post_void(accepted: AcceptedWrite[Any], hold_id: str) -> Response:
         outcome = await void_hold(accepted.resources.pool, accepted.caller, accepted.idempotency_key, hold_id)
         return respond("void", outcome)
 

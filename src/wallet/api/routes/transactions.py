@@ -2,12 +2,13 @@
 
 Built per application (`router(bodies)`), because the request models are built from its
 settings. Every write is accepted by `wallet.api.write.accept` (authenticate, rate limit, scope,
-strict body, idempotency key), then its service runs the command and `respond` answers.
-Without `from __future__ import annotations`: FastAPI reads these endpoints' annotations, which
-name models local to `router`.
+strict body, idempotency key; its endpoint takes the request alone), then its service runs the
+command and `respond` answers. Without `from __future__ import annotations`: FastAPI reads the
+annotations of the other endpoints.
 """
 
-from typing import Annotated, Any
+from collections.abc import Callable
+from typing import Any
 
 from fastapi import APIRouter, Response
 
@@ -17,7 +18,7 @@ from wallet.api.json_body import ExactJSONRoute
 from wallet.api.metrics import POSTING_SECONDS
 from wallet.api.respond import respond
 from wallet.api.schemas import BatchOut, TransactionOut
-from wallet.api.write import AcceptedWrite, accept
+from wallet.api.write import AcceptedWrite, WriteHandler, accept
 from wallet.api.write_bodies import WriteBodies
 from wallet.domain.rules import TYPE_RULES, Scope, TransactionType
 from wallet.services.reversals import reverse_transaction
@@ -60,7 +61,7 @@ async def _post(type: TransactionType, write: AcceptedWrite[Any]) -> Response:
 def router(bodies: WriteBodies, key_chars: int) -> APIRouter:
     routes = APIRouter(prefix="/api/v1/transactions", tags=["transactions"], route_class=ExactJSONRoute)
 
-    def write(model: type[Any], scope: Scope | None, **options: Any) -> Any:
+    def write(model: type[Any], scope: Scope | None, **options: Any) -> Callable[[WriteHandler], Any]:
         return accept(model, scope, key_chars=key_chars, **options)
 
     topup_scope = TYPE_RULES[TransactionType.TOPUP].scope
@@ -73,21 +74,24 @@ def router(bodies: WriteBodies, key_chars: int) -> APIRouter:
         "/topup", status_code=201, response_model=None, responses=WRITE_RESPONSES,
         summary=_summary(TransactionType.TOPUP),
     )  # fmt: skip
-    async def topup(accepted: Annotated[AcceptedWrite[Any], write(Posting, topup_scope)]) -> Response:
+    @write(Posting, topup_scope)
+    async def topup(accepted: AcceptedWrite[Any]) -> Response:
         return await _post(TransactionType.TOPUP, accepted)
 
     @routes.post(
         "/bonus", status_code=201, response_model=None, responses=WRITE_RESPONSES,
         summary=_summary(TransactionType.BONUS),
     )  # fmt: skip
-    async def bonus(accepted: Annotated[AcceptedWrite[Any], write(Bonus, bonus_scope)]) -> Response:
+    @write(Bonus, bonus_scope)
+    async def bonus(accepted: AcceptedWrite[Any]) -> Response:
         return await _post(TransactionType.BONUS, accepted)
 
     @routes.post(
         "/spend", status_code=201, response_model=None, responses=WRITE_RESPONSES,
         summary=_summary(TransactionType.SPEND),
     )  # fmt: skip
-    async def spend(accepted: Annotated[AcceptedWrite[Any], write(Posting, spend_scope)]) -> Response:
+    @write(Posting, spend_scope)
+    async def spend(accepted: AcceptedWrite[Any]) -> Response:
         return await _post(TransactionType.SPEND, accepted)
 
     def batch_scopes(body: Any) -> list[Scope]:
@@ -100,9 +104,8 @@ def router(bodies: WriteBodies, key_chars: int) -> APIRouter:
         responses={**WRITE_RESPONSES, 201: {"model": BatchOut, "description": "All posted."}},
         summary="Post several operations atomically: all or none (each operation's scope)",
     )
-    async def batch(
-        accepted: Annotated[AcceptedWrite[Any], write(bodies.BatchBody, None, body_scopes=batch_scopes)],
-    ) -> Response:
+    @write(bodies.BatchBody, None, body_scopes=batch_scopes)
+    async def batch(accepted: AcceptedWrite[Any]) -> Response:
         operations = [
             PostingRequest(
                 type=op.type,
@@ -140,11 +143,8 @@ def router(bodies: WriteBodies, key_chars: int) -> APIRouter:
         responses=WRITE_RESPONSES,
         summary="Move credits from one user to another, with an optional fee (scope `transfer`)",
     )
-    async def transfer(
-        accepted: Annotated[
-            AcceptedWrite[Any], write(bodies.TransferBody, TYPE_RULES[TransactionType.TRANSFER].scope)
-        ],
-    ) -> Response:
+    @write(bodies.TransferBody, TYPE_RULES[TransactionType.TRANSFER].scope)
+    async def transfer(accepted: AcceptedWrite[Any]) -> Response:
         body = accepted.body
         request = TransferRequest(
             from_user_id=body.from_user_id,
@@ -172,15 +172,16 @@ def router(bodies: WriteBodies, key_chars: int) -> APIRouter:
         responses=WRITE_RESPONSES,
         summary="Refund a spend or capture, or claw back a top-up or bonus, in whole or part (scope `reverse`)",
     )
-    async def reverse(
-        transaction_id: str,
-        # No body (or `{}`) reverses all it may (see ReverseBody.amount); any body that is sent
-        # must be a valid object (not null, not malformed: neither may stand for "all").
-        accepted: Annotated[
-            AcceptedWrite[Any],
-            write(bodies.ReverseBody, Scope.REVERSE, body_scopes=reverse_scopes, body_optional=True),
-        ],
-    ) -> Response:
+    # No body (or `{}`) reverses all it may (see ReverseBody.amount); any body that is sent
+    # must be a valid object (not null, not malformed: neither may stand for "all").
+    @write(
+        bodies.ReverseBody,
+        Scope.REVERSE,
+        body_scopes=reverse_scopes,
+        body_optional=True,
+        path=("transaction_id",),
+    )
+    async def reverse(accepted: AcceptedWrite[Any], transaction_id: str) -> Response:
         body = accepted.body
         outcome = await reverse_transaction(
             accepted.resources.pool,
