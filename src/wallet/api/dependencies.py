@@ -101,5 +101,7 @@ def requires(scope: Scope) -> Any:
 
 # The caller, authenticated; routes whose scope depends on the body check it themselves.
 AnyCaller = Annotated[Caller, Depends(Authenticated(None))]
-Reader = Annotated[Caller, requires(Scope.READ)]
+# The reading caller's scheme, also called explicitly by the balance read (a request-only endpoint).
+READER = Authenticated(Scope.READ)
+Reader = Annotated[Caller, Depends(READER)]
 Admin = Annotated[Caller, requires(Scope.ADMIN)]
