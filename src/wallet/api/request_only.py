@@ -19,6 +19,8 @@ from typing import Any
 
 from fastapi import Request, Response
 from fastapi.routing import APIRoute
+from starlette.routing import Match
+from starlette.types import Scope
 
 RequestEndpoint = Callable[[Request], Awaitable[Response]]
 
@@ -46,8 +48,25 @@ def documented(name: str, annotation: Any, default: Any = inspect.Parameter.empt
 
 
 class RequestOnlyRoute(APIRoute):
-    """Calls an endpoint marked `request_only` with the request (no parameters solved); any other
-    endpoint as FastAPI does."""
+    """The service's route class (every router's, see `wallet.api.route_table`): calls an endpoint
+    marked `request_only` with the request (no parameters solved), any other endpoint as FastAPI
+    does; and refuses at once a path that does not start with the route's literal prefix (its
+    path up to the first parameter), which its pattern could not match either. A request is
+    matched against each route before its own in turn, so that check is what most routes cost
+    most requests (FastAPI's `matches` looks up its route context in the scope before the
+    pattern)."""
+
+    def __init__(self, path: str, endpoint: Callable[..., Any], **options: Any) -> None:
+        super().__init__(path, endpoint, **options)
+        self.literal_prefix = path.split("{", 1)[0]
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        # Only where the path is the route path (no root_path); otherwise FastAPI decides.
+        if scope["type"] == "http" and not scope.get("root_path"):
+            path: str = scope["path"]
+            if not path.startswith(self.literal_prefix):
+                return Match.NONE, {}
+        return super().matches(scope)
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         if getattr(self.endpoint, _MARK, False):

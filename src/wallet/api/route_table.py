@@ -15,14 +15,16 @@ compares it byte for byte).
 from __future__ import annotations
 
 from fastapi import APIRouter, FastAPI
-from fastapi.routing import APIRoute
+
+from wallet.api.request_only import RequestOnlyRoute
 
 
 def add_routes(app: FastAPI, router: APIRouter) -> None:
-    """Each route of `router` (FastAPI routes only: the service declares no other kind), in order."""
+    """Each route of `router`, in order: routes of the service's class only (`RequestOnlyRoute`,
+    which also makes a route that cannot match a path cheap to pass over)."""
     for route in router.routes:
-        if not isinstance(route, APIRoute):
-            raise TypeError(f"{route!r}: only FastAPI routes go in the route table")
+        if not isinstance(route, RequestOnlyRoute):
+            raise TypeError(f"{route!r}: a router of the service declares its routes with RequestOnlyRoute")
         app.router.add_api_route(
             route.path,
             route.endpoint,

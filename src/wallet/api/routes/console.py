@@ -18,13 +18,14 @@ from wallet.api.dependencies import Admin, AnyCaller, AppSettings, Pool, Reader
 from wallet.api.errors import error_responses
 from wallet.api.json_body import ExactJSONRoute
 from wallet.api.params import PageSize
+from wallet.api.request_only import RequestOnlyRoute
 from wallet.console import reports
 from wallet.domain import errors
 from wallet.domain.rules import KeyOperation, Scope, scope_allows
 from wallet.services.verify import MAX_PROBLEMS_PER_CHECK
 
 api = APIRouter(prefix="/api/v1", tags=["console"], route_class=ExactJSONRoute)
-pages = APIRouter(include_in_schema=False)
+pages = APIRouter(include_in_schema=False, route_class=RequestOnlyRoute)
 
 
 class KeyRestrictionsOut(BaseModel):

@@ -7,10 +7,11 @@ from fastapi import APIRouter, Response
 from wallet.api.dependencies import Pool, Reader
 from wallet.api.errors import error_responses
 from wallet.api.params import PageSize, cursor_query
+from wallet.api.request_only import RequestOnlyRoute
 from wallet.api.schemas_events import EventPage
 from wallet.services.events import events_page_json
 
-router = APIRouter(prefix="/api/v1", tags=["events"])
+router = APIRouter(prefix="/api/v1", tags=["events"], route_class=RequestOnlyRoute)
 
 
 @router.get(

@@ -6,9 +6,10 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from wallet.api.dependencies import Pool
+from wallet.api.request_only import RequestOnlyRoute
 from wallet.api.schemas import HealthOut
 
-router = APIRouter(tags=["health"])
+router = APIRouter(tags=["health"], route_class=RequestOnlyRoute)
 
 HEALTH_TIMEOUT_S = 2.0
 

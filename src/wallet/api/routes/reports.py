@@ -11,11 +11,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from wallet.api.dependencies import Pool, requires
 from wallet.api.errors import error_responses
 from wallet.api.params import Instant
+from wallet.api.request_only import RequestOnlyRoute
 from wallet.domain.rules import Scope
 from wallet.services.api_keys import Caller
 from wallet.services.lots import ReportPeriod, liability_report
 
-router = APIRouter(prefix="/api/v1/reports", tags=["reports"])
+router = APIRouter(prefix="/api/v1/reports", tags=["reports"], route_class=RequestOnlyRoute)
 
 
 class AssetLiabilities(BaseModel):
