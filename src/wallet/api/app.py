@@ -138,7 +138,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         docs_url=None,
         redoc_url=None,
     )
-    add_offline_docs(app)
     app.state.settings = settings
     # A trailing slash is not redirected: the redirect would be built from the Host header.
     app.router.redirect_slashes = False
@@ -160,6 +159,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         *console.routers,  # the operator console at /console and its reads
     ):
         add_routes(app, router)
+    # After the service's routes: every request is matched against the routes before its own.
+    add_offline_docs(app)
     return app
 
 
