@@ -2,7 +2,8 @@
 
 Every error has the same shape, `{"error": {"code", "message", "field"}}`, with a code from the
 catalogue (`wallet.domain.errors`), and each code has exactly one status, in `STATUS_BY_CODE`.
-A leaf of the API layer (it imports only the domain and Starlette), so that whatever answers an
+A leaf of the API layer (it imports only the domain and `wallet.api.documents`, whose
+DocumentResponse puts the answer in the documented key order), so that whatever answers an
 error (the exception handlers, the body limit of the request middleware, a route) builds it here.
 """
 
@@ -10,8 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from starlette.responses import JSONResponse
-
+from wallet.api.documents import DocumentResponse
 from wallet.domain import errors
 from wallet.domain.rules import RETRY_AFTER_SECONDS
 
@@ -72,10 +72,10 @@ def error_body(code: errors.Code, message: str, field: str | None = None) -> dic
 
 def error_response(
     code: errors.Code, message: str, field: str | None = None, headers: dict[str, str] | None = None
-) -> JSONResponse:
+) -> DocumentResponse:
     status = STATUS_BY_CODE[code]
     if status == 401:
         headers = {"WWW-Authenticate": "Bearer", **(headers or {})}
     elif status == 503:
         headers = {"Retry-After": str(RETRY_AFTER_SECONDS), **(headers or {})}
-    return JSONResponse(error_body(code, message, field), status_code=status, headers=headers)
+    return DocumentResponse(error_body(code, message, field), status_code=status, headers=headers)

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Response
 
 from wallet.api.dependencies import Pool, Reader
+from wallet.api.documents import DocumentResponse
 from wallet.api.errors import error_responses
 from wallet.api.json_body import ExactJSONRoute
 from wallet.api.params import PageSize, cursor_query, known_user_id
@@ -101,7 +102,7 @@ def router(bodies: WriteBodies, key_chars: int) -> APIRouter:
         responses={200: {"model": HoldOut}, **error_responses(401, 403, 404, 429, 503)},
     )
     async def get_hold(pool: Pool, hold_id: str, caller: Reader) -> Response:
-        return Response(await get_hold_json(pool, hold_id), media_type="application/json")
+        return DocumentResponse(await get_hold_json(pool, hold_id))
 
     @routes.get(
         "/wallets/{user_id}/holds",
@@ -126,6 +127,6 @@ def router(bodies: WriteBodies, key_chars: int) -> APIRouter:
             limit=limit,
             cursor=cursor,
         )
-        return Response(body, media_type="application/json")
+        return DocumentResponse(body)
 
     return routes

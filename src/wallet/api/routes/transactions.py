@@ -13,6 +13,7 @@ from typing import Any
 from fastapi import APIRouter, Response
 
 from wallet.api.dependencies import Pool, Reader
+from wallet.api.documents import DocumentResponse
 from wallet.api.errors import error_responses
 from wallet.api.json_body import ExactJSONRoute
 from wallet.api.metrics import POSTING_SECONDS
@@ -134,7 +135,7 @@ def router(bodies: WriteBodies, key_chars: int) -> APIRouter:
     )
     async def get_transaction(pool: Pool, transaction_id: str, caller: Reader) -> Response:
         body = await get_transaction_json(pool, transaction_id)
-        return Response(body, media_type="application/json")
+        return DocumentResponse(body)
 
     @routes.post(
         "/transfer",

@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Query, Request, Response
 
 from wallet.api.dependencies import READER, Pool, Reader, resources_of
+from wallet.api.documents import DocumentResponse
 from wallet.api.errors import error_responses
 from wallet.api.params import Instant, PageSize, QueryParameter, cursor_query, known_user_id, refuse_any
 from wallet.api.request_only import RequestOnlyRoute, documented, request_only
@@ -52,7 +53,7 @@ async def balance(request: Request) -> Response:
             raise WalletError(errors.USER_NOT_FOUND, f"no user with id {user_id}")
     else:
         body = await balances_json(resources.pool, user_id, asset_type, as_of)
-    return Response(body, media_type="application/json")
+    return DocumentResponse(body)
 
 
 @router.get(
@@ -81,4 +82,4 @@ async def history(
         from_time=from_time,
         to_time=to_time,
     )
-    return Response(body, media_type="application/json")
+    return DocumentResponse(body)
