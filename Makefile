@@ -2,7 +2,7 @@
 # from the pinned requirements.lock (runtime), requirements-embedded.lock (the embedded PostgreSQL
 # `make run` and the tests start, not in the image) and requirements-dev.lock (tests, tools, lint),
 # so a fresh machine needs only python3 and make.
-# Beside them: `make lint` (ruff + mypy, run by CI before the tests), `make bench` and
+# Beside them: `make lint` (ruff, mypy, import contracts; run by CI before the tests), `make bench` and
 # `make bank-test` (slow; not part of the suite). Pass options with ARGS="--seconds 5 ...".
 # `make image-test` builds the Dockerfile with podman and checks the image and the compose stack
 # (tools/image_test.sh; root, Debian). `make restore-drill` backs up a scratch cluster, restores it
@@ -34,6 +34,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 bench: $(STAMP)
 	$(VENV)/bin/python -m tools.bench $(ARGS)
