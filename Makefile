@@ -2,8 +2,9 @@
 # from the pinned requirements.lock (runtime), requirements-embedded.lock (the embedded PostgreSQL
 # `make run` and the tests start, not in the image) and requirements-dev.lock (tests, tools, lint),
 # so a fresh machine needs only python3 and make.
-# Beside them: `make lint` (ruff + mypy, run by CI before the tests), `make docs` (the documentation
-# site, docs/ and mkdocs.yml, built with --strict into site/; CI runs it after lint), `make bench` and
+# Beside them: `make lint` (ruff, mypy, import contracts; run by CI before the tests), `make docs`
+# (the documentation site, docs/ and mkdocs.yml, built with --strict into site/; CI runs it after
+# lint), `make bench` and
 # `make bank-test` (slow; not part of the suite). Pass options with ARGS="--seconds 5 ...".
 # `make image-test` builds the Dockerfile with podman and checks the image and the compose stack
 # (tools/image_test.sh; root, Debian). `make restore-drill` backs up a scratch cluster, restores it
@@ -35,6 +36,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site

@@ -179,3 +179,42 @@ def test_a_host_that_cannot_be_listened_on_is_one_line(database_url):
     assert result.returncode == 1, result.stderr
     assert result.stderr.startswith("error: cannot listen on no-such-host.invalid:8000: ")
     assert len(result.stderr.splitlines()) == 1
+
+
+def test_sigterm_lets_a_request_in_flight_finish_then_stops_every_worker(service):
+    """Graceful shutdown: the supervisor hands SIGTERM to each worker (uvicorn's own shutdown:
+    requests in flight are answered, then the lifespan ends), waits for them, and exits."""
+    assert service.process is not None
+    workers = _workers(service)
+    # A request whose body arrives slowly is in flight when the signal comes.
+    sock = socket.create_connection(("127.0.0.1", service.port), timeout=30)
+    body = b'{"user_id": "nobody", "name": "x"}'
+    sock.sendall(
+        b"POST /api/v1/users HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body[:5]
+    )
+    time.sleep(0.5)
+    service.process.send_signal(signal.SIGTERM)
+    time.sleep(0.5)
+    sock.sendall(body[5:])
+    answer = sock.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 401"), answer  # answered (no key), not cut off
+    sock.close()
+    service.process.wait(timeout=30)
+    assert not any(_alive(w) for w in workers)
+
+
+def test_an_application_that_cannot_start_stops_the_service(database_url):
+    """A worker that fails to start (here: no such application) stops the supervisor with
+    uvicorn's exit status for it (3), rather than being replaced again and again."""
+    port = socket.socket()
+    port.bind(("127.0.0.1", 0))
+    free = port.getsockname()[1]
+    port.close()
+    result = subprocess.run(
+        [sys.executable, "-m", "wallet.serving", "no_such_module:app", "--port", str(free), "--workers", "2"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 3, result.stderr[-2000:]

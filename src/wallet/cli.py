@@ -609,6 +609,7 @@ def serve(
                 log_level=settings.log_level.lower(),
                 timeout_graceful_shutdown=10,
                 limit_concurrency=settings.max_connections_per_worker,
+                http=serving.HTTP_PROTOCOL,  # uvicorn's own, one write per response
             )
         )
 

@@ -13,30 +13,28 @@ binding, `ensure_port_free` binds the address once without SO_REUSEPORT, which f
 anything listens there, and `wallet serve` refuses with one line. (Between that check and the bind
 another process could still take the port; the window is the time of one bind.)
 
-The supervisor keeps every socket open, so a worker that dies is replaced on the same socket and
-the connections waiting in its backlog are not lost. A worker also gets SIGTERM when the
-supervisor dies (even by SIGKILL), so no orphan keeps a socket of the port: with SO_REUSEPORT a
-stale process would otherwise share the port with the next service silently.
-
-Everything else (health checks, restarts, signals, graceful shutdown) is uvicorn's
-`Multiprocess`; the three methods that start workers are its own, with a socket per worker.
-Re-check them on a uvicorn upgrade (uvicorn is pinned in requirements.lock).
+The workers are uvicorn servers started through its public API, one per socket, under a small
+supervisor of the service's own (`wallet.workers`: it keeps every socket open, replaces a worker
+that dies on the same socket, stops them gracefully, and no worker outlives it). Their HTTP
+protocol is uvicorn's own, given through its public `http=` setting
+(`wallet.http_protocol.CoalescingHttpToolsProtocol`: one write per response). Nothing of uvicorn
+is overridden or replaced (issue 19).
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import errno
-import signal
 import socket
 import sys
 
 import uvicorn
 from uvicorn.config import STARTUP_FAILURE
-from uvicorn.supervisors.multiprocess import Multiprocess, Process, logger
 
-PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+from wallet.http_protocol import CoalescingHttpToolsProtocol
+from wallet.workers import Supervisor
+
+# What `wallet serve` and `python -m wallet.serving` give uvicorn's `http=` setting.
+HTTP_PROTOCOL = CoalescingHttpToolsProtocol
 
 
 def serve(config: uvicorn.Config) -> None:
@@ -49,7 +47,7 @@ def serve(config: uvicorn.Config) -> None:
         return
     sockets = listening_sockets(config.host, config.port, config.workers, config.backlog)
     try:
-        PerWorkerSockets(config, sockets).run()
+        Supervisor(config, sockets).run()
     finally:
         for sock in sockets:
             sock.close()
@@ -105,70 +103,6 @@ def listening_sockets(host: str, port: int, count: int, backlog: int) -> list[so
     return sockets
 
 
-class Worker(Process):
-    """uvicorn's worker process, which ends when its supervisor does."""
-
-    def target(self, sockets: list[socket.socket] | None = None) -> None:  # pragma: no cover (child)
-        _terminate_with_parent()
-        super().target(sockets)
-
-
-def _terminate_with_parent() -> None:
-    if not sys.platform.startswith("linux"):
-        return
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-class PerWorkerSockets(Multiprocess):
-    def __init__(self, config: uvicorn.Config, sockets: list[socket.socket]) -> None:
-        assert len(sockets) == config.workers
-        super().__init__(config, sockets=[])
-        self.worker_sockets = sockets
-
-    def _new_worker(self, index: int) -> Worker:
-        worker = Worker(self.config, [self.worker_sockets[index]])
-        worker.start()
-        return worker
-
-    def init_processes(self) -> None:
-        for index in range(self.processes_num):
-            self.processes.append(self._new_worker(index))
-
-    def restart_all(self) -> None:
-        """SIGHUP: replaces each worker, its replacement serving before the old one retires."""
-        for index, old in enumerate(self.processes):
-            if self.should_exit.is_set():
-                return
-            new = self._new_worker(index)
-            if not new.wait_until_ready(self.config.timeout_worker_healthcheck, self.should_exit):
-                new.kill()
-                new.join()
-                if not self.should_exit.is_set():
-                    logger.error(f"New child process [{new.pid}] was not ready in time; keeping [{old.pid}].")
-                return
-            old.terminate()
-            old.join()
-            self.processes[index] = new
-
-    def keep_subprocess_alive(self) -> None:
-        if self.should_exit.is_set():
-            return
-        for index, process in enumerate(self.processes):
-            if process.is_alive(timeout=self.config.timeout_worker_healthcheck):
-                continue
-            process.kill()  # hung: kill it
-            process.join()
-            if process.exitcode == STARTUP_FAILURE:
-                logger.error(f"Child process [{process.pid}] failed to start, stopping the parent process.")
-                self.should_exit.set()
-                return
-            if self.should_exit.is_set():
-                return
-            logger.info(f"Child process [{process.pid}] died")
-            self.processes[index] = self._new_worker(index)
-
-
 def main(argv: list[str] | None = None) -> None:
     """`python -m wallet.serving APP --port P --workers N`: any ASGI app under this supervisor
     (the benchmark serves its hello-world floor this way, as the service is served)."""
@@ -188,6 +122,7 @@ def main(argv: list[str] | None = None) -> None:
             workers=args.workers,
             log_level="warning",
             access_log=False,
+            http=HTTP_PROTOCOL,
         )
     )
 

@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from wallet.domain.rules import (
@@ -217,6 +217,16 @@ class Settings(BaseSettings):
         if value.partition("://")[0] not in ("redis", "rediss", "unix"):
             raise ValueError("must start with redis://, rediss:// or unix://")
         return value
+
+    @model_validator(mode="after")
+    def _hold_default_within_max(self) -> Settings:
+        """The request model bounds a hold's given expiry by the maximum; the default must be
+        within it too, or a hold without one would last longer than the maximum."""
+        if self.hold_expires_in_seconds_default > self.hold_expires_in_seconds_max:
+            raise ValueError(
+                "WALLET_HOLD_EXPIRES_IN_SECONDS_DEFAULT must not exceed WALLET_HOLD_EXPIRES_IN_SECONDS_MAX"
+            )
+        return self
 
 
 @lru_cache(maxsize=1)

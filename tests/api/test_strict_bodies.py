@@ -270,9 +270,9 @@ async def test_only_no_body_or_an_empty_object_means_all(admin, make_user, pool)
         assert capture.status_code == 201 and capture.json()["amount"] == 7, capture.text
 
 
-async def test_the_fast_path_refuses_what_the_full_path_refuses(admin, make_user, pool):
-    """The hot routes' fast path takes only bodies their model accepts; the rest get the full
-    path's answer (same status, code, field and message), whatever the Content-Type spelling."""
+async def test_a_refusal_is_the_same_whatever_the_content_type_spelling(admin, make_user, pool):
+    """One answer (same status, code, field and message) for each refused body, whatever the
+    Content-Type spelling, and nothing written."""
     user = await make_user(GOLD_COINS=10)
     before = await snapshot(pool)
     for body in (

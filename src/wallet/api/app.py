@@ -1,29 +1,27 @@
-"""The ASGI application: routers, error handlers, the request middleware, the hot routes' dispatch,
-and the pool's lifetime."""
+"""The ASGI application: routers, error handlers, the request middleware and the pool's lifetime."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import gc
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import structlog
-from fastapi import FastAPI, Request
-from fastapi.routing import APIRoute
-from fastapi_offline import FastAPIOffline
-from starlette.types import ASGIApp, Receive, Scope, Send
+from fastapi import FastAPI
+from starlette.types import ASGIApp
 
 from wallet import __version__
 from wallet.api import metrics
 from wallet.api.dependencies import Resources
+from wallet.api.docs import add_offline_docs
 from wallet.api.documents import DocumentResponse
 from wallet.api.errors import error_responses, install_error_handlers
-from wallet.api.fast_path import HotRoute, HotRoutes, fast_handler_of
-from wallet.api.json_body import ExactJSONRequest, ExactJSONRoute
 from wallet.api.observe import ObserveRequests
+from wallet.api.route_table import add_routes
 from wallet.api.routes import (
     console,
     events,
@@ -35,6 +33,7 @@ from wallet.api.routes import (
     wallets,
     webhooks,
 )
+from wallet.api.write_bodies import write_bodies
 from wallet.db.pool import create_pool, create_session_pool, session_settings_differences, wait_for_database
 from wallet.logging import configure_logging
 from wallet.services.api_keys import Authenticator
@@ -154,8 +153,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     await extra.close()
             await pool.close()
 
-    # Swagger UI and ReDoc with their assets served by the service itself, not from a CDN.
-    app = FastAPIOffline(
+    app = WalletApp(
+        settings,
         title="Wallet service",
         version=__version__,
         description=DESCRIPTION,
@@ -165,79 +164,63 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # Every JSON answer in the one documented key order (wallet.api.documents).
         default_response_class=DocumentResponse,
         # OpenTelemetry traces, metrics and logs (FastAPI's own instrumentation), exported over
-        # OTLP/HTTP when the standard OTEL_EXPORTER_OTLP_ENDPOINT is set; nothing otherwise.
-        telemetry={"auto_configure": True},
+        # OTLP/HTTP when the standard OTEL_EXPORTER_OTLP_ENDPOINT is set; otherwise not even its
+        # middleware, a layer every request would pass through for nothing.
+        telemetry={"auto_configure": True} if _otlp_endpoint_set() else None,
+        # Swagger UI and ReDoc are added below, with their assets served by the service itself.
+        docs_url=None,
+        redoc_url=None,
     )
-    # FastAPIOffline builds a plain FastAPI; the service's entry (see WalletApp) is a subclass with
-    # no state of its own, so the instance takes that class.
-    app.__class__ = WalletApp
-    assert isinstance(app, WalletApp)
     app.state.settings = settings
     # A trailing slash is not redirected: the redirect would be built from the Host header.
     app.router.redirect_slashes = False
     install_error_handlers(app)
-    app.include_router(health.router)
-    app.include_router(metrics.router)
-    app.include_router(transactions.router)
-    app.include_router(wallets.router)
-    app.include_router(reports.router)
-    app.include_router(users.router)
-    app.include_router(holds.router)
-    app.include_router(events.router)
-    app.include_router(webhooks.router)
-    app.include_router(console.router)  # the operator console at /console and its reads
-    app.edge = ObserveRequests(
-        HotRoutes(app, app.full, _hot_routes(app), traced=lambda: _traced(app)),
-        access_log=settings.access_log,
-        max_body_bytes=settings.max_body_bytes,
-        body_timeout_ms=settings.request_body_timeout_ms,
-    )
-    _coalesce_response_writes()
-    _publish_configured_limits(app, settings)
+    # The request models of writes carry this configuration's limits (wallet.api.write_bodies).
+    bodies = write_bodies(settings)
+    key_chars = settings.max_idempotency_key_chars
+    # One flat table of routes (wallet.api.route_table), in this order.
+    for router in (
+        health.router,
+        metrics.router,
+        transactions.router(bodies, key_chars),
+        wallets.router,
+        reports.router,
+        users.router,
+        holds.router(bodies, key_chars),
+        events.router,
+        webhooks.router,
+        *console.routers,  # the operator console at /console and its reads
+    ):
+        add_routes(app, router)
+    # After the service's routes: every request is matched against the routes before its own.
+    add_offline_docs(app)
     return app
 
 
 class WalletApp(FastAPI):
-    """FastAPI, entered through `edge` for HTTP: the one request middleware (`ObserveRequests`:
-    request id, metrics, access log, HEAD, body limit) around the hot routes' dispatch
-    (`HotRoutes`), which hands every other request to the whole FastAPI application (`full`).
-    py-spy on the hot routes: Starlette's and FastAPI's layers (middleware stack, matching through
-    the included routers, exception wrappers) cost about as much as the route's own work."""
+    """FastAPI with the one request middleware (`ObserveRequests`: request id, metrics, access
+    log, HEAD, body limit) outside all of Starlette's own layers, so that every answer, Starlette's
+    own 500 included, carries the request id and is counted."""
 
-    edge: ASGIApp | None = None
+    def __init__(self, settings: Settings, **options: Any) -> None:
+        self._edge_settings = settings
+        super().__init__(**options)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.edge is not None and scope["type"] == "http":
-            await self.edge(scope, receive, send)
-        else:
-            await super().__call__(scope, receive, send)
+    def build_middleware_stack(self) -> ASGIApp:
+        settings = self._edge_settings
+        return ObserveRequests(
+            super().build_middleware_stack(),
+            access_log=settings.access_log,
+            max_body_bytes=settings.max_body_bytes,
+            body_timeout_ms=settings.request_body_timeout_ms,
+        )
 
-    async def full(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """The whole FastAPI application, as without `edge`."""
-        await super().__call__(scope, receive, send)
 
-
-def _hot_routes(app: FastAPI) -> list[HotRoute]:
-    """The routes marked with a fast handler, as the application's router sees them. Those routes'
-    paths are all in routers included without a prefix of their own (checked here)."""
-    hot: list[HotRoute] = []
-    for context in _route_contexts(app.router.routes):
-        route = context.original_route
-        if not isinstance(route, APIRoute):
-            continue
-        fast = fast_handler_of(route)
-        if fast is None:
-            continue
-        if (
-            context.path_format != route.path_format
-            or context.param_convertors.keys() != route.param_convertors.keys()
-        ):
-            raise RuntimeError(
-                f"fast-path route {route.path} is included under a prefix; HotRoutes would miss it"
-            )
-        request_class: type[Request] = ExactJSONRequest if isinstance(route, ExactJSONRoute) else Request
-        hot.extend(HotRoute(route, method, fast, request_class) for method in sorted(route.methods or ()))
-    return hot
+def _otlp_endpoint_set() -> bool:
+    """OTEL_EXPORTER_OTLP_ENDPOINT, or a signal's own (..._TRACES_ENDPOINT and the like)."""
+    return any(
+        k.startswith("OTEL_EXPORTER_OTLP") and k.endswith("ENDPOINT") and v for k, v in os.environ.items()
+    )
 
 
 def _trace_queries() -> None:
@@ -258,84 +241,6 @@ def _traced(app: FastAPI) -> bool:
     return telemetry is not None and bool(telemetry.enabled())
 
 
-def _route_contexts(routes: list[Any]) -> list[Any]:
-    """Every route with its effective path (FastAPI keeps included routers as `_IncludedRouter`s,
-    each with the effective contexts of its routes)."""
-    found = []
-    for route in routes:
-        contexts = getattr(route, "effective_route_contexts", None)
-        if contexts is not None:
-            found.extend(contexts())
-    return found
-
-
-class _CoalescingTransport:
-    """A connection's transport whose writes within one turn of the event loop go out as one.
-
-    uvicorn writes a response's status line and headers, then its body: two `send` system calls
-    per response, about a sixth of a worker's CPU on the hot routes (py-spy, on this VM). Here
-    they are joined and written once, at the end of the loop's current turn, in order."""
-
-    __slots__ = ("_loop", "_pending", "_transport")
-
-    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
-        self._transport = transport
-        self._pending: list[bytes] = []
-        self._loop = loop
-
-    def write(self, data: bytes) -> None:
-        if not self._pending:
-            self._loop.call_soon(self._flush)
-        self._pending.append(data)
-
-    def writelines(self, lines: list[bytes]) -> None:
-        for data in lines:
-            self.write(data)
-
-    def _flush(self) -> None:
-        if self._pending:
-            data = b"".join(self._pending) if len(self._pending) > 1 else self._pending[0]
-            self._pending.clear()
-            if not self._transport.is_closing():
-                self._transport.write(data)
-
-    def get_write_buffer_size(self) -> int:
-        return self._transport.get_write_buffer_size() + sum(len(d) for d in self._pending)
-
-    def write_eof(self) -> None:
-        self._flush()
-        self._transport.write_eof()
-
-    def close(self) -> None:
-        self._flush()
-        self._transport.close()
-
-    def abort(self) -> None:
-        self._pending.clear()
-        self._transport.abort()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._transport, name)
-
-
-def _coalesce_response_writes() -> None:
-    """Gives uvicorn's HTTP connections (httptools) the coalescing transport above."""
-    try:
-        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-    except ImportError:  # pragma: no cover - httptools is a pinned dependency of the service
-        return
-    if getattr(HttpToolsProtocol, "_wallet_coalesced", False):
-        return
-    original = HttpToolsProtocol.connection_made
-
-    def connection_made(self: HttpToolsProtocol, transport: asyncio.Transport) -> None:
-        coalescing = _CoalescingTransport(transport, asyncio.get_running_loop())
-        original(self, coalescing)  # type: ignore[arg-type]
-
-    HttpToolsProtocol.connection_made = connection_made  # type: ignore[method-assign]
-    HttpToolsProtocol._wallet_coalesced = True  # type: ignore[attr-defined]
-
-
 async def _flush_key_usage(authenticator: Authenticator, interval_ms: int) -> None:
     """Writes when each key was last used, from memory, every `interval_ms` (see api_keys)."""
     while True:
@@ -344,45 +249,3 @@ async def _flush_key_usage(authenticator: Authenticator, interval_ms: int) -> No
             await authenticator.flush_usage()
         except Exception as exc:  # a failover, a lost connection: the next flush writes it
             log.warning("key_usage_flush_failed", error=type(exc).__name__, detail=str(exc)[:200])
-
-
-def _publish_configured_limits(app: FastAPI, settings: Settings) -> None:
-    """The request models carry hard bounds; the configured limits (WALLET_MAX_*) are tighter and
-    set at start-up. Patch them into the OpenAPI document so clients and contract tests see the
-    bounds the service really enforces."""
-    generate = app.openapi
-
-    def openapi() -> dict:  # type: ignore[type-arg]
-        if app.openapi_schema:
-            return app.openapi_schema
-        schema = generate()
-        components = schema.get("components", {}).get("schemas", {})
-        for name in (
-            "PostingBody",
-            "BonusBody",
-            "BatchOperation",
-            "HoldBody",
-            "TransferBody",
-            "CaptureBody",
-            "ReverseBody",
-        ):
-            properties = components.get(name, {}).get("properties", {})
-            for field in ("amount", "fee"):
-                for option in [properties.get(field, {}), *properties.get(field, {}).get("anyOf", [])]:
-                    if option.get("type") == "integer":
-                        option["maximum"] = settings.max_amount_minor
-            for field in ("description", "reason"):
-                for option in properties.get(field, {}).get("anyOf", []):
-                    if option.get("type") == "string":
-                        option["maxLength"] = settings.max_description_chars
-        expires = components.get("HoldBody", {}).get("properties", {}).get("expires_in_seconds", {})
-        for option in expires.get("anyOf", []):
-            if option.get("type") == "integer":
-                option["maximum"] = settings.hold_expires_in_seconds_max
-        batch = components.get("BatchBody", {}).get("properties", {}).get("operations", {})
-        if batch:
-            batch["maxItems"] = settings.max_batch_operations
-        app.openapi_schema = schema
-        return schema
-
-    app.openapi = openapi  # type: ignore[method-assign]

@@ -11,6 +11,7 @@ import asyncio
 
 from starlette.types import Message, Receive, Scope, Send
 
+from wallet.api.error_response import error_response
 from wallet.domain import errors
 
 # Methods whose requests are passed on without reading a body first.
@@ -46,8 +47,6 @@ async def read_body(
     except TimeoutError:
         # A client that never finishes its body holds a connection and a worker's attention; it
         # is cut after WALLET_REQUEST_BODY_TIMEOUT_MS.
-        from wallet.api.errors import error_response  # here: errors imports the routes' modules
-
         response = error_response(
             errors.BODY_TIMEOUT,
             f"the request body did not arrive within {round(body_timeout_s * 1000)} ms",
@@ -62,7 +61,8 @@ async def read_body(
 
 
 def replaying(body: bytes, receive: Receive) -> Receive:
-    """`receive` that first gives the whole body (already read), then what the client sends."""
+    """`receive` that first gives the whole body (already read), then what the client sends
+    (the application reads the body once, from this)."""
     replayed = False
 
     async def replay() -> Message:
@@ -76,8 +76,6 @@ def replaying(body: bytes, receive: Receive) -> Receive:
 
 
 async def _reject(scope: Scope, receive: Receive, send: Send, max_body_bytes: int) -> None:
-    from wallet.api.errors import error_response
-
     response = error_response(
         errors.BODY_TOO_LARGE,
         f"request body exceeds {max_body_bytes} bytes",

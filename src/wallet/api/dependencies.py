@@ -7,13 +7,11 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 import asyncpg
-from fastapi import Depends, Header, Request, Response
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi import Depends, Request, Response
+from fastapi.security import HTTPBearer
 
 from wallet.api.observe import note_api_key
-from wallet.domain import errors
-from wallet.domain.errors import WalletError
-from wallet.domain.rules import IDEMPOTENCY_KEY_MAX_CHARS, Scope
+from wallet.domain.rules import Scope
 from wallet.services.api_keys import Authenticator, Caller
 from wallet.services.balance_reads import BalanceReader
 from wallet.services.group_commit import GroupCommitter
@@ -38,7 +36,7 @@ class Resources:
 
 
 def resources_of(request: Request) -> Resources:
-    """What the lifespan set up (also read by the hot routes' fast path, without Depends)."""
+    """What the lifespan set up."""
     resources = request.app.state.resources
     assert isinstance(resources, Resources)
     return resources
@@ -93,13 +91,11 @@ async def note_read_lag(request: Request, response: Response) -> None:
 Committer = Annotated[GroupCommitter, Depends(_committer)]
 AppSettings = Annotated[Settings, Depends(_settings)]
 
-_bearer = HTTPBearer(auto_error=False, description="An API key from `wallet keys create`.")
-
 
 async def authenticate_request(request: Request, token: str | None) -> Caller:
-    """The one authentication of both request paths (the full one's dependency below and the fast
-    path's): the key, with failed lookups limited per source address (the peer address the
-    server saw), then its client's rate limit (429 before any scope or body is looked at)."""
+    """The one authentication of every route: the key, with failed lookups limited per source
+    address (the peer address the server saw), then its client's rate limit (429 before any scope
+    or body is looked at)."""
     resources = resources_of(request)
     client = request.scope.get("client")
     caller = await resources.authenticator.authenticate(token, client[0] if client else None)
@@ -108,93 +104,34 @@ async def authenticate_request(request: Request, token: str | None) -> Caller:
     return caller
 
 
-async def _authenticated(
-    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
-) -> Caller:
-    return await authenticate_request(request, credentials.credentials if credentials else None)
+class Authenticated(HTTPBearer):
+    """The caller, authenticated, and refused with 403 without `scope` (None: any scope). FastAPI's
+    bearer scheme itself, so that the OpenAPI document declares it (as `HTTPBearer`, as before) and
+    the route solves one dependency for all of it: each level of dependencies costs every request
+    of the route, and the hot routes have no other path."""
+
+    def __init__(self, scope: Scope | None) -> None:
+        super().__init__(
+            auto_error=False, scheme_name="HTTPBearer", description="An API key from `wallet keys create`."
+        )
+        self.scope = scope
+
+    async def __call__(self, request: Request) -> Caller:  # type: ignore[override]
+        credentials = await super().__call__(request)
+        caller = await authenticate_request(request, credentials.credentials if credentials else None)
+        if self.scope is not None:
+            caller.require(self.scope)
+        return caller
 
 
 def requires(scope: Scope) -> Any:
     """`Annotated[Caller, requires(scope)]`: the caller, refused with 403 without `scope`."""
-
-    async def dependency(caller: Annotated[Caller, Depends(_authenticated)]) -> Caller:
-        caller.require(scope)
-        return caller
-
-    dependency.__name__ = f"require_{scope.value}"
-    return Depends(dependency)
+    return Depends(Authenticated(scope))
 
 
 # The caller, authenticated; routes whose scope depends on the body check it themselves.
-AnyCaller = Annotated[Caller, Depends(_authenticated)]
-Reader = Annotated[Caller, requires(Scope.READ)]
+AnyCaller = Annotated[Caller, Depends(Authenticated(None))]
+# The reading caller's scheme, also called explicitly by the balance read (a request-only endpoint).
+READER = Authenticated(Scope.READ)
+Reader = Annotated[Caller, Depends(READER)]
 Admin = Annotated[Caller, requires(Scope.ADMIN)]
-
-
-async def _idempotency_key_header(
-    request: Request,
-    declared: Annotated[
-        str | None,
-        Header(
-            alias="Idempotency-Key",
-            description="Unique per logical operation; retries must reuse it. A token or a quoted "
-            f'structured-field string ("abc" is the key abc); 1 to {IDEMPOTENCY_KEY_MAX_CHARS} '
-            "printable ASCII characters without spaces.",
-        ),
-    ] = None,
-) -> str | None:
-    """The Idempotency-Key header as the IETF draft defines it: a structured-field string, so
-    `"abc"` and `abc` are one key; sent twice it is refused, sent empty it is missing."""
-    return idempotency_key_from_headers(request)
-
-
-def idempotency_key_from_headers(request: Request) -> str | None:
-    """See `_idempotency_key_header` (also used by the fast path)."""
-    values = request.headers.getlist("idempotency-key")
-    if len(values) > 1:
-        raise WalletError(errors.IDEMPOTENCY_KEY_MALFORMED, "send one Idempotency-Key header, not several")
-    if not values or not values[0].strip():
-        return None
-    value = values[0].strip()
-    if value.startswith('"'):
-        return _structured_string(value) or None
-    if '"' in value:
-        raise WalletError(
-            errors.IDEMPOTENCY_KEY_MALFORMED,
-            'Idempotency-Key has a quote (") but is not a quoted string: send abc or "abc"',
-        )
-    return value
-
-
-def _structured_string(value: str) -> str:
-    """An RFC 8941 string: `"` ... `"`, where only `\\"` and `\\\\` are escapes and nothing
-    follows the closing quote (`"abc`, `"a",b` and `"a\\x"` are malformed, not keys)."""
-    chars: list[str] = []
-    index = 1
-    while index < len(value):
-        char = value[index]
-        if char == "\\":
-            if index + 1 == len(value) or value[index + 1] not in '"\\':
-                raise WalletError(
-                    errors.IDEMPOTENCY_KEY_MALFORMED,
-                    'Idempotency-Key is not a valid quoted string: only \\" and \\\\ may follow a backslash',
-                )
-            chars.append(value[index + 1])
-            index += 2
-            continue
-        if char == '"':
-            if index != len(value) - 1:
-                raise WalletError(
-                    errors.IDEMPOTENCY_KEY_MALFORMED,
-                    "Idempotency-Key is not a valid quoted string: something follows the closing quote",
-                )
-            return "".join(chars)
-        chars.append(char)
-        index += 1
-    raise WalletError(
-        errors.IDEMPOTENCY_KEY_MALFORMED, "Idempotency-Key is not a valid quoted string: no closing quote"
-    )
-
-
-# The Idempotency-Key header, unquoted (None when absent or empty).
-IdempotencyKeyHeader = Annotated[str | None, Depends(_idempotency_key_header)]

@@ -1,9 +1,6 @@
-"""The one place where outcomes become HTTP statuses.
-
-Every error has the same shape, `{"error": {"code", "message", "field"}}`, with a code from the
-catalogue (`wallet.domain.errors`), and each code has exactly one status, in `STATUS_BY_CODE`.
-Outcomes returned by the database functions are mapped here too (`status_of`). Database
-timeouts and outages become 503 (the write did not happen, retry with the same idempotency key);
+"""Exceptions become error answers here (`install_error_handlers`), and error statuses are declared
+here for the OpenAPI document (`error_responses`); the statuses and the shape of an answer are
+`wallet.api.error_response`'s. Database timeouts and outages become 503 (the write did not happen, retry with the same idempotency key);
 anything unexpected is logged with its traceback and answered with a
 bare 500 that reveals nothing.
 """
@@ -19,57 +16,13 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from wallet.api.documents import DocumentResponse
+from wallet.api.error_response import STATUS_BY_CODE, error_response
 from wallet.api.json_body import MalformedBody
 from wallet.api.schemas import ErrorOut
+from wallet.api.write_bodies import WHOLE_MESSAGE
 from wallet.domain import errors
-from wallet.domain.rules import RETRY_AFTER_SECONDS
 
 log = structlog.get_logger("wallet.api")
-
-# The one mapping from catalogue codes to HTTP statuses. A test checks it covers the catalogue.
-STATUS_BY_CODE: dict[errors.Code, int] = {
-    errors.POSTED: 201,
-    errors.APPLIED: 200,
-    errors.MALFORMED_JSON: 400,
-    errors.MALFORMED_BODY: 400,
-    errors.IDEMPOTENCY_KEY_MISSING: 400,
-    errors.IDEMPOTENCY_KEY_MALFORMED: 400,
-    errors.UNAUTHENTICATED: 401,
-    errors.FORBIDDEN: 403,
-    errors.KEY_OPERATION_NOT_ALLOWED: 403,
-    errors.KEY_ASSET_NOT_ALLOWED: 403,
-    errors.KEY_AMOUNT_OVER_LIMIT: 403,
-    errors.RATE_LIMITED: 429,
-    errors.NOT_FOUND: 404,
-    errors.USER_NOT_FOUND: 404,
-    errors.ASSET_TYPE_NOT_FOUND: 404,
-    errors.TRANSACTION_NOT_FOUND: 404,
-    errors.HOLD_NOT_FOUND: 404,
-    errors.WEBHOOK_NOT_FOUND: 404,
-    errors.DEAD_LETTER_NOT_FOUND: 404,
-    errors.METHOD_NOT_ALLOWED: 405,
-    errors.INSUFFICIENT_FUNDS: 409,
-    errors.BALANCE_LIMIT_EXCEEDED: 409,
-    errors.USER_EXISTS: 409,
-    errors.IDEMPOTENCY_KEY_IN_USE: 409,
-    errors.HOLD_ALREADY_CAPTURED: 409,
-    errors.HOLD_ALREADY_VOIDED: 409,
-    errors.HOLD_EXPIRED: 409,
-    errors.AMOUNT_EXCEEDS_HOLD: 409,
-    errors.NOT_REVERSIBLE: 409,
-    errors.AMOUNT_EXCEEDS_REVERSIBLE: 409,
-    errors.AMOUNT_EXCEEDS_CLAWABLE: 409,
-    errors.BODY_TIMEOUT: 408,
-    errors.BODY_TOO_LARGE: 413,
-    errors.VALIDATION_ERROR: 422,
-    errors.LIMIT_EXCEEDED: 422,
-    errors.INVALID_REQUEST: 422,
-    errors.IDEMPOTENCY_KEY_REUSED: 422,
-    errors.SAME_USER: 422,
-    errors.INTERNAL_ERROR: 500,
-    errors.BUSY: 503,
-    errors.DATABASE_UNAVAILABLE: 503,
-}
 
 _STATUS_TITLES = {
     400: "Malformed request",
@@ -87,11 +40,6 @@ _STATUS_TITLES = {
 }
 
 
-def status_of(code: errors.Code) -> int:
-    """The HTTP status of an outcome the database or a service returned."""
-    return STATUS_BY_CODE[code]
-
-
 def codes_for(status: int) -> list[errors.Code]:
     return [code for code, s in STATUS_BY_CODE.items() if s == status]
 
@@ -107,21 +55,6 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         }
         for s in statuses
     }
-
-
-def error_body(code: errors.Code, message: str, field: str | None = None) -> dict[str, Any]:
-    return {"error": {"code": code.code, "message": message, "field": field}}
-
-
-def error_response(
-    code: errors.Code, message: str, field: str | None = None, headers: dict[str, str] | None = None
-) -> DocumentResponse:
-    status = STATUS_BY_CODE[code]
-    if status == 401:
-        headers = {"WWW-Authenticate": "Bearer", **(headers or {})}
-    elif status == 503:
-        headers = {"Retry-After": str(RETRY_AFTER_SECONDS), **(headers or {})}
-    return DocumentResponse(error_body(code, message, field), status_code=status, headers=headers)
 
 
 async def _wallet_error(request: Request, exc: Exception) -> DocumentResponse:
@@ -166,6 +99,12 @@ async def _validation_error(request: Request, exc: Exception) -> DocumentRespons
         )
     field = _field_of(tuple(first.get("loc", ())))
     message = str(first.get("msg", "invalid value"))
+    refused = errors.CATALOGUE.get(str(first.get("type", "")))
+    if refused is not None:
+        # A configured limit, or what PostgreSQL cannot store (wallet.api.write_bodies.refusal).
+        context = first.get("ctx")
+        whole = isinstance(context, dict) and bool(context.get(WHOLE_MESSAGE))
+        return error_response(refused, message if whole else f"{field} {message}", field)
     if first.get("type") == "missing":
         message = "required (a JSON object)" if _is_body(first.get("loc", ())) else "field required"
     elif first.get("type") == "extra_forbidden":

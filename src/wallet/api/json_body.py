@@ -25,7 +25,7 @@ from typing import Any
 
 from fastapi import Request, Response
 
-from wallet.api.fast_path import FastPathRoute
+from wallet.api.request_only import RequestOnlyRoute
 
 
 def _number(text: str) -> Decimal:
@@ -96,7 +96,7 @@ class ExactJSONRequest(Request):
         return self._json
 
 
-class ExactJSONRoute(FastPathRoute):
+class ExactJSONRoute(RequestOnlyRoute):
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
 

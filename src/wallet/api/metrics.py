@@ -15,6 +15,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 
+from wallet.api.request_only import RequestOnlyRoute
 from wallet.domain import errors
 from wallet.domain.errors import WalletError
 from wallet.services.audit import refresh_gauges
@@ -32,7 +33,7 @@ POSTING_SECONDS = Histogram(
     buckets=(0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
 )
 
-router = APIRouter(tags=["health"])
+router = APIRouter(tags=["health"], route_class=RequestOnlyRoute)
 
 
 @router.get("/metrics", include_in_schema=False)

@@ -11,11 +11,10 @@ wrappers; py-spy showed each layer's cost on the hot routes):
   itself, never a body), at INFO (WALLET_ACCESS_LOG=0 turns it off);
 * HEAD is answered as GET without the body (`wallet.api.head`);
 * a request body is read in full, within its size and time limits, before the application sees
-  it (`wallet.api.body_limit`); the application gets it replayed, and finds it in the scope under
-  `BODY_SCOPE_KEY` (the hot routes' dispatch replays it again if it hands a request on).
+  it (`wallet.api.body_limit`); the application gets it replayed.
 
-It is the application's outermost layer (see `wallet.api.app.WalletApp`), so even Starlette's own
-500 answers carry the request id and are counted.
+It is the application's outermost layer (`wallet.api.app.WalletApp.build_middleware_stack`), so
+even Starlette's own 500 answers carry the request id and are counted.
 """
 
 from __future__ import annotations
@@ -23,6 +22,7 @@ from __future__ import annotations
 import re
 import time
 import uuid
+from typing import Any
 
 import structlog
 from prometheus_client import Counter
@@ -34,8 +34,6 @@ from wallet.services.tracing import REQUEST_ID
 
 REQUEST_ID_HEADER = b"x-request-id"
 REQUEST_ID_PATTERN = re.compile(rb"[A-Za-z0-9._:@/+=-]{1,128}")
-# The request body, once read (bytes), in the scope the application gets.
-BODY_SCOPE_KEY = "wallet.body"
 
 RESPONSES = Counter(
     "wallet_http_responses_total",
@@ -55,6 +53,19 @@ def request_id_of(scope: Scope) -> str | None:
 def note_api_key(scope: Scope, name: str) -> None:
     """Records who asked, for the access line (called once the key is authenticated)."""
     scope.setdefault("state", {})["api_key_name"] = name
+
+
+# The counter's children by (method, route template, status): `labels()` validates and locks per
+# call, a cost on every answer; the set is bounded as the labels are.
+_COUNTERS: dict[tuple[str, str, int], Any] = {}
+
+
+def _count(method: str, route: str, status: int) -> None:
+    key = (method, route, status)
+    child = _COUNTERS.get(key)
+    if child is None:
+        child = _COUNTERS[key] = RESPONSES.labels(method, route, status)
+    child.inc()
 
 
 def _route_of(scope: Scope) -> str:
@@ -95,7 +106,7 @@ class ObserveRequests:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                RESPONSES.labels(method, _route_of(inner), status).inc()
+                _count(method, _route_of(inner), status)
                 message = {**message, "headers": [*message.get("headers", ()), request_id_header]}
             elif head:
                 stripped = without_body(message)
@@ -105,29 +116,31 @@ class ObserveRequests:
             await send(message)
 
         token = REQUEST_ID.set(request_id)
-        with structlog.contextvars.bound_contextvars(request_id=request_id):
-            try:
-                if method in WITHOUT_BODY:
-                    await self.app(inner, receive, observed_send)
-                else:
-                    body = await read_body(
-                        inner,
-                        receive,
-                        observed_send,
-                        max_body_bytes=self.max_body_bytes,
-                        body_timeout_s=self.body_timeout_s,
-                    )
-                    if body is not None:
-                        inner[BODY_SCOPE_KEY] = body
-                        await self.app(inner, replaying(body, receive), observed_send)
-            finally:
-                REQUEST_ID.reset(token)
-                if self.access_log:
-                    log.info(
-                        "request",
-                        method=method,
-                        route=_route_of(inner),
-                        status=status,
-                        duration_ms=round((time.perf_counter() - started) * 1000, 2),
-                        api_key=scope.get("state", {}).get("api_key_name"),
-                    )
+        # bind/reset rather than the bound_contextvars context manager: the same, without a
+        # generator per request.
+        bound = structlog.contextvars.bind_contextvars(request_id=request_id)
+        try:
+            if method in WITHOUT_BODY:
+                await self.app(inner, receive, observed_send)
+            else:
+                body = await read_body(
+                    inner,
+                    receive,
+                    observed_send,
+                    max_body_bytes=self.max_body_bytes,
+                    body_timeout_s=self.body_timeout_s,
+                )
+                if body is not None:
+                    await self.app(inner, replaying(body, receive), observed_send)
+        finally:
+            REQUEST_ID.reset(token)
+            if self.access_log:
+                log.info(
+                    "request",
+                    method=method,
+                    route=_route_of(inner),
+                    status=status,
+                    duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                    api_key=scope.get("state", {}).get("api_key_name"),
+                )
+            structlog.contextvars.reset_contextvars(**bound)

@@ -11,11 +11,14 @@ import re
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import Depends, Query
-from pydantic import PlainValidator, WithJsonSchema
+from fastapi import Depends, Query, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import PlainValidator, TypeAdapter, ValidationError, WithJsonSchema
+from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError
 
 from wallet.api.dependencies import AppSettings
+from wallet.api.request_only import documented
 from wallet.domain import errors
 from wallet.domain.rules import CURSOR_MAX_CHARS, USER_ID_PATTERN
 from wallet.domain.times import TIME_FORMAT_HINT, parse_time
@@ -91,3 +94,36 @@ def known_user_id(user_id: str) -> str:
     if not re.fullmatch(USER_ID_PATTERN, user_id):
         raise errors.WalletError(errors.USER_NOT_FOUND, f"no user with id {user_id}")
     return user_id
+
+
+class QueryParameter:
+    """A query parameter of an endpoint that takes the request alone (`wallet.api.request_only`):
+    `documented` is what FastAPI shows, and `read` validates the value sent with the same
+    annotation and `Query` declaration, as FastAPI would (absent: the default, unvalidated;
+    refused: an error located at ("query", name), as FastAPI's)."""
+
+    def __init__(self, name: str, annotation: Any, declaration: FieldInfo) -> None:
+        self.alias = declaration.alias or name
+        self.default = declaration.default
+        self.documented = documented(name, annotation, declaration)
+        declared: Any = Annotated[annotation, declaration]
+        self.adapter: TypeAdapter[Any] = TypeAdapter(declared)
+
+    def read(self, request: Request, errors: list[dict[str, Any]]) -> Any:
+        """The value, or the default; a refusal is appended to `errors` (see `refuse_any`)."""
+        sent = request.query_params.get(self.alias)
+        if sent is None:
+            return self.default
+        try:
+            return self.adapter.validate_python(sent, from_attributes=True)
+        except ValidationError as exc:
+            errors.extend(
+                {**e, "loc": ("query", self.alias, *e["loc"])} for e in exc.errors(include_url=False)
+            )
+            return None
+
+
+def refuse_any(errors: list[dict[str, Any]]) -> None:
+    """Raises the refusals of `QueryParameter.read`, all at once, as FastAPI does (422)."""
+    if errors:
+        raise RequestValidationError(errors)

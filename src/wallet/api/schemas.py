@@ -1,4 +1,6 @@
 """Request and response models: the HTTP contract, and the OpenAPI document generated from it.
+The bodies of writes, which carry configured limits, are built from the settings by
+`wallet.api.write_bodies` out of the types and validators here.
 
 Amounts are integers in the asset's minor unit, sent as JSON integers (`100`); a number with a
 fraction or an exponent (`100.0`, `1e2`, `1.5`), booleans and strings are rejected, so no binary
@@ -30,13 +32,8 @@ from pydantic_core import PydanticCustomError
 
 from wallet.domain.errors import error_codes
 from wallet.domain.rules import (
-    AMOUNT_MINOR_CEILING,
     ASSET_CODE_PATTERN,
-    BATCH_OPERATIONS_CEILING,
     BATCH_TYPES,
-    DESCRIPTION_MAX_CHARS,
-    IDEMPOTENCY_KEY_MAX_CHARS,
-    IDEMPOTENCY_KEY_PATTERN,
     LOT_EXPIRY_SECONDS_CEILING,
     USER_ID_PATTERN,
     HoldStatus,
@@ -73,14 +70,14 @@ def _refuse(kind: str, expected: str, value: Any) -> PydanticCustomError:
     )
 
 
-def _json_integer(value: Any) -> Any:
+def json_integer(value: Any) -> Any:
     """A JSON integer only: not `true`, `"60"`, `60.0` or `6e1` (which pydantic would convert)."""
     if isinstance(value, int) and not isinstance(value, bool):
         return value
     raise _refuse("json_integer", "a JSON integer", value)
 
 
-def _json_boolean(value: Any) -> Any:
+def json_boolean(value: Any) -> Any:
     """`true` or `false` only: not `1`, `"yes"`, `"on"` or `"true"` (which pydantic would convert)."""
     if isinstance(value, bool):
         return value
@@ -99,7 +96,7 @@ def _time_string(value: Any) -> Any:
         raise PydanticCustomError("json_time", "{reason}", {"reason": str(exc)}) from None
 
 
-def _not_null(value: Any) -> Any:
+def not_null(value: Any) -> Any:
     """For an optional amount whose absence means "all": `null` is not absence."""
     if value is None:
         raise PydanticCustomError(
@@ -109,7 +106,7 @@ def _not_null(value: Any) -> Any:
     return value
 
 
-def _whole_number(value: Any) -> Any:
+def whole_number(value: Any) -> Any:
     """Amounts are JSON integers of minor units, judged on the exact JSON text: bodies are parsed
     with `Decimal` for every number with a fraction or exponent (wallet.api.json_body), so
     `100.0`, `1e2` and `1.99999999999999999` are refused (not rounded), as `"100"` and `true` are."""
@@ -124,36 +121,9 @@ def _whole_number(value: Any) -> Any:
     return value
 
 
-AmountMinor = Annotated[
-    int,
-    BeforeValidator(_whole_number),
-    Field(gt=0, le=AMOUNT_MINOR_CEILING, description="Integer amount in the asset's minor unit."),
-]
-FeeMinor = Annotated[
-    int,
-    BeforeValidator(_whole_number),
-    Field(ge=0, le=AMOUNT_MINOR_CEILING, description="Integer fee in minor units; 0 for none."),
-]
-# An amount that may be left out (meaning all of what is left) but not sent as null.
-OptionalAmountMinor = Annotated[
-    AmountMinor | None,
-    BeforeValidator(_not_null),
-    WithJsonSchema({"type": "integer", "exclusiveMinimum": 0, "maximum": AMOUNT_MINOR_CEILING}),
-]
-JsonBool = Annotated[bool, BeforeValidator(_json_boolean)]
+JsonBool = Annotated[bool, BeforeValidator(json_boolean)]
 UserId = Annotated[str, Field(pattern=USER_ID_PATTERN, examples=["user_001"])]
 AssetCode = Annotated[str, Field(pattern=ASSET_CODE_PATTERN, examples=["GOLD_COINS"])]
-
-
-IdempotencyKeyField = Annotated[
-    str | None,
-    Field(
-        min_length=1,
-        max_length=IDEMPOTENCY_KEY_MAX_CHARS,
-        pattern=IDEMPOTENCY_KEY_PATTERN,
-        description="Or send the Idempotency-Key header. Required one way or the other.",
-    ),
-]
 
 
 class RequestBody(BaseModel):
@@ -172,26 +142,9 @@ class RequestBody(BaseModel):
         raise _refuse("json_object", "a JSON object", data)
 
 
-class PostingBody(RequestBody):
-    user_id: UserId
-    asset_type: AssetCode
-    amount: AmountMinor
-    idempotency_key: str | None = Field(
-        default=None,
-        min_length=1,
-        max_length=IDEMPOTENCY_KEY_MAX_CHARS,
-        pattern=IDEMPOTENCY_KEY_PATTERN,
-        description="Or send the Idempotency-Key header. Required one way or the other.",
-    )
-    description: str | None = Field(default=None, max_length=DESCRIPTION_MAX_CHARS)
-    metadata: dict[str, Any] | None = Field(
-        default=None, description="Free-form JSON object, size-limited (WALLET_MAX_METADATA_BYTES)."
-    )
-
-
 ExpiresInSeconds = Annotated[
     int,
-    BeforeValidator(_json_integer),
+    BeforeValidator(json_integer),
     Field(
         ge=1,
         le=LOT_EXPIRY_SECONDS_CEILING,
@@ -207,14 +160,6 @@ ExpiresAt = Annotated[
 ]
 
 
-class BonusBody(PostingBody):
-    """A bonus may carry its own expiry (one of the two fields); without one the asset's default
-    applies (WALLET_LOT_POLICIES)."""
-
-    expires_at: ExpiresAt | None = None
-    expires_in_seconds: ExpiresInSeconds | None = None
-
-
 def _batchable(value: TransactionType) -> TransactionType:
     if value not in BATCH_TYPES:
         raise ValueError(f"must be one of {', '.join(BATCH_TYPES)}")
@@ -226,32 +171,6 @@ BatchType = Annotated[
     AfterValidator(_batchable),
     WithJsonSchema({"type": "string", "enum": [t.value for t in BATCH_TYPES]}),
 ]
-
-
-class BatchOperation(RequestBody):
-    type: BatchType
-    user_id: UserId = Field(description="The user of the operation; for a transfer, the sender.")
-    asset_type: AssetCode
-    amount: AmountMinor
-    to_user_id: UserId | None = Field(default=None, description="Transfers only: the receiver.")
-    fee: FeeMinor = Field(default=0, description="Transfers only: paid by the sender to SYSTEM_REVENUE.")
-    description: str | None = Field(default=None, max_length=DESCRIPTION_MAX_CHARS)
-    metadata: dict[str, Any] | None = None
-    expires_at: ExpiresAt | None = Field(default=None, description="Bonuses only: see the bonus endpoint.")
-    expires_in_seconds: ExpiresInSeconds | None = Field(
-        default=None, description="Bonuses only: see the bonus endpoint."
-    )
-
-
-class BatchBody(RequestBody):
-    operations: list[BatchOperation] = Field(
-        min_length=1,
-        max_length=BATCH_OPERATIONS_CEILING,
-        description="Posted in order, all or none; at most WALLET_MAX_BATCH_OPERATIONS.",
-    )
-    idempotency_key: str | None = Field(
-        default=None, min_length=1, max_length=IDEMPOTENCY_KEY_MAX_CHARS, pattern=IDEMPOTENCY_KEY_PATTERN
-    )
 
 
 class LedgerEntryOut(BaseModel):
@@ -396,31 +315,6 @@ class ErrorOut(BaseModel):
     error: ErrorDetail
 
 
-class HoldBody(RequestBody):
-    user_id: UserId
-    asset_type: AssetCode
-    amount: AmountMinor
-    expires_in_seconds: Annotated[int, BeforeValidator(_json_integer)] | None = Field(
-        default=None, gt=0, description="Default WALLET_HOLD_EXPIRES_IN_SECONDS_DEFAULT, at most ..._MAX."
-    )
-    idempotency_key: IdempotencyKeyField = None
-    description: str | None = Field(default=None, max_length=DESCRIPTION_MAX_CHARS)
-    metadata: dict[str, Any] | None = None
-
-
-class CaptureBody(RequestBody):
-    amount: OptionalAmountMinor = Field(
-        default=None, description="Default (left out): all of the hold; the rest is released. Not null."
-    )
-    idempotency_key: IdempotencyKeyField = None
-    description: str | None = Field(default=None, max_length=DESCRIPTION_MAX_CHARS)
-    metadata: dict[str, Any] | None = None
-
-
-class VoidBody(RequestBody):
-    idempotency_key: IdempotencyKeyField = None
-
-
 class HoldOut(BaseModel):
     id: str
     user_id: str
@@ -440,31 +334,3 @@ class HoldOut(BaseModel):
 class HoldPage(BaseModel):
     data: list[HoldOut]
     next_cursor: str | None
-
-
-class ReverseBody(RequestBody):
-    amount: OptionalAmountMinor = Field(
-        default=None,
-        description=(
-            "Default (left out): all it may take: for a refund, all of the spend not yet refunded; "
-            "for a clawback, what is left of the original's credits, unspent and unexpired (with "
-            "`allow_negative`, also the spent part). Not null."
-        ),
-    )
-    reason: str | None = Field(default=None, max_length=DESCRIPTION_MAX_CHARS)
-    metadata: dict[str, Any] | None = None
-    allow_negative: JsonBool = Field(
-        default=False, description="Clawbacks only, admin scope: let the balance go below zero (a debt)."
-    )
-    idempotency_key: IdempotencyKeyField = None
-
-
-class TransferBody(RequestBody):
-    from_user_id: UserId
-    to_user_id: UserId
-    asset_type: AssetCode
-    amount: AmountMinor
-    fee: FeeMinor = Field(default=0, description="Paid by the sender to SYSTEM_REVENUE, on top of amount.")
-    idempotency_key: IdempotencyKeyField = None
-    description: str | None = Field(default=None, max_length=DESCRIPTION_MAX_CHARS)
-    metadata: dict[str, Any] | None = None

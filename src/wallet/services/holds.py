@@ -19,9 +19,10 @@ import structlog
 
 from wallet.domain import errors
 from wallet.domain.errors import WalletError
+from wallet.domain.idempotency import IdempotencyKey
+from wallet.domain.metadata import metadata_json
 from wallet.domain.rules import KeyOperation
 from wallet.services.api_keys import Caller
-from wallet.services.limits import check_amount, check_idempotency_key, check_text, encode_metadata
 from wallet.services.outcome import PostingOutcome
 from wallet.services.pagination import CursorList, decode_int_cursor, encode_int_cursor
 from wallet.services.tracing import current_request_id
@@ -32,11 +33,13 @@ log = structlog.get_logger("wallet.holds")
 
 @dataclass(frozen=True, slots=True)
 class HoldRequest:
+    """Its fields already valid one by one (wallet.api.write_bodies), the expiry within
+    WALLET_HOLD_EXPIRES_IN_SECONDS_MAX when given."""
+
     user_id: str
     asset_code: str
     amount_minor: int
     expires_in_seconds: int | None
-    idempotency_key: str
     description: str | None = None
     metadata: dict[str, Any] | None = None
 
@@ -67,76 +70,58 @@ async def _permit_on_hold(
 
 
 async def place_hold(
-    pool: asyncpg.Pool, settings: Settings, caller: Caller, request: HoldRequest
+    pool: asyncpg.Pool, settings: Settings, caller: Caller, key: IdempotencyKey, request: HoldRequest
 ) -> PostingOutcome:
-    key = check_idempotency_key(request.idempotency_key, settings)
     caller.permit(KeyOperation.HOLD, request.asset_code, request.amount_minor)
-    check_amount(request.amount_minor, settings)
-    check_text(request.description, settings)
-    metadata_json = encode_metadata(request.metadata, settings)
+    # The default is within the maximum too (Settings refuses a configuration where it is not).
     expires_in = request.expires_in_seconds or settings.hold_expires_in_seconds_default
-    if expires_in > settings.hold_expires_in_seconds_max:
-        raise WalletError(
-            errors.LIMIT_EXCEEDED,
-            f"expires_in_seconds must not exceed {settings.hold_expires_in_seconds_max}",
-            "expires_in_seconds",
-        )
     return await PostingOutcome.call(
         pool,
         "wallet_place_hold($1, $2, $3, $4, $5, $6, $7, $8::jsonb)",
         caller.client_id,
-        key,
+        key.value,
         request.user_id,
         request.asset_code,
         request.amount_minor,
         expires_in,
         request.description,
-        metadata_json.decode(),
+        metadata_json(request.metadata),
     )
 
 
 async def capture_hold(
     pool: asyncpg.Pool,
-    settings: Settings,
     caller: Caller,
+    key: IdempotencyKey,
     hold_id: str,
     *,
     amount_minor: int | None,
-    idempotency_key: str,
     description: str | None,
     metadata: dict[str, Any] | None,
 ) -> PostingOutcome:
-    key = check_idempotency_key(idempotency_key, settings)
-    if amount_minor is not None:
-        check_amount(amount_minor, settings)
-    check_text(description, settings)
-    metadata_json = encode_metadata(metadata, settings)
     parsed_id = _hold_id(hold_id)
     await _permit_on_hold(pool, caller, KeyOperation.CAPTURE, parsed_id, amount_minor)
     return await PostingOutcome.call(
         pool,
         "wallet_capture_hold($1, $2, $3, $4, $5, $6::jsonb, $7)",
         caller.client_id,
-        key,
+        key.value,
         parsed_id,
         amount_minor,
         description,
-        metadata_json.decode(),
+        metadata_json(metadata),
         current_request_id(),
     )
 
 
-async def void_hold(
-    pool: asyncpg.Pool, settings: Settings, caller: Caller, hold_id: str, *, idempotency_key: str
-) -> PostingOutcome:
-    key = check_idempotency_key(idempotency_key, settings)
+async def void_hold(pool: asyncpg.Pool, caller: Caller, key: IdempotencyKey, hold_id: str) -> PostingOutcome:
     parsed_id = _hold_id(hold_id)
     await _permit_on_hold(pool, caller, KeyOperation.VOID, parsed_id, None)
     return await PostingOutcome.call(
         pool,
         "wallet_void_hold($1, $2, $3)",
         caller.client_id,
-        key,
+        key.value,
         parsed_id,
     )
 

@@ -14,32 +14,27 @@ import asyncpg
 
 from wallet.domain import errors
 from wallet.domain.errors import WalletError
+from wallet.domain.idempotency import IdempotencyKey
+from wallet.domain.metadata import metadata_json
 from wallet.domain.rules import KeyOperation
 from wallet.services.api_keys import Caller
-from wallet.services.limits import check_amount, check_idempotency_key, check_text, encode_metadata
 from wallet.services.outcome import PostingOutcome
 from wallet.services.tracing import current_request_id
-from wallet.settings import Settings
 
 
 async def reverse_transaction(
     pool: asyncpg.Pool,
-    settings: Settings,
     caller: Caller,
+    key: IdempotencyKey,
     transaction_id: str,
     *,
     amount_minor: int | None,
     reason: str | None,
     metadata: dict[str, Any] | None,
     allow_negative: bool,
-    idempotency_key: str,
 ) -> PostingOutcome:
-    """`allow_negative` must already be authorised (admin scope) by the caller of this."""
-    key = check_idempotency_key(idempotency_key, settings)
-    if amount_minor is not None:
-        check_amount(amount_minor, settings)
-    check_text(reason, settings, "reason")
-    metadata_json = encode_metadata(metadata, settings)
+    """`allow_negative` must already be authorised (admin scope) by the caller of this; the
+    fields are valid one by one (wallet.api.write_bodies)."""
     try:
         original = uuid.UUID(transaction_id)
     except ValueError:
@@ -67,11 +62,11 @@ async def reverse_transaction(
         pool,
         "wallet_reverse_transaction($1, $2, $3, $4, $5, $6::jsonb, $7, $8)",
         caller.client_id,
-        key,
+        key.value,
         original,
         amount_minor,
         reason,
-        metadata_json.decode(),
+        metadata_json(metadata),
         allow_negative,
         current_request_id(),
     )

@@ -3,7 +3,9 @@
 A write is one call of the database function `wallet_post_transaction`, in one database
 transaction and one round trip: the idempotency key, the balance update under the user's row lock,
 the ledger rows and the stored response commit together or not at all. This module checks the
-limits that depend on configuration, then hands the outcome back as the exact JSON document the
+rules of a request that involve more than one of its fields (expiries, a batch's transfers) and
+the key's restrictions (the request models checked each field and its configured limit), then
+hands the outcome back as the exact JSON document the
 database stored, so that a replay is byte-for-byte the original answer.
 """
 
@@ -19,37 +21,29 @@ import orjson
 
 from wallet.domain import errors
 from wallet.domain.errors import WalletError
+from wallet.domain.idempotency import IdempotencyKey
+from wallet.domain.metadata import metadata_json
 from wallet.domain.rules import KeyOperation, TransactionType
 from wallet.services.api_keys import Caller
 from wallet.services.group_commit import GroupCommitter, Write
-from wallet.services.limits import check_amount, check_idempotency_key, check_text, encode_metadata
 from wallet.services.outcome import PostingOutcome
 from wallet.services.tracing import current_request_id
-from wallet.settings import Settings
 
 
 @dataclass(frozen=True, slots=True)
 class PostingRequest:
+    """One operation, its fields already valid one by one (wallet.api.write_bodies)."""
+
     type: TransactionType
     user_id: str
     asset_code: str
     amount_minor: int
-    idempotency_key: str | None
     description: str | None = None
     metadata: dict[str, Any] | None = None
     to_user_id: str | None = None  # transfers (in batches): the receiver
     fee_minor: int = 0  # transfers: paid by the sender to SYSTEM_REVENUE
     expires_at: datetime | None = None  # bonuses: when its credits expire (else the asset's default)
     expires_in_seconds: int | None = None  # bonuses: or this long after posting
-
-
-def _check_operation(request: PostingRequest, settings: Settings, field_prefix: str = "") -> bytes:
-    """Raises on the first configured limit the operation breaks, naming the field; returns the
-    metadata as JSON."""
-    check_amount(request.amount_minor, settings, f"{field_prefix}amount")
-    check_text(request.description, settings, f"{field_prefix}description")
-    _check_expiry(request, field_prefix)
-    return encode_metadata(request.metadata, settings, f"{field_prefix}metadata")
 
 
 def _check_expiry(request: PostingRequest, field_prefix: str) -> None:
@@ -79,26 +73,26 @@ def ten_years_after(instant: datetime) -> datetime:
 
 
 async def post_transaction(
-    committer: GroupCommitter, settings: Settings, caller: Caller, request: PostingRequest
+    committer: GroupCommitter, caller: Caller, key: IdempotencyKey, request: PostingRequest
 ) -> PostingOutcome:
     """A single top-up, bonus or spend, posted with whatever else arrives at the same time (see
     group_commit): same outcome, same stored document, as if it were posted alone."""
-    key = check_idempotency_key(request.idempotency_key, settings)
     caller.permit(KeyOperation(request.type.value), request.asset_code, request.amount_minor)
-    metadata_json = _check_operation(request, settings)
+    _check_expiry(request, "")
+    metadata = metadata_json(request.metadata)
     if request.expires_at is not None or request.expires_in_seconds is not None:
         # Rare, and the group function takes no expiry: posted alone (same fingerprint either way).
         return await PostingOutcome.call(
             committer.pool,
             "wallet_post_transaction($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9, $10, $11)",
             caller.client_id,
-            key,
+            key.value,
             request.type.value,
             request.user_id,
             request.asset_code,
             request.amount_minor,
             request.description,
-            metadata_json.decode(),
+            metadata,
             current_request_id(),
             request.expires_at,
             request.expires_in_seconds,
@@ -106,33 +100,22 @@ async def post_transaction(
     return await committer.post(
         Write(
             api_key_id=caller.client_id,
-            idempotency_key=key,
+            idempotency_key=key.value,
             type=request.type.value,
             user_id=request.user_id,
             asset_code=request.asset_code,
             amount_minor=request.amount_minor,
             description=request.description,
-            metadata_json=metadata_json.decode(),
+            metadata_json=metadata,
             request_id=current_request_id(),
         )
     )
 
 
 async def post_batch(
-    pool: asyncpg.Pool,
-    settings: Settings,
-    caller: Caller,
-    idempotency_key: str | None,
-    operations: list[PostingRequest],
+    pool: asyncpg.Pool, caller: Caller, key: IdempotencyKey, operations: list[PostingRequest]
 ) -> PostingOutcome:
     """All operations or none, under one idempotency key; see `wallet_post_batch`."""
-    key = check_idempotency_key(idempotency_key, settings)
-    if not 1 <= len(operations) <= settings.max_batch_operations:
-        raise WalletError(
-            errors.LIMIT_EXCEEDED,
-            f"a batch holds 1 to {settings.max_batch_operations} operations",
-            "operations",
-        )
     items: list[dict[str, Any]] = []
     for index, op in enumerate(operations):
         prefix = f"operations[{index}]."
@@ -151,8 +134,9 @@ async def post_batch(
             "asset_type": op.asset_code,
             "amount": op.amount_minor,
             "description": op.description,
-            "metadata": orjson.Fragment(_check_operation(op, settings, prefix)),
+            "metadata": orjson.Fragment(metadata_json(op.metadata)),
         }
+        _check_expiry(op, prefix)
         if op.type is TransactionType.TRANSFER:
             if op.to_user_id is None:
                 raise WalletError(
@@ -162,7 +146,6 @@ async def post_batch(
                 raise WalletError(
                     errors.SAME_USER, "user_id and to_user_id must differ", f"{prefix}to_user_id"
                 )
-            check_amount(op.fee_minor, settings, f"{prefix}fee")
             # Only transfers carry these keys, so earlier batches keep their fingerprints.
             item |= {"to_user_id": op.to_user_id, "fee": op.fee_minor}
         elif op.to_user_id is not None or op.fee_minor:
@@ -182,7 +165,7 @@ async def post_batch(
         pool,
         "wallet_post_batch($1, $2, $3::jsonb, $4)",
         caller.client_id,
-        key,
+        key.value,
         payload,
         current_request_id(),
     )

@@ -27,13 +27,14 @@ from wallet.api.dependencies import (
 from wallet.api.errors import error_responses
 from wallet.api.json_body import ExactJSONRoute
 from wallet.api.params import PageSize
+from wallet.api.request_only import RequestOnlyRoute
 from wallet.console import reports
 from wallet.domain import errors
 from wallet.domain.rules import KeyOperation, Scope, scope_allows
 from wallet.services.verify import MAX_PROBLEMS_PER_CHECK
 
 api = APIRouter(prefix="/api/v1", tags=["console"], route_class=ExactJSONRoute)
-pages = APIRouter(include_in_schema=False)
+pages = APIRouter(include_in_schema=False, route_class=RequestOnlyRoute)
 
 
 class KeyRestrictionsOut(BaseModel):
@@ -234,6 +235,5 @@ async def console_asset(name: str) -> Response:
     return _asset(name if name != "index.html" else "")
 
 
-router = APIRouter()
-router.include_router(api)
-router.include_router(pages)
+# The console's JSON reads (in the OpenAPI document) and its pages (not), in this order.
+routers = (api, pages)

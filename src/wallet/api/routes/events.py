@@ -8,10 +8,11 @@ from wallet.api.dependencies import Pool, Reader
 from wallet.api.documents import DocumentResponse
 from wallet.api.errors import error_responses
 from wallet.api.params import PageSize, cursor_query
+from wallet.api.request_only import RequestOnlyRoute
 from wallet.api.schemas_events import EventPage
 from wallet.services.events import events_page_json
 
-router = APIRouter(prefix="/api/v1", tags=["events"])
+router = APIRouter(prefix="/api/v1", tags=["events"], route_class=RequestOnlyRoute)
 
 
 @router.get(

@@ -8,9 +8,10 @@ from fastapi import APIRouter
 from wallet import __version__
 from wallet.api.dependencies import Pool
 from wallet.api.documents import DocumentResponse
+from wallet.api.request_only import RequestOnlyRoute
 from wallet.api.schemas import HealthOut
 
-router = APIRouter(tags=["health"])
+router = APIRouter(tags=["health"], route_class=RequestOnlyRoute)
 
 HEALTH_TIMEOUT_S = 2.0
 

@@ -11,12 +11,13 @@ from wallet.api.dependencies import READ_LAG_HEADER, ReadPool, requires, resourc
 from wallet.api.documents import DocumentResponse
 from wallet.api.errors import error_responses
 from wallet.api.params import Instant
+from wallet.api.request_only import RequestOnlyRoute
 from wallet.db.pool import replica_lag_s
 from wallet.domain.rules import Scope
 from wallet.services.api_keys import Caller
 from wallet.services.lots import ReportPeriod, liability_report
 
-router = APIRouter(prefix="/api/v1/reports", tags=["reports"])
+router = APIRouter(prefix="/api/v1/reports", tags=["reports"], route_class=RequestOnlyRoute)
 
 
 class AssetLiabilities(BaseModel):
