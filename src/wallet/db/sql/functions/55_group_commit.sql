@@ -13,10 +13,11 @@
 -- in one statement, before any is written. Every other writer takes its one key first and its
 -- accounts in ascending id after, so no cycle can form.
 --
--- Under those locks each account's writes are applied in arrival order, in memory: a debit the
--- running available balance does not cover is refused alone (`insufficient_funds`, stored), the
--- rest go through. Then one statement writes every transaction, every entry and every balance,
--- and one more stores every outcome.
+-- Under those locks the writes are postings of the core (wallet_post, each alone): each
+-- account's writes are applied in arrival order, in memory; a debit the running available
+-- balance does not cover is refused alone (`insufficient_funds`, stored), the rest go through.
+-- The core writes every transaction, every entry and every balance by one statement each, and
+-- one more stores every outcome (wallet_idempotency_store).
 CREATE OR REPLACE FUNCTION wallet_post_group(
     p_api_key_ids bigint[], p_idempotency_keys text[], p_types text[], p_user_ids text[],
     p_asset_codes text[], p_amounts_minor bigint[], p_descriptions text[], p_metadata jsonb[],
