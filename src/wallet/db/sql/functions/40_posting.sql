@@ -9,10 +9,11 @@
 --      their idempotency key first, then accounts in ascending id, then holds: the lock order of
 --      every write);
 --   2. unless p_expire_due is false (an expiry, or a capture that expired what it keeps), the
---      due lots of those accounts are expired first, each in an expiry posting of its own
---      (wallet_expire_lots); an account with open holds that the postings credit lets those holds
---      rest on the credit instead: its due credits go as far as the credits replace them, in one
---      expiry posted just before the postings, only if they go through;
+--      due lots of the accounts the postings debit are expired first, each in an expiry posting
+--      of its own (wallet_expire_lots); an account the postings only credit, or one with open
+--      holds that they credit, expires them in one expiry posted just before the postings, only
+--      if they go through (a transfer its sender cannot pay leaves the receiver as it was), and
+--      there its holds rest on the credits: its due credits go as far as the credits replace them;
 --   3. each posting's debits are checked against the running balances (what p.covered_by says
 --      they must leave; expired holds still counted in held_minor are released once per account
 --      when that alone makes one short);
@@ -74,15 +75,15 @@ BEGIN
     IF p_expire_due THEN
         v_now := clock_timestamp();
         FOR v_row IN
-            SELECT a.id, a.held_minor, c.credits
-              FROM (SELECT l.id, sum(greatest(l.amount, 0))::bigint AS credits
+            SELECT a.id, a.held_minor, c.credits, c.debited
+              FROM (SELECT l.id, sum(greatest(l.amount, 0))::bigint AS credits, bool_or(l.amount < 0) AS debited
                       FROM unnest(p_postings) AS p, unnest(p.account_ids, p.amounts_minor) AS l(id, amount)
                      GROUP BY l.id) AS c
              CROSS JOIN LATERAL (SELECT x.id, x.held_minor FROM accounts x
                                   WHERE x.id = c.id AND x.kind = 'user' AND x.lots_expire_at <= v_now LIMIT 1) AS a
              ORDER BY a.id
         LOOP
-            IF v_row.credits = 0 OR v_row.held_minor = 0 THEN
+            IF v_row.debited AND (v_row.credits = 0 OR v_row.held_minor = 0) THEN
                 PERFORM wallet_expire_lots(v_row.id);
             ELSE
                 v_p := wallet_resting_expiry(v_row.id, v_row.credits);
