@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
 import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
+import asyncpg
 import httpx
+import pytest
+from tools.service_process import free_port
 
+from tests.conftest import with_database
 from tests.support import bearer
 
 
@@ -125,3 +133,277 @@ async def test_report_liabilities_refuses_bad_options_naming_them(database_url):
         result = wallet(database_url, "report", "liabilities", *args)
         assert result.returncode == 2, (args, result.stderr)
         assert option in result.stderr, (args, result.stderr)
+
+
+# Operator mistakes: every command answers each with one line on stderr and a non-zero exit,
+# never a traceback (wallet.operator_errors). 2: the settings are wrong; 1: the database said no.
+
+COMMANDS: list[tuple[str, ...]] = [
+    ("migrate",),
+    ("seed",),
+    ("seed", "--reference-only"),
+    ("verify",),
+    ("keys", "create", "--name", "x", "--scope", "read"),
+    ("keys", "list"),
+    ("keys", "revoke", "wk_zzzzzzzz"),
+    ("keys", "rotate", "wk_zzzzzzzz"),
+    ("prune-idempotency",),
+    ("prune-events",),
+    ("holds", "release-expired"),
+    ("expire",),
+    ("report", "liabilities"),
+    ("serve", "--workers", "2"),
+]
+
+
+def run_wallet(env: dict[str, str], *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    # migrate and serve would wait WALLET_DB_STARTUP_WAIT_MS (60 s) for a database that refuses:
+    # these tests want the answer at once (the wait has a test of its own).
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("WALLET_")}
+    clean["WALLET_DB_STARTUP_WAIT_MS"] = "0"
+    if args[0] == "serve":  # a free port: should the mistake go unnoticed, the service starts
+        args = (*args, "--port", str(free_port()))
+    return subprocess.run(
+        [sys.executable, "-m", "wallet", *args],
+        env=clean | env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=cwd,
+    )
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], code: int, *phrases: str) -> None:
+    where = f"{result.args[3:]}: {result.stderr}"
+    assert result.returncode == code, where
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), where
+    for phrase in phrases:
+        assert phrase in lines[0], (phrase, where)
+    assert result.stdout == "", where
+
+
+def every_command(env: dict[str, str], commands: list[tuple[str, ...]] = COMMANDS, cwd: Path | None = None):
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        return list(pool.map(lambda args: run_wallet(env, *args, cwd=cwd), commands))
+
+
+# Each kind of mistake is tried on every command once; its variants on a few (the commands share
+# one path for settings and one for the database, but a variant could break that path alone).
+SAMPLE = [("migrate",), ("verify",), ("serve",)]
+
+
+def test_a_bad_setting_is_named_in_one_line_by_every_command(database_url):
+    env = {"WALLET_DATABASE_URL": database_url, "WALLET_LOT_POLICIES": "not json"}
+    for result in every_command(env):
+        assert_one_line_error(result, 2, "WALLET_LOT_POLICIES is not valid JSON")
+    for setting, value, phrase in [
+        (
+            "WALLET_LOT_POLICIES",
+            '{"GOLD_COINS": {"spend_order": "cheap"}}',
+            "WALLET_LOT_POLICIES (GOLD_COINS",
+        ),
+        (
+            "WALLET_DB_POOL_MAX_SIZE",
+            "0",
+            "WALLET_DB_POOL_MAX_SIZE: Input should be greater than or equal to 1",
+        ),
+        (
+            "WALLET_DB_CONNECT_TIMEOUT_MS",
+            "soon",
+            "WALLET_DB_CONNECT_TIMEOUT_MS: Input should be a valid integer",
+        ),
+        ("WALLET_PORT", "70000", "WALLET_PORT: Input should be less than or equal to 65535"),
+        ("WALLET_METRICS_TOKEN", "short-secret", "WALLET_METRICS_TOKEN"),
+        # Once taken as they were: serve's workers failed on them at start, with a traceback.
+        (
+            "WALLET_LOG_LEVEL",
+            "loud",
+            "WALLET_LOG_LEVEL: must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL",
+        ),
+        (
+            "WALLET_REDIS_URL",
+            "localhost:6379",
+            "WALLET_REDIS_URL: must start with redis://, rediss:// or unix://",
+        ),
+    ]:
+        for result in every_command({"WALLET_DATABASE_URL": database_url, setting: value}, SAMPLE):
+            assert_one_line_error(result, 2, phrase)
+            assert "short-secret" not in result.stderr  # values are never echoed: some are secrets
+
+
+def test_a_database_url_that_is_not_one_is_refused_by_every_command():
+    for result in every_command({"WALLET_DATABASE_URL": "mysql://root@127.0.0.1/wallet"}):
+        assert_one_line_error(result, 2, "WALLET_DATABASE_URL=mysql://root@127.0.0.1/wallet", "got 'mysql'")
+    for url, phrase in [
+        ("not a url", "is not a usable PostgreSQL URL"),
+        ("postgresql://postgres@127.0.0.1:70000/wallet", "port must be 0-65535"),
+        ("postgresql://postgres@127.0.0.1/wallet?sslmode=sometimes", "sslmode"),
+    ]:
+        for result in every_command({"WALLET_DATABASE_URL": url}, SAMPLE):
+            assert_one_line_error(result, 2, "WALLET_DATABASE_URL=", phrase)
+
+
+def test_a_database_that_cannot_be_used_is_named_by_every_command(database_url):
+    unknown = with_database(database_url, "wallet_no_such_database")
+    for result in every_command({"WALLET_DATABASE_URL": unknown}):
+        assert_one_line_error(result, 1, 'database "wallet_no_such_database" does not exist', unknown)
+    refused = f"postgresql://postgres:hunter2@127.0.0.1:{free_port()}/wallet"
+    for result in every_command({"WALLET_DATABASE_URL": refused}):
+        assert_one_line_error(result, 1, "connection refused", "postgres:***@")
+        assert "hunter2" not in result.stderr
+    for url, phrase in [
+        ("postgresql://postgres@no-such-host.invalid/wallet", "unknown host"),
+        (
+            with_database(database_url, "postgres").replace("://postgres@", "://no_such_role@"),
+            "login was refused",
+        ),
+    ]:
+        for result in every_command({"WALLET_DATABASE_URL": url}, SAMPLE):
+            assert_one_line_error(result, 1, f"cannot connect to WALLET_DATABASE_URL={url}: ", phrase)
+
+
+def test_migrate_and_serve_wait_for_a_database_that_is_not_up_then_say_so_in_one_line():
+    refused = f"postgresql://postgres@127.0.0.1:{free_port()}/wallet"
+    env = {"WALLET_DATABASE_URL": refused, "WALLET_DB_STARTUP_WAIT_MS": "1500"}
+    for args in [("migrate",), ("serve",)]:
+        started = time.monotonic()
+        result = run_wallet(env, *args)
+        assert 1.4 < time.monotonic() - started < 20, args
+        assert result.returncode == 1, result.stderr
+        last = result.stderr.splitlines()[-1]  # after the wait's own progress lines
+        assert last.startswith(f"error: cannot connect to WALLET_DATABASE_URL={refused}: connection refused")
+        assert last.endswith("(retried for 1500 ms: WALLET_DB_STARTUP_WAIT_MS)")
+        assert "Traceback" not in result.stderr + result.stdout
+    # The other commands do not wait: they are run by hand, against a database that should be up.
+    result = run_wallet(env, "verify")
+    assert_one_line_error(result, 1, "connection refused")
+    assert "retried" not in result.stderr
+
+
+async def test_a_database_not_migrated_is_refused_by_every_command_but_migrate(create_database):
+    empty = await create_database()
+    commands = [c for c in COMMANDS if c[0] != "migrate"]
+    for result in every_command({"WALLET_DATABASE_URL": empty}, commands):
+        assert_one_line_error(result, 1, "has no wallet tables: run `wallet migrate` first")
+    migrated = wallet(empty, "migrate")
+    assert migrated.returncode == 0, migrated.stderr
+    assert wallet(empty, "verify").returncode == 0
+
+
+def test_without_a_database_url_commands_do_not_make_an_empty_embedded_database(tmp_path):
+    data_dir = tmp_path / "data"
+    commands = [c for c in COMMANDS if c[0] not in ("migrate", "serve")]
+    for result in every_command({"WALLET_DATA_DIR": str(data_dir)}, commands):
+        assert_one_line_error(result, 1, "WALLET_DATABASE_URL is not set", str(data_dir))
+    assert not data_dir.exists()
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    for result in every_command({"WALLET_DATA_DIR": str(blocked)}, [("migrate",), ("serve",)]):
+        assert_one_line_error(
+            result, 1, "WALLET_DATABASE_URL is not set", "WALLET_DATA_DIR to a writable", str(blocked)
+        )
+
+
+def test_contradictory_flags_are_a_usage_error(database_url):
+    for args in [
+        ("seed", "--demo", "--reference-only"),
+        ("seed", "--reference-only", "--demo"),
+        ("keys", "list", "--active", "--no-active"),
+        ("serve", "--access-log", "--no-access-log"),
+    ]:
+        result = wallet(database_url, *args)
+        assert result.returncode == 2, (args, result.stderr)
+        message = " ".join(result.stderr.replace("│", " ").split())  # the usage error's box, unwrapped
+        assert "contradict each other" in message and args[-2] in message and args[-1] in message, message
+        assert "Traceback" not in result.stderr and result.stdout == ""
+
+
+async def test_a_database_at_an_older_migration_is_refused_until_migrated(create_database):
+    from wallet.db.migrate import upgrade
+
+    older = await create_database()
+    await asyncio.to_thread(upgrade, older, "0008")
+    for result in every_command({"WALLET_DATABASE_URL": older}, [("verify",), ("keys", "list"), ("serve",)]):
+        assert_one_line_error(
+            result, 1, "is at migration 0008, this version of wallet needs", "run `wallet migrate`"
+        )
+    assert wallet(older, "migrate").returncode == 0
+    assert wallet(older, "keys", "list").returncode == 0
+
+
+async def test_a_database_a_newer_wallet_migrated_is_refused_even_by_migrate(create_database):
+    newer = await create_database()
+    assert wallet(newer, "migrate").returncode == 0
+    conn = await asyncpg.connect(newer)
+    try:
+        await conn.execute("UPDATE alembic_version SET version_num = '9999_from_the_future'")
+    finally:
+        await conn.close()
+    for result in every_command({"WALLET_DATABASE_URL": newer}, [("migrate",), ("verify",), ("serve",)]):
+        assert_one_line_error(
+            result, 1, "is at migration 9999_from_the_future, which this version of wallet does not know"
+        )
+
+
+def test_a_password_is_never_shown():
+    for url, shown in [
+        ("postgresql://app:s3cret-pw@127.0.0.1:1/wallet", "postgresql://app:***@127.0.0.1:1/wallet"),
+        (
+            "postgresql://app@127.0.0.1:1/wallet?password=s3cret-pw",
+            "postgresql://app@127.0.0.1:1/wallet?password=***",
+        ),
+        ("app:s3cret-pw@127.0.0.1/wallet", "WALLET_DATABASE_URL=(not shown: not a URL)"),
+    ]:
+        result = run_wallet({"WALLET_DATABASE_URL": url}, "verify")
+        assert result.returncode in (1, 2) and shown in result.stderr, result.stderr
+        assert "s3cret" not in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize(
+    ("wallet_env", "terminate", "expected"),
+    [
+        ({"WALLET_DB_LOCK_TIMEOUT_MS": "60000"}, True, "lost the connection to the database: "),
+        (
+            {"WALLET_DB_LOCK_TIMEOUT_MS": "60000", "WALLET_DB_STATEMENT_TIMEOUT_MS": "500"},
+            False,
+            "the database stopped the command: canceling statement due to statement timeout",
+        ),
+        (
+            {"WALLET_DB_LOCK_TIMEOUT_MS": "200"},
+            False,
+            "the database stopped the command: canceling statement due to lock timeout (WALLET_DB_LOCK_TIMEOUT_MS)",
+        ),
+    ],
+)
+async def test_a_command_the_database_stops_says_so_in_one_line(
+    database_url, pool, keys, wallet_env, terminate, expected
+):
+    """After the check: the command waits on a row lock the test holds, and its backend is
+    terminated, or its statement or lock timeout runs out."""
+    key_id = await pool.fetchval("SELECT id FROM api_keys WHERE name = 'test-read' ORDER BY id LIMIT 1")
+    env = os.environ | {"WALLET_DATABASE_URL": database_url} | wallet_env
+    async with pool.acquire() as locker, locker.transaction():
+        await locker.execute("SELECT 1 FROM api_keys WHERE id = $1 FOR UPDATE", key_id)
+        command = await asyncio.create_subprocess_exec(
+            *(sys.executable, "-m", "wallet", "keys", "revoke", str(key_id)),
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        if terminate:  # the backend our lock blocks, and no other (the server is shared)
+            locker_pid = await locker.fetchval("SELECT pg_backend_pid()")
+            waiting = "SELECT pid FROM pg_stat_activity WHERE $1::int = ANY(pg_blocking_pids(pid))"
+            for _ in range(300):
+                pids = await pool.fetch(waiting, locker_pid)
+                if pids:
+                    break
+                await asyncio.sleep(0.1)
+            assert len(pids) == 1, "the command never waited on the lock"
+            await pool.execute("SELECT pg_terminate_backend($1)", pids[0]["pid"])
+        stdout, stderr = await asyncio.wait_for(command.communicate(), 60)
+    lines = stderr.decode().splitlines()
+    assert command.returncode == 1, stderr
+    assert len(lines) == 1 and lines[0].startswith(f"error: {expected}"), lines
+    assert stdout == b""
+    assert await pool.fetchval("SELECT revoked_at FROM api_keys WHERE id = $1", key_id) is None

@@ -4,8 +4,11 @@ supervisor, even one killed with SIGKILL."""
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
+import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -125,3 +128,54 @@ def test_no_worker_outlives_a_killed_supervisor(service):
         sock.bind(("127.0.0.1", service.port))
     with pytest.raises(httpx.TransportError):
         httpx.get(f"{service.base_url}/health", timeout=2)
+
+
+def _serve(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "wallet", "serve", *args],
+        env=dict(os.environ) | env,
+        capture_output=True,
+        text=True,
+        timeout=60,  # a service that started after all would be stopped here, failing the test
+    )
+
+
+def test_a_second_service_on_a_served_port_is_refused_and_the_first_keeps_it_alone(service, database_url):
+    before = {w.pid for w in _workers(service)}
+    env = {"WALLET_DATABASE_URL": database_url}
+    for args in [
+        ("--workers", "2"),  # SO_REUSEPORT would have let it join the port
+        ("--workers", "1"),
+        ("--host", "0.0.0.0", "--workers", "2"),  # the wildcard address covers 127.0.0.1
+    ]:
+        result = _serve("--port", str(service.port), *args, env=env)
+        assert result.returncode == 1, (args, result.stderr)
+        lines = result.stderr.splitlines()
+        assert len(lines) == 1, (args, result.stderr)
+        assert lines[0].startswith("error: ") and f":{service.port} is already served" in lines[0]
+    # No one else listens on the port: every connection still goes to the first service.
+    listeners = {
+        c.pid
+        for c in psutil.net_connections(kind="tcp")
+        if c.status == psutil.CONN_LISTEN and c.laddr.port == service.port
+    }
+    assert listeners == before
+    assert httpx.get(f"{service.base_url}/health", timeout=10).status_code == 200
+
+
+def test_a_port_outside_1_to_65535_is_a_usage_error(database_url):
+    for port in ("70000", "0", "-1", "65536"):
+        result = _serve("--port", port, env={"WALLET_DATABASE_URL": database_url})
+        assert result.returncode == 2, (port, result.stderr)
+        assert "--port" in result.stderr and "Traceback" not in result.stderr
+    result = _serve(env={"WALLET_DATABASE_URL": database_url, "WALLET_PORT": "70000"})
+    assert result.returncode == 2 and result.stderr.startswith("error: WALLET_PORT: "), result.stderr
+
+
+def test_a_host_that_cannot_be_listened_on_is_one_line(database_url):
+    result = _serve(
+        "--host", "no-such-host.invalid", "--port", "8000", env={"WALLET_DATABASE_URL": database_url}
+    )
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.startswith("error: cannot listen on no-such-host.invalid:8000: ")
+    assert len(result.stderr.splitlines()) == 1

@@ -74,6 +74,22 @@ class ServiceProcess:
         assert self.process is not None
         self.process.send_signal(signal.SIGKILL)
         self.process.wait(timeout=30)
+        self._wait_until_port_free()
+
+    def _wait_until_port_free(self, timeout_s: float = 30.0) -> None:
+        """Workers of a killed supervisor end on their own (wallet.serving); until they have, the
+        port is served and `wallet serve` refuses to start on it."""
+        from wallet.serving import ensure_port_free
+
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                ensure_port_free("127.0.0.1", self.port)
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

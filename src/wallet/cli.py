@@ -3,6 +3,10 @@ prune-events, holds.
 
 Every command uses WALLET_DATABASE_URL when it is set, and the embedded PostgreSQL in
 WALLET_DATA_DIR when it is not.
+
+An operator's mistake (a bad setting, a database that cannot be used, a port already served)
+is one line, `error: ...` on stderr, and a non-zero exit, never a traceback
+(wallet.operator_errors). Contradictory flags (`--demo --reference-only`) are a usage error.
 """
 
 from __future__ import annotations
@@ -13,13 +17,23 @@ import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
+from pydantic import ValidationError
+from pydantic_settings import SettingsError
+from typer.core import TyperCommand, TyperOption
 
+from wallet.operator_errors import (
+    OperatorError,
+    connect_problem,
+    database_stopped,
+    redacted,
+    settings_problem,
+)
 from wallet.settings import Settings, get_settings
 
 if TYPE_CHECKING:
@@ -28,25 +42,147 @@ if TYPE_CHECKING:
     from wallet.services.api_keys import KeyInfo
 
 T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
-keys_app = typer.Typer(no_args_is_help=True, help="Create, list, rotate and revoke API keys.")
+
+class _Command(TyperCommand):
+    """Refuses an on/off flag given both ways (`--demo --reference-only`) instead of letting the
+    last one win."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:  # Any: typer's own click's Context
+        given = set()
+        for arg in args:
+            if arg == "--":
+                break
+            given.add(arg.split("=", 1)[0])
+        for param in self.params:
+            if isinstance(param, TyperOption) and param.is_bool_flag and param.secondary_opts:
+                on, off = given & set(param.opts), given & set(param.secondary_opts)
+                if on and off:
+                    raise typer.BadParameter(f"{min(on)} and {min(off)} contradict each other", ctx, param)
+        return list(super().parse_args(ctx, args))
+
+
+class _Typer(typer.Typer):
+    """Every command refuses contradictory flags, and an OperatorError ends it with one line."""
+
+    def command(self, *args: Any, **kwargs: Any) -> Callable[[F], F]:
+        kwargs.setdefault("cls", _Command)
+        return super().command(*args, **kwargs)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().__call__(*args, **kwargs)
+        except OperatorError as exc:
+            _err(f"error: {exc.message}")
+            sys.exit(exc.exit_code)
+        except Exception as exc:
+            stopped = database_stopped(exc)  # after the check: the server went away, or stopped us
+            if stopped is None:
+                raise  # a bug: its traceback
+            _err(f"error: {stopped.message}")
+            sys.exit(stopped.exit_code)
+
+
+app = _Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+keys_app = _Typer(no_args_is_help=True, help="Create, list, rotate and revoke API keys.")
 app.add_typer(keys_app, name="keys")
 
 DEMO_KEY_FILE = "demo-api-key"
 DEMO_SCOPES = ["read", "credit", "spend", "admin"]
 
 
+def _settings() -> Settings:
+    """The settings, or an OperatorError naming each bad WALLET_* variable."""
+    try:
+        return get_settings()
+    except (ValidationError, SettingsError) as exc:
+        raise settings_problem(exc) from None
+
+
 @contextmanager
-def _database(settings: Settings) -> Iterator[tuple[str, bool]]:
-    """The URL to use, and whether it is the embedded server (started, and stopped, if needed)."""
+def _database(
+    settings: Settings, *, create: bool = False, migrated: bool = True, wait: bool = False
+) -> Iterator[tuple[str, bool]]:
+    """The URL to use, and whether it is the embedded server (started, and stopped, if needed).
+
+    Checked before the command uses it: it must accept a connection (with `wait`, after retrying
+    one that is not up yet for WALLET_DB_STARTUP_WAIT_MS, as at a container's start) and, when
+    `migrated`, have this version's newest migration; otherwise an OperatorError says what is
+    wrong. Without WALLET_DATABASE_URL only a command that may `create` it starts an embedded
+    database that does not exist yet (the others would only find it empty)."""
     if settings.database_url:
+        where = f"WALLET_DATABASE_URL={redacted(settings.database_url)}"
+        _check_database(settings, settings.database_url, where, migrated=migrated, wait=wait)
         yield settings.database_url, False
         return
     from wallet.embedded import embedded_postgres
 
-    with embedded_postgres(settings.data_dir) as url:
+    data_dir = settings.data_dir
+    where = f"the embedded database in {data_dir} (WALLET_DATABASE_URL is not set)"
+    if not create and not (data_dir / "pgdata" / "PG_VERSION").exists():
+        raise OperatorError(
+            f"WALLET_DATABASE_URL is not set and there is no embedded database in {data_dir} "
+            "(WALLET_DATA_DIR): set WALLET_DATABASE_URL, or create one with `wallet migrate`"
+        )
+    with ExitStack() as stack:
+        try:
+            url = stack.enter_context(embedded_postgres(data_dir))
+        except OSError as exc:
+            raise OperatorError(f"cannot start {where}: {exc}") from None
+        _check_database(settings, url, where, migrated=migrated, wait=False)  # it is up: we started it
         yield url, True
+
+
+def _check_database(settings: Settings, url: str, where: str, *, migrated: bool, wait: bool) -> None:
+    import asyncpg
+
+    try:
+        revision = asyncio.run(_schema_revision(settings, url, wait))
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, ValueError, OverflowError) as exc:
+        problem = connect_problem(exc, where, settings.db_connect_timeout_ms)
+        if wait and settings.db_startup_wait_ms and isinstance(exc, OSError | TimeoutError):
+            problem.message += f" (retried for {settings.db_startup_wait_ms} ms: WALLET_DB_STARTUP_WAIT_MS)"
+        raise problem from None
+    known, head = _migrations()
+    if revision is not None and revision not in known:  # migrate could not go anywhere from there
+        raise OperatorError(
+            f"{where} is at migration {revision}, which this version of wallet does not know (its newest "
+            f"is {head}): a newer wallet migrated it; run that version"
+        )
+    if not migrated:
+        return
+    if revision is None:
+        raise OperatorError(f"{where} has no wallet tables: run `wallet migrate` first")
+    if revision != head:
+        raise OperatorError(
+            f"{where} is at migration {revision}, this version of wallet needs {head}: run `wallet migrate`"
+        )
+
+
+async def _schema_revision(settings: Settings, url: str, wait: bool) -> str | None:
+    """The database's Alembic revision (None: never migrated)."""
+    from wallet.db.pool import connection, wait_for_database
+
+    if wait:
+        await wait_for_database(settings, url)
+    async with connection(settings, url) as conn:
+        if await conn.fetchval("SELECT to_regclass('alembic_version')") is None:
+            return None
+        revision = await conn.fetchval("SELECT version_num FROM alembic_version")
+    return None if revision is None else str(revision)
+
+
+def _migrations() -> tuple[set[str], str]:
+    """Every revision this version of wallet ships, and the newest."""
+    from importlib.resources import files
+
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory(str(files("wallet.db").joinpath("migrations")))
+    head = script.get_current_head()
+    assert head is not None
+    return {revision.revision for revision in script.walk_revisions()}, head
 
 
 def _raise_system_exit_on_sigterm() -> None:
@@ -67,10 +203,9 @@ def _err(message: str) -> None:
 def migrate() -> None:
     """Apply database migrations (Alembic) up to the newest."""
     from wallet.db.migrate import upgrade_to_head
-    from wallet.db.pool import wait_for_database
 
-    with _database(get_settings()) as (url, _):
-        asyncio.run(wait_for_database(get_settings(), url))  # a container may start before its database
+    # A container may start before its database: wait for it (WALLET_DB_STARTUP_WAIT_MS).
+    with _database(_settings(), create=True, migrated=False, wait=True) as (url, _):
         upgrade_to_head(url)
         asyncio.run(_sync_lot_policies(url))
     _err("migrations applied")
@@ -80,15 +215,15 @@ async def _sync_lot_policies(url: str) -> None:
     from wallet.db.pool import connection
     from wallet.services.lots import sync_policies
 
-    async with connection(get_settings(), url) as conn:
-        await sync_policies(conn, get_settings())
+    async with connection(_settings(), url) as conn:
+        await sync_policies(conn, _settings())
 
 
 async def _seed(url: str, demo: bool) -> None:
     from wallet.db.pool import connection
     from wallet.services.seed import seed_demo_data, seed_reference_data
 
-    async with connection(get_settings(), url) as conn:
+    async with connection(_settings(), url) as conn:
         if demo:
             await seed_demo_data(conn)
         else:
@@ -102,7 +237,7 @@ def seed(
     ] = True,
 ) -> None:
     """Create asset types and system accounts (and demo users). Running it twice changes nothing."""
-    with _database(get_settings()) as (url, _):
+    with _database(_settings()) as (url, _):
         asyncio.run(_seed(url, demo))
     _err("seed data in place")
 
@@ -111,7 +246,7 @@ async def _verify(url: str) -> bool:
     from wallet.db.pool import connection
     from wallet.services.verify import verify_ledger
 
-    settings = get_settings()
+    settings = _settings()
     async with connection(settings, url) as conn:
         report = await verify_ledger(conn, query_timeout_ms=settings.audit_query_timeout_ms)
     typer.echo(report.render())
@@ -121,7 +256,7 @@ async def _verify(url: str) -> bool:
 @app.command()
 def verify() -> None:
     """Recompute every balance and every hash chain from the ledger; exit 1 with a report if anything disagrees."""
-    with _database(get_settings()) as (url, _):
+    with _database(_settings()) as (url, _):
         clean = asyncio.run(_verify(url))
     if not clean:
         raise typer.Exit(code=1)
@@ -133,11 +268,11 @@ def _keys_call(action: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
     from wallet.domain.errors import WalletError
 
     async def run(url: str) -> T:
-        async with connection(get_settings(), url) as conn:
+        async with connection(_settings(), url) as conn:
             return await action(conn)
 
     try:
-        with _database(get_settings()) as (url, _):
+        with _database(_settings()) as (url, _):
             return asyncio.run(run(url))
     except WalletError as exc:
         _err(f"error: {exc.message}")
@@ -291,7 +426,7 @@ def keys_rotate(
 async def _prune(url: str, hours: int) -> int:
     from wallet.db.pool import connection
 
-    async with connection(get_settings(), url) as conn:
+    async with connection(_settings(), url) as conn:
         result = await conn.execute(
             "DELETE FROM idempotency_keys WHERE created_at < now() - make_interval(hours => $1)", hours
         )
@@ -301,7 +436,7 @@ async def _prune(url: str, hours: int) -> int:
 @app.command("prune-idempotency")
 def prune_idempotency() -> None:
     """Delete stored idempotency keys older than WALLET_IDEMPOTENCY_RETENTION_HOURS."""
-    settings = get_settings()
+    settings = _settings()
     with _database(settings) as (url, _):
         deleted = asyncio.run(_prune(url, settings.idempotency_retention_hours))
     _err(f"deleted {deleted} idempotency keys older than {settings.idempotency_retention_hours} h")
@@ -311,7 +446,7 @@ async def _prune_events(url: str, hours: int, batch: int, max_batches: int) -> i
     from wallet.db.pool import connection
     from wallet.services.events import prune_events
 
-    async with connection(get_settings(), url) as conn:
+    async with connection(_settings(), url) as conn:
         return await prune_events(conn, hours, batch=batch, max_batches=max_batches)
 
 
@@ -328,7 +463,7 @@ def prune_events_command(
 ) -> None:
     """Delete change events older than the retention, oldest first (never one a webhook endpoint
     has not delivered or given up on yet)."""
-    settings = get_settings()
+    settings = _settings()
     hours = older_than_hours or settings.event_retention_hours
     with _database(settings) as (url, _):
         deleted = asyncio.run(_prune_events(url, hours, settings.event_prune_batch, max_batches))
@@ -340,7 +475,7 @@ async def _demo_key_in_db(url: str, saved: str | None) -> str:
     from wallet.db.pool import connection
     from wallet.services.api_keys import create_api_key, is_active_api_key
 
-    async with connection(get_settings(), url) as conn:
+    async with connection(_settings(), url) as conn:
         if saved and await is_active_api_key(conn, saved):
             return saved
         return await create_api_key(conn, "demo", DEMO_SCOPES)
@@ -359,7 +494,7 @@ def _demo_key(url: str, key_file: Path) -> str:
 @app.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="Default WALLET_HOST (127.0.0.1).")] = None,
-    port: Annotated[int | None, typer.Option(help="Default WALLET_PORT (8000).")] = None,
+    port: Annotated[int | None, typer.Option(min=1, max=65535, help="Default WALLET_PORT (8000).")] = None,
     workers: Annotated[int, typer.Option(min=1, max=64, help="Worker processes.")] = 1,
     access_log: Annotated[
         bool | None,
@@ -373,14 +508,20 @@ def serve(
     from wallet import serving
     from wallet.db.migrate import upgrade_to_head
 
-    settings = get_settings()
+    settings = _settings()
     host = host or settings.host
     port = port or settings.port
+    try:  # before anything starts: a second service on the port would share it (SO_REUSEPORT)
+        serving.ensure_port_free(host, port)
+    except OSError as exc:
+        raise OperatorError(serving.bind_problem(host, port, exc)) from None
     _raise_system_exit_on_sigterm()
     if access_log is not None:  # the workers read their settings from the environment
         os.environ["WALLET_ACCESS_LOG"] = "1" if access_log else "0"
         get_settings.cache_clear()
-    with _database(settings) as (url, embedded):
+    # The embedded database is migrated here; one given by URL must be already.
+    # (Waiting for it first, as the workers would: a container may start before its database.)
+    with _database(settings, create=True, migrated=bool(settings.database_url), wait=True) as (url, embedded):
         if embedded:
             upgrade_to_head(url)
             # Before the demo's bonuses, so they get their asset's default expiry as with `wallet
@@ -415,14 +556,14 @@ def serve(
         )
 
 
-holds_app = typer.Typer(no_args_is_help=True, help="Holds maintenance.")
+holds_app = _Typer(no_args_is_help=True, help="Holds maintenance.")
 app.add_typer(holds_app, name="holds")
 
 
 async def _release_expired(url: str, max_accounts: int) -> int:
     from wallet.db.pool import connection
 
-    async with connection(get_settings(), url) as conn:
+    async with connection(_settings(), url) as conn:
         swept = await conn.fetchval("SELECT wallet_sweep_expired_holds($1)", max_accounts)
     assert isinstance(swept, int)
     return swept
@@ -433,7 +574,7 @@ def holds_release_expired(
     max_accounts: Annotated[int, typer.Option(min=1, max=1_000_000, help="Accounts per run.")] = 10_000,
 ) -> None:
     """Mark expired holds 'expired' and release them (`wallet serve` also does this periodically)."""
-    with _database(get_settings()) as (url, _):
+    with _database(_settings()) as (url, _):
         swept = asyncio.run(_release_expired(url, max_accounts))
     _err(f"released expired holds of {swept} accounts")
 
@@ -442,7 +583,7 @@ async def _expire(url: str, max_accounts: int) -> tuple[int, int]:
     from wallet.db.pool import create_pool
     from wallet.services.lots import expire_due, sync_policies
 
-    settings = get_settings()
+    settings = _settings()
     pool = await create_pool(settings, url)
     try:
         await sync_policies(pool, settings)
@@ -460,12 +601,12 @@ def expire(
 ) -> None:
     """Move the unspent remainder of every expired credit lot to breakage (`wallet serve` also does
     this periodically). Safe to run twice, or in two processes at once."""
-    with _database(get_settings()) as (url, _):
+    with _database(_settings()) as (url, _):
         accounts, expired_minor = asyncio.run(_expire(url, max_accounts))
     _err(f"expired {expired_minor} minor units on {accounts} accounts")
 
 
-report_app = typer.Typer(no_args_is_help=True, help="Reports read from the ledger.")
+report_app = _Typer(no_args_is_help=True, help="Reports read from the ledger.")
 app.add_typer(report_app, name="report")
 
 
@@ -475,7 +616,7 @@ async def _liabilities(
     from wallet.db.pool import create_pool
     from wallet.services.lots import ReportPeriod, liability_report
 
-    pool = await create_pool(get_settings(), url)
+    pool = await create_pool(_settings(), url)
     try:
         return await liability_report(pool, ReportPeriod.resolve(as_of, from_, to))
     finally:
@@ -511,7 +652,7 @@ def report_liabilities(
 
     if output_format not in ("csv", "json"):
         raise typer.BadParameter("must be csv or json", param_hint="--format")
-    with _database(get_settings()) as (url, _):
+    with _database(_settings()) as (url, _):
         try:
             report = asyncio.run(_liabilities(url, _utc(as_of), _utc(from_), _utc(to)))
         except WalletError as exc:

@@ -7,6 +7,12 @@ run's connections while the other idled, its requests queueing on one event loop
 per worker with SO_REUSEPORT, so the kernel spreads new connections over the workers (by a hash
 of each connection), and hands each worker its own socket.
 
+SO_REUSEPORT also lets an unrelated process join the port: a second `wallet serve` started while
+the first still runs (a botched restart) would silently split the traffic with it. So before
+binding, `ensure_port_free` binds the address once without SO_REUSEPORT, which fails while
+anything listens there, and `wallet serve` refuses with one line. (Between that check and the bind
+another process could still take the port; the window is the time of one bind.)
+
 The supervisor keeps every socket open, so a worker that dies is replaced on the same socket and
 the connections waiting in its backlog are not lost. A worker also gets SIGTERM when the
 supervisor dies (even by SIGKILL), so no orphan keeps a socket of the port: with SO_REUSEPORT a
@@ -21,6 +27,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno
 import signal
 import socket
 import sys
@@ -48,9 +55,38 @@ def serve(config: uvicorn.Config) -> None:
             sock.close()
 
 
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def ensure_port_free(host: str, port: int) -> None:
+    """Raises OSError (EADDRINUSE when something listens there) unless (host, port) can be bound
+    by a socket without SO_REUSEPORT: no process, this service or another, serves it. Port 0
+    (any free port) always can."""
+    if port == 0:
+        return
+    with socket.socket(_family(host), socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT leftovers are no one
+        probe.bind((host, port))
+
+
+def bind_problem(host: str, port: int, exc: OSError) -> str:
+    """One line for an operator about why `ensure_port_free` failed."""
+    if exc.errno == errno.EADDRINUSE:
+        return (
+            f"{host}:{port} is already served by another process (a `wallet serve` still running?): "
+            "stop it first, or choose another --port"
+        )
+    if isinstance(exc, socket.gaierror):
+        return f"cannot listen on {host}:{port}: unknown host ({exc.strerror})"
+    return f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+
+
 def listening_sockets(host: str, port: int, count: int, backlog: int) -> list[socket.socket]:
-    """`count` sockets listening on one (host, port) with SO_REUSEPORT (port 0: one free port)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    """`count` sockets listening on one (host, port) with SO_REUSEPORT (port 0: one free port).
+    Raises OSError (EADDRINUSE) when the port is served already, even with SO_REUSEPORT."""
+    ensure_port_free(host, port)
+    family = _family(host)
     sockets: list[socket.socket] = []
     try:
         for _ in range(count):

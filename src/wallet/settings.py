@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from wallet.domain.rules import (
@@ -38,6 +38,7 @@ class LotPolicy(BaseModel):
 
 
 AUDIT_QUERY_TIMEOUT_MS_DEFAULT = 600_000  # see Settings.audit_query_timeout_ms
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")  # WALLET_LOG_LEVEL, any case
 
 
 class Settings(BaseSettings):
@@ -182,6 +183,21 @@ class Settings(BaseSettings):
     # bounds requests. With the request bound, one check slower than 6 s on a large ledger failed
     # the run, and the next incremental run had an even longer range to check.
     audit_query_timeout_ms: int = Field(default=AUDIT_QUERY_TIMEOUT_MS_DEFAULT, ge=1_000, le=86_400_000)
+
+    # Settings a process would otherwise take and fail on later, in a worker or at the first request.
+    @field_validator("log_level")
+    @classmethod
+    def _known_log_level(cls, value: str) -> str:
+        if value.upper() not in LOG_LEVELS:
+            raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
+        return value.upper()
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str) -> str:
+        if value.partition("://")[0] not in ("redis", "rediss", "unix"):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
 
 
 @lru_cache(maxsize=1)

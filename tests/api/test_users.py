@@ -67,3 +67,41 @@ async def test_asset_types_are_listed(client):
         "LOYALTY_POINTS": 0,
     }
     assert list(listed) == sorted(listed)
+
+
+async def test_names_are_one_name_whichever_unicode_form_they_come_in(admin, client, pool):
+    import unicodedata
+
+    tag = uuid.uuid4().hex[:8]
+    composed = f"Zoë Ångström {tag}"  # as most keyboards type it (NFC)
+    decomposed = unicodedata.normalize("NFD", composed)  # as macOS file names and some IMEs give it
+    assert composed != decomposed
+    user_id = f"nfc_{tag}"
+    first = await admin.post("/api/v1/users", json={"user_id": user_id, "name": decomposed})
+    assert first.status_code == 201, first.text
+    assert first.json()["name"] == composed  # stored, and answered, in NFC
+    assert await pool.fetchval("SELECT name FROM users WHERE id = $1", user_id) == composed
+    # The same name in the other form is the same request, not another name.
+    again = await admin.post("/api/v1/users", json={"user_id": user_id, "name": composed})
+    assert again.status_code == 200 and again.json() == first.json()
+    # A search finds it whichever form the query is typed in.
+    for q in (unicodedata.normalize("NFD", f"zoë ångström {tag}"), f"ZOË ÅNGSTRÖM {tag}".lower(), "Ångström"):
+        response = await client.get("/api/v1/search/users", params={"q": q, "limit": 200})
+        assert response.status_code == 200, response.text
+        assert user_id in [u["user_id"] for u in response.json()["data"]], q
+    # A name written in NFD before names were normalised is found too.
+    legacy = f"nfd_{tag}"
+    await pool.execute(
+        "SELECT wallet_ensure_user($1, $2)", legacy, unicodedata.normalize("NFD", f"Chloë {tag}")
+    )
+    response = await client.get("/api/v1/search/users", params={"q": f"chloë {tag}"})
+    assert [u["user_id"] for u in response.json()["data"]] == [legacy]
+
+
+async def test_a_name_is_limited_to_200_characters_after_normalisation(admin):
+    # U+0958 is one character that NFC writes as two (a composition exclusion).
+    response = await admin.post(
+        "/api/v1/users", json={"user_id": f"long_{uuid.uuid4().hex[:8]}", "name": "\u0958" * 150}
+    )
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["field"] == "name"

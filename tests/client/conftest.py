@@ -151,6 +151,9 @@ class AsyncRecorder(Recorder, httpx.AsyncBaseTransport):
         except httpx.TransportError as exc:
             self._failed(exc)
             raise
+        except asyncio.CancelledError:  # the attempt's timeout ran out while the transport waited
+            self.outcomes.append("ReadTimeout")
+            raise
         return self._after(request, response, fault)
 
     async def aclose(self) -> None:

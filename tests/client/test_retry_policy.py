@@ -284,6 +284,6 @@ def test_requests_are_checked_before_anything_is_sent():
         client.transfer("u1", "u2", "GOLD_COINS", True)
     with pytest.raises(ValueError, match="aware"):
         client.get_history("u1", from_time=datetime(2026, 1, 1))
-    with pytest.raises(ValueError, match="non-empty"):
+    with pytest.raises(ValueError, match="transaction_id must not be empty"):
         client.get_transaction("")
     client.close()

@@ -17,7 +17,7 @@ import asyncpg
 from wallet.domain import errors
 from wallet.domain.times import api_time
 from wallet.services.audit import run_audit
-from wallet.services.users import USER_COLUMNS
+from wallet.services.users import USER_COLUMNS, normalized_name
 from wallet.settings import Settings
 
 SEARCH_QUERY_MAX_CHARS = 64
@@ -25,14 +25,15 @@ VOLUME_DAYS_DEFAULT = 30
 VOLUME_DAYS_MAX = 90
 
 # An exact id first (one primary-key probe); then ids starting with the query and names
-# containing it, case-insensitively, in id order. Without a trigram index the second part scans
+# containing it, case-insensitively and in Unicode NFC (the query is normalised too, and names
+# written before names were normalised on write are compared normalised), in id order. Without a trigram index the second part scans
 # `users` until it has a page; the statement timeout bounds it.
 SEARCH_USERS_SQL = f"""
 (SELECT {USER_COLUMNS}, 0 AS rank FROM users WHERE id = $1::text)
 UNION ALL
 (SELECT {USER_COLUMNS}, 1 AS rank FROM users
   WHERE id <> $1::text
-    AND (lower(id) LIKE ($2::text || '%') ESCAPE '\\' OR lower(name) LIKE ('%' || $2::text || '%') ESCAPE '\\')
+    AND (lower(id) LIKE ($2::text || '%') ESCAPE '\\' OR lower(normalize(name, NFC)) LIKE ('%' || $2::text || '%') ESCAPE '\\')
   ORDER BY id LIMIT $3::int)
 ORDER BY rank, user_id
 LIMIT $3::int
@@ -58,7 +59,7 @@ def _like_escaped(text: str) -> str:
 
 
 async def search_users(pool: asyncpg.Pool, query: str, *, limit: int) -> dict[str, Any]:
-    rows = await pool.fetch(SEARCH_USERS_SQL, query, _like_escaped(query), limit)
+    rows = await pool.fetch(SEARCH_USERS_SQL, query, _like_escaped(normalized_name(query)), limit)
     return {
         "query": query,
         "data": [{"user_id": r["user_id"], "name": r["name"], "created_at": r["created_at"]} for r in rows],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Any
 
 import asyncpg
@@ -15,11 +16,24 @@ USER_COLUMNS = (
     " to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') AS created_at"
 )
 MAX_ASSET_TYPES_LISTED = 1_000
+USER_NAME_MAX_CHARS = 200  # as the column's check; counted after normalisation
+
+
+def normalized_name(name: str) -> str:
+    """A user's name in Unicode NFC: "Zoë" typed with a combining diaeresis (NFD, as macOS
+    keyboards and file names give it) and with the precomposed ë are one name, stored once and
+    found by either. Applied on every write of a name and to every name search."""
+    return unicodedata.normalize("NFC", name)
 
 
 async def create_user(pool: asyncpg.Pool, user_id: str, name: str) -> tuple[dict[str, Any], bool]:
     """Returns the user and whether it was created now. Repeating the same request is not an
-    error; asking for an existing id with another name is."""
+    error; asking for an existing id with another name is (names compare in NFC)."""
+    name = normalized_name(name)
+    if len(name) > USER_NAME_MAX_CHARS:  # NFC lengthens a few characters (e.g. U+0958)
+        raise errors.WalletError(
+            errors.VALIDATION_ERROR, f"name is longer than {USER_NAME_MAX_CHARS} characters in NFC", "name"
+        )
     async with pool.acquire() as conn, conn.transaction():
         created = await conn.fetchval("SELECT wallet_ensure_user($1, $2)", user_id, name)
         row = await conn.fetchrow(f"SELECT {USER_COLUMNS} FROM users WHERE id = $1", user_id)

@@ -11,8 +11,9 @@ import json
 import logging
 import random
 import time
+import unicodedata
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Generic, Literal, TypeVar
@@ -77,6 +78,18 @@ class RetryPolicy:
     retry_in_use: bool = True
 
     def __post_init__(self) -> None:
+        if isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int):
+            raise _type_error("max_attempts", "an int", self.max_attempts)
+        for name in ("total_timeout", "backoff_base", "backoff_max", "retry_after_max"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise _type_error(name, "a number of seconds (int or float)", value)
+        if not isinstance(self.retry_statuses, frozenset | set) or not all(
+            isinstance(status, int) and not isinstance(status, bool) for status in self.retry_statuses
+        ):
+            raise _type_error("retry_statuses", "a frozenset of int statuses", self.retry_statuses)
+        if not isinstance(self.retry_in_use, bool):
+            raise _type_error("retry_in_use", "a bool", self.retry_in_use)
         if self.max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
         if min(self.total_timeout, self.backoff_base, self.backoff_max, self.retry_after_max) < 0:
@@ -278,32 +291,73 @@ def _error_code(response: httpx.Response) -> str | None:
 
 # Request building, one function per endpoint. Each write gets its idempotency key here, once,
 # so every attempt of the call sends the same one.
+#
+# Every argument is checked before anything is sent: a value of the wrong type raises TypeError
+# naming the argument and what it takes; a value of the right type that cannot be right (an empty
+# id, a naive datetime) raises ValueError.
 
 
-def _segment(value: str) -> str:
-    if not isinstance(value, str) or not value:
-        raise ValueError(f"an id must be a non-empty string, got {value!r}")
-    return quote(value, safe="")
+def _type_error(name: str, expected: str, value: object) -> TypeError:
+    return TypeError(f"{name} must be {expected}, got {type(value).__name__}")
 
 
-def _amount(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int number of minor units, got {type(value).__name__}")
+def _str(value: object, name: str) -> str:
+    if not isinstance(value, str):
+        raise _type_error(name, "a str", value)
     return value
 
 
-def _time(value: datetime, name: str) -> str:
+def _optional_str(value: object, name: str) -> str | None:
+    return None if value is None else _str(value, name)
+
+
+def _segment(value: object, name: str) -> str:
+    """An id that goes into the path."""
+    text = _str(value, name)
+    if not text:
+        raise ValueError(f"{name} must not be empty")
+    return quote(text, safe="")
+
+
+def _int(value: object, name: str, unit: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _type_error(name, f"an int ({unit})", value)
+    return value
+
+
+def _amount(value: object, name: str) -> int:
+    return _int(value, name, "minor units")
+
+
+def _time(value: object, name: str) -> str:
+    if not isinstance(value, datetime):
+        raise _type_error(name, "a datetime", value)
     if value.tzinfo is None or value.utcoffset() is None:
         raise ValueError(f"{name} must be an aware datetime (the API needs an offset)")
     return value.isoformat()
 
 
-def _key(idempotency_key: str | None) -> str:
+def _metadata(value: object) -> Mapping[str, Any] | None:
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise _type_error("metadata", "a mapping (a JSON object) or None", value)
+    try:  # what json would say about one of its values, said about metadata
+        json.dumps(value, allow_nan=False)
+    except TypeError as exc:
+        raise TypeError(f"metadata must hold JSON values only: {exc}") from None
+    except ValueError as exc:
+        raise ValueError(f"metadata must hold JSON values only: {exc}") from None
+    return value
+
+
+def _key(idempotency_key: object) -> str:
     if idempotency_key is None:
         return str(uuid.uuid4())
-    if not isinstance(idempotency_key, str) or not idempotency_key:
-        raise ValueError("idempotency_key must be a non-empty string")
-    return idempotency_key
+    key = _str(idempotency_key, "idempotency_key")
+    if not key:
+        raise ValueError("idempotency_key must not be empty")
+    return key
 
 
 def _encode(body: Mapping[str, Any]) -> bytes:
@@ -311,12 +365,17 @@ def _encode(body: Mapping[str, Any]) -> bytes:
     return json.dumps(compact, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
 
 
-def _page_params(limit: int | None, cursor: str | None) -> dict[str, str]:
+def page_size(value: int | None) -> int | None:
+    """The `page_size` of the `iter_*` methods (each page's `limit`)."""
+    return None if value is None else _int(value, "page_size", "items per page")
+
+
+def _page_params(limit: object, cursor: object) -> dict[str, str]:
     params: dict[str, str] = {}
     if limit is not None:
-        params["limit"] = str(_amount(limit, "limit"))
+        params["limit"] = str(_int(limit, "limit", "items per page"))
     if cursor is not None:
-        params["cursor"] = cursor
+        params["cursor"] = _str(cursor, "cursor")
     return params
 
 
@@ -363,19 +422,22 @@ def create_user(user_id: str, name: str) -> Call[User]:
         "POST",
         f"{API}/users",
         lambda d, r, s: User.from_json(d, created=s == 201),
-        body=_encode({"user_id": user_id, "name": name}),
+        # The service stores names in Unicode NFC; sent so, too, so the request is what is stored.
+        body=_encode(
+            {"user_id": _str(user_id, "user_id"), "name": unicodedata.normalize("NFC", _str(name, "name"))}
+        ),
     )
 
 
 def balances(user_id: str, asset_type: str | None, as_of: datetime | None) -> Call[Balances]:
     params: dict[str, str] = {}
     if asset_type is not None:
-        params["asset_type"] = asset_type
+        params["asset_type"] = _str(asset_type, "asset_type")
     if as_of is not None:
         params["as_of"] = _time(as_of, "as_of")
     return Call(
         "GET",
-        f"{API}/wallets/{_segment(user_id)}/balance",
+        f"{API}/wallets/{_segment(user_id, 'user_id')}/balance",
         lambda d, r, s: Balances.from_json(d),
         params=params,
     )
@@ -393,23 +455,23 @@ def history(
 ) -> Call[TransactionPage]:
     params = _page_params(limit, cursor)
     if asset_type is not None:
-        params["asset_type"] = asset_type
+        params["asset_type"] = _str(asset_type, "asset_type")
     if type is not None:
-        params["type"] = type
+        params["type"] = _str(type, "type")
     if from_time is not None:
         params["from"] = _time(from_time, "from_time")
     if to_time is not None:
         params["to"] = _time(to_time, "to_time")
     return Call(
         "GET",
-        f"{API}/wallets/{_segment(user_id)}/transactions",
+        f"{API}/wallets/{_segment(user_id, 'user_id')}/transactions",
         lambda d, r, s: TransactionPage.from_json(d),
         params=params,
     )
 
 
 def transaction(transaction_id: str) -> Call[Transaction]:
-    return Call("GET", f"{API}/transactions/{_segment(transaction_id)}", _transaction)
+    return Call("GET", f"{API}/transactions/{_segment(transaction_id, 'transaction_id')}", _transaction)
 
 
 def posting(
@@ -425,40 +487,42 @@ def posting(
     expires_in_seconds: int | None = None,
 ) -> Call[Transaction]:
     body: dict[str, Any] = {
-        "user_id": user_id,
-        "asset_type": asset_type,
+        "user_id": _str(user_id, "user_id"),
+        "asset_type": _str(asset_type, "asset_type"),
         "amount": _amount(amount, "amount"),
-        "description": description,
-        "metadata": metadata,
+        "description": _optional_str(description, "description"),
+        "metadata": _metadata(metadata),
     }
     # Only bonuses take an expiry; only sent when given, so other requests stay as they were.
     if expires_at is not None:
         body["expires_at"] = _time(expires_at, "expires_at")
     if expires_in_seconds is not None:
-        body["expires_in_seconds"] = expires_in_seconds
+        body["expires_in_seconds"] = _int(expires_in_seconds, "expires_in_seconds", "seconds")
     return _write(f"{API}/transactions/{kind}", body, idempotency_key, _transaction)
 
 
 def _operation(op: BatchOperation) -> dict[str, Any]:
     if not isinstance(op, BatchOperation):
-        raise TypeError(f"batch operations must be BatchOperation, got {type(op).__name__}")
+        raise _type_error("each of operations", "a BatchOperation", op)
     return {
         k: v
         for k, v in {
             "type": op.type,
-            "user_id": op.user_id,
-            "asset_type": op.asset_type,
+            "user_id": _str(op.user_id, "user_id"),
+            "asset_type": _str(op.asset_type, "asset_type"),
             "amount": _amount(op.amount, "amount"),
-            "to_user_id": op.to_user_id,
+            "to_user_id": _optional_str(op.to_user_id, "to_user_id"),
             "fee": _amount(op.fee, "fee") or None,
-            "description": op.description,
-            "metadata": op.metadata,
+            "description": _optional_str(op.description, "description"),
+            "metadata": _metadata(op.metadata),
         }.items()
         if v is not None
     }
 
 
 def batch(operations: Sequence[BatchOperation], *, idempotency_key: str | None) -> Call[BatchResult]:
+    if isinstance(operations, str | bytes | Mapping) or not isinstance(operations, Iterable):
+        raise _type_error("operations", "a sequence of BatchOperation", operations)
     body = {"operations": [_operation(op) for op in operations]}
     return _write(
         f"{API}/transactions/batch",
@@ -480,13 +544,13 @@ def transfer(
     idempotency_key: str | None,
 ) -> Call[Transaction]:
     body = {
-        "from_user_id": from_user_id,
-        "to_user_id": to_user_id,
-        "asset_type": asset_type,
+        "from_user_id": _str(from_user_id, "from_user_id"),
+        "to_user_id": _str(to_user_id, "to_user_id"),
+        "asset_type": _str(asset_type, "asset_type"),
         "amount": _amount(amount, "amount"),
         "fee": _amount(fee, "fee") or None,
-        "description": description,
-        "metadata": metadata,
+        "description": _optional_str(description, "description"),
+        "metadata": _metadata(metadata),
     }
     return _write(f"{API}/transactions/transfer", body, idempotency_key, _transaction)
 
@@ -500,14 +564,19 @@ def reverse(
     allow_negative: bool,
     idempotency_key: str | None,
 ) -> Call[Transaction]:
+    if not isinstance(allow_negative, bool):
+        raise _type_error("allow_negative", "a bool", allow_negative)
     body = {
         "amount": None if amount is None else _amount(amount, "amount"),
-        "reason": reason,
-        "metadata": metadata,
+        "reason": _optional_str(reason, "reason"),
+        "metadata": _metadata(metadata),
         "allow_negative": True if allow_negative else None,
     }
     return _write(
-        f"{API}/transactions/{_segment(transaction_id)}/reverse", body, idempotency_key, _transaction
+        f"{API}/transactions/{_segment(transaction_id, 'transaction_id')}/reverse",
+        body,
+        idempotency_key,
+        _transaction,
     )
 
 
@@ -522,14 +591,14 @@ def place_hold(
     idempotency_key: str | None,
 ) -> Call[Hold]:
     body = {
-        "user_id": user_id,
-        "asset_type": asset_type,
+        "user_id": _str(user_id, "user_id"),
+        "asset_type": _str(asset_type, "asset_type"),
         "amount": _amount(amount, "amount"),
         "expires_in_seconds": None
         if expires_in_seconds is None
-        else _amount(expires_in_seconds, "expires_in_seconds"),
-        "description": description,
-        "metadata": metadata,
+        else _int(expires_in_seconds, "expires_in_seconds", "seconds"),
+        "description": _optional_str(description, "description"),
+        "metadata": _metadata(metadata),
     }
     return _write(f"{API}/holds", body, idempotency_key, _hold)
 
@@ -544,28 +613,30 @@ def capture_hold(
 ) -> Call[Transaction]:
     body = {
         "amount": None if amount is None else _amount(amount, "amount"),
-        "description": description,
-        "metadata": metadata,
+        "description": _optional_str(description, "description"),
+        "metadata": _metadata(metadata),
     }
-    return _write(f"{API}/holds/{_segment(hold_id)}/capture", body, idempotency_key, _transaction)
+    return _write(f"{API}/holds/{_segment(hold_id, 'hold_id')}/capture", body, idempotency_key, _transaction)
 
 
 def void_hold(hold_id: str, *, idempotency_key: str | None) -> Call[Hold]:
-    return _write(f"{API}/holds/{_segment(hold_id)}/void", {}, idempotency_key, _hold)
+    return _write(f"{API}/holds/{_segment(hold_id, 'hold_id')}/void", {}, idempotency_key, _hold)
 
 
 def hold(hold_id: str) -> Call[Hold]:
-    return Call("GET", f"{API}/holds/{_segment(hold_id)}", _hold)
+    return Call("GET", f"{API}/holds/{_segment(hold_id, 'hold_id')}", _hold)
 
 
 def holds(
     user_id: str, *, status: Literal["open", "all"], limit: int | None, cursor: str | None
 ) -> Call[HoldPage]:
     params = _page_params(limit, cursor)
+    if _str(status, "status") not in ("open", "all"):
+        raise ValueError(f"status must be 'open' or 'all', got {status!r}")
     params["status"] = status
     return Call(
         "GET",
-        f"{API}/wallets/{_segment(user_id)}/holds",
+        f"{API}/wallets/{_segment(user_id, 'user_id')}/holds",
         lambda d, r, s: HoldPage.from_json(d),
         params=params,
     )
@@ -574,6 +645,33 @@ def holds(
 def client_headers(api_key: str | None, headers: Mapping[str, str] | None) -> dict[str, str]:
     result = {"User-Agent": f"wallet-client-python/{__version__}"}
     if api_key is not None:
+        if not _str(api_key, "api_key"):
+            raise ValueError("api_key must not be empty (None sends no key)")
         result["Authorization"] = f"Bearer {api_key}"
+    if headers is not None and not isinstance(headers, Mapping):
+        raise _type_error("headers", "a mapping of str to str or None", headers)
     result.update(headers or {})
     return result
+
+
+def check_client(base_url: object, timeout: object, retry: object, rng: object) -> float:
+    """The constructor's arguments, checked as the methods' are; returns `timeout` as a float."""
+    if not isinstance(base_url, str | httpx.URL):
+        raise _type_error("base_url", "a str (e.g. 'http://127.0.0.1:8000')", base_url)
+    try:
+        scheme = httpx.URL(base_url).scheme
+    except httpx.InvalidURL as exc:
+        raise ValueError(f"base_url is not a URL: {exc}") from None
+    if scheme not in ("http", "https"):
+        raise ValueError(
+            f"base_url must start with http:// or https:// (e.g. 'http://127.0.0.1:8000'), got {str(base_url)!r}"
+        )
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+        raise _type_error("timeout", "a number of seconds (int or float)", timeout)
+    if not 0 < timeout < float("inf"):
+        raise ValueError(f"timeout must be a positive, finite number of seconds, got {timeout!r}")
+    if retry is not None and not isinstance(retry, RetryPolicy):
+        raise _type_error("retry", "a RetryPolicy or None", retry)
+    if rng is not None and not isinstance(rng, random.Random):
+        raise _type_error("rng", "a random.Random or None", rng)
+    return float(timeout)

@@ -34,8 +34,9 @@ T = TypeVar("T")
 class AsyncWalletClient:
     """Asynchronous (asyncio) client of the wallet API; see `WalletClient` for the semantics.
 
-    `base_url` is the service root (`http://127.0.0.1:8000`). `timeout` bounds each attempt
-    (seconds); `retry` bounds the attempts of one call and their total time. Every write takes an
+    `base_url` is the service root (`http://127.0.0.1:8000`). `timeout` bounds each attempt as a
+    whole (seconds): connecting, sending, and the answer's headers and body in full, however
+    slowly they trickle in; `retry` bounds the attempts of one call and their total time. Every write takes an
     optional `idempotency_key`; without one the client makes one (a UUID) for that call, and
     sends it on every retry of the call, so a retried write is applied at most once. Results of
     writes carry `replayed`. Errors raise `WalletAPIError` subclasses with the service's `code`;
@@ -53,8 +54,12 @@ class AsyncWalletClient:
         transport: httpx.AsyncBaseTransport | None = None,
         rng: random.Random | None = None,
     ) -> None:
+        self.timeout = _core.check_client(base_url, timeout, retry, rng)
+        if transport is not None and not isinstance(transport, httpx.AsyncBaseTransport):
+            raise TypeError(
+                f"transport must be an httpx.AsyncBaseTransport or None, got {type(transport).__name__}"
+            )
         self.retry = retry or RetryPolicy()
-        self.timeout = timeout
         self._rng = rng or random.Random()
         self._http = httpx.AsyncClient(
             base_url=base_url, headers=_core.client_headers(api_key, headers), transport=transport
@@ -76,13 +81,25 @@ class AsyncWalletClient:
         while True:
             outcome: httpx.Response | httpx.TransportError
             try:
-                outcome = await self._http.request(**attempts.request())
+                outcome = await self._attempt(attempts.request())
             except httpx.TransportError as exc:
                 outcome = exc
             delay = attempts.retry_delay(outcome)
             if delay is None:
                 return attempts.finish(outcome)
             await asyncio.sleep(delay)
+
+    async def _attempt(self, request: dict[str, Any]) -> httpx.Response:
+        """One attempt, in full within its timeout: httpx's timeout bounds each network read, so a
+        body trickling in a byte at a time held an attempt for as long as the server liked."""
+        budget: float = request["timeout"]
+        try:
+            async with asyncio.timeout(budget):
+                return await self._http.request(**request)
+        except TimeoutError:
+            raise httpx.ReadTimeout(
+                f"no complete answer within {budget:.3g} s (the attempt's timeout)"
+            ) from None
 
     # Service
 
@@ -102,7 +119,7 @@ class AsyncWalletClient:
         """Every user, following `next_cursor` page by page."""
         cursor: str | None = None
         while True:
-            page = await self.list_users(limit=page_size, cursor=cursor)
+            page = await self.list_users(limit=_core.page_size(page_size), cursor=cursor)
             for item in page.data:
                 yield item
             if page.next_cursor is None:
@@ -161,7 +178,7 @@ class AsyncWalletClient:
         while True:
             page = await self.get_history(
                 user_id,
-                limit=page_size,
+                limit=_core.page_size(page_size),
                 cursor=cursor,
                 asset_type=asset_type,
                 type=type,
@@ -378,7 +395,9 @@ class AsyncWalletClient:
     ) -> AsyncIterator[Hold]:
         cursor: str | None = None
         while True:
-            page = await self.list_holds(user_id, status=status, limit=page_size, cursor=cursor)
+            page = await self.list_holds(
+                user_id, status=status, limit=_core.page_size(page_size), cursor=cursor
+            )
             for item in page.data:
                 yield item
             if page.next_cursor is None:

@@ -3,7 +3,9 @@ retries come from `wallet_client._core`, shared with `AsyncWalletClient`."""
 
 from __future__ import annotations
 
+import contextvars
 import random
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
@@ -31,11 +33,32 @@ from wallet_client.models import (
 T = TypeVar("T")
 
 
+class _Abandonable(httpx.SyncByteStream):
+    """A response body that stops at its next chunk once the caller has given up on it."""
+
+    def __init__(
+        self, stream: httpx.SyncByteStream | httpx.AsyncByteStream, abandoned: threading.Event
+    ) -> None:
+        assert isinstance(stream, httpx.SyncByteStream)
+        self._stream = stream
+        self._abandoned = abandoned
+
+    def __iter__(self) -> Iterator[bytes]:
+        for chunk in self._stream:
+            if self._abandoned.is_set():
+                raise httpx.ReadTimeout("the caller stopped waiting for this answer")
+            yield chunk
+
+    def close(self) -> None:
+        self._stream.close()
+
+
 class WalletClient:
     """Synchronous client of the wallet API.
 
-    `base_url` is the service root (`http://127.0.0.1:8000`). `timeout` bounds each attempt
-    (seconds); `retry` bounds the attempts of one call and their total time. Every write takes an
+    `base_url` is the service root (`http://127.0.0.1:8000`). `timeout` bounds each attempt as a
+    whole (seconds): connecting, sending, and the answer's headers and body in full, however
+    slowly they trickle in; `retry` bounds the attempts of one call and their total time. Every write takes an
     optional `idempotency_key`; without one the client makes one (a UUID) for that call, and
     sends it on every retry of the call, so a retried write is applied at most once. Results of
     writes carry `replayed`. Errors raise `WalletAPIError` subclasses with the service's `code`;
@@ -53,8 +76,12 @@ class WalletClient:
         transport: httpx.BaseTransport | None = None,
         rng: random.Random | None = None,
     ) -> None:
+        self.timeout = _core.check_client(base_url, timeout, retry, rng)
+        if transport is not None and not isinstance(transport, httpx.BaseTransport):
+            raise TypeError(
+                f"transport must be an httpx.BaseTransport or None, got {type(transport).__name__}"
+            )
         self.retry = retry or RetryPolicy()
-        self.timeout = timeout
         self._rng = rng or random.Random()
         self._http = httpx.Client(
             base_url=base_url, headers=_core.client_headers(api_key, headers), transport=transport
@@ -76,13 +103,49 @@ class WalletClient:
         while True:
             outcome: httpx.Response | httpx.TransportError
             try:
-                outcome = self._http.request(**attempts.request())
+                outcome = self._attempt(attempts.request())
             except httpx.TransportError as exc:
                 outcome = exc
             delay = attempts.retry_delay(outcome)
             if delay is None:
                 return attempts.finish(outcome)
             time.sleep(delay)
+
+    def _attempt(self, request: dict[str, Any]) -> httpx.Response:
+        """One attempt, in full within its timeout. httpx's timeout bounds each network read, so a
+        body trickling in a byte at a time held an attempt for as long as the server liked. The
+        attempt runs in a thread of its own; past the timeout the caller gets a ReadTimeout, and
+        the thread drops the connection at its next read (or when that read times out)."""
+        budget: float = request["timeout"]
+        abandoned = threading.Event()
+        done = threading.Event()
+        outcome: list[httpx.Response | BaseException] = []
+
+        def attempt() -> None:
+            try:
+                response = self._http.send(self._http.build_request(**request), stream=True)
+                try:
+                    response.stream = _Abandonable(response.stream, abandoned)
+                    response.read()
+                finally:
+                    response.close()
+                outcome.append(response)
+            except BaseException as exc:  # handed to the caller's thread
+                outcome.append(exc)
+            finally:
+                done.set()
+
+        context = contextvars.copy_context()  # the caller's (e.g. its tracing span)
+        threading.Thread(
+            target=context.run, args=(attempt,), name="wallet-client-attempt", daemon=True
+        ).start()
+        if not done.wait(budget):
+            abandoned.set()
+            raise httpx.ReadTimeout(f"no complete answer within {budget:.3g} s (the attempt's timeout)")
+        result = outcome[0]
+        if isinstance(result, BaseException):
+            raise result
+        return result
 
     # Service
 
@@ -102,7 +165,7 @@ class WalletClient:
         """Every user, following `next_cursor` page by page."""
         cursor: str | None = None
         while True:
-            page = self.list_users(limit=page_size, cursor=cursor)
+            page = self.list_users(limit=_core.page_size(page_size), cursor=cursor)
             yield from page.data
             if page.next_cursor is None:
                 return
@@ -160,7 +223,7 @@ class WalletClient:
         while True:
             page = self.get_history(
                 user_id,
-                limit=page_size,
+                limit=_core.page_size(page_size),
                 cursor=cursor,
                 asset_type=asset_type,
                 type=type,
@@ -376,7 +439,7 @@ class WalletClient:
     ) -> Iterator[Hold]:
         cursor: str | None = None
         while True:
-            page = self.list_holds(user_id, status=status, limit=page_size, cursor=cursor)
+            page = self.list_holds(user_id, status=status, limit=_core.page_size(page_size), cursor=cursor)
             yield from page.data
             if page.next_cursor is None:
                 return
