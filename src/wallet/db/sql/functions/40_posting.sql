@@ -52,6 +52,7 @@ DECLARE
     v_try integer;
     v_new bigint;
     v_first_short integer;
+    v_due boolean;            -- some account has a lot past its expiry
     v_uncovered boolean := false;
     v_setting text;
     v_documents jsonb;
@@ -65,14 +66,18 @@ BEGIN
             USING ERRCODE = 'check_violation';
     END IF;
 
-    -- 1. The user accounts, locked in ascending id.
-    PERFORM 1 FROM accounts a
-     WHERE a.id = ANY (ARRAY(SELECT DISTINCT l.id FROM unnest(p_postings) AS p, unnest(p.account_ids) AS l(id)))
-       AND a.kind = 'user'
-     ORDER BY a.id FOR UPDATE;
+    -- 1. The user accounts, locked in ascending id, read in the same statement (the lock is
+    --    taken before the row is read: the values are the committed ones after any wait).
+    SELECT array_agg(l.id ORDER BY l.id), array_agg(l.balance_minor ORDER BY l.id),
+           array_agg(l.held_minor ORDER BY l.id), coalesce(bool_or(l.lots_expire_at <= clock_timestamp()), false)
+      INTO v_accounts, v_balances, v_held, v_due
+      FROM (SELECT a.id, a.balance_minor, a.held_minor, a.lots_expire_at FROM accounts a
+             WHERE a.id = ANY (ARRAY(SELECT DISTINCT l.id FROM unnest(p_postings) AS p, unnest(p.account_ids) AS l(id)))
+               AND a.kind = 'user'
+             ORDER BY a.id FOR UPDATE) AS l;
 
-    -- 2. Due lots.
-    IF p_expire_due THEN
+    -- 2. Due lots (only when an account has some: most postings skip this step).
+    IF p_expire_due AND v_due THEN
         v_now := clock_timestamp();
         FOR v_row IN
             SELECT a.id, a.held_minor, c.credits, c.debited
@@ -95,13 +100,13 @@ BEGIN
         IF cardinality(v_resting) > 0 THEN
             v_postings := v_resting || v_postings;
         END IF;
+        -- Read again: expiries and released holds changed them.
+        SELECT array_agg(a.id ORDER BY a.id), array_agg(a.balance_minor ORDER BY a.id),
+               array_agg(a.held_minor ORDER BY a.id)
+          INTO v_accounts, v_balances, v_held
+          FROM accounts a
+         WHERE a.id = ANY (v_accounts);
     END IF;
-
-    SELECT array_agg(a.id ORDER BY a.id), array_agg(a.balance_minor ORDER BY a.id), array_agg(a.held_minor ORDER BY a.id)
-      INTO v_accounts, v_balances, v_held
-      FROM accounts a
-     WHERE a.id = ANY (ARRAY(SELECT DISTINCT l.id FROM unnest(v_postings) AS p, unnest(p.account_ids) AS l(id)))
-       AND a.kind = 'user';
     v_start_balances := v_balances;
     v_start_held := v_held;
     v_released := array_fill(false, ARRAY[cardinality(v_accounts)]);
