@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import asyncpg
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.routing import APIRoute
@@ -20,6 +19,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from wallet import __version__
 from wallet.api import metrics
 from wallet.api.dependencies import Resources
+from wallet.api.documents import DocumentResponse
 from wallet.api.errors import error_responses, install_error_handlers
 from wallet.api.fast_path import HotRoute, HotRoutes, fast_handler_of
 from wallet.api.json_body import ExactJSONRequest, ExactJSONRoute
@@ -35,7 +35,7 @@ from wallet.api.routes import (
     wallets,
     webhooks,
 )
-from wallet.db.pool import create_pool, wait_for_database
+from wallet.db.pool import create_pool, create_session_pool, session_settings_differences, wait_for_database
 from wallet.logging import configure_logging
 from wallet.services.api_keys import Authenticator
 from wallet.services.audit import run_auditor
@@ -67,6 +67,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise RuntimeError(
                 "WALLET_DATABASE_URL is not set (use `wallet serve` for the embedded database)"
             )
+        if _traced(app):
+            _trace_queries()
         await wait_for_database(settings, settings.database_url)
         pool = await create_pool(settings, settings.database_url)
         authenticator = Authenticator(pool, settings)
@@ -77,7 +79,33 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         balance_reader = BalanceReader(
             pool, max_size=settings.balance_read_max_size, max_in_flight=settings.balance_read_max_in_flight
         )
-        app.state.resources = Resources(pool, authenticator, rate_limiter, committer, balance_reader)
+        # The audit's turn is a session lock: on a direct connection when a pooler is in between.
+        session_pool = (
+            await create_session_pool(settings, settings.database_url, "wallet-audit")
+            if settings.direct_database_url
+            else None
+        )
+        # Reports are few: a quarter of the pool's connections for them.
+        read_settings = settings.model_copy(
+            update={"db_pool_min_size": 1, "db_pool_max_size": max(2, settings.db_pool_max_size // 4)}
+        )
+        read_pool = (
+            await create_pool(read_settings, settings.read_database_url)
+            if settings.read_database_url
+            else None
+        )
+        app.state.resources = Resources(
+            pool, authenticator, rate_limiter, committer, balance_reader, session_pool, read_pool
+        )
+        if not settings.db_startup_parameters:
+            differences = await session_settings_differences(settings, pool)
+            if differences:
+                # Without them nothing bounds a request's locks and statements.
+                log.warning(
+                    "session_settings_missing",
+                    differences=differences,
+                    advice="run `wallet role-settings` (WALLET_DB_STARTUP_PARAMETERS=0 expects them on the role)",
+                )
         if await pool.fetchval("SELECT current_setting('autovacuum')") != "on":
             # Without it nothing refreshes statistics: plans cached while the ledger was small
             # (sequential scans in the ledger's triggers) stay, and each posting slows down in
@@ -89,7 +117,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if settings.lot_expiry_interval_ms:
             tasks.append(asyncio.create_task(run_lot_expirer(pool, settings)))
         if settings.audit_interval_ms:
-            tasks.append(asyncio.create_task(run_auditor(pool, settings)))
+            tasks.append(asyncio.create_task(run_auditor(session_pool or pool, settings)))
         if settings.hold_sweep_interval_ms:
             tasks.append(asyncio.create_task(run_hold_sweeper(pool, settings)))
         if settings.key_usage_flush_ms:
@@ -121,6 +149,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             with contextlib.suppress(Exception):
                 await authenticator.flush_usage()
             await rate_limiter.close()
+            for extra in (session_pool, read_pool):
+                if extra is not None:
+                    await extra.close()
             await pool.close()
 
     # Swagger UI and ReDoc with their assets served by the service itself, not from a CDN.
@@ -131,6 +162,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         # Protocol-level answers any route can give, declared once for all of them.
         responses=error_responses(405, 408, 500),
+        # Every JSON answer in the one documented key order (wallet.api.documents).
+        default_response_class=DocumentResponse,
         # OpenTelemetry traces, metrics and logs (FastAPI's own instrumentation), exported over
         # OTLP/HTTP when the standard OTEL_EXPORTER_OTLP_ENDPOINT is set; nothing otherwise.
         telemetry={"auto_configure": True},
@@ -205,6 +238,18 @@ def _hot_routes(app: FastAPI) -> list[HotRoute]:
         request_class: type[Request] = ExactJSONRequest if isinstance(route, ExactJSONRoute) else Request
         hot.extend(HotRoute(route, method, fast, request_class) for method in sorted(route.methods or ()))
     return hot
+
+
+def _trace_queries() -> None:
+    """Each database query a span (OpenTelemetry's asyncpg instrumentation), a child of the span
+    current where it runs: the request's, for the queries a request makes itself. Only when
+    traces are exported, so an untraced service pays nothing per query. Statements are recorded,
+    their parameters never (they hold users' data and key hashes)."""
+    from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
+
+    instrumentor = AsyncPGInstrumentor(capture_parameters=False)  # type: ignore[no-untyped-call]
+    if not instrumentor.is_instrumented_by_opentelemetry:
+        instrumentor.instrument()
 
 
 def _traced(app: FastAPI) -> bool:
@@ -297,8 +342,8 @@ async def _flush_key_usage(authenticator: Authenticator, interval_ms: int) -> No
         await asyncio.sleep(interval_ms / 1000)
         try:
             await authenticator.flush_usage()
-        except (OSError, asyncpg.PostgresError) as exc:
-            log.warning("key_usage_flush_failed", error=str(exc))
+        except Exception as exc:  # a failover, a lost connection: the next flush writes it
+            log.warning("key_usage_flush_failed", error=type(exc).__name__, detail=str(exc)[:200])
 
 
 def _publish_configured_limits(app: FastAPI, settings: Settings) -> None:

@@ -16,9 +16,9 @@ import asyncpg
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from wallet.api.documents import DocumentResponse
 from wallet.api.json_body import MalformedBody
 from wallet.api.schemas import ErrorOut
 from wallet.domain import errors
@@ -115,16 +115,16 @@ def error_body(code: errors.Code, message: str, field: str | None = None) -> dic
 
 def error_response(
     code: errors.Code, message: str, field: str | None = None, headers: dict[str, str] | None = None
-) -> JSONResponse:
+) -> DocumentResponse:
     status = STATUS_BY_CODE[code]
     if status == 401:
         headers = {"WWW-Authenticate": "Bearer", **(headers or {})}
     elif status == 503:
         headers = {"Retry-After": str(RETRY_AFTER_SECONDS), **(headers or {})}
-    return JSONResponse(error_body(code, message, field), status_code=status, headers=headers)
+    return DocumentResponse(error_body(code, message, field), status_code=status, headers=headers)
 
 
-async def _wallet_error(request: Request, exc: Exception) -> JSONResponse:
+async def _wallet_error(request: Request, exc: Exception) -> DocumentResponse:
     assert isinstance(exc, errors.WalletError)
     headers = {"Retry-After": str(exc.retry_after_s)} if exc.retry_after_s is not None else None
     return error_response(exc.code, exc.message, exc.field, headers)
@@ -144,7 +144,7 @@ def _is_body(loc: Any) -> bool:
     return tuple(loc) == ("body",)
 
 
-async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+async def _validation_error(request: Request, exc: Exception) -> DocumentResponse:
     assert isinstance(exc, RequestValidationError)
     first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request", "type": ""}
     if first.get("type") == "json_invalid":
@@ -181,7 +181,7 @@ _CODE_BY_HTTP_STATUS = {
 }
 
 
-async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+async def _http_error(request: Request, exc: Exception) -> DocumentResponse:
     """Starlette's own refusals (no such route, wrong method, unreadable body)."""
     assert isinstance(exc, StarletteHTTPException)
     code = _CODE_BY_HTTP_STATUS.get(exc.status_code)
@@ -194,7 +194,7 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(code, message, headers=getattr(exc, "headers", None))
 
 
-async def _database_error(request: Request, exc: Exception) -> JSONResponse:
+async def _database_error(request: Request, exc: Exception) -> DocumentResponse:
     if isinstance(
         exc,
         (
@@ -221,19 +221,38 @@ async def _database_error(request: Request, exc: Exception) -> JSONResponse:
             asyncpg.exceptions.AdminShutdownError,
             asyncpg.exceptions.TooManyConnectionsError,
             asyncpg.exceptions.InterfaceError,
+            # A failover: the connection was lost (class 08), no host of a multi-host URL takes
+            # writes yet (target_session_attrs), or this one just stopped taking them (25006).
+            asyncpg.exceptions.PostgresConnectionError,
+            asyncpg.exceptions.TargetServerAttributeNotMatched,
+            asyncpg.exceptions.ReadOnlySQLTransactionError,
+            asyncpg.exceptions.CrashShutdownError,
+            # A connection left mid-operation by a lost server ("cannot switch to state ...").
+            asyncpg.exceptions.InternalClientError,
             ConnectionError,
             OSError,
             TimeoutError,
         ),
     ):
         log.warning("database_unavailable", path=request.url.path, error=type(exc).__name__)
+        await _renew_connections(request)
         return error_response(
             errors.DATABASE_UNAVAILABLE, "the database is unavailable; retry with the same idempotency key"
         )
     return await _unexpected_error(request, exc)
 
 
-async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+async def _renew_connections(request: Request) -> None:
+    """After a lost connection every other one of the pool is suspect (the primary may have
+    failed over): each is replaced, the idle ones at their next acquire, the busy ones when they
+    are released. The next requests connect to whichever host now takes writes."""
+    resources = getattr(request.app.state, "resources", None)
+    pool = getattr(resources, "pool", None)
+    if isinstance(pool, asyncpg.Pool):
+        await pool.expire_connections()
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> DocumentResponse:
     log.error("unhandled_error", path=request.url.path, exc_info=exc)
     return error_response(errors.INTERNAL_ERROR, "internal error; it has been logged")
 
@@ -245,6 +264,7 @@ def install_error_handlers(app: FastAPI) -> None:
     for exc_class in (
         asyncpg.PostgresError,
         asyncpg.exceptions.InterfaceError,
+        asyncpg.exceptions.InternalClientError,
         ConnectionError,
         OSError,
         TimeoutError,
