@@ -3,7 +3,7 @@
 
 -- The posting core: the one writer of `transactions` and `ledger_entries`. Every kind of
 -- posting (single writes, group commit, batches, transfers, reversals, captures, expiries) is a
--- row of wallet_posting (migration 0010) built by its own thin function; this posts any number of
+-- row of wallet_posting (migration 0011) built by its own thin function; this posts any number of
 -- them, in array order:
 --   1. every user account of every leg is locked, in ascending id (callers may hold some already:
 --      their idempotency key first, then accounts in ascending id, then holds: the lock order of
