@@ -24,13 +24,19 @@ $(STAMP): requirements.lock requirements-embedded.lock requirements-dev.lock pyp
 
 install: $(STAMP)
 
+# The synchronous client is generated from the asyncio one (clients/python/unasync_client.py): the
+# install writes it, and so does this rule whenever async_client.py has changed since.
+SYNC_CLIENT := clients/python/src/wallet_client/client.py
+$(SYNC_CLIENT): clients/python/src/wallet_client/async_client.py clients/python/unasync_client.py | $(STAMP)
+	$(VENV)/bin/python clients/python/unasync_client.py
+
 run: $(STAMP)
 	$(VENV)/bin/wallet serve
 
-test: $(STAMP)
+test: $(STAMP) $(SYNC_CLIENT)
 	$(VENV)/bin/pytest -q
 
-lint: $(STAMP)
+lint: $(STAMP) $(SYNC_CLIENT)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
@@ -38,10 +44,10 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(VENV)/bin/python -m tools.bench $(ARGS)
 
-bank-test: $(STAMP)
+bank-test: $(STAMP) $(SYNC_CLIENT)
 	$(VENV)/bin/python -m tools.bank_test $(ARGS)
 
-image-test: $(STAMP)
+image-test: $(STAMP) $(SYNC_CLIENT)
 	VENV=$(VENV) bash tools/image_test.sh
 
 restore-drill: $(STAMP)
