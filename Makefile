@@ -12,7 +12,7 @@ PYTHON ?= python3
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: install run test lint bench bank-test image-test restore-drill clean
+.PHONY: install run test test-fast lint bench bank-test image-test restore-drill clean
 
 $(STAMP): requirements.lock requirements-embedded.lock requirements-dev.lock pyproject.toml clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,8 +33,16 @@ $(SYNC_CLIENT): clients/python/src/wallet_client/async_client.py clients/python/
 run: $(STAMP)
 	$(VENV)/bin/wallet serve
 
+# The suite runs on $(TEST_WORKERS) pytest-xdist workers, each with a database of its own: it mostly
+# waits (services starting, timeouts, PostgreSQL), so more workers than cores pays. The slow tier
+# (marked `slow`: schemathesis's full phases, the bank test, the browser, the benchmark end to end)
+# is scheduled first, the rest around it; `make test-fast` leaves the slow tier out.
+TEST_WORKERS ?= 4
 test: $(STAMP) $(SYNC_CLIENT)
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q -n $(TEST_WORKERS) --dist loadgroup $(ARGS)
+
+test-fast: $(STAMP) $(SYNC_CLIENT)
+	$(VENV)/bin/pytest -q -n $(TEST_WORKERS) --dist loadgroup -m "not slow" $(ARGS)
 
 lint: $(STAMP) $(SYNC_CLIENT)
 	$(VENV)/bin/ruff check .

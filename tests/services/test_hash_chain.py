@@ -22,7 +22,6 @@ import pytest
 
 from tests.services.test_verify import run_cli
 from tests.support import new_key
-from wallet.db.migrate import upgrade_to_head_async
 from wallet.db.sql_files import read_sql
 from wallet.services.seed import seed_reference_data
 from wallet.services.verify import verify_ledger
@@ -48,10 +47,9 @@ class Ledger:
 
 
 @pytest.fixture(scope="module")
-async def ledger(create_database) -> Ledger:
+async def ledger(create_migrated_database) -> Ledger:
     """A database of its own with every kind of posting for three users (alice, bob, carol)."""
-    url = await create_database()
-    await upgrade_to_head_async(url)
+    url = await create_migrated_database()
     conn = await asyncpg.connect(url)
     try:
         await seed_reference_data(conn)

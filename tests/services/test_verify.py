@@ -10,7 +10,6 @@ from urllib.parse import urlsplit
 import asyncpg
 import pytest
 
-from wallet.db.migrate import upgrade_to_head_async
 from wallet.services.seed import seed_demo_data
 from wallet.services.verify import verify_ledger
 
@@ -37,9 +36,8 @@ async def test_verify_is_clean_after_the_whole_suite(database_url):
     assert "OK: the books balance" in result.stdout
 
 
-async def test_verify_fails_on_a_corrupted_copy(create_database, server_url):
-    original = await create_database()
-    await upgrade_to_head_async(original)
+async def test_verify_fails_on_a_corrupted_copy(create_database, create_migrated_database, server_url):
+    original = await create_migrated_database()
     conn = await asyncpg.connect(original)
     try:
         await seed_demo_data(conn)
