@@ -102,6 +102,28 @@ async def test_keys_list_rotate_and_revoke_never_need_the_secret(database_url, a
     assert states[prefix] == "revoked" and states[new_token[:11]] == "active"
 
 
+def test_version_is_the_packages_and_the_changelogs(database_url):
+    """`wallet --version`, /health and the newest released entry of CHANGELOG.md name the version of
+    pyproject.toml."""
+    import tomllib
+    from pathlib import Path
+
+    import wallet as package
+
+    root = Path(__file__).resolve().parent.parent
+    declared = tomllib.loads((root / "pyproject.toml").read_text())["project"]["version"]
+    result = wallet(database_url, "--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"wallet {declared}\n"
+    assert package.__version__ == declared
+    changelog = (root / "CHANGELOG.md").read_text()
+    released = [
+        line for line in changelog.splitlines() if line.startswith("## [") and "Unreleased" not in line
+    ]
+    assert released and released[0].startswith(f"## [{declared}] - "), released[:1]
+    assert "## [Unreleased]" in changelog
+
+
 async def test_migrate_is_repeatable(database_url):
     result = wallet(database_url, "migrate")
     assert result.returncode == 0, result.stderr

@@ -88,6 +88,25 @@ app = _Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 keys_app = _Typer(no_args_is_help=True, help="Create, list, rotate and revoke API keys.")
 app.add_typer(keys_app, name="keys")
 
+
+def _print_version(value: bool) -> None:
+    if value:
+        from wallet import __version__
+
+        typer.echo(f"wallet {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    """Internal wallet service."""
+
+
 DEMO_KEY_FILE = "demo-api-key"
 DEMO_SCOPES = ["read", "credit", "spend", "admin"]
 
@@ -331,12 +350,13 @@ def keys_list(
     active: Annotated[bool, typer.Option(help="Only keys that are not revoked.")] = False,
 ) -> None:
     """List API keys: id, client, name, prefix, scopes, restrictions, created, last used, state."""
+    from wallet.domain.documents import ordered
     from wallet.services.api_keys import list_api_keys
 
     keys = _keys_call(lambda conn: list_api_keys(conn, include_revoked=not active))
     if as_json:
         for key in keys:
-            typer.echo(json.dumps(_key_json(key)))
+            typer.echo(json.dumps(ordered(_key_json(key))))
         return
     header = (
         "ID",
@@ -647,6 +667,7 @@ def report_liabilities(
     ] = None,
 ) -> None:
     """What users hold (purchased: deferred revenue; granted) and the period's flows, per asset."""
+    from wallet.domain.documents import ordered
     from wallet.domain.errors import WalletError
     from wallet.services.lots import report_csv
 
@@ -657,6 +678,8 @@ def report_liabilities(
             report = asyncio.run(_liabilities(url, _utc(as_of), _utc(from_), _utc(to)))
         except WalletError as exc:
             raise typer.BadParameter(exc.message, param_hint=f"--{exc.field}") from None
-    typer.echo(report_csv(report) if output_format == "csv" else json.dumps(report, indent=2), nl=False)
+    typer.echo(
+        report_csv(report) if output_format == "csv" else json.dumps(ordered(report), indent=2), nl=False
+    )
     if output_format == "json":
         typer.echo()

@@ -14,6 +14,7 @@ import httpx
 import pytest
 from prometheus_client import REGISTRY
 
+import wallet
 from tests.support import bearer, new_key
 from wallet.api.app import create_app
 from wallet.services.api_keys import AUTH_ACTIVE_KEYS_REREAD_S, create_api_key
@@ -95,7 +96,7 @@ async def test_keys_are_stored_hashed(pool, keys):
 async def test_health_needs_no_key(anonymous):
     response = await anonymous.get("/health")
     assert response.status_code == 200
-    assert response.json() == {"status": "ok", "database": "ok"}
+    assert response.json() == {"status": "ok", "database": "ok", "version": wallet.__version__}
 
 
 # Issue 17 (4): unknown bearer tokens cannot load the database. The tests below run apps of their

@@ -152,6 +152,8 @@ class _Collector(BaseHTTPRequestHandler):
 
 
 def test_traces_are_exported_over_otlp_when_the_standard_variables_are_set(database_url, keys, tmp_path):
+    """The request's span, and under it a span for each query the request made (asyncpg's
+    instrumentation): the statement recorded, its parameters not."""
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
     port = free_port()
@@ -169,26 +171,74 @@ def test_traces_are_exported_over_otlp_when_the_standard_variables_are_set(datab
         log_path=tmp_path / "service.log",
     )
     service.start()
+    missing = "00000000-0000-0000-0000-00000000beef"
+    request_span = "GET /api/v1/transactions/{transaction_id}"
+    spans: dict[bytes, Any] = {}
     try:
         with httpx.Client(base_url=service.base_url, headers=bearer(keys["read"])) as http:
             assert http.get("/api/v1/wallets/nobody/balance").status_code == 404
-        names: set[str] = set()
+            assert http.get(f"/api/v1/transactions/{missing}").status_code == 404
+            topup = {"user_id": "nobody", "asset_type": "GOLD_COINS", "amount": 1}
+            posted = http.post(
+                "/api/v1/transactions/topup",
+                json=topup,
+                headers={**bearer(keys["credit"]), "Idempotency-Key": new_key()},
+            )
+            assert posted.status_code == 404  # asked of the database all the same
         deadline = time.monotonic() + 15
-        while time.monotonic() < deadline and not any("/balance" in n for n in names):
+        while time.monotonic() < deadline:
             time.sleep(0.2)
             for path, body in list(_Collector.received):
                 if path == "/v1/traces":
                     request = ExportTraceServiceRequest.FromString(body)
                     for resource_spans in request.resource_spans:
                         for scope_spans in resource_spans.scope_spans:
-                            names |= {span.name for span in scope_spans.spans}
+                            spans |= {span.span_id: span for span in scope_spans.spans}
+            names = {span.name for span in spans.values()}
+            if (
+                "GET /api/v1/wallets/{user_id}/balance" in names
+                and _queries_under(spans, request_span)
+                and _queries_under(spans, "POST /api/v1/transactions/topup")
+            ):
+                break
     finally:
         service.stop()
         server.shutdown()
-    assert "GET /api/v1/wallets/{user_id}/balance" in names, (
-        names,
-        (tmp_path / "service.log").read_text()[-2000:],
-    )
+    names = {span.name for span in spans.values()}
+    log_tail = (tmp_path / "service.log").read_text()[-2000:]
+    assert "GET /api/v1/wallets/{user_id}/balance" in names, (names, log_tail)
+    queries = _queries_under(spans, request_span)
+    assert queries, (sorted(names), log_tail)
+    statements = [
+        _attributes(q).get("db.statement", _attributes(q).get("db.query.text", "")) for q in queries
+    ]
+    assert any("wallet_transaction_json" in s for s in statements), statements
+    # A single write goes through group commit's task: under its request all the same.
+    grouped = _queries_under(spans, "POST /api/v1/transactions/topup")
+    assert any("wallet_post_" in _attributes(q).get("db.statement", "") for q in grouped), grouped
+    for query in queries:
+        attributes = _attributes(query)
+        assert attributes.get("db.system", attributes.get("db.system.name")) == "postgresql", attributes
+        assert "db.statement.parameters" not in attributes
+        assert missing not in str(attributes)
+
+
+def _attributes(span: Any) -> dict[str, str]:
+    return {a.key: a.value.string_value for a in span.attributes}
+
+
+def _queries_under(spans: dict[bytes, Any], request_name: str) -> list[Any]:
+    """The database spans whose chain of parents reaches the span named `request_name`."""
+    found = []
+    for span in spans.values():
+        if "postgresql" not in str(_attributes(span).values()):
+            continue
+        parent = spans.get(span.parent_span_id)
+        while parent is not None and parent.name != request_name:
+            parent = spans.get(parent.parent_span_id)
+        if parent is not None:
+            found.append(span)
+    return found
 
 
 @pytest.fixture(autouse=True)

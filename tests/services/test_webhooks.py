@@ -7,8 +7,10 @@ instances with fast polling and short backoffs."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
+import secrets
 import socket
 import threading
 import time
@@ -21,13 +23,14 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from tests.support import bearer, new_key
 from wallet.api.app import create_app
 from wallet.services.api_keys import create_api_key
 from wallet.services.events import Position, prune_events
 from wallet.services.seed import seed_reference_data
-from wallet.services.webhooks import sign, verify_signature
+from wallet.services.webhooks import sign, signing_key, verify_signature
 from wallet.settings import Settings
 
 # --- A real receiver -------------------------------------------------------------------------------
@@ -263,8 +266,18 @@ async def test_deliveries_are_signed_and_carry_the_feed_document(hooks_db, recei
         feed = {e["id"]: e for e in await _feed(client, every["delivery"]["cursor"])}
 
         for request in receiver.got("every"):
+            # As a receiver verifies: with a Standard Webhooks library and the secret as shown.
+            assert Webhook(every["secret"]).verify(request.body, request.headers) == request.event
+            with pytest.raises(WebhookVerificationError):
+                Webhook(holds_only["secret"]).verify(request.body, request.headers)
+            with pytest.raises(WebhookVerificationError):
+                Webhook(every["secret"]).verify(request.body + b" ", request.headers)
             headers = {k.lower(): v for k, v in request.headers.items()}
+            assert headers["webhook-id"] == str(request.event["id"])
+            assert headers["webhook-signature"].startswith("v1,")
+            # The deprecated signature, still sent alongside for one release.
             timestamp, signature = headers["x-wallet-timestamp"], headers["x-wallet-signature"]
+            assert timestamp == headers["webhook-timestamp"]
             assert signature == sign(every["secret"], timestamp, request.body)
             assert verify_signature(every["secret"], timestamp, request.body, signature)
             assert not verify_signature(holds_only["secret"], timestamp, request.body, signature)
@@ -290,6 +303,39 @@ async def test_deliveries_are_signed_and_carry_the_feed_document(hooks_db, recei
         assert "secret" not in state
         listed = (await client.get("/api/v1/webhooks")).json()["data"]
         assert [w["id"] for w in listed] == [every["id"], holds_only["id"]]
+
+
+async def test_secrets_made_before_standard_webhooks_keep_working(hooks_db, receiver):
+    """An endpoint whose secret was made as before (URL-safe base64, no padding): the deprecated
+    signature still verifies with it as it is; the standard one with the same secret in the
+    standard alphabet, the same key bytes."""
+    old_secret = "whsec_" + secrets.token_urlsafe(32)
+    while not set("-_") & set(old_secret):  # one that needs the conversion
+        old_secret = "whsec_" + secrets.token_urlsafe(32)
+    async with wallet(hooks_db) as (_, client):
+        endpoint = await _register(client, receiver.url("old"))
+        conn = await asyncpg.connect(hooks_db)
+        try:
+            await conn.execute(
+                "UPDATE webhook_endpoints SET secret = $2 WHERE id = $1", endpoint["id"], old_secret
+            )
+        finally:
+            await conn.close()
+        await _topup(client, await _user(client), 5)
+        await wait_for(lambda: receiver.got("old", ok_only=True), what="a delivery")
+    request = receiver.got("old", ok_only=True)[0]
+    headers = {k.lower(): v for k, v in request.headers.items()}
+    assert verify_signature(
+        old_secret, headers["x-wallet-timestamp"], request.body, headers["x-wallet-signature"]
+    )
+    body = old_secret.removeprefix("whsec_")
+    standard_alphabet = "whsec_" + body.replace("-", "+").replace("_", "/")
+    assert Webhook(standard_alphabet).verify(request.body, request.headers) == request.event
+    assert (
+        signing_key(old_secret)
+        == signing_key(standard_alphabet)
+        == base64.urlsafe_b64decode(old_secret.removeprefix("whsec_") + "=")
+    )
 
 
 async def test_a_receiver_down_for_a_while_gets_everything_in_order_at_least_once(hooks_db, receiver):

@@ -20,6 +20,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from wallet import __version__
 from wallet.api import metrics
 from wallet.api.dependencies import Resources
+from wallet.api.documents import DocumentResponse
 from wallet.api.errors import error_responses, install_error_handlers
 from wallet.api.fast_path import HotRoute, HotRoutes, fast_handler_of
 from wallet.api.json_body import ExactJSONRequest, ExactJSONRoute
@@ -67,6 +68,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise RuntimeError(
                 "WALLET_DATABASE_URL is not set (use `wallet serve` for the embedded database)"
             )
+        if _traced(app):
+            _trace_queries()
         await wait_for_database(settings, settings.database_url)
         pool = await create_pool(settings, settings.database_url)
         authenticator = Authenticator(pool, settings)
@@ -131,6 +134,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         # Protocol-level answers any route can give, declared once for all of them.
         responses=error_responses(405, 408, 500),
+        # Every JSON answer in the one documented key order (wallet.api.documents).
+        default_response_class=DocumentResponse,
         # OpenTelemetry traces, metrics and logs (FastAPI's own instrumentation), exported over
         # OTLP/HTTP when the standard OTEL_EXPORTER_OTLP_ENDPOINT is set; nothing otherwise.
         telemetry={"auto_configure": True},
@@ -205,6 +210,18 @@ def _hot_routes(app: FastAPI) -> list[HotRoute]:
         request_class: type[Request] = ExactJSONRequest if isinstance(route, ExactJSONRoute) else Request
         hot.extend(HotRoute(route, method, fast, request_class) for method in sorted(route.methods or ()))
     return hot
+
+
+def _trace_queries() -> None:
+    """Each database query a span (OpenTelemetry's asyncpg instrumentation), a child of the span
+    current where it runs: the request's, for the queries a request makes itself. Only when
+    traces are exported, so an untraced service pays nothing per query. Statements are recorded,
+    their parameters never (they hold users' data and key hashes)."""
+    from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
+
+    instrumentor = AsyncPGInstrumentor(capture_parameters=False)  # type: ignore[no-untyped-call]
+    if not instrumentor.is_instrumented_by_opentelemetry:
+        instrumentor.instrument()
 
 
 def _traced(app: FastAPI) -> bool:

@@ -16,9 +16,9 @@ import asyncpg
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from wallet.api.documents import DocumentResponse
 from wallet.api.json_body import MalformedBody
 from wallet.api.schemas import ErrorOut
 from wallet.domain import errors
@@ -115,16 +115,16 @@ def error_body(code: errors.Code, message: str, field: str | None = None) -> dic
 
 def error_response(
     code: errors.Code, message: str, field: str | None = None, headers: dict[str, str] | None = None
-) -> JSONResponse:
+) -> DocumentResponse:
     status = STATUS_BY_CODE[code]
     if status == 401:
         headers = {"WWW-Authenticate": "Bearer", **(headers or {})}
     elif status == 503:
         headers = {"Retry-After": str(RETRY_AFTER_SECONDS), **(headers or {})}
-    return JSONResponse(error_body(code, message, field), status_code=status, headers=headers)
+    return DocumentResponse(error_body(code, message, field), status_code=status, headers=headers)
 
 
-async def _wallet_error(request: Request, exc: Exception) -> JSONResponse:
+async def _wallet_error(request: Request, exc: Exception) -> DocumentResponse:
     assert isinstance(exc, errors.WalletError)
     headers = {"Retry-After": str(exc.retry_after_s)} if exc.retry_after_s is not None else None
     return error_response(exc.code, exc.message, exc.field, headers)
@@ -144,7 +144,7 @@ def _is_body(loc: Any) -> bool:
     return tuple(loc) == ("body",)
 
 
-async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+async def _validation_error(request: Request, exc: Exception) -> DocumentResponse:
     assert isinstance(exc, RequestValidationError)
     first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request", "type": ""}
     if first.get("type") == "json_invalid":
@@ -181,7 +181,7 @@ _CODE_BY_HTTP_STATUS = {
 }
 
 
-async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+async def _http_error(request: Request, exc: Exception) -> DocumentResponse:
     """Starlette's own refusals (no such route, wrong method, unreadable body)."""
     assert isinstance(exc, StarletteHTTPException)
     code = _CODE_BY_HTTP_STATUS.get(exc.status_code)
@@ -194,7 +194,7 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(code, message, headers=getattr(exc, "headers", None))
 
 
-async def _database_error(request: Request, exc: Exception) -> JSONResponse:
+async def _database_error(request: Request, exc: Exception) -> DocumentResponse:
     if isinstance(
         exc,
         (
@@ -233,7 +233,7 @@ async def _database_error(request: Request, exc: Exception) -> JSONResponse:
     return await _unexpected_error(request, exc)
 
 
-async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+async def _unexpected_error(request: Request, exc: Exception) -> DocumentResponse:
     log.error("unhandled_error", path=request.url.path, exc_info=exc)
     return error_response(errors.INTERNAL_ERROR, "internal error; it has been logged")
 

@@ -383,6 +383,7 @@ class AssetTypeList(BaseModel):
 class HealthOut(BaseModel):
     status: str
     database: str
+    version: str = Field(description="The version of the service answering (CHANGELOG.md).")
 
 
 class ErrorDetail(BaseModel):

@@ -93,7 +93,9 @@ class WebhookOut(BaseModel):
 
 
 class WebhookCreated(WebhookOut):
-    secret: str = Field(description="The HMAC-SHA256 signing key. Shown in this answer only.")
+    secret: str = Field(
+        description="The Standard Webhooks secret: `whsec_` + base64 of the HMAC-SHA256 key. Shown in this answer only."
+    )
 
 
 class WebhookList(BaseModel):

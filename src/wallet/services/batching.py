@@ -6,11 +6,16 @@ queued (up to `max_size`) starts as one batch at once, so a lone request waits f
 every slot is busy, requests queue up and the next batch takes them together. The busier the
 worker, the larger the batches, with no timer anywhere (TigerBeetle's batching, inside the
 service). A subclass says what one batch does, and must settle the future of each of its items.
+
+A batch runs in a task of its own, in the context (contextvars) of its first request as it was
+when that request was queued: what it does is traced under that request's span, never under
+whichever earlier batch happened to start it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from typing import Generic, TypeVar
 
 Item = TypeVar("Item")
@@ -24,6 +29,7 @@ class Batcher(Generic[Item, Result]):
         self._max_size = max_size
         self._max_in_flight = max_in_flight
         self._queue: list[tuple[Item, asyncio.Future[Result]]] = []
+        self._contexts: list[contextvars.Context] = []  # of each queued request, in step with _queue
         self._in_flight = 0
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -31,14 +37,16 @@ class Batcher(Generic[Item, Result]):
         """Queues `item`; the future is settled by the batch that takes it."""
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         self._queue.append((item, future))
+        self._contexts.append(contextvars.copy_context())
         self._start_batches()
         return future
 
     def _start_batches(self) -> None:
         while self._queue and self._in_flight < self._max_in_flight:
             batch, self._queue = self._queue[: self._max_size], self._queue[self._max_size :]
+            context, self._contexts = self._contexts[0], self._contexts[self._max_size :]
             self._in_flight += 1
-            task = asyncio.create_task(self._run(batch))
+            task = asyncio.create_task(self._run(batch), context=context)
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 

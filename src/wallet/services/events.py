@@ -22,6 +22,7 @@ import asyncpg
 import orjson
 from asyncpg.pool import PoolConnectionProxy
 
+from wallet.domain.documents import ordered, render
 from wallet.services.pagination import CursorList, decode_event_cursor, encode_numbers_cursor
 
 # Whatever runs a query: the pool, or one connection (held, or from the pool).
@@ -82,20 +83,14 @@ class Event:
 
 def event_from_row(row: asyncpg.Record) -> Event:
     position = Position(int(row["txid"]), int(row["seq"]))
-    document = (
-        '{"id":'
-        + str(position.seq)
-        + ',"type":'
-        + orjson.dumps(row["type"]).decode()
-        + ',"created_at":'
-        + orjson.dumps(row["created_at"]).decode()
-        + ',"cursor":'
-        + orjson.dumps(position.encode()).decode()
-        + ',"payload":'
-        + row["payload"]
-        + "}"
-    )
-    return Event(position, row["type"], document)
+    document = {
+        "id": position.seq,
+        "type": row["type"],
+        "created_at": row["created_at"],
+        "cursor": position.encode(),
+        "payload": orjson.Fragment(render(row["payload"])),
+    }
+    return Event(position, row["type"], orjson.dumps(ordered(document)).decode())
 
 
 async def read_events(connection: Queryable, after: Position | None, limit: int) -> list[Event]:

@@ -25,14 +25,21 @@ Every update of the endpoint's row is a compare-and-set on the position the task
 lock, on the lock's own connection: a task that lost its connection (and so its lock) cannot move
 the position.
 
-A request is `POST <url>` with the event document as body and the headers
-`X-Wallet-Event-Id`, `X-Wallet-Event-Type`, `X-Wallet-Timestamp` (Unix seconds) and
-`X-Wallet-Signature: sha256=<hex HMAC-SHA256(secret, timestamp + "." + body)>`.
+A request is `POST <url>` with the event document as body, signed per the Standard Webhooks
+specification (https://www.standardwebhooks.com/), so receivers verify it with the existing
+libraries: `webhook-id` (the event's id, the same on every attempt), `webhook-timestamp` (Unix
+seconds) and `webhook-signature: v1,<base64 HMAC-SHA256(key, id + "." + timestamp + "." + body)>`,
+the key being the bytes the endpoint's `whsec_<base64>` secret encodes (`signing_key`).
+
+Deprecated, sent alongside for one release: `X-Wallet-Event-Id`, `X-Wallet-Event-Type`,
+`X-Wallet-Timestamp` and `X-Wallet-Signature: sha256=<hex HMAC-SHA256(secret, timestamp + "." +
+body)>`, keyed by the secret's text.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import hashlib
 import hmac
@@ -54,6 +61,7 @@ from wallet import __version__
 from wallet.db.pool import session_settings
 from wallet.db.urls import asyncpg_url
 from wallet.domain import errors
+from wallet.domain.documents import ordered
 from wallet.domain.errors import WalletError
 from wallet.services.events import PAGE_SQL as EVENTS_PAGE_SQL
 from wallet.services.events import Event, EventType, Position, event_from_row, head_position
@@ -62,6 +70,12 @@ from wallet.settings import Settings
 
 log = structlog.get_logger("wallet.webhooks")
 
+# Standard Webhooks.
+WEBHOOK_ID_HEADER = "webhook-id"
+WEBHOOK_TIMESTAMP_HEADER = "webhook-timestamp"
+WEBHOOK_SIGNATURE_HEADER = "webhook-signature"
+SECRET_PREFIX = "whsec_"
+# Deprecated: sent alongside the Standard Webhooks headers for one release (CHANGELOG.md).
 SIGNATURE_HEADER = "X-Wallet-Signature"
 TIMESTAMP_HEADER = "X-Wallet-Timestamp"
 EVENT_ID_HEADER = "X-Wallet-Event-Id"
@@ -94,8 +108,28 @@ DELIVERIES = Counter(
 )
 
 
+def signing_key(secret: str) -> bytes:
+    """The HMAC key of the Standard Webhooks signature: the bytes the secret's base64 encodes.
+    Secrets are `whsec_` + standard base64 since Standard Webhooks signing; those created before
+    are `whsec_` + URL-safe base64 (no padding) of 32 random bytes, read here with that alphabet
+    (the two differ only in `-_` / `+/`), so both kinds sign with the same key they were made
+    from. (A receiver gives a library an older secret in the standard alphabet: `-` as `+`, `_`
+    as `/`, see the README.)"""
+    text = secret.removeprefix(SECRET_PREFIX).translate(_URL_SAFE_TO_STANDARD)
+    return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+
+
+_URL_SAFE_TO_STANDARD = str.maketrans("-_", "+/")
+
+
+def sign_standard(key: bytes, webhook_id: str, timestamp: str, body: bytes) -> str:
+    """The `webhook-signature` value of a request (Standard Webhooks, version 1)."""
+    digest = hmac.new(key, f"{webhook_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(digest).decode()
+
+
 def sign(secret: str, timestamp: str, body: bytes) -> str:
-    """The X-Wallet-Signature value of a request."""
+    """The X-Wallet-Signature value of a request (deprecated)."""
     digest = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
     return f"sha256={digest}"
 
@@ -168,7 +202,8 @@ def _not_found(endpoint_id: int) -> WalletError:
 
 
 def new_secret() -> str:
-    return "whsec_" + secrets.token_urlsafe(32)
+    """A Standard Webhooks secret: `whsec_` + standard base64 of 32 random bytes."""
+    return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(32)).decode()
 
 
 async def create_endpoint(
@@ -258,20 +293,23 @@ FROM webhook_dead_letters d
 
 
 def _dead_letter_json(row: asyncpg.Record) -> str:
-    head: str = orjson.dumps(
-        {
-            "id": row["id"],
-            "event_id": row["event_id"],
-            "event_type": row["event_type"],
-            "attempts": row["attempts"],
-            "last_error": public_error(row["last_error"]),
-            "status": row["status"],
-            "dead_at": row["dead_at"],
-            "redelivered_at": row["redelivered_at"],
-        }
+    """A dead letter in the documented key order, its `event` the body as it was sent (and will
+    be sent again), verbatim."""
+    return orjson.dumps(
+        ordered(
+            {
+                "id": row["id"],
+                "event_id": row["event_id"],
+                "event_type": row["event_type"],
+                "attempts": row["attempts"],
+                "last_error": public_error(row["last_error"]),
+                "status": row["status"],
+                "dead_at": row["dead_at"],
+                "redelivered_at": row["redelivered_at"],
+                "event": orjson.Fragment(row["body"]),
+            }
+        )
     ).decode()
-    body: str = row["body"]
-    return head[:-1] + ',"event":' + body + "}"
 
 
 async def list_dead_letters_json(
@@ -650,9 +688,13 @@ class Deliverer:
     async def _post(self, url: str, secret: str, event: Event) -> Attempt:
         body = event.json.encode()
         timestamp = str(int(time.time()))
+        webhook_id = str(event.position.seq)  # the event's id: the same on every attempt
         headers = {
             "Content-Type": "application/json",
-            EVENT_ID_HEADER: str(event.position.seq),
+            WEBHOOK_ID_HEADER: webhook_id,
+            WEBHOOK_TIMESTAMP_HEADER: timestamp,
+            WEBHOOK_SIGNATURE_HEADER: sign_standard(signing_key(secret), webhook_id, timestamp, body),
+            EVENT_ID_HEADER: webhook_id,
             EVENT_TYPE_HEADER: event.type,
             TIMESTAMP_HEADER: timestamp,
             SIGNATURE_HEADER: sign(secret, timestamp, body),

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 
 from wallet.api.dependencies import Pool, Reader
+from wallet.api.documents import DocumentResponse
 from wallet.api.errors import error_responses
 from wallet.api.params import PageSize, cursor_query
 from wallet.api.schemas_events import EventPage
@@ -28,4 +29,4 @@ async def get_events(
     ),
 ) -> Response:
     body = await events_page_json(pool, after, limit)
-    return Response(body, media_type="application/json")
+    return DocumentResponse(body)

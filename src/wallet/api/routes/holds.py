@@ -7,6 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Query, Response
 
 from wallet.api.dependencies import AppSettings, IdempotencyKeyHeader, Pool, Reader, requires
+from wallet.api.documents import DocumentResponse
 from wallet.api.errors import error_responses
 from wallet.api.json_body import ExactJSONRoute
 from wallet.api.params import PageSize, cursor_query, known_user_id
@@ -112,7 +113,7 @@ async def post_void(
     responses={200: {"model": HoldOut}, **error_responses(401, 403, 404, 429, 503)},
 )
 async def get_hold(pool: Pool, hold_id: str, caller: Reader) -> Response:
-    return Response(await get_hold_json(pool, hold_id), media_type="application/json")
+    return DocumentResponse(await get_hold_json(pool, hold_id))
 
 
 @router.get(
@@ -136,4 +137,4 @@ async def get_user_holds(
         limit=limit,
         cursor=cursor,
     )
-    return Response(body, media_type="application/json")
+    return DocumentResponse(body)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-import orjson
 from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from wallet.api.dependencies import Pool, requires
+from wallet.api.documents import DocumentResponse
 from wallet.api.errors import error_responses
 from wallet.api.params import Instant
 from wallet.domain.rules import Scope
@@ -66,4 +66,4 @@ async def liabilities(
     to: Instant | None = Query(default=None, description="End of the period, exclusive. Default as_of."),
 ) -> Response:
     period = ReportPeriod.resolve(as_of, from_, to)
-    return Response(orjson.dumps(await liability_report(pool, period)), media_type="application/json")
+    return DocumentResponse(await liability_report(pool, period))

@@ -18,6 +18,7 @@ from wallet.api.dependencies import (
     idempotency_key_from_headers,
     requires,
 )
+from wallet.api.documents import DocumentResponse
 from wallet.api.errors import error_responses, status_of
 from wallet.api.fast_path import authorized, bearer_token, fast_path, is_json, state
 from wallet.api.json_body import ExactJSONRoute
@@ -31,6 +32,7 @@ from wallet.api.schemas import (
     TransactionOut,
     TransferBody,
 )
+from wallet.domain.documents import stored_answer
 from wallet.domain.rules import (
     TYPE_RULES,
     Scope,
@@ -57,11 +59,15 @@ WRITE_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 
 def respond(kind: str, outcome: PostingOutcome) -> Response:
-    """The stored document, verbatim, with the status of its outcome."""
+    """The stored document with the status of its outcome, in the documented key order (the
+    same bytes on the first answer and on every replay); a replay of a record stored before that
+    order answers the bytes it answered then (see wallet.api.documents)."""
     status = status_of(outcome.code)
     POSTINGS.labels(kind, status, outcome.replayed).inc()
-    headers = {"Idempotent-Replayed": "true"} if outcome.replayed else None
-    return Response(outcome.body_json, status, headers, media_type="application/json")
+    if outcome.replayed:
+        headers = {"Idempotent-Replayed": "true"}
+        return Response(stored_answer(outcome.body_json), status, headers, media_type="application/json")
+    return DocumentResponse(outcome.body_json, status)
 
 
 async def _post(
@@ -216,7 +222,7 @@ async def batch(
 )
 async def get_transaction(pool: Pool, transaction_id: str, caller: Reader) -> Response:
     body = await get_transaction_json(pool, transaction_id)
-    return Response(body, media_type="application/json")
+    return DocumentResponse(body)
 
 
 @router.post(

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter
-from fastapi.responses import JSONResponse
 
 from wallet.api.dependencies import Admin, Pool, Reader
+from wallet.api.documents import DocumentResponse
 from wallet.api.errors import error_responses
 from wallet.api.json_body import ExactJSONRoute
 from wallet.api.params import PageSize, cursor_query
@@ -40,9 +40,9 @@ async def get_users(
         **error_responses(400, 401, 403, 409, 413, 422, 429, 503),
     },
 )
-async def post_user(pool: Pool, body: UserCreate, caller: Admin) -> JSONResponse:
+async def post_user(pool: Pool, body: UserCreate, caller: Admin) -> DocumentResponse:
     user, created = await create_user(pool, body.user_id, body.name)
-    return JSONResponse(user, status_code=201 if created else 200)
+    return DocumentResponse(user, status_code=201 if created else 200)
 
 
 @router.get(

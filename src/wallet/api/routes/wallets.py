@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Query, Request, Response
 
 from wallet.api.dependencies import Pool, Reader
+from wallet.api.documents import DocumentResponse
 from wallet.api.errors import error_responses
 from wallet.api.fast_path import FastPathRoute, authorized, bearer_token, fast_path, state
 from wallet.api.params import Instant, PageSize, cursor_query, known_user_id
@@ -29,7 +30,7 @@ async def _fast_balance(request: Request) -> Response | None:
     body = await resources.balance_reader.read(user_id)  # shares a query with concurrent reads
     if body is None:
         raise WalletError(errors.USER_NOT_FOUND, f"no user with id {user_id}")
-    return Response(body, media_type="application/json")
+    return DocumentResponse(body)
 
 
 @router.get(
@@ -46,7 +47,7 @@ async def balance(
     as_of: Instant | None = Query(default=None, description="The balances at this instant, from the ledger."),
 ) -> Response:
     body = await balances_json(pool, known_user_id(user_id), asset_type, as_of)
-    return Response(body, media_type="application/json")
+    return DocumentResponse(body)
 
 
 @router.get(
@@ -75,4 +76,4 @@ async def history(
         from_time=from_time,
         to_time=to_time,
     )
-    return Response(body, media_type="application/json")
+    return DocumentResponse(body)

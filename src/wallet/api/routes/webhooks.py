@@ -93,7 +93,7 @@ async def get_dead_letters(
         limit=limit,
         cursor=cursor,
     )
-    return Response(body, media_type="application/json")
+    return Response(body, media_type="application/json")  # ordered, events verbatim (see service)
 
 
 @router.post(
@@ -113,4 +113,4 @@ async def post_redeliver(
     body: RedeliverBody = Body(default_factory=RedeliverBody),  # none; one that is sent must be {}
 ) -> Response:
     queued = await webhooks.request_redelivery_json(pool, webhook_id, dead_letter_id)
-    return Response(queued, status_code=202, media_type="application/json")
+    return Response(queued, status_code=202, media_type="application/json")  # as above
