@@ -29,6 +29,7 @@ install: $(STAMP)
 SYNC_CLIENT := clients/python/src/wallet_client/client.py
 $(SYNC_CLIENT): clients/python/src/wallet_client/async_client.py clients/python/unasync_client.py | $(STAMP)
 	$(VENV)/bin/python clients/python/unasync_client.py
+	touch $@
 
 run: $(STAMP)
 	$(VENV)/bin/wallet serve

@@ -21,13 +21,12 @@ import asyncpg
 import httpx
 import pytest
 
-from tests.support import bearer
+from tests.support import bearer, verify_books
 from wallet.api.app import create_app
 from wallet.db.migrate import upgrade_to_head_async
 from wallet.services.api_keys import create_api_key
 from wallet.services.lots import sync_policies
 from wallet.services.seed import seed_reference_data
-from wallet.services.verify import verify_ledger
 from wallet.settings import LotPolicy, Settings
 
 
@@ -114,11 +113,7 @@ async def database_url(create_migrated_database: Callable[[], Awaitable[str]]) -
     # After every test of this process: with pytest-xdist each worker has a database of its own,
     # and the whole-suite audit (test_verify_is_clean_after_the_whole_suite) runs in one of them;
     # here every worker's books are checked after its last test.
-    conn = await asyncpg.connect(url)
-    try:
-        report = await verify_ledger(conn)
-    finally:
-        await conn.close()
+    report = await verify_books(url)
     assert report.clean, report.render()
 
 
