@@ -12,7 +12,7 @@ PYTHON ?= python3
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: install run test test-fast lint bench bank-test image-test restore-drill clean
+.PHONY: install run test test-fast lint bench bank-test image-test restore-drill clean cluster-deps cluster-up cluster-down cluster-status failover-test
 
 $(STAMP): requirements.lock requirements-embedded.lock requirements-dev.lock pyproject.toml clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -63,7 +63,7 @@ restore-drill: $(STAMP)
 	$(VENV)/bin/python -m tools.restore_drill $(ARGS)
 
 clean:
-	rm -rf $(VENV) .wallet-data .pytest_cache .hypothesis .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-cluster .wallet-data .pytest_cache .hypothesis .mypy_cache .ruff_cache
 
 # Chromium for the console's browser test (tests/console), from Debian's package when it is
 # missing and apt-get is there (CI runs as root; elsewhere through sudo). The test skips, saying
@@ -95,3 +95,24 @@ bench-deps:
 	else \
 	    echo "no$$missing and no apt-get: the benchmark's tests will be skipped"; \
 	fi
+
+# A local high-availability PostgreSQL cluster (tools/cluster.py): etcd, three Patroni members
+# (synchronous_mode_strict), haproxy, all on 127.0.0.1; the URLs are printed by cluster-up and
+# are in the README's "Cluster" section. cluster-deps installs etcd, haproxy and pgbouncer from
+# Debian (pgbouncer for the suite's transaction-pooling test) and Patroni into .venv-cluster.
+cluster-deps: $(STAMP)
+	$(VENV)/bin/python -m tools.cluster deps
+
+cluster-up: $(STAMP)
+	$(VENV)/bin/python -m tools.cluster up $(ARGS)
+
+cluster-down: $(STAMP)
+	$(VENV)/bin/python -m tools.cluster down $(ARGS)
+
+cluster-status: $(STAMP)
+	$(VENV)/bin/python -m tools.cluster status $(ARGS)
+
+# The bank test's mix against a cluster of its own while primaries and replicas are killed
+# (tools/failover_test.py); a few minutes.
+failover-test: $(STAMP)
+	$(VENV)/bin/python -m tools.failover_test $(ARGS)

@@ -167,7 +167,11 @@ async def _run_clients(
     report: BankReport,
     answers: dict[str, tuple[int, dict[str, Any]]],
     progress: list[int],
+    stop: asyncio.Event | None = None,
+    max_retry_pause_s: float = RETRY_PAUSE_S,
 ) -> None:
+    """Runs `operations` on `clients` concurrent clients; with `stop`, the clients take no new
+    operation once it is set (the failover test stops when its faults are done)."""
     queue: asyncio.Queue[Operation] = asyncio.Queue()
     for operation in operations:
         queue.put_nowait(operation)
@@ -178,6 +182,7 @@ async def _run_clients(
     ) -> tuple[int, dict[str, Any]] | None:
         """Posts one step until it gets a final answer (201/200, or 409 insufficient_funds)."""
         started = time.monotonic()
+        pause = RETRY_PAUSE_S
         while True:
             report.attempts += 1
             try:
@@ -187,7 +192,10 @@ async def _run_clients(
             except httpx.TransportError:
                 reason = "connection error"
             else:
-                answer = response.json()
+                try:
+                    answer = response.json()
+                except ValueError:  # a proxy's own page (haproxy's 502/503 while an instance is down)
+                    answer = {"error": {"code": "not JSON"}}
                 code = answer.get("error", {}).get("code") if response.status_code >= 400 else None
                 if response.status_code in (200, 201) or code == "insufficient_funds":
                     answers[key] = (response.status_code, answer)
@@ -198,7 +206,8 @@ async def _run_clients(
             if time.monotonic() - started > GIVE_UP_AFTER_S:
                 report.problems.append(f"{key}: no answer after {GIVE_UP_AFTER_S} s ({reason})")
                 return None
-            await asyncio.sleep(RETRY_PAUSE_S)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, max_retry_pause_s)  # doubling up to the cap: none by default
 
     async def perform(http: httpx.AsyncClient, op: Operation) -> None:
         target = {"user_id": op.user_id, "asset_type": op.asset, "amount": op.amount}
@@ -246,7 +255,7 @@ async def _run_clients(
                 )
 
     async def client(http: httpx.AsyncClient) -> None:
-        while True:
+        while stop is None or not stop.is_set():
             try:
                 operation = queue.get_nowait()
             except asyncio.QueueEmpty:

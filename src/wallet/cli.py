@@ -223,11 +223,48 @@ def migrate() -> None:
     """Apply database migrations (Alembic) up to the newest."""
     from wallet.db.migrate import upgrade_to_head
 
+    settings = _settings()
     # A container may start before its database: wait for it (WALLET_DB_STARTUP_WAIT_MS).
-    with _database(_settings(), create=True, migrated=False, wait=True) as (url, _):
-        upgrade_to_head(url)
+    with _database(settings, create=True, migrated=False, wait=True) as (url, _):
+        # Under a session lock (several instances may migrate at once), so not through a
+        # transaction-mode pooler: on WALLET_DIRECT_DATABASE_URL when one is set.
+        upgrade_to_head(settings.session_database_url(url))
         asyncio.run(_sync_lot_policies(url))
     _err("migrations applied")
+
+
+@app.command("role-settings")
+def role_settings() -> None:
+    """Store the session settings (lock_timeout, statement_timeout, ...) on the connecting role in
+    this database, for WALLET_DB_STARTUP_PARAMETERS=0 (pgbouncer in transaction mode refuses them
+    as startup parameters). Run it again after changing WALLET_DB_*_TIMEOUT_MS."""
+    from wallet.db.pool import role_settings_sql
+    from wallet.db.urls import asyncpg_url
+
+    settings = _settings()
+
+    async def apply(url: str) -> int:
+        import asyncpg
+
+        conn = await asyncpg.connect(
+            asyncpg_url(url), timeout=settings.db_connect_timeout_ms / 1000, statement_cache_size=0
+        )
+        try:
+            for sql in role_settings_sql(settings):
+                await conn.execute(sql)
+            return len(role_settings_sql(settings))
+        finally:
+            await conn.close()
+
+    if settings.database_url:
+        # Straight to the database: a server connection a pooler opened before this keeps the
+        # old settings, so this command should open none through it.
+        settings = settings.model_copy(
+            update={"database_url": settings.session_database_url(settings.database_url)}
+        )
+    with _database(settings, migrated=False) as (url, _):
+        count = asyncio.run(apply(url))
+    _err(f"{count} session settings stored on the role; new connections get them")
 
 
 async def _sync_lot_policies(url: str) -> None:
@@ -633,11 +670,15 @@ app.add_typer(report_app, name="report")
 async def _liabilities(
     url: str, as_of: datetime | None, from_: datetime | None, to: datetime | None
 ) -> dict[str, object]:
-    from wallet.db.pool import create_pool
+    from wallet.db.pool import create_pool, replica_lag_s
     from wallet.services.lots import ReportPeriod, liability_report
 
-    pool = await create_pool(_settings(), url)
+    settings = _settings()
+    # A report may be as stale as the replica: read from WALLET_READ_DATABASE_URL when set.
+    pool = await create_pool(settings, settings.read_database_url or url)
     try:
+        if settings.read_database_url:
+            _err(f"read from WALLET_READ_DATABASE_URL, {await replica_lag_s(pool)} s behind the primary")
         return await liability_report(pool, ReportPeriod.resolve(as_of, from_, to))
     finally:
         await pool.close()

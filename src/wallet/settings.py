@@ -62,6 +62,21 @@ class Settings(BaseSettings):
     db_statement_timeout_ms: int = Field(default=5_000, ge=100, le=600_000)
     db_idle_in_transaction_timeout_ms: int = Field(default=10_000, ge=100, le=600_000)
     db_connect_timeout_ms: int = Field(default=10_000, ge=100, le=120_000)
+    # High availability and poolers (README, "Cluster"; docs/SCALING.md). WALLET_DATABASE_URL may
+    # name several hosts, `postgresql://h1:p1,h2:p2,h3:p3/db?target_session_attrs=read-write`:
+    # each connection goes to the one that takes writes. Behind pgbouncer in transaction mode set
+    # the statement cache to 0 (prepared statements do not survive a change of server connection)
+    # and WALLET_DB_STARTUP_PARAMETERS=0 (pgbouncer refuses lock_timeout and the others at
+    # connect; `wallet role-settings` sets them on the role instead), and give
+    # WALLET_DIRECT_DATABASE_URL, a connection that bypasses the pooler, for what holds session
+    # state: the migrations' lock, the webhook deliverer's locks and the audit's turn.
+    db_statement_cache_size: int = Field(default=100, ge=0, le=100_000)
+    db_startup_parameters: bool = True
+    direct_database_url: str | None = None
+    # A streaming replica (or a pooler in front of several) for reads that may be stale: the
+    # liability and volume reports, `wallet report liabilities`. Their answers carry the replica's
+    # lag (X-Wallet-Read-Lag-Seconds; a line on stderr). Unset: they read the primary.
+    read_database_url: str | None = None
     # At start-up (`wallet migrate`, each worker of `wallet serve`) a database that does not accept
     # connections yet is retried, with backoff, for up to this long (0: fail at the first refusal).
     db_startup_wait_ms: int = Field(default=60_000, ge=0, le=3_600_000)
@@ -186,6 +201,10 @@ class Settings(BaseSettings):
     # bounds requests. With the request bound, one check slower than 6 s on a large ledger failed
     # the run, and the next incremental run had an even longer range to check.
     audit_query_timeout_ms: int = Field(default=AUDIT_QUERY_TIMEOUT_MS_DEFAULT, ge=1_000, le=86_400_000)
+
+    def session_database_url(self, database_url: str) -> str:
+        """Where session state goes: WALLET_DIRECT_DATABASE_URL when set, else `database_url`."""
+        return self.direct_database_url or database_url
 
     # Settings a process would otherwise take and fail on later, in a worker or at the first request.
     @field_validator("log_level")

@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import asyncpg
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.routing import APIRoute
@@ -36,7 +35,7 @@ from wallet.api.routes import (
     wallets,
     webhooks,
 )
-from wallet.db.pool import create_pool, wait_for_database
+from wallet.db.pool import create_pool, create_session_pool, session_settings_differences, wait_for_database
 from wallet.logging import configure_logging
 from wallet.services.api_keys import Authenticator
 from wallet.services.audit import run_auditor
@@ -80,7 +79,33 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         balance_reader = BalanceReader(
             pool, max_size=settings.balance_read_max_size, max_in_flight=settings.balance_read_max_in_flight
         )
-        app.state.resources = Resources(pool, authenticator, rate_limiter, committer, balance_reader)
+        # The audit's turn is a session lock: on a direct connection when a pooler is in between.
+        session_pool = (
+            await create_session_pool(settings, settings.database_url, "wallet-audit")
+            if settings.direct_database_url
+            else None
+        )
+        # Reports are few: a quarter of the pool's connections for them.
+        read_settings = settings.model_copy(
+            update={"db_pool_min_size": 1, "db_pool_max_size": max(2, settings.db_pool_max_size // 4)}
+        )
+        read_pool = (
+            await create_pool(read_settings, settings.read_database_url)
+            if settings.read_database_url
+            else None
+        )
+        app.state.resources = Resources(
+            pool, authenticator, rate_limiter, committer, balance_reader, session_pool, read_pool
+        )
+        if not settings.db_startup_parameters:
+            differences = await session_settings_differences(settings, pool)
+            if differences:
+                # Without them nothing bounds a request's locks and statements.
+                log.warning(
+                    "session_settings_missing",
+                    differences=differences,
+                    advice="run `wallet role-settings` (WALLET_DB_STARTUP_PARAMETERS=0 expects them on the role)",
+                )
         if await pool.fetchval("SELECT current_setting('autovacuum')") != "on":
             # Without it nothing refreshes statistics: plans cached while the ledger was small
             # (sequential scans in the ledger's triggers) stay, and each posting slows down in
@@ -92,7 +117,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if settings.lot_expiry_interval_ms:
             tasks.append(asyncio.create_task(run_lot_expirer(pool, settings)))
         if settings.audit_interval_ms:
-            tasks.append(asyncio.create_task(run_auditor(pool, settings)))
+            tasks.append(asyncio.create_task(run_auditor(session_pool or pool, settings)))
         if settings.hold_sweep_interval_ms:
             tasks.append(asyncio.create_task(run_hold_sweeper(pool, settings)))
         if settings.key_usage_flush_ms:
@@ -124,6 +149,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             with contextlib.suppress(Exception):
                 await authenticator.flush_usage()
             await rate_limiter.close()
+            for extra in (session_pool, read_pool):
+                if extra is not None:
+                    await extra.close()
             await pool.close()
 
     # Swagger UI and ReDoc with their assets served by the service itself, not from a CDN.
@@ -314,8 +342,8 @@ async def _flush_key_usage(authenticator: Authenticator, interval_ms: int) -> No
         await asyncio.sleep(interval_ms / 1000)
         try:
             await authenticator.flush_usage()
-        except (OSError, asyncpg.PostgresError) as exc:
-            log.warning("key_usage_flush_failed", error=str(exc))
+        except Exception as exc:  # a failover, a lost connection: the next flush writes it
+            log.warning("key_usage_flush_failed", error=type(exc).__name__, detail=str(exc)[:200])
 
 
 def _publish_configured_limits(app: FastAPI, settings: Settings) -> None:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 import asyncpg
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Header, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from wallet.api.observe import note_api_key
@@ -30,6 +30,11 @@ class Resources:
     rate_limiter: RateLimiter
     committer: GroupCommitter
     balance_reader: BalanceReader
+    # For work that holds a session advisory lock across transactions (the audit's turn): on
+    # WALLET_DIRECT_DATABASE_URL when one is set (see wallet.db.pool.create_session_pool).
+    session_pool: asyncpg.Pool | None = None
+    # For reads that may be stale (reports): on WALLET_READ_DATABASE_URL when one is set.
+    read_pool: asyncpg.Pool | None = None
 
 
 def resources_of(request: Request) -> Resources:
@@ -51,6 +56,16 @@ async def _pool(request: Request) -> asyncpg.Pool:
     return resources_of(request).pool
 
 
+async def _session_pool(request: Request) -> asyncpg.Pool:
+    resources = resources_of(request)
+    return resources.session_pool or resources.pool
+
+
+async def _read_pool(request: Request) -> asyncpg.Pool:
+    resources = resources_of(request)
+    return resources.read_pool or resources.pool
+
+
 async def _settings(request: Request) -> Settings:
     return settings_of(request)
 
@@ -60,6 +75,21 @@ async def _committer(request: Request) -> GroupCommitter:
 
 
 Pool = Annotated[asyncpg.Pool, Depends(_pool)]
+SessionPool = Annotated[asyncpg.Pool, Depends(_session_pool)]
+# Reads that may be stale by the replica's lag; the route shows it with `note_read_lag`.
+ReadPool = Annotated[asyncpg.Pool, Depends(_read_pool)]
+READ_LAG_HEADER = "X-Wallet-Read-Lag-Seconds"
+
+
+async def note_read_lag(request: Request, response: Response) -> None:
+    """On an answer read from WALLET_READ_DATABASE_URL: the replica's lag, in a header."""
+    read_pool = resources_of(request).read_pool
+    if read_pool is not None:
+        from wallet.db.pool import replica_lag_s
+
+        response.headers[READ_LAG_HEADER] = str(await replica_lag_s(read_pool))
+
+
 Committer = Annotated[GroupCommitter, Depends(_committer)]
 AppSettings = Annotated[Settings, Depends(_settings)]
 

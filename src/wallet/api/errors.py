@@ -221,16 +221,35 @@ async def _database_error(request: Request, exc: Exception) -> DocumentResponse:
             asyncpg.exceptions.AdminShutdownError,
             asyncpg.exceptions.TooManyConnectionsError,
             asyncpg.exceptions.InterfaceError,
+            # A failover: the connection was lost (class 08), no host of a multi-host URL takes
+            # writes yet (target_session_attrs), or this one just stopped taking them (25006).
+            asyncpg.exceptions.PostgresConnectionError,
+            asyncpg.exceptions.TargetServerAttributeNotMatched,
+            asyncpg.exceptions.ReadOnlySQLTransactionError,
+            asyncpg.exceptions.CrashShutdownError,
+            # A connection left mid-operation by a lost server ("cannot switch to state ...").
+            asyncpg.exceptions.InternalClientError,
             ConnectionError,
             OSError,
             TimeoutError,
         ),
     ):
         log.warning("database_unavailable", path=request.url.path, error=type(exc).__name__)
+        await _renew_connections(request)
         return error_response(
             errors.DATABASE_UNAVAILABLE, "the database is unavailable; retry with the same idempotency key"
         )
     return await _unexpected_error(request, exc)
+
+
+async def _renew_connections(request: Request) -> None:
+    """After a lost connection every other one of the pool is suspect (the primary may have
+    failed over): each is replaced, the idle ones at their next acquire, the busy ones when they
+    are released. The next requests connect to whichever host now takes writes."""
+    resources = getattr(request.app.state, "resources", None)
+    pool = getattr(resources, "pool", None)
+    if isinstance(pool, asyncpg.Pool):
+        await pool.expire_connections()
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> DocumentResponse:
@@ -245,6 +264,7 @@ def install_error_handlers(app: FastAPI) -> None:
     for exc_class in (
         asyncpg.PostgresError,
         asyncpg.exceptions.InterfaceError,
+        asyncpg.exceptions.InternalClientError,
         ConnectionError,
         OSError,
         TimeoutError,

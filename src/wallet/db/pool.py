@@ -21,12 +21,21 @@ log = structlog.get_logger("wallet.db")
 
 # What a database that is still starting, restarting or not yet resolvable answers: worth a retry.
 # A wrong password or database name is not, and fails at once.
-_NOT_YET = (OSError, TimeoutError, asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError)
+# With several hosts, none taking writes yet (a cluster electing its primary) is "not yet" too.
+_NOT_YET = (
+    OSError,
+    TimeoutError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.exceptions.TargetServerAttributeNotMatched,
+)
 _BACKOFF_FIRST_S = 0.25
 _BACKOFF_CAP_S = 5.0
 
 
 def session_settings(settings: Settings) -> dict[str, str]:
+    """What every session is set to. Sent as startup parameters, or, with
+    WALLET_DB_STARTUP_PARAMETERS=0 (pgbouncer), set on the role by `wallet role-settings`."""
     return {
         "application_name": "wallet",
         "timezone": "UTC",
@@ -44,11 +53,73 @@ def session_settings(settings: Settings) -> dict[str, str]:
     }
 
 
+def startup_parameters(settings: Settings, application_name: str = "wallet") -> dict[str, str]:
+    """The server settings sent when connecting: all of them, or, for a pooler that refuses the
+    others (pgbouncer accepts application_name and TimeZone), those two only."""
+    if settings.db_startup_parameters:
+        return {**session_settings(settings), "application_name": application_name}
+    return {"application_name": application_name, "timezone": "UTC"}
+
+
+def role_settings_sql(settings: Settings) -> list[str]:
+    """The session settings as defaults of the connecting role in the current database, for
+    connections through a pooler that does not pass them at connect."""
+    return [
+        "DO $$BEGIN EXECUTE format('ALTER ROLE %I IN DATABASE %I SET %I = %L',"
+        f" current_user, current_database(), '{name}', '{value}'); END$$"
+        for name, value in session_settings(settings).items()
+        if name != "application_name"
+    ]
+
+
+async def session_settings_differences(settings: Settings, pool: asyncpg.Pool) -> dict[str, str]:
+    """The session settings this connection does not have (name: what it has instead)."""
+    differences: dict[str, str] = {}
+    for name, value in session_settings(settings).items():
+        if name == "application_name":
+            continue
+        row = await pool.fetchrow("SELECT setting, unit FROM pg_settings WHERE lower(name) = lower($1)", name)
+        have = f"{row['setting']}{row['unit'] or ''}" if row is not None else "?"
+        if str(have).lower() != value.lower():
+            differences[name] = str(have)
+    return differences
+
+
+# How far behind the primary this server's data is, in seconds: 0 on a primary, and on a replica
+# that has replayed all it received; else the age of the last transaction it replayed.
+REPLICA_LAG_SQL = """
+SELECT CASE WHEN NOT pg_is_in_recovery() THEN 0::float8
+            WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0::float8
+            ELSE extract(epoch FROM clock_timestamp() - pg_last_xact_replay_timestamp())::float8 END
+"""
+
+
+async def replica_lag_s(pool: asyncpg.Pool) -> float:
+    lag = await pool.fetchval(REPLICA_LAG_SQL)
+    return round(float(lag or 0), 3)
+
+
 async def _keep_session(connection: asyncpg.Connection) -> None:
     """Replaces asyncpg's reset-on-release, a full extra round trip per request (`RESET ALL`,
     `pg_advisory_unlock_all()`, ...). Nothing here leaves session state behind: settings are fixed
     at connect, advisory locks are transaction-scoped, there are no LISTENs or cursors, and asyncpg
     still rolls back a transaction left open before this is called."""
+
+
+async def create_session_pool(settings: Settings, database_url: str, application_name: str) -> asyncpg.Pool:
+    """A small pool on WALLET_DIRECT_DATABASE_URL (or `database_url`) for session advisory locks,
+    with asyncpg's own reset on release, which releases every advisory lock a connection kept."""
+    pool = await asyncpg.create_pool(
+        asyncpg_url(settings.session_database_url(database_url)),
+        min_size=0,
+        max_size=max(2, settings.webhook_max_concurrency),
+        timeout=settings.db_connect_timeout_ms / 1000,
+        command_timeout=(settings.db_statement_timeout_ms + 1_000) / 1000,
+        server_settings=startup_parameters(settings, application_name),
+        statement_cache_size=settings.db_statement_cache_size,
+    )
+    assert pool is not None
+    return pool
 
 
 async def create_pool(settings: Settings, database_url: str) -> asyncpg.Pool:
@@ -59,7 +130,8 @@ async def create_pool(settings: Settings, database_url: str) -> asyncpg.Pool:
         max_inactive_connection_lifetime=settings.db_pool_idle_timeout_ms / 1000,
         timeout=settings.db_connect_timeout_ms / 1000,
         command_timeout=(settings.db_statement_timeout_ms + 1_000) / 1000,
-        server_settings=session_settings(settings),
+        server_settings=startup_parameters(settings),
+        statement_cache_size=settings.db_statement_cache_size,
         reset=_keep_session,
     )
     assert pool is not None
@@ -72,7 +144,8 @@ async def connection(settings: Settings, database_url: str) -> AsyncIterator[asy
     conn = await asyncpg.connect(
         asyncpg_url(database_url),
         timeout=settings.db_connect_timeout_ms / 1000,
-        server_settings=session_settings(settings),
+        server_settings=startup_parameters(settings),
+        statement_cache_size=settings.db_statement_cache_size,
     )
     try:
         yield conn

@@ -1,17 +1,11 @@
-"""Database URL forms: libpq/asyncpg style for the service, SQLAlchemy style for Alembic."""
+"""Database URL forms. The service, the CLI and the migrations all connect with asyncpg, which
+reads libpq-style URLs, several hosts included (`h1:p1,h2:p2/db?target_session_attrs=read-write`)."""
 
 from __future__ import annotations
 
 
-def sqlalchemy_url(database_url: str) -> str:
-    for prefix in ("postgresql://", "postgres://"):
-        if database_url.startswith(prefix):
-            return "postgresql+asyncpg://" + database_url[len(prefix) :]
-    return database_url
-
-
 def asyncpg_url(database_url: str) -> str:
-    """Accepts SQLAlchemy-style URLs too, so one WALLET_DATABASE_URL serves both."""
+    """Accepts SQLAlchemy-style URLs too (`postgresql+asyncpg://`), as WALLET_DATABASE_URL did."""
     for prefix in ("postgresql+asyncpg://", "postgres://"):
         if database_url.startswith(prefix):
             return "postgresql://" + database_url[len(prefix) :]

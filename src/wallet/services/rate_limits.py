@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import math
 from typing import Protocol
-from urllib.parse import urlsplit
 
 import asyncpg
 import structlog
@@ -134,10 +133,25 @@ class RateLimiter:
 
 def redis_key_prefix(database_url: str) -> str:
     """Buckets are named by client id (a key id), which is only unique within one database: the prefix names
-    the database too, so deployments (or test databases) sharing one Redis never share buckets."""
-    parts = urlsplit(database_url)
-    where = f"{parts.hostname}:{parts.port or 5432}{parts.path}"
+    the database too, so deployments (or test databases) sharing one Redis never share buckets.
+    The URL may name several hosts (`h1:p1,h2:p2/db?target_session_attrs=read-write`), which
+    urlsplit refuses; the hosts are read here one by one (a one-host URL keeps its old prefix)."""
+    rest = database_url.split("://", 1)[-1]
+    location, slash, path = rest.partition("/")
+    database = "/" + path.split("?", 1)[0] if slash else ""
+    hosts = [_host_port(host) for host in location.rsplit("@", 1)[-1].split(",")]
+    where = ",".join(f"{name}:{port}" for name, port in hosts) + database
     return f"wallet:rate:{hashlib.sha256(where.encode()).hexdigest()[:12]}"
+
+
+def _host_port(host: str) -> tuple[str, int]:
+    """`name`, `name:port`, `[v6]` or `[v6]:port` -> (lower-case name, port or 5432)."""
+    if host.startswith("["):
+        name, _, after = host[1:].partition("]")
+        port = after.removeprefix(":")
+    else:
+        name, _, port = host.partition(":")
+    return name.lower(), int(port) if port.isdigit() else 5432
 
 
 def create_rate_limiter(settings: Settings, pool: asyncpg.Pool) -> RateLimiter:

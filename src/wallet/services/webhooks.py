@@ -58,8 +58,7 @@ from asyncpg.pool import PoolConnectionProxy
 from prometheus_client import Counter
 
 from wallet import __version__
-from wallet.db.pool import session_settings
-from wallet.db.urls import asyncpg_url
+from wallet.db.pool import create_session_pool
 from wallet.domain import errors
 from wallet.domain.documents import ordered
 from wallet.domain.errors import WalletError
@@ -439,14 +438,9 @@ class Deliverer:
     # one of its connections would keep the endpoint from every other process.
     async def _locks(self) -> asyncpg.Pool:
         if self._lock_pool is None:
-            pool = await asyncpg.create_pool(
-                asyncpg_url(self._database_url),
-                min_size=0,
-                max_size=self._settings.webhook_max_concurrency,
-                timeout=self._settings.db_connect_timeout_ms / 1000,
-                command_timeout=(self._settings.db_statement_timeout_ms + 1_000) / 1000,
-                server_settings={**session_settings(self._settings), "application_name": "wallet-webhooks"},
-            )
+            # On WALLET_DIRECT_DATABASE_URL when set: a session lock through a transaction-mode
+            # pooler would be held by whichever server connection ran the statement.
+            pool = await create_session_pool(self._settings, self._database_url, "wallet-webhooks")
             assert pool is not None
             self._lock_pool = pool
         return self._lock_pool

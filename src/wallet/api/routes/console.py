@@ -11,10 +11,19 @@ import os
 from importlib import resources
 from typing import Any
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Depends, Query, Response
 from pydantic import BaseModel, Field
 
-from wallet.api.dependencies import Admin, AnyCaller, AppSettings, Pool, Reader
+from wallet.api.dependencies import (
+    Admin,
+    AnyCaller,
+    AppSettings,
+    Pool,
+    Reader,
+    ReadPool,
+    SessionPool,
+    note_read_lag,
+)
 from wallet.api.errors import error_responses
 from wallet.api.json_body import ExactJSONRoute
 from wallet.api.params import PageSize
@@ -151,7 +160,7 @@ async def search_users(
     ),
 )
 async def audit(
-    pool: Pool,
+    pool: SessionPool,
     settings: AppSettings,
     caller: Admin,
     full: bool = Query(default=False, description="Recompute the whole ledger, as `wallet verify`."),
@@ -165,9 +174,10 @@ async def audit(
     response_model_by_alias=True,
     responses=error_responses(401, 403, 422, 429, 503),
     summary="Credited and debited per asset per UTC day over the last days (scope `read`)",
+    dependencies=[Depends(note_read_lag)],
 )
 async def volume(
-    pool: Pool,
+    pool: ReadPool,
     caller: Reader,
     days: int = Query(
         default=reports.VOLUME_DAYS_DEFAULT,

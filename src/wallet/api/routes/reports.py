@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from wallet.api.dependencies import Pool, requires
+from wallet.api.dependencies import READ_LAG_HEADER, ReadPool, requires, resources_of
 from wallet.api.documents import DocumentResponse
 from wallet.api.errors import error_responses
 from wallet.api.params import Instant
+from wallet.db.pool import replica_lag_s
 from wallet.domain.rules import Scope
 from wallet.services.api_keys import Caller
 from wallet.services.lots import ReportPeriod, liability_report
@@ -55,7 +56,8 @@ class LiabilitiesOut(BaseModel):
     ),
 )
 async def liabilities(
-    pool: Pool,
+    request: Request,
+    pool: ReadPool,
     caller: Annotated[Caller, requires(Scope.REPORT)],
     as_of: Instant | None = Query(default=None, description="Outstanding as of this instant. Default now."),
     from_: Instant | None = Query(
@@ -66,4 +68,7 @@ async def liabilities(
     to: Instant | None = Query(default=None, description="End of the period, exclusive. Default as_of."),
 ) -> Response:
     period = ReportPeriod.resolve(as_of, from_, to)
-    return DocumentResponse(await liability_report(pool, period))
+    response = DocumentResponse(await liability_report(pool, period))
+    if resources_of(request).read_pool is not None:  # read from WALLET_READ_DATABASE_URL
+        response.headers[READ_LAG_HEADER] = str(await replica_lag_s(pool))
+    return response

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 
+import asyncpg
 from alembic import context
 from sqlalchemy import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -23,7 +24,7 @@ from sqlalchemy.util import await_only
 
 from wallet.db.rules import rule_constraints_sql, rules_sql
 from wallet.db.sql_files import function_files
-from wallet.db.urls import sqlalchemy_url
+from wallet.db.urls import asyncpg_url
 
 # The two-key form, (space, id): apart from the one-key locks on idempotency keys and the audit's,
 # and from the webhooks' space (wallet.services.webhooks.LOCK_SPACE).
@@ -51,8 +52,14 @@ def _run_migrations(connection: Connection) -> None:
 
 
 async def _run_online() -> None:
-    url = context.config.attributes["database_url"]
-    engine = create_async_engine(sqlalchemy_url(url), poolclass=NullPool)
+    url = asyncpg_url(context.config.attributes["database_url"])
+
+    async def connect() -> asyncpg.Connection:
+        # asyncpg reads the URL itself: SQLAlchemy's URL parser refuses several hosts
+        # (`h1:p1,h2:p2/db?target_session_attrs=read-write`), which asyncpg connects through.
+        return await asyncpg.connect(url)
+
+    engine = create_async_engine("postgresql+asyncpg://", async_creator=connect, poolclass=NullPool)
     async with engine.connect() as connection:
         await connection.run_sync(_run_migrations)
         await connection.commit()
