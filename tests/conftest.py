@@ -125,7 +125,7 @@ def settings(database_url: str) -> Settings:
         db_pool_max_size=24,
         # A burst's connections are closed soon after it: with pytest-xdist several sessions share
         # the server's max_connections (100 by default).
-        db_pool_idle_timeout_ms=1_000,
+        db_pool_idle_timeout_ms=10_000,
         hold_sweep_interval_ms=0,
         lot_expiry_interval_ms=0,  # tests expire lots themselves
         audit_interval_ms=0,  # and audit when they mean to
