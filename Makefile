@@ -14,7 +14,7 @@ PYTHON ?= python3
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: install run test lint docs bench bank-test image-test restore-drill clean cluster-deps cluster-up cluster-down cluster-status failover-test
+.PHONY: install run test test-fast lint docs bench bank-test image-test restore-drill clean cluster-deps cluster-up cluster-down cluster-status failover-test
 
 $(STAMP): requirements.lock requirements-embedded.lock requirements-dev.lock pyproject.toml clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,13 +26,28 @@ $(STAMP): requirements.lock requirements-embedded.lock requirements-dev.lock pyp
 
 install: $(STAMP)
 
+# The synchronous client is generated from the asyncio one (clients/python/unasync_client.py): the
+# install writes it, and so does this rule whenever async_client.py has changed since.
+SYNC_CLIENT := clients/python/src/wallet_client/client.py
+$(SYNC_CLIENT): clients/python/src/wallet_client/async_client.py clients/python/unasync_client.py | $(STAMP)
+	$(VENV)/bin/python clients/python/unasync_client.py
+	touch $@
+
 run: $(STAMP)
 	$(VENV)/bin/wallet serve
 
-test: $(STAMP)
-	$(VENV)/bin/pytest -q
+# The suite runs on $(TEST_WORKERS) pytest-xdist workers, each with a database of its own: it mostly
+# waits (services starting, timeouts, PostgreSQL), so more workers than cores pays. The slow tier
+# (marked `slow`: schemathesis's full phases, the bank test, the browser, the benchmark end to end)
+# is scheduled first, the rest around it; `make test-fast` leaves the slow tier out.
+TEST_WORKERS ?= 4
+test: $(STAMP) $(SYNC_CLIENT)
+	$(VENV)/bin/pytest -q -n $(TEST_WORKERS) --dist loadgroup $(ARGS)
 
-lint: $(STAMP)
+test-fast: $(STAMP) $(SYNC_CLIENT)
+	$(VENV)/bin/pytest -q -n $(TEST_WORKERS) --dist loadgroup -m "not slow" $(ARGS)
+
+lint: $(STAMP) $(SYNC_CLIENT)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
@@ -44,10 +59,10 @@ docs: $(STAMP)
 bench: $(STAMP)
 	$(VENV)/bin/python -m tools.bench $(ARGS)
 
-bank-test: $(STAMP)
+bank-test: $(STAMP) $(SYNC_CLIENT)
 	$(VENV)/bin/python -m tools.bank_test $(ARGS)
 
-image-test: $(STAMP)
+image-test: $(STAMP) $(SYNC_CLIENT)
 	VENV=$(VENV) bash tools/image_test.sh
 
 restore-drill: $(STAMP)

@@ -7,6 +7,7 @@ folder. Nothing is mocked: every test talks to PostgreSQL.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import tempfile
@@ -20,7 +21,7 @@ import asyncpg
 import httpx
 import pytest
 
-from tests.support import bearer
+from tests.support import bearer, verify_books
 from wallet.api.app import create_app
 from wallet.db.migrate import upgrade_to_head_async
 from wallet.services.api_keys import create_api_key
@@ -65,24 +66,55 @@ async def create_database(server_url: str) -> AsyncIterator[Callable[[str], Awai
         return with_database(server_url, name)
 
     yield create
-    admin = await asyncpg.connect(server_url)
-    try:
-        for name in created:
+
+    # Each DROP DATABASE waits for a checkpoint (PostgreSQL 15); dropped together, they share a
+    # few instead of waiting for one each (a minute for the suite's databases on a busy server).
+    async def drop(name: str) -> None:
+        admin = await asyncpg.connect(server_url)
+        try:
             await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+        finally:
+            await admin.close()
+
+    for start in range(0, len(created), 8):  # a few connections at a time: the server is shared
+        await asyncio.gather(*(drop(name) for name in created[start : start + 8]))
 
 
 @pytest.fixture(scope="session")
-async def database_url(create_database: Callable[..., Awaitable[str]]) -> str:
+async def migrated_template(create_database: Callable[..., Awaitable[str]]) -> str:
+    """The name of a database migrated to head once per session (per worker with xdist), which
+    `create_migrated_database` clones: a copy takes a tenth of the time of running the migrations."""
     url = await create_database()
     await upgrade_to_head_async(url)
+    return urlsplit(url).path.lstrip("/")
+
+
+@pytest.fixture(scope="session")
+async def create_migrated_database(
+    create_database: Callable[..., Awaitable[str]], migrated_template: str
+) -> Callable[[], Awaitable[str]]:
+    """Creates a fresh database migrated to head (a copy of `migrated_template`); returns its URL."""
+
+    async def create() -> str:
+        return await create_database(template=migrated_template)
+
+    return create
+
+
+@pytest.fixture(scope="session")
+async def database_url(create_migrated_database: Callable[[], Awaitable[str]]) -> AsyncIterator[str]:
+    url = await create_migrated_database()
     conn = await asyncpg.connect(url)
     try:
         await seed_reference_data(conn)
     finally:
         await conn.close()
-    return url
+    yield url
+    # After every test of this process: with pytest-xdist each worker has a database of its own,
+    # and the whole-suite audit (test_verify_is_clean_after_the_whole_suite) runs in one of them;
+    # here every worker's books are checked after its last test.
+    report = await verify_books(url)
+    assert report.clean, report.render()
 
 
 @pytest.fixture(scope="session")
@@ -91,6 +123,9 @@ def settings(database_url: str) -> Settings:
         database_url=database_url,
         db_pool_min_size=2,
         db_pool_max_size=24,
+        # A burst's connections are closed soon after it: with pytest-xdist several sessions share
+        # the server's max_connections (100 by default).
+        db_pool_idle_timeout_ms=10_000,
         hold_sweep_interval_ms=0,
         lot_expiry_interval_ms=0,  # tests expire lots themselves
         audit_interval_ms=0,  # and audit when they mean to
@@ -183,7 +218,38 @@ async def lot_asset(pool, settings) -> AsyncIterator[Callable[..., Awaitable[str
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "last: run after every other test (whole-suite audits)")
+    config.addinivalue_line(
+        "markers",
+        "slow: the slow tier, tens of seconds each (schemathesis's full phases, the bank test, the"
+        " browser, the benchmark end to end); `make test-fast` leaves it out, `make test` runs it",
+    )
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    items.sort(key=lambda item: item.get_closest_marker("last") is not None)
+# Modules whose tests open dozens of connections at once (races of many requests, several pools
+# or processes on one database). With pytest-xdist (`--dist loadgroup`) they share one worker, so
+# no two of them run at once and the suite stays within the server's max_connections.
+CONNECTION_HEAVY = {
+    "tests/api/test_rate_limits.py",
+    "tests/services/test_audit.py",
+    "tests/services/test_balance_reads.py",
+    "tests/services/test_ledger_operations_concurrency.py",
+    "tests/services/test_ledger_operations_races.py",
+    "tests/services/test_lots.py",
+    "tests/services/test_posting_concurrency.py",
+}
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the xdist_group marks
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Slow tests first, so that with pytest-xdist the longest start at once and the short ones
+    fill the other workers around them; whole-suite audits last."""
+
+    def rank(item: pytest.Item) -> int:
+        if item.get_closest_marker("last") is not None:
+            return 2
+        return 0 if item.get_closest_marker("slow") is not None else 1
+
+    items.sort(key=rank)
+    for item in items:
+        if Path(item.path).relative_to(config.rootpath).as_posix() in CONNECTION_HEAVY:
+            item.add_marker(pytest.mark.xdist_group("connection_heavy"))

@@ -10,9 +10,20 @@ from typing import Any
 import asyncpg
 import httpx
 
+from wallet.services.verify import VerifyReport, verify_ledger
+
 
 def bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
+
+
+async def verify_books(database_url: str) -> VerifyReport:
+    """`wallet verify`'s checks of the whole database, on a connection of their own."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        return await verify_ledger(conn)
+    finally:
+        await conn.close()
 
 
 async def balance_of(client: httpx.AsyncClient, user_id: str, asset_code: str = "GOLD_COINS") -> int:

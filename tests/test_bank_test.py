@@ -7,9 +7,11 @@ The full-size run is `make bank-test` (64 clients, 20,000 operations, 3 kills, 1
 
 from __future__ import annotations
 
+import pytest
 from tools.bank_test import run_bank_test
 
 
+@pytest.mark.slow
 def test_no_acknowledged_write_is_lost_or_doubled_across_crashes():
     report = run_bank_test(
         clients=16, operations=1_200, users=20, server_kills=2, postgres_restarts=1, timeout_s=2.0, seed=11

@@ -41,6 +41,7 @@ def scratch(server_url: str) -> Iterator[str]:
     asyncio.run(_drop(server_url, name, name + "_pgbench"))
 
 
+@pytest.mark.slow
 def test_bench_reports_every_scenario_beside_pgbench(server_url, scratch, tmp_path: Path):
     output = tmp_path / "bench.json"
     result = _run_bench(server_url, scratch, output)
@@ -104,6 +105,7 @@ async def _chain_counts(server_url: str, database: str) -> tuple[Any, ...]:
     )
 
 
+@pytest.mark.slow
 def test_bench_without_hash_chain_disables_the_chain_trigger_in_its_scratch_database(
     server_url, scratch, tmp_path: Path
 ):
@@ -122,6 +124,7 @@ def test_bench_without_hash_chain_disables_the_chain_trigger_in_its_scratch_data
     assert links == opening_balances < transactions
 
 
+@pytest.mark.slow
 def test_bench_compares_with_and_without_the_chain_on_one_database(server_url, scratch, tmp_path: Path):
     output = tmp_path / "bench.json"
     result = _run_bench(
@@ -139,6 +142,7 @@ def test_bench_compares_with_and_without_the_chain_on_one_database(server_url, s
     assert 5 * 2 < links < transactions
 
 
+@pytest.mark.slow
 def test_bench_compares_spends_with_and_without_credit_lots(server_url, scratch, tmp_path: Path):
     output = tmp_path / "bench.json"
     result = _run_bench(

@@ -215,6 +215,7 @@ def every_command(env: dict[str, str], commands: list[tuple[str, ...]] = COMMAND
 SAMPLE = [("migrate",), ("verify",), ("serve",)]
 
 
+@pytest.mark.slow  # a dozen `wallet` processes or more
 def test_a_bad_setting_is_named_in_one_line_by_every_command(database_url):
     env = {"WALLET_DATABASE_URL": database_url, "WALLET_LOT_POLICIES": "not json"}
     for result in every_command(env):
@@ -254,6 +255,7 @@ def test_a_bad_setting_is_named_in_one_line_by_every_command(database_url):
             assert "short-secret" not in result.stderr  # values are never echoed: some are secrets
 
 
+@pytest.mark.slow  # a dozen `wallet` processes or more
 def test_a_database_url_that_is_not_one_is_refused_by_every_command():
     for result in every_command({"WALLET_DATABASE_URL": "mysql://root@127.0.0.1/wallet"}):
         assert_one_line_error(result, 2, "WALLET_DATABASE_URL=mysql://root@127.0.0.1/wallet", "got 'mysql'")
@@ -266,6 +268,7 @@ def test_a_database_url_that_is_not_one_is_refused_by_every_command():
             assert_one_line_error(result, 2, "WALLET_DATABASE_URL=", phrase)
 
 
+@pytest.mark.slow  # a dozen `wallet` processes or more
 def test_a_database_that_cannot_be_used_is_named_by_every_command(database_url):
     unknown = with_database(database_url, "wallet_no_such_database")
     for result in every_command({"WALLET_DATABASE_URL": unknown}):
@@ -303,6 +306,7 @@ def test_migrate_and_serve_wait_for_a_database_that_is_not_up_then_say_so_in_one
     assert "retried" not in result.stderr
 
 
+@pytest.mark.slow  # a dozen `wallet` processes or more
 async def test_a_database_not_migrated_is_refused_by_every_command_but_migrate(create_database):
     empty = await create_database()
     commands = [c for c in COMMANDS if c[0] != "migrate"]
@@ -313,6 +317,7 @@ async def test_a_database_not_migrated_is_refused_by_every_command_but_migrate(c
     assert wallet(empty, "verify").returncode == 0
 
 
+@pytest.mark.slow  # a dozen `wallet` processes or more
 def test_without_a_database_url_commands_do_not_make_an_empty_embedded_database(tmp_path):
     data_dir = tmp_path / "data"
     commands = [c for c in COMMANDS if c[0] not in ("migrate", "serve")]
@@ -341,6 +346,7 @@ def test_contradictory_flags_are_a_usage_error(database_url):
         assert "Traceback" not in result.stderr and result.stdout == ""
 
 
+@pytest.mark.slow  # a dozen `wallet` processes or more
 async def test_a_database_at_an_older_migration_is_refused_until_migrated(create_database):
     from wallet.db.migrate import upgrade
 

@@ -42,7 +42,7 @@ def text_of(site: Path, page: str) -> str:
 
 
 def test_every_error_code_is_on_the_errors_page_with_its_status(site: Path) -> None:
-    from wallet.api.errors import STATUS_BY_CODE
+    from wallet.api.error_response import STATUS_BY_CODE
     from wallet.domain.errors import CATALOGUE
 
     page = text_of(site, "api/errors")

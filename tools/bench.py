@@ -222,6 +222,54 @@ async def _prepare_database(
     return url, token
 
 
+async def _measure_bytes_per_write(url: str, writes: int) -> dict[str, object]:
+    """What one single write (a top-up or a spend, alternately, each its own database transaction
+    through wallet_post_transaction, as the service's lone writes are) adds to the database:
+    stored bytes per write, all tables with their indexes and TOAST, after VACUUM before and
+    after (nothing pruned), per table too; and WAL per write, counted by this backend alone
+    (EXPLAIN (ANALYZE, WAL) of each call, so other databases of a shared server do not count;
+    the commit record, some 40 bytes, is not in it)."""
+    import asyncpg
+
+    sizes_sql = (
+        "SELECT c.relname, pg_total_relation_size(c.oid) AS bytes FROM pg_class c"
+        " JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE n.nspname = current_schema() AND c.relkind = 'r'"
+    )
+    conn = await asyncpg.connect(url)
+    try:
+        api_key_id = await conn.fetchval("SELECT id FROM api_keys WHERE name = 'bench'")
+        await conn.execute("VACUUM")
+        before = {r["relname"]: r["bytes"] for r in await conn.fetch(sizes_sql)}
+        wal = 0
+        run = uuid.uuid4().hex[:8]
+        for i in range(writes):
+            plan = await conn.fetchval(
+                "EXPLAIN (ANALYZE, WAL, FORMAT JSON) SELECT * FROM wallet_post_transaction("
+                "$1, $2, $3, format('bench_%s', lpad($4::int::text, 4, '0')), 'GOLD_COINS', 1, NULL, '{}')",
+                api_key_id,
+                f"bytes-{run}-{i}",
+                "topup" if i % 2 == 0 else "spend",
+                i % 100,
+            )
+            wal += int(json.loads(plan)[0]["Plan"].get("WAL Bytes", 0))
+        await conn.execute("VACUUM")
+        after = {r["relname"]: r["bytes"] for r in await conn.fetch(sizes_sql)}
+    finally:
+        await conn.close()
+    tables = {
+        name: round((after[name] - before.get(name, 0)) / writes)
+        for name in sorted(after)
+        if after[name] != before.get(name, 0)
+    }
+    return {
+        "writes": writes,
+        "stored_bytes_per_write": round(sum(after.values()) - sum(before.values())) / writes,
+        "wal_bytes_per_write": wal / writes,
+        "stored_bytes_per_table": tables,
+    }
+
+
 class HelloProcess:
     """tools/hello_app.py under the supervisor `wallet serve` runs the service with
     (`wallet.serving`: uvicorn, N workers, one listening socket per worker)."""
@@ -356,6 +404,7 @@ def run_bench(
     output: Path | None,
     database: str = BENCH_DATABASE,
     hash_chain: bool = True,
+    byte_writes: int = 0,
 ) -> dict[str, object]:
     import asyncio
 
@@ -366,6 +415,16 @@ def run_bench(
     chain = "with" if hash_chain else "WITHOUT"
     print(f"preparing {database} with {users} users, {chain} the hash chain ...", file=sys.stderr, flush=True)
     url, token = asyncio.run(_prepare_database(admin_url, database, users, hash_chain=hash_chain))
+    per_write: dict[str, object] | None = None
+    if byte_writes:
+        per_write = asyncio.run(_measure_bytes_per_write(url, byte_writes))
+        print(
+            f"  per single write ({byte_writes} writes): stored {per_write['stored_bytes_per_write']:.0f} bytes"
+            f" (all tables, after VACUUM, before pruning), WAL {per_write['wal_bytes_per_write']:.0f} bytes;"
+            f" by table {per_write['stored_bytes_per_table']}",
+            file=sys.stderr,
+            flush=True,
+        )
     _init_pgbench(admin_url, pgbench_database)
     measurements: list[Measurement] = []
     pgbench: dict[str, dict[int, float]] = {"-N": {}, "-S": {}}
@@ -408,6 +467,7 @@ def run_bench(
         "hash_chain": hash_chain,
         "pgbench_tps": {mode: {str(c): tps for c, tps in by.items()} for mode, by in pgbench.items()},
         "measurements": [asdict(m) for m in measurements],
+        "per_write": per_write,
     }
     print(render(measurements, pgbench))
     if output:
@@ -613,6 +673,14 @@ def main(
             help="As --compare-hash-chain, for the credit-lots trigger. Needs an explicit --scratch-database.",
         ),
     ] = 0,
+    byte_writes: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            max=100000,
+            help="Before the runs: stored bytes and WAL per single write, measured over this many writes (0: not).",
+        ),
+    ] = 1000,
 ) -> None:
     """Throughput and latency over HTTP at each concurrency, beside pgbench on the same server."""
     chosen = [s.strip() for s in scenarios.split(",") if s.strip()]
@@ -658,6 +726,7 @@ def main(
         output=output,
         database=scratch_database,
         hash_chain=not without_hash_chain,
+        byte_writes=byte_writes,
     )
 
 

@@ -1,5 +1,5 @@
 """The generated parts of the documentation site, read from the code they describe so they cannot
-drift from it: the error catalogue (wallet.domain.errors with the statuses of wallet.api.errors),
+drift from it: the error catalogue (wallet.domain.errors with the statuses of wallet.api.error_response),
 the configuration (every field of wallet.settings.Settings), the CLI (the Typer app's command
 tree), the metrics (the Prometheus registry once the application is built) and the HTTP reference
 (the application's own OpenAPI document).
@@ -71,7 +71,7 @@ def openapi_json() -> str:
 
 def error_catalogue() -> list[tuple[str, int, str, str | None, bool]]:
     """(code, HTTP status, meaning, field, success) for every code, in the catalogue's order."""
-    from wallet.api.errors import STATUS_BY_CODE
+    from wallet.api.error_response import STATUS_BY_CODE
     from wallet.domain.errors import CATALOGUE
 
     return [(c.code, STATUS_BY_CODE[c], c.meaning, c.field, c.success) for c in CATALOGUE.values()]

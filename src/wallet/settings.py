@@ -54,6 +54,9 @@ class Settings(BaseSettings):
     # Connection pool (per worker process).
     db_pool_min_size: int = Field(default=4, ge=1, le=200)
     db_pool_max_size: int = Field(default=16, ge=1, le=200)
+    # A connection above db_pool_min_size that stays idle this long is closed (asyncpg's default):
+    # a burst's connections go back to the server once it is over.
+    db_pool_idle_timeout_ms: int = Field(default=300_000, ge=100, le=3_600_000)
     # A request that waits longer than this for a row lock gives up with 503 instead of queueing.
     db_lock_timeout_ms: int = Field(default=2_000, ge=10, le=60_000)
     db_statement_timeout_ms: int = Field(default=5_000, ge=100, le=600_000)

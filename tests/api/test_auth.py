@@ -17,7 +17,6 @@ from prometheus_client import REGISTRY
 import wallet
 from tests.support import bearer, new_key
 from wallet.api.app import create_app
-from wallet.db.migrate import upgrade_to_head_async
 from wallet.services.api_keys import AUTH_ACTIVE_KEYS_REREAD_S, create_api_key
 from wallet.services.seed import seed_reference_data
 from wallet.settings import Settings
@@ -144,10 +143,9 @@ def _queries(kind: str) -> float:
 
 
 @pytest.fixture
-async def quiet_db(create_database) -> str:
+async def quiet_db(create_migrated_database) -> str:
     """A database of the test's own: nothing but the test's app scans its api_keys."""
-    url = await create_database()
-    await upgrade_to_head_async(url)
+    url = await create_migrated_database()
     conn = await asyncpg.connect(url)
     try:
         await seed_reference_data(conn)

@@ -219,19 +219,17 @@ async def test_metadata_numbers_come_back_as_sent_and_depth_is_bounded(admin, ma
     assert 400 <= answer.status_code < 500, answer.text
 
 
-async def test_a_replay_does_not_depend_on_todays_reference_data(create_database):
+async def test_a_replay_does_not_depend_on_todays_reference_data(create_migrated_database):
     """On a database of its own: it deactivates an asset, which other tests must not see."""
     import httpx
 
     from tests.support import bearer
     from wallet.api.app import create_app
-    from wallet.db.migrate import upgrade_to_head_async
     from wallet.services.api_keys import create_api_key
     from wallet.services.seed import seed_reference_data
     from wallet.settings import Settings
 
-    url = await create_database()
-    await upgrade_to_head_async(url)
+    url = await create_migrated_database()
     conn = await asyncpg.connect(url)
     try:
         await seed_reference_data(conn)

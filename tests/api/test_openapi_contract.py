@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from tools.service_process import ServiceProcess
 
 CHECKS = ",".join(
@@ -24,6 +25,7 @@ CHECKS = ",".join(
 )
 
 
+@pytest.mark.slow
 def test_schemathesis_finds_no_server_error_and_no_schema_violation(database_url, keys, tmp_path: Path):
     service = ServiceProcess({"WALLET_DATABASE_URL": database_url, "WALLET_LOG_LEVEL": "WARNING"})
     service.start()

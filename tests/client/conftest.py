@@ -20,13 +20,19 @@ import httpx
 import pytest
 from tools.service_process import ServiceProcess
 
-from wallet.db.migrate import upgrade_to_head_async
 from wallet.services.api_keys import create_api_key
 from wallet.services.seed import seed_reference_data
 from wallet_client import AsyncWalletClient, RetryPolicy, WalletClient
 
 # Short lock timeout, so a row lock the test holds turns a write into a real 503 quickly.
-SERVICE_ENV = {"WALLET_LOG_LEVEL": "WARNING", "WALLET_DB_LOCK_TIMEOUT_MS": "500"}
+# One connection kept when idle, and a burst's closed a second after it: with pytest-xdist each
+# worker runs a service of its own, and the server's max_connections is shared by all.
+SERVICE_ENV = {
+    "WALLET_LOG_LEVEL": "WARNING",
+    "WALLET_DB_LOCK_TIMEOUT_MS": "500",
+    "WALLET_DB_POOL_MIN_SIZE": "1",
+    "WALLET_DB_POOL_IDLE_TIMEOUT_MS": "1000",
+}
 # Fast retries for the tests (the service answers 503 with Retry-After: 1).
 TEST_RETRY = RetryPolicy(
     max_attempts=6, total_timeout=20, backoff_base=0.02, backoff_max=0.2, retry_after_max=0.1
@@ -44,10 +50,11 @@ class Service:
         return self.process.base_url
 
 
-async def prepare_database(create_database: Callable[..., Awaitable[str]]) -> tuple[str, dict[str, str]]:
+async def prepare_database(
+    create_migrated_database: Callable[[], Awaitable[str]],
+) -> tuple[str, dict[str, str]]:
     """A fresh database, migrated and seeded, with an API key per role the tests need."""
-    url = await create_database()
-    await upgrade_to_head_async(url)
+    url = await create_migrated_database()
     conn = await asyncpg.connect(url)
     try:
         await seed_reference_data(conn)
@@ -62,9 +69,9 @@ async def prepare_database(create_database: Callable[..., Awaitable[str]]) -> tu
 
 @pytest.fixture(scope="session")
 async def service(
-    create_database: Callable[..., Awaitable[str]], tmp_path_factory: Any
+    create_migrated_database: Callable[[], Awaitable[str]], tmp_path_factory: Any
 ) -> AsyncIterator[Service]:
-    url, keys = await prepare_database(create_database)
+    url, keys = await prepare_database(create_migrated_database)
     log_path = Path(tmp_path_factory.mktemp("client-service")) / "wallet.log"
     process = ServiceProcess({"WALLET_DATABASE_URL": url, **SERVICE_ENV}, log_path=log_path)
     await asyncio.to_thread(process.start)

@@ -23,7 +23,6 @@ import pytest
 from playwright.async_api import Page, async_playwright, expect
 from tools.service_process import ServiceProcess
 
-from wallet.db.migrate import upgrade_to_head_async
 from wallet.services.api_keys import create_api_key
 from wallet.services.seed import seed_demo_data
 
@@ -46,9 +45,10 @@ class Console:
 
 
 @pytest.fixture
-async def console(create_database: Callable[..., Awaitable[str]], tmp_path: Path) -> AsyncIterator[Console]:
-    url = await create_database()
-    await upgrade_to_head_async(url)
+async def console(
+    create_migrated_database: Callable[[], Awaitable[str]], tmp_path: Path
+) -> AsyncIterator[Console]:
+    url = await create_migrated_database()
     conn = await asyncpg.connect(url)
     try:
         await seed_demo_data(conn)  # Alice (user_001) and Bob, with three bonuses each
@@ -86,6 +86,7 @@ async def sign_in(page: Page, key: str) -> None:
     await expect(page.locator("#who")).to_be_visible()
 
 
+@pytest.mark.slow
 async def test_an_operator_finds_alice_adjusts_and_reverses_in_the_console(console: Console, capsys):
     base = console.service.base_url
     async with async_playwright() as playwright:

@@ -125,11 +125,10 @@ async def test_literal_constraints_say_what_the_rule_functions_say(pool):
         )
 
 
-async def test_migrate_replaces_a_constraint_whose_rule_changed(create_database):
+async def test_migrate_replaces_a_constraint_whose_rule_changed(create_migrated_database):
     """A constraint that no longer states the rule (as after a release changed a limit) is
     replaced by the next upgrade; one already right is left alone."""
-    url = await create_database()
-    await upgrade_to_head_async(url)
+    url = await create_migrated_database()
     conn = await asyncpg.connect(url)
     try:
         await conn.execute(

@@ -197,7 +197,15 @@ async def test_periodic_audits_of_several_workers_complete_clean_under_sustained
     writers = [asyncio.create_task(write(user)) for user in users]
     auditors = [asyncio.create_task(run_auditor(p, worker)) for p in pools]
     try:
-        await asyncio.sleep(6)
+        # Writes go on until the runs have done what is asserted below (at least six, moving on
+        # with the writes), which takes a few seconds; a run that stalls fails the deadline.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 60
+        while posted <= 100 or await pool.fetchval(
+            "SELECT count(*) < 6 OR count(DISTINCT to_seq) < 3 FROM audit_runs WHERE id > $1", first_run
+        ):
+            assert loop.time() < deadline, (posted, "the periodic audits did not keep up")
+            await asyncio.sleep(0.1)
         stop.set()
         await asyncio.gather(*writers)  # no write failed either
     finally:

@@ -21,8 +21,7 @@ import asyncpg
 import pytest
 
 from tests.services.test_verify import run_cli
-from tests.support import new_key
-from wallet.db.migrate import upgrade_to_head_async
+from tests.support import new_key, verify_books
 from wallet.db.sql_files import read_sql
 from wallet.services.seed import seed_reference_data
 from wallet.services.verify import verify_ledger
@@ -48,10 +47,9 @@ class Ledger:
 
 
 @pytest.fixture(scope="module")
-async def ledger(create_database) -> Ledger:
+async def ledger(create_migrated_database) -> Ledger:
     """A database of its own with every kind of posting for three users (alice, bob, carol)."""
-    url = await create_database()
-    await upgrade_to_head_async(url)
+    url = await create_migrated_database()
     conn = await asyncpg.connect(url)
     try:
         await seed_reference_data(conn)
@@ -128,16 +126,8 @@ async def ledger(create_database) -> Ledger:
     return Ledger(url, ids)
 
 
-async def _report(url: str) -> Any:
-    conn = await asyncpg.connect(url)
-    try:
-        return await verify_ledger(conn)
-    finally:
-        await conn.close()
-
-
 async def test_every_user_entry_is_chained_in_posting_order_and_verify_is_clean(ledger):
-    report = await _report(ledger.url)
+    report = await verify_books(ledger.url)
     assert report.clean, report.render()
     conn = await asyncpg.connect(ledger.url)
     try:
@@ -283,7 +273,7 @@ async def _tampered_copy(create_database, ledger: Ledger, sql: str, *args: Any) 
 async def test_verify_names_exactly_the_edited_transaction(create_database, ledger, case):
     target, sql = TAMPERING[case]
     copy = await _tampered_copy(create_database, ledger, sql, ledger.ids[target])
-    report = await _report(copy)
+    report = await verify_books(copy)
     rendered = report.render()
     assert not report.clean
     broken = report.problems[CHAIN_BROKEN]
@@ -326,7 +316,7 @@ async def test_verify_names_a_transaction_whose_system_entry_was_moved(create_da
         "   AND p.system_code = 'SYSTEM_PROMOTIONS' AND p.asset_code = 'GOLD_COINS'",
         target,
     )
-    report = await _report(copy)
+    report = await verify_books(copy)
     (moved,) = report.problems[SYSTEM_ENTRY]
     assert f"transaction {target} (" in moved
     assert "entry 2 is on SYSTEM_PROMOTIONS GOLD_COINS, expected" in moved
@@ -348,7 +338,7 @@ async def test_a_removed_link_is_reported_as_a_gap_and_its_entry_as_unchained(cr
     copy = await _tampered_copy(
         create_database, ledger, "DELETE FROM ledger_chain WHERE transaction_id = $1", target
     )
-    report = await _report(copy)
+    report = await verify_books(copy)
     (unchained,) = report.problems[NOT_CHAINED]
     assert f"transaction {target} entry 1" in unchained and unchained.endswith("not chained")
     # The refund was alice's 5th link: the capture, 6th, now follows the 4th.

@@ -716,6 +716,7 @@ async def _run(database_url: str, operations: list[tuple], openings: list[int] |
         await conn.close()
 
 
+@pytest.mark.slow
 @settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(openings=OPENINGS, operations=st.lists(OPERATION, min_size=20, max_size=60))
 def test_ledger_operations_match_a_simple_model(database_url, keys, openings, operations):

@@ -11,7 +11,6 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from wallet.db.migrate import upgrade_to_head_async
 from wallet.domain.rules import SystemAccount
 from wallet.services.seed import DEMO_USERS
 
@@ -49,10 +48,8 @@ async def counts(url: str) -> tuple[int, int, int, int]:
 
 
 @pytest.fixture
-async def two_fresh_databases(create_database):
-    first, second = await create_database(), await create_database()
-    await upgrade_to_head_async(first)
-    await upgrade_to_head_async(second)
+async def two_fresh_databases(create_migrated_database):
+    first, second = await create_migrated_database(), await create_migrated_database()
     return first, second
 
 

@@ -10,9 +10,8 @@ from urllib.parse import urlsplit
 import asyncpg
 import pytest
 
-from wallet.db.migrate import upgrade_to_head_async
+from tests.support import verify_books
 from wallet.services.seed import seed_demo_data
-from wallet.services.verify import verify_ledger
 
 
 def run_cli(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -25,11 +24,7 @@ def run_cli(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
 @pytest.mark.last
 async def test_verify_is_clean_after_the_whole_suite(database_url):
     """Runs last: everything every other test posted, raced and rejected still balances."""
-    conn = await asyncpg.connect(database_url)
-    try:
-        report = await verify_ledger(conn)
-    finally:
-        await conn.close()
+    report = await verify_books(database_url)
     assert report.clean, report.render()
     assert report.transactions > 100
     result = run_cli(database_url, "verify")
@@ -37,9 +32,8 @@ async def test_verify_is_clean_after_the_whole_suite(database_url):
     assert "OK: the books balance" in result.stdout
 
 
-async def test_verify_fails_on_a_corrupted_copy(create_database, server_url):
-    original = await create_database()
-    await upgrade_to_head_async(original)
+async def test_verify_fails_on_a_corrupted_copy(create_database, create_migrated_database, server_url):
+    original = await create_migrated_database()
     conn = await asyncpg.connect(original)
     try:
         await seed_demo_data(conn)

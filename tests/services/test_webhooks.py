@@ -27,7 +27,6 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from tests.support import bearer, new_key
 from wallet.api.app import create_app
-from wallet.db.migrate import upgrade_to_head_async
 from wallet.services.api_keys import create_api_key
 from wallet.services.events import Position, prune_events
 from wallet.services.seed import seed_reference_data
@@ -131,9 +130,8 @@ def receiver() -> Any:
 
 
 @pytest.fixture
-async def hooks_db(create_database) -> str:
-    url = await create_database()
-    await upgrade_to_head_async(url)
+async def hooks_db(create_migrated_database) -> str:
+    url = await create_migrated_database()
     conn = await asyncpg.connect(url)
     try:
         await seed_reference_data(conn)

@@ -127,6 +127,7 @@ async def create_pool(settings: Settings, database_url: str) -> asyncpg.Pool:
         asyncpg_url(database_url),
         min_size=min(settings.db_pool_min_size, settings.db_pool_max_size),
         max_size=settings.db_pool_max_size,
+        max_inactive_connection_lifetime=settings.db_pool_idle_timeout_ms / 1000,
         timeout=settings.db_connect_timeout_ms / 1000,
         command_timeout=(settings.db_statement_timeout_ms + 1_000) / 1000,
         server_settings=startup_parameters(settings),

@@ -60,7 +60,7 @@ START = Position(0, 0)  # before every event
 # Events after a position that every reader may see, in feed order. `(txid, seq) > (...)` and
 # `txid < horizon` are both bounds of the primary key's index scan.
 PAGE_SQL = """
-SELECT e.txid, e.seq, e.type, e.payload::text AS payload,
+SELECT e.txid, e.seq, e.type, wallet_event_payload(e.type, e.payload)::text AS payload,
        to_char(e.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS created_at
 FROM events e
 WHERE (e.txid, e.seq) > ($1::xid8, $2::bigint)

@@ -675,3 +675,9 @@ def check_client(base_url: object, timeout: object, retry: object, rng: object) 
     if rng is not None and not isinstance(rng, random.Random):
         raise _type_error("rng", "a random.Random or None", rng)
     return float(timeout)
+
+
+def check_transport(transport: object, kind: type) -> None:
+    """`transport` is None or an instance of `kind` (httpx's sync or async base transport)."""
+    if transport is not None and not isinstance(transport, kind):
+        raise TypeError(f"transport must be an httpx.{kind.__name__} or None, got {type(transport).__name__}")

@@ -1,9 +1,11 @@
-"""`AsyncWalletClient`: the asyncio client, method for method the same as `WalletClient`;
-requests, parsing and retries come from `wallet_client._core`, shared with it."""
+"""The client of the wallet API, one method per endpoint, in two faces: `AsyncWalletClient`
+(async_client.py, the source) and `WalletClient` (client.py, which unasync writes from
+async_client.py when the package is built: clients/python/unasync_client.py). Requests, parsing
+and retries come from `wallet_client._core`; what differs between the faces (an attempt within its
+timeout, the pause between attempts) from `_io_async` and `_io_sync`."""
 
 from __future__ import annotations
 
-import asyncio
 import random
 from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import datetime
@@ -12,7 +14,7 @@ from typing import Any, Literal, TypeVar
 
 import httpx
 
-from wallet_client import _core
+from wallet_client import _core, _io_async
 from wallet_client._core import Attempts, Call, RetryPolicy
 from wallet_client.models import (
     AssetType,
@@ -32,7 +34,7 @@ T = TypeVar("T")
 
 
 class AsyncWalletClient:
-    """Asynchronous (asyncio) client of the wallet API; see `WalletClient` for the semantics.
+    """Client of the wallet API (`WalletClient` blocks, `AsyncWalletClient` is for asyncio).
 
     `base_url` is the service root (`http://127.0.0.1:8000`). `timeout` bounds each attempt as a
     whole (seconds): connecting, sending, and the answer's headers and body in full, however
@@ -55,10 +57,7 @@ class AsyncWalletClient:
         rng: random.Random | None = None,
     ) -> None:
         self.timeout = _core.check_client(base_url, timeout, retry, rng)
-        if transport is not None and not isinstance(transport, httpx.AsyncBaseTransport):
-            raise TypeError(
-                f"transport must be an httpx.AsyncBaseTransport or None, got {type(transport).__name__}"
-            )
+        _core.check_transport(transport, httpx.AsyncBaseTransport)
         self.retry = retry or RetryPolicy()
         self._rng = rng or random.Random()
         self._http = httpx.AsyncClient(
@@ -81,25 +80,13 @@ class AsyncWalletClient:
         while True:
             outcome: httpx.Response | httpx.TransportError
             try:
-                outcome = await self._attempt(attempts.request())
+                outcome = await _io_async.attempt(self._http, attempts.request())
             except httpx.TransportError as exc:
                 outcome = exc
             delay = attempts.retry_delay(outcome)
             if delay is None:
                 return attempts.finish(outcome)
-            await asyncio.sleep(delay)
-
-    async def _attempt(self, request: dict[str, Any]) -> httpx.Response:
-        """One attempt, in full within its timeout: httpx's timeout bounds each network read, so a
-        body trickling in a byte at a time held an attempt for as long as the server liked."""
-        budget: float = request["timeout"]
-        try:
-            async with asyncio.timeout(budget):
-                return await self._http.request(**request)
-        except TimeoutError:
-            raise httpx.ReadTimeout(
-                f"no complete answer within {budget:.3g} s (the attempt's timeout)"
-            ) from None
+            await _io_async.sleep(delay)
 
     # Service
 

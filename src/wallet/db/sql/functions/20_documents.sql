@@ -54,10 +54,14 @@ LANGUAGE sql STABLE AS $$
         'hold_id', p_hold_id)
 $$;
 
--- Stored transactions as a JSON array, in the order of the ids given.
+-- Stored transactions as a JSON array, in the order of the ids given: as they read now
+-- (reversed_amount counts the reversals since), or, p_as_posted, as they were answered when
+-- posted (nothing reversed yet): the write's answer and every replay of it are rendered by this
+-- one function from the stored rows, so they are the same document, byte for byte.
 -- PL/pgSQL rather than SQL: PostgreSQL re-plans a non-inlined SQL function on every call;
 -- PL/pgSQL caches the plan.
-CREATE OR REPLACE FUNCTION wallet_transactions_json(p_transaction_ids uuid[]) RETURNS jsonb
+CREATE OR REPLACE FUNCTION wallet_transactions_document(p_transaction_ids uuid[], p_as_posted boolean)
+RETURNS jsonb
 LANGUAGE plpgsql STABLE AS $$
 BEGIN
     RETURN (
@@ -68,13 +72,22 @@ BEGIN
                                                     a.kind, e.amount_minor) ORDER BY e.entry_no)
              FROM ledger_entries e JOIN accounts a ON a.id = e.account_id
              WHERE e.transaction_id = t.id))
-            || wallet_transaction_extras(t.reverses, coalesce(r.reversed_amount_minor, 0), t.counterparty_user_id,
-                                         t.counterparty_balance_after_minor, t.fee_minor, t.hold_id)
+            || wallet_transaction_extras(t.reverses,
+                                         CASE WHEN p_as_posted THEN 0
+                                              ELSE coalesce((SELECT r.reversed_amount_minor FROM reversal_totals r
+                                                              WHERE r.transaction_id = t.id), 0) END,
+                                         t.counterparty_user_id, t.counterparty_balance_after_minor, t.fee_minor,
+                                         t.hold_id)
             || jsonb_build_object('lots', wallet_transaction_lots(t.id))
         ORDER BY ids.n), '[]'::jsonb)
         FROM unnest(p_transaction_ids) WITH ORDINALITY AS ids(id, n)
-        JOIN transactions t ON t.id = ids.id
-        LEFT JOIN reversal_totals r ON r.transaction_id = t.id);
+        JOIN transactions t ON t.id = ids.id);
+END $$;
+
+CREATE OR REPLACE FUNCTION wallet_transactions_json(p_transaction_ids uuid[]) RETURNS jsonb
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN wallet_transactions_document(p_transaction_ids, false);
 END $$;
 
 CREATE OR REPLACE FUNCTION wallet_transaction_json(p_transaction_id uuid) RETURNS jsonb

@@ -17,10 +17,82 @@ LANGUAGE sql STABLE AS $$
                'expires_in_seconds', p_expires_in_seconds)))::text, 'UTF8'))
 $$;
 
+-- The stored answers of (caller, key) pairs, for the n-th of parallel arrays: the stored outcome
+-- (a replay), or `idempotency_key_reused` if the stored request's fingerprint differs. Pairs
+-- with nothing stored are left out. A record of a posted transaction keeps its id and renders
+-- its document again, as the write answered it (wallet_transactions_document, as posted, with
+-- the lots kept as answered if any: see wallet_idempotency_store);
+-- records of refusals, holds and batches, and all written before, keep their body verbatim.
+-- The one reader of idempotency_keys: single writes (wallet_idempotency_lookup) and group
+-- commit (wallet_post_group) alike.
+CREATE OR REPLACE FUNCTION wallet_idempotency_stored(p_api_key_ids bigint[], p_keys text[], p_fingerprints bytea[])
+RETURNS TABLE (n integer, outcome text, body jsonb, replayed boolean)
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN QUERY
+        SELECT w.n::integer,
+               CASE WHEN k.request_sha256 <> w.fingerprint THEN 'idempotency_key_reused' ELSE k.outcome END,
+               CASE WHEN k.request_sha256 <> w.fingerprint THEN
+                        wallet_error_body('idempotency_key_reused',
+                            'this idempotency key was already used with a different request', 'idempotency_key')
+                    WHEN k.transaction_id IS NULL THEN k.response_body
+                    ELSE (wallet_transactions_document(ARRAY[k.transaction_id], true) -> 0)
+                         || coalesce(k.response_body, '{}'::jsonb) END,
+               k.request_sha256 = w.fingerprint
+          FROM unnest(p_api_key_ids, p_keys, p_fingerprints) WITH ORDINALITY AS w(api_key_id, key, fingerprint, n)
+          JOIN idempotency_keys k ON k.api_key_id = w.api_key_id AND k.key = w.key;
+END $$;
+
+-- Stores the outcomes of requests (parallel arrays): the one writer of idempotency_keys. A
+-- posted transaction's record keeps its id (p_transaction_ids) and no body: a replay renders it.
+-- Only the lots it moved are kept as answered when they name an expiry: a lot's expiry is fixed
+-- (credit_lots_identity_fixed), but the answer must not depend on it, even where tests make time
+-- pass by moving one.
+CREATE OR REPLACE FUNCTION wallet_idempotency_store(
+    p_api_key_ids bigint[], p_keys text[], p_fingerprints bytea[], p_outcomes text[], p_bodies jsonb[],
+    p_transaction_ids uuid[]) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO idempotency_keys (api_key_id, key, request_sha256, outcome, response_body, transaction_id)
+    SELECT w.api_key_id, w.key, w.fingerprint, w.outcome,
+           CASE WHEN w.transaction_id IS NULL THEN w.body
+                WHEN jsonb_path_exists(w.body, '$.lots[*] ? (@.expires_at != null)')
+                THEN jsonb_build_object('lots', w.body -> 'lots') END,
+           w.transaction_id
+      FROM unnest(p_api_key_ids, p_keys, p_fingerprints, p_outcomes, p_bodies, p_transaction_ids)
+           AS w(api_key_id, key, fingerprint, outcome, body, transaction_id);
+END $$;
+
+-- The same for one request.
+CREATE OR REPLACE FUNCTION wallet_idempotency_store_one(
+    p_api_key_id bigint, p_key text, p_fingerprint bytea, p_outcome text, p_body jsonb,
+    p_transaction_id uuid DEFAULT NULL) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM wallet_idempotency_store(ARRAY[p_api_key_id], ARRAY[p_key], ARRAY[p_fingerprint], ARRAY[p_outcome],
+                                     ARRAY[p_body], ARRAY[p_transaction_id]);
+END $$;
+
+-- The body of every `insufficient_funds`: what the user's account (p_covered_by: 'balance' or
+-- 'available', see wallet_posting) cannot cover, or which operation of a batch (numbered from 0).
+CREATE OR REPLACE FUNCTION wallet_insufficient_funds_body(
+    p_user_id text, p_asset_code text, p_amount_minor bigint, p_covered_by text DEFAULT 'available',
+    p_operation integer DEFAULT NULL, p_note text DEFAULT NULL) RETURNS jsonb
+LANGUAGE sql STABLE AS $$
+    SELECT wallet_error_body('insufficient_funds',
+        CASE WHEN p_operation IS NOT NULL
+             THEN format('operation %s: available balance is less than %s', p_operation, p_amount_minor)
+             ELSE format('%s of %s %s is less than %s',
+                         CASE WHEN p_covered_by = 'balance' THEN 'balance' ELSE 'available balance' END,
+                         p_user_id, p_asset_code, p_amount_minor) END
+        || coalesce(' ' || p_note, ''),
+        CASE WHEN p_operation IS NOT NULL THEN format('operations[%s].amount', p_operation) ELSE 'amount' END)
+$$;
+
 -- Serialises requests that share (caller, key) and answers a repeat from the stored outcome.
--- Returns NULLs when the key is new: the caller then does the work and inserts its outcome into
--- idempotency_keys in the same database transaction. Otherwise returns the answer to give:
--- the stored outcome (a replay), `idempotency_key_reused` if the stored request differs, or
+-- Returns NULLs when the key is new: the caller then does the work and stores its outcome
+-- (wallet_idempotency_store) in the same database transaction. Otherwise returns the answer to
+-- give: the stored outcome (a replay), `idempotency_key_reused` if the stored request differs, or
 -- `idempotency_key_in_use` if another request holding the key outlasts lock_timeout.
 -- The lock is a transaction-scoped advisory lock: it lives in memory, not in a table, so claiming
 -- it writes nothing; a second request with the key waits on it until the first commits, then
@@ -29,8 +101,6 @@ CREATE OR REPLACE FUNCTION wallet_idempotency_lookup(
     p_api_key_id bigint, p_idempotency_key text, p_fingerprint bytea,
     OUT outcome text, OUT body jsonb, OUT replayed boolean)
 LANGUAGE plpgsql AS $$
-DECLARE
-    v_stored record;
 BEGIN
     replayed := false;
     BEGIN
@@ -42,18 +112,7 @@ BEGIN
             'idempotency_key');
         RETURN;
     END;
-    SELECT k.request_sha256, k.outcome, k.response_body INTO v_stored
-        FROM idempotency_keys k WHERE k.api_key_id = p_api_key_id AND k.key = p_idempotency_key;
-    IF NOT FOUND THEN
-        RETURN;
-    END IF;
-    IF v_stored.request_sha256 <> p_fingerprint THEN
-        outcome := 'idempotency_key_reused';
-        body := wallet_error_body('idempotency_key_reused',
-            'this idempotency key was already used with a different request', 'idempotency_key');
-        RETURN;
-    END IF;
-    outcome := v_stored.outcome;
-    body := v_stored.response_body;
-    replayed := true;
+    SELECT s.outcome, s.body, s.replayed INTO outcome, body, replayed
+      FROM wallet_idempotency_stored(ARRAY[p_api_key_id], ARRAY[p_idempotency_key], ARRAY[p_fingerprint]) AS s;
+    replayed := coalesce(replayed, false);
 END $$;

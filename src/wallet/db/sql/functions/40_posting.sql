@@ -1,22 +1,293 @@
 -- Re-installed by every `wallet migrate` (after the versioned migrations); see wallet.db.migrate.
 -- Posting.
 
--- Posts a top-up, bonus or spend for one user, idempotently.
---
--- Order of work, which is also the lock order (deadlock-free: every caller takes at most one
--- idempotency lock, then user account rows, always in this order):
---   1. take the key's lock; a stored outcome for it is replayed (before anything else about the
---      request is looked at, so a replay does not depend on today's reference data);
---   2. resolve the user's and the system account (no lock); unknown user or asset ->
---      `user_not_found` / `asset_type_not_found`, nothing written, nothing stored;
---   3. the user's cached balance is updated under its row lock only if it stays covered and
---      none of the account's lots has expired (else holds and lots past their time are released
---      and expired, and the update is tried once more; a credit expires due lots before it);
---      a short balance -> `insufficient_funds`, stored;
---   4. in one statement, update the balance and write the transaction and its two entries
---      (the system account row is never locked);
---   5. store the response under the key.
--- Returns the outcome (a catalogue code), the response body and whether it is a replay.
+-- The posting core: the one writer of `transactions` and `ledger_entries`. Every kind of
+-- posting (single writes, group commit, batches, transfers, reversals, captures, expiries) is a
+-- row of wallet_posting (migration 0011) built by its own thin function; this posts any number of
+-- them, in array order:
+--   1. every user account of every leg is locked, in ascending id (callers may hold some already:
+--      their idempotency key first, then accounts in ascending id, then holds: the lock order of
+--      every write);
+--   2. unless p_expire_due is false (an expiry, or a capture that expired what it keeps), the
+--      due lots of the accounts the postings debit are expired first, each in an expiry posting
+--      of its own (wallet_expire_lots); an account the postings only credit, or one with open
+--      holds that they credit, expires them in one expiry posted just before the postings, only
+--      if they go through (a transfer its sender cannot pay leaves the receiver as it was), and
+--      there its holds rest on the credits: its due credits go as far as the credits replace them;
+--   3. each posting's debits are checked against the running balances (what p.covered_by says
+--      they must leave; expired holds still counted in held_minor are released once per account
+--      when that alone makes one short);
+--   4. one INSERT writes every transaction, one every entry (the triggers then check the entries,
+--      fill and draw the lots, extend the hash chain and write the events), one UPDATE every
+--      balance.
+-- p_all_or_none: a short posting refuses them all (a batch) and nothing is written; otherwise
+-- (a group) each short posting is refused alone and the rest go through.
+-- Returns one row per posting: its transaction (NULL when refused) and, when p_documents, its
+-- document as posted (wallet_transactions_document); for a refused one, the account found short.
+CREATE OR REPLACE FUNCTION wallet_post(p_postings wallet_posting[], p_all_or_none boolean,
+                                       p_expire_due boolean DEFAULT true, p_documents boolean DEFAULT true)
+RETURNS TABLE (ord integer, transaction_id uuid, document jsonb, short_account_id bigint)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    v_n integer := cardinality(p_postings);
+    v_postings wallet_posting[] := p_postings;
+    v_accounts bigint[];      -- the user accounts of the legs, ascending
+    v_balances bigint[];      -- per account: its running balance
+    v_held bigint[];          -- per account: its running held amount
+    v_start_balances bigint[];
+    v_start_held bigint[];
+    v_released boolean[];     -- per account: expired holds released already
+    v_ids uuid[];             -- per posting: its transaction, if it goes through
+    v_balances_after bigint[];
+    v_counterparty_after bigint[];
+    v_negative boolean[];     -- per posting: an admin debt left below the holds
+    v_short bigint[];         -- per posting: the account found short
+    v_resting wallet_posting[] := '{}';
+    v_now timestamptz;
+    v_row record;
+    v_p wallet_posting;
+    v_k integer;
+    v_ok boolean;
+    v_try integer;
+    v_new bigint;
+    v_first_short integer;
+    v_due boolean;            -- some account has a lot past its expiry
+    v_uncovered boolean := false;
+    v_setting text;
+    v_documents jsonb;
+BEGIN
+    IF v_n IS NULL OR v_n < 1 OR EXISTS (
+           SELECT 1 FROM unnest(p_postings) AS p
+            WHERE cardinality(p.account_ids) < 2 OR cardinality(p.account_ids) <> cardinality(p.amounts_minor)
+               OR p.covered_by NOT IN ('available', 'balance', 'nothing') OR p.amount_minor IS NULL
+               OR p.amount_minor <= 0) THEN
+        RAISE EXCEPTION 'invalid postings: each needs a positive amount, two or more legs and a known cover'
+            USING ERRCODE = 'check_violation';
+    END IF;
+
+    -- 1. The user accounts, locked in ascending id, read in the same statement (the lock is
+    --    taken before the row is read: the values are the committed ones after any wait).
+    SELECT array_agg(l.id ORDER BY l.id), array_agg(l.balance_minor ORDER BY l.id),
+           array_agg(l.held_minor ORDER BY l.id), coalesce(bool_or(l.lots_expire_at <= clock_timestamp()), false)
+      INTO v_accounts, v_balances, v_held, v_due
+      FROM (SELECT a.id, a.balance_minor, a.held_minor, a.lots_expire_at FROM accounts a
+             WHERE a.id = ANY (ARRAY(SELECT DISTINCT l.id FROM unnest(p_postings) AS p, unnest(p.account_ids) AS l(id)))
+               AND a.kind = 'user'
+             ORDER BY a.id FOR UPDATE) AS l;
+
+    -- 2. Due lots (only when an account has some: most postings skip this step).
+    IF p_expire_due AND v_due THEN
+        v_now := clock_timestamp();
+        FOR v_row IN
+            SELECT a.id, a.held_minor, c.credits, c.debited
+              FROM (SELECT l.id, sum(greatest(l.amount, 0))::bigint AS credits, bool_or(l.amount < 0) AS debited
+                      FROM unnest(p_postings) AS p, unnest(p.account_ids, p.amounts_minor) AS l(id, amount)
+                     GROUP BY l.id) AS c
+             CROSS JOIN LATERAL (SELECT x.id, x.held_minor FROM accounts x
+                                  WHERE x.id = c.id AND x.kind = 'user' AND x.lots_expire_at <= v_now LIMIT 1) AS a
+             ORDER BY a.id
+        LOOP
+            IF v_row.debited AND (v_row.credits = 0 OR v_row.held_minor = 0) THEN
+                PERFORM wallet_expire_lots(v_row.id);
+            ELSE
+                v_p := wallet_resting_expiry(v_row.id, v_row.credits);
+                IF v_p.amount_minor > 0 THEN
+                    v_resting := v_resting || v_p;
+                END IF;
+            END IF;
+        END LOOP;
+        IF cardinality(v_resting) > 0 THEN
+            v_postings := v_resting || v_postings;
+        END IF;
+        -- Read again: expiries and released holds changed them.
+        SELECT array_agg(a.id ORDER BY a.id), array_agg(a.balance_minor ORDER BY a.id),
+               array_agg(a.held_minor ORDER BY a.id)
+          INTO v_accounts, v_balances, v_held
+          FROM accounts a
+         WHERE a.id = ANY (v_accounts);
+    END IF;
+    v_start_balances := v_balances;
+    v_start_held := v_held;
+    v_released := array_fill(false, ARRAY[cardinality(v_accounts)]);
+    v_ids := array_fill(NULL::uuid, ARRAY[cardinality(v_postings)]);
+    v_balances_after := array_fill(NULL::bigint, ARRAY[cardinality(v_postings)]);
+    v_counterparty_after := v_balances_after;
+    v_negative := array_fill(false, ARRAY[cardinality(v_postings)]);
+    v_short := v_balances_after;
+
+    -- 3. The running balances, posting by posting.
+    FOR i IN 1..cardinality(v_postings) LOOP
+        v_p := v_postings[i];
+        FOR v_try IN 1..2 LOOP
+            v_ok := true;
+            FOR j IN 1..cardinality(v_p.account_ids) LOOP
+                v_k := array_position(v_accounts, v_p.account_ids[j]);
+                CONTINUE WHEN v_k IS NULL OR v_p.amounts_minor[j] >= 0 OR v_p.covered_by = 'nothing';
+                v_new := v_balances[v_k] + v_p.amounts_minor[j];
+                IF v_new < 0 OR (v_p.covered_by = 'available' AND v_new - v_held[v_k]
+                                 - CASE WHEN j = 1 THEN coalesce(v_p.held_change_minor, 0) ELSE 0 END < 0) THEN
+                    v_ok := false;
+                    v_short[i] := v_accounts[v_k];
+                    EXIT;
+                END IF;
+            END LOOP;
+            EXIT WHEN v_ok;
+            v_k := array_position(v_accounts, v_short[i]);
+            EXIT WHEN v_held[v_k] = 0 OR v_released[v_k];
+            -- Expired holds may still be counted in held_minor: release them (under the lock).
+            PERFORM wallet_release_expired_holds(v_accounts[v_k]);
+            v_held[v_k] := v_held[v_k] - (v_start_held[v_k] - (SELECT a.held_minor FROM accounts a WHERE a.id = v_accounts[v_k]));
+            v_start_held[v_k] := (SELECT a.held_minor FROM accounts a WHERE a.id = v_accounts[v_k]);
+            v_released[v_k] := true;
+            v_short[i] := NULL;
+        END LOOP;
+        IF NOT v_ok THEN
+            CONTINUE WHEN NOT p_all_or_none;
+            v_first_short := i;
+            EXIT;
+        END IF;
+        FOR j IN 1..cardinality(v_p.account_ids) LOOP
+            v_k := array_position(v_accounts, v_p.account_ids[j]);
+            CONTINUE WHEN v_k IS NULL;
+            v_balances[v_k] := v_balances[v_k] + v_p.amounts_minor[j];
+            IF j = 1 THEN
+                v_held[v_k] := v_held[v_k] + coalesce(v_p.held_change_minor, 0);
+                v_balances_after[i] := v_balances[v_k];
+                v_negative[i] := coalesce(v_p.allow_negative, false) AND v_balances[v_k] < v_held[v_k];
+            ELSIF j = 2 AND v_p.counterparty_user_id IS NOT NULL THEN
+                v_counterparty_after[i] := v_balances[v_k];
+            END IF;
+        END LOOP;
+        v_ids[i] := coalesce(v_p.id, gen_random_uuid());
+        v_uncovered := v_uncovered OR v_p.covered_by = 'nothing';
+    END LOOP;
+
+    IF v_first_short IS NOT NULL THEN
+        RETURN QUERY SELECT (w.i - cardinality(v_resting))::integer, NULL::uuid, NULL::jsonb,
+                            CASE WHEN w.i = v_first_short THEN v_short[w.i] END
+                       FROM generate_series(cardinality(v_resting) + 1, cardinality(v_postings)) AS w(i);
+        RETURN;
+    END IF;
+
+    -- 4. The writes: every transaction, every entry, every balance.
+    IF v_uncovered THEN
+        v_setting := current_setting('wallet.allow_negative', true);
+        PERFORM set_config('wallet.allow_negative', 'on', true);  -- this transaction only
+    END IF;
+    WITH posted AS (
+        INSERT INTO transactions (id, type, api_key_id, idempotency_key, user_id, asset_code, amount_minor,
+                                  balance_after_minor, description, metadata, reverses, counterparty_user_id,
+                                  counterparty_balance_after_minor, fee_minor, hold_id, allow_negative, request_id,
+                                  credit_expires_at)
+        SELECT v_ids[p.ordinality], p.type, p.api_key_id, p.idempotency_key, p.user_id, p.asset_code, p.amount_minor,
+               v_balances_after[p.ordinality], p.description, coalesce(p.metadata, '{}'::jsonb), p.reverses,
+               p.counterparty_user_id, v_counterparty_after[p.ordinality], coalesce(p.fee_minor, 0), p.hold_id,
+               v_negative[p.ordinality], p.request_id,
+               coalesce(p.credit_expires_at, clock_timestamp() + make_interval(secs => p.credit_expires_in_seconds))
+          FROM unnest(v_postings) WITH ORDINALITY AS p
+         WHERE v_ids[p.ordinality] IS NOT NULL
+         ORDER BY p.ordinality
+        RETURNING 1
+    ), entries AS (
+        INSERT INTO ledger_entries (transaction_id, entry_no, account_id, asset_code, amount_minor)
+        SELECT v_ids[p.ordinality], l.entry_no::smallint, l.account_id, p.asset_code, l.amount_minor
+          FROM unnest(v_postings) WITH ORDINALITY AS p
+         CROSS JOIN LATERAL unnest(p.account_ids, p.amounts_minor) WITH ORDINALITY AS l(account_id, amount_minor, entry_no)
+         WHERE v_ids[p.ordinality] IS NOT NULL
+         ORDER BY p.ordinality, l.entry_no
+        RETURNING 1
+    ), balances AS (
+        -- Found by = ANY (an index scan whatever the planner guesses of the set's size).
+        UPDATE accounts a SET balance_minor = v_balances[array_position(v_accounts, a.id)],
+                              held_minor = v_held[array_position(v_accounts, a.id)]
+         WHERE a.id = ANY (ARRAY(SELECT v_accounts[w.k] FROM generate_series(1, cardinality(v_accounts)) AS w(k)
+                                  WHERE v_balances[w.k] <> v_start_balances[w.k] OR v_held[w.k] <> v_start_held[w.k]))
+        RETURNING 1
+    )
+    SELECT (SELECT count(*) FROM posted) + (SELECT count(*) FROM entries) + (SELECT count(*) FROM balances) INTO v_try;
+    IF v_uncovered THEN
+        PERFORM set_config('wallet.allow_negative', coalesce(v_setting, ''), true);
+    END IF;
+
+    IF p_documents THEN
+        v_documents := wallet_transactions_document(
+            ARRAY(SELECT v_ids[w.i] FROM generate_series(cardinality(v_resting) + 1, cardinality(v_postings)) AS w(i)
+                   WHERE v_ids[w.i] IS NOT NULL ORDER BY w.i), true);
+    END IF;
+    RETURN QUERY
+        SELECT (w.i - cardinality(v_resting))::integer, v_ids[w.i],
+               CASE WHEN v_ids[w.i] IS NOT NULL
+                    THEN v_documents -> ((count(v_ids[w.i]) OVER (ORDER BY w.i))::integer - 1) END,
+               v_short[w.i]
+          FROM generate_series(cardinality(v_resting) + 1, cardinality(v_postings)) AS w(i)
+         ORDER BY w.i;
+END $$;
+
+-- The expiry of p_amount_minor of the due credits of the (locked) account p_account, as of p_now,
+-- as a posting: user -, SYSTEM_BREAKAGE +, by the system's expiry key, covered by nothing (it
+-- takes credits that are gone already; more than the balance less held only when credits posted
+-- with it cover the holds again, see wallet_post).
+CREATE OR REPLACE FUNCTION wallet_expiry_posting(p_account accounts, p_amount_minor bigint, p_now timestamptz)
+RETURNS wallet_posting
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v_posting wallet_posting;
+BEGIN
+    SELECT 'expiry', k.api_key_id, 'expiry:' || gen_random_uuid(), p_account.user_id, p_account.asset_code,
+           p_amount_minor, 'credits expired unspent',
+           jsonb_build_object('expired_as_of', to_char(p_now AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')),
+           ARRAY[p_account.id, s.id], ARRAY[-p_amount_minor, p_amount_minor]
+      INTO STRICT v_posting.type, v_posting.api_key_id, v_posting.idempotency_key, v_posting.user_id,
+           v_posting.asset_code, v_posting.amount_minor, v_posting.description, v_posting.metadata,
+           v_posting.account_ids, v_posting.amounts_minor
+      FROM system_api_keys k, accounts s
+     WHERE k.purpose = 'expiry' AND s.system_code = wallet_rule_system_account('expiry')
+       AND s.asset_code = p_account.asset_code;
+    v_posting.covered_by := 'nothing';
+    RETURN v_posting;
+END $$;
+
+-- Posts that expiry on its own (wallet_expire_lots_for).
+CREATE OR REPLACE FUNCTION wallet_post_expiry(p_account accounts, p_amount_minor bigint, p_now timestamptz)
+RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM 1 FROM wallet_post(ARRAY[wallet_expiry_posting(p_account, p_amount_minor, p_now)], true, false, false);
+END $$;
+
+-- The expiry of a (locked) account's due credits that holds rest on credits of p_incoming_minor
+-- posted with it: what is due, as far as its balance plus those credits less its holds lets go
+-- (its expired holds released first), as a posting (wallet_expiry_posting); amount_minor 0:
+-- nothing goes. wallet_expire_lots_for's amount, posted by wallet_post with the credits.
+CREATE OR REPLACE FUNCTION wallet_resting_expiry(p_account_id bigint, p_incoming_minor bigint) RETURNS wallet_posting
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_account accounts;
+    v_now timestamptz := clock_timestamp();
+    v_due bigint;
+    v_amount bigint;
+    v_none wallet_posting;
+BEGIN
+    SELECT * INTO v_account FROM accounts WHERE id = p_account_id;
+    IF v_account.held_minor > 0 AND wallet_release_expired_holds(p_account_id) > 0 THEN
+        SELECT * INTO v_account FROM accounts WHERE id = p_account_id;
+    END IF;
+    SELECT coalesce(sum(l.remaining_minor), 0) INTO v_due
+      FROM credit_lots l WHERE l.account_id = p_account_id AND l.remaining_minor > 0 AND l.expires_at <= v_now;
+    v_amount := least(v_due, greatest(v_account.balance_minor + p_incoming_minor - v_account.held_minor, 0));
+    IF v_amount <= 0 THEN
+        v_none.amount_minor := 0;
+        RETURN v_none;
+    END IF;
+    RETURN wallet_expiry_posting(v_account, v_amount, v_now);
+END $$;
+
+-- Posts a top-up, bonus or spend for one user, idempotently: the key's lock and stored outcome
+-- first (a replay does not depend on today's reference data), then the user's and the system
+-- account (unknown user or asset -> `user_not_found` / `asset_type_not_found`, nothing stored),
+-- then one posting of two legs through wallet_post (the row lock, due lots, the cover check, the
+-- writes), and the outcome stored under the key.
 CREATE OR REPLACE FUNCTION wallet_post_transaction(
     p_api_key_id bigint, p_idempotency_key text, p_type text, p_user_id text, p_asset_code text,
     p_amount_minor bigint, p_description text, p_metadata jsonb, p_request_id text DEFAULT NULL,
@@ -25,14 +296,9 @@ CREATE OR REPLACE FUNCTION wallet_post_transaction(
 LANGUAGE plpgsql AS $$
 DECLARE
     v_fingerprint bytea;
-    v_user_account_id bigint;
-    v_system_account_id bigint;
-    v_system_code text := wallet_rule_system_account(p_type);
+    v_posting wallet_posting;
     v_delta_minor bigint;
-    v_transaction_id uuid;
-    v_balance_after_minor bigint;
-    v_created_at timestamptz;
-    v_attempt integer;
+    v_posted record;
 BEGIN
     replayed := false;
     IF p_amount_minor IS NULL OR p_amount_minor <= 0 OR NOT coalesce(wallet_rule_direct(p_type), false) THEN
@@ -52,18 +318,16 @@ BEGIN
     v_fingerprint := wallet_posting_fingerprint(p_type, p_user_id, p_asset_code, p_amount_minor,
                                                 p_description, p_metadata, p_expires_at, p_expires_in_seconds);
 
-    -- The key first: a retry is answered from what was stored, whatever has changed since in
-    -- the reference data (an asset deactivated, a user's id mistyped in the retry).
     SELECT l.outcome, l.body, l.replayed INTO outcome, body, replayed
         FROM wallet_idempotency_lookup(p_api_key_id, p_idempotency_key, v_fingerprint) AS l;
     IF outcome IS NOT NULL THEN
         RETURN;
     END IF;
 
-    SELECT u.id, s.id INTO v_user_account_id, v_system_account_id
+    SELECT ARRAY[u.id, s.id] INTO v_posting.account_ids
         FROM accounts u
         JOIN asset_types t ON t.code = u.asset_code AND t.is_active
-        JOIN accounts s ON s.system_code = v_system_code AND s.asset_code = u.asset_code
+        JOIN accounts s ON s.system_code = wallet_rule_system_account(p_type) AND s.asset_code = u.asset_code
         WHERE u.user_id = p_user_id AND u.asset_code = p_asset_code;
     IF NOT FOUND THEN
         SELECT m.outcome, m.body INTO outcome, body FROM wallet_missing_account(p_user_id, p_asset_code, 'user_id', 'asset_type') m;
@@ -71,70 +335,34 @@ BEGIN
     END IF;
     -- A bonus's own expires_at, judged now (after the key: a retry is answered from what was
     -- stored). Not stored when refused: the caller corrects it and retries with the same key.
-    -- expires_in_seconds counts from the moment the credit is written (under the row lock).
+    -- expires_in_seconds counts from the moment the credit is written.
     IF p_expires_at <= clock_timestamp() + interval '1 second' THEN
         outcome := 'validation_error';
         body := wallet_error_body(outcome, 'expires_at must be at least one second in the future', 'expires_at');
         RETURN;
     END IF;
 
-    -- A credit to an account with a lot past its expiry expires it first (under the row lock),
-    -- so the answer's balance_after is what a balance read at that instant says (a read leaves
-    -- due credits out, and those a hold reserved as far as this credit replaces them). A debit
-    -- does it below when it finds one.
-    IF v_delta_minor > 0 THEN
-        PERFORM wallet_expire_lots_for(a.id, 0, v_delta_minor) FROM accounts a
-         WHERE a.id = v_user_account_id AND a.lots_expire_at <= clock_timestamp();
-    END IF;
-
-    -- One statement: the balance update (the row lock), the transaction and both entries. The
-    -- cached held_minor may still count holds that have expired; if that alone makes a debit
-    -- short, they are released (under the row lock) and the statement runs once more.
-    FOR v_attempt IN 1..2 LOOP
-        WITH account AS (
-            UPDATE accounts SET balance_minor = balance_minor + v_delta_minor
-            WHERE id = v_user_account_id
-              AND (v_delta_minor > 0
-                   OR (balance_minor - held_minor + v_delta_minor >= 0
-                       AND NOT coalesce(lots_expire_at <= clock_timestamp(), false)))
-            RETURNING balance_minor
-        ), posted AS (
-            INSERT INTO transactions (type, api_key_id, idempotency_key, user_id, asset_code, amount_minor,
-                                      balance_after_minor, description, metadata, request_id, credit_expires_at)
-            SELECT p_type, p_api_key_id, p_idempotency_key, p_user_id, p_asset_code, p_amount_minor,
-                   account.balance_minor, p_description, p_metadata, p_request_id,
-                   coalesce(p_expires_at, clock_timestamp() + make_interval(secs => p_expires_in_seconds))
-            FROM account
-            RETURNING id, balance_after_minor, created_at
-        ), entries AS (
-            INSERT INTO ledger_entries (transaction_id, entry_no, account_id, asset_code, amount_minor)
-            SELECT posted.id, side.entry_no, side.account_id, p_asset_code, side.amount_minor
-            FROM posted CROSS JOIN (VALUES (1::smallint, v_user_account_id, v_delta_minor),
-                                           (2::smallint, v_system_account_id, -v_delta_minor))
-                                   AS side(entry_no, account_id, amount_minor)
-        )
-        SELECT posted.id, posted.balance_after_minor, posted.created_at
-            INTO v_transaction_id, v_balance_after_minor, v_created_at FROM posted;
-        EXIT WHEN v_transaction_id IS NOT NULL OR v_delta_minor > 0
-               OR wallet_release_expired(v_user_account_id) = 0;
-    END LOOP;
-
-    IF v_transaction_id IS NULL THEN
+    v_posting.type := p_type;
+    v_posting.api_key_id := p_api_key_id;
+    v_posting.idempotency_key := p_idempotency_key;
+    v_posting.request_id := p_request_id;
+    v_posting.user_id := p_user_id;
+    v_posting.asset_code := p_asset_code;
+    v_posting.amount_minor := p_amount_minor;
+    v_posting.description := p_description;
+    v_posting.metadata := p_metadata;
+    v_posting.credit_expires_at := p_expires_at;
+    v_posting.credit_expires_in_seconds := p_expires_in_seconds;
+    v_posting.amounts_minor := ARRAY[v_delta_minor, -v_delta_minor];
+    v_posting.covered_by := 'available';
+    SELECT p.transaction_id, p.document INTO v_posted FROM wallet_post(ARRAY[v_posting], true) AS p;
+    IF v_posted.transaction_id IS NULL THEN
         outcome := 'insufficient_funds';
-        body := wallet_error_body('insufficient_funds',
-            format('available balance of %s %s is less than %s', p_user_id, p_asset_code, p_amount_minor),
-            'amount');
+        body := wallet_insufficient_funds_body(p_user_id, p_asset_code, p_amount_minor);
     ELSE
         outcome := 'posted';
-        body := wallet_transaction_document(
-            v_transaction_id, p_type, 'posted', p_user_id, p_asset_code, p_amount_minor,
-            v_balance_after_minor, p_description, p_metadata, p_idempotency_key, v_created_at,
-            jsonb_build_array(
-                wallet_entry_document(v_user_account_id, p_user_id, 'user', v_delta_minor),
-                wallet_entry_document(v_system_account_id, v_system_code, 'system', -v_delta_minor)))
-            || wallet_transaction_extras(NULL, 0, NULL, NULL, 0, NULL)
-            || jsonb_build_object('lots', wallet_transaction_lots(v_transaction_id));
+        body := v_posted.document;
     END IF;
-    INSERT INTO idempotency_keys (api_key_id, key, request_sha256, outcome, response_body)
-        VALUES (p_api_key_id, p_idempotency_key, v_fingerprint, outcome, body);
+    PERFORM wallet_idempotency_store_one(p_api_key_id, p_idempotency_key, v_fingerprint, outcome, body,
+                                         v_posted.transaction_id);
 END $$;

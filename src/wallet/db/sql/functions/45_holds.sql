@@ -118,9 +118,7 @@ BEGIN
 
     IF NOT v_placed THEN
         outcome := 'insufficient_funds';
-        body := wallet_error_body('insufficient_funds',
-            format('available balance of %s %s is less than %s', p_user_id, p_asset_code, p_amount_minor),
-            'amount');
+        body := wallet_insufficient_funds_body(p_user_id, p_asset_code, p_amount_minor);
     ELSE
         INSERT INTO holds (api_key_id, idempotency_key, user_id, asset_code, account_id, amount_minor,
                            description, metadata, expires_at)
@@ -130,8 +128,7 @@ BEGIN
         outcome := 'posted';
         body := wallet_hold_document(v_hold);
     END IF;
-    INSERT INTO idempotency_keys (api_key_id, key, request_sha256, outcome, response_body)
-        VALUES (p_api_key_id, p_idempotency_key, v_fingerprint, outcome, body);
+    PERFORM wallet_idempotency_store_one(p_api_key_id, p_idempotency_key, v_fingerprint, outcome, body);
 END $$;
 
 -- Why an open-or-not hold cannot be captured or voided now, as (outcome, body); NULLs if it can.
@@ -187,10 +184,9 @@ DECLARE
     v_hold holds;
     v_locked record;
     v_amount_minor bigint;
-    v_revenue_account_id bigint;
-    v_balance_after_minor bigint;
+    v_posting wallet_posting;
+    v_posted record;
     v_transaction_id uuid;
-    v_created_at timestamptz;
 BEGIN
     replayed := false;
     p_metadata := coalesce(p_metadata, '{}'::jsonb);
@@ -233,44 +229,40 @@ BEGIN
             v_hold.amount_minor := v_amount_minor;  -- what is left to release below
             PERFORM wallet_expire_lots_for(v_hold.account_id, v_amount_minor, 0);
         END IF;
-        SELECT id INTO STRICT v_revenue_account_id FROM accounts
-            WHERE system_code = wallet_rule_system_account('capture') AND asset_code = v_hold.asset_code;
-        UPDATE accounts
-           SET balance_minor = balance_minor - v_amount_minor, held_minor = held_minor - v_hold.amount_minor
-         WHERE id = v_hold.account_id AND balance_minor - v_amount_minor >= 0
-         RETURNING balance_minor INTO v_balance_after_minor;
-        IF NOT FOUND THEN
-            -- Only possible for a user an admin clawback left in debt after the hold was placed.
-            -- (Capturing never makes balance - held worse: it takes at most what the hold held.)
+        -- One posting of the core (wallet_post), its due lots expired above: the balance must
+        -- cover it (capturing never makes balance - held worse: it takes at most what the hold
+        -- held; short only for a user an admin clawback left in debt after the hold was placed).
+        SELECT ARRAY[v_hold.account_id, s.id] INTO STRICT v_posting.account_ids FROM accounts s
+            WHERE s.system_code = wallet_rule_system_account('capture') AND s.asset_code = v_hold.asset_code;
+        v_posting.type := 'capture';
+        v_posting.api_key_id := p_api_key_id;
+        v_posting.idempotency_key := p_idempotency_key;
+        v_posting.request_id := p_request_id;
+        v_posting.user_id := v_hold.user_id;
+        v_posting.asset_code := v_hold.asset_code;
+        v_posting.amount_minor := v_amount_minor;
+        v_posting.description := coalesce(p_description, v_hold.description);
+        v_posting.metadata := p_metadata;
+        v_posting.hold_id := p_hold_id;
+        v_posting.amounts_minor := ARRAY[-v_amount_minor, v_amount_minor];
+        v_posting.held_change_minor := -v_hold.amount_minor;
+        v_posting.covered_by := 'balance';
+        SELECT p.transaction_id, p.document INTO v_posted FROM wallet_post(ARRAY[v_posting], true, false) AS p;
+        IF v_posted.transaction_id IS NULL THEN
             outcome := 'insufficient_funds';
-            body := wallet_error_body(outcome,
-                format('balance of %s %s is less than %s', v_hold.user_id, v_hold.asset_code, v_amount_minor),
-                'amount');
+            body := wallet_insufficient_funds_body(v_hold.user_id, v_hold.asset_code, v_amount_minor, 'balance');
         ELSE
-            WITH posted AS (
-                INSERT INTO transactions (type, api_key_id, idempotency_key, user_id, asset_code, amount_minor,
-                                          balance_after_minor, description, metadata, hold_id, request_id)
-                VALUES ('capture', p_api_key_id, p_idempotency_key, v_hold.user_id, v_hold.asset_code,
-                        v_amount_minor, v_balance_after_minor, coalesce(p_description, v_hold.description),
-                        p_metadata, p_hold_id, p_request_id)
-                RETURNING id, created_at
-            ), entries AS (
-                INSERT INTO ledger_entries (transaction_id, entry_no, account_id, asset_code, amount_minor)
-                SELECT posted.id, side.entry_no, side.account_id, v_hold.asset_code, side.amount_minor
-                FROM posted CROSS JOIN (VALUES (1::smallint, v_hold.account_id, -v_amount_minor),
-                                               (2::smallint, v_revenue_account_id, v_amount_minor))
-                                       AS side(entry_no, account_id, amount_minor)
-            )
-            SELECT id, created_at INTO v_transaction_id, v_created_at FROM posted;
+            v_transaction_id := v_posted.transaction_id;
             UPDATE holds SET status = 'captured', captured_amount_minor = v_amount_minor,
-                             capture_transaction_id = v_transaction_id, closed_at = v_created_at
+                             capture_transaction_id = v_transaction_id,
+                             closed_at = (SELECT t.created_at FROM transactions t WHERE t.id = v_transaction_id)
              WHERE id = p_hold_id;
             outcome := 'posted';
-            body := wallet_transaction_json(v_transaction_id);
+            body := v_posted.document;
         END IF;
     END IF;
-    INSERT INTO idempotency_keys (api_key_id, key, request_sha256, outcome, response_body)
-        VALUES (p_api_key_id, p_idempotency_key, v_fingerprint, outcome, body);
+    PERFORM wallet_idempotency_store_one(p_api_key_id, p_idempotency_key, v_fingerprint, outcome, body,
+                                         v_transaction_id);
 END $$;
 
 -- Releases an open hold without spending anything.
@@ -307,6 +299,5 @@ BEGIN
         outcome := 'applied';
         body := wallet_hold_document(v_hold);
     END IF;
-    INSERT INTO idempotency_keys (api_key_id, key, request_sha256, outcome, response_body)
-        VALUES (p_api_key_id, p_idempotency_key, v_fingerprint, outcome, body);
+    PERFORM wallet_idempotency_store_one(p_api_key_id, p_idempotency_key, v_fingerprint, outcome, body);
 END $$;

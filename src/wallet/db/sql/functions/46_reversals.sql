@@ -28,8 +28,8 @@ DECLARE
     v_amount_minor bigint;
     v_delta_minor bigint;
     v_allow_negative boolean;
-    v_balance_after_minor bigint;
-    v_held_minor bigint;
+    v_posting wallet_posting;
+    v_posted record;
     v_transaction_id uuid;
 BEGIN
     replayed := false;
@@ -107,48 +107,34 @@ BEGIN
                        '(an admin may claw back what was spent as a debt with allow_negative)',
                        v_clawable_minor, p_transaction_id, v_amount_minor) END, 'amount');
     ELSE
-        IF v_delta_minor > 0 THEN
-            -- A refund lets a hold rest on what it gives back: the due credits the hold reserved
-            -- go as far as the refund replaces them (as a read right after counts them).
-            PERFORM wallet_expire_lots_for(v_account_id, 0, v_delta_minor);
-        END IF;
-        IF v_allow_negative THEN
-            PERFORM set_config('wallet.allow_negative', 'on', true);  -- this transaction only
-        END IF;
-        FOR v_attempt IN 1..2 LOOP
-            UPDATE accounts SET balance_minor = balance_minor + v_delta_minor
-             WHERE id = v_account_id
-               AND (v_delta_minor > 0 OR v_allow_negative OR balance_minor - held_minor + v_delta_minor >= 0)
-             RETURNING balance_minor, held_minor INTO v_balance_after_minor, v_held_minor;
-            EXIT WHEN FOUND OR wallet_release_expired(v_account_id) = 0;
-        END LOOP;
-        PERFORM set_config('wallet.allow_negative', 'off', true);
-        IF v_balance_after_minor IS NULL THEN
+        -- One posting of the core (wallet_post): a refund lets a hold rest on what it gives back
+        -- (the due credits the hold reserved go as far as the refund replaces them, as a read
+        -- right after counts them); an admin's clawback may leave a debt.
+        v_posting.type := v_type;
+        v_posting.api_key_id := p_api_key_id;
+        v_posting.idempotency_key := p_idempotency_key;
+        v_posting.request_id := p_request_id;
+        v_posting.user_id := v_original.user_id;
+        v_posting.asset_code := v_original.asset_code;
+        v_posting.amount_minor := v_amount_minor;
+        v_posting.description := p_reason;
+        v_posting.metadata := p_metadata;
+        v_posting.reverses := p_transaction_id;
+        v_posting.allow_negative := v_allow_negative;
+        v_posting.account_ids := ARRAY[v_account_id, v_system_account_id];
+        v_posting.amounts_minor := ARRAY[v_delta_minor, -v_delta_minor];
+        v_posting.covered_by := CASE WHEN v_allow_negative THEN 'nothing' ELSE 'available' END;
+        SELECT p.transaction_id, p.document INTO v_posted FROM wallet_post(ARRAY[v_posting], true) AS p;
+        IF v_posted.transaction_id IS NULL THEN
             outcome := 'insufficient_funds';
-            body := wallet_error_body(outcome,
-                format('available balance of %s %s is less than %s (an admin may allow a debt with allow_negative)',
-                       v_original.user_id, v_original.asset_code, v_amount_minor), 'amount');
+            body := wallet_insufficient_funds_body(v_original.user_id, v_original.asset_code, v_amount_minor,
+                                                   p_note => '(an admin may allow a debt with allow_negative)');
         ELSE
-            WITH posted AS (
-                INSERT INTO transactions (type, api_key_id, idempotency_key, user_id, asset_code, amount_minor,
-                                          balance_after_minor, description, metadata, reverses, allow_negative,
-                                          request_id)
-                VALUES (v_type, p_api_key_id, p_idempotency_key, v_original.user_id, v_original.asset_code,
-                        v_amount_minor, v_balance_after_minor, p_reason, p_metadata, p_transaction_id,
-                        v_allow_negative AND v_balance_after_minor < v_held_minor, p_request_id)
-                RETURNING id
-            ), entries AS (
-                INSERT INTO ledger_entries (transaction_id, entry_no, account_id, asset_code, amount_minor)
-                SELECT posted.id, side.entry_no, side.account_id, v_original.asset_code, side.amount_minor
-                FROM posted CROSS JOIN (VALUES (1::smallint, v_account_id, v_delta_minor),
-                                               (2::smallint, v_system_account_id, -v_delta_minor))
-                                       AS side(entry_no, account_id, amount_minor)
-            )
-            SELECT id INTO v_transaction_id FROM posted;
             outcome := 'posted';
-            body := wallet_transaction_json(v_transaction_id);
+            body := v_posted.document;
+            v_transaction_id := v_posted.transaction_id;
         END IF;
     END IF;
-    INSERT INTO idempotency_keys (api_key_id, key, request_sha256, outcome, response_body)
-        VALUES (p_api_key_id, p_idempotency_key, v_fingerprint, outcome, body);
+    PERFORM wallet_idempotency_store_one(p_api_key_id, p_idempotency_key, v_fingerprint, outcome, body,
+                                         v_transaction_id);
 END $$;

@@ -2,6 +2,7 @@
 -- Transfers between users (gifts, trades): the sender pays the amount to the receiver and the
 -- fee, if any, to SYSTEM_REVENUE, in one transaction of three entries (two without a fee).
 --
+-- One posting of the core (wallet_post), three legs (two without a fee).
 -- Lock order: the idempotency key, then both users' account rows in ascending id, in one
 -- statement; two transfers crossing the same users in opposite directions lock them in the same
 -- order and cannot deadlock.
@@ -17,9 +18,8 @@ DECLARE
     v_to_account_id bigint;
     v_revenue_account_id bigint;
     v_debit_minor bigint;
-    v_from_balance_minor bigint;
-    v_to_balance_minor bigint;
-    v_transaction_id uuid;
+    v_posting wallet_posting;
+    v_posted record;
 BEGIN
     replayed := false;
     p_fee_minor := coalesce(p_fee_minor, 0);
@@ -59,47 +59,35 @@ BEGIN
         RETURN;
     END IF;
 
-    PERFORM 1 FROM accounts WHERE id IN (v_from_account_id, v_to_account_id) ORDER BY id FOR UPDATE;
-    FOR v_attempt IN 1..2 LOOP
-        UPDATE accounts SET balance_minor = balance_minor - v_debit_minor
-         WHERE id = v_from_account_id AND balance_minor - held_minor - v_debit_minor >= 0
-           AND NOT coalesce(lots_expire_at <= clock_timestamp(), false)
-         RETURNING balance_minor INTO v_from_balance_minor;
-        EXIT WHEN FOUND OR wallet_release_expired(v_from_account_id) = 0;
-    END LOOP;
-    IF v_from_balance_minor IS NULL THEN
-        outcome := 'insufficient_funds';
-        body := wallet_error_body(outcome,
-            format('available balance of %s %s is less than %s', p_from_user_id, p_asset_code, v_debit_minor),
-            'amount');
-    ELSE
-        -- The receiver's due lots are expired first (those a hold reserved as far as this credit
-        -- replaces them), so counterparty_balance_after is what a balance read right after says.
-        PERFORM wallet_expire_lots_for(a.id, 0, p_amount_minor) FROM accounts a
-         WHERE a.id = v_to_account_id AND a.lots_expire_at <= clock_timestamp();
-        UPDATE accounts SET balance_minor = balance_minor + p_amount_minor WHERE id = v_to_account_id
-            RETURNING balance_minor INTO v_to_balance_minor;
-        WITH posted AS (
-            INSERT INTO transactions (type, api_key_id, idempotency_key, user_id, asset_code, amount_minor,
-                                      balance_after_minor, description, metadata, counterparty_user_id,
-                                      counterparty_balance_after_minor, fee_minor, request_id)
-            VALUES ('transfer', p_api_key_id, p_idempotency_key, p_from_user_id, p_asset_code, p_amount_minor,
-                    v_from_balance_minor, p_description, p_metadata, p_to_user_id, v_to_balance_minor, p_fee_minor,
-                    p_request_id)
-            RETURNING id
-        ), entries AS (
-            INSERT INTO ledger_entries (transaction_id, entry_no, account_id, asset_code, amount_minor)
-            SELECT posted.id, side.entry_no, side.account_id, p_asset_code, side.amount_minor
-            FROM posted CROSS JOIN (VALUES (1::smallint, v_from_account_id, -v_debit_minor),
-                                           (2::smallint, v_to_account_id, p_amount_minor),
-                                           (3::smallint, v_revenue_account_id, p_fee_minor))
-                                   AS side(entry_no, account_id, amount_minor)
-            WHERE side.amount_minor <> 0
-        )
-        SELECT id INTO v_transaction_id FROM posted;
-        outcome := 'posted';
-        body := wallet_transaction_json(v_transaction_id);
+    -- Both accounts are locked in ascending id by the core; the receiver's due lots are expired
+    -- first (those a hold reserved as far as this credit replaces them), so
+    -- counterparty_balance_after is what a balance read right after says.
+    v_posting.type := 'transfer';
+    v_posting.api_key_id := p_api_key_id;
+    v_posting.idempotency_key := p_idempotency_key;
+    v_posting.request_id := p_request_id;
+    v_posting.user_id := p_from_user_id;
+    v_posting.asset_code := p_asset_code;
+    v_posting.amount_minor := p_amount_minor;
+    v_posting.description := p_description;
+    v_posting.metadata := p_metadata;
+    v_posting.counterparty_user_id := p_to_user_id;
+    v_posting.fee_minor := p_fee_minor;
+    v_posting.account_ids := ARRAY[v_from_account_id, v_to_account_id];
+    v_posting.amounts_minor := ARRAY[-v_debit_minor, p_amount_minor];
+    IF p_fee_minor > 0 THEN
+        v_posting.account_ids := v_posting.account_ids || v_revenue_account_id;
+        v_posting.amounts_minor := v_posting.amounts_minor || p_fee_minor;
     END IF;
-    INSERT INTO idempotency_keys (api_key_id, key, request_sha256, outcome, response_body)
-        VALUES (p_api_key_id, p_idempotency_key, v_fingerprint, outcome, body);
+    v_posting.covered_by := 'available';
+    SELECT p.transaction_id, p.document INTO v_posted FROM wallet_post(ARRAY[v_posting], true) AS p;
+    IF v_posted.transaction_id IS NULL THEN
+        outcome := 'insufficient_funds';
+        body := wallet_insufficient_funds_body(p_from_user_id, p_asset_code, v_debit_minor);
+    ELSE
+        outcome := 'posted';
+        body := v_posted.document;
+    END IF;
+    PERFORM wallet_idempotency_store_one(p_api_key_id, p_idempotency_key, v_fingerprint, outcome, body,
+                                         v_posted.transaction_id);
 END $$;

@@ -13,10 +13,11 @@
 -- in one statement, before any is written. Every other writer takes its one key first and its
 -- accounts in ascending id after, so no cycle can form.
 --
--- Under those locks each account's writes are applied in arrival order, in memory: a debit the
--- running available balance does not cover is refused alone (`insufficient_funds`, stored), the
--- rest go through. Then one statement writes every transaction, every entry and every balance,
--- and one more stores every outcome.
+-- Under those locks the writes are postings of the core (wallet_post, each alone): each
+-- account's writes are applied in arrival order, in memory; a debit the running available
+-- balance does not cover is refused alone (`insufficient_funds`, stored), the rest go through.
+-- The core writes every transaction, every entry and every balance by one statement each, and
+-- one more stores every outcome (wallet_idempotency_store).
 CREATE OR REPLACE FUNCTION wallet_post_group(
     p_api_key_ids bigint[], p_idempotency_keys text[], p_types text[], p_user_ids text[],
     p_asset_codes text[], p_amounts_minor bigint[], p_descriptions text[], p_metadata jsonb[],
@@ -33,17 +34,10 @@ DECLARE
     v_accounts bigint[];         -- per write: the user's account
     v_systems bigint[];          -- per write: the system account on the other side
     v_deltas bigint[];
-    v_balances_after bigint[];   -- per accepted write: the user's balance right after it
+    v_posted integer[];          -- the writes posted through the core, in arrival order
     v_ids uuid[];
     v_row record;
     v_missing record;
-    v_account bigint := NULL;
-    v_balance bigint;
-    v_held bigint;
-    v_released boolean;
-    v_final_accounts bigint[] := '{}';  -- the accounts with an accepted write
-    v_final_balances bigint[] := '{}';  -- and each one's balance after its last
-    v_position integer;
     i integer;
 BEGIN
     IF v_n IS NULL OR v_n < 1 OR cardinality(p_api_key_ids) <> v_n OR cardinality(p_types) <> v_n
@@ -60,7 +54,6 @@ BEGIN
     v_replayed := array_fill(false, ARRAY[v_n]);
     v_accounts := array_fill(NULL::bigint, ARRAY[v_n]);
     v_systems := array_fill(NULL::bigint, ARRAY[v_n]);
-    v_balances_after := array_fill(NULL::bigint, ARRAY[v_n]);
     v_ids := array_fill(NULL::uuid, ARRAY[v_n]);
 
     -- The fingerprints, computed as wallet_post_transaction computes them (a retry posted alone
@@ -87,21 +80,13 @@ BEGIN
 
     -- Stored outcomes first (a replay does not depend on today's reference data).
     FOR v_row IN
-        SELECT w.n, k.request_sha256, k.outcome, k.response_body
-          FROM (SELECT u.api_key_id, u.key, u.n::integer AS n
-                  FROM unnest(p_api_key_ids, p_idempotency_keys) WITH ORDINALITY AS u(api_key_id, key, n)) AS w
-          JOIN idempotency_keys k ON k.api_key_id = w.api_key_id AND k.key = w.key
-         WHERE v_primary[v_primary[w.n]] <> 0 AND v_primary[w.n] <> 0
+        SELECT st.n, st.outcome, st.body, st.replayed
+          FROM wallet_idempotency_stored(p_api_key_ids, p_idempotency_keys, v_fingerprints) AS st
+         WHERE v_primary[v_primary[st.n]] <> 0 AND v_primary[st.n] <> 0
     LOOP
-        IF v_row.request_sha256 <> v_fingerprints[v_row.n] THEN
-            v_outcomes[v_row.n] := 'idempotency_key_reused';
-            v_bodies[v_row.n] := wallet_error_body('idempotency_key_reused',
-                'this idempotency key was already used with a different request', 'idempotency_key');
-        ELSE
-            v_outcomes[v_row.n] := v_row.outcome;
-            v_bodies[v_row.n] := v_row.response_body;
-            v_replayed[v_row.n] := true;
-        END IF;
+        v_outcomes[v_row.n] := v_row.outcome;
+        v_bodies[v_row.n] := v_row.body;
+        v_replayed[v_row.n] := v_row.replayed;
     END LOOP;
 
     -- The accounts of the writes to decide: the first of each key, not busy, not stored.
@@ -158,101 +143,37 @@ BEGIN
         END LOOP;
     END LOOP;
 
-    -- Each account's writes in arrival order, against its running balance.
-    FOR v_row IN
-        SELECT w.n, a.id AS account_id, a.balance_minor, a.held_minor
-          FROM generate_series(1, v_n) AS w(n)
-         CROSS JOIN LATERAL (SELECT x.id, x.balance_minor, x.held_minor
-                               FROM accounts x WHERE x.id = v_accounts[w.n] LIMIT 1) AS a
-         ORDER BY a.id, w.n
-    LOOP
-        IF v_account IS DISTINCT FROM v_row.account_id THEN
-            v_account := v_row.account_id;
-            v_balance := v_row.balance_minor;
-            v_held := v_row.held_minor;
-            v_released := false;
-        END IF;
-        IF v_deltas[v_row.n] < 0 AND v_balance - v_held + v_deltas[v_row.n] < 0
-           AND v_held > 0 AND NOT v_released THEN
-            -- Expired holds may still be counted in held_minor: release them, under the lock.
-            PERFORM wallet_release_expired_holds(v_account);
-            SELECT a.held_minor INTO v_held FROM accounts a WHERE a.id = v_account;
-            v_released := true;
-        END IF;
-        IF v_deltas[v_row.n] > 0 OR v_balance - v_held + v_deltas[v_row.n] >= 0 THEN
-            v_balance := v_balance + v_deltas[v_row.n];
-            v_balances_after[v_row.n] := v_balance;
-            v_ids[v_row.n] := gen_random_uuid();
-        ELSE
-            v_outcomes[v_row.n] := 'insufficient_funds';
-            v_bodies[v_row.n] := wallet_error_body('insufficient_funds',
-                format('available balance of %s %s is less than %s',
-                       p_user_ids[v_row.n], p_asset_codes[v_row.n], p_amounts_minor[v_row.n]),
-                'amount');
-        END IF;
-    END LOOP;
-
-    FOR i IN 1..v_n LOOP
-        CONTINUE WHEN v_ids[i] IS NULL;
-        v_position := array_position(v_final_accounts, v_accounts[i]);
-        IF v_position IS NULL THEN
-            v_final_accounts := v_final_accounts || v_accounts[i];
-            v_final_balances := v_final_balances || v_balances_after[i];
-        ELSE
-            v_final_balances[v_position] := v_balances_after[i];  -- a later write of the account
-        END IF;
-    END LOOP;
-
-    -- One statement: every transaction (in arrival order), both entries of each, every balance.
-    FOR v_row IN
-        WITH accepted AS (
-            SELECT w.n, v_ids[w.n] AS id, v_accounts[w.n] AS account_id, v_systems[w.n] AS system_id,
-                   v_deltas[w.n] AS delta, v_balances_after[w.n] AS balance_after
-              FROM generate_series(1, v_n) AS w(n)
-             WHERE v_ids[w.n] IS NOT NULL
-        ), posted AS (
-            INSERT INTO transactions (id, type, api_key_id, idempotency_key, user_id, asset_code, amount_minor,
-                                      balance_after_minor, description, metadata, request_id)
-            SELECT a.id, p_types[a.n], p_api_key_ids[a.n], p_idempotency_keys[a.n], p_user_ids[a.n],
-                   p_asset_codes[a.n], p_amounts_minor[a.n], a.balance_after, p_descriptions[a.n],
-                   coalesce(p_metadata[a.n], '{}'::jsonb), p_request_ids[a.n]
-              FROM accepted a ORDER BY a.n
-            RETURNING id, created_at
-        ), entries AS (
-            INSERT INTO ledger_entries (transaction_id, entry_no, account_id, asset_code, amount_minor)
-            SELECT a.id, side.entry_no, side.account_id, p_asset_codes[a.n], side.amount_minor
-              FROM accepted a
-             CROSS JOIN LATERAL (VALUES (1::smallint, a.account_id, a.delta),
-                                        (2::smallint, a.system_id, -a.delta)) AS side(entry_no, account_id, amount_minor)
-        ), balances AS (
-            -- Each account's balance after its last accepted write; found by = ANY (an index
-            -- scan), not by a join (see the loop above).
-            UPDATE accounts acc SET balance_minor = v_final_balances[array_position(v_final_accounts, acc.id)]
-             WHERE acc.id = ANY (v_final_accounts)
-        )
-        SELECT a.n, p.created_at FROM posted p JOIN accepted a ON a.id = p.id
-    LOOP
-        i := v_row.n;
-        v_outcomes[i] := 'posted';
-        v_bodies[i] := wallet_transaction_document(
-            v_ids[i], p_types[i], 'posted', p_user_ids[i], p_asset_codes[i], p_amounts_minor[i],
-            v_balances_after[i], p_descriptions[i], coalesce(p_metadata[i], '{}'::jsonb), p_idempotency_keys[i],
-            v_row.created_at,
-            jsonb_build_array(
-                wallet_entry_document(v_accounts[i], p_user_ids[i], 'user', v_deltas[i]),
-                wallet_entry_document(v_systems[i], wallet_rule_system_account(p_types[i]), 'system', -v_deltas[i])))
-            || wallet_transaction_extras(NULL, 0, NULL, NULL, 0, NULL)
-            || '{"lots": []}'::jsonb;
-    END LOOP;
-    -- The lots each write moved (written by the entries trigger), read at once for the group.
-    FOR v_row IN SELECT x.transaction_id, x.lots FROM wallet_transactions_lots(v_ids) AS x LOOP
-        i := array_position(v_ids, v_row.transaction_id);
-        v_bodies[i] := v_bodies[i] || jsonb_build_object('lots', v_row.lots);
-    END LOOP;
+    -- The writes to post, in arrival order, through the core: each account's writes against
+    -- its running balance, a debit it does not cover refused alone.
+    v_posted := ARRAY(SELECT w.n FROM generate_series(1, v_n) AS w(n) WHERE v_accounts[w.n] IS NOT NULL ORDER BY w.n);
+    IF cardinality(v_posted) > 0 THEN
+        FOR v_row IN
+            SELECT v_posted[c.ord] AS n, c.transaction_id, c.document
+              FROM wallet_post(ARRAY(
+                       SELECT ROW(NULL, p_types[x.n], p_api_key_ids[x.n], p_idempotency_keys[x.n], p_request_ids[x.n],
+                                  p_user_ids[x.n], p_asset_codes[x.n], p_amounts_minor[x.n], p_descriptions[x.n],
+                                  coalesce(p_metadata[x.n], '{}'::jsonb), NULL, NULL, 0, NULL, false, NULL, NULL,
+                                  ARRAY[v_accounts[x.n], v_systems[x.n]], ARRAY[v_deltas[x.n], -v_deltas[x.n]], 0,
+                                  'available')::wallet_posting
+                         FROM unnest(v_posted) WITH ORDINALITY AS x(n, k) ORDER BY x.k), false) AS c
+        LOOP
+            IF v_row.transaction_id IS NULL THEN
+                v_outcomes[v_row.n] := 'insufficient_funds';
+                v_bodies[v_row.n] := wallet_insufficient_funds_body(p_user_ids[v_row.n], p_asset_codes[v_row.n],
+                                                                    p_amounts_minor[v_row.n]);
+            ELSE
+                v_outcomes[v_row.n] := 'posted';
+                v_bodies[v_row.n] := v_row.document;
+                v_ids[v_row.n] := v_row.transaction_id;
+            END IF;
+        END LOOP;
+    END IF;
 
     -- Every decided outcome that a single posting would store (posted or refused for funds).
-    INSERT INTO idempotency_keys (api_key_id, key, request_sha256, outcome, response_body)
-    SELECT p_api_key_ids[w.n], p_idempotency_keys[w.n], v_fingerprints[w.n], v_outcomes[w.n], v_bodies[w.n]
+    PERFORM wallet_idempotency_store(
+        array_agg(p_api_key_ids[w.n] ORDER BY w.n), array_agg(p_idempotency_keys[w.n] ORDER BY w.n),
+        array_agg(v_fingerprints[w.n] ORDER BY w.n), array_agg(v_outcomes[w.n] ORDER BY w.n),
+        array_agg(v_bodies[w.n] ORDER BY w.n), array_agg(v_ids[w.n] ORDER BY w.n))
       FROM generate_series(1, v_n) AS w(n)
      WHERE v_primary[w.n] = w.n AND NOT v_replayed[w.n] AND v_outcomes[w.n] IN ('posted', 'insufficient_funds');
 

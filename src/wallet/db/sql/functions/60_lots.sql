@@ -426,39 +426,7 @@ BEGIN
     RETURN v_amount;
 END $$;
 
--- Posts the expiry of p_amount_minor of the due credits of the (locked) account p_account, as of
--- p_now: user -, SYSTEM_BREAKAGE +. More than the account's balance less held only when credits
--- that follow in this database transaction cover its holds again (see wallet_expire_lots_for).
-CREATE OR REPLACE FUNCTION wallet_post_expiry(p_account accounts, p_amount_minor bigint, p_now timestamptz)
-RETURNS void
-LANGUAGE plpgsql AS $$
-DECLARE
-    v_breakage_id bigint;
-    v_allow_negative text := current_setting('wallet.allow_negative', true);
-BEGIN
-    IF p_amount_minor > p_account.balance_minor - p_account.held_minor THEN
-        PERFORM set_config('wallet.allow_negative', 'on', true);  -- until the credit that follows
-    END IF;
-    SELECT s.id INTO STRICT v_breakage_id FROM accounts s
-     WHERE s.system_code = wallet_rule_system_account('expiry') AND s.asset_code = p_account.asset_code;
-    WITH account AS (
-        UPDATE accounts SET balance_minor = balance_minor - p_amount_minor WHERE id = p_account.id
-        RETURNING balance_minor
-    ), posted AS (
-        INSERT INTO transactions (type, api_key_id, idempotency_key, user_id, asset_code, amount_minor,
-                                  balance_after_minor, description, metadata)
-        SELECT 'expiry', k.api_key_id, 'expiry:' || gen_random_uuid(), p_account.user_id, p_account.asset_code,
-               p_amount_minor, account.balance_minor, 'credits expired unspent',
-               jsonb_build_object('expired_as_of', to_char(p_now AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))
-          FROM account, system_api_keys k WHERE k.purpose = 'expiry'
-        RETURNING id
-    )
-    INSERT INTO ledger_entries (transaction_id, entry_no, account_id, asset_code, amount_minor)
-    SELECT posted.id, side.entry_no, side.account_id, p_account.asset_code, side.amount_minor
-      FROM posted CROSS JOIN (VALUES (1::smallint, p_account.id, -p_amount_minor),
-                                     (2::smallint, v_breakage_id, p_amount_minor)) AS side(entry_no, account_id, amount_minor);
-    PERFORM set_config('wallet.allow_negative', coalesce(v_allow_negative, ''), true);
-END $$;
+-- (wallet_post_expiry, the expiry as a posting: db/sql/functions/40_posting.sql, with the posting core.)
 
 -- What the debit paths call when a debit does not pass: releases expired holds and expires due
 -- lots, and returns how much that freed or moved (0: nothing changed, the refusal stands).

@@ -61,3 +61,26 @@ BEGIN
     PERFORM set_config('wallet.pruning_events', 'off', true);
     RETURN v_deleted;
 END $$;
+
+-- A transaction's event references its transaction instead of copying it (issue 18: the copy
+-- was a fifth of what a write stored): its payload holds only the transaction's id, and the feed
+-- renders the document from the transaction (wallet_event_payload) with the function that built
+-- the copies, wallet_transaction_event_payload (migration 0007), from the same immutable row: the
+-- same document, byte for byte. Events written before keep their copy and are served as stored.
+CREATE OR REPLACE FUNCTION wallet_events_from_transactions() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO events (type, payload)
+    SELECT 'transaction.posted', jsonb_build_object('id', n.id) FROM new_transactions n ORDER BY n.seq;
+    RETURN NULL;
+END $$;
+
+-- An event's payload as served: a transaction's event whose payload is its transaction's id and
+-- nothing else is rendered from the transaction; every other event is served as stored.
+CREATE OR REPLACE FUNCTION wallet_event_payload(p_type text, p_payload jsonb) RETURNS jsonb
+LANGUAGE sql STABLE AS $$
+    SELECT CASE WHEN p_type = 'transaction.posted' AND p_payload ? 'id' AND p_payload - 'id' = '{}'::jsonb
+                     AND p_payload ->> 'id' ~ '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'
+                THEN coalesce((SELECT wallet_transaction_event_payload(t) FROM transactions t
+                                WHERE t.id = (p_payload ->> 'id')::uuid), p_payload)
+                ELSE p_payload END
+$$;
