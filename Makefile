@@ -2,7 +2,9 @@
 # from the pinned requirements.lock (runtime), requirements-embedded.lock (the embedded PostgreSQL
 # `make run` and the tests start, not in the image) and requirements-dev.lock (tests, tools, lint),
 # so a fresh machine needs only python3 and make.
-# Beside them: `make lint` (ruff, mypy, import contracts; run by CI before the tests), `make bench` and
+# Beside them: `make lint` (ruff, mypy, import contracts; run by CI before the tests), `make docs`
+# (the documentation site, docs/ and mkdocs.yml, built with --strict into site/; CI runs it after
+# lint), `make bench` and
 # `make bank-test` (slow; not part of the suite). Pass options with ARGS="--seconds 5 ...".
 # `make image-test` builds the Dockerfile with podman and checks the image and the compose stack
 # (tools/image_test.sh; root, Debian). `make restore-drill` backs up a scratch cluster, restores it
@@ -12,7 +14,7 @@ PYTHON ?= python3
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: install run test test-fast lint bench bank-test image-test restore-drill clean cluster-deps cluster-up cluster-down cluster-status failover-test
+.PHONY: install run test test-fast lint docs bench bank-test image-test restore-drill clean cluster-deps cluster-up cluster-down cluster-status failover-test
 
 $(STAMP): requirements.lock requirements-embedded.lock requirements-dev.lock pyproject.toml clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +53,9 @@ lint: $(STAMP) $(SYNC_CLIENT)
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
+
 bench: $(STAMP)
 	$(VENV)/bin/python -m tools.bench $(ARGS)
 
@@ -64,7 +69,7 @@ restore-drill: $(STAMP)
 	$(VENV)/bin/python -m tools.restore_drill $(ARGS)
 
 clean:
-	rm -rf $(VENV) .venv-cluster .wallet-data .pytest_cache .hypothesis .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-cluster .wallet-data .pytest_cache .hypothesis .mypy_cache .ruff_cache site
 
 # Chromium for the console's browser test (tests/console), from Debian's package when it is
 # missing and apt-get is there (CI runs as root; elsewhere through sudo). The test skips, saying

@@ -1,7 +1,7 @@
 """`make restore-drill` (`python -m tools.restore_drill`): a base backup and point-in-time restore,
 proved on the ledger.
 
-PostgreSQL's own tools, as the README's "Backups and point-in-time restore" describes for a
+PostgreSQL's own tools, as docs/operations/backups.md describes for a
 self-hosted deployment: WAL archiving (`archive_command` copying each segment to an archive
 folder), a base backup (`pg_basebackup`), and a restore of the backup replaying the archive up to
 an instant (`restore_command`, `recovery_target_time`). Everything runs on a scratch PostgreSQL
