@@ -122,10 +122,10 @@ def settings(database_url: str) -> Settings:
     return Settings(
         database_url=database_url,
         db_pool_min_size=2,
-        db_pool_max_size=24,
-        # A burst's connections are closed soon after it: with pytest-xdist several sessions share
-        # the server's max_connections (100 by default).
-        db_pool_idle_timeout_ms=10_000,
+        # Workers share the server's max_connections (100 by default): at most 16 connections per
+        # worker's app (4 workers at 24 had reached the limit), closed 1 s after a burst.
+        db_pool_max_size=16,
+        db_pool_idle_timeout_ms=1_000,
         hold_sweep_interval_ms=0,
         lot_expiry_interval_ms=0,  # tests expire lots themselves
         audit_interval_ms=0,  # and audit when they mean to

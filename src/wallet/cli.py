@@ -27,6 +27,7 @@ from pydantic import ValidationError
 from pydantic_settings import SettingsError
 from typer.core import TyperCommand, TyperOption
 
+from wallet.domain.rules import Scope
 from wallet.operator_errors import (
     OperatorError,
     connect_problem,
@@ -35,6 +36,9 @@ from wallet.operator_errors import (
     settings_problem,
 )
 from wallet.settings import Settings, get_settings
+
+# Every scope a key can have, for the help text (from the one enumeration, so it cannot drift).
+SCOPE_NAMES = ", ".join(scope.value for scope in list(Scope)[:-1]) + f" or {list(Scope)[-1].value}"
 
 if TYPE_CHECKING:
     import asyncpg
@@ -338,9 +342,7 @@ def _keys_call(action: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
 @keys_app.command("create")
 def keys_create(
     name: Annotated[str, typer.Option(help="Who the key is for, e.g. the calling service.")],
-    scope: Annotated[
-        list[str], typer.Option(help="read, credit, spend, transfer, reverse or admin; repeatable.")
-    ],
+    scope: Annotated[list[str], typer.Option(help=f"{SCOPE_NAMES}; repeatable.")],
     asset: Annotated[
         list[str] | None, typer.Option(help="Restrict to these asset types; repeatable. Default: any.")
     ] = None,
