@@ -70,11 +70,15 @@ def _refuse(kind: str, expected: str, value: Any) -> PydanticCustomError:
     )
 
 
-def json_integer(value: Any) -> Any:
-    """A JSON integer only: not `true`, `"60"`, `60.0` or `6e1` (which pydantic would convert)."""
+def _integer(value: Any, expected: str) -> Any:
     if isinstance(value, int) and not isinstance(value, bool):
         return value
-    raise _refuse("json_integer", "a JSON integer", value)
+    raise _refuse("json_integer", expected, value)
+
+
+def json_integer(value: Any) -> Any:
+    """A JSON integer only: not `true`, `"60"`, `60.0` or `6e1` (which pydantic would convert)."""
+    return _integer(value, "a JSON integer")
 
 
 def json_boolean(value: Any) -> Any:
@@ -110,15 +114,13 @@ def whole_number(value: Any) -> Any:
     """Amounts are JSON integers of minor units, judged on the exact JSON text: bodies are parsed
     with `Decimal` for every number with a fraction or exponent (wallet.api.json_body), so
     `100.0`, `1e2` and `1.99999999999999999` are refused (not rounded), as `"100"` and `true` are."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, Decimal)):
-        raise _refuse("json_integer", "a JSON integer of minor units", value)
-    if not isinstance(value, int):
+    if isinstance(value, (float, Decimal)):
         raise PydanticCustomError(
             "json_integer",
             "must be a JSON integer of minor units, written without a fraction or exponent; not {given}",
             {"given": json_kind(value)},
         )
-    return value
+    return _integer(value, "a JSON integer of minor units")
 
 
 JsonBool = Annotated[bool, BeforeValidator(json_boolean)]
