@@ -39,8 +39,9 @@ class LotPolicy(BaseModel):
 
 AUDIT_QUERY_TIMEOUT_MS_DEFAULT = 600_000  # see Settings.audit_query_timeout_ms
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")  # WALLET_LOG_LEVEL, any case
-# WALLET_WORKER_HEARTBEAT_TIMEOUT_S, when not 0: workers beat about once a second (wallet.workers).
-MIN_HEARTBEAT_TIMEOUT_S = 2.0
+# WALLET_WORKER_HEARTBEAT_TIMEOUT_S, when not 0: workers beat four times a second (wallet.workers),
+# and a loop may wake late on a busy machine.
+MIN_HEARTBEAT_TIMEOUT_S = 1.0
 
 
 class Settings(BaseSettings):
@@ -90,11 +91,11 @@ class Settings(BaseSettings):
     request_body_timeout_ms: int = Field(default=10_000, ge=100, le=300_000)
     max_connections_per_worker: int = Field(default=1_000, ge=1, le=100_000)
     # Hung workers (`wallet serve --workers N`, N of 2 or more; wallet.workers): each worker's event
-    # loop beats about once a second, and the supervisor kills (SIGKILL) and replaces, on the same
+    # loop beats four times a second, and the supervisor kills (SIGKILL) and replaces, on the same
     # socket, a worker whose last beat is older than this: a blocked event loop or a stopped
     # process, not only a dead one. Judged from a worker's first beat, once it serves (its start is
-    # bounded by WALLET_DB_STARTUP_WAIT_MS). 0: not checked; otherwise at least 2 s (one beat a
-    # second, and some slack for a busy machine).
+    # bounded by WALLET_DB_STARTUP_WAIT_MS). 0: not checked; otherwise at least 1 s. Keep it well
+    # above the longest a busy machine may keep a worker from running.
     worker_heartbeat_timeout_s: float = Field(default=30.0, ge=0, le=3_600)
     max_body_bytes: int = Field(default=16_384, ge=1_024, le=1_048_576)
     max_metadata_bytes: int = Field(default=4_096, ge=0, le=METADATA_MAX_BYTES)

@@ -25,10 +25,13 @@ What it does:
 
 Hung workers. A process that lives but no longer serves (an event loop blocked by a synchronous
 call or a deadlock, a stopped process) is not dead, and its socket's connections would wait
-forever. Each worker's event loop beats: uvicorn's server calls `Config.callback_notify` from its
-main loop (the public hook gunicorn's UvicornWorker uses for its own heartbeat) about once a
-second, and the worker writes `time.monotonic()` (one clock for every process of the machine) into
-a double in shared memory that the supervisor reads. A worker whose last beat is older than
+forever. Each worker's event loop beats: every BEAT_INTERVAL_S a task of the loop writes
+`time.monotonic()` (one clock for every process of the machine) into a double in shared memory
+that the supervisor reads. The task is started from the server's own loop through uvicorn's public
+hook for a supervisor's heartbeat, `Config.callback_notify` (gunicorn's UvicornWorker uses it),
+which uvicorn calls once the server serves; its own rhythm (once per ten 0.1 s ticks of uvicorn's
+main loop) stretches on a busy machine, where every tick wakes late, so the beats are the task's,
+one wake-up each. A worker whose last beat is older than
 `heartbeat_timeout_s` (WALLET_WORKER_HEARTBEAT_TIMEOUT_S; 0: not checked) gets SIGKILL at once, with
 a log line, and is replaced: a loop that does not run cannot shut down gracefully, and a stopped
 process would not even take SIGTERM. What it was doing is lost as in a crash (PostgreSQL rolls
@@ -45,6 +48,7 @@ rather than judged on beats that could not happen.
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import ctypes.util
 import logging
@@ -66,16 +70,29 @@ PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 CHECK_INTERVAL_S = 0.5
 # Beyond the graceful shutdown a worker is given to exit before it is killed.
 EXIT_MARGIN_S = 5.0
+# How often a worker's event loop beats (WALLET_WORKER_HEARTBEAT_TIMEOUT_S is at least 1 s).
+BEAT_INTERVAL_S = 0.25
 
 log = logging.getLogger("uvicorn.error")
 _spawn = multiprocessing.get_context("spawn")
 
 
-def _beats(heartbeat: ctypes.c_double) -> Callable[[], Awaitable[None]]:
-    async def beat() -> None:  # in the worker's event loop: it beats only while the loop runs
+async def _beat(heartbeat: ctypes.c_double) -> None:  # pragma: no cover (child)
+    """In the worker's event loop, until the loop ends: it beats only while the loop runs."""
+    while True:
         heartbeat.value = time.monotonic()
+        await asyncio.sleep(BEAT_INTERVAL_S)
 
-    return beat
+
+def _beating(heartbeat: ctypes.c_double) -> Callable[[], Awaitable[None]]:  # pragma: no cover (child)
+    """uvicorn's `callback_notify`: its first call, in the server's loop, starts the beats."""
+    beats: list[asyncio.Task[None]] = []  # the task, referenced while the loop runs
+
+    async def notified() -> None:
+        if not beats:
+            beats.append(asyncio.get_running_loop().create_task(_beat(heartbeat)))
+
+    return notified
 
 
 def _worker(
@@ -84,8 +101,8 @@ def _worker(
     _terminate_with_parent()
     config.configure_logging()
     # uvicorn's main loop calls callback_notify when timeout_notify seconds have passed since the
-    # last call, checking once a second: with 0, once a second.
-    config.callback_notify = _beats(heartbeat)
+    # last call, checking once a second: with 0, at its first tick (then once a second, a no-op).
+    config.callback_notify = _beating(heartbeat)
     config.timeout_notify = 0
     try:
         config.load()  # an application that cannot be imported: uvicorn exits with 1
