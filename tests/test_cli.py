@@ -237,6 +237,11 @@ def test_a_bad_setting_is_named_in_one_line_by_every_command(database_url):
             "WALLET_DB_CONNECT_TIMEOUT_MS: Input should be a valid integer",
         ),
         ("WALLET_PORT", "70000", "WALLET_PORT: Input should be less than or equal to 65535"),
+        (
+            "WALLET_WORKER_HEARTBEAT_TIMEOUT_S",
+            "0.5",
+            "WALLET_WORKER_HEARTBEAT_TIMEOUT_S: must be 0 (not checked) or at least 1 s",
+        ),
         ("WALLET_METRICS_TOKEN", "short-secret", "WALLET_METRICS_TOKEN"),
         # Once taken as they were: serve's workers failed on them at start, with a traceback.
         (

@@ -1,6 +1,6 @@
 """`wallet serve --workers N` (wallet.serving): one listening socket per worker, so connections
-spread over the workers; a dead worker is replaced on its socket; no worker outlives the
-supervisor, even one killed with SIGKILL."""
+spread over the workers; a dead worker, or one that hangs, is replaced on its socket; no worker
+outlives the supervisor, even one killed with SIGKILL."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -20,12 +21,17 @@ from tools.service_process import ServiceProcess
 
 WORKERS = 2
 CONNECTIONS = 32
+HEARTBEAT_TIMEOUT_S = 2  # WALLET_WORKER_HEARTBEAT_TIMEOUT_S (workers beat four times a second)
 
 
 @pytest.fixture
 def service(database_url: str, tmp_path: Path):
     process = ServiceProcess(
-        {"WALLET_DATABASE_URL": database_url, "WALLET_LOG_LEVEL": "WARNING"},
+        {
+            "WALLET_DATABASE_URL": database_url,
+            "WALLET_LOG_LEVEL": "WARNING",
+            "WALLET_WORKER_HEARTBEAT_TIMEOUT_S": str(HEARTBEAT_TIMEOUT_S),
+        },
         workers=WORKERS,
         log_path=tmp_path / "service.log",
     )
@@ -63,10 +69,10 @@ def _alive(process: psutil.Process) -> bool:
         return False
 
 
-def _wait_for(condition, timeout_s: float = 30.0) -> None:  # type: ignore[no-untyped-def]
+def _wait_for(condition, timeout_s: float = 30.0, describe=lambda: "") -> None:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout_s
     while not condition():
-        assert time.monotonic() < deadline, "timed out"
+        assert time.monotonic() < deadline, f"timed out {describe()}"
         time.sleep(0.1)
 
 
@@ -116,6 +122,59 @@ def test_a_dead_worker_is_replaced_and_the_port_keeps_answering(service):
     for _ in range(20):
         assert httpx.get(f"{service.base_url}/health", timeout=10).status_code == 200
     assert all(len(_listening(w, service.port)) == 1 for w in _workers(service))
+
+
+def test_a_hung_worker_is_killed_and_replaced_within_the_heartbeat_timeout(service, tmp_path):
+    """A worker that lives but does not run (SIGSTOP: its event loop beats no more, as a blocked
+    loop would not) is killed within the timeout and replaced on its socket; the requests that
+    arrived on that socket meanwhile are answered by the replacement, and the other worker, which
+    kept beating, is left alone."""
+
+    def log() -> str:
+        return "; the service's log ends: " + (tmp_path / "service.log").read_text()[-3000:]
+
+    victim, other = _workers(service)
+    time.sleep(HEARTBEAT_TIMEOUT_S + 1)  # idle workers beat: neither is taken for hung
+    assert {w.pid for w in _workers(service)} == {victim.pid, other.pid}, log()
+    victim.suspend()
+    stopped_at = time.monotonic()
+    # New connections while it hangs: the kernel puts about half on the victim's socket.
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        answers = pool.map(
+            lambda _: httpx.get(f"{service.base_url}/health", timeout=60).status_code, range(8)
+        )
+        _wait_for(lambda: not _alive(victim), HEARTBEAT_TIMEOUT_S + 5, log)
+        killed_after_s = time.monotonic() - stopped_at
+        assert list(answers) == [200] * 8
+    # Its last beat was a quarter of a second before the stop at most, and the supervisor looks
+    # twice a second: killed within the timeout, with slack for a busy machine.
+    assert killed_after_s < HEARTBEAT_TIMEOUT_S + 3, (killed_after_s, log())
+    _wait_for(lambda: len(_workers(service)) == WORKERS, describe=log)
+    workers = _workers(service)
+    assert other.pid in {w.pid for w in workers} and victim.pid not in {w.pid for w in workers}, log()
+    assert all(len(_listening(w, service.port)) == 1 for w in workers)
+    for _ in range(20):
+        assert httpx.get(f"{service.base_url}/health", timeout=10).status_code == 200
+    assert f"Worker [{victim.pid}] has not beaten for" in (tmp_path / "service.log").read_text(), log()
+
+
+def test_a_service_stopped_as_a_whole_keeps_its_workers_when_it_resumes(service, tmp_path):
+    """Ctrl-Z, or a frozen container, stops the supervisor with its workers: on resuming, their
+    beats are older than the timeout because nothing ran, and none of them is taken for hung."""
+    assert service.process is not None
+    supervisor = psutil.Process(service.process.pid)
+    workers = _workers(service)
+    everyone = [supervisor, *workers]
+    for process in everyone:
+        process.suspend()
+    time.sleep(HEARTBEAT_TIMEOUT_S + 1.5)
+    for process in everyone:
+        process.resume()
+    time.sleep(HEARTBEAT_TIMEOUT_S + 1)
+    assert {w.pid for w in _workers(service)} == {w.pid for w in workers}, (
+        tmp_path / "service.log"
+    ).read_text()[-3000:]
+    assert httpx.get(f"{service.base_url}/health", timeout=10).status_code == 200
 
 
 def test_no_worker_outlives_a_killed_supervisor(service):

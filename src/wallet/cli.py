@@ -612,7 +612,8 @@ def serve(
                 timeout_graceful_shutdown=10,
                 limit_concurrency=settings.max_connections_per_worker,
                 http=serving.HTTP_PROTOCOL,  # uvicorn's own, one write per response
-            )
+            ),
+            heartbeat_timeout_s=settings.worker_heartbeat_timeout_s,
         )
 
 

@@ -15,7 +15,7 @@ another process could still take the port; the window is the time of one bind.)
 
 The workers are uvicorn servers started through its public API, one per socket, under a small
 supervisor of the service's own (`wallet.workers`: it keeps every socket open, replaces a worker
-that dies on the same socket, stops them gracefully, and no worker outlives it). Their HTTP
+that dies or hangs on the same socket, stops them gracefully, and no worker outlives it). Their HTTP
 protocol is uvicorn's own, given through its public `http=` setting
 (`wallet.http_protocol.CoalescingHttpToolsProtocol`: one write per response). Nothing of uvicorn
 is overridden or replaced (issue 19).
@@ -31,14 +31,16 @@ import uvicorn
 from uvicorn.config import STARTUP_FAILURE
 
 from wallet.http_protocol import CoalescingHttpToolsProtocol
+from wallet.settings import get_settings
 from wallet.workers import Supervisor
 
 # What `wallet serve` and `python -m wallet.serving` give uvicorn's `http=` setting.
 HTTP_PROTOCOL = CoalescingHttpToolsProtocol
 
 
-def serve(config: uvicorn.Config) -> None:
-    """Runs `config` in this process (one worker) or under the per-socket supervisor."""
+def serve(config: uvicorn.Config, *, heartbeat_timeout_s: float) -> None:
+    """Runs `config` in this process (one worker) or under the per-socket supervisor, which
+    replaces a worker silent for `heartbeat_timeout_s` (0: never; wallet.workers)."""
     if config.workers <= 1:
         server = uvicorn.Server(config)
         server.run()
@@ -47,7 +49,7 @@ def serve(config: uvicorn.Config) -> None:
         return
     sockets = listening_sockets(config.host, config.port, config.workers, config.backlog)
     try:
-        Supervisor(config, sockets).run()
+        Supervisor(config, sockets, heartbeat_timeout_s=heartbeat_timeout_s).run()
     finally:
         for sock in sockets:
             sock.close()
@@ -123,7 +125,8 @@ def main(argv: list[str] | None = None) -> None:
             log_level="warning",
             access_log=False,
             http=HTTP_PROTOCOL,
-        )
+        ),
+        heartbeat_timeout_s=get_settings().worker_heartbeat_timeout_s,
     )
 
 

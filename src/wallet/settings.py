@@ -39,6 +39,9 @@ class LotPolicy(BaseModel):
 
 AUDIT_QUERY_TIMEOUT_MS_DEFAULT = 600_000  # see Settings.audit_query_timeout_ms
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")  # WALLET_LOG_LEVEL, any case
+# WALLET_WORKER_HEARTBEAT_TIMEOUT_S, when not 0: workers beat four times a second (wallet.workers),
+# and a loop may wake late on a busy machine.
+MIN_HEARTBEAT_TIMEOUT_S = 1.0
 
 
 class Settings(BaseSettings):
@@ -87,6 +90,13 @@ class Settings(BaseSettings):
     # many connections at once (more get 503 from uvicorn). Put a proxy in front for the rest.
     request_body_timeout_ms: int = Field(default=10_000, ge=100, le=300_000)
     max_connections_per_worker: int = Field(default=1_000, ge=1, le=100_000)
+    # Hung workers (`wallet serve --workers N`, N of 2 or more; wallet.workers): each worker's event
+    # loop beats four times a second, and the supervisor kills (SIGKILL) and replaces, on the same
+    # socket, a worker whose last beat is older than this: a blocked event loop or a stopped
+    # process, not only a dead one. Judged from a worker's first beat, once it serves (its start is
+    # bounded by WALLET_DB_STARTUP_WAIT_MS). 0: not checked; otherwise at least 1 s. Keep it well
+    # above the longest a busy machine may keep a worker from running.
+    worker_heartbeat_timeout_s: float = Field(default=30.0, ge=0, le=3_600)
     max_body_bytes: int = Field(default=16_384, ge=1_024, le=1_048_576)
     max_metadata_bytes: int = Field(default=4_096, ge=0, le=METADATA_MAX_BYTES)
     max_description_chars: int = Field(default=500, ge=0, le=DESCRIPTION_MAX_CHARS)
@@ -213,6 +223,13 @@ class Settings(BaseSettings):
         if value.upper() not in LOG_LEVELS:
             raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
         return value.upper()
+
+    @field_validator("worker_heartbeat_timeout_s")
+    @classmethod
+    def _heartbeat_slack(cls, value: float) -> float:
+        if 0 < value < MIN_HEARTBEAT_TIMEOUT_S:
+            raise ValueError(f"must be 0 (not checked) or at least {MIN_HEARTBEAT_TIMEOUT_S:g} s")
+        return value
 
     @field_validator("redis_url")
     @classmethod

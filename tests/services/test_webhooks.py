@@ -544,9 +544,23 @@ async def test_webhook_admin_api_errors(hooks_db, receiver):
             {"url": receiver.url("x"), "event_types": ["transaction.posted", "transaction.posted"]},
             {"url": receiver.url("x"), "secret": "mine"},
             {"url": "http://example.com/" + "a" * 2100},
+            {"url": receiver.url("x"), "description": "a\x00b"},  # PostgreSQL text cannot hold it
         ):
             response = await client.post("/api/v1/webhooks", json=body)
             assert response.status_code == 422, (body, response.text)
+        nul = await client.post("/api/v1/webhooks", json={"url": receiver.url("x"), "description": "\x00"})
+        assert nul.json()["error"] == {
+            "code": "invalid_request",
+            "message": "description must not contain NUL characters",
+            "field": "description",
+        }
+        # 2,048 characters as sent, 2,049 as stored (a `/` for the empty path): judged as stored.
+        host = "http://" + ("a" * 63 + ".") * 31 + "a" * (2048 - 7 - 64 * 31)
+        long = await client.post("/api/v1/webhooks", json={"url": host})
+        assert (long.status_code, long.json()["error"]) == (
+            422,
+            {"code": "limit_exceeded", "message": "url must not exceed 2048 characters", "field": "url"},
+        )
         twice = await client.post(
             "/api/v1/webhooks",
             json={

@@ -19,7 +19,7 @@ from wallet.api.documents import DocumentResponse
 from wallet.api.error_response import STATUS_BY_CODE, error_response
 from wallet.api.json_body import MalformedBody
 from wallet.api.schemas import ErrorOut
-from wallet.api.write_bodies import WHOLE_MESSAGE
+from wallet.api.write_bodies import MEMBER, WHOLE_MESSAGE
 from wallet.domain import errors
 
 log = structlog.get_logger("wallet.api")
@@ -101,9 +101,13 @@ async def _validation_error(request: Request, exc: Exception) -> DocumentRespons
     message = str(first.get("msg", "invalid value"))
     refused = errors.CATALOGUE.get(str(first.get("type", "")))
     if refused is not None:
-        # A configured limit, or what PostgreSQL cannot store (wallet.api.write_bodies.refusal).
+        # A configured limit, what PostgreSQL cannot store, or a rule between fields (located at
+        # its model, naming the member it is about): wallet.api.write_bodies.refusal.
         context = first.get("ctx")
-        whole = isinstance(context, dict) and bool(context.get(WHOLE_MESSAGE))
+        context = context if isinstance(context, dict) else {}
+        if context.get(MEMBER):
+            field = _field_of((*first.get("loc", ()), context[MEMBER]))
+        whole = bool(context.get(WHOLE_MESSAGE))
         return error_response(refused, message if whole else f"{field} {message}", field)
     if first.get("type") == "missing":
         message = "required (a JSON object)" if _is_body(first.get("loc", ())) else "field required"

@@ -9,12 +9,24 @@ from pydantic import AfterValidator, AnyUrl, BaseModel, Field, UrlConstraints
 from pydantic_core import PydanticCustomError
 
 from wallet.api.schemas import JsonBool, RequestBody
+from wallet.api.write_bodies import refusal
+from wallet.domain import errors
 from wallet.services.events import EventType
 from wallet.services.webhooks import URL_MAX_CHARS
+
+
+def _stored_length(url: AnyUrl) -> AnyUrl:
+    """The URL as stored and called is the normalised one (a host in punycode, `/` for an empty
+    path), which may be longer than what was sent: it is the one bounded."""
+    if len(str(url)) > URL_MAX_CHARS:
+        raise refusal(errors.LIMIT_EXCEEDED, f"must not exceed {URL_MAX_CHARS} characters")
+    return url
+
 
 WebhookUrl = Annotated[
     AnyUrl,
     UrlConstraints(max_length=URL_MAX_CHARS, allowed_schemes=["http", "https"]),
+    AfterValidator(_stored_length),
     Field(examples=["https://example.com/wallet-events"]),
 ]
 
@@ -49,6 +61,12 @@ def _distinct(types: list[EventType]) -> list[EventType]:
     return types
 
 
+def _storable(text: str) -> str:
+    if "\x00" in text:  # PostgreSQL text cannot hold it
+        raise refusal(errors.INVALID_REQUEST, "must not contain NUL characters")
+    return text
+
+
 class WebhookCreate(RequestBody):
     url: WebhookUrl
     event_types: Annotated[list[EventType], AfterValidator(_distinct)] | None = Field(
@@ -58,7 +76,7 @@ class WebhookCreate(RequestBody):
         json_schema_extra={"uniqueItems": True},
         description="Only these types, each once; all when absent.",
     )
-    description: str | None = Field(default=None, max_length=500)
+    description: Annotated[str, AfterValidator(_storable)] | None = Field(default=None, max_length=500)
 
 
 class WebhookUpdate(RequestBody):

@@ -6,8 +6,9 @@ In this order, each step only for a request that passed the ones before:
 2. the client's rate limit (429),
 3. the scope the route needs (403),
 4. the body, strictly, against the route's model (400 for what is not UTF-8 JSON, 422 naming the
-   field for anything else, the configured limits included: `wallet.api.write_bodies`), then any
-   scope that depends on the body (a batch's operations, a clawback into debt: 403),
+   field for anything else, the configured limits and the rules between fields included:
+   `wallet.api.write_bodies`), then any scope that depends on the body (a batch's operations, a
+   clawback into debt: 403),
 5. the idempotency key, read once from the header and the body into an `IdempotencyKey` (400 when
    missing or malformed, 422 when the two differ).
 The route then hands a command built from these to its service and answers its outcome.

@@ -9,13 +9,23 @@ A field over a configured limit is refused with the catalogue code the limit has
 (422 `limit_exceeded`, or `invalid_request` for what PostgreSQL cannot store), naming the field:
 see `refusal` and `wallet.api.errors`. The classes keep their names: they are the OpenAPI
 document's component names.
+
+The rules between the fields of one body are here too, as model validators (`_expiry_rules`,
+`_batch_operation_rules`, `TransferBody._two_users`): only a bonus expires, in one way, at most
+ten years ahead; a transfer names a receiver other than its sender; only a transfer takes a
+receiver or a fee. They run once every field is valid on its own, and are refused with the code,
+message and field the services used to answer them with (`refusal(..., field=...)` names the
+member the rule is about), so the services get commands that are valid as a whole. What needs the
+database (balances, users and assets that exist, whether `expires_at` is still in the future once
+the idempotency key has found no earlier answer) stays with the database functions.
 """
 
 from dataclasses import dataclass
-from typing import Annotated, Any
+from datetime import UTC, datetime
+from typing import Annotated, Any, Self
 
 import orjson
-from pydantic import AfterValidator, BeforeValidator, Field, WithJsonSchema
+from pydantic import AfterValidator, BeforeValidator, Field, WithJsonSchema, model_validator
 from pydantic_core import PydanticCustomError
 
 from wallet.api.schemas import (
@@ -32,17 +42,72 @@ from wallet.api.schemas import (
 )
 from wallet.domain import errors
 from wallet.domain.metadata import contains_nul, depth, metadata_json
-from wallet.domain.rules import IDEMPOTENCY_KEY_PATTERN, METADATA_MAX_DEPTH
+from wallet.domain.rules import IDEMPOTENCY_KEY_PATTERN, METADATA_MAX_DEPTH, TransactionType
+from wallet.domain.times import ten_years_after
 from wallet.settings import Settings
 
 # The ctx key of a refusal whose message is whole (it does not start with the field's name).
 WHOLE_MESSAGE = "whole_message"
+# The ctx key of a model's refusal that is about one of its members: the field it names.
+MEMBER = "member"
 
 
-def refusal(code: errors.Code, message: str, *, whole: bool = False) -> PydanticCustomError:
+def refusal(
+    code: errors.Code, message: str, *, whole: bool = False, member: str | None = None
+) -> PydanticCustomError:
     """A validation error with a catalogue code of its own: answered as `code` with the message
-    `<field> <message>` (or `message` alone when `whole`), the field named (wallet.api.errors)."""
-    return PydanticCustomError(code.code, "{message}", {"message": message, WHOLE_MESSAGE: whole})
+    `<field> <message>` (or `message` alone when `whole`), the field named (wallet.api.errors).
+    Raised by a model validator, `member` is the field of that model it names."""
+    context: dict[str, Any] = {"message": message, WHOLE_MESSAGE: whole}
+    if member is not None:
+        context[MEMBER] = member
+    return PydanticCustomError(code.code, "{message}", context)
+
+
+def _expiry_rules(type: TransactionType, expires_at: datetime | None, expires_in_seconds: int | None) -> None:
+    """Only a bonus carries an expiry, given one way, at most ten years ahead (in this order: the
+    first broken is the one answered). Whether `expires_at` is still in the future is judged by
+    the database after the idempotency key, so that a retry gets what was stored."""
+    if expires_at is None and expires_in_seconds is None:
+        return
+    given = "expires_at" if expires_at is not None else "expires_in_seconds"
+    if type is not TransactionType.BONUS:
+        raise refusal(
+            errors.VALIDATION_ERROR, f"only a bonus expires, not a {type}", whole=True, member=given
+        )
+    if expires_at is not None and expires_in_seconds is not None:
+        raise refusal(
+            errors.VALIDATION_ERROR,
+            "give expires_at or expires_in_seconds, not both",
+            whole=True,
+            member="expires_in_seconds",
+        )
+    if expires_at is not None and expires_at > ten_years_after(datetime.now(UTC)):
+        raise refusal(
+            errors.VALIDATION_ERROR, "must be at most 10 years ahead", whole=True, member="expires_at"
+        )
+
+
+def _batch_operation_rules(op: Any) -> None:
+    """An operation of a batch: its expiry as a bonus's; a transfer names a receiver other than its
+    sender; only a transfer takes a receiver or a fee (a fee of 0 is no fee)."""
+    _expiry_rules(op.type, op.expires_at, op.expires_in_seconds)
+    if op.type is TransactionType.TRANSFER:
+        if op.to_user_id is None:
+            raise refusal(
+                errors.VALIDATION_ERROR, "a transfer needs to_user_id", whole=True, member="to_user_id"
+            )
+        if op.to_user_id == op.user_id:
+            raise refusal(
+                errors.SAME_USER, "user_id and to_user_id must differ", whole=True, member="to_user_id"
+            )
+    elif op.to_user_id is not None or op.fee:
+        raise refusal(
+            errors.VALIDATION_ERROR,
+            f"only a transfer takes to_user_id and fee, not a {op.type}",
+            whole=True,
+            member="to_user_id" if op.to_user_id is not None else "fee",
+        )
 
 
 def _at_most(limit: int, unit: str = "") -> AfterValidator:
@@ -185,6 +250,11 @@ def write_bodies(settings: Settings) -> WriteBodies:
         expires_at: ExpiresAt | None = None
         expires_in_seconds: ExpiresInSeconds | None = None
 
+        @model_validator(mode="after")
+        def _one_expiry(self) -> Self:
+            _expiry_rules(TransactionType.BONUS, self.expires_at, self.expires_in_seconds)
+            return self
+
     class BatchOperation(RequestBody):
         type: BatchType
         user_id: UserId = Field(description="The user of the operation; for a transfer, the sender.")
@@ -200,6 +270,11 @@ def write_bodies(settings: Settings) -> WriteBodies:
         expires_in_seconds: ExpiresInSeconds | None = Field(
             default=None, description="Bonuses only: see the bonus endpoint."
         )
+
+        @model_validator(mode="after")
+        def _rules_of_its_type(self) -> Self:
+            _batch_operation_rules(self)
+            return self
 
     class BatchBody(RequestBody):
         operations: Annotated[
@@ -222,6 +297,17 @@ def write_bodies(settings: Settings) -> WriteBodies:
         idempotency_key: IdempotencyKeyText = None
         description: Text | None = None
         metadata: Metadata = None
+
+        @model_validator(mode="after")
+        def _two_users(self) -> Self:
+            if self.from_user_id == self.to_user_id:
+                raise refusal(
+                    errors.SAME_USER,
+                    "from_user_id and to_user_id must differ",
+                    whole=True,
+                    member="to_user_id",
+                )
+            return self
 
     class ReverseBody(RequestBody):
         amount: OptionalAmount = Field(

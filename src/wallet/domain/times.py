@@ -109,3 +109,12 @@ def check_period(from_time: datetime | None, to_time: datetime | None) -> None:
             f"from ({api_time(from_time)}) must not be after to ({api_time(to_time)})",
             "from",
         )
+
+
+def ten_years_after(instant: datetime) -> datetime:
+    """The same date and time ten years on (28 February for 29 February): the latest a bonus's
+    `expires_at` may be, from the moment it is asked for."""
+    try:
+        return instant.replace(year=instant.year + 10)
+    except ValueError:
+        return instant.replace(year=instant.year + 10, day=28)

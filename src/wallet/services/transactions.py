@@ -2,18 +2,18 @@
 
 A write is one call of the database function `wallet_post_transaction`, in one database
 transaction and one round trip: the idempotency key, the balance update under the user's row lock,
-the ledger rows and the stored response commit together or not at all. This module checks the
-rules of a request that involve more than one of its fields (expiries, a batch's transfers) and
-the key's restrictions (the request models checked each field and its configured limit), then
-hands the outcome back as the exact JSON document the
-database stored, so that a replay is byte-for-byte the original answer.
+the ledger rows and the stored response commit together or not at all. The commands arrive valid:
+the request models checked each field, its configured limit and the rules between fields
+(expiries, a batch's transfers: wallet.api.write_bodies). This module checks the key's
+restrictions, then hands the outcome back as the exact JSON document the database stored, so that
+a replay is byte-for-byte the original answer.
 """
 
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -32,7 +32,9 @@ from wallet.services.tracing import current_request_id
 
 @dataclass(frozen=True, slots=True)
 class PostingRequest:
-    """One operation, its fields already valid one by one (wallet.api.write_bodies)."""
+    """One operation, already valid: each field, and the rules between them (only a bonus carries
+    an expiry, and one; only a transfer a receiver, other than its user, and a fee), checked by
+    the request models (wallet.api.write_bodies)."""
 
     type: TransactionType
     user_id: str
@@ -46,39 +48,12 @@ class PostingRequest:
     expires_in_seconds: int | None = None  # bonuses: or this long after posting
 
 
-def _check_expiry(request: PostingRequest, field_prefix: str) -> None:
-    """Only a bonus carries an expiry, and one way of giving it. (Whether it is still in the
-    future is judged by the database after the idempotency key: a retry gets what was stored.)"""
-    if request.expires_at is None and request.expires_in_seconds is None:
-        return
-    field = f"{field_prefix}{'expires_at' if request.expires_at is not None else 'expires_in_seconds'}"
-    if request.type is not TransactionType.BONUS:
-        raise WalletError(errors.VALIDATION_ERROR, f"only a bonus expires, not a {request.type}", field)
-    if request.expires_at is not None and request.expires_in_seconds is not None:
-        raise WalletError(
-            errors.VALIDATION_ERROR,
-            "give expires_at or expires_in_seconds, not both",
-            f"{field_prefix}expires_in_seconds",
-        )
-    if request.expires_at is not None and request.expires_at > ten_years_after(datetime.now(UTC)):
-        raise WalletError(errors.VALIDATION_ERROR, "must be at most 10 years ahead", field)
-
-
-def ten_years_after(instant: datetime) -> datetime:
-    """The same date and time ten years on (28 February for 29 February)."""
-    try:
-        return instant.replace(year=instant.year + 10)
-    except ValueError:
-        return instant.replace(year=instant.year + 10, day=28)
-
-
 async def post_transaction(
     committer: GroupCommitter, caller: Caller, key: IdempotencyKey, request: PostingRequest
 ) -> PostingOutcome:
     """A single top-up, bonus or spend, posted with whatever else arrives at the same time (see
     group_commit): same outcome, same stored document, as if it were posted alone."""
     caller.permit(KeyOperation(request.type.value), request.asset_code, request.amount_minor)
-    _check_expiry(request, "")
     metadata = metadata_json(request.metadata)
     if request.expires_at is not None or request.expires_in_seconds is not None:
         # Rare, and the group function takes no expiry: posted alone (same fingerprint either way).
@@ -118,15 +93,13 @@ async def post_batch(
     """All operations or none, under one idempotency key; see `wallet_post_batch`."""
     items: list[dict[str, Any]] = []
     for index, op in enumerate(operations):
-        prefix = f"operations[{index}]."
-        # A transfer's fee is debited from its sender too (a fee on anything else is refused below).
-        fee_minor = op.fee_minor if op.type is TransactionType.TRANSFER else 0
+        # A transfer's fee is debited from its sender too (only a transfer has one).
         caller.permit(
             KeyOperation(op.type.value),
             op.asset_code,
             op.amount_minor,
-            fee_minor=fee_minor,
-            field_prefix=prefix,
+            fee_minor=op.fee_minor,
+            field_prefix=f"operations[{index}].",
         )
         item: dict[str, Any] = {
             "type": op.type.value,
@@ -136,24 +109,9 @@ async def post_batch(
             "description": op.description,
             "metadata": orjson.Fragment(metadata_json(op.metadata)),
         }
-        _check_expiry(op, prefix)
         if op.type is TransactionType.TRANSFER:
-            if op.to_user_id is None:
-                raise WalletError(
-                    errors.VALIDATION_ERROR, "a transfer needs to_user_id", f"{prefix}to_user_id"
-                )
-            if op.to_user_id == op.user_id:
-                raise WalletError(
-                    errors.SAME_USER, "user_id and to_user_id must differ", f"{prefix}to_user_id"
-                )
             # Only transfers carry these keys, so earlier batches keep their fingerprints.
             item |= {"to_user_id": op.to_user_id, "fee": op.fee_minor}
-        elif op.to_user_id is not None or op.fee_minor:
-            raise WalletError(
-                errors.VALIDATION_ERROR,
-                f"only a transfer takes to_user_id and fee, not a {op.type}",
-                f"{prefix}to_user_id",
-            )
         # Only bonuses with an expiry carry these keys, so earlier batches keep their fingerprints.
         if op.expires_at is not None:
             item["expires_at"] = op.expires_at.isoformat()

@@ -8,8 +8,6 @@ from typing import Any
 
 import asyncpg
 
-from wallet.domain import errors
-from wallet.domain.errors import WalletError
 from wallet.domain.idempotency import IdempotencyKey
 from wallet.domain.metadata import metadata_json
 from wallet.domain.rules import KeyOperation
@@ -20,7 +18,7 @@ from wallet.services.tracing import current_request_id
 
 @dataclass(frozen=True, slots=True)
 class TransferRequest:
-    """Its fields already valid one by one (wallet.api.write_bodies)."""
+    """Already valid: each field, and two different users (wallet.api.write_bodies)."""
 
     from_user_id: str
     to_user_id: str
@@ -37,8 +35,6 @@ async def post_transfer(
     caller.permit(
         KeyOperation.TRANSFER, request.asset_code, request.amount_minor, fee_minor=request.fee_minor
     )
-    if request.from_user_id == request.to_user_id:
-        raise WalletError(errors.SAME_USER, "from_user_id and to_user_id must differ")
     return await PostingOutcome.call(
         pool,
         "wallet_post_transfer($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb, $10)",

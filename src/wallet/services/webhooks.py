@@ -214,15 +214,9 @@ async def create_endpoint(
     description: str | None,
 ) -> dict[str, Any]:
     """Registers an endpoint that gets every event from now on (those visible at this moment are
-    not sent). The answer is the only one that shows the signing secret."""
-    if len(url) > URL_MAX_CHARS:
-        raise WalletError(errors.LIMIT_EXCEEDED, f"url must not exceed {URL_MAX_CHARS} characters", "url")
-    if not url.startswith(("http://", "https://")):
-        raise WalletError(errors.VALIDATION_ERROR, "url must be an http or https URL", "url")
-    if description is not None and "\x00" in description:
-        raise WalletError(
-            errors.INVALID_REQUEST, "description must not contain NUL characters", "description"
-        )
+    not sent). The answer is the only one that shows the signing secret. The request is valid
+    (wallet.api.schemas_events.WebhookCreate: an http or https URL of at most URL_MAX_CHARS as
+    normalised, a description PostgreSQL can store); the number of endpoints is checked here."""
     types = sorted({t.value for t in event_types}) if event_types else None
     secret = new_secret()
     async with pool.acquire() as conn, conn.transaction():
