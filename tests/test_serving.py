@@ -21,7 +21,7 @@ from tools.service_process import ServiceProcess
 
 WORKERS = 2
 CONNECTIONS = 32
-HEARTBEAT_TIMEOUT_S = 2  # WALLET_WORKER_HEARTBEAT_TIMEOUT_S (workers beat four times a second)
+HEARTBEAT_TIMEOUT_S = 3  # WALLET_WORKER_HEARTBEAT_TIMEOUT_S (workers beat four times a second)
 
 
 @pytest.fixture
