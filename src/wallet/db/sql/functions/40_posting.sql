@@ -1,6 +1,21 @@
 -- Re-installed by every `wallet migrate` (after the versioned migrations); see wallet.db.migrate.
 -- Posting.
 
+-- A new transaction's id: a UUID of version 7 (RFC 9562), the milliseconds since the epoch
+-- first, then 74 random bits. Ids made one after the other sort one after the other, so the
+-- indexes that start with a transaction's id (transactions, ledger_entries, lot_movements) grow at
+-- their right edge, as the seq indexes do: an insert touches the same few pages as the one
+-- before, where a random id touched a page anywhere in the index (a full-page image in the WAL
+-- after every checkpoint, a split in the middle of the index, pages left two thirds full).
+-- docs/PERFORMANCE.md has the bytes. An SQL expression, inlined.
+CREATE OR REPLACE FUNCTION wallet_new_transaction_id() RETURNS uuid
+LANGUAGE sql VOLATILE AS $$
+    SELECT encode(set_bit(set_bit(overlay(uuid_send(gen_random_uuid())
+                                          PLACING substring(int8send((extract(epoch FROM clock_timestamp()) * 1000)::bigint)
+                                                            FROM 3)
+                                          FROM 1 FOR 6), 52, 1), 53, 1), 'hex')::uuid
+$$;
+
 -- The posting core: the one writer of `transactions` and `ledger_entries`. Every kind of
 -- posting (single writes, group commit, batches, transfers, reversals, captures, expiries) is a
 -- row of wallet_posting (migration 0011) built by its own thin function; this posts any number of
@@ -111,7 +126,7 @@ BEGIN
             RETURNING a.balance_minor AS balance, a.held_minor AS held, n.net
         )
         SELECT ARRAY[a.balance], ARRAY[a.held], array_agg(a.balance - a.net + r.balance ORDER BY r.i),
-               array_agg(coalesce(r.id, gen_random_uuid()) ORDER BY r.i)
+               array_agg(coalesce(r.id, wallet_new_transaction_id()) ORDER BY r.i)
           INTO v_balances, v_held, v_balances_after, v_ids
           FROM account a, run r
          GROUP BY a.balance, a.held;
@@ -164,7 +179,7 @@ BEGIN
                array_agg(CASE WHEN x.transfer THEN x.second::bigint END ORDER BY x.i) FILTER (WHERE x.j = 1)
                    AS counterparty_after,
                array_agg(x.allow_negative AND x.balance < x.held ORDER BY x.i) FILTER (WHERE x.j = 1) AS negative,
-               array_agg(coalesce(x.id, gen_random_uuid()) ORDER BY x.i) FILTER (WHERE x.j = 1) AS ids,
+               array_agg(coalesce(x.id, wallet_new_transaction_id()) ORDER BY x.i) FILTER (WHERE x.j = 1) AS ids,
                -- every account has a leg: its last running figures are its new ones
                array_agg(x.balance::bigint ORDER BY x.k) FILTER (WHERE x.back = 1 AND x.k IS NOT NULL) AS balances,
                array_agg(x.held::bigint ORDER BY x.k) FILTER (WHERE x.back = 1 AND x.k IS NOT NULL) AS held
@@ -267,7 +282,7 @@ BEGIN
                     v_counterparty_after[i] := v_balances[v_k];
                 END IF;
             END LOOP;
-            v_ids[i] := coalesce(v_p.id, gen_random_uuid());
+            v_ids[i] := coalesce(v_p.id, wallet_new_transaction_id());
         END LOOP;
 
         IF v_first_short IS NOT NULL THEN
@@ -279,7 +294,8 @@ BEGIN
     END IF;
 
     -- 4. The writes: every transaction, every entry, every balance; and each document, from the
-    --    rows as inserted (the lots, which the entries' trigger moves, are added below).
+    --    rows as inserted (the lots, which the entries' trigger moves, are added below, as
+--    wallet_transaction_lots reads them).
     IF v_uncovered THEN
         v_setting := current_setting('wallet.allow_negative', true);
         PERFORM set_config('wallet.allow_negative', 'on', true);  -- this transaction only
@@ -341,11 +357,12 @@ BEGIN
     RETURN QUERY
         SELECT (w.i - cardinality(v_resting))::integer, v_ids[w.i],
                CASE WHEN v_ids[w.i] IS NOT NULL AND p_documents
-                    THEN v_documents[w.i] || jsonb_build_object('lots', coalesce(m.lots, '[]'::jsonb)) END,
+                    THEN v_documents[w.i] || jsonb_build_object('lots', (
+                             SELECT coalesce(jsonb_agg(wallet_lot_movement_document(m, l) ORDER BY m.id), '[]'::jsonb)
+                               FROM lot_movements m JOIN credit_lots l ON l.id = m.lot_id
+                              WHERE m.transaction_id = v_ids[w.i])) END,
                v_short[w.i]
           FROM generate_series(cardinality(v_resting) + 1, cardinality(v_postings)) AS w(i)
-          LEFT JOIN wallet_transactions_lots(CASE WHEN p_documents THEN v_ids END) AS m
-            ON m.transaction_id = v_ids[w.i]
          ORDER BY w.i;
 END $$;
 
