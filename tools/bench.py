@@ -228,7 +228,7 @@ async def _measure_bytes_per_write(url: str, writes: int) -> dict[str, object]:
     stored bytes per write, all tables with their indexes and TOAST, after VACUUM before and
     after (nothing pruned), per table too; and WAL per write, counted by this backend alone
     (EXPLAIN (ANALYZE, WAL) of each call, so other databases of a shared server do not count;
-    the commit record, some 40 bytes, is not in it)."""
+    the commit record, some 40 bytes, is not in it), with the number of full-page images in it."""
     import asyncpg
 
     sizes_sql = (
@@ -242,6 +242,7 @@ async def _measure_bytes_per_write(url: str, writes: int) -> dict[str, object]:
         await conn.execute("VACUUM")
         before = {r["relname"]: r["bytes"] for r in await conn.fetch(sizes_sql)}
         wal = 0
+        full_pages = 0
         run = uuid.uuid4().hex[:8]
         for i in range(writes):
             plan = await conn.fetchval(
@@ -253,6 +254,7 @@ async def _measure_bytes_per_write(url: str, writes: int) -> dict[str, object]:
                 i % 100,
             )
             wal += int(json.loads(plan)[0]["Plan"].get("WAL Bytes", 0))
+            full_pages += int(json.loads(plan)[0]["Plan"].get("WAL FPI", 0))
         await conn.execute("VACUUM")
         after = {r["relname"]: r["bytes"] for r in await conn.fetch(sizes_sql)}
     finally:
@@ -266,6 +268,9 @@ async def _measure_bytes_per_write(url: str, writes: int) -> dict[str, object]:
         "writes": writes,
         "stored_bytes_per_write": round(sum(after.values()) - sum(before.values())) / writes,
         "wal_bytes_per_write": wal / writes,
+        # Full-page images: the first change of a page after a checkpoint (anyone's, on a shared
+        # server) logs the whole page; they are in the WAL bytes above.
+        "wal_full_page_images": full_pages,
         "stored_bytes_per_table": tables,
     }
 
@@ -420,7 +425,8 @@ def run_bench(
         per_write = asyncio.run(_measure_bytes_per_write(url, byte_writes))
         print(
             f"  per single write ({byte_writes} writes): stored {per_write['stored_bytes_per_write']:.0f} bytes"
-            f" (all tables, after VACUUM, before pruning), WAL {per_write['wal_bytes_per_write']:.0f} bytes;"
+            f" (all tables, after VACUUM, before pruning), WAL {per_write['wal_bytes_per_write']:.0f} bytes"
+            f" ({per_write['wal_full_page_images']} full-page images in all);"
             f" by table {per_write['stored_bytes_per_table']}",
             file=sys.stderr,
             flush=True,

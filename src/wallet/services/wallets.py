@@ -136,13 +136,18 @@ FROM users u WHERE u.id = $1
 """
 
 # Newest first; a transfer appears in the history of both users. Each branch is an ordered index
-# scan with its own LIMIT, so a page costs the same whatever the length of the history.
+# scan with its own LIMIT, so a page costs the same whatever the length of the history: the
+# user's own postings one scan per asset account on (user, asset, seq), the page taken from their
+# merge (the index on (user, seq) alone went in migration 0012: one index less to write per
+# posting; docs/PERFORMANCE.md has both plans).
 HISTORY_SQL = """
 SELECT h.seq, wallet_transaction_json(h.id)::text AS body FROM (
-    (SELECT t.seq, t.id FROM transactions t
-      WHERE t.user_id = $1
-        AND ($2::text IS NULL OR t.asset_code = $2) AND ($3::text IS NULL OR t.type = $3)
-        AND ($4::bigint IS NULL OR t.seq < $4)
+    (SELECT t.seq, t.id FROM accounts a CROSS JOIN LATERAL (
+        SELECT t.seq, t.id FROM transactions t
+         WHERE t.user_id = $1 AND t.asset_code = a.asset_code AND ($3::text IS NULL OR t.type = $3)
+           AND ($4::bigint IS NULL OR t.seq < $4)
+         ORDER BY t.seq DESC LIMIT $5) AS t
+      WHERE a.user_id = $1 AND ($2::text IS NULL OR a.asset_code = $2)
       ORDER BY t.seq DESC LIMIT $5)
     UNION ALL
     (SELECT t.seq, t.id FROM transactions t
@@ -156,9 +161,10 @@ ORDER BY h.seq DESC LIMIT $5
 
 # The same, within [from, to). The time bounds are first turned into bounds on seq, per asset
 # account, by one index descent each on (user, asset, created_at, seq): postings of one account are
-# stamped under its row lock, so their times follow their seq. The page is then read from the seq
-# index between those bounds (the created_at filter only drops rows of other accounts stamped
-# out of order by microseconds). A window anywhere in a long history costs the same.
+# stamped under its row lock, so their times follow their seq. The page is then read from the
+# (user, asset, seq) index between those bounds, one scan per asset (the created_at filter only
+# drops rows of other accounts stamped out of order by microseconds). A window anywhere in a long
+# history costs the same.
 # It is planned with the parameters' values (a generic plan, not knowing the bounds, would read
 # the time index and sort); the documents are then rendered by a second statement under the
 # session's generic plans, as a custom plan there would re-plan wallet_transaction_json per row.
@@ -183,11 +189,12 @@ WITH mine AS (
                  ORDER BY t.created_at, t.seq LIMIT 1) AS x) AS lo
 )
 SELECT h.seq, h.id FROM (
-    (SELECT t.seq, t.id FROM transactions t, mine
-      WHERE t.user_id = $1 AND t.seq BETWEEN mine.lo AND mine.hi
-        AND t.asset_code = ANY ($2::text[]) AND ($3::text IS NULL OR t.type = $3)
-        AND ($4::bigint IS NULL OR t.seq < $4)
-        AND t.created_at >= $6 AND t.created_at < $7
+    (SELECT t.seq, t.id FROM mine, unnest($2::text[]) AS a(code) CROSS JOIN LATERAL (
+        SELECT t.seq, t.id FROM transactions t
+         WHERE t.user_id = $1 AND t.asset_code = a.code AND t.seq BETWEEN mine.lo AND mine.hi
+           AND ($3::text IS NULL OR t.type = $3) AND ($4::bigint IS NULL OR t.seq < $4)
+           AND t.created_at >= $6 AND t.created_at < $7
+         ORDER BY t.seq DESC LIMIT $5) AS t
       ORDER BY t.seq DESC LIMIT $5)
     UNION ALL
     (SELECT t.seq, t.id FROM transactions t, received

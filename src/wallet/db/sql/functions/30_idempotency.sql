@@ -112,7 +112,11 @@ BEGIN
             'idempotency_key');
         RETURN;
     END;
-    SELECT s.outcome, s.body, s.replayed INTO outcome, body, replayed
-      FROM wallet_idempotency_stored(ARRAY[p_api_key_id], ARRAY[p_idempotency_key], ARRAY[p_fingerprint]) AS s;
+    -- A new key (the usual case) is told by one probe of the primary key; a stored one is read
+    -- by the one reader.
+    IF EXISTS (SELECT 1 FROM idempotency_keys k WHERE k.api_key_id = p_api_key_id AND k.key = p_idempotency_key) THEN
+        SELECT s.outcome, s.body, s.replayed INTO outcome, body, replayed
+          FROM wallet_idempotency_stored(ARRAY[p_api_key_id], ARRAY[p_idempotency_key], ARRAY[p_fingerprint]) AS s;
+    END IF;
     replayed := coalesce(replayed, false);
 END $$;

@@ -1,6 +1,21 @@
 -- Re-installed by every `wallet migrate` (after the versioned migrations); see wallet.db.migrate.
 -- Posting.
 
+-- A new transaction's id: a UUID of version 7 (RFC 9562), the milliseconds since the epoch
+-- first, then 74 random bits. Ids made one after the other sort one after the other, so the
+-- indexes that start with a transaction's id (transactions, ledger_entries, lot_movements) grow at
+-- their right edge, as the seq indexes do: an insert touches the same few pages as the one
+-- before, where a random id touched a page anywhere in the index (a full-page image in the WAL
+-- after every checkpoint, a split in the middle of the index, pages left two thirds full).
+-- docs/PERFORMANCE.md has the bytes. An SQL expression, inlined.
+CREATE OR REPLACE FUNCTION wallet_new_transaction_id() RETURNS uuid
+LANGUAGE sql VOLATILE AS $$
+    SELECT encode(set_bit(set_bit(overlay(uuid_send(gen_random_uuid())
+                                          PLACING substring(int8send((extract(epoch FROM clock_timestamp()) * 1000)::bigint)
+                                                            FROM 3)
+                                          FROM 1 FOR 6), 52, 1), 53, 1), 'hex')::uuid
+$$;
+
 -- The posting core: the one writer of `transactions` and `ledger_entries`. Every kind of
 -- posting (single writes, group commit, batches, transfers, reversals, captures, expiries) is a
 -- row of wallet_posting (migration 0011) built by its own thin function; this posts any number of
@@ -19,11 +34,20 @@
 --      when that alone makes one short);
 --   4. one INSERT writes every transaction, one every entry (the triggers then check the entries,
 --      fill and draw the lots, extend the hash chain and write the events), one UPDATE every
---      balance.
+--      balance; the same statement builds each posting's document from the rows it inserted.
+-- Steps 1 and 3 take one of three roads, the same answers by each (docs/PERFORMANCE.md):
+--   * one user account (every posting's first leg; the other legs on system accounts; none
+--     uncovered): one UPDATE locks it and applies every posting, when its balance covers the
+--     running balances of all of them and it has no due lot. No lock record, no second update.
+--   * otherwise one statement locks the accounts and reads them, and, when none has a due lot,
+--     one window query runs every posting against the running balances; if none is short, done.
+--   * otherwise (due lots, a short posting): the posting-by-posting pass below, which expires,
+--     releases expired holds and refuses.
 -- p_all_or_none: a short posting refuses them all (a batch) and nothing is written; otherwise
 -- (a group) each short posting is refused alone and the rest go through.
 -- Returns one row per posting: its transaction (NULL when refused) and, when p_documents, its
--- document as posted (wallet_transactions_document); for a refused one, the account found short.
+-- document as posted (the document wallet_transactions_document renders from the stored rows,
+-- as a replay does, byte for byte); for a refused one, the account found short.
 CREATE OR REPLACE FUNCTION wallet_post(p_postings wallet_posting[], p_all_or_none boolean,
                                        p_expire_due boolean DEFAULT true, p_documents boolean DEFAULT true)
 RETURNS TABLE (ord integer, transaction_id uuid, document jsonb, short_account_id bigint)
@@ -43,6 +67,7 @@ DECLARE
     v_counterparty_after bigint[];
     v_negative boolean[];     -- per posting: an admin debt left below the holds
     v_short bigint[];         -- per posting: the account found short
+    v_documents jsonb[];      -- per posting: its document, lots aside
     v_resting wallet_posting[] := '{}';
     v_now timestamptz;
     v_row record;
@@ -53,124 +78,224 @@ DECLARE
     v_new bigint;
     v_first_short integer;
     v_due boolean;            -- some account has a lot past its expiry
+    v_single bigint;          -- the one user account of every posting (the first road)
+    v_passed boolean := false;
     v_uncovered boolean := false;
     v_setting text;
-    v_documents jsonb;
 BEGIN
-    IF v_n IS NULL OR v_n < 1 OR EXISTS (
-           SELECT 1 FROM unnest(p_postings) AS p
-            WHERE cardinality(p.account_ids) < 2 OR cardinality(p.account_ids) <> cardinality(p.amounts_minor)
-               OR p.covered_by NOT IN ('available', 'balance', 'nothing') OR p.amount_minor IS NULL
-               OR p.amount_minor <= 0) THEN
+    -- The postings' shape, and whether the first road may take them.
+    SELECT CASE WHEN bool_and(coalesce(cardinality(p.account_ids) >= 2
+                                       AND cardinality(p.account_ids) = cardinality(p.amounts_minor)
+                                       AND p.covered_by IN ('available', 'balance', 'nothing') AND p.amount_minor > 0,
+                                       false))
+                THEN coalesce(bool_or(p.covered_by = 'nothing'), false) END,
+           CASE WHEN count(DISTINCT p.account_ids[1]) = 1 AND bool_and(p.counterparty_user_id IS NULL)
+                THEN min(p.account_ids[1]) END
+      INTO v_uncovered, v_single
+      FROM unnest(p_postings) AS p;
+    IF v_n IS NULL OR v_n < 1 OR v_uncovered IS NULL THEN
         RAISE EXCEPTION 'invalid postings: each needs a positive amount, two or more legs and a known cover'
             USING ERRCODE = 'check_violation';
     END IF;
 
-    -- 1. The user accounts, locked in ascending id, read in the same statement (the lock is
-    --    taken before the row is read: the values are the committed ones after any wait).
-    SELECT array_agg(l.id ORDER BY l.id), array_agg(l.balance_minor ORDER BY l.id),
-           array_agg(l.held_minor ORDER BY l.id), coalesce(bool_or(l.lots_expire_at <= clock_timestamp()), false)
-      INTO v_accounts, v_balances, v_held, v_due
-      FROM (SELECT a.id, a.balance_minor, a.held_minor, a.lots_expire_at FROM accounts a
-             WHERE a.id = ANY (ARRAY(SELECT DISTINCT l.id FROM unnest(p_postings) AS p, unnest(p.account_ids) AS l(id)))
-               AND a.kind = 'user'
-             ORDER BY a.id FOR UPDATE) AS l;
-
-    -- 2. Due lots (only when an account has some: most postings skip this step).
-    IF p_expire_due AND v_due THEN
-        v_now := clock_timestamp();
-        FOR v_row IN
-            SELECT a.id, a.held_minor, c.credits, c.debited
-              FROM (SELECT l.id, sum(greatest(l.amount, 0))::bigint AS credits, bool_or(l.amount < 0) AS debited
-                      FROM unnest(p_postings) AS p, unnest(p.account_ids, p.amounts_minor) AS l(id, amount)
-                     GROUP BY l.id) AS c
-             CROSS JOIN LATERAL (SELECT x.id, x.held_minor FROM accounts x
-                                  WHERE x.id = c.id AND x.kind = 'user' AND x.lots_expire_at <= v_now LIMIT 1) AS a
-             ORDER BY a.id
-        LOOP
-            IF v_row.debited AND (v_row.credits = 0 OR v_row.held_minor = 0) THEN
-                PERFORM wallet_expire_lots(v_row.id);
-            ELSE
-                v_p := wallet_resting_expiry(v_row.id, v_row.credits);
-                IF v_p.amount_minor > 0 THEN
-                    v_resting := v_resting || v_p;
-                END IF;
-            END IF;
-        END LOOP;
-        IF cardinality(v_resting) > 0 THEN
-            v_postings := v_resting || v_postings;
+    -- The first road: one user account, locked by the update that applies every posting. Each
+    -- debit must leave what its cover says, at its place in the running balance: the balance
+    -- (and the balance less held) must be at least the deepest point the postings take it to.
+    IF v_single IS NOT NULL AND NOT v_uncovered THEN
+        WITH run AS (
+            SELECT p.ordinality AS i, p.id, p.amounts_minor[1] AS amount, p.covered_by,
+                   coalesce(p.held_change_minor, 0) AS held_change,
+                   (sum(p.amounts_minor[1]) OVER w)::bigint AS balance,
+                   (sum(coalesce(p.held_change_minor, 0)) OVER w)::bigint AS held
+              FROM unnest(p_postings) WITH ORDINALITY AS p
+            WINDOW w AS (ORDER BY p.ordinality)
+        ), need AS (
+            SELECT sum(r.amount)::bigint AS net, sum(r.held_change)::bigint AS held_net,
+                   max(-r.balance) FILTER (WHERE r.amount < 0) AS balance,
+                   max(r.held - r.balance) FILTER (WHERE r.amount < 0 AND r.covered_by = 'available') AS available
+              FROM run r
+        ), account AS (
+            UPDATE accounts a SET balance_minor = a.balance_minor + n.net, held_minor = a.held_minor + n.held_net
+              FROM need n
+             WHERE a.id = v_single AND a.kind = 'user'
+               AND NOT (p_expire_due AND coalesce(a.lots_expire_at <= clock_timestamp(), false))
+               AND (n.balance IS NULL OR a.balance_minor >= n.balance)
+               AND (n.available IS NULL OR a.balance_minor - a.held_minor >= n.available)
+               AND NOT EXISTS (SELECT 1 FROM unnest(p_postings) AS p, unnest(p.account_ids[2:]) AS o(id)
+                                 JOIN accounts x ON x.id = o.id WHERE x.kind = 'user')
+            RETURNING a.balance_minor AS balance, a.held_minor AS held, n.net
+        )
+        SELECT ARRAY[a.balance], ARRAY[a.held], array_agg(a.balance - a.net + r.balance ORDER BY r.i),
+               array_agg(coalesce(r.id, wallet_new_transaction_id()) ORDER BY r.i)
+          INTO v_balances, v_held, v_balances_after, v_ids
+          FROM account a, run r
+         GROUP BY a.balance, a.held;
+        IF v_ids IS NOT NULL THEN
+            v_passed := true;
+            v_accounts := ARRAY[v_single];
+            v_start_balances := v_balances;  -- written already
+            v_start_held := v_held;
+            v_counterparty_after := array_fill(NULL::bigint, ARRAY[v_n]);
+            v_negative := array_fill(false, ARRAY[v_n]);
+            v_short := v_counterparty_after;
         END IF;
-        -- Read again: expiries and released holds changed them.
-        SELECT array_agg(a.id ORDER BY a.id), array_agg(a.balance_minor ORDER BY a.id),
-               array_agg(a.held_minor ORDER BY a.id)
-          INTO v_accounts, v_balances, v_held
-          FROM accounts a
-         WHERE a.id = ANY (v_accounts);
     END IF;
-    v_start_balances := v_balances;
-    v_start_held := v_held;
-    v_released := array_fill(false, ARRAY[cardinality(v_accounts)]);
-    v_ids := array_fill(NULL::uuid, ARRAY[cardinality(v_postings)]);
-    v_balances_after := array_fill(NULL::bigint, ARRAY[cardinality(v_postings)]);
-    v_counterparty_after := v_balances_after;
-    v_negative := array_fill(false, ARRAY[cardinality(v_postings)]);
-    v_short := v_balances_after;
 
-    -- 3. The running balances, posting by posting.
-    FOR i IN 1..cardinality(v_postings) LOOP
-        v_p := v_postings[i];
-        FOR v_try IN 1..2 LOOP
-            v_ok := true;
-            FOR j IN 1..cardinality(v_p.account_ids) LOOP
-                v_k := array_position(v_accounts, v_p.account_ids[j]);
-                CONTINUE WHEN v_k IS NULL OR v_p.amounts_minor[j] >= 0 OR v_p.covered_by = 'nothing';
-                v_new := v_balances[v_k] + v_p.amounts_minor[j];
-                IF v_new < 0 OR (v_p.covered_by = 'available' AND v_new - v_held[v_k]
-                                 - CASE WHEN j = 1 THEN coalesce(v_p.held_change_minor, 0) ELSE 0 END < 0) THEN
-                    v_ok := false;
-                    v_short[i] := v_accounts[v_k];
-                    EXIT;
+    IF NOT v_passed THEN
+        -- 1. The user accounts, locked in ascending id, read in the same statement (the lock is
+        --    taken before the row is read: the values are the committed ones after any wait).
+        SELECT array_agg(l.id ORDER BY l.id), array_agg(l.balance_minor ORDER BY l.id),
+               array_agg(l.held_minor ORDER BY l.id), coalesce(bool_or(l.lots_expire_at <= clock_timestamp()), false)
+          INTO v_accounts, v_balances, v_held, v_due
+          FROM (SELECT a.id, a.balance_minor, a.held_minor, a.lots_expire_at FROM accounts a
+                 WHERE a.id = ANY (ARRAY(SELECT DISTINCT l.id FROM unnest(p_postings) AS p, unnest(p.account_ids) AS l(id)))
+                   AND a.kind = 'user'
+                 ORDER BY a.id FOR UPDATE) AS l;
+        v_due := p_expire_due AND v_due;
+        v_start_balances := v_balances;
+        v_start_held := v_held;
+    END IF;
+
+    -- The second road: no due lot; every posting against the running balances of its accounts
+    -- in one window query; if none is short, they all go through as the pass below would take them.
+    IF NOT v_passed AND NOT v_due THEN
+        WITH leg AS (
+            SELECT p.ordinality AS i, l.j, p.id, p.covered_by, coalesce(p.allow_negative, false) AS allow_negative,
+                   p.counterparty_user_id IS NOT NULL AS transfer, l.amount, k.k,
+                   v_balances[k.k] + sum(l.amount) OVER w AS balance,
+                   v_held[k.k] + sum(CASE WHEN l.j = 1 THEN coalesce(p.held_change_minor, 0) ELSE 0 END) OVER w AS held,
+                   row_number() OVER (PARTITION BY k.k ORDER BY p.ordinality DESC, l.j DESC) AS back
+              FROM unnest(p_postings) WITH ORDINALITY AS p
+             CROSS JOIN LATERAL unnest(p.account_ids, p.amounts_minor) WITH ORDINALITY AS l(account_id, amount, j)
+             CROSS JOIN LATERAL (SELECT array_position(v_accounts, l.account_id) AS k) AS k
+            WINDOW w AS (PARTITION BY k.k ORDER BY p.ordinality, l.j)
+        ), posting AS (
+            SELECT x.*, lead(x.balance) OVER (PARTITION BY x.i ORDER BY x.j) AS second FROM leg x
+        )
+        SELECT NOT coalesce(bool_or(x.k IS NOT NULL AND x.amount < 0 AND x.covered_by <> 'nothing'
+                                    AND (x.balance < 0 OR (x.covered_by = 'available' AND x.balance - x.held < 0))),
+                            false) AS passed,
+               array_agg(x.balance::bigint ORDER BY x.i) FILTER (WHERE x.j = 1) AS balances_after,
+               array_agg(CASE WHEN x.transfer THEN x.second::bigint END ORDER BY x.i) FILTER (WHERE x.j = 1)
+                   AS counterparty_after,
+               array_agg(x.allow_negative AND x.balance < x.held ORDER BY x.i) FILTER (WHERE x.j = 1) AS negative,
+               array_agg(coalesce(x.id, wallet_new_transaction_id()) ORDER BY x.i) FILTER (WHERE x.j = 1) AS ids,
+               -- every account has a leg: its last running figures are its new ones
+               array_agg(x.balance::bigint ORDER BY x.k) FILTER (WHERE x.back = 1 AND x.k IS NOT NULL) AS balances,
+               array_agg(x.held::bigint ORDER BY x.k) FILTER (WHERE x.back = 1 AND x.k IS NOT NULL) AS held
+          INTO v_row
+          FROM posting x;
+        IF v_row.passed THEN
+            v_passed := true;
+            v_balances_after := v_row.balances_after;
+            v_counterparty_after := v_row.counterparty_after;
+            v_negative := v_row.negative;
+            v_ids := v_row.ids;
+            v_balances := coalesce(v_row.balances, '{}');
+            v_held := coalesce(v_row.held, '{}');
+            v_short := array_fill(NULL::bigint, ARRAY[v_n]);
+        END IF;
+    END IF;
+
+    IF NOT v_passed THEN
+        -- 2. Due lots (only when an account has some: most postings skip this step).
+        IF v_due THEN
+            v_now := clock_timestamp();
+            FOR v_row IN
+                SELECT a.id, a.held_minor, c.credits, c.debited
+                  FROM (SELECT l.id, sum(greatest(l.amount, 0))::bigint AS credits, bool_or(l.amount < 0) AS debited
+                          FROM unnest(p_postings) AS p, unnest(p.account_ids, p.amounts_minor) AS l(id, amount)
+                         GROUP BY l.id) AS c
+                 CROSS JOIN LATERAL (SELECT x.id, x.held_minor FROM accounts x
+                                      WHERE x.id = c.id AND x.kind = 'user' AND x.lots_expire_at <= v_now LIMIT 1) AS a
+                 ORDER BY a.id
+            LOOP
+                IF v_row.debited AND (v_row.credits = 0 OR v_row.held_minor = 0) THEN
+                    PERFORM wallet_expire_lots(v_row.id);
+                ELSE
+                    v_p := wallet_resting_expiry(v_row.id, v_row.credits);
+                    IF v_p.amount_minor > 0 THEN
+                        v_resting := v_resting || v_p;
+                    END IF;
                 END IF;
             END LOOP;
-            EXIT WHEN v_ok;
-            v_k := array_position(v_accounts, v_short[i]);
-            EXIT WHEN v_held[v_k] = 0 OR v_released[v_k];
-            -- Expired holds may still be counted in held_minor: release them (under the lock).
-            PERFORM wallet_release_expired_holds(v_accounts[v_k]);
-            v_held[v_k] := v_held[v_k] - (v_start_held[v_k] - (SELECT a.held_minor FROM accounts a WHERE a.id = v_accounts[v_k]));
-            v_start_held[v_k] := (SELECT a.held_minor FROM accounts a WHERE a.id = v_accounts[v_k]);
-            v_released[v_k] := true;
-            v_short[i] := NULL;
-        END LOOP;
-        IF NOT v_ok THEN
-            CONTINUE WHEN NOT p_all_or_none;
-            v_first_short := i;
-            EXIT;
-        END IF;
-        FOR j IN 1..cardinality(v_p.account_ids) LOOP
-            v_k := array_position(v_accounts, v_p.account_ids[j]);
-            CONTINUE WHEN v_k IS NULL;
-            v_balances[v_k] := v_balances[v_k] + v_p.amounts_minor[j];
-            IF j = 1 THEN
-                v_held[v_k] := v_held[v_k] + coalesce(v_p.held_change_minor, 0);
-                v_balances_after[i] := v_balances[v_k];
-                v_negative[i] := coalesce(v_p.allow_negative, false) AND v_balances[v_k] < v_held[v_k];
-            ELSIF j = 2 AND v_p.counterparty_user_id IS NOT NULL THEN
-                v_counterparty_after[i] := v_balances[v_k];
+            IF cardinality(v_resting) > 0 THEN
+                v_postings := v_resting || v_postings;
+                v_uncovered := true;
             END IF;
-        END LOOP;
-        v_ids[i] := coalesce(v_p.id, gen_random_uuid());
-        v_uncovered := v_uncovered OR v_p.covered_by = 'nothing';
-    END LOOP;
+            -- Read again: expiries and released holds changed them.
+            SELECT array_agg(a.id ORDER BY a.id), array_agg(a.balance_minor ORDER BY a.id),
+                   array_agg(a.held_minor ORDER BY a.id)
+              INTO v_accounts, v_balances, v_held
+              FROM accounts a
+             WHERE a.id = ANY (v_accounts);
+            v_start_balances := v_balances;
+            v_start_held := v_held;
+        END IF;
+        v_released := array_fill(false, ARRAY[cardinality(v_accounts)]);
+        v_ids := array_fill(NULL::uuid, ARRAY[cardinality(v_postings)]);
+        v_balances_after := array_fill(NULL::bigint, ARRAY[cardinality(v_postings)]);
+        v_counterparty_after := v_balances_after;
+        v_negative := array_fill(false, ARRAY[cardinality(v_postings)]);
+        v_short := v_balances_after;
 
-    IF v_first_short IS NOT NULL THEN
-        RETURN QUERY SELECT (w.i - cardinality(v_resting))::integer, NULL::uuid, NULL::jsonb,
-                            CASE WHEN w.i = v_first_short THEN v_short[w.i] END
-                       FROM generate_series(cardinality(v_resting) + 1, cardinality(v_postings)) AS w(i);
-        RETURN;
+        -- 3. The running balances, posting by posting.
+        FOR i IN 1..cardinality(v_postings) LOOP
+            v_p := v_postings[i];
+            FOR v_try IN 1..2 LOOP
+                v_ok := true;
+                FOR j IN 1..cardinality(v_p.account_ids) LOOP
+                    v_k := array_position(v_accounts, v_p.account_ids[j]);
+                    CONTINUE WHEN v_k IS NULL OR v_p.amounts_minor[j] >= 0 OR v_p.covered_by = 'nothing';
+                    v_new := v_balances[v_k] + v_p.amounts_minor[j];
+                    IF v_new < 0 OR (v_p.covered_by = 'available' AND v_new - v_held[v_k]
+                                     - CASE WHEN j = 1 THEN coalesce(v_p.held_change_minor, 0) ELSE 0 END < 0) THEN
+                        v_ok := false;
+                        v_short[i] := v_accounts[v_k];
+                        EXIT;
+                    END IF;
+                END LOOP;
+                EXIT WHEN v_ok;
+                v_k := array_position(v_accounts, v_short[i]);
+                EXIT WHEN v_held[v_k] = 0 OR v_released[v_k];
+                -- Expired holds may still be counted in held_minor: release them (under the lock).
+                PERFORM wallet_release_expired_holds(v_accounts[v_k]);
+                v_held[v_k] := v_held[v_k] - (v_start_held[v_k] - (SELECT a.held_minor FROM accounts a WHERE a.id = v_accounts[v_k]));
+                v_start_held[v_k] := (SELECT a.held_minor FROM accounts a WHERE a.id = v_accounts[v_k]);
+                v_released[v_k] := true;
+                v_short[i] := NULL;
+            END LOOP;
+            IF NOT v_ok THEN
+                CONTINUE WHEN NOT p_all_or_none;
+                v_first_short := i;
+                EXIT;
+            END IF;
+            FOR j IN 1..cardinality(v_p.account_ids) LOOP
+                v_k := array_position(v_accounts, v_p.account_ids[j]);
+                CONTINUE WHEN v_k IS NULL;
+                v_balances[v_k] := v_balances[v_k] + v_p.amounts_minor[j];
+                IF j = 1 THEN
+                    v_held[v_k] := v_held[v_k] + coalesce(v_p.held_change_minor, 0);
+                    v_balances_after[i] := v_balances[v_k];
+                    v_negative[i] := coalesce(v_p.allow_negative, false) AND v_balances[v_k] < v_held[v_k];
+                ELSIF j = 2 AND v_p.counterparty_user_id IS NOT NULL THEN
+                    v_counterparty_after[i] := v_balances[v_k];
+                END IF;
+            END LOOP;
+            v_ids[i] := coalesce(v_p.id, wallet_new_transaction_id());
+        END LOOP;
+
+        IF v_first_short IS NOT NULL THEN
+            RETURN QUERY SELECT (w.i - cardinality(v_resting))::integer, NULL::uuid, NULL::jsonb,
+                                CASE WHEN w.i = v_first_short THEN v_short[w.i] END
+                           FROM generate_series(cardinality(v_resting) + 1, cardinality(v_postings)) AS w(i);
+            RETURN;
+        END IF;
     END IF;
 
-    -- 4. The writes: every transaction, every entry, every balance.
+    -- 4. The writes: every transaction, every entry, every balance; and each document, from the
+    --    rows as inserted (the lots, which the entries' trigger moves, are added below, as
+--    wallet_transaction_lots reads them).
     IF v_uncovered THEN
         v_setting := current_setting('wallet.allow_negative', true);
         PERFORM set_config('wallet.allow_negative', 'on', true);  -- this transaction only
@@ -188,7 +313,7 @@ BEGIN
           FROM unnest(v_postings) WITH ORDINALITY AS p
          WHERE v_ids[p.ordinality] IS NOT NULL
          ORDER BY p.ordinality
-        RETURNING 1
+        RETURNING *
     ), entries AS (
         INSERT INTO ledger_entries (transaction_id, entry_no, account_id, asset_code, amount_minor)
         SELECT v_ids[p.ordinality], l.entry_no::smallint, l.account_id, p.asset_code, l.amount_minor
@@ -196,7 +321,7 @@ BEGIN
          CROSS JOIN LATERAL unnest(p.account_ids, p.amounts_minor) WITH ORDINALITY AS l(account_id, amount_minor, entry_no)
          WHERE v_ids[p.ordinality] IS NOT NULL
          ORDER BY p.ordinality, l.entry_no
-        RETURNING 1
+        RETURNING transaction_id, entry_no, account_id, amount_minor
     ), balances AS (
         -- Found by = ANY (an index scan whatever the planner guesses of the set's size).
         UPDATE accounts a SET balance_minor = v_balances[array_position(v_accounts, a.id)],
@@ -204,21 +329,38 @@ BEGIN
          WHERE a.id = ANY (ARRAY(SELECT v_accounts[w.k] FROM generate_series(1, cardinality(v_accounts)) AS w(k)
                                   WHERE v_balances[w.k] <> v_start_balances[w.k] OR v_held[w.k] <> v_start_held[w.k]))
         RETURNING 1
+    ), legs AS (
+        SELECT e.transaction_id,
+               jsonb_agg(wallet_entry_document(e.account_id, coalesce(a.user_id, a.system_code), a.kind, e.amount_minor)
+                         ORDER BY e.entry_no) AS entries
+          FROM entries e
+         CROSS JOIN LATERAL (SELECT x.user_id, x.system_code, x.kind FROM accounts x WHERE x.id = e.account_id LIMIT 1) AS a
+         WHERE p_documents
+         GROUP BY e.transaction_id
     )
-    SELECT (SELECT count(*) FROM posted) + (SELECT count(*) FROM entries) + (SELECT count(*) FROM balances) INTO v_try;
+    SELECT (SELECT count(*) FROM balances),
+           (SELECT array_agg(d.document ORDER BY w.i)
+              FROM generate_series(1, cardinality(v_postings)) AS w(i)
+              LEFT JOIN (SELECT t.id, wallet_transaction_document(
+                                    t.id, t.type, t.status, t.user_id, t.asset_code, t.amount_minor,
+                                    t.balance_after_minor, t.description, t.metadata, t.idempotency_key, t.created_at,
+                                    l.entries)
+                                || wallet_transaction_extras(t.reverses, 0, t.counterparty_user_id,
+                                                             t.counterparty_balance_after_minor, t.fee_minor, t.hold_id)
+                                   AS document
+                           FROM posted t JOIN legs l ON l.transaction_id = t.id) AS d ON d.id = v_ids[w.i])
+      INTO v_try, v_documents;
     IF v_uncovered THEN
         PERFORM set_config('wallet.allow_negative', coalesce(v_setting, ''), true);
     END IF;
 
-    IF p_documents THEN
-        v_documents := wallet_transactions_document(
-            ARRAY(SELECT v_ids[w.i] FROM generate_series(cardinality(v_resting) + 1, cardinality(v_postings)) AS w(i)
-                   WHERE v_ids[w.i] IS NOT NULL ORDER BY w.i), true);
-    END IF;
     RETURN QUERY
         SELECT (w.i - cardinality(v_resting))::integer, v_ids[w.i],
-               CASE WHEN v_ids[w.i] IS NOT NULL
-                    THEN v_documents -> ((count(v_ids[w.i]) OVER (ORDER BY w.i))::integer - 1) END,
+               CASE WHEN v_ids[w.i] IS NOT NULL AND p_documents
+                    THEN v_documents[w.i] || jsonb_build_object('lots', (
+                             SELECT coalesce(jsonb_agg(wallet_lot_movement_document(m, l) ORDER BY m.id), '[]'::jsonb)
+                               FROM lot_movements m JOIN credit_lots l ON l.id = m.lot_id
+                              WHERE m.transaction_id = v_ids[w.i])) END,
                v_short[w.i]
           FROM generate_series(cardinality(v_resting) + 1, cardinality(v_postings)) AS w(i)
          ORDER BY w.i;

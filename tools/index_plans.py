@@ -1,0 +1,293 @@
+"""`python -m tools.index_plans`: the plans of every query that could use an index migration 0012
+drops or narrows, before (the index there, the query as it was) and after (head).
+
+Creates a scratch database (`wallet_index_plans`) on the given server, migrates it to head,
+posts `--postings` top-ups and spends for `--users` users through the service's own posting
+functions (a few users with long histories), and prints EXPLAIN (ANALYZE, COSTS OFF, TIMING
+OFF) of each query as the service plans it (generic plans, as the pool's sessions do, except the
+history window, which the service plans with its values). "Before" recreates the 0011 index in a
+transaction that is rolled back. Used for docs/PERFORMANCE.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Annotated
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import typer
+
+SCRATCH_DATABASE = "wallet_index_plans"
+
+# The user's history as read before migration 0012, from (user_id, seq DESC).
+HISTORY_SQL_0011 = """
+SELECT h.seq, wallet_transaction_json(h.id)::text AS body FROM (
+    (SELECT t.seq, t.id FROM transactions t
+      WHERE t.user_id = $1
+        AND ($2::text IS NULL OR t.asset_code = $2) AND ($3::text IS NULL OR t.type = $3)
+        AND ($4::bigint IS NULL OR t.seq < $4)
+      ORDER BY t.seq DESC LIMIT $5)
+    UNION ALL
+    (SELECT t.seq, t.id FROM transactions t
+      WHERE t.counterparty_user_id = $1
+        AND ($2::text IS NULL OR t.asset_code = $2) AND ($3::text IS NULL OR t.type = $3)
+        AND ($4::bigint IS NULL OR t.seq < $4)
+      ORDER BY t.seq DESC LIMIT $5)
+) h
+ORDER BY h.seq DESC LIMIT $5
+"""
+
+# The history window before migration 0012: the page from (user_id, seq DESC) between bounds.
+HISTORY_RANGE_SQL_0011 = """
+WITH mine AS (
+    SELECT (SELECT max(x.seq) FROM unnest($2::text[]) AS a(code) CROSS JOIN LATERAL (
+                SELECT t.seq FROM transactions t
+                 WHERE t.user_id = $1 AND t.asset_code = a.code AND t.created_at < $7
+                 ORDER BY t.created_at DESC, t.seq DESC LIMIT 1) AS x) AS hi,
+           (SELECT min(x.seq) FROM unnest($2::text[]) AS a(code) CROSS JOIN LATERAL (
+                SELECT t.seq FROM transactions t
+                 WHERE t.user_id = $1 AND t.asset_code = a.code AND t.created_at >= $6
+                 ORDER BY t.created_at, t.seq LIMIT 1) AS x) AS lo
+), received AS (
+    SELECT (SELECT max(x.seq) FROM unnest($2::text[]) AS a(code) CROSS JOIN LATERAL (
+                SELECT t.seq FROM transactions t
+                 WHERE t.counterparty_user_id = $1 AND t.asset_code = a.code AND t.created_at < $7
+                 ORDER BY t.created_at DESC, t.seq DESC LIMIT 1) AS x) AS hi,
+           (SELECT min(x.seq) FROM unnest($2::text[]) AS a(code) CROSS JOIN LATERAL (
+                SELECT t.seq FROM transactions t
+                 WHERE t.counterparty_user_id = $1 AND t.asset_code = a.code AND t.created_at >= $6
+                 ORDER BY t.created_at, t.seq LIMIT 1) AS x) AS lo
+)
+SELECT h.seq, h.id FROM (
+    (SELECT t.seq, t.id FROM transactions t, mine
+      WHERE t.user_id = $1 AND t.seq BETWEEN mine.lo AND mine.hi
+        AND t.asset_code = ANY ($2::text[]) AND ($3::text IS NULL OR t.type = $3)
+        AND ($4::bigint IS NULL OR t.seq < $4)
+        AND t.created_at >= $6 AND t.created_at < $7
+      ORDER BY t.seq DESC LIMIT $5)
+    UNION ALL
+    (SELECT t.seq, t.id FROM transactions t, received
+      WHERE t.counterparty_user_id = $1 AND t.seq BETWEEN received.lo AND received.hi
+        AND t.asset_code = ANY ($2::text[]) AND ($3::text IS NULL OR t.type = $3)
+        AND ($4::bigint IS NULL OR t.seq < $4)
+        AND t.created_at >= $6 AND t.created_at < $7
+      ORDER BY t.seq DESC LIMIT $5)
+) h
+ORDER BY h.seq DESC LIMIT $5
+"""
+
+PRUNE_SQL = "DELETE FROM idempotency_keys WHERE created_at < now() - make_interval(hours => $1)"
+
+
+def _with_database(url: str, database: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, "/" + database, parts.query, parts.fragment))
+
+
+async def _load(url: str, users: int, postings: int) -> None:
+    from wallet.db.migrate import upgrade_to_head_async
+    from wallet.services.api_keys import create_api_key
+    from wallet.services.seed import seed_reference_data
+
+    await upgrade_to_head_async(url)
+    conn = await asyncpg.connect(url)
+    try:
+        await seed_reference_data(conn)
+        await create_api_key(conn, "plans", ["admin"])
+        key = await conn.fetchval("SELECT id FROM api_keys WHERE name = 'plans'")
+        await conn.execute(
+            "SELECT wallet_ensure_user(format('plan_%s', i), 'Plans') FROM generate_series(0, $1 - 1) AS i",
+            users,
+        )
+        await conn.execute(
+            "SELECT wallet_post_transaction($1, format('open-%s-%s', i, a), 'topup', format('plan_%s', i), a,"
+            " 1000000000, 'opening', '{}') FROM generate_series(0, $2 - 1) AS i,"
+            " unnest(ARRAY['GOLD_COINS', 'DIAMONDS']) AS a",
+            key,
+            users,
+        )
+        # In batches of 100: half of them on the first tenth of the users (long histories).
+        for n in range(0, postings, 100):
+            ops: list[dict[str, object]] = [
+                {
+                    "type": "spend" if (n + i) % 3 == 0 else "topup",
+                    "user_id": f"plan_{(n + i) % (users // 10 if i % 2 else users)}",
+                    "asset_type": "GOLD_COINS" if (n + i) % 5 else "DIAMONDS",
+                    "amount": 1,
+                }
+                for i in range(100)
+            ]
+            # (an operation of a batch names each user once: the batch is split where one repeats)
+            seen: set[str] = set()
+            chunk: list[dict[str, object]] = []
+            for op in ops:
+                if op["user_id"] in seen:
+                    await conn.execute(
+                        "SELECT wallet_post_batch($1, $2, $3::jsonb)",
+                        key,
+                        f"load-{n}-{len(seen)}",
+                        json.dumps(chunk),
+                    )
+                    seen.clear()
+                    chunk = []
+                seen.add(str(op["user_id"]))
+                chunk.append(op)
+            await conn.execute(
+                "SELECT wallet_post_batch($1, $2, $3::jsonb)", key, f"load-{n}-end", json.dumps(chunk)
+            )
+        await conn.execute("VACUUM ANALYZE")
+    finally:
+        await conn.close()
+
+
+_statements = 0
+
+
+async def _explain(conn: asyncpg.Connection, sql: str, args: list[object], *, generic: bool = True) -> str:
+    await conn.execute(f"SET plan_cache_mode = {'force_generic_plan' if generic else 'force_custom_plan'}")
+    global _statements
+    _statements += 1
+    name = f"plan_{_statements}"
+    await conn.execute(f"PREPARE {name} AS {sql}")
+    literals = ", ".join("NULL" if a is None else f"'{a}'" for a in args)
+    rows = await conn.fetch(
+        f"EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY ON) EXECUTE {name}({literals})"
+    )
+    return "\n".join(r[0] for r in rows)
+
+
+async def _report(url: str) -> None:
+    from wallet.services.audit import _SETTLED_SEQ_SQL, INCREMENTAL_CHECKS
+    from wallet.services.wallets import HISTORY_RANGE_SQL, HISTORY_SQL
+
+    conn = await asyncpg.connect(url, server_settings={"random_page_cost": "1.1", "timezone": "UTC"})
+    try:
+        heavy = await conn.fetchval(
+            "SELECT user_id FROM transactions GROUP BY user_id ORDER BY count(*) DESC LIMIT 1"
+        )
+        count = await conn.fetchval("SELECT count(*) FROM transactions")
+        mine = await conn.fetchval("SELECT count(*) FROM transactions WHERE user_id = $1", heavy)
+        middle = await conn.fetchval(
+            "SELECT seq FROM transactions WHERE user_id = $1 ORDER BY seq OFFSET $2 LIMIT 1", heavy, mine // 3
+        )
+        bounds = await conn.fetchrow(
+            "SELECT min(created_at)::text, (min(created_at) + (max(created_at) - min(created_at)) / 3)::text"
+            " FROM transactions WHERE user_id = $1",
+            heavy,
+        )
+        assert bounds is not None
+        first, window_to = bounds
+        print(f"{count} transactions; {heavy}: {mine}\n")
+        history_args: list[object] = [heavy, None, None, None, 51]
+        cursor_args: list[object] = [heavy, "GOLD_COINS", None, middle, 51]
+        range_args: list[object] = [
+            heavy,
+            "{GOLD_COINS,DIAMONDS,LOYALTY_POINTS}",
+            None,
+            None,
+            51,
+            first,
+            window_to,
+        ]
+        sections = [
+            ("history, first page, every asset (0011: transactions_user_history)", HISTORY_SQL_0011, history_args,
+             "transactions_user_history"),
+            ("history, first page, every asset (head)", HISTORY_SQL, history_args, None),
+            ("history, a page from a cursor, one asset (0011)", HISTORY_SQL_0011, cursor_args,
+             "transactions_user_history"),
+            ("history, a page from a cursor, one asset (head)", HISTORY_SQL, cursor_args, None),
+        ]  # fmt: skip
+        for title, sql, args, index in sections:
+            await conn.execute("BEGIN")  # rolled back: "before" has the index for this section only
+            if index:
+                await conn.execute(f"CREATE INDEX {index} ON transactions (user_id, seq DESC)")
+                await conn.execute("ANALYZE transactions")
+            print(f"== {title}\n{await _explain(conn, sql, args)}\n")
+            await conn.execute("ROLLBACK")
+        for title, with_index in (("history window (0011)", True), ("history window (head)", False)):
+            sql = HISTORY_RANGE_SQL_0011 if with_index else HISTORY_RANGE_SQL
+            await conn.execute("BEGIN")
+            if with_index:
+                await conn.execute(
+                    "CREATE INDEX transactions_user_history ON transactions (user_id, seq DESC)"
+                )
+                await conn.execute("ANALYZE transactions")
+            print(f"== {title}\n{await _explain(conn, sql, range_args, generic=False)}\n")
+            await conn.execute("ROLLBACK")
+        check_title, check_sql = INCREMENTAL_CHECKS[0]
+        to_seq = await conn.fetchval("SELECT max(seq) FROM transactions")
+        print(f"== audit check (kept: transactions_by_seq): {check_title}\n"
+              f"{await _explain(conn, check_sql, [to_seq - 2000, to_seq, 10])}\n")  # fmt: skip
+        print(
+            f"== audit settled seq (kept: transactions_by_seq)\n{await _explain(conn, _SETTLED_SEQ_SQL, [to_seq - 2000, 0])}\n"
+        )
+        for title, brin in (
+            ("prune idempotency keys (0011: B-tree)", False),
+            ("prune idempotency keys (head: BRIN)", True),
+        ):
+            await conn.execute("BEGIN")
+            if not brin:
+                await conn.execute("DROP INDEX idempotency_keys_by_age")
+                await conn.execute("CREATE INDEX idempotency_keys_by_age ON idempotency_keys (created_at)")
+                await conn.execute("ANALYZE idempotency_keys")
+            # Records of three days, written in time order as the service writes them; the prune
+            # takes those older than two days (the records are rolled back with the rest).
+            await conn.execute(
+                "INSERT INTO idempotency_keys (api_key_id, key, request_sha256, outcome, response_body, created_at)"
+                " SELECT k.id, 'plan-' || i, sha256(i::text::bytea), 'posted', '{}',"
+                "        now() - interval '72 hours' + i * interval '1 second'"
+                "   FROM generate_series(1, 259200) AS i, (SELECT min(id) AS id FROM api_keys) AS k"
+            )
+            if brin:  # what VACUUM (autovacuum) does to the block ranges filled since
+                await conn.execute("SELECT brin_summarize_new_values('idempotency_keys_by_age')")
+            await conn.execute("ANALYZE idempotency_keys")
+            hours = 48
+            # `wallet prune-idempotency` plans it with its value (a custom plan)
+            print(f"== {title}\n{await _explain(conn, PRUNE_SQL, [hours], generic=False)}\n")
+            await conn.execute("ROLLBACK")
+    finally:
+        await conn.close()
+
+
+app = typer.Typer(add_completion=False)
+
+
+@app.command()
+def main(
+    database_url: Annotated[
+        str, typer.Option(help="A PostgreSQL server; the scratch database is created there.")
+    ] = "postgresql://postgres@127.0.0.1:5432/postgres",
+    users: Annotated[int, typer.Option(min=20, max=100_000)] = 1000,
+    postings: Annotated[int, typer.Option(min=100, max=10_000_000)] = 100_000,
+    keep: Annotated[bool, typer.Option(help="Keep the scratch database (and reuse it next time).")] = False,
+) -> None:
+    url = _with_database(database_url, SCRATCH_DATABASE)
+
+    async def run() -> None:
+        admin = await asyncpg.connect(database_url)
+        try:
+            exists = await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", SCRATCH_DATABASE)
+            if exists and not keep:
+                await admin.execute(f"DROP DATABASE {SCRATCH_DATABASE} WITH (FORCE)")
+                exists = None
+            if not exists:
+                await admin.execute(f"CREATE DATABASE {SCRATCH_DATABASE}")
+        finally:
+            await admin.close()
+        if not exists:
+            await _load(url, users, postings)
+        await _report(url)
+        if not keep:
+            admin = await asyncpg.connect(database_url)
+            try:
+                await admin.execute(f"DROP DATABASE {SCRATCH_DATABASE} WITH (FORCE)")
+            finally:
+                await admin.close()
+
+    asyncio.run(run())
+
+
+if __name__ == "__main__":
+    app()
