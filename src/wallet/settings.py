@@ -196,6 +196,12 @@ class Settings(BaseSettings):
     # The live audit (GET /api/v1/audit) checks transactions older than this; newer ones wait for
     # the next run, so one still committing (at most the statement timeout) is never skipped.
     audit_settle_ms: int = Field(default=10_000, ge=0, le=3_600_000)
+    # An incremental audit checks at most this many transactions per chunk: one snapshot, one
+    # audit_runs row, the checkpoint moved (a run stopped midway resumes from its last chunk).
+    audit_chunk_transactions: int = Field(default=10_000, ge=1, le=1_000_000)
+    # The periodic audit pauses this long between chunks, leaving the CPU to requests while it
+    # catches up on a backlog.
+    audit_chunk_pause_ms: int = Field(default=100, ge=0, le=60_000)
     # Each query of an audit run and of `wallet verify` (they read a long range or the whole
     # ledger), in the database and on the client: far above WALLET_DB_STATEMENT_TIMEOUT_MS, which
     # bounds requests. With the request bound, one check slower than 6 s on a large ledger failed
