@@ -101,6 +101,13 @@ function request()
     {["Authorization"] = "Bearer " .. key})
 end
 """,
+    # The first page of the user's history (20 transactions, newest first).
+    "history": r"""
+function request()
+  return wrk.format("GET", "/api/v1/wallets/" .. user .. "/transactions?limit=20",
+    {["Authorization"] = "Bearer " .. key})
+end
+""",
     # A batch of transfers: each operation moves 1 coin into or out of one of the thread's users.
     "batch": r"""
 function request()
@@ -592,7 +599,7 @@ def render(measurements: list[Measurement], pgbench: dict[str, dict[int, float]]
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for m in measurements:
-        mode = "-S" if m.scenario in ("balance", "hello") else "-N"
+        mode = "-S" if m.scenario in ("balance", "history", "hello") else "-N"
         baseline = pgbench[mode][m.clients]
         lines.append(
             f"| {m.scenario} | {m.clients} | {m.per_second:,.0f} | {m.p50_ms:.1f} | {m.p95_ms:.1f} | "
@@ -637,7 +644,7 @@ def main(
     workers: Annotated[int, typer.Option(min=1, max=64, help="Service worker processes.")] = 2,
     batch_size: Annotated[int, typer.Option(min=1, max=1000, help="Operations per batch request.")] = 100,
     scenarios: Annotated[
-        str, typer.Option(help="Any of hello,topup,spend,balance,batch (hello: the framework's floor).")
+        str, typer.Option(help="Any of hello,topup,spend,balance,history,batch (hello: the framework's floor).")
     ] = "hello,topup,spend,balance,batch",
     output: Annotated[Path | None, typer.Option(help="Also write the figures as JSON here.")] = None,
     scratch_database: Annotated[

@@ -462,7 +462,8 @@ async def verify_ledger(
     marks_up_to_seq: int | None = None,
 ) -> VerifyReport:
     """Every check in one snapshot, in bounded chunks; with `connect` and `jobs` > 1, on that many
-    connections at once (`conn` and jobs - 1 from `connect`, all importing `conn`'s snapshot).
+    connections at once (`conn` and jobs - 1 from `connect`, all importing `conn`'s snapshot; as
+    many as the server gives).
     Each statement may run `query_timeout_ms` (WALLET_AUDIT_QUERY_TIMEOUT_MS), in the database and
     on the client, whatever the connection's own limits (a pool's are a request's)."""
     timeout_ms = query_timeout_ms
@@ -479,7 +480,10 @@ async def verify_ledger(
             if connect is not None and jobs > 1:
                 snapshot = await conn.fetchval("SELECT pg_export_snapshot()")
                 for _ in range(jobs - 1):
-                    other = await connect()
+                    try:
+                        other = await connect()
+                    except (asyncpg.PostgresError, OSError):
+                        break  # no more connections to be had (too many clients): on fewer
                     extra.append(other)
                     transaction = other.transaction(isolation="repeatable_read", readonly=True)
                     await transaction.start()
