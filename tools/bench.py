@@ -644,7 +644,8 @@ def main(
     workers: Annotated[int, typer.Option(min=1, max=64, help="Service worker processes.")] = 2,
     batch_size: Annotated[int, typer.Option(min=1, max=1000, help="Operations per batch request.")] = 100,
     scenarios: Annotated[
-        str, typer.Option(help="Any of hello,topup,spend,balance,history,batch (hello: the framework's floor).")
+        str,
+        typer.Option(help="Any of hello,topup,spend,balance,history,batch (hello: the framework's floor)."),
     ] = "hello,topup,spend,balance,batch",
     output: Annotated[Path | None, typer.Option(help="Also write the figures as JSON here.")] = None,
     scratch_database: Annotated[

@@ -122,7 +122,9 @@ def _verify(url: str, jobs: int) -> tuple[float, bool, str]:
 
 def _report_ms(service: ServiceProcess, token: str, path: str, params: dict[str, Any]) -> float:
     times = []
-    with httpx.Client(base_url=service.base_url, headers={"Authorization": f"Bearer {token}"}, timeout=60) as client:
+    with httpx.Client(
+        base_url=service.base_url, headers={"Authorization": f"Bearer {token}"}, timeout=60
+    ) as client:
         for _ in range(3):
             started = time.monotonic()
             response = client.get(path, params=params)
@@ -362,7 +364,12 @@ def run_scale_bench(
                     flush=True,
                 )
             services = [
-                (side, ServiceProcess({"WALLET_DATABASE_URL": url, "WALLET_LOG_LEVEL": "WARNING"}, workers=workers))
+                (
+                    side,
+                    ServiceProcess(
+                        {"WALLET_DATABASE_URL": url, "WALLET_LOG_LEVEL": "WARNING"}, workers=workers
+                    ),
+                )
                 for side, url in ((empty, empty_url), (loaded, loaded_url))
             ]
             for _, service in services:
@@ -406,17 +413,21 @@ def main(
     transactions: Annotated[
         int, typer.Option(min=1, max=100_000_000, help="Transactions loaded into the loaded ledger.")
     ] = DEFAULT_TRANSACTIONS,
-    users: Annotated[int, typer.Option(min=2, max=1_000_000, help="Users (each with two funded accounts).")] = (
-        DEFAULT_USERS
-    ),
+    users: Annotated[
+        int, typer.Option(min=2, max=1_000_000, help="Users (each with two funded accounts).")
+    ] = (DEFAULT_USERS),
     scratch_database: Annotated[
         str, typer.Option(help="Prefix of the scratch databases: NAME_empty and NAME_loaded.")
     ] = SCRATCH,
     clients: Annotated[int, typer.Option(min=1, max=256, help="wrk connections, one user each.")] = 16,
     seconds: Annotated[int, typer.Option(min=1, max=600, help="Duration of each HTTP measurement.")] = 10,
-    rounds: Annotated[int, typer.Option(min=1, max=20, help="Measurements of each scenario per ledger (ABBA).")] = 2,
+    rounds: Annotated[
+        int, typer.Option(min=1, max=20, help="Measurements of each scenario per ledger (ABBA).")
+    ] = 2,
     workers: Annotated[int, typer.Option(min=1, max=64, help="Service worker processes.")] = 2,
-    load_chunk: Annotated[int, typer.Option(min=1, max=100_000, help="Postings per wallet_post call.")] = DEFAULT_CHUNK,
+    load_chunk: Annotated[
+        int, typer.Option(min=1, max=100_000, help="Postings per wallet_post call.")
+    ] = DEFAULT_CHUNK,
     load_connections: Annotated[int, typer.Option(min=1, max=16, help="Connections loading at once.")] = 2,
     verify_jobs: Annotated[int, typer.Option(min=1, max=32, help="wallet verify --jobs.")] = 3,
     keep: Annotated[bool, typer.Option("--keep", help="Keep the scratch databases.")] = False,

@@ -55,6 +55,7 @@ from wallet.services.verify import (
     LOT_MOVEMENTS,
     MAX_PROBLEMS_PER_CHECK,
     VerifyReport,
+    check_transactions,
     set_plan_stable,
     verify_ledger,
 )
@@ -108,62 +109,13 @@ def _balance_after_newest_posting(owner: str, asset_code: str, condition: str = 
 # Each check starts from the range (the seq index) and probes by key from there: ordered by id,
 # three of them had walked the whole transactions table in key order, and one every credit lot,
 # so a run's cost grew with the ledger instead of with what it checks (docs/PERFORMANCE.md).
+# Everything past the range is reached by LATERAL, never by a join the planner may turn around.
 _IN_RANGE = "t.seq > $1 AND t.seq <= $2"
 
+# The checks of one chunk's transactions are `wallet verify`'s (verify.check_transactions: their
+# entries balance, the user's entry and the system account are what the type implies, a transfer's
+# receiver got its amount, the lot movements match the user entries), and this one of its own.
 INCREMENTAL_CHECKS: list[tuple[str, str]] = [
-    (
-        "transaction entries do not sum to zero, or fewer than two entries",
-        f"""
-        SELECT format('transaction %s: %s entries, sum %s', t.id, count(e.entry_no), coalesce(sum(e.amount_minor), 0))
-        FROM transactions t LEFT JOIN ledger_entries e ON e.transaction_id = t.id
-        WHERE {_IN_RANGE}
-        GROUP BY t.seq, t.id
-        HAVING coalesce(sum(e.amount_minor), 0) <> 0 OR count(e.entry_no) < 2
-        ORDER BY t.seq LIMIT $3
-        """,
-    ),
-    (
-        "user's entry does not match the transaction's amount and direction",
-        f"""
-        SELECT format('transaction %s (%s %s of %s): user entry sum %s',
-                      t.id, t.type, t.amount_minor, t.user_id, coalesce(sum(e.amount_minor), 0))
-        FROM transactions t
-        LEFT JOIN accounts a ON a.user_id = t.user_id AND a.asset_code = t.asset_code
-        LEFT JOIN ledger_entries e ON e.transaction_id = t.id AND e.account_id = a.id
-        WHERE {_IN_RANGE}
-        GROUP BY t.seq, t.id, t.type, t.amount_minor, t.user_id
-        HAVING coalesce(sum(e.amount_minor), 0) <> wallet_rule_user_sign(t.type) * t.amount_minor - t.fee_minor
-        ORDER BY t.seq LIMIT $3
-        """,
-    ),
-    (
-        "entry on a system account other than the one its transaction's type uses",
-        f"""
-        SELECT format('transaction %s (%s): entry %s is on %s %s', t.id, t.type, e.entry_no, a.system_code, a.asset_code)
-        FROM transactions t
-        JOIN ledger_entries e ON e.transaction_id = t.id
-        JOIN accounts a ON a.id = e.account_id AND a.kind = 'system'
-        LEFT JOIN transactions o ON o.id = t.reverses AND t.type = 'clawback'
-        WHERE {_IN_RANGE}
-          AND (a.system_code IS DISTINCT FROM wallet_rule_system_account(coalesce(o.type, t.type))
-               OR a.asset_code <> t.asset_code)
-        ORDER BY t.id, e.entry_no LIMIT $3
-        """,
-    ),
-    (
-        "transfer's receiver entry does not match its amount",
-        f"""
-        SELECT format('transfer %s (%s to %s): receiver entry sum %s', t.id, t.amount_minor,
-                      t.counterparty_user_id, coalesce(sum(e.amount_minor), 0))
-        FROM transactions t
-        LEFT JOIN accounts a ON a.user_id = t.counterparty_user_id AND a.asset_code = t.asset_code
-        LEFT JOIN ledger_entries e ON e.transaction_id = t.id AND e.account_id = a.id
-        WHERE {_IN_RANGE} AND t.counterparty_user_id IS NOT NULL
-        GROUP BY t.id
-        HAVING coalesce(sum(e.amount_minor), 0) <> t.amount_minor
-        ORDER BY t.id LIMIT $3
-        """,
-    ),
     (
         "balance_after does not follow from the account's previous posting",
         f"""
@@ -184,26 +136,6 @@ INCREMENTAL_CHECKS: list[tuple[str, str]] = [
         ) b
         WHERE b.before_minor + s.delta_minor <> s.after_minor
         ORDER BY s.seq LIMIT $3
-        """,
-    ),
-    (
-        "a transaction's lot movements do not match its entry on a user account",
-        f"""
-        SELECT format('transaction %s (%s): entry %s on account %s, lots moved %s',
-                      t.id, t.type, e.amount_minor, e.account_id, m.moved)
-        FROM transactions t
-        JOIN ledger_entries e ON e.transaction_id = t.id
-        JOIN accounts a ON a.id = e.account_id AND a.kind = 'user'
-        CROSS JOIN LATERAL (
-            SELECT coalesce(sum(mv.amount_minor), 0) AS moved
-              FROM lot_movements mv
-             WHERE mv.transaction_id = t.id
-               AND (SELECT l.account_id FROM credit_lots l WHERE l.id = mv.lot_id) = e.account_id) m
-        WHERE {_IN_RANGE} AND t.seq >= (SELECT first_seq FROM credit_lots_start)
-          AND NOT wallet_lots_moved_as_entry(e.amount_minor, m.moved, t.allow_negative,
-                  CASE WHEN a.user_id = t.user_id THEN t.balance_after_minor
-                       ELSE t.counterparty_balance_after_minor END)
-        ORDER BY t.seq LIMIT $3
         """,
     ),
 ]
@@ -231,7 +163,9 @@ ACCOUNTS_PER_CHUNK = 5_000
 
 # The lots a chunk's transactions moved ($1 < seq <= $2), checked in the run's last chunk.
 _TOUCHED_LOTS_SQL = f"""
-SELECT DISTINCT mv.lot_id FROM transactions t JOIN lot_movements mv ON mv.transaction_id = t.id WHERE {_IN_RANGE}
+SELECT DISTINCT mv.lot_id FROM transactions t
+ CROSS JOIN LATERAL (SELECT x.lot_id FROM lot_movements x WHERE x.transaction_id = t.id) mv
+ WHERE {_IN_RANGE}
 """
 _LOTS_CHECK_SQL = """
 SELECT format('lot %s (account %s, %s): remaining %s, movements sum %s',
@@ -249,12 +183,14 @@ CHAIN_TITLE = "hash chain broken after the last audited link"
 # links follow seq: the account's row lock orders its postings), or all of them up to the chunk
 # for the accounts in $3 (their mark lags: a link of the window was checked already). Links of
 # later transactions are left to their chunk. Per link: its account, whether it is past the
-# mark's window end (lags), and its problem if any.
+# mark's window end (lags), and its problem if any. Each window is one index range: an OR in
+# its condition had made every chunk read each touched chain to its end (quadratic in a backlog).
 _CHAIN_SQL = f"""
 WITH touched AS (
     SELECT e.account_id, count(*) AS n
-      FROM transactions t JOIN ledger_entries e ON e.transaction_id = t.id
-      JOIN accounts a ON a.id = e.account_id AND a.kind = 'user'
+      FROM transactions t
+     CROSS JOIN LATERAL (SELECT x.account_id FROM ledger_entries x WHERE x.transaction_id = t.id) e
+     CROSS JOIN LATERAL (SELECT 1 FROM accounts x WHERE x.id = e.account_id AND x.kind = 'user' LIMIT 1) a
      WHERE {_IN_RANGE}
      GROUP BY e.account_id
 )
@@ -268,10 +204,14 @@ SELECT touched.account_id, c.chain_no, t.seq, t.seq <= $1 AS lags,
 FROM touched
 LEFT JOIN LATERAL (SELECT k.chain_no FROM audit_chain_marks k WHERE k.account_id = touched.account_id LIMIT 1) k
   ON true
-CROSS JOIN LATERAL (SELECT x.* FROM ledger_chain x
-                     WHERE x.account_id = touched.account_id AND x.chain_no > coalesce(k.chain_no, 0)
-                       AND (x.chain_no <= coalesce(k.chain_no, 0) + touched.n OR touched.account_id = ANY ($3::bigint[]))
-                     ORDER BY x.chain_no) c
+CROSS JOIN LATERAL (
+    (SELECT x.* FROM ledger_chain x
+      WHERE x.account_id = touched.account_id AND x.chain_no > coalesce(k.chain_no, 0)
+        AND x.chain_no <= coalesce(k.chain_no, 0) + touched.n)
+    UNION ALL
+    (SELECT x.* FROM ledger_chain x
+      WHERE touched.account_id = ANY ($3::bigint[]) AND x.account_id = touched.account_id
+        AND x.chain_no > coalesce(k.chain_no, 0) + touched.n)) c
 LEFT JOIN ledger_chain p ON p.account_id = c.account_id AND p.chain_no = c.chain_no - 1
 LEFT JOIN ledger_entries e ON e.transaction_id = c.transaction_id AND e.entry_no = c.entry_no
                           AND e.account_id = c.account_id
@@ -450,7 +390,10 @@ async def _run_incremental(
                 to_seq = end["to_seq"]
                 more = end["settled"] and end["transactions"] == settings.audit_chunk_transactions
                 out_of_time = max_run_ms is not None and (time.monotonic() - started) * 1000 >= max_run_ms
-                problems: dict[str, list[str]] = {}
+                problems: dict[str, list[str]] = {
+                    title: [problem for _, problem in rows]
+                    for title, rows in (await check_transactions(conn, from_seq, to_seq, timeout_s)).items()
+                }
                 for title, sql in INCREMENTAL_CHECKS:
                     rows = await conn.fetch(sql, from_seq, to_seq, MAX_PROBLEMS_PER_CHECK, timeout=timeout_s)
                     if rows:

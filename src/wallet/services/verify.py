@@ -92,13 +92,17 @@ TITLES = [
 
 # Each check returns (key, problem), ordered by key (what the report is ordered by) and at most
 # $1 rows. Per-transaction checks: the transactions that {transactions} names ($2: their ids).
+# Everything past the transaction is reached by LATERAL from it: a join written plainly may be
+# turned around (seen on a ledger with stale statistics: every ledger entry walked, and each
+# probed for its transaction, to find one chunk's 20,000).
 TRANSACTION_CHECKS: list[tuple[str, str]] = [
     (
         ENTRIES_BALANCED,
         """
         SELECT t.id::text AS key, format('transaction %s: %s entries, sum %s in %s', t.id, count(e.entry_no),
                       coalesce(sum(e.amount_minor), 0), coalesce(e.asset_code, t.asset_code))
-        FROM transactions t LEFT JOIN ledger_entries e ON e.transaction_id = t.id
+        FROM transactions t
+        LEFT JOIN LATERAL (SELECT x.* FROM ledger_entries x WHERE x.transaction_id = t.id) e ON true
         WHERE {transactions}
         GROUP BY t.id, t.asset_code, e.asset_code
         HAVING coalesce(sum(e.amount_minor), 0) <> 0
@@ -112,8 +116,10 @@ TRANSACTION_CHECKS: list[tuple[str, str]] = [
         SELECT t.id::text AS key, format('transaction %s (%s %s of %s): user entry sum %s',
                       t.id, t.type, t.amount_minor, t.user_id, coalesce(sum(e.amount_minor), 0))
         FROM transactions t
-        LEFT JOIN accounts a ON a.user_id = t.user_id AND a.asset_code = t.asset_code
-        LEFT JOIN ledger_entries e ON e.transaction_id = t.id AND e.account_id = a.id
+        LEFT JOIN LATERAL (SELECT x.id FROM accounts x WHERE x.user_id = t.user_id AND x.asset_code = t.asset_code
+                            LIMIT 1) a ON true
+        LEFT JOIN LATERAL (SELECT x.amount_minor FROM ledger_entries x
+                            WHERE x.transaction_id = t.id AND x.account_id = a.id) e ON true
         WHERE {transactions}
         GROUP BY t.id, t.type, t.amount_minor, t.user_id
         HAVING coalesce(sum(e.amount_minor), 0)
@@ -132,9 +138,11 @@ TRANSACTION_CHECKS: list[tuple[str, str]] = [
                       t.id, t.type, t.amount_minor, t.asset_code, e.entry_no, a.system_code, a.asset_code,
                       coalesce(wallet_rule_system_account(coalesce(o.type, t.type)), 'none'))
         FROM transactions t
-        JOIN ledger_entries e ON e.transaction_id = t.id
-        JOIN accounts a ON a.id = e.account_id AND a.kind = 'system'
-        LEFT JOIN transactions o ON o.id = t.reverses AND t.type = 'clawback'
+        CROSS JOIN LATERAL (SELECT x.* FROM ledger_entries x WHERE x.transaction_id = t.id) e
+        CROSS JOIN LATERAL (SELECT x.system_code, x.asset_code FROM accounts x
+                             WHERE x.id = e.account_id AND x.kind = 'system' LIMIT 1) a
+        LEFT JOIN LATERAL (SELECT x.type FROM transactions x WHERE x.id = t.reverses AND t.type = 'clawback'
+                            LIMIT 1) o ON true
         WHERE {transactions}
           AND (a.system_code IS DISTINCT FROM wallet_rule_system_account(coalesce(o.type, t.type))
                OR a.asset_code <> t.asset_code)
@@ -147,8 +155,10 @@ TRANSACTION_CHECKS: list[tuple[str, str]] = [
         SELECT t.id::text AS key, format('transfer %s (%s to %s): receiver entry sum %s', t.id, t.amount_minor,
                       t.counterparty_user_id, coalesce(sum(e.amount_minor), 0))
         FROM transactions t
-        LEFT JOIN accounts a ON a.user_id = t.counterparty_user_id AND a.asset_code = t.asset_code
-        LEFT JOIN ledger_entries e ON e.transaction_id = t.id AND e.account_id = a.id
+        LEFT JOIN LATERAL (SELECT x.id FROM accounts x
+                            WHERE x.user_id = t.counterparty_user_id AND x.asset_code = t.asset_code LIMIT 1) a ON true
+        LEFT JOIN LATERAL (SELECT x.amount_minor FROM ledger_entries x
+                            WHERE x.transaction_id = t.id AND x.account_id = a.id) e ON true
         WHERE {transactions} AND t.counterparty_user_id IS NOT NULL
         GROUP BY t.id
         HAVING coalesce(sum(e.amount_minor), 0) <> t.amount_minor
@@ -163,12 +173,13 @@ TRANSACTION_CHECKS: list[tuple[str, str]] = [
         SELECT t.id::text AS key, format('transaction %s (%s): entry %s on account %s, lots moved %s',
                       t.id, t.type, e.amount_minor, e.account_id, m.moved)
         FROM transactions t
-        JOIN ledger_entries e ON e.transaction_id = t.id
-        JOIN accounts a ON a.id = e.account_id AND a.kind = 'user'
+        CROSS JOIN LATERAL (SELECT x.* FROM ledger_entries x WHERE x.transaction_id = t.id) e
+        CROSS JOIN LATERAL (SELECT x.user_id FROM accounts x WHERE x.id = e.account_id AND x.kind = 'user' LIMIT 1) a
         CROSS JOIN LATERAL (
             SELECT coalesce(sum(mv.amount_minor), 0) AS moved
-              FROM lot_movements mv JOIN credit_lots l ON l.id = mv.lot_id
-             WHERE mv.transaction_id = t.id AND l.account_id = e.account_id) m
+              FROM lot_movements mv
+             WHERE mv.transaction_id = t.id
+               AND (SELECT l.account_id FROM credit_lots l WHERE l.id = mv.lot_id) = e.account_id) m
         WHERE {transactions} AND t.seq >= (SELECT first_seq FROM credit_lots_start)
           AND NOT wallet_lots_moved_as_entry(e.amount_minor, m.moved, t.allow_negative,
                   CASE WHEN a.user_id = t.user_id THEN t.balance_after_minor
@@ -198,9 +209,10 @@ SELECT t.id
                                  OR a.asset_code <> t.asset_code)), false) AS bad_system,
            coalesce(bool_or(a.kind = 'user' AND t.seq >= (SELECT first_seq FROM credit_lots_start)
                             AND NOT wallet_lots_moved_as_entry(e.amount_minor,
-                                    (SELECT coalesce(sum(mv.amount_minor), 0)
-                                       FROM lot_movements mv JOIN credit_lots l ON l.id = mv.lot_id
-                                      WHERE mv.transaction_id = t.id AND l.account_id = e.account_id),
+                                    (SELECT coalesce(sum(mv.amount_minor), 0) FROM lot_movements mv
+                                      WHERE mv.transaction_id = t.id
+                                        AND (SELECT l.account_id FROM credit_lots l WHERE l.id = mv.lot_id)
+                                            = e.account_id),
                                     t.allow_negative,
                                     CASE WHEN a.user_id = t.user_id THEN t.balance_after_minor
                                          ELSE t.counterparty_balance_after_minor END)), false) AS bad_lots
@@ -213,6 +225,27 @@ SELECT t.id
         OR x.user_sum <> wallet_rule_user_sign(t.type) * t.amount_minor - t.fee_minor
         OR (t.counterparty_user_id IS NOT NULL AND x.receiver_sum <> t.amount_minor))
 """
+
+
+async def check_transactions(
+    conn: asyncpg.Connection, low: int, high: int, timeout_s: float
+) -> dict[str, list[tuple[Any, str]]]:
+    """TRANSACTION_CHECKS on the transactions of low < seq <= high: one pass to find those a check
+    would name, then the checks on those alone. Per title, (key, problem) in key order."""
+    suspects = [row["id"] for row in await conn.fetch(SUSPECT_TRANSACTIONS_SQL, low, high, timeout=timeout_s)]
+    found: dict[str, list[tuple[Any, str]]] = {}
+    if suspects:
+        for title, sql in TRANSACTION_CHECKS:
+            rows = await conn.fetch(
+                sql.format(transactions="t.id = ANY ($2::uuid[])"),
+                MAX_PROBLEMS_PER_CHECK,
+                suspects,
+                timeout=timeout_s,
+            )
+            if rows:
+                found[title] = [(row[0], row[1]) for row in rows]
+    return found
+
 
 # Per-account checks of cached figures: $2 < a.id <= $3, each figure from its account's own index
 # range (open holds, lots), so they are what the live audit runs on every user account too.
@@ -300,7 +333,7 @@ WHOLE_CHECKS: list[tuple[str, str]] = [
                       o.type, o.amount_minor, coalesce(s.total, 0), coalesce(r.reversed_amount_minor, 0))
         FROM (SELECT DISTINCT x.reverses AS id FROM transactions x WHERE x.reverses IS NOT NULL
               UNION SELECT y.transaction_id FROM reversal_totals y) k
-        JOIN transactions o ON o.id = k.id
+        CROSS JOIN LATERAL (SELECT x.* FROM transactions x WHERE x.id = k.id LIMIT 1) o
         CROSS JOIN LATERAL (SELECT sum(x.amount_minor) AS total FROM transactions x WHERE x.reverses = o.id) s
         LEFT JOIN reversal_totals r ON r.transaction_id = o.id
         WHERE coalesce(s.total, 0) <> coalesce(r.reversed_amount_minor, 0) OR coalesce(s.total, 0) > o.amount_minor
@@ -508,14 +541,8 @@ async def verify_ledger(
                     sums[1] += row["entries"]
 
             async def transaction_chunk(c: asyncpg.Connection, low: int, high: int) -> None:
-                suspects = [
-                    row["id"] for row in await c.fetch(SUSPECT_TRANSACTIONS_SQL, low, high, timeout=timeout_s)
-                ]
-                if suspects:
-                    for title, sql in TRANSACTION_CHECKS:
-                        rows = await c.fetch(sql.format(transactions="t.id = ANY ($2::uuid[])"),
-                                             MAX_PROBLEMS_PER_CHECK, suspects, timeout=timeout_s)  # fmt: skip
-                        findings.add(title, rows)
+                for title, rows in (await check_transactions(c, low, high, timeout_s)).items():
+                    findings.add(title, rows)
                 transaction_count[0] += await c.fetchval(TRANSACTION_COUNT_SQL, low, high, timeout=timeout_s)
 
             async def account_chunk(c: asyncpg.Connection, low: int, high: int) -> None:
