@@ -174,10 +174,6 @@ async def _prepare_database(
     import asyncpg
 
     from wallet.db.migrate import upgrade_to_head_async
-    from wallet.services.api_keys import create_api_key
-    from wallet.services.audit import run_audit
-    from wallet.services.seed import seed_reference_data
-    from wallet.settings import Settings
 
     admin = await asyncpg.connect(admin_url)
     try:
@@ -187,6 +183,20 @@ async def _prepare_database(
         await admin.close()
     url = _with_database(admin_url, database)
     await upgrade_to_head_async(url)
+    return url, await prepare_ledger(url, users, hash_chain=hash_chain)
+
+
+async def prepare_ledger(url: str, users: int, *, hash_chain: bool = True) -> str:
+    """In a migrated database: the reference data, an admin key named `bench` (returned), `users`
+    users bench_0000... with large opening balances in GOLD_COINS and DIAMONDS, VACUUM ANALYZE,
+    and the openings audited."""
+    import asyncpg
+
+    from wallet.services.api_keys import create_api_key
+    from wallet.services.audit import run_audit
+    from wallet.services.seed import seed_reference_data
+    from wallet.settings import Settings
+
     conn = await asyncpg.connect(url)
     try:
         await seed_reference_data(conn)
@@ -226,7 +236,7 @@ async def _prepare_database(
     finally:
         await pool.close()
     assert audit.consistent, audit.problems
-    return url, token
+    return token
 
 
 async def _measure_bytes_per_write(url: str, writes: int) -> dict[str, object]:

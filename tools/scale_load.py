@@ -37,7 +37,7 @@ SELECT count(p.transaction_id)
     SELECT ROW(NULL, k.type, $1::bigint, $5::text, NULL, s.user_id, s.asset_code, k.amount,
                'scale load', jsonb_build_object('g', g.g), NULL,
                CASE WHEN k.type = 'transfer' THEN r.user_id END, k.fee, NULL, false,
-               NULL, CASE WHEN k.type = 'bonus' AND g.g % 60 = 5 THEN 30 * 86400 END,
+               NULL, CASE WHEN g.g % 20 = 15 THEN 30 * 86400 END,
                CASE WHEN k.type = 'transfer' AND k.fee > 0 THEN ARRAY[s.account_id, r.account_id, f.id]
                     WHEN k.type = 'transfer' THEN ARRAY[s.account_id, r.account_id]
                     ELSE ARRAY[s.account_id, x.id] END,

@@ -6,8 +6,9 @@ clean run, in ranges of at most WALLET_AUDIT_CHUNK_TRANSACTIONS transactions by 
 in one snapshot of its own, its statements index probes along its range whatever the statistics
 say (verify.set_plan_stable), and its result committed as an audit_runs row, so the checkpoint
 moves with every clean chunk and a run stopped midway (a restart, a timeout) resumes where it
-stopped. The periodic run pauses WALLET_AUDIT_CHUNK_PAUSE_MS between chunks (the hot path keeps
-its CPU) and goes on until it has caught up; a request (GET /api/v1/audit) stops starting chunks
+stopped. The periodic run pauses between chunks as long as the chunk took (at least
+WALLET_AUDIT_CHUNK_PAUSE_MS), holding its turn, so the hot path keeps at least half the time of the
+core the audit uses, and goes on until it has caught up; a request (GET /api/v1/audit) stops starting chunks
 after its statement timeout and says how far it got. Processes take turns chunk by chunk.
 A chunk checks:
   * its transactions: their entries balance, the user entry and system account are what the type
@@ -369,6 +370,7 @@ async def _run_incremental(
     chunks = 0
     while True:
         async with _audit_turn(conn, timeout_ms):
+            chunk_started = time.monotonic()
             # One snapshot for the chunk, so concurrent postings cannot produce false alarms. It is
             # read-only: a repeatable-read transaction fails with SerializationError only when it
             # writes a row changed since its snapshot, so one that writes nothing cannot fail however
@@ -429,14 +431,16 @@ async def _run_incremental(
                     problems,
                     None,
                 )
-        chunks += 1
-        if last:
-            result.from_seq = run_from
-            result.chunks = chunks
-            result.caught_up = not more
-            return result
-        if pause_ms:
-            await asyncio.sleep(pause_ms / 1000)
+            chunks += 1
+            if last:
+                result.from_seq = run_from
+                result.chunks = chunks
+                result.caught_up = not more
+                return result
+            if pause_ms:
+                # Still holding the turn, so that no other process's chunk fills the pause: the
+                # processes together check at most half the time while catching up.
+                await asyncio.sleep(max(pause_ms / 1000, time.monotonic() - chunk_started))
 
 
 async def _run_full(conn: asyncpg.Connection, settings: Settings, timeout_ms: int) -> AuditResult:

@@ -1,6 +1,20 @@
 -- Re-installed by every `wallet migrate` (after the versioned migrations); see wallet.db.migrate.
 -- Posting.
 
+-- A new transaction's id: a version 7 UUID (RFC 9562), the milliseconds since the epoch in its
+-- first 48 bits and random bits after. The primary keys that lead with it (transactions,
+-- ledger_entries, lot_movements) then grow at their right edge, as the seq index does: with
+-- random (version 4) ids every write dirtied a leaf page anywhere in three indexes, which stop
+-- fitting in shared buffers as the ledger grows (issue 20).
+CREATE OR REPLACE FUNCTION wallet_uuid7() RETURNS uuid
+LANGUAGE sql VOLATILE AS $$
+    SELECT encode(set_bit(set_bit(overlay(uuid_send(gen_random_uuid())
+                                          PLACING substring(int8send((extract(epoch FROM clock_timestamp()) * 1000)::bigint)
+                                                            FROM 3)
+                                          FROM 1 FOR 6),
+                                  52, 1), 53, 1), 'hex')::uuid
+$$;
+
 -- The posting core: the one writer of `transactions` and `ledger_entries`. Every kind of
 -- posting (single writes, group commit, batches, transfers, reversals, captures, expiries) is a
 -- row of wallet_posting (migration 0011) built by its own thin function; this posts any number of
@@ -159,7 +173,7 @@ BEGIN
                 v_counterparty_after[i] := v_balances[v_k];
             END IF;
         END LOOP;
-        v_ids[i] := coalesce(v_p.id, gen_random_uuid());
+        v_ids[i] := coalesce(v_p.id, wallet_uuid7());
         v_uncovered := v_uncovered OR v_p.covered_by = 'nothing';
     END LOOP;
 
