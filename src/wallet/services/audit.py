@@ -6,9 +6,9 @@ clean run, in ranges of at most WALLET_AUDIT_CHUNK_TRANSACTIONS transactions by 
 in one snapshot of its own, its statements index probes along its range whatever the statistics
 say (verify.set_plan_stable), and its result committed as an audit_runs row, so the checkpoint
 moves with every clean chunk and a run stopped midway (a restart, a timeout) resumes where it
-stopped. The periodic run pauses between chunks as long as the chunk took (at least
-WALLET_AUDIT_CHUNK_PAUSE_MS), holding its turn, so the hot path keeps at least half the time of the
-core the audit uses, and goes on until it has caught up; a request (GET /api/v1/audit) stops starting chunks
+stopped. The periodic run rests after each chunk as long as the chunk took (at least
+WALLET_AUDIT_CHUNK_PAUSE_MS), whichever process ran it, so the processes together audit at most
+half the time and requests keep the rest of the CPU, and goes on until it has caught up; a request (GET /api/v1/audit) stops starting chunks
 after its statement timeout and says how far it got. Processes take turns chunk by chunk.
 A chunk checks:
   * its transactions: their entries balance, the user entry and system account are what the type
@@ -285,6 +285,24 @@ SELECT coalesce(max(x.seq) FILTER (WHERE x.settled), $1) AS to_seq, count(*) AS 
 """
 
 
+# How long the audit still rests (seconds; <= 0: not at all): after the newest chunk, whichever
+# process or request ran it, as long as that chunk took and at least $1 seconds.
+_REST_LEFT_SQL = """
+SELECT coalesce((SELECT extract(epoch FROM r.finished_at + greatest(r.finished_at - r.started_at,
+                                                                   make_interval(secs => $1))
+                                   - clock_timestamp())::float8
+                   FROM audit_runs r WHERE r.kind = 'incremental' ORDER BY r.id DESC LIMIT 1), 0)
+"""
+
+
+async def _rest(conn: asyncpg.Connection, pause_ms: int, timeout_s: float) -> None:
+    """Waits out the audit's rest after the newest chunk (outside the turn: a request's run, which
+    does not rest, gets the turn meanwhile)."""
+    left = await conn.fetchval(_REST_LEFT_SQL, pause_ms / 1000, timeout=timeout_s)
+    if left > 0:
+        await asyncio.sleep(left)
+
+
 @asynccontextmanager
 async def _audit_turn(conn: asyncpg.Connection, timeout_ms: int) -> AsyncIterator[None]:
     """Waits for a chunk in progress elsewhere (they take turns), then holds the turn for a
@@ -369,8 +387,11 @@ async def _run_incremental(
     touched_lots: set[int] = set()
     chunks = 0
     while True:
+        if pause_ms:
+            await _rest(conn, pause_ms, timeout_s)
         async with _audit_turn(conn, timeout_ms):
-            chunk_started = time.monotonic()
+            if pause_ms and await conn.fetchval(_REST_LEFT_SQL, pause_ms / 1000, timeout=timeout_s) > 0:
+                continue  # another process's chunk came first: rest after it too
             # One snapshot for the chunk, so concurrent postings cannot produce false alarms. It is
             # read-only: a repeatable-read transaction fails with SerializationError only when it
             # writes a row changed since its snapshot, so one that writes nothing cannot fail however
@@ -437,10 +458,6 @@ async def _run_incremental(
                 result.chunks = chunks
                 result.caught_up = not more
                 return result
-            if pause_ms:
-                # Still holding the turn, so that no other process's chunk fills the pause: the
-                # processes together check at most half the time while catching up.
-                await asyncio.sleep(max(pause_ms / 1000, time.monotonic() - chunk_started))
 
 
 async def _run_full(conn: asyncpg.Connection, settings: Settings, timeout_ms: int) -> AuditResult:
