@@ -25,8 +25,6 @@ from dataclasses import dataclass
 
 import asyncpg
 
-# Assets the bench users hold opening balances in (tools.bench._prepare_database).
-LOAD_ASSETS = ("GOLD_COINS", "DIAMONDS")
 DEFAULT_CHUNK = 500  # measured: 2,000 per call is slower (the core's per-posting search of its accounts)
 
 # $1 api key, $2 first g (inclusive), $3 last g (exclusive), $4 users, $5 chunk's idempotency key.

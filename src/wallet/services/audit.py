@@ -53,6 +53,7 @@ from wallet.services.verify import (
     ACCOUNT_CHECKS as VERIFY_ACCOUNT_CHECKS,
 )
 from wallet.services.verify import (
+    LOT_CHECK_SQL_FOR,
     LOT_MOVEMENTS,
     MAX_PROBLEMS_PER_CHECK,
     VerifyReport,
@@ -143,12 +144,13 @@ INCREMENTAL_CHECKS: list[tuple[str, str]] = [
 
 # Account-level checks, on every user account in the last chunk of a run, in ranges of account ids
 # ($2 < id <= $3): the newest posting of each account is one index probe; the others are
-# `wallet verify`'s own (one probe of the account's holds or lots each). $1: the problem limit.
+# `wallet verify`'s own (one probe of the account's holds or lots each). $1: the problem limit;
+# each row is (key, problem).
 ACCOUNT_CHECKS: list[tuple[str, str]] = [
     (
         "cached user balance differs from the balance after its newest posting",
         f"""
-        SELECT format('account %s (%s %s): cached balance %s, newest posting leaves %s',
+        SELECT a.id AS key, format('account %s (%s %s): cached balance %s, newest posting leaves %s',
                       a.id, a.user_id, a.asset_code, a.balance_minor, n.after_minor)
         FROM accounts a
         CROSS JOIN LATERAL (
@@ -158,7 +160,7 @@ ACCOUNT_CHECKS: list[tuple[str, str]] = [
         ORDER BY a.id LIMIT $1
         """,
     ),
-    *((title, sql.replace("SELECT a.id AS key, ", "SELECT ", 1)) for title, sql in VERIFY_ACCOUNT_CHECKS),
+    *VERIFY_ACCOUNT_CHECKS,
 ]
 ACCOUNTS_PER_CHUNK = 5_000
 
@@ -168,14 +170,7 @@ SELECT DISTINCT mv.lot_id FROM transactions t
  CROSS JOIN LATERAL (SELECT x.lot_id FROM lot_movements x WHERE x.transaction_id = t.id) mv
  WHERE {_IN_RANGE}
 """
-_LOTS_CHECK_SQL = """
-SELECT format('lot %s (account %s, %s): remaining %s, movements sum %s',
-              l.id, l.account_id, l.origin, l.remaining_minor, m.total)
-FROM credit_lots l
-CROSS JOIN LATERAL (SELECT coalesce(sum(x.amount_minor), 0) AS total FROM lot_movements x WHERE x.lot_id = l.id) m
-WHERE l.id = ANY ($2::bigint[]) AND l.remaining_minor <> m.total
-ORDER BY l.id LIMIT $1
-"""
+_LOTS_CHECK_SQL = LOT_CHECK_SQL_FOR.format(lots="l.id = ANY ($2::bigint[])")
 LOTS_PER_CHUNK = 5_000
 
 CHAIN_TITLE = "hash chain broken after the last audited link"
@@ -363,7 +358,7 @@ async def _check_accounts_and_lots(
             )
             if rows:
                 found = problems.setdefault(title, [])
-                found.extend(row[0] for row in rows[: MAX_PROBLEMS_PER_CHECK - len(found)])
+                found.extend(row[1] for row in rows[: MAX_PROBLEMS_PER_CHECK - len(found)])
     touched = sorted(lots)
     for first in range(0, len(touched), LOTS_PER_CHUNK):
         rows = await conn.fetch(
@@ -374,7 +369,7 @@ async def _check_accounts_and_lots(
         )
         if rows:
             found = problems.setdefault(LOT_MOVEMENTS, [])
-            found.extend(row[0] for row in rows[: MAX_PROBLEMS_PER_CHECK - len(found)])
+            found.extend(row[1] for row in rows[: MAX_PROBLEMS_PER_CHECK - len(found)])
 
 
 async def _run_incremental(

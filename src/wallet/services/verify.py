@@ -302,16 +302,17 @@ ACCOUNT_CHECKS: list[tuple[str, str]] = [
     ),
 ]
 
-# Per lot: $2 < l.id <= $3, each lot's movements from the (lot_id) index.
-LOT_CHECK_SQL = """
+# Per lot ({lots}: which; here $2 < l.id <= $3), each lot's movements from the (lot_id) index.
+LOT_CHECK_SQL_FOR = """
 SELECT l.id AS key, format('lot %s (account %s, %s): remaining %s, movements sum %s',
               l.id, l.account_id, l.origin, l.remaining_minor, m.total)
 FROM credit_lots l
 CROSS JOIN LATERAL (SELECT coalesce(sum(x.amount_minor), 0) AS total FROM lot_movements x
                      WHERE x.lot_id = l.id) m
-WHERE l.id > $2 AND l.id <= $3 AND l.remaining_minor <> m.total
+WHERE {lots} AND l.remaining_minor <> m.total
 ORDER BY l.id LIMIT $1
 """
+LOT_CHECK_SQL = LOT_CHECK_SQL_FOR.format(lots="l.id > $2 AND l.id <= $3")
 
 # Holds and reversals: few rows, each check one statement from its own index.
 WHOLE_CHECKS: list[tuple[str, str]] = [
