@@ -4,7 +4,7 @@
 # so a fresh machine needs only python3 and make.
 # Beside them: `make lint` (ruff, mypy, import contracts; run by CI before the tests), `make docs`
 # (the documentation site, docs/ and mkdocs.yml, built with --strict into site/; CI runs it after
-# lint), `make bench` and
+# lint), `make bench`, `make scale-bench` and
 # `make bank-test` (slow; not part of the suite). Pass options with ARGS="--seconds 5 ...".
 # `make image-test` builds the Dockerfile with podman and checks the image and the compose stack
 # (tools/image_test.sh; root, Debian). `make restore-drill` backs up a scratch cluster, restores it
