@@ -4,7 +4,7 @@
 # so a fresh machine needs only python3 and make.
 # Beside them: `make lint` (ruff, mypy, import contracts; run by CI before the tests), `make docs`
 # (the documentation site, docs/ and mkdocs.yml, built with --strict into site/; CI runs it after
-# lint), `make bench` and
+# lint), `make bench`, `make scale-bench` and
 # `make bank-test` (slow; not part of the suite). Pass options with ARGS="--seconds 5 ...".
 # `make image-test` builds the Dockerfile with podman and checks the image and the compose stack
 # (tools/image_test.sh; root, Debian). `make restore-drill` backs up a scratch cluster, restores it
@@ -122,3 +122,11 @@ cluster-status: $(STAMP)
 # (tools/failover_test.py); a few minutes.
 failover-test: $(STAMP)
 	$(VENV)/bin/python -m tools.failover_test $(ARGS)
+
+# What the service costs as the ledger grows (tools/scale_bench.py, docs/SCALING.md): an empty
+# ledger against one loaded with N transactions through the posting core (default 1,000,000 on
+# 2,000 users: about 15 minutes here), writes, reads, reports, `wallet verify` and the live
+# audit's catch-up in one table. E.g. make scale-bench ARGS="--transactions 100000 --seconds 5".
+.PHONY: scale-bench
+scale-bench: $(STAMP)
+	$(VENV)/bin/python -m tools.scale_bench $(ARGS)

@@ -101,6 +101,13 @@ function request()
     {["Authorization"] = "Bearer " .. key})
 end
 """,
+    # The first page of the user's history (20 transactions, newest first).
+    "history": r"""
+function request()
+  return wrk.format("GET", "/api/v1/wallets/" .. user .. "/transactions?limit=20",
+    {["Authorization"] = "Bearer " .. key})
+end
+""",
     # A batch of transfers: each operation moves 1 coin into or out of one of the thread's users.
     "batch": r"""
 function request()
@@ -167,10 +174,6 @@ async def _prepare_database(
     import asyncpg
 
     from wallet.db.migrate import upgrade_to_head_async
-    from wallet.services.api_keys import create_api_key
-    from wallet.services.audit import run_audit
-    from wallet.services.seed import seed_reference_data
-    from wallet.settings import Settings
 
     admin = await asyncpg.connect(admin_url)
     try:
@@ -180,6 +183,20 @@ async def _prepare_database(
         await admin.close()
     url = _with_database(admin_url, database)
     await upgrade_to_head_async(url)
+    return url, await prepare_ledger(url, users, hash_chain=hash_chain)
+
+
+async def prepare_ledger(url: str, users: int, *, hash_chain: bool = True) -> str:
+    """In a migrated database: the reference data, an admin key named `bench` (returned), `users`
+    users bench_0000... with large opening balances in GOLD_COINS and DIAMONDS, VACUUM ANALYZE,
+    and the openings audited."""
+    import asyncpg
+
+    from wallet.services.api_keys import create_api_key
+    from wallet.services.audit import run_audit
+    from wallet.services.seed import seed_reference_data
+    from wallet.settings import Settings
+
     conn = await asyncpg.connect(url)
     try:
         await seed_reference_data(conn)
@@ -219,7 +236,7 @@ async def _prepare_database(
     finally:
         await pool.close()
     assert audit.consistent, audit.problems
-    return url, token
+    return token
 
 
 async def _measure_bytes_per_write(url: str, writes: int) -> dict[str, object]:
@@ -598,7 +615,7 @@ def render(measurements: list[Measurement], pgbench: dict[str, dict[int, float]]
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for m in measurements:
-        mode = "-S" if m.scenario in ("balance", "hello") else "-N"
+        mode = "-S" if m.scenario in ("balance", "history", "hello") else "-N"
         baseline = pgbench[mode][m.clients]
         lines.append(
             f"| {m.scenario} | {m.clients} | {m.per_second:,.0f} | {m.p50_ms:.1f} | {m.p95_ms:.1f} | "
@@ -643,7 +660,8 @@ def main(
     workers: Annotated[int, typer.Option(min=1, max=64, help="Service worker processes.")] = 2,
     batch_size: Annotated[int, typer.Option(min=1, max=1000, help="Operations per batch request.")] = 100,
     scenarios: Annotated[
-        str, typer.Option(help="Any of hello,topup,spend,balance,batch (hello: the framework's floor).")
+        str,
+        typer.Option(help="Any of hello,topup,spend,balance,history,batch (hello: the framework's floor)."),
     ] = "hello,topup,spend,balance,batch",
     output: Annotated[Path | None, typer.Option(help="Also write the figures as JSON here.")] = None,
     scratch_database: Annotated[

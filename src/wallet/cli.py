@@ -17,7 +17,7 @@ import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import AsyncExitStack, ExitStack, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
@@ -302,22 +302,38 @@ def seed(
     _err("seed data in place")
 
 
-async def _verify(url: str) -> bool:
+async def _verify(url: str, jobs: int) -> bool:
     from wallet.db.pool import connection
     from wallet.services.verify import verify_ledger
 
     settings = _settings()
-    async with connection(settings, url) as conn:
-        report = await verify_ledger(conn, query_timeout_ms=settings.audit_query_timeout_ms)
+    async with AsyncExitStack() as stack:
+        conn = await stack.enter_async_context(connection(settings, url))
+
+        async def connect() -> asyncpg.Connection:
+            return await stack.enter_async_context(connection(settings, url))
+
+        report = await verify_ledger(
+            conn, query_timeout_ms=settings.audit_query_timeout_ms, connect=connect, jobs=jobs
+        )
     typer.echo(report.render())
     return report.clean
 
 
 @app.command()
-def verify() -> None:
+def verify(
+    jobs: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=32,
+            help="Connections that check chunks at once, all in one snapshot (the database's cores are the limit).",
+        ),
+    ] = 3,
+) -> None:
     """Recompute every balance and every hash chain from the ledger; exit 1 with a report if anything disagrees."""
     with _database(_settings()) as (url, _):
-        clean = asyncio.run(_verify(url))
+        clean = asyncio.run(_verify(url, jobs))
     if not clean:
         raise typer.Exit(code=1)
 

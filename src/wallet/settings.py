@@ -206,6 +206,13 @@ class Settings(BaseSettings):
     # The live audit (GET /api/v1/audit) checks transactions older than this; newer ones wait for
     # the next run, so one still committing (at most the statement timeout) is never skipped.
     audit_settle_ms: int = Field(default=10_000, ge=0, le=3_600_000)
+    # An incremental audit checks at most this many transactions per chunk: one snapshot, one
+    # audit_runs row, the checkpoint moved (a run stopped midway resumes from its last chunk).
+    audit_chunk_transactions: int = Field(default=10_000, ge=1, le=1_000_000)
+    # The periodic audit rests after each chunk (whichever process ran it) as long as the chunk
+    # took, and at least this long: catching up on a backlog, the processes together audit at
+    # most half the time, the rest of the CPU left to requests.
+    audit_chunk_pause_ms: int = Field(default=100, ge=0, le=60_000)
     # Each query of an audit run and of `wallet verify` (they read a long range or the whole
     # ledger), in the database and on the client: far above WALLET_DB_STATEMENT_TIMEOUT_MS, which
     # bounds requests. With the request bound, one check slower than 6 s on a large ledger failed

@@ -50,6 +50,11 @@ def session_settings(settings: Settings) -> dict[str, str]:
         # to hash-join a batch's 200 new entries against a sequential scan of every transaction
         # (10 ms at 20k rows, growing with the table) instead of 200 index probes.
         "random_page_cost": "1.1",
+        # No JIT: a statement here reads a few rows by key. On a ledger whose statistics predate
+        # its growth (autovacuum off, a bulk load) the estimates of those probes were large enough
+        # to pass jit_above_cost, and every write's answer compiled its query again: 17 ms of a
+        # 20 ms top-up (issue 20).
+        "jit": "off",
     }
 
 

@@ -10,11 +10,32 @@ the previous stored link and the transaction and entry as they are stored now. A
 transaction or user entry therefore breaks exactly its own link (the next one still follows from
 the stored value), and the report names the first broken link of each account's chain. System
 entries are not chained; the checks that every entry is what its transaction implies cover them.
+
+In bounded chunks (issue 20): every check reads one range of a key at a time, never a whole
+table in one statement, so its cost per statement stays the same however large the ledger grows
+and several connections can share the work:
+  * transactions by ranges of `seq` (the per-transaction checks: entries balanced, the user's
+    entry, the system account, a transfer's receiver, lot movements against entries);
+  * ledger entries by ranges of physical blocks (a TID range scan: every row exactly once, no
+    index needed), summed per account: the cached balances, the system balances, each asset's
+    total, and how many entries each account has;
+  * accounts, credit lots and hash chains by ranges of their primary keys (a chain's accounts
+    binned so that a chunk holds a bounded number of links: one account's chain is never split).
+All the connections read one snapshot (pg_export_snapshot), so the partial results add up as one
+statement over the whole ledger would, and concurrent postings cannot produce false alarms.
+Each chunk's statement runs with hash and merge joins and sequential scans off: the plan is index
+probes along the range whatever the statistics say (on a bulk-loaded ledger that was never
+analysed, a join planned from stale statistics had scanned a whole table once per row).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import asyncpg
 
@@ -22,75 +43,67 @@ from wallet.settings import AUDIT_QUERY_TIMEOUT_MS_DEFAULT
 
 MAX_PROBLEMS_PER_CHECK = 100
 
-CHECKS: list[tuple[str, str]] = [
+# Chunk sizes: what one statement reads at most.
+TRANSACTIONS_PER_CHUNK = 20_000  # a range of seq
+ENTRY_BLOCKS_PER_CHUNK = 1_000  # ledger_entries blocks (8 kB each: about 80,000 entries)
+ACCOUNTS_PER_CHUNK = 5_000
+LOTS_PER_CHUNK = 5_000
+LINKS_PER_CHUNK = 20_000  # hash-chain links (a longer chain is a chunk of its own)
+
+# Index probes along the range, whatever the statistics say (see the module's docstring); JIT off:
+# a plan with a disabled node carries a huge cost and would be compiled for nothing.
+PLAN_STABLE_SETTINGS = ("enable_hashjoin", "enable_mergejoin", "enable_seqscan")
+
+
+async def set_plan_stable(conn: asyncpg.Connection) -> None:
+    """For the rest of the current transaction: plans that walk the given key range by index."""
+    for name in PLAN_STABLE_SETTINGS:
+        await conn.execute(f"SET LOCAL {name} = off")
+    await conn.execute("SET LOCAL jit = off")
+
+
+async def reset_plan_settings(conn: asyncpg.Connection) -> None:
+    """The defaults again, for a statement that must scan (a problem's details)."""
+    for name in (*PLAN_STABLE_SETTINGS, "jit"):
+        await conn.execute(f"SET LOCAL {name} = DEFAULT")
+
+
+# The checks' titles, in the order of the report.
+BALANCE_SUM = "cached user balance differs from the sum of its ledger entries"
+AVAILABLE = "available balance (balance - held) below zero without an admin-allowed clawback"
+HELD = "cached held amount differs from the sum of the account's open holds"
+CAPTURED = "captured hold without its capture transaction, or with another amount"
+REVERSED = "reversed total differs from the sum of the reversals, or exceeds the original"
+ENTRIES_BALANCED = "transaction entries do not sum to zero, or fewer than two entries"
+USER_ENTRY = "user's entry does not match the transaction's amount and direction"
+SYSTEM_ENTRY = "entry on a system account other than the one its transaction's type uses"
+RECEIVER = "transfer's receiver entry does not match its amount"
+CHAIN = "hash chain broken (the first broken link of each account's chain)"
+NOT_CHAINED = "ledger entry on a user account missing from its account's hash chain, or chained twice"
+LOTS_SUM = "open credit lots do not sum to the user's balance (zero while in debt)"
+LOT_MOVEMENTS = "credit lot's remaining amount differs from the sum of its movements"
+LOTS_EXPIRY = "cached earliest lot expiry of an account differs from its open lots"
+LOTS_MOVED = "a transaction's lot movements do not match its entry on a user account"
+ASSET_SUM = "the whole ledger does not sum to zero for an asset"
+TITLES = [
+    BALANCE_SUM, AVAILABLE, HELD, CAPTURED, REVERSED, ENTRIES_BALANCED, USER_ENTRY, SYSTEM_ENTRY, RECEIVER,
+    CHAIN, NOT_CHAINED, LOTS_SUM, LOT_MOVEMENTS, LOTS_EXPIRY, LOTS_MOVED, ASSET_SUM,
+]  # fmt: skip
+
+# Each check returns (key, problem), ordered by key (what the report is ordered by) and at most
+# $1 rows. Per-transaction checks: the transactions that {transactions} names ($2: their ids).
+# Everything past the transaction is reached by LATERAL from it: a join written plainly may be
+# turned around (seen on a ledger with stale statistics: every ledger entry walked, and each
+# probed for its transaction, to find one chunk's 20,000).
+TRANSACTION_CHECKS: list[tuple[str, str]] = [
     (
-        "cached user balance differs from the sum of its ledger entries",
+        ENTRIES_BALANCED,
         """
-        SELECT format('account %s (%s %s): cached balance %s, ledger sum %s',
-                      a.id, a.user_id, a.asset_code, a.balance_minor, coalesce(s.total, 0))
-        FROM accounts a
-        LEFT JOIN (SELECT account_id, sum(amount_minor) AS total FROM ledger_entries GROUP BY account_id) s
-               ON s.account_id = a.id
-        WHERE a.kind = 'user' AND a.balance_minor <> coalesce(s.total, 0)
-        ORDER BY a.id LIMIT $1
-        """,
-    ),
-    (
-        "available balance (balance - held) below zero without an admin-allowed clawback",
-        """
-        SELECT format('account %s (%s %s): balance %s, held %s',
-                      a.id, a.user_id, a.asset_code, a.balance_minor, a.held_minor)
-        FROM accounts a
-        WHERE a.kind = 'user'
-          AND (a.held_minor < 0
-               OR (a.held_minor > a.balance_minor AND NOT EXISTS (
-                       SELECT 1 FROM transactions t
-                       WHERE t.user_id = a.user_id AND t.asset_code = a.asset_code AND t.allow_negative)))
-        ORDER BY a.id LIMIT $1
-        """,
-    ),
-    (
-        "cached held amount differs from the sum of the account's open holds",
-        """
-        SELECT format('account %s (%s %s): cached held %s, open holds %s',
-                      a.id, a.user_id, a.asset_code, a.held_minor, coalesce(h.total, 0))
-        FROM accounts a
-        LEFT JOIN (SELECT account_id, sum(amount_minor) AS total FROM holds WHERE status = 'open'
-                   GROUP BY account_id) h ON h.account_id = a.id
-        WHERE a.kind = 'user' AND a.held_minor <> coalesce(h.total, 0)
-        ORDER BY a.id LIMIT $1
-        """,
-    ),
-    (
-        "captured hold without its capture transaction, or with another amount",
-        """
-        SELECT format('hold %s: captured %s, capture transaction %s', h.id, h.captured_amount_minor,
-                      coalesce(t.amount_minor::text, 'missing'))
-        FROM holds h LEFT JOIN transactions t ON t.id = h.capture_transaction_id AND t.hold_id = h.id
-        WHERE h.status = 'captured' AND (t.id IS NULL OR t.amount_minor <> h.captured_amount_minor)
-        ORDER BY h.id LIMIT $1
-        """,
-    ),
-    (
-        "reversed total differs from the sum of the reversals, or exceeds the original",
-        """
-        SELECT format('transaction %s (%s of %s): reversals sum %s, recorded %s', o.id, o.type, o.amount_minor,
-                      coalesce(s.total, 0), coalesce(r.reversed_amount_minor, 0))
-        FROM transactions o
-        LEFT JOIN (SELECT reverses, sum(amount_minor) AS total FROM transactions
-                   WHERE reverses IS NOT NULL GROUP BY reverses) s ON s.reverses = o.id
-        LEFT JOIN reversal_totals r ON r.transaction_id = o.id
-        WHERE (s.total IS NOT NULL OR r.transaction_id IS NOT NULL)
-          AND (coalesce(s.total, 0) <> coalesce(r.reversed_amount_minor, 0) OR coalesce(s.total, 0) > o.amount_minor)
-        ORDER BY o.id LIMIT $1
-        """,
-    ),
-    (
-        "transaction entries do not sum to zero, or fewer than two entries",
-        """
-        SELECT format('transaction %s: %s entries, sum %s in %s', t.id, count(e.entry_no),
+        SELECT t.id::text AS key, format('transaction %s: %s entries, sum %s in %s', t.id, count(e.entry_no),
                       coalesce(sum(e.amount_minor), 0), coalesce(e.asset_code, t.asset_code))
-        FROM transactions t LEFT JOIN ledger_entries e ON e.transaction_id = t.id
+        FROM transactions t
+        LEFT JOIN LATERAL (SELECT x.* FROM ledger_entries x WHERE x.transaction_id = t.id) e ON true
+        WHERE {transactions}
         GROUP BY t.id, t.asset_code, e.asset_code
         HAVING coalesce(sum(e.amount_minor), 0) <> 0
             OR (SELECT count(*) FROM ledger_entries x WHERE x.transaction_id = t.id) < 2
@@ -98,13 +111,16 @@ CHECKS: list[tuple[str, str]] = [
         """,
     ),
     (
-        "user's entry does not match the transaction's amount and direction",
+        USER_ENTRY,
         """
-        SELECT format('transaction %s (%s %s of %s): user entry sum %s',
+        SELECT t.id::text AS key, format('transaction %s (%s %s of %s): user entry sum %s',
                       t.id, t.type, t.amount_minor, t.user_id, coalesce(sum(e.amount_minor), 0))
         FROM transactions t
-        LEFT JOIN accounts a ON a.user_id = t.user_id AND a.asset_code = t.asset_code
-        LEFT JOIN ledger_entries e ON e.transaction_id = t.id AND e.account_id = a.id
+        LEFT JOIN LATERAL (SELECT x.id FROM accounts x WHERE x.user_id = t.user_id AND x.asset_code = t.asset_code
+                            LIMIT 1) a ON true
+        LEFT JOIN LATERAL (SELECT x.amount_minor FROM ledger_entries x
+                            WHERE x.transaction_id = t.id AND x.account_id = a.id) e ON true
+        WHERE {transactions}
         GROUP BY t.id, t.type, t.amount_minor, t.user_id
         HAVING coalesce(sum(e.amount_minor), 0)
                <> wallet_rule_user_sign(t.type) * t.amount_minor - t.fee_minor
@@ -115,169 +131,306 @@ CHECKS: list[tuple[str, str]] = [
         # With the two checks around it, every entry of a transaction is what the transaction
         # implies; the hash chains cover the transactions and the users' entries, so this is what
         # makes an edited system-side entry show too.
-        "entry on a system account other than the one its transaction's type uses",
+        SYSTEM_ENTRY,
         """
-        SELECT format('transaction %s (%s of %s %s): entry %s is on %s %s, expected %s',
+        SELECT t.id::text || lpad(e.entry_no::text, 5, '0') AS key,
+               format('transaction %s (%s of %s %s): entry %s is on %s %s, expected %s',
                       t.id, t.type, t.amount_minor, t.asset_code, e.entry_no, a.system_code, a.asset_code,
                       coalesce(wallet_rule_system_account(coalesce(o.type, t.type)), 'none'))
-        FROM ledger_entries e
-        JOIN accounts a ON a.id = e.account_id AND a.kind = 'system'
-        JOIN transactions t ON t.id = e.transaction_id
-        LEFT JOIN transactions o ON o.id = t.reverses AND t.type = 'clawback'
-        WHERE a.system_code IS DISTINCT FROM wallet_rule_system_account(coalesce(o.type, t.type))
-           OR a.asset_code <> t.asset_code
+        FROM transactions t
+        CROSS JOIN LATERAL (SELECT x.* FROM ledger_entries x WHERE x.transaction_id = t.id) e
+        CROSS JOIN LATERAL (SELECT x.system_code, x.asset_code FROM accounts x
+                             WHERE x.id = e.account_id AND x.kind = 'system' LIMIT 1) a
+        LEFT JOIN LATERAL (SELECT x.type FROM transactions x WHERE x.id = t.reverses AND t.type = 'clawback'
+                            LIMIT 1) o ON true
+        WHERE {transactions}
+          AND (a.system_code IS DISTINCT FROM wallet_rule_system_account(coalesce(o.type, t.type))
+               OR a.asset_code <> t.asset_code)
         ORDER BY t.id, e.entry_no LIMIT $1
         """,
     ),
     (
-        "transfer's receiver entry does not match its amount",
+        RECEIVER,
         """
-        SELECT format('transfer %s (%s to %s): receiver entry sum %s', t.id, t.amount_minor,
+        SELECT t.id::text AS key, format('transfer %s (%s to %s): receiver entry sum %s', t.id, t.amount_minor,
                       t.counterparty_user_id, coalesce(sum(e.amount_minor), 0))
         FROM transactions t
-        LEFT JOIN accounts a ON a.user_id = t.counterparty_user_id AND a.asset_code = t.asset_code
-        LEFT JOIN ledger_entries e ON e.transaction_id = t.id AND e.account_id = a.id
-        WHERE t.counterparty_user_id IS NOT NULL
+        LEFT JOIN LATERAL (SELECT x.id FROM accounts x
+                            WHERE x.user_id = t.counterparty_user_id AND x.asset_code = t.asset_code LIMIT 1) a ON true
+        LEFT JOIN LATERAL (SELECT x.amount_minor FROM ledger_entries x
+                            WHERE x.transaction_id = t.id AND x.account_id = a.id) e ON true
+        WHERE {transactions} AND t.counterparty_user_id IS NOT NULL
         GROUP BY t.id
         HAVING coalesce(sum(e.amount_minor), 0) <> t.amount_minor
         ORDER BY t.id LIMIT $1
         """,
     ),
     (
-        "hash chain broken (the first broken link of each account's chain)",
-        # Every link recomputed set-based from the previous stored link (lag over chain_no) and the
-        # transaction and entry as stored now, by the same functions the posting trigger uses.
-        """
-        WITH links AS (
-            SELECT c.account_id, c.chain_no, c.transaction_id, c.entry_no, c.link_sha256,
-                   lag(c.chain_no) OVER w AS previous_no, lag(c.link_sha256) OVER w AS previous_link,
-                   count(*) OVER (PARTITION BY c.account_id) AS chain_length,
-                   e.account_id AS entry_account_id,
-                   CASE WHEN t.id IS NOT NULL AND e.transaction_id IS NOT NULL
-                        THEN wallet_chain_digest(t, e.entry_no, e.account_id, e.asset_code, e.amount_minor)
-                   END AS digest
-            FROM ledger_chain c
-            LEFT JOIN ledger_entries e ON e.transaction_id = c.transaction_id AND e.entry_no = c.entry_no
-            LEFT JOIN transactions t ON t.id = c.transaction_id
-            WINDOW w AS (PARTITION BY c.account_id ORDER BY c.chain_no)
-        ), broken AS (
-            SELECT l.*, CASE
-                       WHEN l.digest IS NULL THEN 'its transaction or entry is missing'
-                       WHEN l.entry_account_id <> l.account_id THEN 'its entry is on another account'
-                       WHEN l.chain_no <> coalesce(l.previous_no, 0) + 1
-                           THEN format('the link before it is %s: links are missing', coalesce(l.previous_no, 0))
-                       WHEN l.link_sha256 <> wallet_chain_link(l.previous_link, l.digest)
-                           THEN 'the stored link does not match the transaction and entry as stored now'
-                   END AS reason
-            FROM links l
-        ), first_broken AS (
-            SELECT DISTINCT ON (b.account_id) b.*, count(*) OVER (PARTITION BY b.account_id) AS broken_links
-            FROM broken b WHERE b.reason IS NOT NULL
-            ORDER BY b.account_id, b.chain_no
-        )
-        SELECT format('account %s (%s %s): first broken link %s of %s is transaction %s entry %s: %s'
-                      ' (%s broken link(s) in this chain)',
-                      f.account_id, coalesce(a.user_id, a.system_code, 'unknown account'), a.asset_code,
-                      f.chain_no, f.chain_length, f.transaction_id, f.entry_no, f.reason, f.broken_links)
-        FROM first_broken f LEFT JOIN accounts a ON a.id = f.account_id
-        ORDER BY f.account_id LIMIT $1
-        """,
-    ),
-    (
-        "ledger entry on a user account missing from its account's hash chain, or chained twice",
-        """
-        SELECT format('transaction %s entry %s (account %s, %s %s): %s', e.transaction_id, e.entry_no,
-                      a.id, a.user_id, a.asset_code,
-                      CASE WHEN count(c.chain_no) = 0 THEN 'not chained'
-                           ELSE format('chained %s times', count(c.chain_no)) END)
-        FROM ledger_entries e
-        JOIN accounts a ON a.id = e.account_id AND a.kind = 'user'
-        LEFT JOIN ledger_chain c ON c.transaction_id = e.transaction_id AND c.entry_no = e.entry_no
-        GROUP BY e.transaction_id, e.entry_no, a.id
-        HAVING count(c.chain_no) <> 1
-        ORDER BY a.id, e.transaction_id, e.entry_no LIMIT $1
-        """,
-    ),
-    (
-        "open credit lots do not sum to the user's balance (zero while in debt)",
-        """
-        SELECT format('account %s (%s %s): balance %s, open lots %s',
-                      a.id, a.user_id, a.asset_code, a.balance_minor, coalesce(l.total, 0))
-        FROM accounts a
-        LEFT JOIN (SELECT account_id, sum(remaining_minor) AS total FROM credit_lots GROUP BY account_id) l
-               ON l.account_id = a.id
-        WHERE a.kind = 'user' AND coalesce(l.total, 0) <> greatest(a.balance_minor, 0)
-        ORDER BY a.id LIMIT $1
-        """,
-    ),
-    (
-        "credit lot's remaining amount differs from the sum of its movements",
-        """
-        SELECT format('lot %s (account %s, %s): remaining %s, movements sum %s',
-                      l.id, l.account_id, l.origin, l.remaining_minor, coalesce(m.total, 0))
-        FROM credit_lots l
-        LEFT JOIN (SELECT lot_id, sum(amount_minor) AS total FROM lot_movements GROUP BY lot_id) m
-               ON m.lot_id = l.id
-        WHERE l.remaining_minor <> coalesce(m.total, 0)
-        ORDER BY l.id LIMIT $1
-        """,
-    ),
-    (
-        "cached earliest lot expiry of an account differs from its open lots",
-        """
-        SELECT format('account %s (%s %s): cached %s, open lots %s', a.id, a.user_id, a.asset_code,
-                      a.lots_expire_at, l.next_at)
-        FROM accounts a
-        LEFT JOIN (SELECT account_id, min(expires_at) AS next_at FROM credit_lots
-                   WHERE remaining_minor > 0 GROUP BY account_id) l ON l.account_id = a.id
-        WHERE a.kind = 'user' AND a.lots_expire_at IS DISTINCT FROM l.next_at
-        ORDER BY a.id LIMIT $1
-        """,
-    ),
-    (
-        "a transaction's lot movements do not match its entry on a user account",
         # Since lots exist: a debit draws exactly its amount (an admin clawback into debt: at most
         # it); a credit fills its amount less the debt it repaid.
+        LOTS_MOVED,
         """
-        SELECT format('transaction %s (%s): entry %s on account %s, lots moved %s',
-                      t.id, t.type, e.amount_minor, e.account_id, coalesce(m.moved, 0))
-        FROM ledger_entries e
-        JOIN accounts a ON a.id = e.account_id AND a.kind = 'user'
-        JOIN transactions t ON t.id = e.transaction_id
-        LEFT JOIN (SELECT mv.transaction_id, l.account_id, sum(mv.amount_minor) AS moved
-                   FROM lot_movements mv JOIN credit_lots l ON l.id = mv.lot_id
-                   GROUP BY mv.transaction_id, l.account_id) m
-               ON m.transaction_id = e.transaction_id AND m.account_id = e.account_id
-        WHERE t.seq >= (SELECT first_seq FROM credit_lots_start)
-          AND NOT wallet_lots_moved_as_entry(e.amount_minor, coalesce(m.moved, 0), t.allow_negative,
+        SELECT t.id::text AS key, format('transaction %s (%s): entry %s on account %s, lots moved %s',
+                      t.id, t.type, e.amount_minor, e.account_id, m.moved)
+        FROM transactions t
+        CROSS JOIN LATERAL (SELECT x.* FROM ledger_entries x WHERE x.transaction_id = t.id) e
+        CROSS JOIN LATERAL (SELECT x.user_id FROM accounts x WHERE x.id = e.account_id AND x.kind = 'user' LIMIT 1) a
+        CROSS JOIN LATERAL (
+            SELECT coalesce(sum(mv.amount_minor), 0) AS moved
+              FROM lot_movements mv
+             WHERE mv.transaction_id = t.id
+               AND (SELECT l.account_id FROM credit_lots l WHERE l.id = mv.lot_id) = e.account_id) m
+        WHERE {transactions} AND t.seq >= (SELECT first_seq FROM credit_lots_start)
+          AND NOT wallet_lots_moved_as_entry(e.amount_minor, m.moved, t.allow_negative,
                   CASE WHEN a.user_id = t.user_id THEN t.balance_after_minor
                        ELSE t.counterparty_balance_after_minor END)
         ORDER BY t.id LIMIT $1
         """,
     ),
+]
+
+# The transactions of $1 < seq <= $2 that one of TRANSACTION_CHECKS would name, found in one pass:
+# each transaction's entries read once (by its key), with their accounts and lot movements. The
+# checks themselves then run on those alone, for their reports.
+SUSPECT_TRANSACTIONS_SQL = """
+SELECT t.id
+  FROM transactions t
+  LEFT JOIN LATERAL (SELECT o.type FROM transactions o WHERE o.id = t.reverses AND t.type = 'clawback' LIMIT 1) o
+    ON true
+ CROSS JOIN LATERAL (
+    SELECT count(*) AS n, coalesce(sum(e.amount_minor), 0) AS total,
+           coalesce(bool_or(e.asset_code <> t.asset_code), false) AS other_asset,
+           coalesce(sum(e.amount_minor) FILTER (WHERE a.user_id = t.user_id AND a.asset_code = t.asset_code), 0)
+               AS user_sum,
+           coalesce(sum(e.amount_minor) FILTER (WHERE a.user_id = t.counterparty_user_id
+                                                  AND a.asset_code = t.asset_code), 0) AS receiver_sum,
+           coalesce(bool_or(a.kind = 'system'
+                            AND (a.system_code IS DISTINCT FROM wallet_rule_system_account(coalesce(o.type, t.type))
+                                 OR a.asset_code <> t.asset_code)), false) AS bad_system,
+           coalesce(bool_or(a.kind = 'user' AND t.seq >= (SELECT first_seq FROM credit_lots_start)
+                            AND NOT wallet_lots_moved_as_entry(e.amount_minor,
+                                    (SELECT coalesce(sum(mv.amount_minor), 0) FROM lot_movements mv
+                                      WHERE mv.transaction_id = t.id
+                                        AND (SELECT l.account_id FROM credit_lots l WHERE l.id = mv.lot_id)
+                                            = e.account_id),
+                                    t.allow_negative,
+                                    CASE WHEN a.user_id = t.user_id THEN t.balance_after_minor
+                                         ELSE t.counterparty_balance_after_minor END)), false) AS bad_lots
+      FROM ledger_entries e
+      LEFT JOIN LATERAL (SELECT x.kind, x.user_id, x.system_code, x.asset_code FROM accounts x
+                          WHERE x.id = e.account_id LIMIT 1) a ON true
+     WHERE e.transaction_id = t.id) x
+ WHERE t.seq > $1 AND t.seq <= $2
+   AND (x.n < 2 OR x.total <> 0 OR x.other_asset OR x.bad_system OR x.bad_lots
+        OR x.user_sum <> wallet_rule_user_sign(t.type) * t.amount_minor - t.fee_minor
+        OR (t.counterparty_user_id IS NOT NULL AND x.receiver_sum <> t.amount_minor))
+"""
+
+
+async def check_transactions(
+    conn: asyncpg.Connection, low: int, high: int, timeout_s: float
+) -> dict[str, list[tuple[Any, str]]]:
+    """TRANSACTION_CHECKS on the transactions of low < seq <= high: one pass to find those a check
+    would name, then the checks on those alone. Per title, (key, problem) in key order."""
+    suspects = [row["id"] for row in await conn.fetch(SUSPECT_TRANSACTIONS_SQL, low, high, timeout=timeout_s)]
+    found: dict[str, list[tuple[Any, str]]] = {}
+    if suspects:
+        for title, sql in TRANSACTION_CHECKS:
+            rows = await conn.fetch(
+                sql.format(transactions="t.id = ANY ($2::uuid[])"),
+                MAX_PROBLEMS_PER_CHECK,
+                suspects,
+                timeout=timeout_s,
+            )
+            if rows:
+                found[title] = [(row[0], row[1]) for row in rows]
+    return found
+
+
+# Per-account checks of cached figures: $2 < a.id <= $3, each figure from its account's own index
+# range (open holds, lots), so they are what the live audit runs on every user account too.
+ACCOUNT_CHECKS: list[tuple[str, str]] = [
     (
-        "the whole ledger does not sum to zero for an asset",
+        AVAILABLE,
         """
-        SELECT format('asset %s: all entries sum to %s', asset_code, sum(amount_minor))
-        FROM ledger_entries GROUP BY asset_code HAVING sum(amount_minor) <> 0
-        ORDER BY asset_code LIMIT $1
+        SELECT a.id AS key, format('account %s (%s %s): balance %s, held %s',
+                      a.id, a.user_id, a.asset_code, a.balance_minor, a.held_minor)
+        FROM accounts a
+        WHERE a.kind = 'user' AND a.id > $2 AND a.id <= $3
+          AND (a.held_minor < 0
+               OR (a.held_minor > a.balance_minor AND NOT EXISTS (
+                       SELECT 1 FROM transactions t
+                       WHERE t.user_id = a.user_id AND t.asset_code = a.asset_code AND t.allow_negative)))
+        ORDER BY a.id LIMIT $1
+        """,
+    ),
+    (
+        HELD,
+        """
+        SELECT a.id AS key, format('account %s (%s %s): cached held %s, open holds %s',
+                      a.id, a.user_id, a.asset_code, a.held_minor, h.total)
+        FROM accounts a
+        CROSS JOIN LATERAL (SELECT coalesce(sum(x.amount_minor), 0) AS total FROM holds x
+                             WHERE x.account_id = a.id AND x.status = 'open') h
+        WHERE a.kind = 'user' AND a.id > $2 AND a.id <= $3 AND a.held_minor <> h.total
+        ORDER BY a.id LIMIT $1
+        """,
+    ),
+    (
+        LOTS_SUM,
+        """
+        SELECT a.id AS key, format('account %s (%s %s): balance %s, open lots %s',
+                      a.id, a.user_id, a.asset_code, a.balance_minor, l.total)
+        FROM accounts a
+        CROSS JOIN LATERAL (SELECT coalesce(sum(x.remaining_minor), 0) AS total FROM credit_lots x
+                             WHERE x.account_id = a.id) l
+        WHERE a.kind = 'user' AND a.id > $2 AND a.id <= $3 AND l.total <> greatest(a.balance_minor, 0)
+        ORDER BY a.id LIMIT $1
+        """,
+    ),
+    (
+        LOTS_EXPIRY,
+        """
+        SELECT a.id AS key, format('account %s (%s %s): cached %s, open lots %s', a.id, a.user_id, a.asset_code,
+                      a.lots_expire_at, l.next_at)
+        FROM accounts a
+        CROSS JOIN LATERAL (SELECT min(x.expires_at) AS next_at FROM credit_lots x
+                             WHERE x.account_id = a.id AND x.remaining_minor > 0) l
+        WHERE a.kind = 'user' AND a.id > $2 AND a.id <= $3 AND a.lots_expire_at IS DISTINCT FROM l.next_at
+        ORDER BY a.id LIMIT $1
         """,
     ),
 ]
 
-SUMMARY_SQL = """
-SELECT (SELECT count(*) FROM accounts WHERE kind = 'user') AS user_accounts,
-       (SELECT count(*) FROM transactions) AS transactions,
-       (SELECT count(*) FROM ledger_entries) AS ledger_entries,
-       (SELECT count(*) FROM ledger_chain) AS chain_links
+# Per lot ({lots}: which; here $2 < l.id <= $3), each lot's movements from the (lot_id) index.
+LOT_CHECK_SQL_FOR = """
+SELECT l.id AS key, format('lot %s (account %s, %s): remaining %s, movements sum %s',
+              l.id, l.account_id, l.origin, l.remaining_minor, m.total)
+FROM credit_lots l
+CROSS JOIN LATERAL (SELECT coalesce(sum(x.amount_minor), 0) AS total FROM lot_movements x
+                     WHERE x.lot_id = l.id) m
+WHERE {lots} AND l.remaining_minor <> m.total
+ORDER BY l.id LIMIT $1
+"""
+LOT_CHECK_SQL = LOT_CHECK_SQL_FOR.format(lots="l.id > $2 AND l.id <= $3")
+
+# Holds and reversals: few rows, each check one statement from its own index.
+WHOLE_CHECKS: list[tuple[str, str]] = [
+    (
+        CAPTURED,
+        """
+        SELECT h.id::text AS key, format('hold %s: captured %s, capture transaction %s', h.id,
+                      h.captured_amount_minor, coalesce(t.amount_minor::text, 'missing'))
+        FROM holds h LEFT JOIN transactions t ON t.id = h.capture_transaction_id AND t.hold_id = h.id
+        WHERE h.status = 'captured' AND (t.id IS NULL OR t.amount_minor <> h.captured_amount_minor)
+        ORDER BY h.id LIMIT $1
+        """,
+    ),
+    (
+        # The reversed originals, from the reversals' partial index and the totals table.
+        REVERSED,
+        """
+        SELECT o.id::text AS key, format('transaction %s (%s of %s): reversals sum %s, recorded %s', o.id,
+                      o.type, o.amount_minor, coalesce(s.total, 0), coalesce(r.reversed_amount_minor, 0))
+        FROM (SELECT DISTINCT x.reverses AS id FROM transactions x WHERE x.reverses IS NOT NULL
+              UNION SELECT y.transaction_id FROM reversal_totals y) k
+        CROSS JOIN LATERAL (SELECT x.* FROM transactions x WHERE x.id = k.id LIMIT 1) o
+        CROSS JOIN LATERAL (SELECT sum(x.amount_minor) AS total FROM transactions x WHERE x.reverses = o.id) s
+        LEFT JOIN reversal_totals r ON r.transaction_id = o.id
+        WHERE coalesce(s.total, 0) <> coalesce(r.reversed_amount_minor, 0) OR coalesce(s.total, 0) > o.amount_minor
+        ORDER BY o.id LIMIT $1
+        """,
+    ),
+]
+
+# Per block range of ledger_entries ($1 <= block < $2): each account's entries summed and counted.
+ENTRY_SUMS_SQL = """
+SELECT e.account_id, e.asset_code, sum(e.amount_minor) AS total, count(*) AS entries
+  FROM ledger_entries e
+ WHERE e.ctid >= $1::text::tid AND e.ctid < $2::text::tid
+ GROUP BY e.account_id, e.asset_code
 """
 
-SYSTEM_BALANCES_SQL = """
-SELECT a.system_code, a.asset_code, coalesce(sum(e.amount_minor), 0) AS balance_minor
-FROM accounts a LEFT JOIN ledger_entries e ON e.account_id = a.id
-WHERE a.kind = 'system'
-GROUP BY a.system_code, a.asset_code
-ORDER BY a.asset_code, a.system_code
+TRANSACTION_COUNT_SQL = "SELECT count(*) FROM transactions t WHERE t.seq > $1 AND t.seq <= $2"
+
+ACCOUNTS_SQL = """
+SELECT a.id, a.kind, a.user_id, a.system_code, a.asset_code, a.balance_minor
+  FROM accounts a WHERE a.id > $1 AND a.id <= $2 ORDER BY a.id
+"""
+
+# Every link recomputed set-based from the previous stored link (lag over chain_no) and the
+# transaction and entry as stored now, by the same functions the posting trigger uses; the
+# accounts of one chunk ($1 < account_id <= $2) whole. One row per account: its chain's length,
+# how many of its links do not follow the one before in posting order (seq, entry), which no
+# honest chain has: a link repeated or out of place; its last link up to seq $3 (the live
+# audit's mark after a full run; NULL: none asked); and its first broken link, if any.
+CHAIN_SQL = """
+WITH links AS (
+    SELECT c.account_id, c.chain_no, c.transaction_id, c.entry_no, c.link_sha256, t.seq,
+           lag(c.chain_no) OVER w AS previous_no, lag(c.link_sha256) OVER w AS previous_link,
+           lag(ROW(t.seq, c.entry_no)) OVER w >= ROW(t.seq, c.entry_no) AS out_of_order,
+           e.account_id AS entry_account_id,
+           CASE WHEN t.id IS NOT NULL AND e.transaction_id IS NOT NULL
+                THEN wallet_chain_digest(t, e.entry_no, e.account_id, e.asset_code, e.amount_minor)
+           END AS digest
+    FROM ledger_chain c
+    LEFT JOIN ledger_entries e ON e.transaction_id = c.transaction_id AND e.entry_no = c.entry_no
+    LEFT JOIN transactions t ON t.id = c.transaction_id
+    WHERE c.account_id > $1 AND c.account_id <= $2
+    WINDOW w AS (PARTITION BY c.account_id ORDER BY c.chain_no)
+), broken AS (
+    SELECT l.*, CASE
+               WHEN l.digest IS NULL THEN 'its transaction or entry is missing'
+               WHEN l.entry_account_id <> l.account_id THEN 'its entry is on another account'
+               WHEN l.chain_no <> coalesce(l.previous_no, 0) + 1
+                   THEN format('the link before it is %s: links are missing', coalesce(l.previous_no, 0))
+               WHEN l.link_sha256 <> wallet_chain_link(l.previous_link, l.digest)
+                   THEN 'the stored link does not match the transaction and entry as stored now'
+           END AS reason
+    FROM links l
+), per_account AS (
+    SELECT DISTINCT ON (b.account_id) b.*,
+           count(*) OVER p AS chain_length,
+           count(*) FILTER (WHERE b.reason IS NOT NULL) OVER p AS broken_links,
+           count(*) FILTER (WHERE b.out_of_order) OVER p AS out_of_order_links,
+           max(b.chain_no) FILTER (WHERE b.seq <= $3) OVER p AS mark
+    FROM broken b
+    WINDOW p AS (PARTITION BY b.account_id)
+    ORDER BY b.account_id, b.reason IS NULL, b.chain_no
+)
+SELECT f.account_id, f.chain_length, f.out_of_order_links, f.mark,
+       CASE WHEN f.reason IS NOT NULL THEN
+           format('account %s (%s %s): first broken link %s of %s is transaction %s entry %s: %s'
+                  ' (%s broken link(s) in this chain)',
+                  f.account_id, coalesce(a.user_id, a.system_code, 'unknown account'), a.asset_code,
+                  f.chain_no, f.chain_length, f.transaction_id, f.entry_no, f.reason, f.broken_links)
+       END AS problem
+FROM per_account f LEFT JOIN LATERAL (SELECT x.* FROM accounts x WHERE x.id = f.account_id LIMIT 1) a ON true
+ORDER BY f.account_id
+"""
+
+# Only when the counts show a user entry unchained or chained twice (a problem's details): every
+# user entry against the links that name it, as one scan.
+NOT_CHAINED_SQL = """
+SELECT format('transaction %s entry %s (account %s, %s %s): %s', e.transaction_id, e.entry_no,
+              a.id, a.user_id, a.asset_code,
+              CASE WHEN count(c.chain_no) = 0 THEN 'not chained'
+                   ELSE format('chained %s times', count(c.chain_no)) END)
+FROM ledger_entries e
+JOIN accounts a ON a.id = e.account_id AND a.kind = 'user'
+LEFT JOIN ledger_chain c ON c.transaction_id = e.transaction_id AND c.entry_no = e.entry_no
+GROUP BY e.transaction_id, e.entry_no, a.id
+HAVING count(c.chain_no) <> 1
+ORDER BY a.id, e.transaction_id, e.entry_no LIMIT $1
+"""
+
+BOUNDS_SQL = """
+SELECT (SELECT coalesce(min(seq), 1) - 1 FROM transactions) AS seq_low,
+       (SELECT coalesce(max(seq), 0) FROM transactions) AS seq_high,
+       greatest((SELECT coalesce(max(id), 0) FROM accounts),
+                (SELECT coalesce(max(account_id), 0) FROM ledger_chain)) AS account_high,
+       (SELECT coalesce(max(id), 0) FROM credit_lots) AS lot_high,
+       pg_relation_size('ledger_entries') / current_setting('block_size')::bigint AS entry_blocks
 """
 
 
@@ -289,6 +442,10 @@ class VerifyReport:
     ledger_entries: int = 0
     chain_links: int = 0
     system_balances: list[tuple[str, str, int]] = field(default_factory=list)
+    chunks: int = 0  # chunks checked (each a few statements of bounded size)
+    connections: int = 1
+    # Each user account's last hash-chain link up to `marks_up_to_seq` (when asked; see audit).
+    chain_marks: dict[int, int] = field(default_factory=dict)
 
     @property
     def clean(self) -> bool:
@@ -311,29 +468,204 @@ class VerifyReport:
         return "\n".join(lines)
 
 
+def _ranges(low: int, high: int, size: int) -> list[tuple[int, int]]:
+    """(low, high] in consecutive half-open-below ranges of `size` keys."""
+    return [(start, min(start + size, high)) for start in range(low, high, size)]
+
+
+class _Findings:
+    """Problems of one check from many chunks, kept ordered by key, at most the limit."""
+
+    def __init__(self) -> None:
+        self.by_title: dict[str, list[tuple[Any, str]]] = defaultdict(list)
+
+    def add(self, title: str, rows: list[asyncpg.Record] | list[tuple[Any, str]]) -> None:
+        if rows:
+            found = self.by_title[title]
+            found.extend((row[0], row[1]) for row in rows)
+            found.sort(key=lambda item: item[0])
+            del found[MAX_PROBLEMS_PER_CHECK:]
+
+
 async def verify_ledger(
-    conn: asyncpg.Connection, *, query_timeout_ms: int = AUDIT_QUERY_TIMEOUT_MS_DEFAULT
+    conn: asyncpg.Connection,
+    *,
+    query_timeout_ms: int = AUDIT_QUERY_TIMEOUT_MS_DEFAULT,
+    connect: Callable[[], Awaitable[asyncpg.Connection]] | None = None,
+    jobs: int = 1,
+    marks_up_to_seq: int | None = None,
 ) -> VerifyReport:
-    """Every check in one snapshot. Each query may run `query_timeout_ms`
-    (WALLET_AUDIT_QUERY_TIMEOUT_MS), in the database and on the client, whatever the
-    connection's own limits (a pool's are a request's)."""
+    """Every check in one snapshot, in bounded chunks; with `connect` and `jobs` > 1, on that many
+    connections at once (`conn` and jobs - 1 from `connect`, all importing `conn`'s snapshot; as
+    many as the server gives).
+    Each statement may run `query_timeout_ms` (WALLET_AUDIT_QUERY_TIMEOUT_MS), in the database and
+    on the client, whatever the connection's own limits (a pool's are a request's)."""
     timeout_ms = query_timeout_ms
     timeout_s = timeout_ms / 1000 + 1
     report = VerifyReport()
-    # One snapshot for every check, so concurrent postings cannot produce false alarms.
-    async with conn.transaction(isolation="repeatable_read", readonly=True):
-        await conn.execute(f"SET LOCAL statement_timeout = {int(timeout_ms)}")
-        for title, sql in CHECKS:
-            rows = await conn.fetch(sql, MAX_PROBLEMS_PER_CHECK, timeout=timeout_s)
-            if rows:
-                report.problems[title] = [row[0] for row in rows]
-        summary = await conn.fetchrow(SUMMARY_SQL, timeout=timeout_s)
-        assert summary is not None
-        report.user_accounts = summary["user_accounts"]
-        report.transactions = summary["transactions"]
-        report.ledger_entries = summary["ledger_entries"]
-        report.chain_links = summary["chain_links"]
-        report.system_balances = [
-            tuple(row) for row in await conn.fetch(SYSTEM_BALANCES_SQL, timeout=timeout_s)
-        ]
+    findings = _Findings()
+    extra: list[asyncpg.Connection] = []
+    extra_transactions: list[Any] = []
+    try:
+        async with conn.transaction(isolation="repeatable_read", readonly=True):
+            await conn.execute(f"SET LOCAL statement_timeout = {int(timeout_ms)}")
+            await set_plan_stable(conn)
+            workers = [conn]
+            if connect is not None and jobs > 1:
+                snapshot = await conn.fetchval("SELECT pg_export_snapshot()")
+                for _ in range(jobs - 1):
+                    try:
+                        other = await connect()
+                    except (asyncpg.PostgresError, OSError):
+                        break  # no more connections to be had (too many clients): on fewer
+                    extra.append(other)
+                    transaction = other.transaction(isolation="repeatable_read", readonly=True)
+                    await transaction.start()
+                    extra_transactions.append(transaction)
+                    await other.execute(f"SET TRANSACTION SNAPSHOT '{snapshot}'")
+                    await other.execute(f"SET LOCAL statement_timeout = {int(timeout_ms)}")
+                    await set_plan_stable(other)
+                    workers.append(other)
+            report.connections = len(workers)
+            bounds = await conn.fetchrow(BOUNDS_SQL, timeout=timeout_s)
+            assert bounds is not None
+
+            entry_sums: dict[tuple[int, str], list[int]] = defaultdict(lambda: [0, 0])
+            accounts: dict[int, asyncpg.Record] = {}
+            transaction_count = [0]
+            chain_counts: dict[int, tuple[int, int]] = {}
+
+            async def entry_chunk(c: asyncpg.Connection, first: int, last: int) -> None:
+                for row in await c.fetch(ENTRY_SUMS_SQL, f"({first},0)", f"({last},0)", timeout=timeout_s):
+                    sums = entry_sums[(row["account_id"], row["asset_code"])]
+                    sums[0] += row["total"]
+                    sums[1] += row["entries"]
+
+            async def transaction_chunk(c: asyncpg.Connection, low: int, high: int) -> None:
+                for title, rows in (await check_transactions(c, low, high, timeout_s)).items():
+                    findings.add(title, rows)
+                transaction_count[0] += await c.fetchval(TRANSACTION_COUNT_SQL, low, high, timeout=timeout_s)
+
+            async def account_chunk(c: asyncpg.Connection, low: int, high: int) -> None:
+                for title, sql in ACCOUNT_CHECKS:
+                    findings.add(
+                        title, await c.fetch(sql, MAX_PROBLEMS_PER_CHECK, low, high, timeout=timeout_s)
+                    )
+                for row in await c.fetch(ACCOUNTS_SQL, low, high, timeout=timeout_s):
+                    accounts[row["id"]] = row
+
+            async def lot_chunk(c: asyncpg.Connection, low: int, high: int) -> None:
+                findings.add(LOT_MOVEMENTS, await c.fetch(LOT_CHECK_SQL, MAX_PROBLEMS_PER_CHECK, low, high,
+                                                          timeout=timeout_s))  # fmt: skip
+
+            async def whole_checks(c: asyncpg.Connection) -> None:
+                for title, sql in WHOLE_CHECKS:
+                    findings.add(title, await c.fetch(sql, MAX_PROBLEMS_PER_CHECK, timeout=timeout_s))
+
+            async def chain_chunk(c: asyncpg.Connection, low: int, high: int) -> None:
+                rows = await c.fetch(CHAIN_SQL, low, high, marks_up_to_seq, timeout=timeout_s)
+                findings.add(CHAIN, [(row["account_id"], row["problem"]) for row in rows if row["problem"]])
+                for row in rows:
+                    chain_counts[row["account_id"]] = (row["chain_length"], row["out_of_order_links"])
+                    if row["mark"] is not None:
+                        report.chain_marks[row["account_id"]] = row["mark"]
+
+            Job = Callable[[asyncpg.Connection], Awaitable[None]]
+
+            async def run_all(queue: list[Job]) -> None:
+                async def worker(c: asyncpg.Connection) -> None:
+                    while queue:
+                        await queue.pop(0)(c)
+                        report.chunks += 1
+
+                async with asyncio.TaskGroup() as group:  # one failing: the others are cancelled
+                    for c in workers:
+                        group.create_task(worker(c))
+
+            def job(function: Callable[..., Awaitable[None]], *args: int) -> Job:
+                return lambda c: function(c, *args)
+
+            first_pass: list[Job] = [
+                *(job(entry_chunk, a, b) for a, b in _ranges(0, bounds["entry_blocks"] + 1, ENTRY_BLOCKS_PER_CHUNK)),
+                *(job(transaction_chunk, a, b)
+                  for a, b in _ranges(bounds["seq_low"], bounds["seq_high"], TRANSACTIONS_PER_CHUNK)),
+                *(job(account_chunk, a, b) for a, b in _ranges(0, bounds["account_high"], ACCOUNTS_PER_CHUNK)),
+                *(job(lot_chunk, a, b) for a, b in _ranges(0, bounds["lot_high"], LOTS_PER_CHUNK)),
+                lambda c: whole_checks(c),
+            ]  # fmt: skip
+            await run_all(first_pass)
+
+            # The chains, accounts binned by how many user entries each has (as many links).
+            per_account: dict[int, int] = defaultdict(int)
+            for (account_id, _), (_, entries) in entry_sums.items():
+                per_account[account_id] += entries
+            bins: list[tuple[int, int]] = []
+            low, links = 0, 0
+            for account_id in sorted(a for a, row in accounts.items() if row["kind"] == "user"):
+                links += per_account.get(account_id, 0)
+                if links >= LINKS_PER_CHUNK:
+                    bins.append((low, account_id))
+                    low, links = account_id, 0
+            if low < bounds["account_high"]:
+                bins.append((low, bounds["account_high"]))
+            await run_all([job(chain_chunk, a, b) for a, b in bins])
+
+            # Cached balances, system balances and each asset's total, from the entries' sums.
+            asset_totals: dict[str, int] = defaultdict(int)
+            balance_rows: list[tuple[Any, str]] = []
+            system_balances: dict[tuple[str, str], int] = {}
+            sum_of: dict[int, int] = defaultdict(int)
+            for (account_id, asset_code), (total, _) in entry_sums.items():
+                asset_totals[asset_code] += total
+                sum_of[account_id] += total
+            unchained = False
+            for account_id, row in sorted(accounts.items()):
+                if row["kind"] == "system":
+                    system_balances[(row["system_code"], row["asset_code"])] = sum_of.get(account_id, 0)
+                    continue
+                report.user_accounts += 1
+                if row["balance_minor"] != sum_of.get(account_id, 0):
+                    balance_rows.append(
+                        (
+                            account_id,
+                            f"account {account_id} ({row['user_id']} {row['asset_code']}): cached balance "
+                            f"{row['balance_minor']}, ledger sum {sum_of.get(account_id, 0)}",
+                        )
+                    )
+                links, out_of_order = chain_counts.get(account_id, (0, 0))
+                unchained = unchained or links != per_account.get(account_id, 0) or out_of_order > 0
+            if balance_rows:
+                findings.by_title[BALANCE_SUM] = balance_rows[:MAX_PROBLEMS_PER_CHECK]
+            asset_rows = [
+                (code, f"asset {code}: all entries sum to {total}")
+                for code, total in sorted(asset_totals.items())
+                if total != 0
+            ]
+            if asset_rows:
+                findings.by_title[ASSET_SUM] = asset_rows[:MAX_PROBLEMS_PER_CHECK]
+            if unchained or CHAIN in findings.by_title:
+                # A problem's details: every user entry against the links naming it (a scan).
+                await reset_plan_settings(conn)
+                rows = await conn.fetch(NOT_CHAINED_SQL, MAX_PROBLEMS_PER_CHECK, timeout=timeout_s)
+                if rows:
+                    findings.by_title[NOT_CHAINED] = [(n, row[0]) for n, row in enumerate(rows)]
+
+            report.transactions = transaction_count[0]
+            report.ledger_entries = sum(count for _, count in entry_sums.values())
+            report.chain_links = sum(links for links, _ in chain_counts.values())
+            report.system_balances = [
+                (system_code, asset_code, balance)
+                for (system_code, asset_code), balance in sorted(
+                    system_balances.items(), key=lambda item: (item[0][1], item[0][0])
+                )
+            ]
+            for title in TITLES:
+                if findings.by_title.get(title):
+                    report.problems[title] = [problem for _, problem in findings.by_title[title]]
+    finally:
+        for transaction in extra_transactions:
+            with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError):
+                await transaction.rollback()
+        for other in extra:
+            await other.close()
     return report

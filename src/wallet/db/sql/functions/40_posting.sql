@@ -207,7 +207,8 @@ BEGIN
                           FROM unnest(p_postings) AS p, unnest(p.account_ids, p.amounts_minor) AS l(id, amount)
                          GROUP BY l.id) AS c
                  CROSS JOIN LATERAL (SELECT x.id, x.held_minor FROM accounts x
-                                      WHERE x.id = c.id AND x.kind = 'user' AND x.lots_expire_at <= v_now LIMIT 1) AS a
+                                      WHERE x.id = c.id AND x.kind = 'user'
+                                       AND coalesce(x.lots_expire_at <= v_now, false) LIMIT 1) AS a  -- by its key (see 55)
                  ORDER BY a.id
             LOOP
                 IF v_row.debited AND (v_row.credits = 0 OR v_row.held_minor = 0) THEN

@@ -479,12 +479,15 @@ LANGUAGE sql STABLE AS $$
         'amount', m.amount_minor)
 $$;
 
+-- Each movement's lot by its key (LATERAL ... LIMIT 1), whatever the statistics say (see
+-- wallet_transactions_document).
 CREATE OR REPLACE FUNCTION wallet_transaction_lots(p_transaction_id uuid) RETURNS jsonb
 LANGUAGE plpgsql STABLE AS $$
 BEGIN
     RETURN (
-        SELECT coalesce(jsonb_agg(wallet_lot_movement_document(m, l) ORDER BY m.id), '[]'::jsonb)
-          FROM lot_movements m JOIN credit_lots l ON l.id = m.lot_id
+        SELECT coalesce(jsonb_agg(wallet_lot_movement_document(m, l.lot) ORDER BY m.id), '[]'::jsonb)
+          FROM lot_movements m
+         CROSS JOIN LATERAL (SELECT x AS lot FROM credit_lots x WHERE x.id = m.lot_id LIMIT 1) l
          WHERE m.transaction_id = p_transaction_id);
 END $$;
 
@@ -494,8 +497,9 @@ RETURNS TABLE (transaction_id uuid, lots jsonb)
 LANGUAGE plpgsql STABLE AS $$
 BEGIN
     RETURN QUERY
-        SELECT m.transaction_id, jsonb_agg(wallet_lot_movement_document(m, l) ORDER BY m.id)
-          FROM lot_movements m JOIN credit_lots l ON l.id = m.lot_id
+        SELECT m.transaction_id, jsonb_agg(wallet_lot_movement_document(m, l.lot) ORDER BY m.id)
+          FROM lot_movements m
+         CROSS JOIN LATERAL (SELECT x AS lot FROM credit_lots x WHERE x.id = m.lot_id LIMIT 1) l
          WHERE m.transaction_id = ANY (p_transaction_ids)
          GROUP BY m.transaction_id;
 END $$;
