@@ -159,7 +159,7 @@ async def _explain(conn: asyncpg.Connection, sql: str, args: list[object], *, ge
 
 
 async def _report(url: str) -> None:
-    from wallet.services.audit import _SETTLED_SEQ_SQL, INCREMENTAL_CHECKS
+    from wallet.services.audit import _CHUNK_END_SQL, INCREMENTAL_CHECKS
     from wallet.services.wallets import HISTORY_RANGE_SQL, HISTORY_SQL
 
     conn = await asyncpg.connect(url, server_settings={"random_page_cost": "1.1", "timezone": "UTC"})
@@ -221,7 +221,8 @@ async def _report(url: str) -> None:
         print(f"== audit check (kept: transactions_by_seq): {check_title}\n"
               f"{await _explain(conn, check_sql, [to_seq - 2000, to_seq, 10])}\n")  # fmt: skip
         print(
-            f"== audit settled seq (kept: transactions_by_seq)\n{await _explain(conn, _SETTLED_SEQ_SQL, [to_seq - 2000, 0])}\n"
+            f"== audit chunk end (kept: transactions_by_seq)\n"
+            f"{await _explain(conn, _CHUNK_END_SQL, [to_seq - 2000, 10_000, 0])}\n"
         )
         for title, brin in (
             ("prune idempotency keys (0011: B-tree)", False),
