@@ -97,7 +97,7 @@ async def test_entries_cannot_be_appended_to_a_posted_transaction(conn, posted):
         )
 
 
-async def test_transactions_need_balanced_entries_of_known_accounts(conn, posted):
+async def test_transactions_need_balanced_entries_of_known_accounts(conn, posted, make_user):
     import json
 
     user, _, account_id = posted
@@ -115,10 +115,12 @@ async def test_transactions_need_balanced_entries_of_known_accounts(conn, posted
         ([(1, account_id, 5), (2, diamonds, -5)], "unknown account or another asset"),
         ([(1, account_id, 5), (2, 999_999_999, -5)], "unknown account or another asset"),
     ]
+    other_user = await make_user(GOLD_COINS=1)  # of its own: the worker's database may hold no other
     other_user_account = await conn.fetchval(
-        "SELECT id FROM accounts WHERE kind = 'user' AND user_id <> $1 AND asset_code = 'GOLD_COINS' LIMIT 1",
-        user,
+        "SELECT id FROM accounts WHERE kind = 'user' AND user_id = $1 AND asset_code = 'GOLD_COINS'",
+        other_user,
     )
+    assert other_user_account is not None
     cases.append(([(1, other_user_account, 5), (2, treasury, -5)], "is on its user's account"))
     for entries, message in cases:
         payload = json.dumps([{"entry_no": n, "account_id": a, "amount": m} for n, a, m in entries])
