@@ -1,4 +1,6 @@
-"""The `wallet` command line, run as a user would, against the test database."""
+"""The `wallet` command line against the test database: each command in this process, through the
+same app `python -m wallet` runs (tests.support.wallet_cli), and as a process of its own where that
+is what is checked (`python -m wallet --version`, `wallet serve`)."""
 
 from __future__ import annotations
 
@@ -9,7 +11,6 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import asyncpg
 import httpx
@@ -17,13 +18,17 @@ import pytest
 from tools.service_process import free_port
 
 from tests.conftest import with_database
-from tests.support import bearer
+from tests.support import CliResult, bearer, wallet_cli
 
 
-def wallet(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = os.environ | {"WALLET_DATABASE_URL": database_url}
+def wallet(database_url: str, *args: str) -> CliResult:
+    return wallet_cli(*args, env={"WALLET_DATABASE_URL": database_url})
+
+
+def wallet_process(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`python -m wallet ARGS`, a process of its own, with this environment."""
     return subprocess.run(
-        [sys.executable, "-m", "wallet", *args], env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "wallet", *args], env=env, capture_output=True, text=True, timeout=60
     )
 
 
@@ -112,7 +117,8 @@ def test_version_is_the_packages_and_the_changelogs(database_url):
 
     root = Path(__file__).resolve().parent.parent
     declared = tomllib.loads((root / "pyproject.toml").read_text())["project"]["version"]
-    result = wallet(database_url, "--version")
+    # The entry point itself: `python -m wallet` (wallet/__main__.py) in a process of its own.
+    result = wallet_process("--version", env=os.environ | {"WALLET_DATABASE_URL": database_url})
     assert result.returncode == 0, result.stderr
     assert result.stdout == f"wallet {declared}\n"
     assert package.__version__ == declared
@@ -178,25 +184,22 @@ COMMANDS: list[tuple[str, ...]] = [
 ]
 
 
-def run_wallet(env: dict[str, str], *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def run_wallet(env: dict[str, str], *args: str) -> CliResult | subprocess.CompletedProcess[str]:
     # migrate and serve would wait WALLET_DB_STARTUP_WAIT_MS (60 s) for a database that refuses:
     # these tests want the answer at once (the wait has a test of its own).
+    env = {"WALLET_DB_STARTUP_WAIT_MS": "0"} | env
+    if args[0] != "serve":
+        return wallet_cli(*args, env=env, inherit_wallet_env=False)
+    # serve in a process of its own, on a free port: should the mistake go unnoticed, the service
+    # starts, and the timeout stops it, failing the test.
     clean = {k: v for k, v in os.environ.items() if not k.startswith("WALLET_")}
-    clean["WALLET_DB_STARTUP_WAIT_MS"] = "0"
-    if args[0] == "serve":  # a free port: should the mistake go unnoticed, the service starts
-        args = (*args, "--port", str(free_port()))
-    return subprocess.run(
-        [sys.executable, "-m", "wallet", *args],
-        env=clean | env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=cwd,
-    )
+    return wallet_process(*args, "--port", str(free_port()), env=clean | env)
 
 
-def assert_one_line_error(result: subprocess.CompletedProcess[str], code: int, *phrases: str) -> None:
-    where = f"{result.args[3:]}: {result.stderr}"
+def assert_one_line_error(
+    result: CliResult | subprocess.CompletedProcess[str], code: int, *phrases: str
+) -> None:
+    where = f"{result.args}: {result.stderr}"
     assert result.returncode == code, where
     lines = result.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), where
@@ -205,9 +208,14 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str], code: int, *
     assert result.stdout == "", where
 
 
-def every_command(env: dict[str, str], commands: list[tuple[str, ...]] = COMMANDS, cwd: Path | None = None):
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        return list(pool.map(lambda args: run_wallet(env, *args, cwd=cwd), commands))
+def every_command(
+    env: dict[str, str], commands: list[tuple[str, ...]] = COMMANDS
+) -> list[CliResult | subprocess.CompletedProcess[str]]:
+    """Each command's result, in order: `serve`'s processes run meanwhile, in threads."""
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        served = {i: pool.submit(run_wallet, env, *c) for i, c in enumerate(commands) if c[0] == "serve"}
+        here = {i: run_wallet(env, *c) for i, c in enumerate(commands) if c[0] != "serve"}
+        return [served[i].result() if i in served else here[i] for i in range(len(commands))]
 
 
 # Each kind of mistake is tried on every command once; its variants on a few (the commands share
@@ -215,7 +223,6 @@ def every_command(env: dict[str, str], commands: list[tuple[str, ...]] = COMMAND
 SAMPLE = [("migrate",), ("verify",), ("serve",)]
 
 
-@pytest.mark.slow  # a dozen `wallet` processes or more
 def test_a_bad_setting_is_named_in_one_line_by_every_command(database_url):
     env = {"WALLET_DATABASE_URL": database_url, "WALLET_LOT_POLICIES": "not json"}
     for result in every_command(env):
@@ -255,7 +262,6 @@ def test_a_bad_setting_is_named_in_one_line_by_every_command(database_url):
             assert "short-secret" not in result.stderr  # values are never echoed: some are secrets
 
 
-@pytest.mark.slow  # a dozen `wallet` processes or more
 def test_a_database_url_that_is_not_one_is_refused_by_every_command():
     for result in every_command({"WALLET_DATABASE_URL": "mysql://root@127.0.0.1/wallet"}):
         assert_one_line_error(result, 2, "WALLET_DATABASE_URL=mysql://root@127.0.0.1/wallet", "got 'mysql'")
@@ -268,7 +274,6 @@ def test_a_database_url_that_is_not_one_is_refused_by_every_command():
             assert_one_line_error(result, 2, "WALLET_DATABASE_URL=", phrase)
 
 
-@pytest.mark.slow  # a dozen `wallet` processes or more
 def test_a_database_that_cannot_be_used_is_named_by_every_command(database_url):
     unknown = with_database(database_url, "wallet_no_such_database")
     for result in every_command({"WALLET_DATABASE_URL": unknown}):
@@ -306,7 +311,6 @@ def test_migrate_and_serve_wait_for_a_database_that_is_not_up_then_say_so_in_one
     assert "retried" not in result.stderr
 
 
-@pytest.mark.slow  # a dozen `wallet` processes or more
 async def test_a_database_not_migrated_is_refused_by_every_command_but_migrate(create_database):
     empty = await create_database()
     commands = [c for c in COMMANDS if c[0] != "migrate"]
@@ -317,7 +321,6 @@ async def test_a_database_not_migrated_is_refused_by_every_command_but_migrate(c
     assert wallet(empty, "verify").returncode == 0
 
 
-@pytest.mark.slow  # a dozen `wallet` processes or more
 def test_without_a_database_url_commands_do_not_make_an_empty_embedded_database(tmp_path):
     data_dir = tmp_path / "data"
     commands = [c for c in COMMANDS if c[0] not in ("migrate", "serve")]
@@ -339,14 +342,13 @@ def test_contradictory_flags_are_a_usage_error(database_url):
         ("keys", "list", "--active", "--no-active"),
         ("serve", "--access-log", "--no-access-log"),
     ]:
-        result = wallet(database_url, *args)
+        result = run_wallet({"WALLET_DATABASE_URL": database_url}, *args)
         assert result.returncode == 2, (args, result.stderr)
         message = " ".join(result.stderr.replace("│", " ").split())  # the usage error's box, unwrapped
         assert "contradict each other" in message and args[-2] in message and args[-1] in message, message
         assert "Traceback" not in result.stderr and result.stdout == ""
 
 
-@pytest.mark.slow  # a dozen `wallet` processes or more
 async def test_a_database_at_an_older_migration_is_refused_until_migrated(create_database):
     from wallet.db.migrate import upgrade
 
@@ -410,15 +412,11 @@ async def test_a_command_the_database_stops_says_so_in_one_line(
     """After the check: the command waits on a row lock the test holds, and its backend is
     terminated, or its statement or lock timeout runs out."""
     key_id = await pool.fetchval("SELECT id FROM api_keys WHERE name = 'test-read' ORDER BY id LIMIT 1")
-    env = os.environ | {"WALLET_DATABASE_URL": database_url} | wallet_env
+    env = {"WALLET_DATABASE_URL": database_url} | wallet_env
     async with pool.acquire() as locker, locker.transaction():
         await locker.execute("SELECT 1 FROM api_keys WHERE id = $1 FOR UPDATE", key_id)
-        command = await asyncio.create_subprocess_exec(
-            *(sys.executable, "-m", "wallet", "keys", "revoke", str(key_id)),
-            env=env,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
+        # In a thread: this event loop goes on, to see the command wait and to terminate it.
+        command = asyncio.create_task(asyncio.to_thread(wallet_cli, "keys", "revoke", str(key_id), env=env))
         if terminate:  # the backend our lock blocks, and no other (the server is shared)
             locker_pid = await locker.fetchval("SELECT pg_backend_pid()")
             waiting = "SELECT pid FROM pg_stat_activity WHERE $1::int = ANY(pg_blocking_pids(pid))"
@@ -429,9 +427,9 @@ async def test_a_command_the_database_stops_says_so_in_one_line(
                 await asyncio.sleep(0.1)
             assert len(pids) == 1, "the command never waited on the lock"
             await pool.execute("SELECT pg_terminate_backend($1)", pids[0]["pid"])
-        stdout, stderr = await asyncio.wait_for(command.communicate(), 60)
-    lines = stderr.decode().splitlines()
-    assert command.returncode == 1, stderr
+        result = await asyncio.wait_for(command, 60)
+    lines = result.stderr.splitlines()
+    assert result.returncode == 1, result.stderr
     assert len(lines) == 1 and lines[0].startswith(f"error: {expected}"), lines
-    assert stdout == b""
+    assert result.stdout == ""
     assert await pool.fetchval("SELECT revoked_at FROM api_keys WHERE id = $1", key_id) is None

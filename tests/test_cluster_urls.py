@@ -15,7 +15,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -29,7 +28,7 @@ import httpx
 import pytest
 from tools.service_process import ServiceProcess, free_port
 
-from tests.support import bearer
+from tests.support import CliResult, bearer, wallet_cli
 from wallet.api.app import create_app
 from wallet.db.pool import role_settings_sql
 from wallet.services.api_keys import create_api_key
@@ -60,14 +59,8 @@ def via(url: str, host: str, port: int) -> str:
     return f"postgresql://{_user(url)}@{host}:{port}{parts.path}"
 
 
-def wallet(url: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "wallet", *args],
-        env=os.environ | {"WALLET_DATABASE_URL": url} | (env or {}),
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+def wallet(url: str, *args: str, env: dict[str, str] | None = None) -> CliResult:
+    return wallet_cli(*args, env={"WALLET_DATABASE_URL": url} | (env or {}))
 
 
 def test_redis_key_prefix_reads_multi_host_urls():

@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
 
-from tests.support import verify_books
+from tests.support import CliResult, verify_books, wallet_cli
 from wallet.services.seed import seed_demo_data
 
 
-def run_cli(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = os.environ | {"WALLET_DATABASE_URL": database_url}
-    return subprocess.run(
-        [sys.executable, "-m", "wallet", *args], env=env, capture_output=True, text=True, timeout=120
-    )
+def run_cli(database_url: str, *args: str) -> CliResult:
+    return wallet_cli(*args, env={"WALLET_DATABASE_URL": database_url})
 
 
 @pytest.mark.last
