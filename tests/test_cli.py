@@ -184,16 +184,20 @@ COMMANDS: list[tuple[str, ...]] = [
 ]
 
 
-def run_wallet(env: dict[str, str], *args: str) -> CliResult | subprocess.CompletedProcess[str]:
+def run_wallet(
+    env: dict[str, str], *args: str, serve_process: bool = True
+) -> CliResult | subprocess.CompletedProcess[str]:
+    """`wallet ARGS` in this process; `wallet serve` in a process of its own unless not
+    `serve_process` (a mistake serve finds before its signal handler: tests.support)."""
     # migrate and serve would wait WALLET_DB_STARTUP_WAIT_MS (60 s) for a database that refuses:
     # these tests want the answer at once (the wait has a test of its own).
     env = {"WALLET_DB_STARTUP_WAIT_MS": "0"} | env
-    if args[0] != "serve":
-        return wallet_cli(*args, env=env, inherit_wallet_env=False)
-    # serve in a process of its own, on a free port: should the mistake go unnoticed, the service
-    # starts, and the timeout stops it, failing the test.
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("WALLET_")}
-    return wallet_process(*args, "--port", str(free_port()), env=clean | env)
+    if args[0] == "serve":  # a free port: should the mistake go unnoticed, the service starts
+        args = (*args, "--port", str(free_port()))
+        if serve_process:  # and the timeout stops it, failing the test
+            clean = {k: v for k, v in os.environ.items() if not k.startswith("WALLET_")}
+            return wallet_process(*args, env=clean | env)
+    return wallet_cli(*args, env=env, inherit_wallet_env=False)
 
 
 def assert_one_line_error(
@@ -209,12 +213,18 @@ def assert_one_line_error(
 
 
 def every_command(
-    env: dict[str, str], commands: list[tuple[str, ...]] = COMMANDS
+    env: dict[str, str], commands: list[tuple[str, ...]] = COMMANDS, *, serve_process: bool = True
 ) -> list[CliResult | subprocess.CompletedProcess[str]]:
-    """Each command's result, in order: `serve`'s processes run meanwhile, in threads."""
+    """Each command's result, in order; `serve`'s processes run meanwhile, in threads."""
     with ThreadPoolExecutor(max_workers=2) as pool:
-        served = {i: pool.submit(run_wallet, env, *c) for i, c in enumerate(commands) if c[0] == "serve"}
-        here = {i: run_wallet(env, *c) for i, c in enumerate(commands) if c[0] != "serve"}
+        served = {
+            i: pool.submit(run_wallet, env, *c)
+            for i, c in enumerate(commands)
+            if c[0] == "serve" and serve_process
+        }
+        here = {
+            i: run_wallet(env, *c, serve_process=False) for i, c in enumerate(commands) if i not in served
+        }
         return [served[i].result() if i in served else here[i] for i in range(len(commands))]
 
 
@@ -224,8 +234,9 @@ SAMPLE = [("migrate",), ("verify",), ("serve",)]
 
 
 def test_a_bad_setting_is_named_in_one_line_by_every_command(database_url):
+    # Found before serve installs its signal handler: serve too runs in this process.
     env = {"WALLET_DATABASE_URL": database_url, "WALLET_LOT_POLICIES": "not json"}
-    for result in every_command(env):
+    for result in every_command(env, serve_process=False):
         assert_one_line_error(result, 2, "WALLET_LOT_POLICIES is not valid JSON")
     for setting, value, phrase in [
         (
@@ -257,7 +268,9 @@ def test_a_bad_setting_is_named_in_one_line_by_every_command(database_url):
             "WALLET_REDIS_URL: must start with redis://, rediss:// or unix://",
         ),
     ]:
-        for result in every_command({"WALLET_DATABASE_URL": database_url, setting: value}, SAMPLE):
+        for result in every_command(
+            {"WALLET_DATABASE_URL": database_url, setting: value}, SAMPLE, serve_process=False
+        ):
             assert_one_line_error(result, 2, phrase)
             assert "short-secret" not in result.stderr  # values are never echoed: some are secrets
 
