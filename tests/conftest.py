@@ -268,6 +268,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     items.sort(key=rank)
     for item in items:
         group = _xdist_group(Path(item.path).relative_to(config.rootpath).as_posix())
+        if item.get_closest_marker("last") is not None:
+            # After the connection-heavy modules, on the database they post hundreds of
+            # transactions to: elsewhere it may be a worker that ran little else (the groups
+            # take a worker each), and there would be nothing to audit.
+            group = "connection_heavy"
         if group is not None:
             item.add_marker(pytest.mark.xdist_group(group))
 
