@@ -50,8 +50,10 @@ test test-slow test-all: export PYTHONDONTWRITEBYTECODE :=
 test: $(STAMP) $(SYNC_CLIENT)
 	$(PYTEST) -m "not slow" $(ARGS)
 
+# A handful of long tests: --dist worksteal, so that a worker done early takes the next one
+# rather than another worker running two in a row (loadgroup queued two per worker at once).
 test-slow: $(STAMP) $(SYNC_CLIENT)
-	$(PYTEST) -m slow $(ARGS)
+	$(VENV)/bin/pytest -q -n $(TEST_WORKERS) --dist worksteal -m slow $(ARGS)
 
 test-all: $(STAMP) $(SYNC_CLIENT)
 	$(PYTEST) $(ARGS)
