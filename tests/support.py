@@ -7,6 +7,7 @@ import io
 import os
 import sys
 import threading
+import time
 import traceback
 import uuid
 from collections.abc import Iterator
@@ -67,6 +68,17 @@ async def asset_balance(http, user: str, asset: str) -> dict[str, Any]:
     assert response.status_code == 200, response.text
     (only,) = response.json()["balances"]
     return only
+
+
+async def waiting_on(pool, holder_pid: int, timeout_s: float = 30.0) -> list[int]:
+    """The backends waiting for a lock backend `holder_pid` holds, as soon as there is one: how a
+    test knows that a request or command it started is queued behind its lock."""
+    query = "SELECT pid FROM pg_stat_activity WHERE $1::int = ANY(pg_blocking_pids(pid))"
+    deadline = time.monotonic() + timeout_s
+    while not (pids := [row["pid"] for row in await pool.fetch(query, holder_pid)]):
+        assert time.monotonic() < deadline, f"nothing waited on backend {holder_pid} within {timeout_s} s"
+        await asyncio.sleep(0.02)
+    return pids
 
 
 async def db_now(pool) -> datetime:

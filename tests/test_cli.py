@@ -18,7 +18,7 @@ import pytest
 from tools.service_process import free_port
 
 from tests.conftest import with_database
-from tests.support import CliResult, bearer, wallet_cli
+from tests.support import CliResult, bearer, waiting_on, wallet_cli
 
 
 def wallet(database_url: str, *args: str) -> CliResult:
@@ -431,15 +431,9 @@ async def test_a_command_the_database_stops_says_so_in_one_line(
         # In a thread: this event loop goes on, to see the command wait and to terminate it.
         command = asyncio.create_task(asyncio.to_thread(wallet_cli, "keys", "revoke", str(key_id), env=env))
         if terminate:  # the backend our lock blocks, and no other (the server is shared)
-            locker_pid = await locker.fetchval("SELECT pg_backend_pid()")
-            waiting = "SELECT pid FROM pg_stat_activity WHERE $1::int = ANY(pg_blocking_pids(pid))"
-            for _ in range(300):
-                pids = await pool.fetch(waiting, locker_pid)
-                if pids:
-                    break
-                await asyncio.sleep(0.1)
-            assert len(pids) == 1, "the command never waited on the lock"
-            await pool.execute("SELECT pg_terminate_backend($1)", pids[0]["pid"])
+            pids = await waiting_on(pool, await locker.fetchval("SELECT pg_backend_pid()"))
+            assert len(pids) == 1, pids
+            await pool.execute("SELECT pg_terminate_backend($1)", pids[0])
         result = await asyncio.wait_for(command, 60)
     lines = result.stderr.splitlines()
     assert result.returncode == 1, result.stderr

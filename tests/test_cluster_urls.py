@@ -28,7 +28,7 @@ import httpx
 import pytest
 from tools.service_process import ServiceProcess, free_port
 
-from tests.support import CliResult, bearer, wallet_cli
+from tests.support import CliResult, bearer, waiting_on, wallet_cli
 from wallet.api.app import create_app
 from wallet.db.pool import role_settings_sql
 from wallet.services.api_keys import create_api_key
@@ -345,7 +345,7 @@ async def test_connection_lost_mid_request_is_503_with_retry_after_and_the_pool_
                 "SELECT 1 FROM accounts WHERE user_id = $1 AND asset_code = 'GOLD_COINS' FOR UPDATE", user
             )
             request = asyncio.create_task(topup(key))
-            await asyncio.sleep(0.5)
+            await waiting_on(pool, blocker.get_server_pid())
             assert not request.done()
             await proxy.cut()
             lost = await request
