@@ -184,12 +184,9 @@ async def _spend_draws(server_url: str, database: str) -> tuple[Any, ...]:
     ],
 )
 def test_bench_hash_chain_options_need_an_explicit_scratch_database(option: list[str], message: str):
-    result = subprocess.run(
-        [sys.executable, "-m", "tools.bench", *option],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=os.environ,
-    )
-    assert result.returncode == 2
+    from tools.bench import app
+    from typer.testing import CliRunner
+
+    result = CliRunner().invoke(app, option)  # refused before anything starts: in this process
+    assert result.exit_code == 2
     assert message in result.stderr
