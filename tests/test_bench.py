@@ -52,6 +52,7 @@ def test_bench_reports_every_scenario_beside_pgbench(server_url, scratch, tmp_pa
     assert all(m["errors"] == 0 and m["requests"] > 0 for m in report["measurements"])
     assert all(tps > 0 for by_clients in report["pgbench_tps"].values() for tps in by_clients.values())
     assert "| topup | 1 |" in result.stdout
+    assert report["per_write"]["writes"] == 100 and report["per_write"]["wal_bytes_per_write"] > 0
     # The balance read beside the framework's floor, measured in the same run.
     assert "x hello-world FastAPI" in result.stdout
 
@@ -72,6 +73,8 @@ def _run_bench(
             "1",
             "--batch-size",
             "5",
+            "--byte-writes",  # the bytes of a single write, measured over 100 writes, not 1,000
+            "100",
             "--output",
             str(output),
             "--scratch-database",
