@@ -204,3 +204,8 @@ def wallet_cli(*args: str, env: dict[str, str] | None = None, inherit_wallet_env
             sys.stdout, sys.stderr, sys.excepthook = saved
             get_settings.cache_clear()  # the command's settings, not this process's
     return CliResult(args, returncode, out.getvalue(), err.getvalue())
+
+
+def wallet_on(database_url: str, *args: str, env: dict[str, str] | None = None) -> CliResult:
+    """`wallet ARGS` on the database at `database_url` (wallet_cli; `env` on top)."""
+    return wallet_cli(*args, env={"WALLET_DATABASE_URL": database_url} | (env or {}))

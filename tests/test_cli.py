@@ -18,11 +18,7 @@ import pytest
 from tools.service_process import free_port
 
 from tests.conftest import with_database
-from tests.support import CliResult, bearer, waiting_on, wallet_cli
-
-
-def wallet(database_url: str, *args: str) -> CliResult:
-    return wallet_cli(*args, env={"WALLET_DATABASE_URL": database_url})
+from tests.support import CliResult, bearer, waiting_on, wallet_cli, wallet_on
 
 
 def wallet_process(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -33,7 +29,7 @@ def wallet_process(*args: str, env: dict[str, str]) -> subprocess.CompletedProce
 
 
 async def test_keys_create_prints_the_key_alone_and_it_works(database_url, app):
-    result = wallet(
+    result = wallet_on(
         database_url, "keys", "create", "--name", "shop-service", "--scope", "read", "--scope", "spend"
     )
     assert result.returncode == 0, result.stderr
@@ -49,14 +45,14 @@ async def test_keys_create_prints_the_key_alone_and_it_works(database_url, app):
 
 
 async def test_keys_create_rejects_unknown_scope(database_url):
-    result = wallet(database_url, "keys", "create", "--name", "x", "--scope", "superuser")
+    result = wallet_on(database_url, "keys", "create", "--name", "x", "--scope", "superuser")
     assert result.returncode == 2
     assert "unknown scope 'superuser'" in result.stderr
     assert result.stdout == ""
 
 
 async def test_keys_list_rotate_and_revoke_never_need_the_secret(database_url, app):
-    created = wallet(
+    created = wallet_on(
         database_url,
         *("keys", "create", "--name", "loyalty-service", "--scope", "credit"),
         *("--asset", "LOYALTY_POINTS", "--operation", "bonus", "--max-amount", "1000"),
@@ -66,19 +62,21 @@ async def test_keys_list_rotate_and_revoke_never_need_the_secret(database_url, a
     token = created.stdout.strip()
     prefix = token[:11]
 
-    listed = wallet(database_url, "keys", "list")
+    listed = wallet_on(database_url, "keys", "list")
     assert listed.returncode == 0, listed.stderr
     assert token not in listed.stdout
     line = next(row for row in listed.stdout.splitlines() if prefix in row)
     assert "loyalty-service" in line and "credit" in line
     assert "operations=bonus assets=LOYALTY_POINTS max_amount=1000" in line
     assert "5/s,10" in line and line.rstrip().endswith("active")
-    as_json = [json.loads(row) for row in wallet(database_url, "keys", "list", "--json").stdout.splitlines()]
+    as_json = [
+        json.loads(row) for row in wallet_on(database_url, "keys", "list", "--json").stdout.splitlines()
+    ]
     entry = next(k for k in as_json if k["prefix"] == prefix)
     assert entry["allowed_operations"] == ["bonus"] and entry["max_amount"] == 1000
     assert entry["last_used_at"] is None and entry["revoked_at"] is None
 
-    rotated = wallet(database_url, "keys", "rotate", prefix, "--overlap-seconds", "600")
+    rotated = wallet_on(database_url, "keys", "rotate", prefix, "--overlap-seconds", "600")
     assert rotated.returncode == 0, rotated.stderr
     new_token = rotated.stdout.strip()
     assert new_token.startswith("wk_") and new_token != token
@@ -93,16 +91,16 @@ async def test_keys_list_rotate_and_revoke_never_need_the_secret(database_url, a
         )
         assert refused.json()["error"]["code"] == "key_asset_not_allowed"  # restrictions carried over
 
-    revoked = wallet(database_url, "keys", "revoke", str(entry["id"]))
+    revoked = wallet_on(database_url, "keys", "revoke", str(entry["id"]))
     assert revoked.returncode == 0, revoked.stderr
     assert f"revoked key {entry['id']}" in revoked.stderr
-    again = wallet(database_url, "keys", "revoke", prefix)
+    again = wallet_on(database_url, "keys", "revoke", prefix)
     assert again.returncode == 1 and "already revoked" in again.stderr
-    unknown = wallet(database_url, "keys", "revoke", "wk_zzzzzzzz")
+    unknown = wallet_on(database_url, "keys", "revoke", "wk_zzzzzzzz")
     assert unknown.returncode == 2 and "no API key" in unknown.stderr
     states = {
         k["prefix"]: k["state"]
-        for k in map(json.loads, wallet(database_url, "keys", "list", "--json").stdout.splitlines())
+        for k in map(json.loads, wallet_on(database_url, "keys", "list", "--json").stdout.splitlines())
     }
     assert states[prefix] == "revoked" and states[new_token[:11]] == "active"
 
@@ -131,7 +129,7 @@ def test_version_is_the_packages_and_the_changelogs(database_url):
 
 
 async def test_migrate_is_repeatable(database_url):
-    result = wallet(database_url, "migrate")
+    result = wallet_on(database_url, "migrate")
     assert result.returncode == 0, result.stderr
 
 
@@ -143,7 +141,7 @@ async def test_prune_idempotency_deletes_only_keys_past_retention(database_url, 
         " ($1, 'prune-recent', sha256('a'), 'posted', '{}', now() - interval '23 hours')",
         api_key_id,
     )
-    result = wallet(database_url, "prune-idempotency")
+    result = wallet_on(database_url, "prune-idempotency")
     assert result.returncode == 0, result.stderr
     assert "older than 24 h" in result.stderr
     remaining = {
@@ -158,7 +156,7 @@ async def test_report_liabilities_refuses_bad_options_naming_them(database_url):
         (("--from", "2026-02-01", "--to", "2026-01-01"), "--from"),
         (("--as-of", "yesterday"), "--as-of"),
     ]:
-        result = wallet(database_url, "report", "liabilities", *args)
+        result = wallet_on(database_url, "report", "liabilities", *args)
         assert result.returncode == 2, (args, result.stderr)
         assert option in result.stderr, (args, result.stderr)
 
@@ -329,9 +327,9 @@ async def test_a_database_not_migrated_is_refused_by_every_command_but_migrate(c
     commands = [c for c in COMMANDS if c[0] != "migrate"]
     for result in every_command({"WALLET_DATABASE_URL": empty}, commands):
         assert_one_line_error(result, 1, "has no wallet tables: run `wallet migrate` first")
-    migrated = wallet(empty, "migrate")
+    migrated = wallet_on(empty, "migrate")
     assert migrated.returncode == 0, migrated.stderr
-    assert wallet(empty, "verify").returncode == 0
+    assert wallet_on(empty, "verify").returncode == 0
 
 
 def test_without_a_database_url_commands_do_not_make_an_empty_embedded_database(tmp_path):
@@ -371,13 +369,13 @@ async def test_a_database_at_an_older_migration_is_refused_until_migrated(create
         assert_one_line_error(
             result, 1, "is at migration 0008, this version of wallet needs", "run `wallet migrate`"
         )
-    assert wallet(older, "migrate").returncode == 0
-    assert wallet(older, "keys", "list").returncode == 0
+    assert wallet_on(older, "migrate").returncode == 0
+    assert wallet_on(older, "keys", "list").returncode == 0
 
 
 async def test_a_database_a_newer_wallet_migrated_is_refused_even_by_migrate(create_database):
     newer = await create_database()
-    assert wallet(newer, "migrate").returncode == 0
+    assert wallet_on(newer, "migrate").returncode == 0
     conn = await asyncpg.connect(newer)
     try:
         await conn.execute("UPDATE alembic_version SET version_num = '9999_from_the_future'")

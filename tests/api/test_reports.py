@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 
-from tests.support import bearer, db_now, new_key, post, wait_past, wallet_cli
+from tests.support import bearer, db_now, new_key, post, wait_past, wallet_on
 from wallet.services.api_keys import create_api_key
 from wallet.services.lots import expire_due
 
@@ -87,13 +87,12 @@ async def test_the_report_matches_a_scripted_run_to_the_unit(
     assert set(_figures((await admin.get(REPORT, params=early)).json(), asset).values()) == {0}
 
     # The command prints the same figures, as JSON and as CSV.
-    env = {"WALLET_DATABASE_URL": settings.database_url}
     times = ["--as-of", end.strftime("%Y-%m-%dT%H:%M:%S.%f"), "--from", start.strftime("%Y-%m-%dT%H:%M:%S.%f"),
              "--to", end.strftime("%Y-%m-%dT%H:%M:%S.%f")]  # fmt: skip
-    printed = wallet_cli("report", "liabilities", "--format", "json", *times, env=env)
+    printed = wallet_on(settings.database_url, "report", "liabilities", "--format", "json", *times)
     assert printed.returncode == 0, printed.stderr
     assert _figures(json.loads(printed.stdout), asset) == figures
-    printed_csv = wallet_cli("report", "liabilities", "--format", "csv", *times, env=env)
+    printed_csv = wallet_on(settings.database_url, "report", "liabilities", "--format", "csv", *times)
     assert printed_csv.returncode == 0, printed_csv.stderr
     rows = {row["asset_type"]: row for row in csv.DictReader(io.StringIO(printed_csv.stdout))}
     assert {

@@ -9,7 +9,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from tests.support import wallet_cli
+from tests.support import wallet_on
 from wallet.domain.rules import SystemAccount
 from wallet.services.seed import DEMO_USERS
 
@@ -55,7 +55,7 @@ async def two_fresh_databases(create_migrated_database):
 async def test_cli_seed_and_seed_sql_give_identical_books(two_fresh_databases):
     via_cli, via_psql = two_fresh_databases
     for _ in range(2):  # twice: the second run must change nothing
-        seeded = wallet_cli("seed", env={"WALLET_DATABASE_URL": via_cli})
+        seeded = wallet_on(via_cli, "seed")
         assert seeded.returncode == 0, seeded.stderr
         subprocess.run(
             [psql_binary(), via_psql, "-q", "-v", "ON_ERROR_STOP=1", "-f", str(REPO_ROOT / "seed.sql")],
