@@ -14,7 +14,7 @@ PYTHON ?= python3
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: install run test test-fast lint docs bench bank-test image-test restore-drill clean cluster-deps cluster-up cluster-down cluster-status failover-test
+.PHONY: install run test test-slow test-all lint docs bench bank-test image-test restore-drill clean cluster-deps cluster-up cluster-down cluster-status failover-test
 
 $(STAMP): requirements.lock requirements-embedded.lock requirements-dev.lock pyproject.toml clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,15 +37,26 @@ run: $(STAMP)
 	$(VENV)/bin/wallet serve
 
 # The suite runs on $(TEST_WORKERS) pytest-xdist workers, each with a database of its own: it mostly
-# waits (services starting, timeouts, PostgreSQL), so more workers than cores pays. The slow tier
-# (marked `slow`: schemathesis's full phases, the bank test, the browser, the benchmark end to end)
-# is scheduled first, the rest around it; `make test-fast` leaves the slow tier out.
+# waits (services starting, timeouts, PostgreSQL), so more workers than cores pays. `make test` is
+# the fast tier, every test not marked `slow`; `make test-slow` the slow tier (schemathesis's full
+# phases, the bank test, the browser, the benchmark end to end, the hypothesis model), which CI
+# runs after it; `make test-all` both in one run (the slow tests first, the rest around them).
 TEST_WORKERS ?= 4
+PYTEST := $(VENV)/bin/pytest -q -n $(TEST_WORKERS) --dist loadgroup
+# Each worker imports the tests (rewriting their asserts) and the package: compiled once and kept
+# in __pycache__, Python's default, which PYTHONDONTWRITEBYTECODE=1 in an environment turns off
+# (then every worker compiles them all again, at every run: 3 s of CPU each).
+test test-slow test-all: export PYTHONDONTWRITEBYTECODE :=
 test: $(STAMP) $(SYNC_CLIENT)
-	$(VENV)/bin/pytest -q -n $(TEST_WORKERS) --dist loadgroup $(ARGS)
+	$(PYTEST) -m "not slow" $(ARGS)
 
-test-fast: $(STAMP) $(SYNC_CLIENT)
-	$(VENV)/bin/pytest -q -n $(TEST_WORKERS) --dist loadgroup -m "not slow" $(ARGS)
+# A handful of long tests: --dist worksteal, so that a worker done early takes the next one
+# rather than another worker running two in a row (loadgroup queued two per worker at once).
+test-slow: $(STAMP) $(SYNC_CLIENT)
+	$(VENV)/bin/pytest -q -n $(TEST_WORKERS) --dist worksteal -m slow $(ARGS)
+
+test-all: $(STAMP) $(SYNC_CLIENT)
+	$(PYTEST) $(ARGS)
 
 lint: $(STAMP) $(SYNC_CLIENT)
 	$(VENV)/bin/ruff check .

@@ -221,7 +221,8 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
         "slow: the slow tier, tens of seconds each (schemathesis's full phases, the bank test, the"
-        " browser, the benchmark end to end); `make test-fast` leaves it out, `make test` runs it",
+        " browser, the benchmark end to end, the hypothesis model): `make test-slow` runs it, after"
+        " `make test` (everything else) in CI",
     )
 
 
@@ -238,6 +239,21 @@ CONNECTION_HEAVY = {
     "tests/services/test_posting_concurrency.py",
 }
 
+# Tests sharing a fixture made once per worker that needs it (a served process, a built site):
+# other tests are spread one by one, so without a group of their own each worker running one of
+# them would start or build it again.
+SHARED_PER_WORKER = {
+    "tests/client/": "client_service",  # tests/client/conftest.py's service (and test_crash.py's)
+    "tests/test_docs_site.py": "docs_site",  # mkdocs build, about 3 s of CPU
+    "tests/test_serving.py": "serving",  # the service the non-destructive tests share
+}
+
+
+def _xdist_group(path: str) -> str | None:
+    if path in CONNECTION_HEAVY:
+        return "connection_heavy"
+    return next((group for prefix, group in SHARED_PER_WORKER.items() if path.startswith(prefix)), None)
+
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the xdist_group marks
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -251,5 +267,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
     items.sort(key=rank)
     for item in items:
-        if Path(item.path).relative_to(config.rootpath).as_posix() in CONNECTION_HEAVY:
-            item.add_marker(pytest.mark.xdist_group("connection_heavy"))
+        group = _xdist_group(Path(item.path).relative_to(config.rootpath).as_posix())
+        if item.get_closest_marker("last") is not None:
+            # After the connection-heavy modules, on the database they post hundreds of
+            # transactions to: elsewhere it may be a worker that ran little else (the groups
+            # take a worker each), and there would be nothing to audit.
+            group = "connection_heavy"
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """On a pytest-xdist worker under `--dist loadgroup`, a grouped test's id names its group (that
+    is how the scheduler sees groups): with pytest 9.2, pytest-xdist 3.8 silently ignored every
+    group (pytest-xdist #1386) and the connection-heavy modules ran at once on every worker."""
+    grouped = item.get_closest_marker("xdist_group") is not None
+    if grouped and getattr(item.config.option, "loadgroup", False) and "@" not in item.nodeid:
+        pytest.fail(f"--dist loadgroup did not group {item.nodeid} (pytest-xdist #1386)", pytrace=False)

@@ -52,6 +52,7 @@ def test_bench_reports_every_scenario_beside_pgbench(server_url, scratch, tmp_pa
     assert all(m["errors"] == 0 and m["requests"] > 0 for m in report["measurements"])
     assert all(tps > 0 for by_clients in report["pgbench_tps"].values() for tps in by_clients.values())
     assert "| topup | 1 |" in result.stdout
+    assert report["per_write"]["writes"] == 100 and report["per_write"]["wal_bytes_per_write"] > 0
     # The balance read beside the framework's floor, measured in the same run.
     assert "x hello-world FastAPI" in result.stdout
 
@@ -72,6 +73,8 @@ def _run_bench(
             "1",
             "--batch-size",
             "5",
+            "--byte-writes",  # the bytes of a single write, measured over 100 writes, not 1,000
+            "100",
             "--output",
             str(output),
             "--scratch-database",
@@ -184,12 +187,9 @@ async def _spend_draws(server_url: str, database: str) -> tuple[Any, ...]:
     ],
 )
 def test_bench_hash_chain_options_need_an_explicit_scratch_database(option: list[str], message: str):
-    result = subprocess.run(
-        [sys.executable, "-m", "tools.bench", *option],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=os.environ,
-    )
-    assert result.returncode == 2
+    from tools.bench import app
+    from typer.testing import CliRunner
+
+    result = CliRunner().invoke(app, option)  # refused before anything starts: in this process
+    assert result.exit_code == 2
     assert message in result.stderr

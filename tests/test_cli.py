@@ -1,4 +1,6 @@
-"""The `wallet` command line, run as a user would, against the test database."""
+"""The `wallet` command line against the test database: each command in this process, through the
+same app `python -m wallet` runs (tests.support.wallet_cli), and as a process of its own where that
+is what is checked (`python -m wallet --version`, `wallet serve`)."""
 
 from __future__ import annotations
 
@@ -9,7 +11,6 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import asyncpg
 import httpx
@@ -17,18 +18,18 @@ import pytest
 from tools.service_process import free_port
 
 from tests.conftest import with_database
-from tests.support import bearer
+from tests.support import CliResult, bearer, waiting_on, wallet_cli, wallet_on
 
 
-def wallet(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = os.environ | {"WALLET_DATABASE_URL": database_url}
+def wallet_process(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`python -m wallet ARGS`, a process of its own, with this environment."""
     return subprocess.run(
-        [sys.executable, "-m", "wallet", *args], env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "wallet", *args], env=env, capture_output=True, text=True, timeout=60
     )
 
 
 async def test_keys_create_prints_the_key_alone_and_it_works(database_url, app):
-    result = wallet(
+    result = wallet_on(
         database_url, "keys", "create", "--name", "shop-service", "--scope", "read", "--scope", "spend"
     )
     assert result.returncode == 0, result.stderr
@@ -44,14 +45,14 @@ async def test_keys_create_prints_the_key_alone_and_it_works(database_url, app):
 
 
 async def test_keys_create_rejects_unknown_scope(database_url):
-    result = wallet(database_url, "keys", "create", "--name", "x", "--scope", "superuser")
+    result = wallet_on(database_url, "keys", "create", "--name", "x", "--scope", "superuser")
     assert result.returncode == 2
     assert "unknown scope 'superuser'" in result.stderr
     assert result.stdout == ""
 
 
 async def test_keys_list_rotate_and_revoke_never_need_the_secret(database_url, app):
-    created = wallet(
+    created = wallet_on(
         database_url,
         *("keys", "create", "--name", "loyalty-service", "--scope", "credit"),
         *("--asset", "LOYALTY_POINTS", "--operation", "bonus", "--max-amount", "1000"),
@@ -61,19 +62,21 @@ async def test_keys_list_rotate_and_revoke_never_need_the_secret(database_url, a
     token = created.stdout.strip()
     prefix = token[:11]
 
-    listed = wallet(database_url, "keys", "list")
+    listed = wallet_on(database_url, "keys", "list")
     assert listed.returncode == 0, listed.stderr
     assert token not in listed.stdout
     line = next(row for row in listed.stdout.splitlines() if prefix in row)
     assert "loyalty-service" in line and "credit" in line
     assert "operations=bonus assets=LOYALTY_POINTS max_amount=1000" in line
     assert "5/s,10" in line and line.rstrip().endswith("active")
-    as_json = [json.loads(row) for row in wallet(database_url, "keys", "list", "--json").stdout.splitlines()]
+    as_json = [
+        json.loads(row) for row in wallet_on(database_url, "keys", "list", "--json").stdout.splitlines()
+    ]
     entry = next(k for k in as_json if k["prefix"] == prefix)
     assert entry["allowed_operations"] == ["bonus"] and entry["max_amount"] == 1000
     assert entry["last_used_at"] is None and entry["revoked_at"] is None
 
-    rotated = wallet(database_url, "keys", "rotate", prefix, "--overlap-seconds", "600")
+    rotated = wallet_on(database_url, "keys", "rotate", prefix, "--overlap-seconds", "600")
     assert rotated.returncode == 0, rotated.stderr
     new_token = rotated.stdout.strip()
     assert new_token.startswith("wk_") and new_token != token
@@ -88,16 +91,16 @@ async def test_keys_list_rotate_and_revoke_never_need_the_secret(database_url, a
         )
         assert refused.json()["error"]["code"] == "key_asset_not_allowed"  # restrictions carried over
 
-    revoked = wallet(database_url, "keys", "revoke", str(entry["id"]))
+    revoked = wallet_on(database_url, "keys", "revoke", str(entry["id"]))
     assert revoked.returncode == 0, revoked.stderr
     assert f"revoked key {entry['id']}" in revoked.stderr
-    again = wallet(database_url, "keys", "revoke", prefix)
+    again = wallet_on(database_url, "keys", "revoke", prefix)
     assert again.returncode == 1 and "already revoked" in again.stderr
-    unknown = wallet(database_url, "keys", "revoke", "wk_zzzzzzzz")
+    unknown = wallet_on(database_url, "keys", "revoke", "wk_zzzzzzzz")
     assert unknown.returncode == 2 and "no API key" in unknown.stderr
     states = {
         k["prefix"]: k["state"]
-        for k in map(json.loads, wallet(database_url, "keys", "list", "--json").stdout.splitlines())
+        for k in map(json.loads, wallet_on(database_url, "keys", "list", "--json").stdout.splitlines())
     }
     assert states[prefix] == "revoked" and states[new_token[:11]] == "active"
 
@@ -112,7 +115,8 @@ def test_version_is_the_packages_and_the_changelogs(database_url):
 
     root = Path(__file__).resolve().parent.parent
     declared = tomllib.loads((root / "pyproject.toml").read_text())["project"]["version"]
-    result = wallet(database_url, "--version")
+    # The entry point itself: `python -m wallet` (wallet/__main__.py) in a process of its own.
+    result = wallet_process("--version", env=os.environ | {"WALLET_DATABASE_URL": database_url})
     assert result.returncode == 0, result.stderr
     assert result.stdout == f"wallet {declared}\n"
     assert package.__version__ == declared
@@ -125,7 +129,7 @@ def test_version_is_the_packages_and_the_changelogs(database_url):
 
 
 async def test_migrate_is_repeatable(database_url):
-    result = wallet(database_url, "migrate")
+    result = wallet_on(database_url, "migrate")
     assert result.returncode == 0, result.stderr
 
 
@@ -137,7 +141,7 @@ async def test_prune_idempotency_deletes_only_keys_past_retention(database_url, 
         " ($1, 'prune-recent', sha256('a'), 'posted', '{}', now() - interval '23 hours')",
         api_key_id,
     )
-    result = wallet(database_url, "prune-idempotency")
+    result = wallet_on(database_url, "prune-idempotency")
     assert result.returncode == 0, result.stderr
     assert "older than 24 h" in result.stderr
     remaining = {
@@ -152,7 +156,7 @@ async def test_report_liabilities_refuses_bad_options_naming_them(database_url):
         (("--from", "2026-02-01", "--to", "2026-01-01"), "--from"),
         (("--as-of", "yesterday"), "--as-of"),
     ]:
-        result = wallet(database_url, "report", "liabilities", *args)
+        result = wallet_on(database_url, "report", "liabilities", *args)
         assert result.returncode == 2, (args, result.stderr)
         assert option in result.stderr, (args, result.stderr)
 
@@ -178,25 +182,26 @@ COMMANDS: list[tuple[str, ...]] = [
 ]
 
 
-def run_wallet(env: dict[str, str], *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def run_wallet(
+    env: dict[str, str], *args: str, serve_process: bool = True
+) -> CliResult | subprocess.CompletedProcess[str]:
+    """`wallet ARGS` in this process; `wallet serve` in a process of its own unless not
+    `serve_process` (a mistake serve finds before its signal handler: tests.support)."""
     # migrate and serve would wait WALLET_DB_STARTUP_WAIT_MS (60 s) for a database that refuses:
     # these tests want the answer at once (the wait has a test of its own).
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("WALLET_")}
-    clean["WALLET_DB_STARTUP_WAIT_MS"] = "0"
+    env = {"WALLET_DB_STARTUP_WAIT_MS": "0"} | env
     if args[0] == "serve":  # a free port: should the mistake go unnoticed, the service starts
         args = (*args, "--port", str(free_port()))
-    return subprocess.run(
-        [sys.executable, "-m", "wallet", *args],
-        env=clean | env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=cwd,
-    )
+        if serve_process:  # and the timeout stops it, failing the test
+            clean = {k: v for k, v in os.environ.items() if not k.startswith("WALLET_")}
+            return wallet_process(*args, env=clean | env)
+    return wallet_cli(*args, env=env, inherit_wallet_env=False)
 
 
-def assert_one_line_error(result: subprocess.CompletedProcess[str], code: int, *phrases: str) -> None:
-    where = f"{result.args[3:]}: {result.stderr}"
+def assert_one_line_error(
+    result: CliResult | subprocess.CompletedProcess[str], code: int, *phrases: str
+) -> None:
+    where = f"{result.args}: {result.stderr}"
     assert result.returncode == code, where
     lines = result.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), where
@@ -205,9 +210,20 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str], code: int, *
     assert result.stdout == "", where
 
 
-def every_command(env: dict[str, str], commands: list[tuple[str, ...]] = COMMANDS, cwd: Path | None = None):
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        return list(pool.map(lambda args: run_wallet(env, *args, cwd=cwd), commands))
+def every_command(
+    env: dict[str, str], commands: list[tuple[str, ...]] = COMMANDS, *, serve_process: bool = True
+) -> list[CliResult | subprocess.CompletedProcess[str]]:
+    """Each command's result, in order; `serve`'s processes run meanwhile, in threads."""
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        served = {
+            i: pool.submit(run_wallet, env, *c)
+            for i, c in enumerate(commands)
+            if c[0] == "serve" and serve_process
+        }
+        here = {
+            i: run_wallet(env, *c, serve_process=False) for i, c in enumerate(commands) if i not in served
+        }
+        return [served[i].result() if i in served else here[i] for i in range(len(commands))]
 
 
 # Each kind of mistake is tried on every command once; its variants on a few (the commands share
@@ -215,10 +231,10 @@ def every_command(env: dict[str, str], commands: list[tuple[str, ...]] = COMMAND
 SAMPLE = [("migrate",), ("verify",), ("serve",)]
 
 
-@pytest.mark.slow  # a dozen `wallet` processes or more
 def test_a_bad_setting_is_named_in_one_line_by_every_command(database_url):
+    # Found before serve installs its signal handler: serve too runs in this process.
     env = {"WALLET_DATABASE_URL": database_url, "WALLET_LOT_POLICIES": "not json"}
-    for result in every_command(env):
+    for result in every_command(env, serve_process=False):
         assert_one_line_error(result, 2, "WALLET_LOT_POLICIES is not valid JSON")
     for setting, value, phrase in [
         (
@@ -255,12 +271,13 @@ def test_a_bad_setting_is_named_in_one_line_by_every_command(database_url):
             "WALLET_REDIS_URL: must start with redis://, rediss:// or unix://",
         ),
     ]:
-        for result in every_command({"WALLET_DATABASE_URL": database_url, setting: value}, SAMPLE):
+        for result in every_command(
+            {"WALLET_DATABASE_URL": database_url, setting: value}, SAMPLE, serve_process=False
+        ):
             assert_one_line_error(result, 2, phrase)
             assert "short-secret" not in result.stderr  # values are never echoed: some are secrets
 
 
-@pytest.mark.slow  # a dozen `wallet` processes or more
 def test_a_database_url_that_is_not_one_is_refused_by_every_command():
     for result in every_command({"WALLET_DATABASE_URL": "mysql://root@127.0.0.1/wallet"}):
         assert_one_line_error(result, 2, "WALLET_DATABASE_URL=mysql://root@127.0.0.1/wallet", "got 'mysql'")
@@ -273,7 +290,6 @@ def test_a_database_url_that_is_not_one_is_refused_by_every_command():
             assert_one_line_error(result, 2, "WALLET_DATABASE_URL=", phrase)
 
 
-@pytest.mark.slow  # a dozen `wallet` processes or more
 def test_a_database_that_cannot_be_used_is_named_by_every_command(database_url):
     unknown = with_database(database_url, "wallet_no_such_database")
     for result in every_command({"WALLET_DATABASE_URL": unknown}):
@@ -311,18 +327,16 @@ def test_migrate_and_serve_wait_for_a_database_that_is_not_up_then_say_so_in_one
     assert "retried" not in result.stderr
 
 
-@pytest.mark.slow  # a dozen `wallet` processes or more
 async def test_a_database_not_migrated_is_refused_by_every_command_but_migrate(create_database):
     empty = await create_database()
     commands = [c for c in COMMANDS if c[0] != "migrate"]
     for result in every_command({"WALLET_DATABASE_URL": empty}, commands):
         assert_one_line_error(result, 1, "has no wallet tables: run `wallet migrate` first")
-    migrated = wallet(empty, "migrate")
+    migrated = wallet_on(empty, "migrate")
     assert migrated.returncode == 0, migrated.stderr
-    assert wallet(empty, "verify").returncode == 0
+    assert wallet_on(empty, "verify").returncode == 0
 
 
-@pytest.mark.slow  # a dozen `wallet` processes or more
 def test_without_a_database_url_commands_do_not_make_an_empty_embedded_database(tmp_path):
     data_dir = tmp_path / "data"
     commands = [c for c in COMMANDS if c[0] not in ("migrate", "serve")]
@@ -344,14 +358,13 @@ def test_contradictory_flags_are_a_usage_error(database_url):
         ("keys", "list", "--active", "--no-active"),
         ("serve", "--access-log", "--no-access-log"),
     ]:
-        result = wallet(database_url, *args)
+        result = run_wallet({"WALLET_DATABASE_URL": database_url}, *args)
         assert result.returncode == 2, (args, result.stderr)
         message = " ".join(result.stderr.replace("│", " ").split())  # the usage error's box, unwrapped
         assert "contradict each other" in message and args[-2] in message and args[-1] in message, message
         assert "Traceback" not in result.stderr and result.stdout == ""
 
 
-@pytest.mark.slow  # a dozen `wallet` processes or more
 async def test_a_database_at_an_older_migration_is_refused_until_migrated(create_database):
     from wallet.db.migrate import upgrade
 
@@ -361,13 +374,13 @@ async def test_a_database_at_an_older_migration_is_refused_until_migrated(create
         assert_one_line_error(
             result, 1, "is at migration 0008, this version of wallet needs", "run `wallet migrate`"
         )
-    assert wallet(older, "migrate").returncode == 0
-    assert wallet(older, "keys", "list").returncode == 0
+    assert wallet_on(older, "migrate").returncode == 0
+    assert wallet_on(older, "keys", "list").returncode == 0
 
 
 async def test_a_database_a_newer_wallet_migrated_is_refused_even_by_migrate(create_database):
     newer = await create_database()
-    assert wallet(newer, "migrate").returncode == 0
+    assert wallet_on(newer, "migrate").returncode == 0
     conn = await asyncpg.connect(newer)
     try:
         await conn.execute("UPDATE alembic_version SET version_num = '9999_from_the_future'")
@@ -415,28 +428,18 @@ async def test_a_command_the_database_stops_says_so_in_one_line(
     """After the check: the command waits on a row lock the test holds, and its backend is
     terminated, or its statement or lock timeout runs out."""
     key_id = await pool.fetchval("SELECT id FROM api_keys WHERE name = 'test-read' ORDER BY id LIMIT 1")
-    env = os.environ | {"WALLET_DATABASE_URL": database_url} | wallet_env
+    env = {"WALLET_DATABASE_URL": database_url} | wallet_env
     async with pool.acquire() as locker, locker.transaction():
         await locker.execute("SELECT 1 FROM api_keys WHERE id = $1 FOR UPDATE", key_id)
-        command = await asyncio.create_subprocess_exec(
-            *(sys.executable, "-m", "wallet", "keys", "revoke", str(key_id)),
-            env=env,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
+        # In a thread: this event loop goes on, to see the command wait and to terminate it.
+        command = asyncio.create_task(asyncio.to_thread(wallet_cli, "keys", "revoke", str(key_id), env=env))
         if terminate:  # the backend our lock blocks, and no other (the server is shared)
-            locker_pid = await locker.fetchval("SELECT pg_backend_pid()")
-            waiting = "SELECT pid FROM pg_stat_activity WHERE $1::int = ANY(pg_blocking_pids(pid))"
-            for _ in range(300):
-                pids = await pool.fetch(waiting, locker_pid)
-                if pids:
-                    break
-                await asyncio.sleep(0.1)
-            assert len(pids) == 1, "the command never waited on the lock"
-            await pool.execute("SELECT pg_terminate_backend($1)", pids[0]["pid"])
-        stdout, stderr = await asyncio.wait_for(command.communicate(), 60)
-    lines = stderr.decode().splitlines()
-    assert command.returncode == 1, stderr
+            pids = await waiting_on(pool, await locker.fetchval("SELECT pg_backend_pid()"))
+            assert len(pids) == 1, pids
+            await pool.execute("SELECT pg_terminate_backend($1)", pids[0])
+        result = await asyncio.wait_for(command, 60)
+    lines = result.stderr.splitlines()
+    assert result.returncode == 1, result.stderr
     assert len(lines) == 1 and lines[0].startswith(f"error: {expected}"), lines
-    assert stdout == b""
+    assert result.stdout == ""
     assert await pool.fetchval("SELECT revoked_at FROM api_keys WHERE id = $1", key_id) is None

@@ -15,7 +15,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -29,7 +28,7 @@ import httpx
 import pytest
 from tools.service_process import ServiceProcess, free_port
 
-from tests.support import bearer
+from tests.support import bearer, waiting_on, wallet_on
 from wallet.api.app import create_app
 from wallet.db.pool import role_settings_sql
 from wallet.services.api_keys import create_api_key
@@ -60,16 +59,6 @@ def via(url: str, host: str, port: int) -> str:
     return f"postgresql://{_user(url)}@{host}:{port}{parts.path}"
 
 
-def wallet(url: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "wallet", *args],
-        env=os.environ | {"WALLET_DATABASE_URL": url} | (env or {}),
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-
-
 def test_redis_key_prefix_reads_multi_host_urls():
     """urlsplit(url).port raised on `h1:p1,h2:p2`; the prefix names every host, in order."""
     one = redis_key_prefix("postgresql://u:secret@db:5432/wallet")
@@ -84,7 +73,7 @@ async def test_every_command_works_with_a_multi_host_url(create_database):
     url = multi_host(await create_database())
 
     def ok(*args: str) -> str:
-        result = wallet(url, *args)
+        result = wallet_on(url, *args)
         assert result.returncode == 0, f"wallet {' '.join(args)}: {result.stderr}"
         return result.stdout
 
@@ -192,10 +181,10 @@ async def test_through_pgbouncer_in_transaction_mode(server_url, create_database
         }
         # The role's settings first: pgbouncer's server connections opened before keep the old ones.
         for args in (("role-settings",), ("migrate",), ("seed",), ("verify",)):
-            result = wallet(pooled, *args, env=env)
+            result = wallet_on(pooled, *args, env=env)
             assert result.returncode == 0, f"wallet {args[0]}: {result.stderr}"
         # Without the configuration pgbouncer refuses the startup parameters.
-        refused = wallet(pooled, "verify")
+        refused = wallet_on(pooled, "verify")
         assert refused.returncode != 0
         assert "lock_timeout" in refused.stderr or "unsupported startup parameter" in refused.stderr
 
@@ -255,7 +244,7 @@ async def test_through_pgbouncer_in_transaction_mode(server_url, create_database
                 assert audit.json()["clean"] is True
             deliverer = app.state.webhook_deliverer
             assert deliverer is None  # polling is off here; its lock pool is checked below
-        result = wallet(pooled, "verify", env=env)
+        result = wallet_on(pooled, "verify", env=env)
         assert result.returncode == 0, result.stderr
     # pgbouncer is gone: the webhook deliverer's locks still work, so they never went through it.
     from wallet.services.webhooks import Deliverer
@@ -352,7 +341,7 @@ async def test_connection_lost_mid_request_is_503_with_retry_after_and_the_pool_
                 "SELECT 1 FROM accounts WHERE user_id = $1 AND asset_code = 'GOLD_COINS' FOR UPDATE", user
             )
             request = asyncio.create_task(topup(key))
-            await asyncio.sleep(0.5)
+            await waiting_on(pool, blocker.get_server_pid())
             assert not request.done()
             await proxy.cut()
             lost = await request

@@ -4,7 +4,6 @@ outlives the supervisor, even one killed with SIGKILL."""
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
@@ -19,13 +18,14 @@ import psutil
 import pytest
 from tools.service_process import ServiceProcess
 
+from tests.support import CliResult, wallet_cli
+
 WORKERS = 2
 CONNECTIONS = 32
 HEARTBEAT_TIMEOUT_S = 3  # WALLET_WORKER_HEARTBEAT_TIMEOUT_S (workers beat four times a second)
 
 
-@pytest.fixture
-def service(database_url: str, tmp_path: Path):
+def _started(database_url: str, log_path: Path) -> ServiceProcess:
     process = ServiceProcess(
         {
             "WALLET_DATABASE_URL": database_url,
@@ -33,11 +33,33 @@ def service(database_url: str, tmp_path: Path):
             "WALLET_WORKER_HEARTBEAT_TIMEOUT_S": str(HEARTBEAT_TIMEOUT_S),
         },
         workers=WORKERS,
-        log_path=tmp_path / "service.log",
+        log_path=log_path,
     )
     process.start()
+    return process
+
+
+@pytest.fixture
+def service(database_url: str, tmp_path: Path):
+    """A service of the test's own: for the tests that stop it."""
+    process = _started(database_url, tmp_path / "service.log")
     yield process
     process.stop()
+
+
+@pytest.fixture(scope="module")
+def _module_service(database_url: str, tmp_path_factory: pytest.TempPathFactory):
+    process = _started(database_url, tmp_path_factory.mktemp("serving") / "service.log")
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def shared_service(_module_service: ServiceProcess) -> ServiceProcess:
+    """One service for the tests that leave it as they found it (each worker on a socket of its
+    own, answering), started once: each test gets it with all its workers up."""
+    _wait_for(lambda: len(_workers(_module_service)) == WORKERS)
+    return _module_service
 
 
 def _workers(service: ServiceProcess) -> list[psutil.Process]:
@@ -87,7 +109,8 @@ def _open_connections(service: ServiceProcess, count: int) -> list[socket.socket
     return sockets
 
 
-def test_each_worker_listens_on_its_own_socket_and_gets_a_share_of_the_connections(service):
+def test_each_worker_listens_on_its_own_socket_and_gets_a_share_of_the_connections(shared_service):
+    service = shared_service
     workers = _workers(service)
     assert len(workers) == WORKERS
     # Every worker listens on the port, through one socket of its own.
@@ -111,7 +134,8 @@ def test_each_worker_listens_on_its_own_socket_and_gets_a_share_of_the_connectio
     assert len(held) == WORKERS and min(held.values()) >= 4, held
 
 
-def test_a_dead_worker_is_replaced_and_the_port_keeps_answering(service):
+def test_a_dead_worker_is_replaced_and_the_port_keeps_answering(shared_service):
+    service = shared_service
     before = _workers(service)
     victim = before[0]
     victim.send_signal(signal.SIGKILL)
@@ -189,17 +213,16 @@ def test_no_worker_outlives_a_killed_supervisor(service):
         httpx.get(f"{service.base_url}/health", timeout=2)
 
 
-def _serve(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "wallet", "serve", *args],
-        env=dict(os.environ) | env,
-        capture_output=True,
-        text=True,
-        timeout=60,  # a service that started after all would be stopped here, failing the test
-    )
+def _serve(*args: str, env: dict[str, str]) -> CliResult:
+    """`wallet serve ARGS` in this process: each mistake here is found before serve installs its
+    signal handler, and a serve that got past that would fail with a traceback (tests.support)."""
+    return wallet_cli("serve", *args, env=env)
 
 
-def test_a_second_service_on_a_served_port_is_refused_and_the_first_keeps_it_alone(service, database_url):
+def test_a_second_service_on_a_served_port_is_refused_and_the_first_keeps_it_alone(
+    shared_service, database_url
+):
+    service = shared_service
     before = {w.pid for w in _workers(service)}
     env = {"WALLET_DATABASE_URL": database_url}
     for args in [

@@ -584,7 +584,6 @@ def serve(
     import uvicorn
 
     from wallet import serving
-    from wallet.db.migrate import upgrade_to_head
 
     settings = _settings()
     host = host or settings.host
@@ -601,6 +600,8 @@ def serve(
     # (Waiting for it first, as the workers would: a container may start before its database.)
     with _database(settings, create=True, migrated=bool(settings.database_url), wait=True) as (url, embedded):
         if embedded:
+            from wallet.db.migrate import upgrade_to_head  # Alembic: half a second of imports
+
             upgrade_to_head(url)
             # Before the demo's bonuses, so they get their asset's default expiry as with `wallet
             # migrate` then `wallet seed` (the workers write the policies again at start).

@@ -7,11 +7,12 @@ from __future__ import annotations
 import asyncio
 import random
 import re
+from datetime import datetime
 
 import asyncpg
 import pytest
 
-from tests.support import bearer, new_key
+from tests.support import bearer, new_key, wait_past
 from wallet.services.events import EventType, Position, head_position
 
 EVENTS = "/api/v1/events"
@@ -159,7 +160,7 @@ async def test_holds_transfers_batches_and_reversals_write_their_events(client, 
         },
     )
     assert batch.status_code == 201, batch.text
-    await asyncio.sleep(1.1)
+    await wait_past(pool, datetime.fromisoformat(expiring["expires_at"]))
     assert await sweep_expired_holds(pool, 10_000) >= 1
     batch_ids = [t["id"] for t in batch.json()["transactions"]]
 

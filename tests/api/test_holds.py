@@ -3,9 +3,9 @@ to balance, held and available."""
 
 from __future__ import annotations
 
-import asyncio
+from datetime import datetime
 
-from tests.support import new_key
+from tests.support import new_key, wait_past
 
 HOLDS = "/api/v1/holds"
 
@@ -24,6 +24,11 @@ async def _hold(client, user: str, amount: int, **extra) -> dict:
     )
     assert response.status_code == 201, response.text
     return response.json()
+
+
+async def _past_expiry(pool, hold: dict) -> None:
+    """Until the database's clock, which expiry is judged by, has passed the hold's expiry."""
+    await wait_past(pool, datetime.fromisoformat(hold["expires_at"]))
 
 
 async def test_a_hold_reserves_credits_that_spends_and_new_holds_cannot_use(client, make_user):
@@ -101,11 +106,11 @@ async def test_void_releases_and_a_second_void_or_capture_is_refused(client, mak
         assert response.status_code == 409 and response.json()["error"]["code"] == code
 
 
-async def test_an_expired_hold_stops_counting_at_once_and_cannot_be_captured(client, make_user):
+async def test_an_expired_hold_stops_counting_at_once_and_cannot_be_captured(client, make_user, pool):
     user = await make_user(GOLD_COINS=30)
     hold = await _hold(client, user, 30, expires_in_seconds=1)
     assert (await _assets(client, user))["GOLD_COINS"]["available"] == 0
-    await asyncio.sleep(1.2)
+    await _past_expiry(pool, hold)
     # No job has run (the sweeper is off in tests): the hold counts for nothing already.
     gold = (await _assets(client, user))["GOLD_COINS"]
     assert (gold["held"], gold["available"]) == (0, 30)
@@ -125,7 +130,7 @@ async def test_the_sweep_marks_expired_holds_and_releases_them(client, make_user
 
     user = await make_user(GOLD_COINS=20)
     hold = await _hold(client, user, 20, expires_in_seconds=1)
-    await asyncio.sleep(1.1)
+    await _past_expiry(pool, hold)
     assert await sweep_expired_holds(pool, 10_000) >= 1
     row = await pool.fetchrow(
         "SELECT h.status, a.held_minor FROM holds h JOIN accounts a ON a.id = h.account_id WHERE h.id = $1",
@@ -159,18 +164,16 @@ async def test_hold_errors(client, admin, make_user):
     assert no_key.status_code == 400 and no_key.json()["error"]["code"] == "idempotency_key_missing"
 
 
-async def test_expired_holds_do_not_make_a_batch_or_a_transfer_short(client, admin, make_user):
+async def test_expired_holds_do_not_make_a_batch_or_a_transfer_short(client, admin, make_user, pool):
     user, other = await make_user(GOLD_COINS=30), await make_user()
-    await _hold(client, user, 30, expires_in_seconds=1)
-    await asyncio.sleep(1.1)
+    await _past_expiry(pool, await _hold(client, user, 30, expires_in_seconds=1))
     batch = await client.post(
         "/api/v1/transactions/batch",
         headers={"Idempotency-Key": new_key()},
         json={"operations": [{"type": "spend", "user_id": user, "asset_type": "GOLD_COINS", "amount": 20}]},
     )
     assert batch.status_code == 201, batch.text
-    await _hold(client, user, 10, expires_in_seconds=1)
-    await asyncio.sleep(1.1)
+    await _past_expiry(pool, await _hold(client, user, 10, expires_in_seconds=1))
     transfer = await admin.post(
         "/api/v1/transactions/transfer",
         headers={"Idempotency-Key": new_key()},

@@ -6,15 +6,12 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import subprocess
-import sys
 from datetime import timedelta
 from typing import Any
 
 import httpx
 
-from tests.support import bearer, db_now, new_key, post, wait_past
+from tests.support import bearer, db_now, new_key, post, wait_past, wallet_on
 from wallet.services.api_keys import create_api_key
 from wallet.services.lots import expire_due
 
@@ -90,18 +87,13 @@ async def test_the_report_matches_a_scripted_run_to_the_unit(
     assert set(_figures((await admin.get(REPORT, params=early)).json(), asset).values()) == {0}
 
     # The command prints the same figures, as JSON and as CSV.
-    env = os.environ | {"WALLET_DATABASE_URL": settings.database_url}
     times = ["--as-of", end.strftime("%Y-%m-%dT%H:%M:%S.%f"), "--from", start.strftime("%Y-%m-%dT%H:%M:%S.%f"),
              "--to", end.strftime("%Y-%m-%dT%H:%M:%S.%f")]  # fmt: skip
-    printed = subprocess.run(
-        [sys.executable, "-m", "wallet", "report", "liabilities", "--format", "json", *times],
-        env=env, capture_output=True, text=True, timeout=120, check=True,
-    )  # fmt: skip
+    printed = wallet_on(settings.database_url, "report", "liabilities", "--format", "json", *times)
+    assert printed.returncode == 0, printed.stderr
     assert _figures(json.loads(printed.stdout), asset) == figures
-    printed_csv = subprocess.run(
-        [sys.executable, "-m", "wallet", "report", "liabilities", "--format", "csv", *times],
-        env=env, capture_output=True, text=True, timeout=120, check=True,
-    )  # fmt: skip
+    printed_csv = wallet_on(settings.database_url, "report", "liabilities", "--format", "csv", *times)
+    assert printed_csv.returncode == 0, printed_csv.stderr
     rows = {row["asset_type"]: row for row in csv.DictReader(io.StringIO(printed_csv.stdout))}
     assert {
         k: int(v) for k, v in rows[asset].items() if k not in ("asset_type", "as_of", "from", "to")

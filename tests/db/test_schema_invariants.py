@@ -152,7 +152,7 @@ async def test_user_balance_cannot_go_negative(conn, posted):
         await conn.execute("UPDATE accounts SET balance_minor = -1 WHERE id = $1", account_id)
 
 
-async def test_idempotency_key_is_unique_per_caller(conn, pool):
+async def test_idempotency_key_is_unique_per_caller(conn, pool, keys):  # keys: the test-all key
     api_key_id = await pool.fetchval("SELECT id FROM api_keys WHERE name = 'test-all'")
     key = new_key()
     insert = (

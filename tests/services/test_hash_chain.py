@@ -20,8 +20,7 @@ from urllib.parse import urlsplit
 import asyncpg
 import pytest
 
-from tests.services.test_verify import run_cli
-from tests.support import new_key, verify_books
+from tests.support import new_key, verify_books, wallet_on
 from wallet.db.sql_files import read_sql
 from wallet.services.seed import seed_reference_data
 from wallet.services.verify import verify_ledger
@@ -326,7 +325,7 @@ async def test_verify_names_a_transaction_whose_system_entry_was_moved(create_da
 async def test_the_cli_reports_the_broken_link_and_fails(create_database, ledger):
     target, sql = TAMPERING["metadata"]
     copy = await _tampered_copy(create_database, ledger, sql, ledger.ids[target])
-    result = run_cli(copy, "verify")
+    result = wallet_on(copy, "verify")
     assert result.returncode == 1
     assert f"FAIL: {CHAIN_BROKEN} (1 shown" in result.stdout
     assert f"first broken link 2 of 8 is transaction {ledger.ids[target]} entry 1" in result.stdout

@@ -12,7 +12,7 @@ import time
 import asyncpg
 import pytest
 
-from tests.support import balance_of, new_key
+from tests.support import balance_of, new_key, waiting_on
 
 SPEND = "/api/v1/transactions/spend"
 TOPUP = "/api/v1/transactions/topup"
@@ -151,7 +151,7 @@ async def test_topup_for_one_user_does_not_wait_for_another_users_open_topup(
                 json={"user_id": alice, "asset_type": "GOLD_COINS", "amount": 1},
             )
         )
-        await asyncio.sleep(0.3)
+        await waiting_on(pool, holder.get_server_pid())
         assert not blocked.done()
         await transaction.commit()
         assert (await blocked).status_code == 201

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import asyncpg
 import pytest
 
+from tests.support import wallet_on
 from wallet.domain.rules import SystemAccount
 from wallet.services.seed import DEMO_USERS
 
@@ -55,11 +54,9 @@ async def two_fresh_databases(create_migrated_database):
 
 async def test_cli_seed_and_seed_sql_give_identical_books(two_fresh_databases):
     via_cli, via_psql = two_fresh_databases
-    env = os.environ | {"WALLET_DATABASE_URL": via_cli}
     for _ in range(2):  # twice: the second run must change nothing
-        subprocess.run(
-            [sys.executable, "-m", "wallet", "seed"], env=env, check=True, timeout=120, capture_output=True
-        )
+        seeded = wallet_on(via_cli, "seed")
+        assert seeded.returncode == 0, seeded.stderr
         subprocess.run(
             [psql_binary(), via_psql, "-q", "-v", "ON_ERROR_STOP=1", "-f", str(REPO_ROOT / "seed.sql")],
             check=True,

@@ -2,23 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
 
-from tests.support import verify_books
+from tests.support import verify_books, wallet_on
 from wallet.services.seed import seed_demo_data
-
-
-def run_cli(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = os.environ | {"WALLET_DATABASE_URL": database_url}
-    return subprocess.run(
-        [sys.executable, "-m", "wallet", *args], env=env, capture_output=True, text=True, timeout=120
-    )
 
 
 @pytest.mark.last
@@ -27,7 +17,7 @@ async def test_verify_is_clean_after_the_whole_suite(database_url):
     report = await verify_books(database_url)
     assert report.clean, report.render()
     assert report.transactions > 100
-    result = run_cli(database_url, "verify")
+    result = wallet_on(database_url, "verify")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "OK: the books balance" in result.stdout
 
@@ -39,7 +29,7 @@ async def test_verify_fails_on_a_corrupted_copy(create_database, create_migrated
         await seed_demo_data(conn)
     finally:
         await conn.close()
-    assert run_cli(original, "verify").returncode == 0
+    assert wallet_on(original, "verify").returncode == 0
 
     copy = await create_database(template=urlsplit(original).path.lstrip("/"))
     conn = await asyncpg.connect(copy)
@@ -60,11 +50,11 @@ async def test_verify_fails_on_a_corrupted_copy(create_database, create_migrated
     finally:
         await conn.close()
 
-    result = run_cli(copy, "verify")
+    result = wallet_on(copy, "verify")
     assert result.returncode == 1
     assert "cached user balance differs" in result.stdout
     assert "user_001 GOLD_COINS): cached balance 1007, ledger sum 1000" in result.stdout
     assert "do not sum to zero" in result.stdout
     assert "the whole ledger does not sum to zero for an asset" in result.stdout
     # The original is untouched and still clean.
-    assert run_cli(original, "verify").returncode == 0
+    assert wallet_on(original, "verify").returncode == 0
