@@ -18,15 +18,7 @@ from typing import Any
 
 import asyncpg
 import pytest
-
-
-async def _drop(server_url: str, *names: str) -> None:
-    admin = await asyncpg.connect(server_url)
-    try:
-        for name in names:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+from tools.scratch_db import drop_databases
 
 
 @pytest.fixture
@@ -38,7 +30,7 @@ def scratch(server_url: str) -> Iterator[str]:
         pytest.skip("the benchmark needs a TCP PostgreSQL server (WALLET_TEST_DATABASE_URL)")
     name = f"wallet_test_bench_{uuid.uuid4().hex[:12]}"
     yield name
-    asyncio.run(_drop(server_url, name, name + "_pgbench"))
+    asyncio.run(drop_databases(server_url, name, name + "_pgbench"))
 
 
 @pytest.mark.slow

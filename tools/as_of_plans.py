@@ -14,18 +14,14 @@ import datetime as dt
 import time
 from collections.abc import Awaitable, Callable
 from typing import Annotated
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import typer
 
+from tools.scratch_db import drop_databases, ensure_database, with_database
+
 SCRATCH_DATABASE = "wallet_as_of_plans"
 ASSETS = ["DIAMONDS", "GOLD_COINS", "LOYALTY_POINTS"]
-
-
-def _with_database(url: str, database: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc, "/" + database, parts.query, parts.fragment))
 
 
 async def _load(url: str, postings: int) -> None:
@@ -82,7 +78,10 @@ async def _report(url: str) -> None:
         print(f"user 'heavy': {count} postings from {first} to {last}; T = {third}\n")
         async with pool.acquire() as conn:
             plan = await conn.fetch(
-                "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF) " + BALANCES_AS_OF_SQL, "heavy", None, third
+                "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF) " + BALANCES_AS_OF_SQL,
+                "heavy",
+                None,
+                third,
             )
             print("## balance as of T (generic plan, as the service runs it)\n")
             print("\n".join(r[0] for r in plan), "\n")
@@ -150,25 +149,14 @@ def main(
     """Load a long history for one user and print the plans and timings of reads as of a time."""
 
     async def run() -> None:
-        admin = await asyncpg.connect(database_url)
-        try:
-            exists = await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", SCRATCH_DATABASE)
-            if not exists:
-                await admin.execute(f'CREATE DATABASE "{SCRATCH_DATABASE}"')
-        finally:
-            await admin.close()
-        url = _with_database(database_url, SCRATCH_DATABASE)
-        if not exists:
+        url = with_database(database_url, SCRATCH_DATABASE)
+        if await ensure_database(database_url, SCRATCH_DATABASE, reuse=True):
             started = time.monotonic()
             await _load(url, postings)
             print(f"loaded {postings} postings in {time.monotonic() - started:.0f} s\n")
         await _report(url)
         if not keep:
-            admin = await asyncpg.connect(database_url)
-            try:
-                await admin.execute(f'DROP DATABASE "{SCRATCH_DATABASE}" WITH (FORCE)')
-            finally:
-                await admin.close()
+            await drop_databases(database_url, SCRATCH_DATABASE)
 
     asyncio.run(run())
 

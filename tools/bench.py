@@ -33,11 +33,12 @@ import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import httpx
 import typer
 
+from tools.scratch_db import recreate_database, with_database
 from tools.service_process import ServiceProcess, free_port
 
 BENCH_DATABASE = "wallet_bench"
@@ -139,11 +140,6 @@ class Measurement:
     errors: int
 
 
-def _with_database(url: str, name: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
-
-
 def _require(tool: str) -> str:
     path = shutil.which(tool)
     if path is None:
@@ -171,17 +167,10 @@ async def _prepare_database(
 
     Without hash_chain, the chain trigger is disabled once the opening balances are posted (they
     are chained either way, so both variants start from the same ledger)."""
-    import asyncpg
-
     from wallet.db.migrate import upgrade_to_head_async
 
-    admin = await asyncpg.connect(admin_url)
-    try:
-        await admin.execute(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
-        await admin.execute(f"CREATE DATABASE {database}")
-    finally:
-        await admin.close()
-    url = _with_database(admin_url, database)
+    await recreate_database(admin_url, database)
+    url = with_database(admin_url, database)
     await upgrade_to_head_async(url)
     return url, await prepare_ledger(url, users, hash_chain=hash_chain)
 

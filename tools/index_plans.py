@@ -14,10 +14,11 @@ from __future__ import annotations
 import asyncio
 import json
 from typing import Annotated
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import typer
+
+from tools.scratch_db import drop_databases, ensure_database, with_database
 
 SCRATCH_DATABASE = "wallet_index_plans"
 
@@ -79,11 +80,6 @@ ORDER BY h.seq DESC LIMIT $5
 """
 
 PRUNE_SQL = "DELETE FROM idempotency_keys WHERE created_at < now() - make_interval(hours => $1)"
-
-
-def _with_database(url: str, database: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc, "/" + database, parts.query, parts.fragment))
 
 
 async def _load(url: str, users: int, postings: int) -> None:
@@ -264,28 +260,14 @@ def main(
     postings: Annotated[int, typer.Option(min=100, max=10_000_000)] = 100_000,
     keep: Annotated[bool, typer.Option(help="Keep the scratch database (and reuse it next time).")] = False,
 ) -> None:
-    url = _with_database(database_url, SCRATCH_DATABASE)
+    url = with_database(database_url, SCRATCH_DATABASE)
 
     async def run() -> None:
-        admin = await asyncpg.connect(database_url)
-        try:
-            exists = await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", SCRATCH_DATABASE)
-            if exists and not keep:
-                await admin.execute(f"DROP DATABASE {SCRATCH_DATABASE} WITH (FORCE)")
-                exists = None
-            if not exists:
-                await admin.execute(f"CREATE DATABASE {SCRATCH_DATABASE}")
-        finally:
-            await admin.close()
-        if not exists:
+        if await ensure_database(database_url, SCRATCH_DATABASE, reuse=keep):
             await _load(url, users, postings)
         await _report(url)
         if not keep:
-            admin = await asyncpg.connect(database_url)
-            try:
-                await admin.execute(f"DROP DATABASE {SCRATCH_DATABASE} WITH (FORCE)")
-            finally:
-                await admin.close()
+            await drop_databases(database_url, SCRATCH_DATABASE)
 
     asyncio.run(run())
 

@@ -42,8 +42,9 @@ import asyncpg
 import httpx
 import typer
 
-from tools.bench import DATABASE_NAME, _prepare_database, _run_wrk, _with_database
+from tools.bench import DATABASE_NAME, _prepare_database, _run_wrk
 from tools.scale_load import DEFAULT_CHUNK, load_transactions
+from tools.scratch_db import drop_databases, recreate_database, with_database
 from tools.service_process import ServiceProcess
 
 DEFAULT_TRANSACTIONS = 1_000_000
@@ -74,24 +75,6 @@ class Side:
     audit_backlog: int = 0
     audit_requests: dict[str, int] = field(default_factory=dict)  # GET /api/v1/audit during catch-up
     topup_during_audit: float | None = None
-
-
-async def _copy_database(admin_url: str, source: str, target: str) -> None:
-    admin = await asyncpg.connect(admin_url)
-    try:
-        await admin.execute(f"DROP DATABASE IF EXISTS {target} WITH (FORCE)")
-        await admin.execute(f"CREATE DATABASE {target} TEMPLATE {source}")
-    finally:
-        await admin.close()
-
-
-async def _drop(admin_url: str, *names: str) -> None:
-    admin = await asyncpg.connect(admin_url)
-    try:
-        for name in names:
-            await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-    finally:
-        await admin.close()
 
 
 async def _facts(url: str) -> tuple[int, int, int]:
@@ -343,8 +326,8 @@ def run_scale_bench(
     started = time.monotonic()
     print(f"preparing {empty_db} with {users} users ...", file=sys.stderr, flush=True)
     empty_url, token = asyncio.run(_prepare_database(admin_url, empty_db, users))
-    asyncio.run(_copy_database(admin_url, empty_db, loaded_db))
-    loaded_url = _with_database(admin_url, loaded_db)
+    asyncio.run(recreate_database(admin_url, loaded_db, template=empty_db))
+    loaded_url = with_database(admin_url, loaded_db)
     print(f"loading {transactions:,} transactions into {loaded_db} ...", file=sys.stderr, flush=True)
     result = asyncio.run(
         load_transactions(
@@ -394,7 +377,7 @@ def run_scale_bench(
                     service.stop()
     finally:
         if not keep:
-            asyncio.run(_drop(admin_url, empty_db, loaded_db))
+            asyncio.run(drop_databases(admin_url, empty_db, loaded_db))
     table = render(empty, loaded, load)
     print(table)
     print(f"\nscale bench took {time.monotonic() - started:.0f} s", file=sys.stderr)
