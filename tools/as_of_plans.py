@@ -63,6 +63,7 @@ async def _load(url: str, postings: int) -> None:
 
 async def _report(url: str) -> None:
     from wallet.db.pool import create_pool
+    from wallet.domain.times import api_time
     from wallet.services.wallets import BALANCES_AS_OF_SQL, HISTORY_RANGE_SQL, balances_json, history_json
     from wallet.settings import Settings
 
@@ -82,6 +83,7 @@ async def _report(url: str) -> None:
                 "heavy",
                 None,
                 third,
+                api_time(third),
             )
             print("## balance as of T (generic plan, as the service runs it)\n")
             print("\n".join(r[0] for r in plan), "\n")
