@@ -317,7 +317,7 @@ BEGIN
                     OFFSET 0) n
              CROSS JOIN LATERAL (SELECT x.user_id FROM accounts x WHERE x.id = n.account_id LIMIT 1) a
              CROSS JOIN LATERAL (SELECT y.* FROM transactions y WHERE y.id = n.transaction_id LIMIT 1) t
-              LEFT JOIN LATERAL (SELECT z.* FROM asset_lot_policies z WHERE z.asset_code = n.asset_code LIMIT 1) p
+              LEFT JOIN LATERAL (SELECT z.* FROM asset_lot_policies z WHERE z.asset_code = t.asset_code LIMIT 1) p
                 ON true) r;
     IF v_n = 0 THEN
         RETURN NULL;

@@ -1,0 +1,42 @@
+"""Fewer WAL bytes per posting, continued: entries and lot movements without what their
+transaction holds, lot movements without the surrogate key's index.
+
+Revision ID: 0013
+Revises: 0012
+"""
+
+from alembic import op
+
+from wallet.db.migrations.script_runner import run_sql_script
+
+revision = "0013"
+down_revision = "0012"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    run_sql_script("0013_wal_per_write.sql")
+
+
+def downgrade() -> None:
+    # The values the rows written since left to their transaction are filled in from it (the
+    # append-only triggers are bypassed for this one update), then the columns are required again.
+    op.execute("SET LOCAL session_replication_role = replica")
+    op.execute(
+        "UPDATE ledger_entries e SET asset_code = coalesce(e.asset_code, t.asset_code),"
+        " created_at = coalesce(e.created_at, t.created_at)"
+        " FROM transactions t WHERE t.id = e.transaction_id AND (e.asset_code IS NULL OR e.created_at IS NULL)"
+    )
+    op.execute(
+        "UPDATE lot_movements m SET created_at = t.created_at"
+        " FROM transactions t WHERE t.id = m.transaction_id AND m.created_at IS NULL"
+    )
+    op.execute("SET LOCAL session_replication_role = origin")
+    op.execute("ALTER TABLE ledger_entries ALTER COLUMN asset_code SET NOT NULL")
+    op.execute("ALTER TABLE ledger_entries ALTER COLUMN created_at SET DEFAULT clock_timestamp()")
+    op.execute("ALTER TABLE ledger_entries ALTER COLUMN created_at SET NOT NULL")
+    op.execute("ALTER TABLE lot_movements DROP CONSTRAINT lot_movements_dated")
+    op.execute("ALTER TABLE lot_movements ALTER COLUMN created_at SET DEFAULT clock_timestamp()")
+    op.execute("ALTER TABLE lot_movements ALTER COLUMN created_at SET NOT NULL")
+    op.execute("ALTER TABLE lot_movements ADD CONSTRAINT lot_movements_pkey PRIMARY KEY (id)")

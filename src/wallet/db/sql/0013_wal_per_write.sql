@@ -1,0 +1,27 @@
+-- Fewer WAL bytes per posting, continued (issue 18 item 2; docs/PERFORMANCE.md has the bytes).
+-- Rows written by every posting lose what another row already holds, and one index no plan needs
+-- goes. Every row written before keeps what it has: readers take the missing value from the
+-- transaction (coalesce(row's, transaction's)), so every answer about an old row is unchanged.
+
+-- Ledger entries: an entry's asset is its transaction's (the entries' check has always required
+-- it), and its time is its transaction's (the same statement, a clock reading microseconds
+-- later). The posting core writes neither from now on (NULL: the transaction's); an entry that
+-- names an asset must still name its transaction's (wallet_ledger_entries_check). 24 bytes of
+-- the 64 of each entry's row, two entries a posting. The hash chain hashes the entry as stored
+-- (wallet_chain_digest of its asset_code, NULL for new entries), and the transaction's asset is
+-- in the same digest: nothing is left unhashed, and the links of older entries do not change.
+ALTER TABLE ledger_entries ALTER COLUMN asset_code DROP NOT NULL;
+ALTER TABLE ledger_entries ALTER COLUMN created_at DROP NOT NULL;
+ALTER TABLE ledger_entries ALTER COLUMN created_at DROP DEFAULT;
+
+-- Lot movements: no surrogate primary key. A movement is found by its transaction and lot
+-- (lot_movements_once_per_transaction, unique) or by its lot (lot_movements_by_lot); the id
+-- stays, from its identity, as the order in which a transaction moved its lots (the documents
+-- list them in that order), and no reader looks a movement up by it: its index was 64 bytes of
+-- WAL a movement. The time of a movement is its transaction's; only the opening lots of
+-- migration 0009, which have no transaction, keep one of their own.
+ALTER TABLE lot_movements DROP CONSTRAINT lot_movements_pkey;
+ALTER TABLE lot_movements ALTER COLUMN created_at DROP NOT NULL;
+ALTER TABLE lot_movements ALTER COLUMN created_at DROP DEFAULT;
+ALTER TABLE lot_movements ADD CONSTRAINT lot_movements_dated
+    CHECK (transaction_id IS NOT NULL OR created_at IS NOT NULL);
