@@ -25,3 +25,17 @@ ALTER TABLE lot_movements ALTER COLUMN created_at DROP NOT NULL;
 ALTER TABLE lot_movements ALTER COLUMN created_at DROP DEFAULT;
 ALTER TABLE lot_movements ADD CONSTRAINT lot_movements_dated
     CHECK (transaction_id IS NOT NULL OR created_at IS NOT NULL);
+
+-- Indexes a posting writes and a plan can do without:
+--  * transactions (user_id, asset_code, created_at, seq): a balance as of an instant and the
+--    bounds of a history window are found by bisection over seq on (user_id, asset_code, seq
+--    DESC), which a posting writes anyway (wallet_account_seq_at: postings of one account are
+--    stamped under its row lock, so their times follow their seq). 93 bytes of WAL a posting and
+--    the splits of an index whose every user inserts in the middle.
+--  * idempotency_keys (created_at), a BRIN index since 0012, read only by `wallet prune-idempotency`:
+--    a record written into a block range already summarized widens that range's summary, a WAL
+--    record of 72 bytes per record; once pruning has freed pages, every new record lands in such
+--    a range (and leaves its summary spanning from the oldest record to now, which the next prune
+--    must scan anyway). The prune reads the table instead (docs/PERFORMANCE.md has both plans).
+DROP INDEX transactions_user_asset_time;
+DROP INDEX idempotency_keys_by_age;

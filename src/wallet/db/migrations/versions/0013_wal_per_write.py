@@ -1,5 +1,6 @@
 """Fewer WAL bytes per posting, continued: entries and lot movements without what their
-transaction holds, lot movements without the surrogate key's index.
+transaction holds; lot movements without the surrogate key's index, transactions without the
+(user, asset, time) index, idempotency records without the age index.
 
 Revision ID: 0013
 Revises: 0012
@@ -20,6 +21,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.execute("CREATE INDEX idempotency_keys_by_age ON idempotency_keys USING brin (created_at)")
+    op.execute("CREATE INDEX transactions_user_asset_time ON transactions (user_id, asset_code, created_at, seq)")
     # The values the rows written since left to their transaction are filled in from it (the
     # append-only triggers are bypassed for this one update), then the columns are required again.
     op.execute("SET LOCAL session_replication_role = replica")
