@@ -170,9 +170,12 @@ SELECT h.seq, h.id FROM (
 ORDER BY h.seq DESC LIMIT $5
 """
 
-TIME_INDEX = "CREATE INDEX transactions_user_asset_time ON transactions (user_id, asset_code, created_at, seq)"
+TIME_INDEX = (
+    "CREATE INDEX transactions_user_asset_time ON transactions (user_id, asset_code, created_at, seq)"
+)
 
-PRUNE_SQL = "DELETE FROM idempotency_keys WHERE created_at < now() - make_interval(hours => $1)"
+# The prune before migration 0013 (every record had its time).
+PRUNE_SQL_0012 = "DELETE FROM idempotency_keys WHERE created_at < now() - make_interval(hours => $1)"
 
 
 async def _load(url: str, users: int, postings: int) -> None:
@@ -248,6 +251,7 @@ async def _explain(conn: asyncpg.Connection, sql: str, args: list[object], *, ge
 
 
 async def _report(url: str) -> None:
+    from wallet.cli import PRUNE_IDEMPOTENCY_SQL
     from wallet.services.audit import _CHUNK_END_SQL, INCREMENTAL_CHECKS
     from wallet.services.wallets import BALANCES_AS_OF_SQL, HISTORY_RANGE_SQL, HISTORY_SQL
 
@@ -312,7 +316,11 @@ async def _report(url: str) -> None:
             heavy,
         )
         for title, sql, indexes in (
-            ("balance as of a third into the history (0012: time index)", BALANCES_AS_OF_SQL_0012, [TIME_INDEX]),
+            (
+                "balance as of a third into the history (0012: time index)",
+                BALANCES_AS_OF_SQL_0012,
+                [TIME_INDEX],
+            ),
             ("balance as of a third into the history (head: bisection over seq)", BALANCES_AS_OF_SQL, []),
         ):
             await conn.execute("BEGIN")
@@ -336,11 +344,14 @@ async def _report(url: str) -> None:
         ):
             await conn.execute("BEGIN")
             if using:
-                await conn.execute(f"CREATE INDEX idempotency_keys_by_age ON idempotency_keys USING {using} (created_at)")
+                await conn.execute(
+                    f"CREATE INDEX idempotency_keys_by_age ON idempotency_keys USING {using} (created_at)"
+                )
                 await conn.execute("ANALYZE idempotency_keys")
             brin = using == "brin"
             # Records of three days, written in time order as the service writes them; the prune
-            # takes those older than two days (the records are rolled back with the rest).
+            # takes those older than two days (the records are rolled back with the rest). At head,
+            # the records of the loaded postings have no time of their own: their transaction's.
             await conn.execute(
                 "INSERT INTO idempotency_keys (api_key_id, key, request_sha256, outcome, response_body, created_at)"
                 " SELECT k.id, 'plan-' || i, sha256(i::text::bytea), 'posted', '{}',"
@@ -352,7 +363,8 @@ async def _report(url: str) -> None:
             await conn.execute("ANALYZE idempotency_keys")
             hours = 48
             # `wallet prune-idempotency` plans it with its value (a custom plan)
-            print(f"== {title}\n{await _explain(conn, PRUNE_SQL, [hours], generic=False)}\n")
+            sql = PRUNE_SQL_0012 if using else PRUNE_IDEMPOTENCY_SQL
+            print(f"== {title}\n{await _explain(conn, sql, [hours], generic=False)}\n")
             await conn.execute("ROLLBACK")
     finally:
         await conn.close()

@@ -17,7 +17,9 @@ async def conn(database_url):
     await connection.close()
 
 
-async def _post(conn: asyncpg.Connection, api_key_id: int, kind: str, user: str, asset: str, amount: int) -> None:
+async def _post(
+    conn: asyncpg.Connection, api_key_id: int, kind: str, user: str, asset: str, amount: int
+) -> None:
     outcome = await conn.fetchval(
         "SELECT outcome FROM wallet_post_transaction($1, $2, $3, $4, $5, $6, NULL, '{}')",
         api_key_id,
@@ -30,7 +32,9 @@ async def _post(conn: asyncpg.Connection, api_key_id: int, kind: str, user: str,
     assert outcome == "posted"
 
 
-async def test_entries_and_movements_of_a_posting_leave_asset_and_time_to_its_transaction(conn, pool, make_user):
+async def test_entries_and_movements_of_a_posting_leave_asset_and_time_to_its_transaction(
+    conn, pool, make_user
+):
     user = await make_user()
     api_key_id = await pool.fetchval("SELECT id FROM api_keys WHERE name = 'test-all'")
     await _post(conn, api_key_id, "topup", user, "GOLD_COINS", 10)
@@ -74,30 +78,54 @@ async def test_an_entry_may_name_only_its_transactions_asset(conn, pool, make_us
         await conn.execute(statement, api_key_id, new_key(), user, account_id, treasury, "DIAMONDS")
 
 
+async def _refused(conn: asyncpg.Connection, constraint: str, statement: str, *args: object) -> None:
+    transaction = conn.transaction()
+    await transaction.start()
+    try:
+        with pytest.raises(asyncpg.exceptions.CheckViolationError, match=constraint):
+            await conn.execute(statement, *args)
+    finally:
+        await transaction.rollback()
+
+
 async def test_a_lot_movement_without_a_transaction_keeps_a_time_of_its_own(conn, pool, make_user):
     """Only the opening lots of migration 0009 have no transaction; such a movement needs its time."""
     user = await make_user(GOLD_COINS=10)
     lot_id = await conn.fetchval(
         "SELECT l.id FROM credit_lots l JOIN accounts a ON a.id = l.account_id WHERE a.user_id = $1", user
     )
-    transaction = conn.transaction()
-    await transaction.start()
-    try:
-        with pytest.raises(asyncpg.exceptions.CheckViolationError, match="lot_movements_dated"):
-            await conn.execute(
-                "INSERT INTO lot_movements (transaction_id, lot_id, amount_minor) VALUES (NULL, $1, 1)", lot_id
-            )
-    finally:
-        await transaction.rollback()
+    await _refused(
+        conn,
+        "lot_movements_dated",
+        "INSERT INTO lot_movements (transaction_id, lot_id, amount_minor, movement_no) VALUES (NULL, $1, 1, 1)",
+        lot_id,
+    )
     transaction = conn.transaction()
     await transaction.start()
     try:
         await conn.execute(
-            "INSERT INTO lot_movements (transaction_id, lot_id, amount_minor, created_at) VALUES (NULL, $1, 1, now())",
+            "INSERT INTO lot_movements (transaction_id, lot_id, amount_minor, movement_no, created_at)"
+            " VALUES (NULL, $1, 1, 1, now())",
             lot_id,
         )
     finally:
         await transaction.rollback()
+
+
+async def test_a_lot_movement_has_its_place_in_its_transaction_once(conn, pool, make_user):
+    """A new movement is numbered (1, 2, ...) and has no id; one written before 0013 has its id."""
+    user = await make_user(GOLD_COINS=10)
+    movement = await conn.fetchrow(
+        "SELECT m.* FROM lot_movements m JOIN transactions t ON t.id = m.transaction_id WHERE t.user_id = $1",
+        user,
+    )
+    assert (movement["id"], movement["movement_no"]) == (None, 1)
+    insert = (
+        "INSERT INTO lot_movements (transaction_id, lot_id, amount_minor, id, movement_no, created_at)"
+        " VALUES (NULL, $1, 1, $2, $3, now())"
+    )
+    for no_id, movement_no in ((None, None), (7, 1), (None, 0)):
+        await _refused(conn, "lot_movements_ordered", insert, movement["lot_id"], no_id, movement_no)
 
 
 async def test_the_postings_either_side_of_an_instant_are_those_of_the_time_order(conn, pool, make_user):
@@ -142,3 +170,30 @@ async def test_the_postings_either_side_of_an_instant_are_those_of_the_time_orde
         if (r["before_seq"], r["after_seq"]) != (r["expected_before"], r["expected_after"])
     ]
     assert wrong == []
+
+
+async def test_a_posted_writes_idempotency_record_is_as_old_as_its_transaction(conn, pool, make_user):
+    """Only a record without a transaction keeps a time of its own; the prune reads the transaction's."""
+    user = await make_user()
+    api_key_id = await pool.fetchval("SELECT id FROM api_keys WHERE name = 'test-all'")
+    key = new_key()
+    await conn.fetchval(
+        "SELECT outcome FROM wallet_post_transaction($1, $2, 'topup', $3, 'GOLD_COINS', 5, NULL, '{}')",
+        api_key_id,
+        key,
+        user,
+    )
+    record = await conn.fetchrow(
+        "SELECT created_at, transaction_id FROM idempotency_keys WHERE api_key_id = $1 AND key = $2",
+        api_key_id,
+        key,
+    )
+    assert record["created_at"] is None and record["transaction_id"] is not None
+    await _refused(
+        conn,
+        "idempotency_keys_dated",
+        "INSERT INTO idempotency_keys (api_key_id, key, request_sha256, outcome, response_body, created_at)"
+        " VALUES ($1, $2, sha256('a'), 'validation_error', '{}', NULL)",
+        api_key_id,
+        new_key(),
+    )

@@ -5,10 +5,10 @@ Both documents are rendered to JSON by PostgreSQL and passed through as text: th
 
 Balances as of a time come from the ledger, not from the cached balance: the balance after the
 account's newest posting stamped at or before that instant (postings are stamped under the
-account's row lock, so their times follow the order they were applied): found by bisection over
-the (user, asset, seq) index (wallet_account_seq_at, some twenty descents whatever the length of
-the history), and for transfers received by one descent of the counterparty's (user, asset,
-created_at, seq) index.
+account's row lock, so their times follow the order they were applied): found by a search over
+the (user, asset, seq) index (wallet_account_seq_at: a few descents, at most twice log2 of the
+seq span, whatever the length of the history), and for transfers received by one descent of the
+counterparty's (user, asset, created_at, seq) index.
 """
 
 from __future__ import annotations
@@ -165,13 +165,14 @@ ORDER BY h.seq DESC LIMIT $5
 
 # The same, within [from, to). The time bounds are first turned into bounds on seq, per asset
 # account: postings of one account are stamped under its row lock, so their times follow their
-# seq; the user's own by bisection over (user, asset, seq) (wallet_account_seq_at), transfers
-# received by one descent of the counterparty's (user, asset, created_at, seq). The page is then read from the
+# seq. The user's own are found by a search over (user, asset, seq) (wallet_account_seq_at: the
+# postings either side of each bound, a few index descents each), transfers received by one
+# descent of the counterparty's (user, asset, created_at, seq). The page is then read from the
 # (user, asset, seq) index between those bounds, one scan per asset (the created_at filter only
 # drops rows of other accounts stamped out of order by microseconds). A window anywhere in a long
-# history costs the same.
+# history costs about the same.
 # It is planned with the parameters' values (a generic plan, not knowing the bounds, would read
-# the time index and sort); the documents are then rendered by a second statement under the
+# the counterparty's time index and sort); the documents are then rendered by a second statement under the
 # session's generic plans, as a custom plan there would re-plan wallet_transaction_json per row.
 HISTORY_RANGE_SQL = """
 WITH mine AS (

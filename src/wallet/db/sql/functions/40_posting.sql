@@ -360,7 +360,7 @@ BEGIN
         SELECT (w.i - cardinality(v_resting))::integer, v_ids[w.i],
                CASE WHEN v_ids[w.i] IS NOT NULL AND p_documents
                     THEN v_documents[w.i] || jsonb_build_object('lots', (
-                             SELECT coalesce(jsonb_agg(wallet_lot_movement_document(m, l) ORDER BY m.id), '[]'::jsonb)
+                             SELECT coalesce(jsonb_agg(wallet_lot_movement_document(m, l) ORDER BY coalesce(m.movement_no, m.id)), '[]'::jsonb)
                                FROM lot_movements m JOIN credit_lots l ON l.id = m.lot_id
                               WHERE m.transaction_id = v_ids[w.i])) END,
                v_short[w.i]
