@@ -28,6 +28,7 @@ def downgrade() -> None:
     )
     # The values the rows written since left to their transaction are filled in from it (the
     # append-only triggers are bypassed for this one update), then the columns are required again.
+    op.execute("ALTER TABLE lot_movements DROP CONSTRAINT lot_movements_ordered")
     op.execute("SET LOCAL session_replication_role = replica")
     op.execute(
         "UPDATE ledger_entries e SET asset_code = coalesce(e.asset_code, t.asset_code),"
@@ -58,7 +59,6 @@ def downgrade() -> None:
     op.execute("ALTER TABLE ledger_entries ALTER COLUMN asset_code SET NOT NULL")
     op.execute("ALTER TABLE ledger_entries ALTER COLUMN created_at SET DEFAULT clock_timestamp()")
     op.execute("ALTER TABLE ledger_entries ALTER COLUMN created_at SET NOT NULL")
-    op.execute("ALTER TABLE lot_movements DROP CONSTRAINT lot_movements_ordered")
     op.execute("ALTER TABLE lot_movements DROP COLUMN movement_no")
     op.execute("ALTER TABLE lot_movements ALTER COLUMN id SET NOT NULL")
     op.execute("ALTER TABLE lot_movements ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY")
