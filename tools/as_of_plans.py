@@ -147,18 +147,19 @@ def main(
     ] = "postgresql://postgres@127.0.0.1:5432/postgres",
     postings: Annotated[int, typer.Option(min=100, max=10_000_000)] = 100_000,
     keep: Annotated[bool, typer.Option(help="Keep the scratch database (and reuse it next time).")] = False,
+    scratch_database: Annotated[str, typer.Option(help="The scratch database's name.")] = SCRATCH_DATABASE,
 ) -> None:
     """Load a long history for one user and print the plans and timings of reads as of a time."""
 
     async def run() -> None:
-        url = with_database(database_url, SCRATCH_DATABASE)
-        if await ensure_database(database_url, SCRATCH_DATABASE, reuse=True):
+        url = with_database(database_url, scratch_database)
+        if await ensure_database(database_url, scratch_database, reuse=True):
             started = time.monotonic()
             await _load(url, postings)
             print(f"loaded {postings} postings in {time.monotonic() - started:.0f} s\n")
         await _report(url)
         if not keep:
-            await drop_databases(database_url, SCRATCH_DATABASE)
+            await drop_databases(database_url, scratch_database)
 
     asyncio.run(run())
 

@@ -41,14 +41,19 @@ LIMIT $3::int
 
 # What flowed into and out of user accounts (system accounts are the other side), per UTC day
 # and asset: credited and debited amounts and the number of transactions.
+# An entry's time and asset are its transaction's when it has none of its own (written since
+# migration 0013; older entries keep theirs, stamped in the same statement).
 VOLUME_SQL = """
-SELECT (e.created_at AT TIME ZONE 'UTC')::date AS day, e.asset_code,
+SELECT (e.at AT TIME ZONE 'UTC')::date AS day, e.asset_code,
        coalesce(sum(e.amount_minor) FILTER (WHERE e.amount_minor > 0), 0)::text AS credited,
        coalesce(-sum(e.amount_minor) FILTER (WHERE e.amount_minor < 0), 0)::text AS debited,
        count(DISTINCT e.transaction_id) AS transactions
-FROM ledger_entries e
-JOIN accounts a ON a.id = e.account_id AND a.kind = 'user'
-WHERE e.created_at >= $1
+FROM (SELECT coalesce(x.created_at, t.created_at) AS at, coalesce(x.asset_code, t.asset_code) AS asset_code,
+             x.amount_minor, x.transaction_id
+        FROM ledger_entries x
+        JOIN accounts a ON a.id = x.account_id AND a.kind = 'user'
+        JOIN transactions t ON t.id = x.transaction_id) e
+WHERE e.at >= $1
 GROUP BY 1, 2
 ORDER BY 1, 2
 """

@@ -343,7 +343,9 @@ WHOLE_CHECKS: list[tuple[str, str]] = [
     ),
 ]
 
-# Per block range of ledger_entries ($1 <= block < $2): each account's entries summed and counted.
+# Per block range of ledger_entries ($1 <= block < $2): each account's entries summed and counted,
+# by the asset an entry names (NULL, as the posting core writes them since migration 0013: its
+# transaction's, which the entries' check holds to be its account's; resolved from the accounts).
 ENTRY_SUMS_SQL = """
 SELECT e.account_id, e.asset_code, sum(e.amount_minor) AS total, count(*) AS entries
   FROM ledger_entries e
@@ -530,7 +532,7 @@ async def verify_ledger(
             bounds = await conn.fetchrow(BOUNDS_SQL, timeout=timeout_s)
             assert bounds is not None
 
-            entry_sums: dict[tuple[int, str], list[int]] = defaultdict(lambda: [0, 0])
+            entry_sums: dict[tuple[int, str | None], list[int]] = defaultdict(lambda: [0, 0])
             accounts: dict[int, asyncpg.Record] = {}
             transaction_count = [0]
             chain_counts: dict[int, tuple[int, int]] = {}
@@ -616,6 +618,9 @@ async def verify_ledger(
             system_balances: dict[tuple[str, str], int] = {}
             sum_of: dict[int, int] = defaultdict(int)
             for (account_id, asset_code), (total, _) in entry_sums.items():
+                if asset_code is None:
+                    account = accounts.get(account_id)
+                    asset_code = account["asset_code"] if account is not None else "(unknown account)"
                 asset_totals[asset_code] += total
                 sum_of[account_id] += total
             unchained = False

@@ -5,8 +5,10 @@ Both documents are rendered to JSON by PostgreSQL and passed through as text: th
 
 Balances as of a time come from the ledger, not from the cached balance: the balance after the
 account's newest posting stamped at or before that instant (postings are stamped under the
-account's row lock, so their times follow the order they were applied). Each is one descent of
-the index (user, asset, created_at, seq), whatever the length of the history.
+account's row lock, so their times follow the order they were applied): found by a search over
+the (user, asset, seq) index (wallet_account_seq_at: a few descents, at most twice log2 of the
+seq span, whatever the length of the history), and for transfers received by one descent of the
+counterparty's (user, asset, created_at, seq) index.
 """
 
 from __future__ import annotations
@@ -109,8 +111,9 @@ SELECT jsonb_build_object(
             SELECT coalesce((
                        SELECT x.balance FROM (
                            (SELECT p.created_at, p.seq, p.balance_after_minor AS balance FROM transactions p
-                             WHERE p.user_id = a.user_id AND p.asset_code = a.asset_code AND p.created_at <= $3
-                             ORDER BY p.created_at DESC, p.seq DESC LIMIT 1)
+                             WHERE p.user_id = a.user_id AND p.asset_code = a.asset_code
+                               AND p.seq = (wallet_account_seq_at(a.user_id, a.asset_code, $3, true)).before_seq
+                             LIMIT 1)
                            UNION ALL
                            (SELECT p.created_at, p.seq, p.counterparty_balance_after_minor FROM transactions p
                              WHERE p.counterparty_user_id = a.user_id AND p.asset_code = a.asset_code
@@ -121,6 +124,7 @@ SELECT jsonb_build_object(
                        SELECT sum(h.amount_minor) FROM holds h
                         WHERE h.user_id = a.user_id AND h.asset_code = a.asset_code AND h.created_at <= $3
                           AND h.expires_at > $3 AND (h.closed_at IS NULL OR h.closed_at > $3)), 0)::bigint AS held
+            OFFSET 0  -- once per account (pulled up, each use of b.balance would search again)
         ) b
         CROSS JOIN LATERAL (
             SELECT coalesce(sum(m.amount_minor) FILTER (WHERE l.origin = 'purchased'), 0)::bigint AS purchased,
@@ -160,24 +164,22 @@ ORDER BY h.seq DESC LIMIT $5
 """
 
 # The same, within [from, to). The time bounds are first turned into bounds on seq, per asset
-# account, by one index descent each on (user, asset, created_at, seq): postings of one account are
-# stamped under its row lock, so their times follow their seq. The page is then read from the
+# account: postings of one account are stamped under its row lock, so their times follow their
+# seq. The user's own are found by a search over (user, asset, seq) (wallet_account_seq_at: the
+# postings either side of each bound, a few index descents each), transfers received by one
+# descent of the counterparty's (user, asset, created_at, seq). The page is then read from the
 # (user, asset, seq) index between those bounds, one scan per asset (the created_at filter only
 # drops rows of other accounts stamped out of order by microseconds). A window anywhere in a long
-# history costs the same.
+# history costs about the same.
 # It is planned with the parameters' values (a generic plan, not knowing the bounds, would read
-# the time index and sort); the documents are then rendered by a second statement under the
+# the counterparty's time index and sort); the documents are then rendered by a second statement under the
 # session's generic plans, as a custom plan there would re-plan wallet_transaction_json per row.
 HISTORY_RANGE_SQL = """
 WITH mine AS (
-    SELECT (SELECT max(x.seq) FROM unnest($2::text[]) AS a(code) CROSS JOIN LATERAL (
-                SELECT t.seq FROM transactions t
-                 WHERE t.user_id = $1 AND t.asset_code = a.code AND t.created_at < $7
-                 ORDER BY t.created_at DESC, t.seq DESC LIMIT 1) AS x) AS hi,
-           (SELECT min(x.seq) FROM unnest($2::text[]) AS a(code) CROSS JOIN LATERAL (
-                SELECT t.seq FROM transactions t
-                 WHERE t.user_id = $1 AND t.asset_code = a.code AND t.created_at >= $6
-                 ORDER BY t.created_at, t.seq LIMIT 1) AS x) AS lo
+    SELECT (SELECT max(x.before_seq) FROM unnest($2::text[]) AS a(code),
+                   wallet_account_seq_at($1, a.code, $7, false) AS x) AS hi,
+           (SELECT min(x.after_seq) FROM unnest($2::text[]) AS a(code),
+                   wallet_account_seq_at($1, a.code, $6, false) AS x) AS lo
 ), received AS (
     SELECT (SELECT max(x.seq) FROM unnest($2::text[]) AS a(code) CROSS JOIN LATERAL (
                 SELECT t.seq FROM transactions t

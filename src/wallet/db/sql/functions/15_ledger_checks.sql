@@ -15,8 +15,10 @@
 --
 -- Once per INSERT statement on ledger_entries, over all its rows: each transaction's entries are
 -- numbered 1..n with n >= 2 (so none can be appended to it by a later statement), they sum to
--- zero, each names an existing account of the transaction's asset, one of them is the account of
--- the transaction's user (so the user exists), and the caller exists.
+-- zero, each names an existing account of the transaction's asset (an entry's asset_code, when it
+-- names one, must be that asset too; the posting core leaves it NULL: the transaction's, migration
+-- 0013), one of them is the account of the transaction's user (so the user exists), and the
+-- caller exists.
 CREATE OR REPLACE FUNCTION wallet_ledger_entries_check() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
     v_problem text;
@@ -37,7 +39,8 @@ BEGIN
       FROM (SELECT n.transaction_id,
                    bool_and(t.id IS NOT NULL AND k.id IS NOT NULL) AS transaction_ok,
                    count(*) AS entry_count, min(n.entry_no) AS first_no, max(n.entry_no) AS last_no,
-                   bool_and(a.id IS NOT NULL AND a.asset_code = n.asset_code AND t.asset_code = n.asset_code)
+                   bool_and(a.id IS NOT NULL AND a.asset_code = coalesce(n.asset_code, t.asset_code)
+                            AND t.asset_code = coalesce(n.asset_code, t.asset_code))
                        AS accounts_ok,
                    coalesce(bool_or(a.user_id = t.user_id), false) AS user_ok,
                    sum(n.amount_minor) AS total

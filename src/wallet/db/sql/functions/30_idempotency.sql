@@ -44,7 +44,8 @@ BEGIN
 END $$;
 
 -- Stores the outcomes of requests (parallel arrays): the one writer of idempotency_keys. A
--- posted transaction's record keeps its id (p_transaction_ids) and no body: a replay renders it.
+-- posted transaction's record keeps its id (p_transaction_ids), no body (a replay renders it) and
+-- no time (its transaction's, migration 0013).
 -- Only the lots it moved are kept as answered when they name an expiry: a lot's expiry is fixed
 -- (credit_lots_identity_fixed), but the answer must not depend on it, even where tests make time
 -- pass by moving one.
@@ -53,12 +54,13 @@ CREATE OR REPLACE FUNCTION wallet_idempotency_store(
     p_transaction_ids uuid[]) RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN
-    INSERT INTO idempotency_keys (api_key_id, key, request_sha256, outcome, response_body, transaction_id)
+    INSERT INTO idempotency_keys (api_key_id, key, request_sha256, outcome, response_body, transaction_id,
+                                  created_at)
     SELECT w.api_key_id, w.key, w.fingerprint, w.outcome,
            CASE WHEN w.transaction_id IS NULL THEN w.body
                 WHEN jsonb_path_exists(w.body, '$.lots[*] ? (@.expires_at != null)')
                 THEN jsonb_build_object('lots', w.body -> 'lots') END,
-           w.transaction_id
+           w.transaction_id, CASE WHEN w.transaction_id IS NULL THEN now() END
       FROM unnest(p_api_key_ids, p_keys, p_fingerprints, p_outcomes, p_bodies, p_transaction_ids)
            AS w(api_key_id, key, fingerprint, outcome, body, transaction_id);
 END $$;

@@ -316,8 +316,9 @@ BEGIN
          ORDER BY p.ordinality
         RETURNING *
     ), entries AS (
-        INSERT INTO ledger_entries (transaction_id, entry_no, account_id, asset_code, amount_minor)
-        SELECT v_ids[p.ordinality], l.entry_no::smallint, l.account_id, p.asset_code, l.amount_minor
+        -- (no asset nor time: the transaction's; migration 0013)
+        INSERT INTO ledger_entries (transaction_id, entry_no, account_id, amount_minor)
+        SELECT v_ids[p.ordinality], l.entry_no::smallint, l.account_id, l.amount_minor
           FROM unnest(v_postings) WITH ORDINALITY AS p
          CROSS JOIN LATERAL unnest(p.account_ids, p.amounts_minor) WITH ORDINALITY AS l(account_id, amount_minor, entry_no)
          WHERE v_ids[p.ordinality] IS NOT NULL
@@ -359,7 +360,7 @@ BEGIN
         SELECT (w.i - cardinality(v_resting))::integer, v_ids[w.i],
                CASE WHEN v_ids[w.i] IS NOT NULL AND p_documents
                     THEN v_documents[w.i] || jsonb_build_object('lots', (
-                             SELECT coalesce(jsonb_agg(wallet_lot_movement_document(m, l) ORDER BY m.id), '[]'::jsonb)
+                             SELECT coalesce(jsonb_agg(wallet_lot_movement_document(m, l) ORDER BY coalesce(m.movement_no, m.id)), '[]'::jsonb)
                                FROM lot_movements m JOIN credit_lots l ON l.id = m.lot_id
                               WHERE m.transaction_id = v_ids[w.i])) END,
                v_short[w.i]

@@ -4,6 +4,13 @@
 -- Everything here runs under the user account's row lock, which every posting takes before it
 -- writes its entries: lots of one account change one posting at a time.
 
+-- How many lot movements the transaction has (migration 0013: a new movement is numbered after
+-- them, in the order its transaction moved its lots).
+CREATE OR REPLACE FUNCTION wallet_lot_movements_of(p_transaction_id uuid) RETURNS smallint
+LANGUAGE sql STABLE AS $$
+    SELECT count(*)::smallint FROM lot_movements m WHERE m.transaction_id = p_transaction_id
+$$;
+
 -- Adds p_amount_minor to the account's lot of that origin and expiry (creating it if new), as a
 -- movement of p_transaction_id. An update first, an insert only for a new lot (under the
 -- account's row lock no other writer can add it meanwhile): INSERT ... ON CONFLICT DO UPDATE
@@ -27,7 +34,8 @@ BEGIN
             VALUES (p_account_id, p_origin, p_expires_at, p_amount_minor)
             RETURNING id INTO v_lot;
     END IF;
-    INSERT INTO lot_movements (transaction_id, lot_id, amount_minor) VALUES (p_transaction_id, v_lot, p_amount_minor);
+    INSERT INTO lot_movements (transaction_id, lot_id, amount_minor, movement_no)
+        VALUES (p_transaction_id, v_lot, p_amount_minor, wallet_lot_movements_of(p_transaction_id) + 1);
 END $$;
 
 -- A credit of p_amount_minor to the account that takes the origins of other lots (a top-up or
@@ -68,11 +76,12 @@ BEGIN
          WHERE r.reverses = p_reverses AND r.id <> p_transaction_id AND m.amount_minor > 0;
     END IF;
     FOR d IN
-        SELECT m.id, m.lot_id, l.origin, l.expires_at, -m.amount_minor AS drawn, ac.asset_code
+        SELECT coalesce(m.movement_no, m.id) AS no, m.lot_id, l.origin, l.expires_at, -m.amount_minor AS drawn,
+               ac.asset_code
           FROM lot_movements m JOIN credit_lots l ON l.id = m.lot_id JOIN accounts ac ON ac.id = l.account_id
          WHERE m.transaction_id = CASE WHEN p_type = 'refund' THEN p_reverses ELSE p_transaction_id END
            AND m.amount_minor < 0
-         ORDER BY CASE WHEN p_type = 'refund' THEN -m.id ELSE m.id END
+         ORDER BY CASE WHEN p_type = 'refund' THEN -coalesce(m.movement_no, m.id) ELSE coalesce(m.movement_no, m.id) END
     LOOP
         EXIT WHEN v_left = 0;
         v_take := d.drawn - least(v_skip, d.drawn);
@@ -172,8 +181,11 @@ BEGIN
         UPDATE credit_lots l SET remaining_minor = l.remaining_minor - (SELECT dr.take FROM drawn dr WHERE dr.id = l.id)
          WHERE l.id = ANY (ARRAY(SELECT dr.id FROM drawn dr))
     ), moved AS (
-        INSERT INTO lot_movements (transaction_id, lot_id, amount_minor)
-        SELECT dr.transaction_id, dr.id, -dr.take FROM drawn dr ORDER BY dr.i, dr.running
+        INSERT INTO lot_movements (transaction_id, lot_id, amount_minor, movement_no)
+        SELECT dr.transaction_id, dr.id, -dr.take,
+               wallet_lot_movements_of(dr.transaction_id)
+               + row_number() OVER (PARTITION BY dr.transaction_id ORDER BY dr.i, dr.running)
+          FROM drawn dr ORDER BY dr.i, dr.running
     ), per_debit AS (
         SELECT d.*, coalesce(x.drawn, 0) AS drawn, coalesce(x.expiring, false) AS expiring
           FROM debit d
@@ -317,7 +329,7 @@ BEGIN
                     OFFSET 0) n
              CROSS JOIN LATERAL (SELECT x.user_id FROM accounts x WHERE x.id = n.account_id LIMIT 1) a
              CROSS JOIN LATERAL (SELECT y.* FROM transactions y WHERE y.id = n.transaction_id LIMIT 1) t
-              LEFT JOIN LATERAL (SELECT z.* FROM asset_lot_policies z WHERE z.asset_code = n.asset_code LIMIT 1) p
+              LEFT JOIN LATERAL (SELECT z.* FROM asset_lot_policies z WHERE z.asset_code = t.asset_code LIMIT 1) p
                 ON true) r;
     IF v_n = 0 THEN
         RETURN NULL;
@@ -350,8 +362,10 @@ BEGIN
                 DO UPDATE SET remaining_minor = l.remaining_minor + EXCLUDED.remaining_minor
             RETURNING l.id, l.account_id
         )
-        INSERT INTO lot_movements (transaction_id, lot_id, amount_minor)
-        SELECT f.transaction_id, lot.id, f.amount FROM fill f JOIN lot ON lot.account_id = f.account_id ORDER BY f.i;
+        INSERT INTO lot_movements (transaction_id, lot_id, amount_minor, movement_no)
+        SELECT f.transaction_id, lot.id, f.amount,
+               wallet_lot_movements_of(f.transaction_id) + row_number() OVER (PARTITION BY f.transaction_id ORDER BY f.i)
+          FROM fill f JOIN lot ON lot.account_id = f.account_id ORDER BY f.i;
         v_accounts := v_accounts || ARRAY(
             SELECT v_account_ids[w.i] FROM generate_series(1, v_n) AS w(i)
              WHERE v_set_based[w.i] AND v_amounts[w.i] > 0 AND v_balances_after[w.i] > 0
@@ -470,7 +484,8 @@ BEGIN
     END LOOP;
 END $$;
 
--- The lots a transaction filled (positive) or drew (negative), in the order it moved them.
+-- The lots a transaction filled (positive) or drew (negative), in the order it moved them
+-- (coalesce(movement_no, id): movement_no since migration 0013, the id before).
 CREATE OR REPLACE FUNCTION wallet_lot_movement_document(m lot_movements, l credit_lots) RETURNS jsonb
 LANGUAGE sql STABLE AS $$
     SELECT jsonb_build_object(
@@ -485,7 +500,7 @@ CREATE OR REPLACE FUNCTION wallet_transaction_lots(p_transaction_id uuid) RETURN
 LANGUAGE plpgsql STABLE AS $$
 BEGIN
     RETURN (
-        SELECT coalesce(jsonb_agg(wallet_lot_movement_document(m, l.lot) ORDER BY m.id), '[]'::jsonb)
+        SELECT coalesce(jsonb_agg(wallet_lot_movement_document(m, l.lot) ORDER BY coalesce(m.movement_no, m.id)), '[]'::jsonb)
           FROM lot_movements m
          CROSS JOIN LATERAL (SELECT x AS lot FROM credit_lots x WHERE x.id = m.lot_id LIMIT 1) l
          WHERE m.transaction_id = p_transaction_id);
@@ -497,7 +512,7 @@ RETURNS TABLE (transaction_id uuid, lots jsonb)
 LANGUAGE plpgsql STABLE AS $$
 BEGIN
     RETURN QUERY
-        SELECT m.transaction_id, jsonb_agg(wallet_lot_movement_document(m, l.lot) ORDER BY m.id)
+        SELECT m.transaction_id, jsonb_agg(wallet_lot_movement_document(m, l.lot) ORDER BY coalesce(m.movement_no, m.id))
           FROM lot_movements m
          CROSS JOIN LATERAL (SELECT x AS lot FROM credit_lots x WHERE x.id = m.lot_id LIMIT 1) l
          WHERE m.transaction_id = ANY (p_transaction_ids)
