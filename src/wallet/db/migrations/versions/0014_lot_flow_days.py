@@ -1,0 +1,24 @@
+"""Running totals of the lot movements per day, for the liability report.
+
+Revision ID: 0014
+Revises: 0012
+"""
+
+from alembic import op
+
+from wallet.db.migrations.script_runner import run_sql_script
+
+revision = "0014"
+down_revision = "0012"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    run_sql_script("0014_lot_flow_days.sql")
+
+
+def downgrade() -> None:
+    op.execute("DROP TABLE lot_flow_totals")
+    op.execute("DROP TABLE lot_flow_days")
+    op.execute("DROP TABLE lot_flow_rollup")
