@@ -16,7 +16,9 @@ import pytest
 from tools.bench import prepare_ledger
 from tools.scale_load import load_transactions
 
-from wallet.services.lots import roll_lot_flows
+from tests.support import post
+from wallet.db.pool import create_pool
+from wallet.services.lots import roll_lot_flows, run_lot_flow_roller
 from wallet.settings import Settings
 
 USERS = 12
@@ -221,3 +223,52 @@ async def test_a_roll_with_no_room_or_no_settling_time_is_refused(three_days):
                 await conn.fetchval(f"SELECT wallet_roll_lot_flows({args})")
     finally:
         await conn.close()
+
+
+async def test_the_workers_roll_up_while_postings_go_on_and_count_each_once(
+    admin, pool, settings, database_url, make_user
+):
+    """Each worker of `wallet serve` runs the roll-up; here three do, every 50 ms, on pools of
+    their own, while writers post: they keep up, and the totals are the movements they roll up."""
+    users = [await make_user(GOLD_COINS=1_000) for _ in range(3)]
+    worker = settings.model_copy(
+        update={"lot_flow_roll_interval_ms": 50, "lot_flow_roll_chunk_transactions": 5}
+    )
+    pools = [await create_pool(worker, database_url) for _ in range(3)]
+    stop = asyncio.Event()
+    posted = 0
+
+    async def write(user: str) -> None:
+        nonlocal posted
+        while not stop.is_set():
+            await post(admin, "topup", user_id=user, asset_type="GOLD_COINS", amount=3)
+            await post(admin, "spend", user_id=user, asset_type="GOLD_COINS", amount=2)
+            posted += 2
+
+    writers = [asyncio.create_task(write(user)) for user in users]
+    rollers = [asyncio.create_task(run_lot_flow_roller(p, worker)) for p in pools]
+    try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 60
+        while posted < 60:
+            assert loop.time() < deadline, "the writers did not post"
+            await asyncio.sleep(0.05)
+        stop.set()
+        await asyncio.gather(*writers)
+        newest = await pool.fetchval("SELECT max(seq) FROM transactions")
+        while await pool.fetchval("SELECT through_seq FROM lot_flow_rollup") < newest:
+            assert loop.time() < deadline, "the rollers did not catch up"
+            await asyncio.sleep(0.05)
+        assert await pool.fetchval(
+            """SELECT (SELECT coalesce(sum(amount_minor), 0) FROM lot_flow_totals)
+                      = (SELECT coalesce(sum(mv.amount_minor), 0) FROM lot_movements mv
+                           JOIN transactions t ON t.id = mv.transaction_id
+                          WHERE t.seq <= (SELECT through_seq FROM lot_flow_rollup))"""
+        )
+    finally:
+        stop.set()
+        for task in rollers:
+            task.cancel()
+        await asyncio.gather(*writers, *rollers, return_exceptions=True)
+        for p in pools:
+            await p.close()
