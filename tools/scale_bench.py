@@ -97,13 +97,13 @@ async def _facts(url: str) -> tuple[int, int, int]:
 async def _roll_up(url: str) -> float:
     """Brings the liability report's per-day totals up to date, as the service's background task
     does (its chunks, without its rests, nothing left to settle): seconds."""
-    from wallet.services.lots import roll_lot_flows
+    from wallet.services.rollup import roll_up
     from wallet.settings import Settings
 
     pool = await asyncpg.create_pool(url, min_size=1, max_size=1, server_settings={"jit": "off"})
     try:
         started = time.monotonic()
-        await roll_lot_flows(pool, Settings(database_url=url, audit_settle_ms=0))
+        await roll_up(pool, Settings(database_url=url, audit_settle_ms=0))
         return time.monotonic() - started
     finally:
         await pool.close()

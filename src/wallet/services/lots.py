@@ -6,10 +6,9 @@ Expiry runs in small database transactions (`lot_expiry_accounts_per_transaction
 each, locked with SKIP LOCKED), so it never holds many users' row locks at once and two runs,
 or a run and a spend, never expire one lot twice.
 
-The liability report sums lot movements per asset, origin and type over a window of time. A
-background task keeps per-day totals of them (`roll_lot_flows`, migration 0014), off the
-posting path; the report reads those for the days its window covers whole and the movements
-themselves only for the days it cuts and for what is not rolled yet.
+The liability report sums lot movements per asset, origin and type over a window of time: from
+the per-day totals of wallet.services.rollup for the days its window covers whole, movement by
+movement for the days it cuts and for what is not rolled up yet.
 """
 
 from __future__ import annotations
@@ -17,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -105,41 +103,6 @@ async def run_lot_expirer(pool: asyncpg.Pool, settings: Settings) -> None:
                 log.info("lots_expired", accounts=run.accounts, expired_minor=run.expired_minor)
         except Exception as exc:  # a run that fails is retried by the next one
             log.warning("lot_expiry_failed", error=type(exc).__name__)
-
-
-async def roll_lot_flows(pool: asyncpg.Pool, settings: Settings, *, rest: bool = False) -> int:
-    """Adds the settled transactions not rolled yet to the liability report's per-day totals, a
-    chunk per database transaction, until caught up (or another process holds the checkpoint);
-    returns how many it rolled. With `rest`, it rests after each chunk as long as the chunk took:
-    catching up on a backlog leaves the requests at least half the time."""
-    chunk = settings.lot_flow_roll_chunk_transactions
-    settle_s = settings.audit_settle_ms / 1000
-    rolled = 0
-    while True:
-        started = time.monotonic()
-        count = await pool.fetchval(
-            "SELECT wallet_roll_lot_flows($1, make_interval(secs => $2))", chunk, settle_s
-        )
-        assert isinstance(count, int)
-        assert 0 <= count <= chunk
-        rolled += count
-        if count < chunk:
-            return rolled
-        if rest:
-            await asyncio.sleep(time.monotonic() - started)
-
-
-async def run_lot_flow_roller(pool: asyncpg.Pool, settings: Settings) -> None:
-    """Background task of each worker: roll the lot movements up every `lot_flow_roll_interval_ms`."""
-    interval_s = settings.lot_flow_roll_interval_ms / 1000
-    while True:
-        await asyncio.sleep(interval_s)
-        try:
-            rolled = await roll_lot_flows(pool, settings, rest=True)
-            if rolled:
-                log.debug("lot_flows_rolled", transactions=rolled)
-        except Exception as exc:  # a chunk that fails is retried by the next run (from the checkpoint)
-            log.warning("lot_flow_roll_failed", error=type(exc).__name__)
 
 
 # The report's figures per asset, in the order of the CSV columns.

@@ -1,4 +1,4 @@
-"""The liability report's per-day totals (wallet.services.lots.roll_lot_flows, migration 0014):
+"""The liability report's per-day totals (wallet.services.lots.roll_up, migration 0014):
 whatever the roll-up has reached (nothing, part of a day, everything), the report gives, for any
 window, the figures of its definition, the sum of every lot movement by its transaction's time;
 the roll-up takes only settled transactions, in seq order, and two rollers at once count each
@@ -18,7 +18,7 @@ from tools.scale_load import load_transactions
 
 from tests.support import post
 from wallet.db.pool import create_pool
-from wallet.services.lots import roll_lot_flows, run_lot_flow_roller
+from wallet.services.rollup import roll_up, run_roller
 from wallet.settings import Settings
 
 USERS = 12
@@ -52,8 +52,23 @@ SELECT a.code AS asset_type,
 """
 
 
+# The daily volume by its definition: every entry on a user account, by its transaction's UTC day.
+VOLUME_DEFINITION = """
+SELECT (t.created_at AT TIME ZONE 'UTC')::date, a.asset_code,
+       coalesce(sum(e.amount_minor) FILTER (WHERE e.amount_minor > 0), 0),
+       coalesce(-sum(e.amount_minor) FILTER (WHERE e.amount_minor < 0), 0),
+       count(DISTINCT e.transaction_id)
+  FROM ledger_entries e
+  JOIN accounts a ON a.id = e.account_id AND a.kind = 'user'
+  JOIN transactions t ON t.id = e.transaction_id
+ WHERE (t.created_at AT TIME ZONE 'UTC')::date >= $1
+ GROUP BY 1, 2
+ ORDER BY 1, 2
+"""
+
+
 def _settings(chunk: int, settle_ms: int = 0) -> Settings:
-    return Settings(lot_flow_roll_chunk_transactions=chunk, audit_settle_ms=settle_ms)
+    return Settings(rollup_chunk_transactions=chunk, audit_settle_ms=settle_ms)
 
 
 @pytest.fixture(scope="module")
@@ -127,6 +142,15 @@ async def _windows(
 
 
 async def _assert_report_is_its_definition(conn: asyncpg.Connection, windows) -> None:
+    """The liability report for each window, and the daily volume from each day on."""
+    days = [
+        r[0]
+        for r in await conn.fetch("SELECT DISTINCT (created_at AT TIME ZONE 'UTC')::date FROM transactions")
+    ]
+    for first in [*days, min(days) - timedelta(days=1), max(days) + timedelta(days=1)]:
+        volume = [tuple(r) for r in await conn.fetch("SELECT * FROM wallet_volume_per_day($1)", first)]
+        assert volume == [tuple(r) for r in await conn.fetch(VOLUME_DEFINITION, first)], first
+        assert first > max(days) or volume
     for as_of, from_, to in windows:
         report = [
             tuple(r)
@@ -148,33 +172,37 @@ async def test_the_report_is_its_definition_whatever_the_roll_up_has_reached(cre
     pool = await asyncpg.create_pool(url, min_size=1, max_size=2)
     try:
         windows = await _windows(conn, 40, seed=18)
-        assert await conn.fetchval("SELECT through_seq FROM lot_flow_rollup") == 0
+        assert await conn.fetchval("SELECT through_seq FROM rollup_checkpoint") == 0
         await _assert_report_is_its_definition(conn, windows)  # nothing rolled: every movement read
 
         # Part of the ledger: chunks of 97 transactions end in the middle of days.
-        assert await conn.fetchval("SELECT wallet_roll_lot_flows(97, interval '0')") == 97
-        assert await conn.fetchval("SELECT wallet_roll_lot_flows(97, interval '0')") == 97
-        assert await conn.fetchval("SELECT through_seq FROM lot_flow_rollup") > 0
+        assert await conn.fetchval("SELECT wallet_roll_up(97, interval '0')") == 97
+        assert await conn.fetchval("SELECT wallet_roll_up(97, interval '0')") == 97
+        assert await conn.fetchval("SELECT through_seq FROM rollup_checkpoint") > 0
         await _assert_report_is_its_definition(conn, windows)
 
         total = await conn.fetchval("SELECT count(*) FROM transactions")
-        rolled = await roll_lot_flows(pool, _settings(chunk=50))
+        rolled = await roll_up(pool, _settings(chunk=50))
         assert rolled == total - 2 * 97  # the rest, in chunks, until caught up
-        assert await roll_lot_flows(pool, _settings(chunk=50)) == 0
-        assert await conn.fetchval("SELECT through_seq FROM lot_flow_rollup") == await conn.fetchval(
+        assert await roll_up(pool, _settings(chunk=50)) == 0
+        assert await conn.fetchval("SELECT through_seq FROM rollup_checkpoint") == await conn.fetchval(
             "SELECT max(seq) FROM transactions"
         )
-        assert await conn.fetchval("SELECT count(*) FROM lot_flow_days") >= DAYS
+        assert await conn.fetchval("SELECT count(*) FROM rollup_days") >= DAYS
         await _assert_report_is_its_definition(conn, windows)
 
         # Postings after the roll-up are read one by one until the next roll.
         await load_transactions(url, 40, users=USERS, chunk=20, connections=1, run="after")
         await _assert_report_is_its_definition(conn, await _windows(conn, 20, seed=20))
-        # The totals are those of the movements they roll up, to the unit.
+        # The totals are those of the movements and entries they roll up, to the unit.
+        assert await conn.fetchval(
+            """SELECT (SELECT sum(transactions) FROM volume_totals)
+                      = (SELECT count(*) FROM transactions WHERE seq <= (SELECT through_seq FROM rollup_checkpoint))"""
+        )
         assert await conn.fetchval(
             """SELECT (SELECT sum(amount_minor) FROM lot_flow_totals)
                       = (SELECT sum(mv.amount_minor) FROM lot_movements mv JOIN transactions t ON t.id = mv.transaction_id
-                          WHERE t.seq <= (SELECT through_seq FROM lot_flow_rollup))"""
+                          WHERE t.seq <= (SELECT through_seq FROM rollup_checkpoint))"""
         )
     finally:
         await pool.close()
@@ -189,20 +217,20 @@ async def test_the_roll_up_takes_settled_transactions_only_and_each_once(create_
         # Settled an hour: today's postings (the last day loaded) wait; the days before go, and the
         # roll stops at the first transaction not settled, whatever comes after it in seq.
         hour = _settings(chunk=100, settle_ms=3_600_000)
-        rolled = await roll_lot_flows(pool, hour)
+        rolled = await roll_up(pool, hour)
         first_recent = await conn.fetchval(
             "SELECT min(seq) FROM transactions WHERE created_at >= clock_timestamp() - interval '1 hour'"
         )
         assert rolled == await conn.fetchval("SELECT count(*) FROM transactions WHERE seq < $1", first_recent)
-        assert await conn.fetchval("SELECT through_seq FROM lot_flow_rollup") == first_recent - 1
+        assert await conn.fetchval("SELECT through_seq FROM rollup_checkpoint") == first_recent - 1
 
         # Two rollers at once, in small chunks: each transaction is counted once.
         small = _settings(chunk=7)
-        counts = await asyncio.gather(roll_lot_flows(pool, small), roll_lot_flows(pool, small))
-        assert await conn.fetchval("SELECT through_seq FROM lot_flow_rollup") == await conn.fetchval(
+        counts = await asyncio.gather(roll_up(pool, small), roll_up(pool, small))
+        assert await conn.fetchval("SELECT through_seq FROM rollup_checkpoint") == await conn.fetchval(
             "SELECT max(seq) FROM transactions"
         )
-        assert rolled + sum(counts) + await roll_lot_flows(pool, small) == await conn.fetchval(
+        assert rolled + sum(counts) + await roll_up(pool, small) == await conn.fetchval(
             "SELECT count(*) FROM transactions"
         )
         assert await conn.fetchval(
@@ -220,7 +248,7 @@ async def test_a_roll_with_no_room_or_no_settling_time_is_refused(three_days):
     try:
         for args in ("0, interval '0'", "NULL, interval '0'", "10, NULL"):
             with pytest.raises(asyncpg.CheckViolationError):
-                await conn.fetchval(f"SELECT wallet_roll_lot_flows({args})")
+                await conn.fetchval(f"SELECT wallet_roll_up({args})")
     finally:
         await conn.close()
 
@@ -231,9 +259,7 @@ async def test_the_workers_roll_up_while_postings_go_on_and_count_each_once(
     """Each worker of `wallet serve` runs the roll-up; here three do, every 50 ms, on pools of
     their own, while writers post: they keep up, and the totals are the movements they roll up."""
     users = [await make_user(GOLD_COINS=1_000) for _ in range(3)]
-    worker = settings.model_copy(
-        update={"lot_flow_roll_interval_ms": 50, "lot_flow_roll_chunk_transactions": 5}
-    )
+    worker = settings.model_copy(update={"rollup_interval_ms": 50, "rollup_chunk_transactions": 5})
     pools = [await create_pool(worker, database_url) for _ in range(3)]
     stop = asyncio.Event()
     posted = 0
@@ -246,7 +272,7 @@ async def test_the_workers_roll_up_while_postings_go_on_and_count_each_once(
             posted += 2
 
     writers = [asyncio.create_task(write(user)) for user in users]
-    rollers = [asyncio.create_task(run_lot_flow_roller(p, worker)) for p in pools]
+    rollers = [asyncio.create_task(run_roller(p, worker)) for p in pools]
     try:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 60
@@ -256,14 +282,14 @@ async def test_the_workers_roll_up_while_postings_go_on_and_count_each_once(
         stop.set()
         await asyncio.gather(*writers)
         newest = await pool.fetchval("SELECT max(seq) FROM transactions")
-        while await pool.fetchval("SELECT through_seq FROM lot_flow_rollup") < newest:
+        while await pool.fetchval("SELECT through_seq FROM rollup_checkpoint") < newest:
             assert loop.time() < deadline, "the rollers did not catch up"
             await asyncio.sleep(0.05)
         assert await pool.fetchval(
             """SELECT (SELECT coalesce(sum(amount_minor), 0) FROM lot_flow_totals)
                       = (SELECT coalesce(sum(mv.amount_minor), 0) FROM lot_movements mv
                            JOIN transactions t ON t.id = mv.transaction_id
-                          WHERE t.seq <= (SELECT through_seq FROM lot_flow_rollup))"""
+                          WHERE t.seq <= (SELECT through_seq FROM rollup_checkpoint))"""
         )
     finally:
         stop.set()

@@ -1,6 +1,7 @@
 -- Re-installed by every `wallet migrate` (after the versioned migrations); see wallet.db.migrate.
--- The liability report, and the per-day totals of lot movements it reads (migration 0014). Kept
--- apart from 60_lots.sql, which migration 0009 also installs, before these tables exist.
+-- The per-day totals of the reports (migration 0014, wallet.services.rollup), and the reports
+-- that read them: the liability report and the daily volume. Kept apart from 60_lots.sql, which
+-- migration 0009 also installs, before these tables exist.
 
 -- The lot movements of one transaction, with the asset and origin of each lot: by key (the
 -- transaction's movements, each lot, its account), whatever the statistics say. The one path
@@ -14,10 +15,22 @@ LANGUAGE sql STABLE AS $$
      CROSS JOIN LATERAL (SELECT ac.asset_code FROM accounts ac WHERE ac.id = l.account_id OFFSET 0) ac
 $$;
 
+-- What one transaction credited to and debited from user accounts, per asset (none: it touched
+-- no user account): its entries by key, each account by key.
+CREATE OR REPLACE FUNCTION wallet_user_volume_of(p_transaction_id uuid)
+RETURNS TABLE (asset_code text, credited_minor bigint, debited_minor bigint)
+LANGUAGE sql STABLE AS $$
+    SELECT ac.asset_code, coalesce(sum(e.amount_minor) FILTER (WHERE e.amount_minor > 0), 0)::bigint,
+           coalesce(-sum(e.amount_minor) FILTER (WHERE e.amount_minor < 0), 0)::bigint
+      FROM (SELECT e.account_id, e.amount_minor FROM ledger_entries e WHERE e.transaction_id = p_transaction_id OFFSET 0) e
+     CROSS JOIN LATERAL (SELECT ac.asset_code FROM accounts ac WHERE ac.id = e.account_id AND ac.kind = 'user' OFFSET 0) ac
+     GROUP BY ac.asset_code
+$$;
+
 -- The lot movements of the transactions created in [p_lo, p_hi) (p_lo NULL: from the start),
 -- and those of the opening lots (migration 0009: no transaction) by their own time, summed per
 -- asset, lot origin and transaction type (NULL for the opening ones). The days the roll-up has
--- totals for (wallet_roll_lot_flows) are read from them where the window covers every rolled
+-- totals for (wallet_roll_up) are read from them where the window covers every rolled
 -- transaction of the day; the transactions of a day the window cuts, and those not rolled yet,
 -- are read movement by movement, found by seq. So the cost is one row per day plus what is not
 -- rolled, whatever the window, and the sums are those of the movements themselves, to the unit.
@@ -31,11 +44,11 @@ AS $$
         SELECT d.day, d.first_seq, d.last_seq,
                (p_lo IS NULL OR d.first_at >= p_lo) AND d.last_at < p_hi AS whole,
                (p_lo IS NULL OR d.last_at >= p_lo) AND d.first_at < p_hi AS touched
-          FROM lot_flow_days d
+          FROM rollup_days d
     ), ranges AS (  -- read movement by movement: the days the window cuts, then what is not rolled
         SELECT d.day, d.first_seq, d.last_seq FROM days d WHERE d.touched AND NOT d.whole
         UNION ALL
-        SELECT NULL::date, r.through_seq + 1, NULL::bigint FROM lot_flow_rollup r
+        SELECT NULL::date, r.through_seq + 1, NULL::bigint FROM rollup_checkpoint r
     )
     SELECT m.asset_code, m.origin, m.type, sum(m.amount_minor)
       FROM (SELECT f.asset_code, f.origin, f.type, f.amount_minor
@@ -61,14 +74,14 @@ AS $$
      GROUP BY m.asset_code, m.origin, m.type
 $$;
 
--- Rolls the lot movements of at most p_max transactions after the checkpoint into the per-day
--- totals (migration 0014) and moves the checkpoint; returns how many it rolled (0: caught up).
+-- Rolls at most p_max transactions after the checkpoint up into the per-day totals (migration
+-- 0014: their lot movements, their volume) and moves the checkpoint; returns how many it rolled (0: caught up).
 -- Only settled transactions, written more than p_settle ago: seq is taken when a posting writes,
 -- not when it commits, so the roll stops before the first transaction not settled (the audit's
 -- rule: waiting longer than any statement may run means none is skipped). One roller at a time:
 -- the checkpoint row is locked, and a call that finds it locked returns 0 at once (another
 -- process is rolling). Each call is one chunk, committed by its caller.
-CREATE OR REPLACE FUNCTION wallet_roll_lot_flows(p_max integer, p_settle interval) RETURNS integer
+CREATE OR REPLACE FUNCTION wallet_roll_up(p_max integer, p_settle interval) RETURNS integer
 LANGUAGE plpgsql
 SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off SET jit = off
 AS $$
@@ -81,7 +94,7 @@ BEGIN
         RAISE EXCEPTION 'invalid roll: at most % transactions, settled for %', p_max, p_settle
             USING ERRCODE = 'check_violation';
     END IF;
-    SELECT r.through_seq INTO v_from FROM lot_flow_rollup r FOR UPDATE SKIP LOCKED;
+    SELECT r.through_seq INTO v_from FROM rollup_checkpoint r FOR UPDATE SKIP LOCKED;
     IF NOT FOUND THEN
         RETURN 0;
     END IF;
@@ -93,7 +106,7 @@ BEGIN
     IF v_n = 0 THEN
         RETURN 0;
     END IF;
-    INSERT INTO lot_flow_days AS d (day, first_seq, last_seq, first_at, last_at)
+    INSERT INTO rollup_days AS d (day, first_seq, last_seq, first_at, last_at)
     SELECT (t.created_at AT TIME ZONE 'UTC')::date, min(t.seq), max(t.seq), min(t.created_at), max(t.created_at)
       FROM transactions t
      WHERE t.seq > v_from AND t.seq <= v_to
@@ -107,7 +120,16 @@ BEGIN
      CROSS JOIN LATERAL wallet_lots_moved_by(t.id) x
      GROUP BY 1, 2, 3, 4
     ON CONFLICT (day, asset_code, origin, type) DO UPDATE SET amount_minor = f.amount_minor + EXCLUDED.amount_minor;
-    UPDATE lot_flow_rollup SET through_seq = v_to;
+    INSERT INTO volume_totals AS v (day, asset_code, credited_minor, debited_minor, transactions)
+    SELECT (t.created_at AT TIME ZONE 'UTC')::date, x.asset_code, sum(x.credited_minor), sum(x.debited_minor), count(*)
+      FROM (SELECT t.id, t.created_at FROM transactions t WHERE t.seq > v_from AND t.seq <= v_to OFFSET 0) t
+     CROSS JOIN LATERAL wallet_user_volume_of(t.id) x
+     GROUP BY 1, 2
+    ON CONFLICT (day, asset_code) DO UPDATE
+       SET credited_minor = v.credited_minor + EXCLUDED.credited_minor,
+           debited_minor = v.debited_minor + EXCLUDED.debited_minor,
+           transactions = v.transactions + EXCLUDED.transactions;
+    UPDATE rollup_checkpoint SET through_seq = v_to;
     RETURN v_n;
 END $$;
 
@@ -141,4 +163,27 @@ LANGUAGE sql STABLE AS $$
                    FROM wallet_lot_flows(p_from, p_to) p) m ON m.asset_code = a.code
      GROUP BY a.code
      ORDER BY a.code
+$$;
+
+-- The daily volume from the UTC day p_from on: per UTC day of the transactions' time and asset,
+-- what was credited to and debited from user accounts and by how many transactions; the days'
+-- totals, and the transactions not rolled up yet one by one.
+CREATE OR REPLACE FUNCTION wallet_volume_per_day(p_from date)
+RETURNS TABLE (day date, asset_code text, credited_minor numeric, debited_minor numeric, transactions bigint)
+LANGUAGE sql STABLE
+SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off SET jit = off
+AS $$
+    SELECT m.day, m.asset_code, sum(m.credited), sum(m.debited), sum(m.transactions)::bigint
+      FROM (SELECT v.day, v.asset_code, v.credited_minor AS credited, v.debited_minor AS debited, v.transactions
+              FROM volume_totals v
+             WHERE v.day >= p_from
+            UNION ALL
+            SELECT (t.created_at AT TIME ZONE 'UTC')::date, x.asset_code, x.credited_minor, x.debited_minor, 1
+              FROM rollup_checkpoint r
+             CROSS JOIN LATERAL (SELECT t.id, t.created_at FROM transactions t
+                                  WHERE t.seq > r.through_seq AND (t.created_at AT TIME ZONE 'UTC')::date >= p_from
+                                 OFFSET 0) t
+             CROSS JOIN LATERAL wallet_user_volume_of(t.id) x) m
+     GROUP BY m.day, m.asset_code
+     ORDER BY m.day, m.asset_code
 $$;

@@ -1,4 +1,4 @@
-"""Running totals of the lot movements per day, for the liability report.
+"""Per-day totals for the reports (lot movements, volume), kept by a background task.
 
 Revision ID: 0014
 Revises: 0012
@@ -15,10 +15,11 @@ depends_on = None
 
 
 def upgrade() -> None:
-    run_sql_script("0014_lot_flow_days.sql")
+    run_sql_script("0014_day_totals.sql")
 
 
 def downgrade() -> None:
+    op.execute("DROP TABLE volume_totals")
     op.execute("DROP TABLE lot_flow_totals")
-    op.execute("DROP TABLE lot_flow_days")
-    op.execute("DROP TABLE lot_flow_rollup")
+    op.execute("DROP TABLE rollup_days")
+    op.execute("DROP TABLE rollup_checkpoint")
