@@ -19,6 +19,7 @@ from tools.scale_load import load_transactions
 from tests.support import post
 from wallet.db.pool import create_pool
 from wallet.services.rollup import roll_up, run_roller
+from wallet.services.verify import ROLLUP, verify_ledger
 from wallet.settings import Settings
 
 USERS = 12
@@ -238,6 +239,19 @@ async def test_the_roll_up_takes_settled_transactions_only_and_each_once(create_
             " WHERE transaction_id IS NOT NULL)"
         )
         await _assert_report_is_its_definition(conn, await _windows(conn, 20, seed=21))
+
+        # `wallet verify` recomputes the totals: clean, and it names a total that is off.
+        report = await verify_ledger(conn)
+        assert report.clean, report.render()
+        day = await conn.fetchval("SELECT max(day) FROM rollup_days")
+        for table, column in (("lot_flow_totals", "amount_minor"), ("volume_totals", "credited_minor"),
+                              ("rollup_days", "last_seq")):  # fmt: skip
+            await conn.execute(f"UPDATE {table} SET {column} = {column} + 1 WHERE day = $1", day)
+            report = await verify_ledger(conn)
+            assert set(report.problems) == {ROLLUP}, report.render()
+            assert all(day.isoformat() in problem for problem in report.problems[ROLLUP])
+            await conn.execute(f"UPDATE {table} SET {column} = {column} - 1 WHERE day = $1", day)
+        assert (await verify_ledger(conn)).clean
     finally:
         await pool.close()
         await conn.close()
