@@ -1,7 +1,7 @@
 """Per-day totals for the reports (lot movements, volume), kept by a background task.
 
 Revision ID: 0014
-Revises: 0012
+Revises: 0013
 """
 
 from alembic import op
@@ -9,7 +9,7 @@ from alembic import op
 from wallet.db.migrations.script_runner import run_sql_script
 
 revision = "0014"
-down_revision = "0012"
+down_revision = "0013"
 branch_labels = None
 depends_on = None
 
