@@ -200,6 +200,12 @@ class Settings(BaseSettings):
     lot_expiry_interval_ms: int = Field(default=30_000, ge=0, le=86_400_000)
     lot_expiry_accounts_per_transaction: int = Field(default=100, ge=1, le=10_000)
     lot_expiry_max_accounts_per_run: int = Field(default=10_000, ge=1, le=10_000_000)
+    # Each worker brings the reports' per-day totals (wallet.services.rollup) up to date this often
+    # (0 = no task: the reports then read every row not rolled up yet, slower, with the same
+    # figures), with transactions older than audit_settle_ms, at most this many per chunk, resting
+    # after each chunk as long as it took.
+    rollup_interval_ms: int = Field(default=10_000, ge=0, le=86_400_000)
+    rollup_chunk_transactions: int = Field(default=10_000, ge=1, le=1_000_000)
     # Each worker runs an incremental audit this often (0 = only when asked: GET /api/v1/audit);
     # the processes take turns, each run picks up where the previous one ended.
     audit_interval_ms: int = Field(default=60_000, ge=0, le=86_400_000)

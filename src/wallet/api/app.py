@@ -43,6 +43,7 @@ from wallet.services.group_commit import GroupCommitter
 from wallet.services.holds import run_hold_sweeper
 from wallet.services.lots import run_lot_expirer, sync_policies
 from wallet.services.rate_limits import create_rate_limiter
+from wallet.services.rollup import run_roller
 from wallet.services.webhooks import Deliverer
 from wallet.settings import Settings, get_settings
 
@@ -115,6 +116,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         tasks = []
         if settings.lot_expiry_interval_ms:
             tasks.append(asyncio.create_task(run_lot_expirer(pool, settings)))
+        if settings.rollup_interval_ms:
+            tasks.append(asyncio.create_task(run_roller(pool, settings)))
         if settings.audit_interval_ms:
             tasks.append(asyncio.create_task(run_auditor(session_pool or pool, settings)))
         if settings.hold_sweep_interval_ms:

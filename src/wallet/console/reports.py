@@ -40,22 +40,11 @@ LIMIT $3::int
 """
 
 # What flowed into and out of user accounts (system accounts are the other side), per UTC day
-# and asset: credited and debited amounts and the number of transactions.
-# An entry's time and asset are its transaction's when it has none of its own (written since
-# migration 0013; older entries keep theirs, stamped in the same statement).
+# of the transactions' time and asset: credited and debited amounts and the number of
+# transactions; from the per-day totals (wallet.services.rollup) and what is not rolled up yet.
 VOLUME_SQL = """
-SELECT (e.at AT TIME ZONE 'UTC')::date AS day, e.asset_code,
-       coalesce(sum(e.amount_minor) FILTER (WHERE e.amount_minor > 0), 0)::text AS credited,
-       coalesce(-sum(e.amount_minor) FILTER (WHERE e.amount_minor < 0), 0)::text AS debited,
-       count(DISTINCT e.transaction_id) AS transactions
-FROM (SELECT coalesce(x.created_at, t.created_at) AS at, coalesce(x.asset_code, t.asset_code) AS asset_code,
-             x.amount_minor, x.transaction_id
-        FROM ledger_entries x
-        JOIN accounts a ON a.id = x.account_id AND a.kind = 'user'
-        JOIN transactions t ON t.id = x.transaction_id) e
-WHERE e.at >= $1
-GROUP BY 1, 2
-ORDER BY 1, 2
+SELECT day, asset_code, credited_minor::text AS credited, debited_minor::text AS debited, transactions
+FROM wallet_volume_per_day($1)
 """
 
 
@@ -75,8 +64,7 @@ async def volume_per_day(pool: asyncpg.Pool, days: int, *, today: date | None = 
     """The last `days` UTC days, today included; days without postings are left out."""
     last = today or datetime.now(UTC).date()
     first = last - timedelta(days=days - 1)
-    start = datetime(first.year, first.month, first.day, tzinfo=UTC)
-    rows = await pool.fetch(VOLUME_SQL, start)
+    rows = await pool.fetch(VOLUME_SQL, first)
     return {
         "days": days,
         "from": first.isoformat(),

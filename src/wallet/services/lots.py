@@ -5,6 +5,10 @@ posting fills or draws them in the statement that writes its ledger entries.
 Expiry runs in small database transactions (`lot_expiry_accounts_per_transaction` accounts
 each, locked with SKIP LOCKED), so it never holds many users' row locks at once and two runs,
 or a run and a spend, never expire one lot twice.
+
+The liability report sums lot movements per asset, origin and type over a window of time: from
+the per-day totals of wallet.services.rollup for the days its window covers whole, movement by
+movement for the days it cuts and for what is not rolled up yet.
 """
 
 from __future__ import annotations

@@ -575,38 +575,3 @@ BEGIN
                             WHERE x.account_id = p_account_id AND x.remaining_minor > 0 AND x.expires_at > v_now)
      GROUP BY l.expires_at;
 END $$;
-
--- The liability report: per asset, what users hold (outstanding, as of p_as_of) split by origin,
--- and the flows through lots within [p_from, p_to): issued (top-ups purchased, bonuses granted),
--- spent (spends and captures), refunded, expired, clawed back and paid as transfer fees. Read
--- from the lot movements, stamped with their transaction's time, so for any period
---   outstanding(to) = outstanding(from) + issued - spent + refunded - expired - clawed_back - transfer_fees
--- to the unit (transfers between users move credits without changing the total, except the fee).
-CREATE OR REPLACE FUNCTION wallet_liability_report(p_as_of timestamptz, p_from timestamptz, p_to timestamptz)
-RETURNS TABLE (asset_type text, outstanding_purchased bigint, outstanding_granted bigint, issued_purchased bigint,
-               issued_granted bigint, spent bigint, refunded bigint, expired bigint, clawed_back bigint,
-               transfer_fees bigint)
-LANGUAGE sql STABLE AS $$
-    SELECT a.code,
-           coalesce(sum(m.amount_minor) FILTER (WHERE m.origin = 'purchased' AND m.at <= p_as_of), 0)::bigint,
-           coalesce(sum(m.amount_minor) FILTER (WHERE m.origin = 'granted' AND m.at <= p_as_of), 0)::bigint,
-           coalesce(sum(m.amount_minor) FILTER (WHERE m.in_period AND m.type = 'topup'), 0)::bigint,
-           coalesce(sum(m.amount_minor) FILTER (WHERE m.in_period AND m.type = 'bonus'), 0)::bigint,
-           coalesce(-sum(m.amount_minor) FILTER (WHERE m.in_period AND m.type IN ('spend', 'capture')), 0)::bigint,
-           coalesce(sum(m.amount_minor) FILTER (WHERE m.in_period AND m.type = 'refund'), 0)::bigint,
-           coalesce(-sum(m.amount_minor) FILTER (WHERE m.in_period AND m.type = 'expiry'), 0)::bigint,
-           coalesce(-sum(m.amount_minor) FILTER (WHERE m.in_period AND m.type = 'clawback'), 0)::bigint,
-           coalesce(-sum(m.amount_minor) FILTER (WHERE m.in_period AND m.type = 'transfer'), 0)::bigint
-      FROM asset_types a
-      LEFT JOIN (
-          SELECT ac.asset_code, l.origin, mv.amount_minor, t.type, coalesce(t.created_at, mv.created_at) AS at,
-                 coalesce(t.created_at, mv.created_at) >= p_from AND coalesce(t.created_at, mv.created_at) < p_to
-                     AS in_period
-            FROM lot_movements mv
-            JOIN credit_lots l ON l.id = mv.lot_id
-            JOIN accounts ac ON ac.id = l.account_id
-            LEFT JOIN transactions t ON t.id = mv.transaction_id
-      ) m ON m.asset_code = a.code
-     GROUP BY a.code
-     ORDER BY a.code
-$$;
