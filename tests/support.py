@@ -10,8 +10,8 @@ import threading
 import time
 import traceback
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TextIO
@@ -61,6 +61,37 @@ async def post(http, kind: str, expect: int = 201, **body: Any) -> dict[str, Any
     )
     assert response.status_code == expect, response.text
     return response.json()
+
+
+@dataclass
+class Postings:
+    """What `posting_without_pause` has posted so far."""
+
+    count: int = 0
+
+
+@asynccontextmanager
+async def posting_without_pause(http, users: list[str], asset: str = "GOLD_COINS") -> AsyncIterator[Postings]:
+    """Load for the background tasks' tests: each user spends 1 and tops up 1, again and again,
+    until the block ends; then every write must have succeeded (a failed one fails the block)."""
+    stop = asyncio.Event()
+    posted = Postings()
+
+    async def write(user: str) -> None:
+        while not stop.is_set():
+            await post(http, "spend", user_id=user, asset_type=asset, amount=1)
+            await post(http, "topup", user_id=user, asset_type=asset, amount=1)
+            posted.count += 2
+
+    writers = [asyncio.create_task(write(user)) for user in users]
+    try:
+        yield posted
+    except BaseException:
+        stop.set()
+        await asyncio.gather(*writers, return_exceptions=True)
+        raise
+    stop.set()
+    await asyncio.gather(*writers)
 
 
 async def asset_balance(http, user: str, asset: str) -> dict[str, Any]:

@@ -692,6 +692,30 @@ def expire(
     _err(f"expired {expired_minor} minor units on {accounts} accounts")
 
 
+async def _roll_up(url: str) -> tuple[int, int]:
+    from wallet.db.pool import create_pool
+    from wallet.services.rollup import roll_up
+
+    settings = _settings()
+    pool = await create_pool(settings, url)
+    try:
+        rolled = await roll_up(pool, settings, take_turns=True)
+        through_seq = await pool.fetchval("SELECT through_seq FROM rollup_checkpoint")
+    finally:
+        await pool.close()
+    return rolled, through_seq
+
+
+@app.command("roll-up")
+def roll_up_command() -> None:
+    """Bring the reports' per-day totals up to date (`wallet serve` also does this every
+    WALLET_ROLLUP_INTERVAL_MS): for a ledger no service runs on, or with the task turned off.
+    Transactions younger than WALLET_AUDIT_SETTLE_MS wait. Safe in two processes at once."""
+    with _database(_settings()) as (url, _):
+        rolled, through_seq = asyncio.run(_roll_up(url))
+    _err(f"rolled up {rolled} transactions; the totals now cover every transaction up to seq {through_seq}")
+
+
 report_app = _Typer(no_args_is_help=True, help="Reports read from the ledger.")
 app.add_typer(report_app, name="report")
 

@@ -8,7 +8,7 @@ import re
 
 import asyncpg
 
-from tests.support import post
+from tests.support import post, posting_without_pause
 from wallet.db.pool import create_pool
 from wallet.services.audit import _AUDIT_LOCK_KEY, run_audit, run_auditor
 from wallet.services.verify import verify_ledger
@@ -184,42 +184,29 @@ async def test_periodic_audits_of_several_workers_complete_clean_under_sustained
     first_run = await pool.fetchval("SELECT coalesce(max(id), 0) FROM audit_runs")
     _, clean_before = await _gauges(admin)
     failed_before = await _runs_counted(admin, "failed")
-    stop = asyncio.Event()
-    posted = 0
-
-    async def write(user: str) -> None:
-        nonlocal posted
-        while not stop.is_set():
-            await post(admin, "spend", user_id=user, asset_type="GOLD_COINS", amount=1)
-            await post(admin, "topup", user_id=user, asset_type="GOLD_COINS", amount=1)
-            posted += 2
-
-    writers = [asyncio.create_task(write(user)) for user in users]
     auditors = [asyncio.create_task(run_auditor(p, worker)) for p in pools]
     try:
-        # Writes go on until the runs have done what is asserted below (at least six, moving on
-        # with the writes), which takes a few seconds; a run that stalls fails the deadline.
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 60
-        while posted <= 100 or await pool.fetchval(
-            "SELECT count(*) < 6 OR count(DISTINCT to_seq) < 3 FROM audit_runs WHERE id > $1", first_run
-        ):
-            assert loop.time() < deadline, (posted, "the periodic audits did not keep up")
-            await asyncio.sleep(0.1)
-        stop.set()
-        await asyncio.gather(*writers)  # no write failed either
+        async with posting_without_pause(admin, users) as posted:
+            # Writes go on until the runs have done what is asserted below (at least six, moving on
+            # with the writes), which takes a few seconds; a run that stalls fails the deadline.
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 60
+            while posted.count <= 100 or await pool.fetchval(
+                "SELECT count(*) < 6 OR count(DISTINCT to_seq) < 3 FROM audit_runs WHERE id > $1", first_run
+            ):
+                assert loop.time() < deadline, (posted.count, "the periodic audits did not keep up")
+                await asyncio.sleep(0.1)
     finally:
-        stop.set()
         for task in auditors:
             task.cancel()
-        await asyncio.gather(*writers, *auditors, return_exceptions=True)
+        await asyncio.gather(*auditors, return_exceptions=True)
         for p in pools:
             await p.close()
     runs = await pool.fetch(
         "SELECT consistent, problems::text, to_seq, finished_at FROM audit_runs WHERE id > $1 ORDER BY id",
         first_run,
     )
-    assert posted > 100 and len(runs) >= 6, (posted, len(runs))
+    assert posted.count > 100 and len(runs) >= 6, (posted.count, len(runs))
     assert all(run["consistent"] for run in runs), [run["problems"] for run in runs]
     assert len({run["to_seq"] for run in runs}) >= 3  # the runs moved on with the writes
     consistent, clean_after = await _gauges(admin)

@@ -7,7 +7,10 @@ transaction once. A ledger of three UTC days, in a database of its own."""
 from __future__ import annotations
 
 import asyncio
+import os
 import random
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit
 
@@ -16,7 +19,7 @@ import pytest
 from tools.bench import prepare_ledger
 from tools.scale_load import load_transactions
 
-from tests.support import post
+from tests.support import posting_without_pause
 from wallet.db.pool import create_pool
 from wallet.services.rollup import roll_up, run_roller
 from wallet.services.verify import ROLLUP, verify_ledger
@@ -275,26 +278,14 @@ async def test_the_workers_roll_up_while_postings_go_on_and_count_each_once(
     users = [await make_user(GOLD_COINS=1_000) for _ in range(3)]
     worker = settings.model_copy(update={"rollup_interval_ms": 50, "rollup_chunk_transactions": 5})
     pools = [await create_pool(worker, database_url) for _ in range(3)]
-    stop = asyncio.Event()
-    posted = 0
-
-    async def write(user: str) -> None:
-        nonlocal posted
-        while not stop.is_set():
-            await post(admin, "topup", user_id=user, asset_type="GOLD_COINS", amount=3)
-            await post(admin, "spend", user_id=user, asset_type="GOLD_COINS", amount=2)
-            posted += 2
-
-    writers = [asyncio.create_task(write(user)) for user in users]
     rollers = [asyncio.create_task(run_roller(p, worker)) for p in pools]
     try:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 60
-        while posted < 60:
-            assert loop.time() < deadline, "the writers did not post"
-            await asyncio.sleep(0.05)
-        stop.set()
-        await asyncio.gather(*writers)
+        async with posting_without_pause(admin, users) as posted:
+            while posted.count < 60:
+                assert loop.time() < deadline, "the writers did not post"
+                await asyncio.sleep(0.05)
         newest = await pool.fetchval("SELECT max(seq) FROM transactions")
         while await pool.fetchval("SELECT through_seq FROM rollup_checkpoint") < newest:
             assert loop.time() < deadline, "the rollers did not catch up"
@@ -306,9 +297,39 @@ async def test_the_workers_roll_up_while_postings_go_on_and_count_each_once(
                           WHERE t.seq <= (SELECT through_seq FROM rollup_checkpoint))"""
         )
     finally:
-        stop.set()
         for task in rollers:
             task.cancel()
-        await asyncio.gather(*writers, *rollers, return_exceptions=True)
+        await asyncio.gather(*rollers, return_exceptions=True)
         for p in pools:
             await p.close()
+
+
+async def test_wallet_roll_up_brings_the_totals_up_to_date_in_two_processes_at_once(
+    create_database, three_days
+):
+    url = await _copy(create_database, three_days)
+    env = os.environ | {
+        "WALLET_DATABASE_URL": url,
+        "WALLET_AUDIT_SETTLE_MS": "0",
+        "WALLET_ROLLUP_CHUNK_TRANSACTIONS": "50",
+    }
+    runs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "wallet", "roll-up"], env=env, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
+    outputs = [run.communicate(timeout=120)[1] for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], outputs
+    conn = await asyncpg.connect(url)
+    try:
+        newest = await conn.fetchval("SELECT max(seq) FROM transactions")
+        assert await conn.fetchval("SELECT through_seq FROM rollup_checkpoint") == newest
+        # Each transaction counted once, whichever process rolled it up.
+        assert sum(int(out.split("rolled up ")[1].split()[0]) for out in outputs) == await conn.fetchval(
+            "SELECT count(*) FROM transactions"
+        )
+        assert all(f"up to seq {newest}" in out for out in outputs), outputs
+        assert (await verify_ledger(conn)).clean
+    finally:
+        await conn.close()

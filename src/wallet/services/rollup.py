@@ -22,18 +22,30 @@ from wallet.settings import Settings
 
 log = structlog.get_logger("wallet.rollup")
 
+# Taking turns with another process: how long to wait before asking for the checkpoint again.
+TURN_WAIT_S = 0.05
 
-async def roll_up(pool: asyncpg.Pool, settings: Settings, *, rest: bool = False) -> int:
+
+async def roll_up(
+    pool: asyncpg.Pool, settings: Settings, *, rest: bool = False, take_turns: bool = False
+) -> int:
     """Adds the settled transactions not rolled up yet to the per-day totals, a chunk per
-    database transaction, until caught up (or another process holds the checkpoint); returns how
-    many it rolled up. With `rest`, it rests after each chunk as long as the chunk took: catching
-    up on a backlog leaves the requests at least half the time."""
+    database transaction, until caught up; returns how many it rolled up. When another process
+    holds the checkpoint, it stops there (the background task: that process goes on), or with
+    `take_turns` waits for the other's chunk and goes on (`wallet roll-up`). With `rest`, it
+    rests after each chunk as long as the chunk took: catching up on a backlog leaves the
+    requests at least half the time."""
     chunk = settings.rollup_chunk_transactions
     settle_s = settings.audit_settle_ms / 1000
     rolled = 0
     while True:
         started = time.monotonic()
         count = await pool.fetchval("SELECT wallet_roll_up($1, make_interval(secs => $2))", chunk, settle_s)
+        if count is None:  # another process is rolling a chunk
+            if not take_turns:
+                return rolled
+            await asyncio.sleep(TURN_WAIT_S)
+            continue
         assert isinstance(count, int)
         assert 0 <= count <= chunk
         rolled += count

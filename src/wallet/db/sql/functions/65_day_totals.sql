@@ -79,8 +79,8 @@ $$;
 -- Only settled transactions, written more than p_settle ago: seq is taken when a posting writes,
 -- not when it commits, so the roll stops before the first transaction not settled (the audit's
 -- rule: waiting longer than any statement may run means none is skipped). One roller at a time:
--- the checkpoint row is locked, and a call that finds it locked returns 0 at once (another
--- process is rolling). Each call is one chunk, committed by its caller.
+-- the checkpoint row is locked, and a call that finds it locked returns NULL at once (another
+-- process is rolling a chunk). Each call is one chunk, committed by its caller.
 CREATE OR REPLACE FUNCTION wallet_roll_up(p_max integer, p_settle interval) RETURNS integer
 LANGUAGE plpgsql
 SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off SET jit = off
@@ -96,7 +96,7 @@ BEGIN
     END IF;
     SELECT r.through_seq INTO v_from FROM rollup_checkpoint r FOR UPDATE SKIP LOCKED;
     IF NOT FOUND THEN
-        RETURN 0;
+        RETURN NULL;
     END IF;
     SELECT max(x.seq), count(*) INTO v_to, v_n
       FROM (SELECT c.seq, bool_and(c.settled) OVER (ORDER BY c.seq) AS prefix_settled
