@@ -41,9 +41,8 @@ SELECT h.seq, wallet_transaction_json(h.id)::text AS body FROM (
 ORDER BY h.seq DESC LIMIT $5
 """
 
-# The history window before migration 0012: the page from (user_id, seq DESC) between bounds.
-HISTORY_RANGE_SQL_0011 = """
-WITH mine AS (
+# Both old history windows found the user's seq bounds by time, from (user, asset, created_at, seq).
+_HISTORY_BOUNDS_BY_TIME = """WITH mine AS (
     SELECT (SELECT max(x.seq) FROM unnest($2::text[]) AS a(code) CROSS JOIN LATERAL (
                 SELECT t.seq FROM transactions t
                  WHERE t.user_id = $1 AND t.asset_code = a.code AND t.created_at < $7
@@ -62,7 +61,11 @@ WITH mine AS (
                  WHERE t.counterparty_user_id = $1 AND t.asset_code = a.code AND t.created_at >= $6
                  ORDER BY t.created_at, t.seq LIMIT 1) AS x) AS lo
 )
-SELECT h.seq, h.id FROM (
+"""
+
+# The history window before migration 0012: the page from (user_id, seq DESC) between bounds.
+HISTORY_RANGE_SQL_0011 = f"""
+{_HISTORY_BOUNDS_BY_TIME}SELECT h.seq, h.id FROM (
     (SELECT t.seq, t.id FROM transactions t, mine
       WHERE t.user_id = $1 AND t.seq BETWEEN mine.lo AND mine.hi
         AND t.asset_code = ANY ($2::text[]) AND ($3::text IS NULL OR t.type = $3)
@@ -131,27 +134,8 @@ FROM users u WHERE u.id = $1
 """
 
 # The history window before migration 0013: the user's own seq bounds from (user_id, asset_code, created_at, seq).
-HISTORY_RANGE_SQL_0012 = """
-WITH mine AS (
-    SELECT (SELECT max(x.seq) FROM unnest($2::text[]) AS a(code) CROSS JOIN LATERAL (
-                SELECT t.seq FROM transactions t
-                 WHERE t.user_id = $1 AND t.asset_code = a.code AND t.created_at < $7
-                 ORDER BY t.created_at DESC, t.seq DESC LIMIT 1) AS x) AS hi,
-           (SELECT min(x.seq) FROM unnest($2::text[]) AS a(code) CROSS JOIN LATERAL (
-                SELECT t.seq FROM transactions t
-                 WHERE t.user_id = $1 AND t.asset_code = a.code AND t.created_at >= $6
-                 ORDER BY t.created_at, t.seq LIMIT 1) AS x) AS lo
-), received AS (
-    SELECT (SELECT max(x.seq) FROM unnest($2::text[]) AS a(code) CROSS JOIN LATERAL (
-                SELECT t.seq FROM transactions t
-                 WHERE t.counterparty_user_id = $1 AND t.asset_code = a.code AND t.created_at < $7
-                 ORDER BY t.created_at DESC, t.seq DESC LIMIT 1) AS x) AS hi,
-           (SELECT min(x.seq) FROM unnest($2::text[]) AS a(code) CROSS JOIN LATERAL (
-                SELECT t.seq FROM transactions t
-                 WHERE t.counterparty_user_id = $1 AND t.asset_code = a.code AND t.created_at >= $6
-                 ORDER BY t.created_at, t.seq LIMIT 1) AS x) AS lo
-)
-SELECT h.seq, h.id FROM (
+HISTORY_RANGE_SQL_0012 = f"""
+{_HISTORY_BOUNDS_BY_TIME}SELECT h.seq, h.id FROM (
     (SELECT t.seq, t.id FROM mine, unnest($2::text[]) AS a(code) CROSS JOIN LATERAL (
         SELECT t.seq, t.id FROM transactions t
          WHERE t.user_id = $1 AND t.asset_code = a.code AND t.seq BETWEEN mine.lo AND mine.hi
