@@ -344,32 +344,16 @@ WHOLE_CHECKS: list[tuple[str, str]] = [
     ),
     (
         # The reports' per-day totals (wallet.services.rollup), recomputed from every transaction
-        # up to the roll-up's checkpoint: the days' ranges, the lot flows and the volume.
+        # up to the roll-up's checkpoint with the functions that give the roll-up each chunk's totals.
         ROLLUP,
         """
-        WITH rolled AS (
-            SELECT (t.created_at AT TIME ZONE 'UTC')::date AS day, t.id, t.seq, t.type, t.created_at
-              FROM rollup_checkpoint r
-             CROSS JOIN LATERAL (SELECT t.* FROM transactions t WHERE t.seq <= r.through_seq OFFSET 0) t
-        ), days AS (
-            SELECT r.day, min(r.seq) AS first_seq, max(r.seq) AS last_seq, min(r.created_at) AS first_at,
-                   max(r.created_at) AS last_at
-              FROM rolled r GROUP BY r.day
-        ), flows AS (
-            SELECT r.day, x.asset_code, x.origin, r.type, sum(x.amount_minor) AS amount
-              FROM rolled r CROSS JOIN LATERAL wallet_lots_moved_by(r.id) x
-             GROUP BY 1, 2, 3, 4
-        ), volume AS (
-            SELECT r.day, x.asset_code, sum(x.credited_minor) AS credited, sum(x.debited_minor) AS debited,
-                   count(*) AS transactions
-              FROM rolled r CROSS JOIN LATERAL wallet_user_volume_of(r.id) x
-             GROUP BY 1, 2
-        )
+        WITH r AS (SELECT c.through_seq FROM rollup_checkpoint c)
         SELECT format('%s days', coalesce(e.day, f.day)) AS key,
                format('day %s: seq %s-%s at %s-%s, rolled-up transactions %s-%s at %s-%s',
                       coalesce(e.day, f.day), f.first_seq, f.last_seq, f.first_at, f.last_at,
                       e.first_seq, e.last_seq, e.first_at, e.last_at)
-          FROM days e FULL JOIN rollup_days f ON f.day = e.day
+          FROM (SELECT x.* FROM r, wallet_rollup_days_of(0, r.through_seq) x) e
+          FULL JOIN rollup_days f ON f.day = e.day
          WHERE (e.first_seq, e.last_seq, e.first_at, e.last_at)
                IS DISTINCT FROM (f.first_seq, f.last_seq, f.first_at, f.last_at)
         UNION ALL
@@ -377,17 +361,19 @@ WHOLE_CHECKS: list[tuple[str, str]] = [
                       coalesce(e.origin, f.origin), coalesce(e.type, f.type)),
                format('day %s, %s %s %s: total %s, lot movements %s', coalesce(e.day, f.day),
                       coalesce(e.asset_code, f.asset_code), coalesce(e.origin, f.origin), coalesce(e.type, f.type),
-                      f.amount_minor, e.amount)
-          FROM flows e
+                      f.amount_minor, e.amount_minor)
+          FROM (SELECT x.* FROM r, wallet_lot_flow_totals_of(0, r.through_seq) x) e
           FULL JOIN lot_flow_totals f ON (f.day, f.asset_code, f.origin, f.type) = (e.day, e.asset_code, e.origin, e.type)
-         WHERE e.amount IS DISTINCT FROM f.amount_minor
+         WHERE e.amount_minor IS DISTINCT FROM f.amount_minor
         UNION ALL
         SELECT format('%s volume %s', coalesce(e.day, f.day), coalesce(e.asset_code, f.asset_code)),
                format('day %s, %s: volume %s/%s in %s transactions, entries %s/%s in %s', coalesce(e.day, f.day),
                       coalesce(e.asset_code, f.asset_code), f.credited_minor, f.debited_minor, f.transactions,
-                      e.credited, e.debited, e.transactions)
-          FROM volume e FULL JOIN volume_totals f ON (f.day, f.asset_code) = (e.day, e.asset_code)
-         WHERE (e.credited, e.debited, e.transactions) IS DISTINCT FROM (f.credited_minor, f.debited_minor, f.transactions)
+                      e.credited_minor, e.debited_minor, e.transactions)
+          FROM (SELECT x.* FROM r, wallet_volume_totals_of(0, r.through_seq) x) e
+          FULL JOIN volume_totals f ON (f.day, f.asset_code) = (e.day, e.asset_code)
+         WHERE (e.credited_minor, e.debited_minor, e.transactions)
+               IS DISTINCT FROM (f.credited_minor, f.debited_minor, f.transactions)
         ORDER BY 1 LIMIT $1
         """,
     ),

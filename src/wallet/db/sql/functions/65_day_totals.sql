@@ -27,6 +27,46 @@ LANGUAGE sql STABLE AS $$
      GROUP BY ac.asset_code
 $$;
 
+-- The day a transaction counts on in the per-day totals and the daily volume: the UTC day of its
+-- time. Inlined.
+CREATE OR REPLACE FUNCTION wallet_utc_day(p_at timestamptz) RETURNS date
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT (p_at AT TIME ZONE 'UTC')::date
+$$;
+
+-- The per-day totals of the transactions with seq in (p_after_seq, p_through_seq], one function
+-- per table: what wallet_roll_up adds for a chunk, and what `wallet verify` recomputes from the
+-- start (0) to the checkpoint. By key from the seq range; inlined, under the caller's plan settings.
+CREATE OR REPLACE FUNCTION wallet_rollup_days_of(p_after_seq bigint, p_through_seq bigint)
+RETURNS TABLE (day date, first_seq bigint, last_seq bigint, first_at timestamptz, last_at timestamptz)
+LANGUAGE sql STABLE AS $$
+    SELECT wallet_utc_day(t.created_at), min(t.seq), max(t.seq), min(t.created_at), max(t.created_at)
+      FROM transactions t
+     WHERE t.seq > p_after_seq AND t.seq <= p_through_seq
+     GROUP BY 1
+$$;
+
+CREATE OR REPLACE FUNCTION wallet_lot_flow_totals_of(p_after_seq bigint, p_through_seq bigint)
+RETURNS TABLE (day date, asset_code text, origin text, type text, amount_minor bigint)
+LANGUAGE sql STABLE AS $$
+    SELECT wallet_utc_day(t.created_at), x.asset_code, x.origin, t.type, sum(x.amount_minor)::bigint
+      FROM (SELECT t.id, t.type, t.created_at FROM transactions t
+             WHERE t.seq > p_after_seq AND t.seq <= p_through_seq OFFSET 0) t
+     CROSS JOIN LATERAL wallet_lots_moved_by(t.id) x
+     GROUP BY 1, 2, 3, 4
+$$;
+
+CREATE OR REPLACE FUNCTION wallet_volume_totals_of(p_after_seq bigint, p_through_seq bigint)
+RETURNS TABLE (day date, asset_code text, credited_minor bigint, debited_minor bigint, transactions bigint)
+LANGUAGE sql STABLE AS $$
+    SELECT wallet_utc_day(t.created_at), x.asset_code, sum(x.credited_minor)::bigint, sum(x.debited_minor)::bigint,
+           count(*)
+      FROM (SELECT t.id, t.created_at FROM transactions t
+             WHERE t.seq > p_after_seq AND t.seq <= p_through_seq OFFSET 0) t
+     CROSS JOIN LATERAL wallet_user_volume_of(t.id) x
+     GROUP BY 1, 2
+$$;
+
 -- The lot movements of the transactions created in [p_lo, p_hi) (p_lo NULL: from the start),
 -- and those of the opening lots (migration 0009: no transaction) by their own time, summed per
 -- asset, lot origin and transaction type (NULL for the opening ones). The days the roll-up has
@@ -60,7 +100,7 @@ AS $$
               CROSS JOIN LATERAL (
                   SELECT t.id, t.type FROM transactions t
                    WHERE t.seq >= g.first_seq AND t.seq <= coalesce(g.last_seq, 9223372036854775807)
-                     AND (g.day IS NULL OR (t.created_at AT TIME ZONE 'UTC')::date = g.day)
+                     AND (g.day IS NULL OR wallet_utc_day(t.created_at) = g.day)
                      AND (p_lo IS NULL OR t.created_at >= p_lo) AND t.created_at < p_hi
                   OFFSET 0) t
               CROSS JOIN LATERAL wallet_lots_moved_by(t.id) x
@@ -107,24 +147,15 @@ BEGIN
         RETURN 0;
     END IF;
     INSERT INTO rollup_days AS d (day, first_seq, last_seq, first_at, last_at)
-    SELECT (t.created_at AT TIME ZONE 'UTC')::date, min(t.seq), max(t.seq), min(t.created_at), max(t.created_at)
-      FROM transactions t
-     WHERE t.seq > v_from AND t.seq <= v_to
-     GROUP BY 1
+    SELECT * FROM wallet_rollup_days_of(v_from, v_to)
     ON CONFLICT (day) DO UPDATE
        SET first_seq = least(d.first_seq, EXCLUDED.first_seq), last_seq = greatest(d.last_seq, EXCLUDED.last_seq),
            first_at = least(d.first_at, EXCLUDED.first_at), last_at = greatest(d.last_at, EXCLUDED.last_at);
     INSERT INTO lot_flow_totals AS f (day, asset_code, origin, type, amount_minor)
-    SELECT (t.created_at AT TIME ZONE 'UTC')::date, x.asset_code, x.origin, t.type, sum(x.amount_minor)
-      FROM (SELECT t.id, t.type, t.created_at FROM transactions t WHERE t.seq > v_from AND t.seq <= v_to OFFSET 0) t
-     CROSS JOIN LATERAL wallet_lots_moved_by(t.id) x
-     GROUP BY 1, 2, 3, 4
+    SELECT * FROM wallet_lot_flow_totals_of(v_from, v_to)
     ON CONFLICT (day, asset_code, origin, type) DO UPDATE SET amount_minor = f.amount_minor + EXCLUDED.amount_minor;
     INSERT INTO volume_totals AS v (day, asset_code, credited_minor, debited_minor, transactions)
-    SELECT (t.created_at AT TIME ZONE 'UTC')::date, x.asset_code, sum(x.credited_minor), sum(x.debited_minor), count(*)
-      FROM (SELECT t.id, t.created_at FROM transactions t WHERE t.seq > v_from AND t.seq <= v_to OFFSET 0) t
-     CROSS JOIN LATERAL wallet_user_volume_of(t.id) x
-     GROUP BY 1, 2
+    SELECT * FROM wallet_volume_totals_of(v_from, v_to)
     ON CONFLICT (day, asset_code) DO UPDATE
        SET credited_minor = v.credited_minor + EXCLUDED.credited_minor,
            debited_minor = v.debited_minor + EXCLUDED.debited_minor,
@@ -178,10 +209,10 @@ AS $$
               FROM volume_totals v
              WHERE v.day >= p_from
             UNION ALL
-            SELECT (t.created_at AT TIME ZONE 'UTC')::date, x.asset_code, x.credited_minor, x.debited_minor, 1
+            SELECT wallet_utc_day(t.created_at), x.asset_code, x.credited_minor, x.debited_minor, 1
               FROM rollup_checkpoint r
              CROSS JOIN LATERAL (SELECT t.id, t.created_at FROM transactions t
-                                  WHERE t.seq > r.through_seq AND (t.created_at AT TIME ZONE 'UTC')::date >= p_from
+                                  WHERE t.seq > r.through_seq AND wallet_utc_day(t.created_at) >= p_from
                                  OFFSET 0) t
              CROSS JOIN LATERAL wallet_user_volume_of(t.id) x) m
      GROUP BY m.day, m.asset_code
