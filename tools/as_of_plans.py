@@ -18,7 +18,15 @@ from typing import Annotated
 import asyncpg
 import typer
 
-from tools.scratch_db import drop_databases, ensure_database, with_database
+from tools.scratch_db import (
+    SERVER_URL,
+    KeepOption,
+    ScratchNameOption,
+    ServerUrlOption,
+    drop_databases,
+    ensure_database,
+    with_database,
+)
 
 SCRATCH_DATABASE = "wallet_as_of_plans"
 ASSETS = ["DIAMONDS", "GOLD_COINS", "LOYALTY_POINTS"]
@@ -142,12 +150,10 @@ app = typer.Typer(add_completion=False)
 
 @app.command()
 def main(
-    database_url: Annotated[
-        str, typer.Option(help="A PostgreSQL server; the scratch database is created there.")
-    ] = "postgresql://postgres@127.0.0.1:5432/postgres",
+    database_url: ServerUrlOption = SERVER_URL,
     postings: Annotated[int, typer.Option(min=100, max=10_000_000)] = 100_000,
-    keep: Annotated[bool, typer.Option(help="Keep the scratch database (and reuse it next time).")] = False,
-    scratch_database: Annotated[str, typer.Option(help="The scratch database's name.")] = SCRATCH_DATABASE,
+    keep: KeepOption = False,
+    scratch_database: ScratchNameOption = SCRATCH_DATABASE,
 ) -> None:
     """Load a long history for one user and print the plans and timings of reads as of a time."""
 

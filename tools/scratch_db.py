@@ -6,9 +6,20 @@ request."""
 
 from __future__ import annotations
 
+from typing import Annotated
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+import typer
+
+# The options of the plan reports (tools.index_plans, tools.as_of_plans) that load a scratch
+# database of their own, keep it or not, and report on it.
+ServerUrlOption = Annotated[
+    str, typer.Option(help="A PostgreSQL server; the scratch database is created there.")
+]
+KeepOption = Annotated[bool, typer.Option(help="Keep the scratch database (and reuse it next time).")]
+ScratchNameOption = Annotated[str, typer.Option(help="The scratch database's name.")]
+SERVER_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
 def with_database(url: str, name: str) -> str:
