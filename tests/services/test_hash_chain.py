@@ -31,7 +31,7 @@ SYSTEM_ENTRY = "entry on a system account other than the one its transaction's t
 
 USER_CHAIN_SQL = """
 SELECT c.chain_no, c.transaction_id, c.entry_no, c.link_sha256, t.seq
-FROM ledger_chain c
+FROM ledger_chain_links c
 JOIN accounts a ON a.id = c.account_id
 JOIN transactions t ON t.id = c.transaction_id
 WHERE a.user_id = $1 AND a.asset_code = $2
@@ -136,7 +136,8 @@ async def test_every_user_entry_is_chained_in_posting_order_and_verify_is_clean(
         assert report.chain_links == user_entries
         assert (
             await conn.fetchval(
-                "SELECT count(*) FROM ledger_chain c JOIN accounts a ON a.id = c.account_id WHERE a.kind = 'system'"
+                "SELECT count(*) FROM ledger_chain_links c JOIN accounts a ON a.id = c.account_id"
+                " WHERE a.kind = 'system'"
             )
             == 0
         )
@@ -158,7 +159,7 @@ async def test_every_user_entry_is_chained_in_posting_order_and_verify_is_clean(
                 previous = bytes(row["link_sha256"])
         # The transfer is in both chains: the sender's entry 1 and the receiver's entry 2.
         transfer_links = await conn.fetch(
-            "SELECT a.user_id, c.entry_no FROM ledger_chain c JOIN accounts a ON a.id = c.account_id"
+            "SELECT a.user_id, c.entry_no FROM ledger_chain_links c JOIN accounts a ON a.id = c.account_id"
             " WHERE c.transaction_id = $1 ORDER BY c.entry_no",
             ledger.ids["transfer"],
         )
@@ -178,7 +179,7 @@ async def test_the_digest_is_the_documented_json_so_an_outside_auditor_can_recom
             t["id"],
         )
         stored = await conn.fetchval(
-            "SELECT link_sha256 FROM ledger_chain WHERE transaction_id = $1 AND entry_no = 1", t["id"]
+            "SELECT link_sha256 FROM ledger_chain_links WHERE transaction_id = $1 AND entry_no = 1", t["id"]
         )
     finally:
         await conn.close()
@@ -214,9 +215,10 @@ async def test_the_digest_is_the_documented_json_so_an_outside_auditor_can_recom
     assert bytes(stored) == hashlib.sha256(bytes(32) + digest).digest()
 
 
-async def test_the_migration_backfill_computes_the_links_the_trigger_computed(create_database, ledger):
+async def test_the_migration_backfill_computes_the_links_the_posting_core_computed(create_database, ledger):
     """0006 chains an existing ledger in one statement; on this ledger (transfers, a batch, a
-    reversal, a capture) it must give exactly the links the posting trigger wrote one by one."""
+    reversal, a capture) it must give exactly the links the posting core wrote on the entries one
+    posting at a time (the trigger of 0006 until migration 0015): the old formula, recomputed."""
     marker = "-- The entries written before this migration"
     script = read_sql("0006_hash_chain.sql")
     assert marker in script
@@ -224,15 +226,18 @@ async def test_the_migration_backfill_computes_the_links_the_trigger_computed(cr
     copy = await create_database(template=urlsplit(ledger.url).path.lstrip("/"))
     conn = await asyncpg.connect(copy)
     try:
-        by_trigger = await conn.fetch("SELECT * FROM ledger_chain ORDER BY account_id, chain_no")
+        by_core = await conn.fetch(
+            "SELECT account_id, chain_no, transaction_id, entry_no, link_sha256 FROM ledger_entries"
+            " WHERE chain_no IS NOT NULL ORDER BY account_id, chain_no"
+        )
         await conn.execute("SET session_replication_role = replica")
-        await conn.execute("DELETE FROM ledger_chain")
+        assert await conn.fetchval("SELECT count(*) FROM ledger_chain") == 0  # every link is on its entry
         await conn.execute(backfill)
         by_backfill = await conn.fetch("SELECT * FROM ledger_chain ORDER BY account_id, chain_no")
     finally:
         await conn.close()
-    assert len(by_trigger) == 17
-    assert [tuple(r) for r in by_backfill] == [tuple(r) for r in by_trigger]
+    assert len(by_core) == 17
+    assert [tuple(r) for r in by_backfill] == [tuple(r) for r in by_core]
 
 
 # Edits only a superuser bypassing the triggers can make; each names the transaction it edits.
@@ -335,7 +340,11 @@ async def test_the_cli_reports_the_broken_link_and_fails(create_database, ledger
 async def test_a_removed_link_is_reported_as_a_gap_and_its_entry_as_unchained(create_database, ledger):
     target = ledger.ids["refund"]
     copy = await _tampered_copy(
-        create_database, ledger, "DELETE FROM ledger_chain WHERE transaction_id = $1", target
+        create_database,
+        ledger,
+        "UPDATE ledger_entries SET chain_no = NULL, link_sha256 = NULL"
+        " WHERE transaction_id = $1 AND chain_no IS NOT NULL",
+        target,
     )
     report = await verify_books(copy)
     (unchained,) = report.problems[NOT_CHAINED]

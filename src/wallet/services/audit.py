@@ -201,14 +201,14 @@ FROM touched
 LEFT JOIN LATERAL (SELECT k.chain_no FROM audit_chain_marks k WHERE k.account_id = touched.account_id LIMIT 1) k
   ON true
 CROSS JOIN LATERAL (
-    (SELECT x.* FROM ledger_chain x
+    (SELECT x.* FROM ledger_chain_links x
       WHERE x.account_id = touched.account_id AND x.chain_no > coalesce(k.chain_no, 0)
         AND x.chain_no <= coalesce(k.chain_no, 0) + touched.n)
     UNION ALL
-    (SELECT x.* FROM ledger_chain x
+    (SELECT x.* FROM ledger_chain_links x
       WHERE touched.account_id = ANY ($3::bigint[]) AND x.account_id = touched.account_id
         AND x.chain_no > coalesce(k.chain_no, 0) + touched.n)) c
-LEFT JOIN ledger_chain p ON p.account_id = c.account_id AND p.chain_no = c.chain_no - 1
+LEFT JOIN ledger_chain_links p ON p.account_id = c.account_id AND p.chain_no = c.chain_no - 1
 LEFT JOIN ledger_entries e ON e.transaction_id = c.transaction_id AND e.entry_no = c.entry_no
                           AND e.account_id = c.account_id
 LEFT JOIN transactions t ON t.id = c.transaction_id

@@ -411,7 +411,7 @@ WITH links AS (
            CASE WHEN t.id IS NOT NULL AND e.transaction_id IS NOT NULL
                 THEN wallet_chain_digest(t, e.entry_no, e.account_id, e.asset_code, e.amount_minor)
            END AS digest
-    FROM ledger_chain c
+    FROM ledger_chain_links c
     LEFT JOIN ledger_entries e ON e.transaction_id = c.transaction_id AND e.entry_no = c.entry_no
     LEFT JOIN transactions t ON t.id = c.transaction_id
     WHERE c.account_id > $1 AND c.account_id <= $2
@@ -456,7 +456,7 @@ SELECT format('transaction %s entry %s (account %s, %s %s): %s', e.transaction_i
                    ELSE format('chained %s times', count(c.chain_no)) END)
 FROM ledger_entries e
 JOIN accounts a ON a.id = e.account_id AND a.kind = 'user'
-LEFT JOIN ledger_chain c ON c.transaction_id = e.transaction_id AND c.entry_no = e.entry_no
+LEFT JOIN ledger_chain_links c ON c.transaction_id = e.transaction_id AND c.entry_no = e.entry_no
 GROUP BY e.transaction_id, e.entry_no, a.id
 HAVING count(c.chain_no) <> 1
 ORDER BY a.id, e.transaction_id, e.entry_no LIMIT $1
@@ -466,7 +466,7 @@ BOUNDS_SQL = """
 SELECT (SELECT coalesce(min(seq), 1) - 1 FROM transactions) AS seq_low,
        (SELECT coalesce(max(seq), 0) FROM transactions) AS seq_high,
        greatest((SELECT coalesce(max(id), 0) FROM accounts),
-                (SELECT coalesce(max(account_id), 0) FROM ledger_chain)) AS account_high,
+                (SELECT coalesce(max(account_id), 0) FROM ledger_chain_links)) AS account_high,
        (SELECT coalesce(max(id), 0) FROM credit_lots) AS lot_high,
        pg_relation_size('ledger_entries') / current_setting('block_size')::bigint AS entry_blocks
 """
