@@ -208,7 +208,10 @@ CROSS JOIN LATERAL (
     (SELECT x.* FROM ledger_chain_links x
       WHERE touched.account_id = ANY ($3::bigint[]) AND x.account_id = touched.account_id
         AND x.chain_no > coalesce(k.chain_no, 0) + touched.n)) c
-LEFT JOIN ledger_chain_links p ON p.account_id = c.account_id AND p.chain_no = c.chain_no - 1
+-- (LATERAL: a join condition does not reach into the view's branches; a parameter does, and each
+-- branch is then one probe of its index)
+LEFT JOIN LATERAL (SELECT x.chain_no, x.link_sha256 FROM ledger_chain_links x
+                    WHERE x.account_id = c.account_id AND x.chain_no = c.chain_no - 1 LIMIT 1) p ON true
 LEFT JOIN ledger_entries e ON e.transaction_id = c.transaction_id AND e.entry_no = c.entry_no
                           AND e.account_id = c.account_id
 LEFT JOIN transactions t ON t.id = c.transaction_id
