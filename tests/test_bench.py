@@ -125,7 +125,8 @@ def test_bench_compare_lots_needs_an_explicit_scratch_database():
     from tools.bench import app
     from typer.testing import CliRunner
 
-    result = CliRunner().invoke(app, ["--compare-lots", "3"])  # refused before anything starts: in this process
+    # Refused before anything starts: in this process.
+    result = CliRunner().invoke(app, ["--compare-lots", "3"])
     assert result.exit_code == 2
     assert "--compare-lots needs an explicit --scratch-database" in result.stderr
 

@@ -251,7 +251,9 @@ async def test_chains_in_ledger_chain_go_on_on_the_entries_after_0015(create_dat
     await asyncio.to_thread(upgrade, url, "0014")  # 0006 chains them into ledger_chain
     conn = await asyncpg.connect(url)
     try:
-        old_links = [tuple(r) for r in await conn.fetch("SELECT * FROM ledger_chain ORDER BY account_id, chain_no")]
+        old_links = [
+            tuple(r) for r in await conn.fetch("SELECT * FROM ledger_chain ORDER BY account_id, chain_no")
+        ]
         assert len(old_links) == 4
     finally:
         await conn.close()
@@ -261,15 +263,17 @@ async def test_chains_in_ledger_chain_go_on_on_the_entries_after_0015(create_dat
     conn = await asyncpg.connect(url)
     try:
         # History untouched: the same rows, no link copied onto an old entry.
-        assert [tuple(r) for r in await conn.fetch("SELECT * FROM ledger_chain ORDER BY account_id, chain_no")] == (
-            old_links
-        )
+        assert [
+            tuple(r) for r in await conn.fetch("SELECT * FROM ledger_chain ORDER BY account_id, chain_no")
+        ] == (old_links)
         assert await conn.fetchval("SELECT count(*) FROM ledger_entries WHERE chain_no IS NOT NULL") == 0
         with pytest.raises(asyncpg.exceptions.RestrictViolationError, match="closed"):
             await conn.execute("INSERT INTO ledger_chain SELECT account_id, chain_no + 100, transaction_id,"
                                " entry_no, link_sha256 FROM ledger_chain")  # fmt: skip
         await seed_reference_data(conn)
-        posted = "SELECT outcome FROM wallet_post_transaction($1, $2, $3, $4, 'GOLD_COINS', $5, NULL, '{}'::jsonb)"
+        posted = (
+            "SELECT outcome FROM wallet_post_transaction($1, $2, $3, $4, 'GOLD_COINS', $5, NULL, '{}'::jsonb)"
+        )
         for key, type_, user, amount in [
             ("a4", "spend", "user_a", 1), ("b2", "topup", "user_b", 2), ("a5", "topup", "user_a", 3),
             ("c1", "topup", "user_c", 4),
@@ -302,9 +306,12 @@ async def test_chains_in_ledger_chain_go_on_on_the_entries_after_0015(create_dat
         )
         incremental = await run_audit(pool, settings)
         assert incremental.consistent, incremental.problems
-        assert await pool.fetchval(
-            "SELECT k.chain_no FROM audit_chain_marks k JOIN accounts a ON a.id = k.account_id"
-            " WHERE a.user_id = 'user_a'"
-        ) == 6
+        assert (
+            await pool.fetchval(
+                "SELECT k.chain_no FROM audit_chain_marks k JOIN accounts a ON a.id = k.account_id"
+                " WHERE a.user_id = 'user_a'"
+            )
+            == 6
+        )
     finally:
         await pool.close()

@@ -468,9 +468,7 @@ async def test_the_database_refuses_a_user_entry_without_its_link_and_a_system_e
         with pytest.raises(asyncpg.exceptions.CheckViolationError, match="ledger_entries_link"):
             await conn.execute(statement, key_id, alice, treasury, 100, b"short", None, None)
         # A second link of one number on one account (a fork) is refused by the index.
-        head = await conn.fetchrow(
-            "SELECT chain_no, link_sha256 FROM wallet_chain_head($1)", alice
-        )
+        head = await conn.fetchrow("SELECT chain_no, link_sha256 FROM wallet_chain_head($1)", alice)
         with pytest.raises(asyncpg.exceptions.UniqueViolationError, match="ledger_entries_chain"):
             await conn.execute(statement, key_id, alice, treasury, head["chain_no"], link, None, None)
     finally:
@@ -493,7 +491,8 @@ async def test_verify_and_the_audit_name_a_link_edited_on_its_entry(create_datab
     assert NOT_CHAINED not in report.problems
     found = await _audit(copy)
     assert any(
-        f"link 2 (transaction {target} entry 1): the stored link does not match" in p for p in found[AUDIT_CHAIN]
+        f"link 2 (transaction {target} entry 1): the stored link does not match" in p
+        for p in found[AUDIT_CHAIN]
     ), found
 
 

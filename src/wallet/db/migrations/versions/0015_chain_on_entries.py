@@ -4,8 +4,6 @@ Revision ID: 0015
 Revises: 0014
 """
 
-from alembic import op
-
 from wallet.db.migrations.script_runner import run_sql_script
 
 revision = "0015"
