@@ -323,9 +323,11 @@ BEGIN
         -- inserted above, the entry as inserted here)), numbered on from the account's head,
         -- which this statement's snapshot shows as of after the lock (a posting on the account
         -- before it has committed, the next one waits). Several entries of the statement on one
-        -- account are folded in posting order (the order of their transactions' seq). System
-        -- entries are not chained. Each posted row finds its posting by its id's place in v_ids
-        -- (a search of a uuid array: no join the planner could turn into a scan per row).
+        -- account are folded in posting order, then entry number (the postings' order is their
+        -- transactions' seq order too: posted inserts them in it; the trigger before 0015 folded
+        -- by seq). System entries are not chained. Each posted row finds its posting by its id's
+        -- place in v_ids (a search of a uuid array: no join the planner could turn into a scan
+        -- per row).
         INSERT INTO ledger_entries (transaction_id, entry_no, account_id, amount_minor, chain_no, link_sha256)
         SELECT x.transaction_id, x.entry_no, x.account_id, x.amount_minor,
                CASE WHEN x.digest IS NOT NULL THEN coalesce(x.head_no, 0) + row_number() OVER w END,
