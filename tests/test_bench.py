@@ -91,52 +91,6 @@ async def _row(server_url: str, database: str, sql: str) -> tuple[Any, ...]:
         await conn.close()
 
 
-async def _chain_counts(server_url: str, database: str) -> tuple[Any, ...]:
-    return await _row(
-        server_url,
-        database,
-        "SELECT (SELECT count(*) FROM ledger_chain), (SELECT count(*) FROM transactions),"
-        " (SELECT tgenabled <> 'D' FROM pg_trigger WHERE tgname = 'ledger_entries_chained')",
-    )
-
-
-@pytest.mark.slow
-def test_bench_without_hash_chain_disables_the_chain_trigger_in_its_scratch_database(
-    server_url, scratch, tmp_path: Path
-):
-    """What the chain costs is measured as the same run with and without it: without, the opening
-    balances are chained (both variants start alike) and nothing posted during the run is."""
-    output = tmp_path / "bench.json"
-    result = _run_bench(
-        server_url, scratch, output, "--scenarios", "topup,batch", "--without-hash-chain", clients="1"
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    links, transactions, enabled = asyncio.run(_chain_counts(server_url, scratch))
-    report = json.loads(output.read_text())
-    assert report["hash_chain"] is False
-    assert not enabled
-    opening_balances = 5 * 2  # 1 client x 5 users per batch, GOLD_COINS and DIAMONDS each
-    assert links == opening_balances < transactions
-
-
-@pytest.mark.slow
-def test_bench_compares_with_and_without_the_chain_on_one_database(server_url, scratch, tmp_path: Path):
-    output = tmp_path / "bench.json"
-    result = _run_bench(
-        server_url, scratch, output, "--scenarios", "topup", "--compare-hash-chain", "2", clients="1"
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    links, transactions, enabled = asyncio.run(_chain_counts(server_url, scratch))
-    (comparison,) = json.loads(output.read_text())["comparisons"]
-    assert (comparison["scenario"], comparison["clients"]) == ("topup", 1)
-    assert len(comparison["with_trigger"]) == len(comparison["without_trigger"]) == 2
-    assert comparison["median_pair_ratio"] > 0
-    assert "| topup | 1 |" in result.stdout
-    # Runs without the chain posted unchained entries; the trigger is on again afterwards.
-    assert enabled
-    assert 5 * 2 < links < transactions
-
-
 @pytest.mark.slow
 def test_bench_compares_spends_with_and_without_credit_lots(server_url, scratch, tmp_path: Path):
     output = tmp_path / "bench.json"
@@ -167,21 +121,23 @@ async def _spend_draws(server_url: str, database: str) -> tuple[Any, ...]:
     )
 
 
-@pytest.mark.parametrize(
-    ("option", "message"),
-    [
-        (["--without-hash-chain"], "--without-hash-chain needs an explicit --scratch-database"),
-        (["--compare-hash-chain", "3"], "--compare-hash-chain needs an explicit --scratch-database"),
-        (
-            ["--compare-hash-chain", "3", "--without-hash-chain", "--scratch-database", "x"],
-            "and no --without-hash-chain",
-        ),
-    ],
-)
-def test_bench_hash_chain_options_need_an_explicit_scratch_database(option: list[str], message: str):
+def test_bench_compare_lots_needs_an_explicit_scratch_database():
     from tools.bench import app
     from typer.testing import CliRunner
 
-    result = CliRunner().invoke(app, option)  # refused before anything starts: in this process
+    # Refused before anything starts: in this process.
+    result = CliRunner().invoke(app, ["--compare-lots", "3"])
     assert result.exit_code == 2
-    assert message in result.stderr
+    assert "--compare-lots needs an explicit --scratch-database" in result.stderr
+
+
+def test_bench_has_no_hash_chain_switch_any_more():
+    """Since migration 0015 the posting core writes each link with its entry (no trigger to turn
+    off; the database refuses a user entry without its link): the options are gone."""
+    from tools.bench import app
+    from typer.testing import CliRunner
+
+    for option in (["--without-hash-chain"], ["--compare-hash-chain", "3"]):
+        result = CliRunner().invoke(app, option)
+        assert result.exit_code == 2
+        assert "No such option" in result.stderr

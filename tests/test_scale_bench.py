@@ -126,7 +126,7 @@ async def test_the_audit_catches_up_in_bounded_chunks_and_resumes_where_it_was_s
         behind = await pool.fetchval(
             """
             SELECT count(*) FROM accounts a
-             CROSS JOIN LATERAL (SELECT max(c.chain_no) AS head FROM ledger_chain c WHERE c.account_id = a.id) c
+             CROSS JOIN LATERAL (SELECT max(c.chain_no) AS head FROM ledger_chain_links c WHERE c.account_id = a.id) c
               LEFT JOIN audit_chain_marks k ON k.account_id = a.id
              WHERE a.kind = 'user' AND c.head IS NOT NULL AND k.chain_no IS DISTINCT FROM c.head
             """

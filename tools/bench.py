@@ -8,14 +8,13 @@ on the same server, and prints each figure with its ratio to pgbench at the same
 
 Requires `wrk` and `pgbench` on PATH (Debian: `apt-get install wrk postgresql-client`).
 
-`--without-hash-chain` disables the hash-chain trigger (migration 0006) in the scratch database
-after it is prepared, so the cost of the chain can be measured by running the same scenarios
-with and without it, back to back. `--compare-hash-chain N` measures that cost more precisely on
-a noisy machine: one database and one service, the trigger switched on and off between N pairs
-of short runs in ABBA order, so preparation, growth and order effects cancel out.
-`--compare-lots N` does the same for the credit-lots trigger (migration 0009): spends draw a
-purchased lot each, top-ups fill one. (With the trigger off the lots fall behind the balances;
-the scratch database is not meant to verify afterwards.)
+`--compare-lots N` measures what the credit-lots trigger (migration 0009) costs on a noisy
+machine: one database and one service, the trigger switched on and off between N pairs of short
+runs in ABBA order, so preparation, growth and order effects cancel out; spends draw a purchased
+lot each, top-ups fill one. (With the trigger off the lots fall behind the balances; the scratch
+database is not meant to verify afterwards.) The hash chain has no such switch since migration
+0015: the posting core writes each link with its entry, and the database refuses an entry on a
+user account without one.
 """
 
 from __future__ import annotations
@@ -48,7 +47,6 @@ DATABASE_NAME = re.compile(r"[a-z_][a-z0-9_]{0,54}")
 PGBENCH_SCALE = 16
 OPENING_BALANCE_MINOR = 10**12
 PREPARE_CHUNK_USERS = 500
-HASH_CHAIN_TRIGGER = "ledger_entries_chained"
 LOTS_TRIGGER = "ledger_entries_lots"
 
 LUA_COMMON = r"""
@@ -160,22 +158,17 @@ def _psql_env(url: str) -> dict[str, str]:
     return env
 
 
-async def _prepare_database(
-    admin_url: str, database: str, users: int, *, hash_chain: bool = True
-) -> tuple[str, str]:
-    """A fresh, migrated database with `users` funded users; returns (url, api key).
-
-    Without hash_chain, the chain trigger is disabled once the opening balances are posted (they
-    are chained either way, so both variants start from the same ledger)."""
+async def _prepare_database(admin_url: str, database: str, users: int) -> tuple[str, str]:
+    """A fresh, migrated database with `users` funded users; returns (url, api key)."""
     from wallet.db.migrate import upgrade_to_head_async
 
     await recreate_database(admin_url, database)
     url = with_database(admin_url, database)
     await upgrade_to_head_async(url)
-    return url, await prepare_ledger(url, users, hash_chain=hash_chain)
+    return url, await prepare_ledger(url, users)
 
 
-async def prepare_ledger(url: str, users: int, *, hash_chain: bool = True) -> str:
+async def prepare_ledger(url: str, users: int) -> str:
     """In a migrated database: the reference data, an admin key named `bench` (returned), `users`
     users bench_0000... with large opening balances in GOLD_COINS and DIAMONDS, VACUUM ANALYZE,
     and the openings audited."""
@@ -211,8 +204,6 @@ async def prepare_ledger(url: str, users: int, *, hash_chain: bool = True) -> st
                 first,
                 min(first + PREPARE_CHUNK_USERS, users) - 1,
             )
-        if not hash_chain:
-            await conn.execute(f"ALTER TABLE ledger_entries DISABLE TRIGGER {HASH_CHAIN_TRIGGER}")
         await conn.execute("VACUUM ANALYZE")
     finally:
         await conn.close()
@@ -414,7 +405,6 @@ def run_bench(
     scenarios: list[str],
     output: Path | None,
     database: str = BENCH_DATABASE,
-    hash_chain: bool = True,
     byte_writes: int = 0,
 ) -> dict[str, object]:
     import asyncio
@@ -423,9 +413,8 @@ def run_bench(
         raise ValueError(f"not a plain database name: {database!r}")
     pgbench_database = database + PGBENCH_SUFFIX
     users = max(clients) * max(batch_size, 1)
-    chain = "with" if hash_chain else "WITHOUT"
-    print(f"preparing {database} with {users} users, {chain} the hash chain ...", file=sys.stderr, flush=True)
-    url, token = asyncio.run(_prepare_database(admin_url, database, users, hash_chain=hash_chain))
+    print(f"preparing {database} with {users} users ...", file=sys.stderr, flush=True)
+    url, token = asyncio.run(_prepare_database(admin_url, database, users))
     per_write: dict[str, object] | None = None
     if byte_writes:
         per_write = asyncio.run(_measure_bytes_per_write(url, byte_writes))
@@ -476,7 +465,6 @@ def run_bench(
         "workers": workers,
         "seconds": seconds,
         "batch_size": batch_size,
-        "hash_chain": hash_chain,
         "pgbench_tps": {mode: {str(c): tps for c, tps in by.items()} for mode, by in pgbench.items()},
         "measurements": [asdict(m) for m in measurements],
         "per_write": per_write,
@@ -660,30 +648,14 @@ def main(
             f" Default: {BENCH_DATABASE}."
         ),
     ] = None,
-    without_hash_chain: Annotated[
-        bool,
-        typer.Option(
-            "--without-hash-chain",
-            help="Disable the hash-chain trigger in the scratch database, to measure what the chain costs."
-            " Needs an explicit --scratch-database.",
-        ),
-    ] = False,
-    compare_hash_chain: Annotated[
-        int,
-        typer.Option(
-            min=0,
-            max=100,
-            help="Instead of the usual report: N pairs of runs of each scenario with and without the hash-chain"
-            " trigger, alternating on one database and one service, and their ratio. No pgbench."
-            " Needs an explicit --scratch-database.",
-        ),
-    ] = 0,
     compare_lots: Annotated[
         int,
         typer.Option(
             min=0,
             max=100,
-            help="As --compare-hash-chain, for the credit-lots trigger. Needs an explicit --scratch-database.",
+            help="Instead of the usual report: N pairs of runs of each scenario with and without the credit-lots"
+            " trigger, alternating on one database and one service, and their ratio. No pgbench."
+            " Needs an explicit --scratch-database.",
         ),
     ] = 0,
     byte_writes: Annotated[
@@ -701,21 +673,14 @@ def main(
     if unknown:
         _err(f"unknown scenarios: {', '.join(unknown)}")
         raise typer.Exit(code=2)
-    if without_hash_chain and scratch_database is None:
-        _err("--without-hash-chain needs an explicit --scratch-database (a ledger without its chain)")
-        raise typer.Exit(code=2)
-    if (compare_hash_chain or compare_lots) and (without_hash_chain or scratch_database is None):
-        flag = "--compare-hash-chain" if compare_hash_chain else "--compare-lots"
-        _err(f"{flag} needs an explicit --scratch-database and no --without-hash-chain")
-        raise typer.Exit(code=2)
-    if compare_hash_chain and compare_lots:
-        _err("one comparison at a time: --compare-hash-chain or --compare-lots")
+    if compare_lots and scratch_database is None:
+        _err("--compare-lots needs an explicit --scratch-database")
         raise typer.Exit(code=2)
     scratch_database = scratch_database or BENCH_DATABASE
     if not DATABASE_NAME.fullmatch(scratch_database):
         _err(f"--scratch-database must match {DATABASE_NAME.pattern}: {scratch_database!r}")
         raise typer.Exit(code=2)
-    if compare_hash_chain or compare_lots:
+    if compare_lots:
         run_trigger_comparison(
             database_url,
             clients=[int(c) for c in clients.split(",")],
@@ -723,10 +688,10 @@ def main(
             workers=workers,
             batch_size=batch_size,
             scenarios=chosen,
-            rounds=compare_hash_chain or compare_lots,
+            rounds=compare_lots,
             output=output,
             database=scratch_database,
-            trigger=HASH_CHAIN_TRIGGER if compare_hash_chain else LOTS_TRIGGER,
+            trigger=LOTS_TRIGGER,
         )
         return
     run_bench(
@@ -738,7 +703,6 @@ def main(
         scenarios=chosen,
         output=output,
         database=scratch_database,
-        hash_chain=not without_hash_chain,
         byte_writes=byte_writes,
     )
 

@@ -1,19 +1,23 @@
 """Migrations keep what was stored: an idempotent response written by the previous version (which
 stored HTTP statuses) replays byte for byte, with its status, after upgrading to head; and the
-ledger written before the hash chain is chained by the upgrade."""
+ledger written before the hash chain is chained by the upgrade, and chains stored in ledger_chain
+go on, unbroken, on the entries after 0015."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import sys
 
 import asyncpg
 import httpx
+import pytest
 
 from tests.support import bearer
 from wallet.api.app import create_app
 from wallet.db.migrate import upgrade, upgrade_to_head_async
+from wallet.services.audit import run_audit
 from wallet.services.seed import seed_reference_data
 from wallet.services.verify import verify_ledger
 from wallet.settings import Settings
@@ -72,7 +76,8 @@ async def test_responses_stored_by_revision_0001_replay_unchanged_after_upgrade(
         balance = await client.get("/api/v1/wallets/user_old/balance")
         assert balance.json()["balances"][0]["balance"] == 70
 
-    # Migration 0006 chained the entries written before it, and new postings extend that chain.
+    # Migration 0006 chained the entries written before it, and new postings extend that chain
+    # (since 0015 on the entries themselves: the old link stays in ledger_chain).
     conn = await asyncpg.connect(url)
     try:
         posted = await conn.fetchval(
@@ -82,7 +87,7 @@ async def test_responses_stored_by_revision_0001_replay_unchanged_after_upgrade(
         )
         assert posted == "posted"
         chain = await conn.fetch(
-            "SELECT c.chain_no, t.idempotency_key FROM ledger_chain c"
+            "SELECT c.chain_no, t.idempotency_key FROM ledger_chain_links c"
             " JOIN transactions t ON t.id = c.transaction_id ORDER BY c.chain_no"
         )
         assert [tuple(r) for r in chain] == [(1, "old-topup"), (2, "new-topup")]
@@ -205,3 +210,110 @@ async def test_three_processes_migrating_a_new_database_at_once_all_succeed(crea
         assert (await verify_ledger(conn)).clean
     finally:
         await conn.close()
+
+
+CHAIN_SQL = """
+SELECT c.chain_no, c.link_sha256, c.transaction_id, c.entry_no, e.chain_no AS on_entry,
+       wallet_chain_digest(t, e.entry_no, e.account_id, e.asset_code, e.amount_minor) AS digest
+  FROM ledger_chain_links c
+  JOIN accounts a ON a.id = c.account_id
+  JOIN ledger_entries e ON e.transaction_id = c.transaction_id AND e.entry_no = c.entry_no
+  JOIN transactions t ON t.id = c.transaction_id
+ WHERE a.user_id = $1 AND a.asset_code = 'GOLD_COINS'
+ ORDER BY c.chain_no
+"""
+
+
+async def test_chains_in_ledger_chain_go_on_on_the_entries_after_0015(create_database):
+    """Migration 0015: links written before it stay in ledger_chain, untouched; each account's
+    next link is on its entry, numbered on from the last old one and computed from it by the old
+    formula; `wallet verify` and the live audit (a first run over everything, then one over a new
+    posting) are clean across the boundary."""
+    url = await create_database()
+    await asyncio.to_thread(upgrade, url, "0001")
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute("SELECT wallet_ensure_asset('GOLD_COINS', 'Gold Coins', 0::smallint)")
+        for user in ("user_a", "user_b"):
+            await conn.execute("SELECT wallet_ensure_user($1, 'Old')", user)
+        await conn.execute(
+            "INSERT INTO api_keys (name, key_prefix, key_sha256, scopes) VALUES ('old', 'wk_old', sha256('x'), '{admin}')"
+        )
+        key_id = await conn.fetchval("SELECT id FROM api_keys WHERE name = 'old'")
+        post = "SELECT status_code FROM wallet_post_transaction($1, $2, $3, $4, 'GOLD_COINS', $5, NULL, '{}'::jsonb)"
+        for key, type_, user, amount in [
+            ("a1", "topup", "user_a", 100), ("a2", "spend", "user_a", 30), ("b1", "topup", "user_b", 10),
+            ("a3", "topup", "user_a", 5),
+        ]:  # fmt: skip
+            assert await conn.fetchval(post, key_id, key, type_, user, amount) == 201
+    finally:
+        await conn.close()
+    await asyncio.to_thread(upgrade, url, "0014")  # 0006 chains them into ledger_chain
+    conn = await asyncpg.connect(url)
+    try:
+        old_links = [
+            tuple(r) for r in await conn.fetch("SELECT * FROM ledger_chain ORDER BY account_id, chain_no")
+        ]
+        assert len(old_links) == 4
+    finally:
+        await conn.close()
+
+    await upgrade_to_head_async(url)
+
+    conn = await asyncpg.connect(url)
+    try:
+        # History untouched: the same rows, no link copied onto an old entry.
+        assert [
+            tuple(r) for r in await conn.fetch("SELECT * FROM ledger_chain ORDER BY account_id, chain_no")
+        ] == (old_links)
+        assert await conn.fetchval("SELECT count(*) FROM ledger_entries WHERE chain_no IS NOT NULL") == 0
+        with pytest.raises(asyncpg.exceptions.RestrictViolationError, match="closed"):
+            await conn.execute("INSERT INTO ledger_chain SELECT account_id, chain_no + 100, transaction_id,"
+                               " entry_no, link_sha256 FROM ledger_chain")  # fmt: skip
+        await seed_reference_data(conn)
+        posted = (
+            "SELECT outcome FROM wallet_post_transaction($1, $2, $3, $4, 'GOLD_COINS', $5, NULL, '{}'::jsonb)"
+        )
+        for key, type_, user, amount in [
+            ("a4", "spend", "user_a", 1), ("b2", "topup", "user_b", 2), ("a5", "topup", "user_a", 3),
+            ("c1", "topup", "user_c", 4),
+        ]:  # fmt: skip
+            if user == "user_c":
+                await conn.execute("SELECT wallet_ensure_user($1, 'New')", user)
+            assert await conn.fetchval(posted, key_id, f"new-{key}", type_, user, amount) == "posted"
+        for user, old, new in (("user_a", 3, 2), ("user_b", 1, 1), ("user_c", 0, 1)):
+            chain = await conn.fetch(CHAIN_SQL, user)
+            assert [r["chain_no"] for r in chain] == list(range(1, old + new + 1))
+            # The old links in ledger_chain, the new ones on their entries.
+            assert [r["on_entry"] for r in chain] == [None] * old + list(range(old + 1, old + new + 1))
+            # Every link, old and new, is link(n - 1) ++ digest by the formula of 0006.
+            previous = bytes(32)
+            for row in chain:
+                assert bytes(row["link_sha256"]) == hashlib.sha256(previous + bytes(row["digest"])).digest()
+                previous = bytes(row["link_sha256"])
+        report = await verify_ledger(conn)
+        assert report.clean, report.render()
+        assert report.chain_links == 4 + 4
+    finally:
+        await conn.close()
+    pool = await asyncpg.create_pool(url, min_size=1, max_size=2)
+    try:
+        settings = Settings(database_url=url, audit_settle_ms=0)
+        # A first incremental run checks everything, old links and new in the same chunk.
+        first = await run_audit(pool, settings)
+        assert first.consistent and first.from_seq == 0, first.problems
+        await pool.fetchval(
+            "SELECT outcome FROM wallet_post_transaction($1, 'new-a6', 'spend', 'user_a', 'GOLD_COINS', 2, NULL, '{}')",
+            key_id,
+        )
+        incremental = await run_audit(pool, settings)
+        assert incremental.consistent, incremental.problems
+        assert (
+            await pool.fetchval(
+                "SELECT k.chain_no FROM audit_chain_marks k JOIN accounts a ON a.id = k.account_id"
+                " WHERE a.user_id = 'user_a'"
+            )
+            == 6
+        )
+    finally:
+        await pool.close()

@@ -22,8 +22,10 @@ import pytest
 
 from tests.support import new_key, verify_books, wallet_on
 from wallet.db.sql_files import read_sql
+from wallet.services.audit import run_audit
 from wallet.services.seed import seed_reference_data
 from wallet.services.verify import verify_ledger
+from wallet.settings import Settings
 
 CHAIN_BROKEN = "hash chain broken (the first broken link of each account's chain)"
 NOT_CHAINED = "ledger entry on a user account missing from its account's hash chain, or chained twice"
@@ -31,7 +33,7 @@ SYSTEM_ENTRY = "entry on a system account other than the one its transaction's t
 
 USER_CHAIN_SQL = """
 SELECT c.chain_no, c.transaction_id, c.entry_no, c.link_sha256, t.seq
-FROM ledger_chain c
+FROM ledger_chain_links c
 JOIN accounts a ON a.id = c.account_id
 JOIN transactions t ON t.id = c.transaction_id
 WHERE a.user_id = $1 AND a.asset_code = $2
@@ -136,7 +138,8 @@ async def test_every_user_entry_is_chained_in_posting_order_and_verify_is_clean(
         assert report.chain_links == user_entries
         assert (
             await conn.fetchval(
-                "SELECT count(*) FROM ledger_chain c JOIN accounts a ON a.id = c.account_id WHERE a.kind = 'system'"
+                "SELECT count(*) FROM ledger_chain_links c JOIN accounts a ON a.id = c.account_id"
+                " WHERE a.kind = 'system'"
             )
             == 0
         )
@@ -158,7 +161,7 @@ async def test_every_user_entry_is_chained_in_posting_order_and_verify_is_clean(
                 previous = bytes(row["link_sha256"])
         # The transfer is in both chains: the sender's entry 1 and the receiver's entry 2.
         transfer_links = await conn.fetch(
-            "SELECT a.user_id, c.entry_no FROM ledger_chain c JOIN accounts a ON a.id = c.account_id"
+            "SELECT a.user_id, c.entry_no FROM ledger_chain_links c JOIN accounts a ON a.id = c.account_id"
             " WHERE c.transaction_id = $1 ORDER BY c.entry_no",
             ledger.ids["transfer"],
         )
@@ -178,7 +181,7 @@ async def test_the_digest_is_the_documented_json_so_an_outside_auditor_can_recom
             t["id"],
         )
         stored = await conn.fetchval(
-            "SELECT link_sha256 FROM ledger_chain WHERE transaction_id = $1 AND entry_no = 1", t["id"]
+            "SELECT link_sha256 FROM ledger_chain_links WHERE transaction_id = $1 AND entry_no = 1", t["id"]
         )
     finally:
         await conn.close()
@@ -214,9 +217,10 @@ async def test_the_digest_is_the_documented_json_so_an_outside_auditor_can_recom
     assert bytes(stored) == hashlib.sha256(bytes(32) + digest).digest()
 
 
-async def test_the_migration_backfill_computes_the_links_the_trigger_computed(create_database, ledger):
+async def test_the_migration_backfill_computes_the_links_the_posting_core_computed(create_database, ledger):
     """0006 chains an existing ledger in one statement; on this ledger (transfers, a batch, a
-    reversal, a capture) it must give exactly the links the posting trigger wrote one by one."""
+    reversal, a capture) it must give exactly the links the posting core wrote on the entries one
+    posting at a time (the trigger of 0006 until migration 0015): the old formula, recomputed."""
     marker = "-- The entries written before this migration"
     script = read_sql("0006_hash_chain.sql")
     assert marker in script
@@ -224,15 +228,18 @@ async def test_the_migration_backfill_computes_the_links_the_trigger_computed(cr
     copy = await create_database(template=urlsplit(ledger.url).path.lstrip("/"))
     conn = await asyncpg.connect(copy)
     try:
-        by_trigger = await conn.fetch("SELECT * FROM ledger_chain ORDER BY account_id, chain_no")
+        by_core = await conn.fetch(
+            "SELECT account_id, chain_no, transaction_id, entry_no, link_sha256 FROM ledger_entries"
+            " WHERE chain_no IS NOT NULL ORDER BY account_id, chain_no"
+        )
         await conn.execute("SET session_replication_role = replica")
-        await conn.execute("DELETE FROM ledger_chain")
+        assert await conn.fetchval("SELECT count(*) FROM ledger_chain") == 0  # every link is on its entry
         await conn.execute(backfill)
         by_backfill = await conn.fetch("SELECT * FROM ledger_chain ORDER BY account_id, chain_no")
     finally:
         await conn.close()
-    assert len(by_trigger) == 17
-    assert [tuple(r) for r in by_backfill] == [tuple(r) for r in by_trigger]
+    assert len(by_core) == 17
+    assert [tuple(r) for r in by_backfill] == [tuple(r) for r in by_core]
 
 
 # Edits only a superuser bypassing the triggers can make; each names the transaction it edits.
@@ -335,7 +342,11 @@ async def test_the_cli_reports_the_broken_link_and_fails(create_database, ledger
 async def test_a_removed_link_is_reported_as_a_gap_and_its_entry_as_unchained(create_database, ledger):
     target = ledger.ids["refund"]
     copy = await _tampered_copy(
-        create_database, ledger, "DELETE FROM ledger_chain WHERE transaction_id = $1", target
+        create_database,
+        ledger,
+        "UPDATE ledger_entries SET chain_no = NULL, link_sha256 = NULL"
+        " WHERE transaction_id = $1 AND chain_no IS NOT NULL",
+        target,
     )
     report = await verify_books(copy)
     (unchained,) = report.problems[NOT_CHAINED]
@@ -407,3 +418,120 @@ async def test_concurrent_postings_on_one_account_leave_one_unbroken_chain(admin
         report = await verify_ledger(conn)
     assert CHAIN_BROKEN not in report.problems, report.render()
     assert NOT_CHAINED not in report.problems, report.render()
+
+
+# Since migration 0015 the links are on the entries: what an edit of them looks like to `wallet
+# verify` and to the live audit, and what the database refuses outright.
+AUDIT_CHAIN = "hash chain broken after the last audited link"
+
+
+async def _audit(url: str) -> dict[str, list[str]]:
+    """An incremental audit run on a copy that was never audited: it checks every transaction."""
+    pool = await asyncpg.create_pool(url, min_size=1, max_size=2)
+    try:
+        result = await run_audit(pool, Settings(database_url=url, audit_settle_ms=0))
+    finally:
+        await pool.close()
+    return result.problems
+
+
+async def test_the_database_refuses_a_user_entry_without_its_link_and_a_system_entry_with_one(
+    create_database, ledger
+):
+    copy = await create_database(template=urlsplit(ledger.url).path.lstrip("/"))
+    conn = await asyncpg.connect(copy)
+    try:
+        key_id = await conn.fetchval("SELECT id FROM api_keys WHERE name = 'chain'")
+        alice, treasury = await conn.fetchrow(
+            "SELECT (SELECT id FROM accounts WHERE user_id = 'alice' AND asset_code = 'GOLD_COINS'),"
+            "       (SELECT id FROM accounts WHERE system_code = 'SYSTEM_TREASURY' AND asset_code = 'GOLD_COINS')"
+        )
+        statement = """
+        WITH t AS (
+            INSERT INTO transactions (type, api_key_id, idempotency_key, user_id, asset_code, amount_minor,
+                                      balance_after_minor)
+            VALUES ('topup', $1, 'by-hand', 'alice', 'GOLD_COINS', 5, 5) RETURNING id
+        )
+        INSERT INTO ledger_entries (transaction_id, entry_no, account_id, amount_minor, chain_no, link_sha256)
+        SELECT t.id, e.entry_no, e.account_id, e.amount, e.chain_no, e.link FROM t,
+               (VALUES (1::smallint, $2::bigint, 5::bigint, $4::bigint, $5::bytea),
+                       (2::smallint, $3::bigint, -5::bigint, $6::bigint, $7::bytea))
+                   AS e(entry_no, account_id, amount, chain_no, link)
+        """
+        link = hashlib.sha256(b"any").digest()
+        for user_link, system_link in (((None, None), (None, None)), ((100, link), (1, link))):
+            with pytest.raises(asyncpg.exceptions.CheckViolationError, match="has no hash-chain link"):
+                await conn.execute(statement, key_id, alice, treasury, *user_link, *system_link)
+        # A link comes with its number, 32 bytes long.
+        with pytest.raises(asyncpg.exceptions.CheckViolationError, match="ledger_entries_link"):
+            await conn.execute(statement, key_id, alice, treasury, 100, None, None, None)
+        with pytest.raises(asyncpg.exceptions.CheckViolationError, match="ledger_entries_link"):
+            await conn.execute(statement, key_id, alice, treasury, 100, b"short", None, None)
+        # A second link of one number on one account (a fork) is refused by the index.
+        head = await conn.fetchrow("SELECT chain_no, link_sha256 FROM wallet_chain_head($1)", alice)
+        with pytest.raises(asyncpg.exceptions.UniqueViolationError, match="ledger_entries_chain"):
+            await conn.execute(statement, key_id, alice, treasury, head["chain_no"], link, None, None)
+    finally:
+        await conn.close()
+
+
+async def test_verify_and_the_audit_name_a_link_edited_on_its_entry(create_database, ledger):
+    target = ledger.ids["alice_spend"]
+    copy = await _tampered_copy(
+        create_database,
+        ledger,
+        "UPDATE ledger_entries SET link_sha256 = sha256(link_sha256) WHERE transaction_id = $1 AND entry_no = 1",
+        target,
+    )
+    report = await verify_books(copy)
+    # The edited link (alice's 2nd) and the one after it, which no longer follows from it.
+    (broken,) = report.problems[CHAIN_BROKEN]
+    assert f"(alice GOLD_COINS): first broken link 2 of 8 is transaction {target} entry 1" in broken
+    assert "(2 broken link(s) in this chain)" in broken
+    assert NOT_CHAINED not in report.problems
+    found = await _audit(copy)
+    assert any(
+        f"link 2 (transaction {target} entry 1): the stored link does not match" in p
+        for p in found[AUDIT_CHAIN]
+    ), found
+
+
+async def test_the_audit_names_a_removed_link(create_database, ledger):
+    target = ledger.ids["alice_late_spend"]  # alice's newest link: no later link shows the gap
+    copy = await _tampered_copy(
+        create_database,
+        ledger,
+        "UPDATE ledger_entries SET chain_no = NULL, link_sha256 = NULL WHERE transaction_id = $1 AND entry_no = 1",
+        target,
+    )
+    (unchained,) = (await verify_books(copy)).problems[NOT_CHAINED]
+    assert f"transaction {target} entry 1" in unchained and unchained.endswith("not chained")
+    found = await _audit(copy)
+    (missing,) = found[AUDIT_CHAIN]
+    assert "7 link(s) for the 8 entries of the checked transactions on it" in missing, found
+
+
+async def test_verify_and_the_audit_name_a_chain_number_stored_twice(create_database, ledger):
+    """ledger_chain is closed since 0015: a link written there by hand (behind its trigger) that
+    repeats a number of a chain on the entries is named by both."""
+    target = ledger.ids["alice_spend"]
+    copy = await _tampered_copy(
+        create_database,
+        ledger,
+        "INSERT INTO ledger_chain SELECT account_id, chain_no, transaction_id, entry_no, link_sha256"
+        " FROM ledger_entries WHERE transaction_id = $1 AND entry_no = 1",
+        target,
+    )
+    conn = await asyncpg.connect(copy)
+    try:
+        with pytest.raises(asyncpg.exceptions.RestrictViolationError, match="ledger_chain is closed"):
+            await conn.execute("INSERT INTO ledger_chain SELECT * FROM ledger_chain")
+    finally:
+        await conn.close()
+    report = await verify_books(copy)
+    (twice,) = report.problems[NOT_CHAINED]
+    assert f"transaction {target} entry 1" in twice and twice.endswith("chained 2 times")
+    (broken,) = report.problems[CHAIN_BROKEN]
+    assert "(alice GOLD_COINS): first broken link 2 of 9" in broken
+    found = await _audit(copy)
+    assert any("9 link(s) for the 8 entries" in p for p in found[AUDIT_CHAIN]), found

@@ -38,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import defaultdict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -179,7 +180,9 @@ CHAIN_TITLE = "hash chain broken after the last audited link"
 # links follow seq: the account's row lock orders its postings), or all of them up to the chunk
 # for the accounts in $3 (their mark lags: a link of the window was checked already). Links of
 # later transactions are left to their chunk. Per link: its account, whether it is past the
-# mark's window end (lags), and its problem if any. Each window is one index range: an OR in
+# mark's window end (lags), and its problem if any; with the number of the chunk's entries on
+# the account (n), which as many links of the chunk's transactions must match (an account without
+# any: one row, its link NULL). Each window is one index range: an OR in
 # its condition had made every chunk read each touched chain to its end (quadratic in a backlog).
 _CHAIN_SQL = f"""
 WITH touched AS (
@@ -190,8 +193,9 @@ WITH touched AS (
      WHERE {_IN_RANGE}
      GROUP BY e.account_id
 )
-SELECT touched.account_id, c.chain_no, t.seq, t.seq <= $1 AS lags,
-       CASE WHEN e.transaction_id IS NULL OR t.id IS NULL THEN 'its transaction or entry is missing'
+SELECT touched.account_id, touched.n, c.chain_no, t.seq, t.seq <= $1 AS lags,
+       CASE WHEN c.chain_no IS NULL THEN NULL
+            WHEN e.transaction_id IS NULL OR t.id IS NULL THEN 'its transaction or entry is missing'
             WHEN p.chain_no IS NULL AND c.chain_no > 1 THEN 'the link before it is missing'
             WHEN c.link_sha256 <> wallet_chain_link(p.link_sha256, wallet_chain_digest(t, e.entry_no, e.account_id,
                                                                                       e.asset_code, e.amount_minor))
@@ -200,15 +204,18 @@ SELECT touched.account_id, c.chain_no, t.seq, t.seq <= $1 AS lags,
 FROM touched
 LEFT JOIN LATERAL (SELECT k.chain_no FROM audit_chain_marks k WHERE k.account_id = touched.account_id LIMIT 1) k
   ON true
-CROSS JOIN LATERAL (
-    (SELECT x.* FROM ledger_chain x
+LEFT JOIN LATERAL (
+    (SELECT x.* FROM ledger_chain_links x
       WHERE x.account_id = touched.account_id AND x.chain_no > coalesce(k.chain_no, 0)
         AND x.chain_no <= coalesce(k.chain_no, 0) + touched.n)
     UNION ALL
-    (SELECT x.* FROM ledger_chain x
+    (SELECT x.* FROM ledger_chain_links x
       WHERE touched.account_id = ANY ($3::bigint[]) AND x.account_id = touched.account_id
-        AND x.chain_no > coalesce(k.chain_no, 0) + touched.n)) c
-LEFT JOIN ledger_chain p ON p.account_id = c.account_id AND p.chain_no = c.chain_no - 1
+        AND x.chain_no > coalesce(k.chain_no, 0) + touched.n)) c ON true
+-- (LATERAL: a join condition does not reach into the view's branches; a parameter does, and each
+-- branch is then one probe of its index)
+LEFT JOIN LATERAL (SELECT x.chain_no, x.link_sha256 FROM ledger_chain_links x
+                    WHERE x.account_id = c.account_id AND x.chain_no = c.chain_no - 1 LIMIT 1) p ON true
 LEFT JOIN ledger_entries e ON e.transaction_id = c.transaction_id AND e.entry_no = c.entry_no
                           AND e.account_id = c.account_id
 LEFT JOIN transactions t ON t.id = c.transaction_id
@@ -331,15 +338,31 @@ async def _check_chain(
         ]
     marks: dict[int, int] = {}
     found: list[str] = []
+    entries: dict[int, int] = {}  # per touched account: the chunk's entries on it
+    links: dict[int, int] = defaultdict(int)  # per touched account: its links of the chunk's transactions
     for row in rows:
+        entries[row["account_id"]] = row["n"]
+        if row["chain_no"] is None:
+            continue  # no link in the window
         if row["seq"] is not None and row["seq"] > to_seq:
             continue  # a later chunk's link
+        if row["seq"] is not None and row["seq"] > from_seq:
+            links[row["account_id"]] += 1
         if row["reason"] is not None:
             found.append(
                 f"account {row['account_id']}: link {row['chain_no']} (transaction {row['transaction_id']}"
                 f" entry {row['entry_no']}): {row['reason']}"
             )
         marks[row["account_id"]] = max(marks.get(row["account_id"], 0), row["chain_no"])
+    # Every entry of the chunk on a user account is chained, once (the posting core writes the
+    # link with the entry; the entries' check refuses one without): an entry written behind the
+    # triggers without its link, a link removed, or one stored twice shows here.
+    for account_id, count in sorted(entries.items()):
+        if links[account_id] != count:
+            found.append(
+                f"account {account_id}: {links[account_id]} link(s) for the {count} entries of the checked"
+                " transactions on it (an entry not chained, or chained twice)"
+            )
     if found:
         problems[CHAIN_TITLE] = found[:MAX_PROBLEMS_PER_CHECK]
     return marks

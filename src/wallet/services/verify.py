@@ -5,7 +5,9 @@ included: they sum to each balance and to their own movements); this is the
 independent audit that proves it on a live database, and catches what someone with enough
 privilege could still do by hand (disable triggers, edit a cached balance).
 
-The hash chains (migration 0006) are checked link by link: each stored link is recomputed from
+The hash chains (migration 0006; since 0015 each new link is stored on its own entry, the older
+ones stay in ledger_chain, and both are read through the view ledger_chain_links, one numbering
+per account across the two) are checked link by link: each stored link is recomputed from
 the previous stored link and the transaction and entry as they are stored now. An edit of one
 transaction or user entry therefore breaks exactly its own link (the next one still follows from
 the stored value), and the report names the first broken link of each account's chain. System
@@ -397,7 +399,7 @@ SELECT a.id, a.kind, a.user_id, a.system_code, a.asset_code, a.balance_minor
 """
 
 # Every link recomputed set-based from the previous stored link (lag over chain_no) and the
-# transaction and entry as stored now, by the same functions the posting trigger uses; the
+# transaction and entry as stored now, by the same functions the posting core uses; the
 # accounts of one chunk ($1 < account_id <= $2) whole. One row per account: its chain's length,
 # how many of its links do not follow the one before in posting order (seq, entry), which no
 # honest chain has: a link repeated or out of place; its last link up to seq $3 (the live
@@ -411,7 +413,7 @@ WITH links AS (
            CASE WHEN t.id IS NOT NULL AND e.transaction_id IS NOT NULL
                 THEN wallet_chain_digest(t, e.entry_no, e.account_id, e.asset_code, e.amount_minor)
            END AS digest
-    FROM ledger_chain c
+    FROM ledger_chain_links c
     LEFT JOIN ledger_entries e ON e.transaction_id = c.transaction_id AND e.entry_no = c.entry_no
     LEFT JOIN transactions t ON t.id = c.transaction_id
     WHERE c.account_id > $1 AND c.account_id <= $2
@@ -456,17 +458,20 @@ SELECT format('transaction %s entry %s (account %s, %s %s): %s', e.transaction_i
                    ELSE format('chained %s times', count(c.chain_no)) END)
 FROM ledger_entries e
 JOIN accounts a ON a.id = e.account_id AND a.kind = 'user'
-LEFT JOIN ledger_chain c ON c.transaction_id = e.transaction_id AND c.entry_no = e.entry_no
+LEFT JOIN ledger_chain_links c ON c.transaction_id = e.transaction_id AND c.entry_no = e.entry_no
 GROUP BY e.transaction_id, e.entry_no, a.id
 HAVING count(c.chain_no) <> 1
 ORDER BY a.id, e.transaction_id, e.entry_no LIMIT $1
 """
 
+# (The chained accounts' highest id from each store apart: each max is one probe of its index's
+# end, where a max over ledger_chain_links would sort the entries' branch whole.)
 BOUNDS_SQL = """
 SELECT (SELECT coalesce(min(seq), 1) - 1 FROM transactions) AS seq_low,
        (SELECT coalesce(max(seq), 0) FROM transactions) AS seq_high,
        greatest((SELECT coalesce(max(id), 0) FROM accounts),
-                (SELECT coalesce(max(account_id), 0) FROM ledger_chain)) AS account_high,
+                (SELECT coalesce(max(account_id), 0) FROM ledger_chain),
+                (SELECT coalesce(max(account_id), 0) FROM ledger_entries WHERE chain_no IS NOT NULL)) AS account_high,
        (SELECT coalesce(max(id), 0) FROM credit_lots) AS lot_high,
        pg_relation_size('ledger_entries') / current_setting('block_size')::bigint AS entry_blocks
 """

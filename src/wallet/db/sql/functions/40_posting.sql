@@ -32,9 +32,10 @@ $$;
 --   3. each posting's debits are checked against the running balances (what p.covered_by says
 --      they must leave; expired holds still counted in held_minor are released once per account
 --      when that alone makes one short);
---   4. one INSERT writes every transaction, one every entry (the triggers then check the entries,
---      fill and draw the lots, extend the hash chain and write the events), one UPDATE every
---      balance; the same statement builds each posting's document from the rows it inserted.
+--   4. one INSERT writes every transaction, one every entry, each user entry with its hash-chain
+--      link (the triggers then check the entries, fill and draw the lots and write the events),
+--      one UPDATE every balance; the same statement builds each posting's document from the rows
+--      it inserted.
 -- Steps 1 and 3 take one of three roads, the same answers by each (docs/PERFORMANCE.md):
 --   * one user account (every posting's first leg; the other legs on system accounts; none
 --     uncovered): one UPDATE locks it and applies every posting, when its balance covers the
@@ -316,13 +317,34 @@ BEGIN
          ORDER BY p.ordinality
         RETURNING *
     ), entries AS (
-        -- (no asset nor time: the transaction's; migration 0013)
-        INSERT INTO ledger_entries (transaction_id, entry_no, account_id, amount_minor)
-        SELECT v_ids[p.ordinality], l.entry_no::smallint, l.account_id, l.amount_minor
-          FROM unnest(v_postings) WITH ORDINALITY AS p
-         CROSS JOIN LATERAL unnest(p.account_ids, p.amounts_minor) WITH ORDINALITY AS l(account_id, amount_minor, entry_no)
-         WHERE v_ids[p.ordinality] IS NOT NULL
-         ORDER BY p.ordinality, l.entry_no
+        -- (no asset nor time: the transaction's; migration 0013.) Each entry on a user account
+        -- (one of v_accounts, every one locked in step 1) carries its hash-chain link (migration
+        -- 0015): link = wallet_chain_link(previous link, wallet_chain_digest(its transaction as
+        -- inserted above, the entry as inserted here)), numbered on from the account's head,
+        -- which this statement's snapshot shows as of after the lock (a posting on the account
+        -- before it has committed, the next one waits). Several entries of the statement on one
+        -- account are folded in posting order, then entry number (the postings' order is their
+        -- transactions' seq order too: posted inserts them in it; the trigger before 0015 folded
+        -- by seq). System entries are not chained. Each posted row finds its posting by its id's
+        -- place in v_ids (a search of a uuid array: no join the planner could turn into a scan
+        -- per row).
+        INSERT INTO ledger_entries (transaction_id, entry_no, account_id, amount_minor, chain_no, link_sha256)
+        SELECT x.transaction_id, x.entry_no, x.account_id, x.amount_minor,
+               CASE WHEN x.digest IS NOT NULL THEN coalesce(x.head_no, 0) + row_number() OVER w END,
+               wallet_chain_fold(x.head_link, x.digest) FILTER (WHERE x.digest IS NOT NULL) OVER w
+          FROM (SELECT i.i, t.id AS transaction_id, l.entry_no::smallint AS entry_no, l.account_id, l.amount_minor,
+                       h.chain_no AS head_no, h.link_sha256 AS head_link,
+                       CASE WHEN u.chained
+                            THEN wallet_chain_digest(t::transactions, l.entry_no::smallint, l.account_id, NULL,
+                                                     l.amount_minor) END AS digest
+                  FROM posted t
+                 CROSS JOIN LATERAL (SELECT array_position(v_ids, t.id) AS i) AS i
+                 CROSS JOIN LATERAL unnest(v_postings[i.i].account_ids, v_postings[i.i].amounts_minor)
+                                    WITH ORDINALITY AS l(account_id, amount_minor, entry_no)
+                 CROSS JOIN LATERAL (SELECT array_position(v_accounts, l.account_id) IS NOT NULL AS chained) AS u
+                  LEFT JOIN LATERAL wallet_chain_head(CASE WHEN u.chained THEN l.account_id END) AS h ON true) AS x
+        WINDOW w AS (PARTITION BY x.account_id ORDER BY x.i, x.entry_no ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
+         ORDER BY x.i, x.entry_no
         RETURNING transaction_id, entry_no, account_id, amount_minor
     ), balances AS (
         -- Found by = ANY (an index scan whatever the planner guesses of the set's size).
