@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncpg
 import pytest
 
+from wallet.api.observe import REQUEST_ID_PATTERN
 from wallet.db.migrate import upgrade_to_head_async
 from wallet.db.rules import CONSTRAINT_COMMENT_PREFIX, rule_constraints
 from wallet.domain import errors, rules
@@ -123,6 +124,31 @@ async def test_literal_constraints_say_what_the_rule_functions_say(pool):
         assert (
             await pool.fetchval(f"SELECT {key} FROM (SELECT repeat('k', $1) AS key) AS t", length) is allowed
         )
+
+
+async def test_the_request_id_constraint_says_what_the_service_accepts(pool):
+    """The database's rule for a request id (a class and a length) and the service's pattern for
+    X-Request-ID (a bounded repetition) accept the same ids."""
+    check = {name: expression for _, name, expression in rule_constraints()}["transactions_request_id_check"]
+    for request_id in (
+        "a",
+        "0123456789abcdef0123456789abcdef",
+        "A-Za-z0-9._:@/+=-",
+        "x" * rules.REQUEST_ID_MAX_CHARS,
+        "x" * (rules.REQUEST_ID_MAX_CHARS + 1),
+        "",
+        "with space",
+        "tab\t",
+        "é",
+        "semi;colon",
+        "quote'",
+        "[brackets]",
+        "back\\slash",
+    ):
+        accepted = await pool.fetchval(
+            f"SELECT {check} FROM (SELECT $1::text AS request_id) AS t", request_id
+        )
+        assert accepted is (REQUEST_ID_PATTERN.fullmatch(request_id.encode()) is not None), request_id
 
 
 async def test_migrate_replaces_a_constraint_whose_rule_changed(create_migrated_database):

@@ -30,10 +30,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from wallet.api.body_limit import WITHOUT_BODY, read_body, replaying
 from wallet.api.head import as_get, without_body
+from wallet.domain import rules
 from wallet.services.tracing import REQUEST_ID
 
 REQUEST_ID_HEADER = b"x-request-id"
-REQUEST_ID_PATTERN = re.compile(rb"[A-Za-z0-9._:@/+=-]{1,128}")
+REQUEST_ID_PATTERN = re.compile(f"[{rules.REQUEST_ID_CHARACTERS}]{{1,{rules.REQUEST_ID_MAX_CHARS}}}".encode())
 
 RESPONSES = Counter(
     "wallet_http_responses_total",

@@ -153,6 +153,9 @@ METADATA_MAX_DEPTH = 32  # levels of nested objects and arrays, the top object i
 USER_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
 ASSET_CODE_MAX_CHARS = 32
 ASSET_CODE_PATTERN = r"^[A-Z][A-Z0-9_]{1,31}$"
+# A request's id (X-Request-ID, kept on its transactions): 1 to 128 of these characters.
+REQUEST_ID_CHARACTERS = "A-Za-z0-9._:@/+=-"  # a regular expression's character class, as written in [...]
+REQUEST_ID_MAX_CHARS = 128
 # Opaque pagination cursors are short; anything longer was not issued by this service.
 CURSOR_MAX_CHARS = 200
 # Page sizes may be configured up to this.

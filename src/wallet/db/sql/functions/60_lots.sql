@@ -6,10 +6,14 @@
 
 -- How many lot movements the transaction has (migration 0013: a new movement is numbered after
 -- them, in the order its transaction moved its lots).
+-- PL/pgSQL, not SQL: a SQL function with a FROM is not inlined, and PostgreSQL parses and plans
+-- its body again for every statement that calls it (33 µs an INSERT, against 11: PL/pgSQL keeps
+-- the plan for the session). Every fill and draw calls it.
 CREATE OR REPLACE FUNCTION wallet_lot_movements_of(p_transaction_id uuid) RETURNS smallint
-LANGUAGE sql STABLE AS $$
-    SELECT count(*)::smallint FROM lot_movements m WHERE m.transaction_id = p_transaction_id
-$$;
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN (SELECT count(*)::smallint FROM lot_movements m WHERE m.transaction_id = p_transaction_id);
+END $$;
 
 -- Adds p_amount_minor to the account's lot of that origin and expiry (creating it if new), as a
 -- movement of p_transaction_id. An update first, an insert only for a new lot (under the
