@@ -135,7 +135,8 @@ async def test_a_corrupted_balance_lot_or_entry_is_found_and_stays_found_until_r
     assert spend["type"] == "spend"
 
 
-async def test_a_full_run_recomputes_everything(admin, pool, settings):
+async def test_a_full_run_recomputes_everything(admin, pool, settings, make_user):
+    await make_user(GOLD_COINS=5)  # something to recompute, whatever ran before in this database
     full = await admin.get("/api/v1/audit", params={"full": "true"})
     assert full.status_code == 200, full.text
     body = full.json()

@@ -22,3 +22,22 @@ LANGUAGE sql STABLE ROWS 1 AS $$
       ORDER BY c.chain_no DESC LIMIT 1)
     LIMIT 1
 $$;
+
+-- The heads of the accounts a posting call is about to chain on, in the order given (NULLs: no
+-- chain yet): what wallet_post folds each account's new links from, read once per call, after
+-- the accounts are locked and their due lots expired. PL/pgSQL with sequential scans off, so
+-- that the probes stay probes whatever the statistics said when the session planned them: a
+-- connection that planned the lookup while the ledger was empty (statistics of a fresh database,
+-- no autovacuum to refresh them) kept a scan of every ledger entry per posting, 25 ms a write
+-- after 30,000 postings. One call per posting call, not per entry.
+CREATE OR REPLACE FUNCTION wallet_chain_heads(p_account_ids bigint[])
+RETURNS TABLE (chain_no bigint, link_sha256 bytea)
+LANGUAGE plpgsql STABLE
+SET enable_seqscan = off SET jit = off AS $$
+BEGIN
+    RETURN QUERY
+        SELECT h.chain_no, h.link_sha256
+          FROM unnest(p_account_ids) WITH ORDINALITY AS a(id, k)
+          LEFT JOIN LATERAL wallet_chain_head(a.id) AS h ON true
+         ORDER BY a.k;
+END $$;

@@ -83,6 +83,8 @@ DECLARE
     v_passed boolean := false;
     v_uncovered boolean := false;
     v_setting text;
+    v_head_nos bigint[];      -- per account: the number of its chain's head (NULL: none yet)
+    v_head_links bytea[];     -- per account: that head's link
 BEGIN
     -- The postings' shape, and whether the first road may take them.
     SELECT CASE WHEN bool_and(coalesce(cardinality(p.account_ids) >= 2
@@ -302,6 +304,10 @@ BEGIN
         v_setting := current_setting('wallet.allow_negative', true);
         PERFORM set_config('wallet.allow_negative', 'on', true);  -- this transaction only
     END IF;
+    -- The heads the new links continue from: read now, after every lock and every expiry this
+    -- call posted (those chained on the same accounts).
+    SELECT array_agg(h.chain_no ORDER BY h.k), array_agg(h.link_sha256 ORDER BY h.k) INTO v_head_nos, v_head_links
+      FROM wallet_chain_heads(v_accounts) WITH ORDINALITY AS h(chain_no, link_sha256, k);
     WITH posted AS (
         INSERT INTO transactions (id, type, api_key_id, idempotency_key, user_id, asset_code, amount_minor,
                                   balance_after_minor, description, metadata, reverses, counterparty_user_id,
@@ -320,9 +326,9 @@ BEGIN
         -- (no asset nor time: the transaction's; migration 0013.) Each entry on a user account
         -- (one of v_accounts, every one locked in step 1) carries its hash-chain link (migration
         -- 0015): link = wallet_chain_link(previous link, wallet_chain_digest(its transaction as
-        -- inserted above, the entry as inserted here)), numbered on from the account's head,
-        -- which this statement's snapshot shows as of after the lock (a posting on the account
-        -- before it has committed, the next one waits). Several entries of the statement on one
+        -- inserted above, the entry as inserted here)), numbered on from the account's head
+        -- (v_head_nos / v_head_links, read under the lock: a posting on the account before it
+        -- has committed, the next one waits). Several entries of the statement on one
         -- account are folded in posting order, then entry number (the postings' order is their
         -- transactions' seq order too: posted inserts them in it; the trigger before 0015 folded
         -- by seq). System entries are not chained. Each posted row finds its posting by its id's
@@ -333,16 +339,15 @@ BEGIN
                CASE WHEN x.digest IS NOT NULL THEN coalesce(x.head_no, 0) + row_number() OVER w END,
                wallet_chain_fold(x.head_link, x.digest) FILTER (WHERE x.digest IS NOT NULL) OVER w
           FROM (SELECT i.i, t.id AS transaction_id, l.entry_no::smallint AS entry_no, l.account_id, l.amount_minor,
-                       h.chain_no AS head_no, h.link_sha256 AS head_link,
-                       CASE WHEN u.chained
+                       v_head_nos[u.k] AS head_no, v_head_links[u.k] AS head_link,
+                       CASE WHEN u.k IS NOT NULL
                             THEN wallet_chain_digest(t::transactions, l.entry_no::smallint, l.account_id, NULL,
                                                      l.amount_minor) END AS digest
                   FROM posted t
                  CROSS JOIN LATERAL (SELECT array_position(v_ids, t.id) AS i) AS i
                  CROSS JOIN LATERAL unnest(v_postings[i.i].account_ids, v_postings[i.i].amounts_minor)
                                     WITH ORDINALITY AS l(account_id, amount_minor, entry_no)
-                 CROSS JOIN LATERAL (SELECT array_position(v_accounts, l.account_id) IS NOT NULL AS chained) AS u
-                  LEFT JOIN LATERAL wallet_chain_head(CASE WHEN u.chained THEN l.account_id END) AS h ON true) AS x
+                 CROSS JOIN LATERAL (SELECT array_position(v_accounts, l.account_id) AS k) AS u) AS x
         WINDOW w AS (PARTITION BY x.account_id ORDER BY x.i, x.entry_no ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
          ORDER BY x.i, x.entry_no
         RETURNING transaction_id, entry_no, account_id, amount_minor
