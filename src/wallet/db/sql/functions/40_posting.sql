@@ -33,8 +33,8 @@ $$;
 --      they must leave; expired holds still counted in held_minor are released once per account
 --      when that alone makes one short);
 --   4. one INSERT writes every transaction, one every entry (the triggers then check the entries,
---      fill and draw the lots, extend the hash chain and write the events), one UPDATE every
---      balance; the same statement builds each posting's document from the rows it inserted.
+--      fill and draw the lots and extend the hash chain), one each transaction's event, one UPDATE
+--      every balance; the same statement builds each posting's document from the rows it inserted.
 -- Steps 1 and 3 take one of three roads, the same answers by each (docs/PERFORMANCE.md):
 --   * one user account (every posting's first leg; the other legs on system accounts; none
 --     uncovered): one UPDATE locks it and applies every posting, when its balance covers the
@@ -331,6 +331,11 @@ BEGIN
          WHERE a.id = ANY (ARRAY(SELECT v_accounts[w.k] FROM generate_series(1, cardinality(v_accounts)) AS w(k)
                                   WHERE v_balances[w.k] <> v_start_balances[w.k] OR v_held[w.k] <> v_start_held[w.k]))
         RETURNING 1
+    ), posted_events AS (
+        -- Each transaction's event, in seq order (the feed's order within this database
+        -- transaction), referencing it by id (migration 0016; wallet_transactions_check requires it).
+        INSERT INTO events (type, transaction_id)
+        SELECT 'transaction.posted', t.id FROM posted t ORDER BY t.seq
     ), legs AS (
         SELECT e.transaction_id,
                jsonb_agg(wallet_entry_document(e.account_id, coalesce(a.user_id, a.system_code), a.kind, e.amount_minor)
