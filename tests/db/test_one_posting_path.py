@@ -43,6 +43,17 @@ def test_the_live_function_files_insert_into_each_ledger_table_once(table: str) 
     assert found == 1, f"{found} INSERTs into {table} in db/sql/functions; the posting core is the one path"
 
 
+def test_the_statement_that_inserts_transactions_inserts_their_events() -> None:
+    """Nothing in the database checks that a transaction has its event (migration 0016 says why):
+    the one INSERT into transactions and the one INSERT of transactions' events are in one
+    statement of the core, so a posting has its event, or neither is written."""
+    core = _code(next(sql for sql in function_files() if re.search(_inserts("transactions"), sql)))
+    statement = re.search(rf"{_inserts('transactions')}[^;]*;", core, re.IGNORECASE)
+    assert statement is not None
+    assert re.search(_inserts("transaction_events"), statement.group(0), re.IGNORECASE)
+    assert "FROM posted t" in statement.group(0)  # each event's transaction is one this statement posted
+
+
 def test_the_insufficient_funds_body_is_built_in_one_place() -> None:
     found = sum(
         len(re.findall(r"wallet_error_body\(\s*'insufficient_funds'", _code(sql))) for sql in function_files()

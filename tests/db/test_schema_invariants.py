@@ -68,8 +68,6 @@ WITH t AS (
     INSERT INTO transactions (type, api_key_id, idempotency_key, user_id, asset_code, amount_minor,
                               balance_after_minor)
     VALUES ('topup', $1, 'manual', $2, 'GOLD_COINS', 5, 5) RETURNING id
-), posted_event AS (  -- with its event, as the posting core writes it (migration 0016)
-    INSERT INTO events (type, transaction_id) SELECT 'transaction.posted', t.id FROM t
 )
 INSERT INTO ledger_entries (transaction_id, entry_no, account_id, asset_code, amount_minor)
 SELECT t.id, e.entry_no, e.account_id, 'GOLD_COINS', e.amount FROM t,

@@ -69,8 +69,6 @@ async def test_an_entry_may_name_only_its_transactions_asset(conn, pool, make_us
         INSERT INTO transactions (type, api_key_id, idempotency_key, user_id, asset_code, amount_minor,
                                   balance_after_minor)
         VALUES ('topup', $1, $2, $3, 'GOLD_COINS', 5, 5) RETURNING id
-    ), posted_event AS (  -- with its event, as the posting core writes it (migration 0016)
-        INSERT INTO events (type, transaction_id) SELECT 'transaction.posted', t.id FROM t
     )
     INSERT INTO ledger_entries (transaction_id, entry_no, account_id, asset_code, amount_minor)
     SELECT t.id, e.entry_no, e.account_id, $6, e.amount FROM t,
