@@ -4,15 +4,16 @@ Events are written in the same database transaction as what they describe: a pos
 (`transaction.posted`) by the posting core, in the statement that inserts it, as a reference to
 the transaction (events.transaction_id, migration 0016; the feed renders its document from the
 transaction, wallet_event_payload in db/sql/functions/70_events.sql); a hold placed, captured,
-voided or expired (`hold.*`) by triggers, with its document (db/sql/0007_events.sql). The feed is ordered by (txid, seq): the writing transaction, then
-the order of writing within it. A reader only sees events whose transaction is older than every
-transaction of this database still running (`txid < wallet_event_horizon()`, see
-db/sql/functions/70_events.sql), so an event can never become visible behind a position a reader
-has already passed: the feed is gap-free for every consumer. The price is latency: an event shows
-once every write transaction of this database that was running when it committed has ended
-(milliseconds; bounded by the statement and idle-in-transaction timeouts of the service's
-sessions, but not for other sessions: a long writing transaction in psql or a migration holds the
-feed back until it ends). Transactions of other databases on the same server do not count.
+voided or expired (`hold.*`) by triggers, with its document (db/sql/0007_events.sql). The feed
+is ordered by (txid, seq): the writing transaction, then the order of writing within it. A
+reader only sees events whose transaction is older than every transaction of this database
+still running (`txid < wallet_event_horizon()`, see db/sql/functions/70_events.sql), so an event
+can never become visible behind a position a reader has already passed: the feed is gap-free for
+every consumer. The price is latency: an event shows once every write transaction of this
+database that was running when it committed has ended (milliseconds; bounded by the statement
+and idle-in-transaction timeouts of the service's sessions, but not for other sessions: a long
+writing transaction in psql or a migration holds the feed back until it ends). Transactions of
+other databases on the same server do not count.
 """
 
 from __future__ import annotations

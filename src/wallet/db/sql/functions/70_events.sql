@@ -68,9 +68,9 @@ END $$;
 -- was a fifth of what a write stored). Since migration 0016 the posting core writes it, in the
 -- statement that inserts the transaction (wallet_post), with the transaction's id in
 -- events.transaction_id and no payload; from 0013's time to 0016 a trigger wrote it with the id as
--- its payload, {"id": "<uuid>"}; before that the payload was the whole document. The feed
--- renders the first two from the transaction, with the function that built the copies,
--- wallet_transaction_event_payload (migration 0007), from the same immutable row: the same
+-- its payload, {"id": "<uuid>"}; before that the payload was the whole document, served as
+-- stored. The feed renders the other two from the transaction, with the function that built the
+-- copies, wallet_transaction_event_payload (migration 0007), from the same immutable row: the same
 -- document, byte for byte, whichever way the event was stored. (The two-argument form of 0013's
 -- time could not see transaction_id.)
 DROP FUNCTION IF EXISTS wallet_event_payload(text, jsonb);
