@@ -20,6 +20,8 @@ POST_SQL = (
     "SELECT outcome, body->>'id' AS id FROM wallet_post_transaction("
     "$1, $2, 'topup', $3, 'GOLD_COINS', $4, NULL, '{}'::jsonb)"
 )
+# What a stored event is about, as text: its transaction (migration 0016), else its payload's id.
+EVENT_SUBJECT_ID = "coalesce(transaction_id::text, payload->>'id')"
 
 
 async def _now(pool) -> str:
@@ -214,14 +216,16 @@ async def test_an_event_never_appears_behind_a_cursor_a_reader_has_passed(
         assert posted_a["outcome"] == posted_b["outcome"] == "posted"
         # B's event is committed ...
         committed = await pool.fetchval(
-            "SELECT count(*) FROM events WHERE payload->>'id' = $1", posted_b["id"]
+            f"SELECT count(*) FROM events WHERE {EVENT_SUBJECT_ID} = $1", posted_b["id"]
         )
         assert committed == 1
         # ... but not served while A, which took its transaction id earlier, may still commit.
         seen, cursor = await _drain(client, start)
         assert posted_b["id"] not in [e["payload"]["id"] for e in seen]
         # Control: a reader paging by the event sequence alone sees B now and moves past A's slot.
-        naive = await pool.fetch("SELECT seq, payload->>'id' AS id FROM events WHERE seq > $1", naive_cursor)
+        naive = await pool.fetch(
+            f"SELECT seq, {EVENT_SUBJECT_ID} AS id FROM events WHERE seq > $1", naive_cursor
+        )
         assert [r["id"] for r in naive] == [posted_b["id"]]
         naive_cursor = max(r["seq"] for r in naive)
 
@@ -234,9 +238,11 @@ async def test_an_event_never_appears_behind_a_cursor_a_reader_has_passed(
     ids = [e["payload"]["id"] for e in later]
     assert ids.index(posted_a["id"]) < ids.index(posted_b["id"])
     # The naive reader would never get A's event: it was numbered before its cursor.
-    naive_after = await pool.fetch("SELECT payload->>'id' AS id FROM events WHERE seq > $1", naive_cursor)
+    naive_after = await pool.fetch(
+        f"SELECT {EVENT_SUBJECT_ID} AS id FROM events WHERE seq > $1", naive_cursor
+    )
     assert posted_a["id"] not in [r["id"] for r in naive_after]
-    seq_a = await pool.fetchval("SELECT seq FROM events WHERE payload->>'id' = $1", posted_a["id"])
+    seq_a = await pool.fetchval(f"SELECT seq FROM events WHERE {EVENT_SUBJECT_ID} = $1", posted_a["id"])
     assert seq_a < naive_cursor
 
 

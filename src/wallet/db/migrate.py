@@ -25,6 +25,12 @@ def upgrade(database_url: str, revision: str = HEAD) -> None:
     command.upgrade(_config(database_url, revision), revision)
 
 
+def downgrade(database_url: str, revision: str) -> None:
+    """Blocking, as `upgrade`. The live functions are not touched (they are written for head):
+    whoever downgrades installs the functions of that revision's time themselves."""
+    command.downgrade(_config(database_url, revision), revision)
+
+
 def upgrade_to_head(database_url: str) -> None:
     upgrade(database_url, HEAD)
 

@@ -1,16 +1,19 @@
 """Change events: the feed every consumer reads (GET /api/v1/events, webhooks) and its retention.
 
-Events are written by triggers in the same database transaction as what they describe (see
-db/sql/0007_events.sql): a posted transaction (`transaction.posted`), a hold placed, captured,
-voided or expired (`hold.*`). The feed is ordered by (txid, seq): the writing transaction, then
-the order of writing within it. A reader only sees events whose transaction is older than every
-transaction of this database still running (`txid < wallet_event_horizon()`, see
-db/sql/functions/70_events.sql), so an event can never become visible behind a position a reader
-has already passed: the feed is gap-free for every consumer. The price is latency: an event shows
-once every write transaction of this database that was running when it committed has ended
-(milliseconds; bounded by the statement and idle-in-transaction timeouts of the service's
-sessions, but not for other sessions: a long writing transaction in psql or a migration holds the
-feed back until it ends). Transactions of other databases on the same server do not count.
+Events are written in the same database transaction as what they describe: a posted transaction
+(`transaction.posted`) by the posting core, in the statement that inserts it, as a reference to
+the transaction (events.transaction_id, migration 0016; the feed renders its document from the
+transaction, wallet_event_payload in db/sql/functions/70_events.sql); a hold placed, captured,
+voided or expired (`hold.*`) by triggers, with its document (db/sql/0007_events.sql). The feed
+is ordered by (txid, seq): the writing transaction, then the order of writing within it. A
+reader only sees events whose transaction is older than every transaction of this database
+still running (`txid < wallet_event_horizon()`, see db/sql/functions/70_events.sql), so an event
+can never become visible behind a position a reader has already passed: the feed is gap-free for
+every consumer. The price is latency: an event shows once every write transaction of this
+database that was running when it committed has ended (milliseconds; bounded by the statement
+and idle-in-transaction timeouts of the service's sessions, but not for other sessions: a long
+writing transaction in psql or a migration holds the feed back until it ends). Transactions of
+other databases on the same server do not count.
 """
 
 from __future__ import annotations
@@ -60,7 +63,7 @@ START = Position(0, 0)  # before every event
 # Events after a position that every reader may see, in feed order. `(txid, seq) > (...)` and
 # `txid < horizon` are both bounds of the primary key's index scan.
 PAGE_SQL = """
-SELECT e.txid, e.seq, e.type, wallet_event_payload(e.type, e.payload)::text AS payload,
+SELECT e.txid, e.seq, e.type, wallet_event_payload(e.type, e.payload, e.transaction_id)::text AS payload,
        to_char(e.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS created_at
 FROM events e
 WHERE (e.txid, e.seq) > ($1::xid8, $2::bigint)

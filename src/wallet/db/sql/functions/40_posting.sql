@@ -33,9 +33,9 @@ $$;
 --      they must leave; expired holds still counted in held_minor are released once per account
 --      when that alone makes one short);
 --   4. one INSERT writes every transaction, one every entry, each user entry with its hash-chain
---      link (the triggers then check the entries, fill and draw the lots and write the events),
---      one UPDATE every balance; the same statement builds each posting's document from the rows
---      it inserted.
+--      link (the triggers then check the entries and fill and draw the lots), one each
+--      transaction's event, one UPDATE every balance; the same statement builds each posting's
+--      document from the rows it inserted.
 -- Steps 1 and 3 take one of three roads, the same answers by each (docs/PERFORMANCE.md):
 --   * one user account (every posting's first leg; the other legs on system accounts; none
 --     uncovered): one UPDATE locks it and applies every posting, when its balance covers the
@@ -358,6 +358,11 @@ BEGIN
          WHERE a.id = ANY (ARRAY(SELECT v_accounts[w.k] FROM generate_series(1, cardinality(v_accounts)) AS w(k)
                                   WHERE v_balances[w.k] <> v_start_balances[w.k] OR v_held[w.k] <> v_start_held[w.k]))
         RETURNING 1
+    ), posted_events AS (
+        -- Each transaction's event, in seq order (the feed's order within this database
+        -- transaction), referencing it by id (migration 0016).
+        INSERT INTO events (type, transaction_id)
+        SELECT 'transaction.posted', t.id FROM posted t ORDER BY t.seq
     ), legs AS (
         SELECT e.transaction_id,
                jsonb_agg(wallet_entry_document(e.account_id, coalesce(a.user_id, a.system_code), a.kind, e.amount_minor)
@@ -394,6 +399,11 @@ BEGIN
           FROM generate_series(cardinality(v_resting) + 1, cardinality(v_postings)) AS w(i)
          ORDER BY w.i;
 END $$;
+-- Since migration 0016 wallet_post writes the events of the transactions it posts; the trigger that
+-- wrote them goes in this script, so in the same database transaction as the core above (a posting
+-- meanwhile gets its event from one or the other, never none nor two).
+DROP TRIGGER IF EXISTS transactions_events ON transactions;
+DROP FUNCTION IF EXISTS wallet_events_from_transactions();
 
 -- The expiry of p_amount_minor of the due credits of the (locked) account p_account, as of p_now,
 -- as a posting: user -, SYSTEM_BREAKAGE +, by the system's expiry key, covered by nothing (it

@@ -1,6 +1,8 @@
 -- Re-installed by every `wallet migrate` (after the versioned migrations); see wallet.db.migrate.
--- Change events: the horizon of the feed, and retention. (The events are written by triggers, see
--- 0007_events.sql; they are read by wallet.services.events and delivered by wallet.services.webhooks.)
+-- Change events: the horizon of the feed, retention, and how a stored event is served. (A posted
+-- transaction's event is written by the posting core, wallet_post, since migration 0016; a hold's
+-- by triggers, see 0007_events.sql. They are read by wallet.services.events and delivered by
+-- wallet.services.webhooks.)
 
 -- The feed's horizon in the calling statement's snapshot: every event of a transaction below it
 -- is committed and visible in that snapshot, or never will be. It is the oldest transaction
@@ -63,22 +65,27 @@ BEGIN
 END $$;
 
 -- A transaction's event references its transaction instead of copying it (issue 18: the copy
--- was a fifth of what a write stored): its payload holds only the transaction's id, and the feed
--- renders the document from the transaction (wallet_event_payload) with the function that built
--- the copies, wallet_transaction_event_payload (migration 0007), from the same immutable row: the
--- same document, byte for byte. Events written before keep their copy and are served as stored.
-CREATE OR REPLACE FUNCTION wallet_events_from_transactions() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    INSERT INTO events (type, payload)
-    SELECT 'transaction.posted', jsonb_build_object('id', n.id) FROM new_transactions n ORDER BY n.seq;
-    RETURN NULL;
-END $$;
+-- was a fifth of what a write stored). Since migration 0016 the posting core writes it, in the
+-- statement that inserts the transaction (wallet_post), with the transaction's id in
+-- events.transaction_id and no payload; from 0013's time to 0016 a trigger wrote it with the id as
+-- its payload, {"id": "<uuid>"}; before that the payload was the whole document, served as
+-- stored. The feed renders the other two from the transaction, with the function that built the
+-- copies, wallet_transaction_event_payload (migration 0007), from the same immutable row: the same
+-- document, byte for byte, whichever way the event was stored. (The two-argument form of 0013's
+-- time could not see transaction_id.)
+DROP FUNCTION IF EXISTS wallet_event_payload(text, jsonb);
 
--- An event's payload as served: a transaction's event whose payload is its transaction's id and
--- nothing else is rendered from the transaction; every other event is served as stored.
-CREATE OR REPLACE FUNCTION wallet_event_payload(p_type text, p_payload jsonb) RETURNS jsonb
+-- An event's payload as served: a transaction's event that names its transaction by id (the
+-- column, or a payload holding only the id) is rendered from the transaction; every other event is
+-- served as stored. A transaction is never deleted; were it missing, the event would be served as
+-- its id alone, as it is stored.
+CREATE OR REPLACE FUNCTION wallet_event_payload(p_type text, p_payload jsonb, p_transaction_id uuid) RETURNS jsonb
 LANGUAGE sql STABLE AS $$
-    SELECT CASE WHEN p_type = 'transaction.posted' AND p_payload ? 'id' AND p_payload - 'id' = '{}'::jsonb
+    SELECT CASE WHEN p_transaction_id IS NOT NULL
+                THEN coalesce((SELECT wallet_transaction_event_payload(t) FROM transactions t
+                                WHERE t.id = p_transaction_id),
+                              jsonb_build_object('id', p_transaction_id))
+                WHEN p_type = 'transaction.posted' AND p_payload ? 'id' AND p_payload - 'id' = '{}'::jsonb
                      AND p_payload ->> 'id' ~ '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'
                 THEN coalesce((SELECT wallet_transaction_event_payload(t) FROM transactions t
                                 WHERE t.id = (p_payload ->> 'id')::uuid), p_payload)
