@@ -21,8 +21,10 @@ $$;
 -- (a replay), or `idempotency_key_reused` if the stored request's fingerprint differs. Pairs
 -- with nothing stored are left out. A record of a posted transaction keeps its id and renders
 -- its document again, as the write answered it (wallet_transactions_document, as posted, with
--- the lots kept as answered if any: see wallet_idempotency_store);
--- records of refusals, holds and batches, and all written before, keep their body verbatim.
+-- the lots kept as answered if any: see wallet_idempotency_store); a posted batch's record keeps
+-- its transactions' ids and renders its answer, `{"transactions": [...]}`, the same way
+-- (migration 0017); records of refusals and holds, batches whose lots name an expiry, and all
+-- written before, keep their body verbatim.
 -- The one reader of idempotency_keys: single writes (wallet_idempotency_lookup) and group
 -- commit (wallet_post_group) alike.
 CREATE OR REPLACE FUNCTION wallet_idempotency_stored(p_api_key_ids bigint[], p_keys text[], p_fingerprints bytea[])
@@ -35,6 +37,8 @@ BEGIN
                CASE WHEN k.request_sha256 <> w.fingerprint THEN
                         wallet_error_body('idempotency_key_reused',
                             'this idempotency key was already used with a different request', 'idempotency_key')
+                    WHEN k.transaction_ids IS NOT NULL THEN
+                        jsonb_build_object('transactions', wallet_transactions_document(k.transaction_ids, true))
                     WHEN k.transaction_id IS NULL THEN k.response_body
                     ELSE (wallet_transactions_document(ARRAY[k.transaction_id], true) -> 0)
                          || coalesce(k.response_body, '{}'::jsonb) END,
@@ -45,7 +49,8 @@ END $$;
 
 -- Stores the outcomes of requests (parallel arrays): the one writer of idempotency_keys. A
 -- posted transaction's record keeps its id (p_transaction_ids), no body (a replay renders it) and
--- no time (its transaction's, migration 0013).
+-- no time (its transaction's, migration 0013). A posted batch (its body `{"transactions": [...]}`,
+-- no single id) keeps its transactions' ids in their order and its time, no body (migration 0017).
 -- Only the lots it moved are kept as answered when they name an expiry: a lot's expiry is fixed
 -- (credit_lots_identity_fixed), but the answer must not depend on it, even where tests make time
 -- pass by moving one.
@@ -55,14 +60,24 @@ CREATE OR REPLACE FUNCTION wallet_idempotency_store(
 LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO idempotency_keys (api_key_id, key, request_sha256, outcome, response_body, transaction_id,
-                                  created_at)
+                                  transaction_ids, created_at)
     SELECT w.api_key_id, w.key, w.fingerprint, w.outcome,
-           CASE WHEN w.transaction_id IS NULL THEN w.body
+           CASE WHEN b.ids IS NOT NULL THEN NULL
+                WHEN w.transaction_id IS NULL THEN w.body
                 WHEN jsonb_path_exists(w.body, '$.lots[*] ? (@.expires_at != null)')
                 THEN jsonb_build_object('lots', w.body -> 'lots') END,
-           w.transaction_id, CASE WHEN w.transaction_id IS NULL THEN now() END
+           w.transaction_id, b.ids, CASE WHEN w.transaction_id IS NULL THEN now() END
       FROM unnest(p_api_key_ids, p_keys, p_fingerprints, p_outcomes, p_bodies, p_transaction_ids)
-           AS w(api_key_id, key, fingerprint, outcome, body, transaction_id);
+           AS w(api_key_id, key, fingerprint, outcome, body, transaction_id)
+     -- A posted batch's ids in its order, unless a lot it moved names an expiry (then its body is
+     -- kept whole, as a single write keeps such lots).
+     CROSS JOIN LATERAL (
+           SELECT CASE WHEN w.outcome = 'posted' AND w.transaction_id IS NULL
+                             AND jsonb_typeof(w.body -> 'transactions') = 'array'
+                             AND NOT jsonb_path_exists(w.body, '$.transactions[*].lots[*] ? (@.expires_at != null)')
+                       THEN ARRAY(SELECT (d.document ->> 'id')::uuid
+                                    FROM jsonb_array_elements(w.body -> 'transactions') WITH ORDINALITY AS d(document, n)
+                                   ORDER BY d.n) END AS ids) AS b;
 END $$;
 
 -- The same for one request.
