@@ -20,7 +20,7 @@ POST_SQL = (
     "SELECT outcome, body->>'id' AS id FROM wallet_post_transaction("
     "$1, $2, 'topup', $3, 'GOLD_COINS', $4, NULL, '{}'::jsonb)"
 )
-# What a stored event is about, as text: its transaction (migration 0016), else its payload's id.
+# What a stored event is about, as text: its transaction (migration 0017), else its payload's id.
 EVENT_SUBJECT_ID = "coalesce(transaction_id::text, payload->>'id')"
 
 

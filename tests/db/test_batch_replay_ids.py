@@ -1,4 +1,4 @@
-"""Migration 0017: a posted batch's idempotency record keeps its transactions' ids, not a copy of
+"""Migration 0016: a posted batch's idempotency record keeps its transactions' ids, not a copy of
 its answer, and a replay renders the answer again from the stored rows: the same bytes."""
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ async def test_a_posted_batch_keeps_its_ids_and_replays_the_same_bytes(admin, po
 
 
 async def test_a_batch_record_stored_with_its_body_replays_it_verbatim(admin, pool, make_user):
-    """Records written before 0017 (and batches whose lots name an expiry) keep their body."""
+    """Records written before 0016 (and batches whose lots name an expiry) keep their body."""
     user = await make_user()
     request = {"operations": [{"type": "topup", "user_id": user, "asset_type": "GOLD_COINS", "amount": 5}]}
     key = new_key()

@@ -1,10 +1,10 @@
 """One insert path per ledger table (issue 18): every kind of posting goes through the core
 `wallet_post(wallet_posting[])`, the only writer of `transactions` and `ledger_entries` and of the
-events of transactions (`transaction.posted`, since migration 0016: the statement that inserts a
+events of transactions (`transaction.posted`, since migration 0017: the statement that inserts a
 transaction writes its event; the events of holds are written by their triggers), and every
 stored outcome through `wallet_idempotency_store`. In the live function files and in the
 installed database alike (a function of an older revision left installed would be a second
-path, as would the trigger function that wrote transactions' events before 0016); each
+path, as would the trigger function that wrote transactions' events before 0017); each
 `insufficient_funds` body is built in one place."""
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def test_the_live_function_files_insert_into_each_ledger_table_once(table: str) 
 
 
 def test_the_statement_that_inserts_transactions_inserts_their_events() -> None:
-    """Nothing in the database checks that a transaction has its event (migration 0016 says why):
+    """Nothing in the database checks that a transaction has its event (migration 0017 says why):
     the one INSERT into transactions and the one INSERT of transactions' events are in one
     statement of the core, so a posting has its event, or neither is written."""
     core = _code(next(sql for sql in function_files() if re.search(_inserts("transactions"), sql)))

@@ -1,7 +1,7 @@
 """A posted transaction's event references its transaction by id (events.transaction_id, migration
-0016), written by the posting core in the statement that inserts the transaction: every kind of
+0017), written by the posting core in the statement that inserts the transaction: every kind of
 posting writes exactly one event per transaction; the feed serves the same document whichever
-way the event was stored (a whole copy before 0013, {"id": ...} from 0013 to 0016, the column
+way the event was stored (a whole copy before 0013, {"id": ...} from 0013 to 0017, the column
 since), across the upgrade too; the table refuses malformed rows."""
 
 from __future__ import annotations
@@ -126,7 +126,7 @@ async def test_each_stored_form_of_a_transaction_event_is_served_as_the_same_doc
         transaction = conn.transaction()
         await transaction.start()
         try:
-            # The two forms written before 0016, for the same transaction (rolled back below: the
+            # The two forms written before 0017, for the same transaction (rolled back below: the
             # feed keeps one event per transaction).
             await conn.execute(
                 "INSERT INTO events (type, payload) VALUES ('transaction.posted', jsonb_build_object('id', $1::uuid))",
@@ -169,9 +169,9 @@ async def test_each_stored_form_of_a_transaction_event_is_served_as_the_same_doc
 
 
 async def test_the_feed_across_the_upgrade_serves_every_form_alike_and_in_order(create_database):
-    """Events written at head, then by 0015's trigger (after a downgrade, with 0015's posting
+    """Events written at head, then by 0016's trigger (after a downgrade, with 0016's posting
     core), then at head again after the upgrade: one feed, in posting order, every document that of
-    its transaction; the downgrade gave the events written by reference the payload 0015 wrote."""
+    its transaction; the downgrade gave the events written by reference the payload 0016 wrote."""
     url = await create_database()
     await upgrade_to_head_async(url)
     conn = await asyncpg.connect(url)
@@ -184,20 +184,20 @@ async def test_the_feed_across_the_upgrade_serves_every_form_alike_and_in_order(
     finally:
         await conn.close()
 
-    await asyncio.to_thread(downgrade, url, "0015")
+    await asyncio.to_thread(downgrade, url, "0016")
     conn = await asyncpg.connect(url)
     try:
         assert await conn.fetchval("SELECT payload->>'id' FROM events") == posted[0]
-        # 0015's posting core: today's without the statement's own events (0015's trigger wrote
+        # 0016's posting core: today's without the statement's own events (0016's trigger wrote
         # them) and without dropping that trigger.
         core = next(sql for sql in function_files() if "FUNCTION wallet_post(" in sql)
-        core_of_0015, found = re.subn(
+        core_of_0016, found = re.subn(
             r"\n    \), posted_events AS \(\n.*?ORDER BY t\.seq\n", "\n", core, flags=re.S
         )
         assert found == 1
-        core_of_0015, found = re.subn(r"\nDROP (TRIGGER|FUNCTION) IF EXISTS [^;]*;", "", core_of_0015)
+        core_of_0016, found = re.subn(r"\nDROP (TRIGGER|FUNCTION) IF EXISTS [^;]*;", "", core_of_0016)
         assert found == 2
-        await conn.execute(core_of_0015)
+        await conn.execute(core_of_0016)
         assert (
             await conn.fetchval("SELECT count(*) FROM pg_trigger WHERE tgname = 'transactions_events'") == 1
         )
@@ -216,7 +216,7 @@ async def test_the_feed_across_the_upgrade_serves_every_form_alike_and_in_order(
             await _post(conn, key_id, kind, "u_boundary", amount)
             for kind, amount in (("spend", 8), ("topup", 1))
         ]
-        # The trigger went with 0015's core, in the same script as today's (one event each, below).
+        # The trigger went with 0016's core, in the same script as today's (one event each, below).
         assert (
             await conn.fetchval("SELECT count(*) FROM pg_trigger WHERE tgname = 'transactions_events'") == 0
         )

@@ -2,7 +2,7 @@
 
 Events are written in the same database transaction as what they describe: a posted transaction
 (`transaction.posted`) by the posting core, in the statement that inserts it, as a reference to
-the transaction (events.transaction_id, migration 0016; the feed renders its document from the
+the transaction (events.transaction_id, migration 0017; the feed renders its document from the
 transaction, wallet_event_payload in db/sql/functions/70_events.sql); a hold placed, captured,
 voided or expired (`hold.*`) by triggers, with its document (db/sql/0007_events.sql). The feed
 is ordered by (txid, seq): the writing transaction, then the order of writing within it. A

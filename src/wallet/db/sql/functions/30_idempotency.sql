@@ -23,7 +23,7 @@ $$;
 -- its document again, as the write answered it (wallet_transactions_document, as posted, with
 -- the lots kept as answered if any: see wallet_idempotency_store); a posted batch's record keeps
 -- its transactions' ids and renders its answer, `{"transactions": [...]}`, the same way
--- (migration 0017); records of refusals and holds, batches whose lots name an expiry, and all
+-- (migration 0016); records of refusals and holds, batches whose lots name an expiry, and all
 -- written before, keep their body verbatim.
 -- The one reader of idempotency_keys: single writes (wallet_idempotency_lookup) and group
 -- commit (wallet_post_group) alike.
@@ -50,7 +50,7 @@ END $$;
 -- Stores the outcomes of requests (parallel arrays): the one writer of idempotency_keys. A
 -- posted transaction's record keeps its id (p_transaction_ids), no body (a replay renders it) and
 -- no time (its transaction's, migration 0013). A posted batch (its body `{"transactions": [...]}`,
--- no single id) keeps its transactions' ids in their order and its time, no body (migration 0017).
+-- no single id) keeps its transactions' ids in their order and its time, no body (migration 0016).
 -- Only the lots it moved are kept as answered when they name an expiry: a lot's expiry is fixed
 -- (credit_lots_identity_fixed), but the answer must not depend on it, even where tests make time
 -- pass by moving one.

@@ -360,7 +360,7 @@ BEGIN
         RETURNING 1
     ), posted_events AS (
         -- Each transaction's event, in seq order (the feed's order within this database
-        -- transaction), referencing it by id (migration 0016).
+        -- transaction), referencing it by id (migration 0017).
         INSERT INTO events (type, transaction_id)
         SELECT 'transaction.posted', t.id FROM posted t ORDER BY t.seq
     ), legs AS (
@@ -399,7 +399,7 @@ BEGIN
           FROM generate_series(cardinality(v_resting) + 1, cardinality(v_postings)) AS w(i)
          ORDER BY w.i;
 END $$;
--- Since migration 0016 wallet_post writes the events of the transactions it posts; the trigger that
+-- Since migration 0017 wallet_post writes the events of the transactions it posts; the trigger that
 -- wrote them goes in this script, so in the same database transaction as the core above (a posting
 -- meanwhile gets its event from one or the other, never none nor two).
 DROP TRIGGER IF EXISTS transactions_events ON transactions;

@@ -1,6 +1,6 @@
 -- Re-installed by every `wallet migrate` (after the versioned migrations); see wallet.db.migrate.
 -- Change events: the horizon of the feed, retention, and how a stored event is served. (A posted
--- transaction's event is written by the posting core, wallet_post, since migration 0016; a hold's
+-- transaction's event is written by the posting core, wallet_post, since migration 0017; a hold's
 -- by triggers, see 0007_events.sql. They are read by wallet.services.events and delivered by
 -- wallet.services.webhooks.)
 
@@ -65,9 +65,9 @@ BEGIN
 END $$;
 
 -- A transaction's event references its transaction instead of copying it (issue 18: the copy
--- was a fifth of what a write stored). Since migration 0016 the posting core writes it, in the
+-- was a fifth of what a write stored). Since migration 0017 the posting core writes it, in the
 -- statement that inserts the transaction (wallet_post), with the transaction's id in
--- events.transaction_id and no payload; from 0013's time to 0016 a trigger wrote it with the id as
+-- events.transaction_id and no payload; from 0013's time to 0017 a trigger wrote it with the id as
 -- its payload, {"id": "<uuid>"}; before that the payload was the whole document, served as
 -- stored. The feed renders the other two from the transaction, with the function that built the
 -- copies, wallet_transaction_event_payload (migration 0007), from the same immutable row: the same

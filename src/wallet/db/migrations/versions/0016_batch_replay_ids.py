@@ -1,21 +1,21 @@
 """A posted batch's idempotency record keeps its transactions' ids instead of its whole answer.
 
-Revision ID: 0017
-Revises: 0016
+Revision ID: 0016
+Revises: 0015
 """
 
 from alembic import op
 
 from wallet.db.migrations.script_runner import run_sql_script
 
-revision = "0017"
-down_revision = "0016"
+revision = "0016"
+down_revision = "0015"
 branch_labels = None
 depends_on = None
 
 
 def upgrade() -> None:
-    run_sql_script("0017_batch_replay_ids.sql")
+    run_sql_script("0016_batch_replay_ids.sql")
 
 
 def downgrade() -> None:

@@ -2,23 +2,22 @@
 posting core in the statement that inserts the transaction; the trigger that wrote it
 (transactions_events) goes with the core's re-installation (db/sql/functions/40_posting.sql).
 
-Revision ID: 0016
-Revises: 0015
+Revision ID: 0017
+Revises: 0016
 """
 
 from alembic import op
 
 from wallet.db.migrations.script_runner import run_sql_script
 
-revision = "0016"
-# 0015 is being written beside this one: merged after it, this revises "0015" (here and above).
-down_revision = "0015"
+revision = "0017"
+down_revision = "0016"
 branch_labels = None
 depends_on = None
 
 
 def upgrade() -> None:
-    run_sql_script("0016_event_by_id.sql")
+    run_sql_script("0017_event_by_id.sql")
 
 
 def downgrade() -> None:
@@ -36,7 +35,7 @@ def downgrade() -> None:
     op.execute("ALTER TABLE events DROP COLUMN transaction_id")
     op.execute("ALTER TABLE events ALTER COLUMN payload SET NOT NULL")
     # (After `wallet migrate` to head the trigger is gone, dropped with the core that replaced it;
-    # after an upgrade to 0016 alone it is still there.)
+    # after an upgrade to 0017 alone it is still there.)
     op.execute(
         """
 CREATE OR REPLACE FUNCTION wallet_events_from_transactions() RETURNS trigger LANGUAGE plpgsql AS $$
