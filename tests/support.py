@@ -18,6 +18,7 @@ from typing import Any, TextIO
 
 import asyncpg
 import httpx
+import pytest
 
 from wallet.services.verify import VerifyReport, verify_ledger
 
@@ -110,6 +111,18 @@ async def waiting_on(pool, holder_pid: int, timeout_s: float = 30.0) -> list[int
         assert time.monotonic() < deadline, f"nothing waited on backend {holder_pid} within {timeout_s} s"
         await asyncio.sleep(0.02)
     return pids
+
+
+async def refused_by_check(conn: asyncpg.Connection, constraint: str, statement: str, *args: object) -> None:
+    """`statement` fails on the CHECK constraint `constraint` (a pattern of its message); run in a
+    transaction rolled back after, so a statement let through by mistake leaves nothing behind."""
+    transaction = conn.transaction()
+    await transaction.start()
+    try:
+        with pytest.raises(asyncpg.exceptions.CheckViolationError, match=constraint):
+            await conn.execute(statement, *args)
+    finally:
+        await transaction.rollback()
 
 
 async def db_now(pool) -> datetime:

@@ -97,28 +97,44 @@ async def test_responses_stored_by_revision_0001_replay_unchanged_after_upgrade(
         await conn.close()
 
 
-async def test_balances_from_before_lots_become_opening_lots(create_database):
-    """Migration 0009: what a user holds when lots arrive is one lot per origin, purchased first
-    (up to the net top-ups), with no expiry; the books verify and new postings draw from them."""
-    url = await create_database()
+# A top-up, bonus or spend as 0001's posting function takes it (it answered a status code).
+POSTING_OF_0001 = (
+    "SELECT status_code FROM wallet_post_transaction($1, $2, $3, $4, 'GOLD_COINS', $5, NULL, '{}'::jsonb)"
+)
+
+
+async def _ledger_at_0001(url: str, users: tuple[str, ...], postings: list[tuple[str, str, str, int]]) -> int:
+    """The database at migration 0001 with Gold Coins, `users`, an admin API key (its id returned)
+    and `postings` (idempotency key, type, user, amount), each posted by 0001's posting function."""
     await asyncio.to_thread(upgrade, url, "0001")
     conn = await asyncpg.connect(url)
     try:
         await conn.execute("SELECT wallet_ensure_asset('GOLD_COINS', 'Gold Coins', 0::smallint)")
-        for user in ("user_paid", "user_given"):
+        for user in users:
             await conn.execute("SELECT wallet_ensure_user($1, 'Old')", user)
         await conn.execute(
             "INSERT INTO api_keys (name, key_prefix, key_sha256, scopes) VALUES ('old', 'wk_old', sha256('x'), '{admin}')"
         )
         key_id = await conn.fetchval("SELECT id FROM api_keys WHERE name = 'old'")
-        post = "SELECT status_code FROM wallet_post_transaction($1, $2, $3, $4, 'GOLD_COINS', $5, NULL, '{}'::jsonb)"
-        for key, type_, user, amount in [
-            ("a1", "topup", "user_paid", 100), ("a2", "bonus", "user_paid", 50), ("a3", "spend", "user_paid", 60),
-            ("b1", "topup", "user_given", 10), ("b2", "bonus", "user_given", 40), ("b3", "spend", "user_given", 5),
-        ]:  # fmt: skip
-            assert await conn.fetchval(post, key_id, key, type_, user, amount) == 201
+        for key, type_, user, amount in postings:
+            assert await conn.fetchval(POSTING_OF_0001, key_id, key, type_, user, amount) == 201
     finally:
         await conn.close()
+    return key_id
+
+
+async def test_balances_from_before_lots_become_opening_lots(create_database):
+    """Migration 0009: what a user holds when lots arrive is one lot per origin, purchased first
+    (up to the net top-ups), with no expiry; the books verify and new postings draw from them."""
+    url = await create_database()
+    key_id = await _ledger_at_0001(
+        url,
+        ("user_paid", "user_given"),
+        [
+            ("a1", "topup", "user_paid", 100), ("a2", "bonus", "user_paid", 50), ("a3", "spend", "user_paid", 60),
+            ("b1", "topup", "user_given", 10), ("b2", "bonus", "user_given", 40), ("b3", "spend", "user_given", 5),
+        ],
+    )  # fmt: skip
 
     await upgrade_to_head_async(url)
 
@@ -152,7 +168,7 @@ async def test_balances_from_before_lots_become_opening_lots(create_database):
         bonus = await conn.fetchrow(reverse, key_id, "c1", await conn.fetchval(original, "a2"), None)
         assert bonus["outcome"] == "amount_exceeds_clawable", bonus["body"]
         given = await conn.fetchval(
-            post.replace("status_code", "outcome"), key_id, "a4", "bonus", "user_paid", 20
+            POSTING_OF_0001.replace("status_code", "outcome"), key_id, "a4", "bonus", "user_paid", 20
         )
         assert given == "posted"
         topup = await conn.fetchrow(reverse, key_id, "c2", await conn.fetchval(original, "a1"), 30)
@@ -230,24 +246,11 @@ async def test_chains_in_ledger_chain_go_on_on_the_entries_after_0015(create_dat
     formula; `wallet verify` and the live audit (a first run over everything, then one over a new
     posting) are clean across the boundary."""
     url = await create_database()
-    await asyncio.to_thread(upgrade, url, "0001")
-    conn = await asyncpg.connect(url)
-    try:
-        await conn.execute("SELECT wallet_ensure_asset('GOLD_COINS', 'Gold Coins', 0::smallint)")
-        for user in ("user_a", "user_b"):
-            await conn.execute("SELECT wallet_ensure_user($1, 'Old')", user)
-        await conn.execute(
-            "INSERT INTO api_keys (name, key_prefix, key_sha256, scopes) VALUES ('old', 'wk_old', sha256('x'), '{admin}')"
-        )
-        key_id = await conn.fetchval("SELECT id FROM api_keys WHERE name = 'old'")
-        post = "SELECT status_code FROM wallet_post_transaction($1, $2, $3, $4, 'GOLD_COINS', $5, NULL, '{}'::jsonb)"
-        for key, type_, user, amount in [
-            ("a1", "topup", "user_a", 100), ("a2", "spend", "user_a", 30), ("b1", "topup", "user_b", 10),
-            ("a3", "topup", "user_a", 5),
-        ]:  # fmt: skip
-            assert await conn.fetchval(post, key_id, key, type_, user, amount) == 201
-    finally:
-        await conn.close()
+    key_id = await _ledger_at_0001(
+        url,
+        ("user_a", "user_b"),
+        [("a1", "topup", "user_a", 100), ("a2", "spend", "user_a", 30), ("b1", "topup", "user_b", 10), ("a3", "topup", "user_a", 5)],
+    )  # fmt: skip
     await asyncio.to_thread(upgrade, url, "0014")  # 0006 chains them into ledger_chain
     conn = await asyncpg.connect(url)
     try:

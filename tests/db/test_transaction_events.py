@@ -13,9 +13,8 @@ from typing import Any
 
 import asyncpg
 import orjson
-import pytest
 
-from tests.support import new_key, wait_past
+from tests.support import new_key, refused_by_check, wait_past
 from wallet.db.migrate import downgrade, upgrade_to_head_async
 from wallet.db.sql_files import function_files
 from wallet.services.api_keys import create_api_key
@@ -233,26 +232,18 @@ async def test_the_feed_across_the_upgrade_serves_every_form_alike_and_in_order(
     assert served == [orjson.loads(r["document"]) for r in stored]
 
 
-async def _refused(conn: asyncpg.Connection, constraint: str, statement: str, *args: object) -> None:
-    transaction = conn.transaction()
-    await transaction.start()
-    try:
-        with pytest.raises(asyncpg.exceptions.CheckViolationError, match=constraint):
-            await conn.execute(statement, *args)
-    finally:
-        await transaction.rollback()
-
-
 async def test_an_event_carries_a_payload_or_its_transaction_never_both_nor_neither(pool):
     insert = "INSERT INTO events (type, payload, transaction_id) VALUES ($1, $2::jsonb, $3::uuid)"
     some_id = "00000000-0000-7000-8000-000000000001"
     async with pool.acquire() as conn:
-        await _refused(conn, "events_payload_or_transaction_id", insert, "transaction.posted", None, None)
-        await _refused(
+        await refused_by_check(
+            conn, "events_payload_or_transaction_id", insert, "transaction.posted", None, None
+        )
+        await refused_by_check(
             conn, "events_payload_or_transaction_id", insert, "transaction.posted", '{"id": 1}', some_id
         )
-        await _refused(conn, "events_payload_or_transaction_id", insert, "hold.placed", None, some_id)
-        await _refused(conn, "events_payload_check", insert, "hold.placed", "[1]", None)
+        await refused_by_check(conn, "events_payload_or_transaction_id", insert, "hold.placed", None, some_id)
+        await refused_by_check(conn, "events_payload_check", insert, "hold.placed", "[1]", None)
         transaction = conn.transaction()
         await transaction.start()
         try:  # the two well-formed kinds

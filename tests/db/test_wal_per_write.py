@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncpg
 import pytest
 
-from tests.support import new_key
+from tests.support import new_key, refused_by_check
 
 
 @pytest.fixture
@@ -78,23 +78,13 @@ async def test_an_entry_may_name_only_its_transactions_asset(conn, pool, make_us
         await conn.execute(statement, api_key_id, new_key(), user, account_id, treasury, "DIAMONDS")
 
 
-async def _refused(conn: asyncpg.Connection, constraint: str, statement: str, *args: object) -> None:
-    transaction = conn.transaction()
-    await transaction.start()
-    try:
-        with pytest.raises(asyncpg.exceptions.CheckViolationError, match=constraint):
-            await conn.execute(statement, *args)
-    finally:
-        await transaction.rollback()
-
-
 async def test_a_lot_movement_without_a_transaction_keeps_a_time_of_its_own(conn, pool, make_user):
     """Only the opening lots of migration 0009 have no transaction; such a movement needs its time."""
     user = await make_user(GOLD_COINS=10)
     lot_id = await conn.fetchval(
         "SELECT l.id FROM credit_lots l JOIN accounts a ON a.id = l.account_id WHERE a.user_id = $1", user
     )
-    await _refused(
+    await refused_by_check(
         conn,
         "lot_movements_dated",
         "INSERT INTO lot_movements (transaction_id, lot_id, amount_minor, movement_no) VALUES (NULL, $1, 1, 1)",
@@ -125,7 +115,7 @@ async def test_a_lot_movement_has_its_place_in_its_transaction_once(conn, pool, 
         " VALUES (NULL, $1, 1, $2, $3, now())"
     )
     for no_id, movement_no in ((None, None), (7, 1), (None, 0)):
-        await _refused(conn, "lot_movements_ordered", insert, movement["lot_id"], no_id, movement_no)
+        await refused_by_check(conn, "lot_movements_ordered", insert, movement["lot_id"], no_id, movement_no)
 
 
 async def test_the_postings_either_side_of_an_instant_are_those_of_the_time_order(conn, pool, make_user):
@@ -189,7 +179,7 @@ async def test_a_posted_writes_idempotency_record_is_as_old_as_its_transaction(c
         key,
     )
     assert record["created_at"] is None and record["transaction_id"] is not None
-    await _refused(
+    await refused_by_check(
         conn,
         "idempotency_keys_dated",
         "INSERT INTO idempotency_keys (api_key_id, key, request_sha256, outcome, response_body, created_at)"
