@@ -81,13 +81,13 @@ DROP FUNCTION IF EXISTS wallet_event_payload(text, jsonb);
 -- its id alone, as it is stored.
 CREATE OR REPLACE FUNCTION wallet_event_payload(p_type text, p_payload jsonb, p_transaction_id uuid) RETURNS jsonb
 LANGUAGE sql STABLE AS $$
-    SELECT CASE WHEN p_transaction_id IS NOT NULL
-                THEN coalesce((SELECT wallet_transaction_event_payload(t) FROM transactions t
-                                WHERE t.id = p_transaction_id),
-                              jsonb_build_object('id', p_transaction_id))
-                WHEN p_type = 'transaction.posted' AND p_payload ? 'id' AND p_payload - 'id' = '{}'::jsonb
-                     AND p_payload ->> 'id' ~ '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'
-                THEN coalesce((SELECT wallet_transaction_event_payload(t) FROM transactions t
-                                WHERE t.id = (p_payload ->> 'id')::uuid), p_payload)
-                ELSE p_payload END
+    -- The transaction it names, either way it was stored; then one lookup of it.
+    SELECT CASE WHEN r.id IS NULL THEN p_payload
+                ELSE coalesce((SELECT wallet_transaction_event_payload(t) FROM transactions t WHERE t.id = r.id),
+                              p_payload, jsonb_build_object('id', r.id)) END
+      FROM (SELECT coalesce(p_transaction_id,
+                            CASE WHEN p_type = 'transaction.posted' AND p_payload ? 'id'
+                                      AND p_payload - 'id' = '{}'::jsonb
+                                      AND p_payload ->> 'id' ~ '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'
+                                 THEN (p_payload ->> 'id')::uuid END) AS id) AS r
 $$;
