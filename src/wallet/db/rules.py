@@ -87,7 +87,7 @@ def rules_sql() -> str:
     )
 
 
-def _in(values: Iterable[str]) -> str:
+def _any_of(values: Iterable[str]) -> str:
     """`= ANY` of one text[] constant: prepared for every statement like the rest of a CHECK, a
     constant is read as one datum, where `IN ('a', 'b', ...)` is a node per value folded into an
     array each time (41 outcomes: 30 µs a statement against 17; 8 types: 5.8 against 3.2)."""
@@ -102,10 +102,10 @@ def rule_constraints() -> list[tuple[str, str, str]]:
     key_chars = rules.IDEMPOTENCY_KEY_MAX_CHARS
     description_chars = rules.DESCRIPTION_MAX_CHARS
     metadata_bytes = rules.METADATA_MAX_BYTES
-    credits = _in(t.value for t, r in rules.TYPE_RULES.items() if r.user_sign > 0)
-    lot_credits = _in(t.value for t, r in rules.TYPE_RULES.items() if r.lot_origin is not None)
+    credits = _any_of(t.value for t, r in rules.TYPE_RULES.items() if r.user_sign > 0)
+    lot_credits = _any_of(t.value for t, r in rules.TYPE_RULES.items() if r.lot_origin is not None)
     return [
-        ("transactions", "transactions_type_known", f"type {_in(t.value for t in rules.TYPE_RULES)}"),
+        ("transactions", "transactions_type_known", f"type {_any_of(t.value for t in rules.TYPE_RULES)}"),
         ("transactions", "transactions_amount_in_range", f"amount_minor > 0 AND amount_minor <= {ceiling}"),
         (
             "transactions",
@@ -140,13 +140,13 @@ def rule_constraints() -> list[tuple[str, str, str]]:
             "transactions_credit_expiry_only_lot_credits",
             f"credit_expires_at IS NULL OR type {lot_credits}",
         ),
-        ("idempotency_keys", "idempotency_keys_outcome_known", f"outcome {_in(errors.CATALOGUE)}"),
+        ("idempotency_keys", "idempotency_keys_outcome_known", f"outcome {_any_of(errors.CATALOGUE)}"),
         (
             "idempotency_keys",
             "idempotency_keys_key_length",
             f"length(key) >= 1 AND length(key) <= {key_chars}",
         ),
-        ("holds", "holds_status_check", f"status {_in(s.value for s in rules.HoldStatus)}"),
+        ("holds", "holds_status_check", f"status {_any_of(s.value for s in rules.HoldStatus)}"),
         ("holds", "holds_amount_minor_check", f"amount_minor > 0 AND amount_minor <= {ceiling}"),
         ("holds", "holds_description_check", f"length(description) <= {description_chars}"),
         (
@@ -154,7 +154,7 @@ def rule_constraints() -> list[tuple[str, str, str]]:
             "holds_metadata_check",
             f"jsonb_typeof(metadata) = 'object' AND pg_column_size(metadata) <= {metadata_bytes}",
         ),
-        ("credit_lots", "credit_lots_origin_check", f"origin {_in(o.value for o in rules.LotOrigin)}"),
+        ("credit_lots", "credit_lots_origin_check", f"origin {_any_of(o.value for o in rules.LotOrigin)}"),
     ]
 
 
